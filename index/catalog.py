@@ -1,0 +1,118 @@
+"""`Catalog`: the collections of one data directory.
+
+Layout: `<data_dir>/collections/<name>/{manifest.json, store.sqlite, snapshots/}`. A collection
+is created in a hidden staging directory and renamed into place, so a crash never leaves a
+half-made one; a drop renames it away before deleting. An exclusive lock file keeps a second
+process from opening the same data directory.
+"""
+
+import fcntl
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from typing import Callable
+
+from index.collection import MANIFEST_FILE, Collection, CollectionOptions
+from index.errors import Conflict, Invalid, NotFound
+from index.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise Invalid(f"collection name {name!r} must match {NAME_PATTERN.pattern}", code="invalid_name")
+    return name
+
+
+class Catalog:
+    def __init__(self, data_dir: str, options: CollectionOptions = CollectionOptions()):
+        self.data_dir = os.path.abspath(data_dir)
+        self.options = options
+        self._root = os.path.join(self.data_dir, "collections")
+        os.makedirs(self._root, exist_ok=True)
+        self._lock_file = open(os.path.join(self.data_dir, ".lock"), "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise Conflict(f"data directory {self.data_dir} is in use by another process") from None
+        self._collections: dict[str, Collection] = {}
+        self._failed: dict[str, str] = {}  # name → why it could not be opened
+        self._lock = threading.Lock()
+
+    def open_all(self, on_open: Callable[[Collection], None] | None = None) -> None:
+        """Open every collection on disk (loading snapshots and replaying the store)."""
+        for name in sorted(os.listdir(self._root)):
+            path = os.path.join(self._root, name)
+            if name.startswith("."):  # staging or trash left by a crash
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            if not os.path.exists(os.path.join(path, MANIFEST_FILE)):
+                continue
+            try:
+                collection = Collection.open(path, self.options)
+                if on_open is not None:
+                    on_open(collection)
+            except Exception as exc:  # one broken collection must not keep the others down
+                log.exception("cannot open collection %s", name)
+                self._failed[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            with self._lock:
+                self._collections[name] = collection
+
+    def close(self) -> None:
+        with self._lock:
+            collections, self._collections = list(self._collections.values()), {}
+        for collection in collections:
+            collection.close()
+        self._lock_file.close()
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._collections)
+
+    def get(self, name: str) -> Collection:
+        with self._lock:
+            collection = self._collections.get(name)
+        if collection is None:
+            if name in self._failed:
+                raise NotFound(f"collection {name!r} could not be opened: {self._failed[name]}", code="collection_unavailable")
+            raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+        return collection
+
+    def failed(self) -> dict[str, str]:
+        return dict(self._failed)
+
+    def create(self, manifest: Manifest) -> Collection:
+        check_name(manifest.name)
+        with self._lock:
+            if manifest.name in self._collections or manifest.name in self._failed:
+                raise Conflict(f"collection {manifest.name!r} already exists", code="collection_exists")
+            staging = os.path.join(self._root, f".new-{manifest.name}-{uuid.uuid4().hex[:8]}")
+            os.makedirs(staging)
+            try:
+                Collection.create(staging, manifest, self.options).close()
+                os.rename(staging, os.path.join(self._root, manifest.name))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            collection = Collection.open(os.path.join(self._root, manifest.name), self.options)
+            self._collections[manifest.name] = collection
+        return collection
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            collection = self._collections.pop(name, None)
+            if collection is None and self._failed.pop(name, None) is None:
+                raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+            if collection is not None:
+                collection.close()
+            trash = os.path.join(self._root, f".trash-{name}-{uuid.uuid4().hex[:8]}")
+            os.rename(os.path.join(self._root, name), trash)
+        shutil.rmtree(trash, ignore_errors=True)

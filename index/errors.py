@@ -1,0 +1,45 @@
+"""The one small error hierarchy of vecnest.
+
+The service maps each class to an HTTP status in one handler; `code` is the stable,
+machine-readable name that goes into the JSON error body.
+"""
+
+
+class VecnestError(Exception):
+    """Base class: an expected failure caused by the request or the state, never a bug."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class NotFound(VecnestError):
+    code = "not_found"
+
+
+class Conflict(VecnestError):
+    code = "conflict"
+
+
+class Invalid(VecnestError):
+    code = "invalid"
+
+
+class TooLarge(VecnestError):
+    code = "too_large"
+
+
+class Overloaded(VecnestError):
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
+class NotReady(VecnestError):
+    code = "not_ready"

@@ -1,0 +1,110 @@
+"""Brute-force `VectorIndex`: the test oracle, the recall ground truth and the exact fallback."""
+
+import threading
+from typing import Collection
+
+import numpy as np
+
+from index.errors import Invalid
+from index.protocols import Hits
+from index.vectors import as_matrix, check_metric, prepare, scores, top_k
+
+
+class ExactIndex:
+    """All vectors in one growing float32 matrix; search is one matrix product.
+
+    Thread-safe: a lock guards the matrix, and searches work on a consistent view.
+    """
+
+    def __init__(self, dim: int, metric: str = "cosine", capacity: int = 1024):
+        self.dim = int(dim)
+        self.metric = check_metric(metric)
+        self._X = np.zeros((max(capacity, 1), self.dim), np.float32)
+        self._labels = np.zeros(max(capacity, 1), np.int64)
+        self._row_of: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_vectors(cls, labels: np.ndarray, X: np.ndarray, metric: str) -> "ExactIndex":
+        """An index over `X (n, d)` with `labels (n,)`; `X` must already be `prepare`d."""
+        index = cls(X.shape[1], metric, capacity=len(labels))
+        n = len(labels)
+        index._X[:n] = X
+        index._labels[:n] = labels
+        index._row_of = {int(label): i for i, label in enumerate(labels.tolist())}
+        return index
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def add(self, labels: np.ndarray, X: np.ndarray) -> None:
+        labels = np.asarray(labels, np.int64).reshape(-1)
+        X = prepare(as_matrix(X, self.dim), self.metric)
+        if len(labels) != len(X):
+            raise Invalid(f"{len(labels)} labels for {len(X)} vectors")
+        with self._lock:
+            for label, x in zip(labels.tolist(), X):
+                row = self._row_of.get(label)
+                if row is None:
+                    row = len(self._row_of)
+                    self._grow(row + 1)
+                    self._row_of[label] = row
+                    self._labels[row] = label
+                self._X[row] = x
+
+    def delete(self, labels: np.ndarray) -> None:
+        with self._lock:
+            for label in np.asarray(labels, np.int64).reshape(-1).tolist():
+                row = self._row_of.pop(label, None)
+                if row is None:
+                    continue
+                last = len(self._row_of)  # swap the last row into the hole
+                if row != last:
+                    moved = int(self._labels[last])
+                    self._X[row] = self._X[last]
+                    self._labels[row] = moved
+                    self._row_of[moved] = row
+
+    def search(
+        self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None
+    ) -> Hits:
+        """Exact top-k; `ef` is accepted for the contract and ignored."""
+        Q = prepare(as_matrix(Q, self.dim, "query"), self.metric)
+        with self._lock:
+            n = len(self._row_of)
+            X, labels = self._X[:n], self._labels[:n]
+            if allowed is not None:
+                mask = np.isin(labels, np.fromiter(allowed, np.int64, len(allowed)))
+                X, labels = X[mask], labels[mask]
+            S = scores(Q, X, self.metric)
+        pos, best = top_k(S, k)
+        hits = Hits.empty(len(Q), k)
+        hits.labels[:, : pos.shape[1]] = labels[pos]
+        hits.scores[:, : pos.shape[1]] = best
+        return hits
+
+    def vectors(self, labels: np.ndarray) -> np.ndarray:
+        """The stored rows `(n, dim)` for `labels`; raises KeyError for an unknown label."""
+        with self._lock:
+            return self._X[[self._row_of[int(label)] for label in labels]].copy()
+
+    def save(self, path: str) -> None:
+        with self._lock:
+            n = len(self._row_of)
+            with open(path, "wb") as f:
+                np.savez(f, labels=self._labels[:n], X=self._X[:n], metric=np.array(self.metric))
+
+    @classmethod
+    def load(cls, path: str) -> "ExactIndex":
+        with np.load(path) as data:
+            return cls.from_vectors(data["labels"], data["X"], str(data["metric"]))
+
+    def _grow(self, needed: int) -> None:
+        if needed <= len(self._labels):
+            return
+        size = max(needed, 2 * len(self._labels))
+        X = np.zeros((size, self.dim), np.float32)
+        X[: len(self._X)] = self._X
+        labels = np.zeros(size, np.int64)
+        labels[: len(self._labels)] = self._labels
+        self._X, self._labels = X, labels

@@ -1,0 +1,72 @@
+"""Metadata filters: equality on top-level keys, ANDed together.
+
+A document matches `{key: value}` when its metadata has `key` equal to `value`, or a list at
+`key` that contains `value`. Values are scalars; numbers compare numerically (1 == 1.0) and
+booleans only equal booleans. Filters cross the storage seam as these plain values.
+"""
+
+import math
+from typing import Any
+
+from index.errors import Invalid
+
+MAX_CONDITIONS = 32
+MAX_KEY_LENGTH = 256
+
+# A scalar as the store's field table holds it: (kind, value). Kinds keep True apart from 1.
+Field = tuple[str, Any]
+
+
+def scalar_field(value: Any) -> Field | None:
+    """The indexed form of a metadata scalar, or None for values that are not filterable."""
+    if value is None:
+        return ("z", 0)
+    if isinstance(value, bool):
+        return ("b", int(value))
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return ("n", value)
+    if isinstance(value, str):
+        return ("s", value)
+    return None
+
+
+def metadata_fields(metadata: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """`(key, kind, value)` rows for the filterable values of one document's metadata.
+
+    Top-level scalars give one row; a list gives one row per scalar element. Nested objects
+    are stored with the document but are not filterable.
+    """
+    rows = []
+    for key, value in metadata.items():
+        items = value if isinstance(value, list) else [value]
+        seen = set()
+        for item in items:
+            field = scalar_field(item)
+            if field is not None and field not in seen:
+                seen.add(field)
+                rows.append((key, *field))
+    return rows
+
+
+def parse_filter(filter: dict[str, Any] | None) -> list[tuple[str, str, Any]]:
+    """Validate a filter and return its `(key, kind, value)` conditions (ANDed)."""
+    if not filter:
+        return []
+    if not isinstance(filter, dict):
+        raise Invalid("filter must be an object of {key: value} equality conditions", code="invalid_filter")
+    if len(filter) > MAX_CONDITIONS:
+        raise Invalid(f"a filter may have at most {MAX_CONDITIONS} conditions", code="invalid_filter")
+    conditions = []
+    for key, value in filter.items():
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+            raise Invalid(f"filter keys must be 1–{MAX_KEY_LENGTH} characters", code="invalid_filter")
+        field = scalar_field(value)
+        if field is None:
+            raise Invalid(
+                f"filter value for {key!r} must be a string, number, boolean or null; got {type(value).__name__}",
+                code="invalid_filter",
+            )
+        conditions.append((key, *field))
+    return conditions

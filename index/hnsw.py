@@ -1,0 +1,199 @@
+"""`HnswIndex`: the one place that knows hnswlib's footguns.
+
+- k is clamped to the live (or allowed) count, so hnswlib is never asked for more than exists.
+- ef is per query and thread-safe: hnswlib searches with `max(index.ef, k)`, so we keep the
+  index's ef at 1 and ask for `max(ef, k)` results, keeping the best k. `set_ef` is global state
+  that concurrent searches would race on; this trick never calls it after construction.
+- "Cannot return the results in a contiguous 2D array" (too few reachable results: heavy
+  deletes, a selective filter) falls back to exact search over the index's own vectors.
+- Capacity grows by doubling before an add; `resize_index` runs under the write lock.
+- A readers-writer lock: searches share it; add, delete, resize and save exclude writers.
+- hnswlib's file stores neither space, dim, ef nor the deleted set: a JSON sidecar does.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Collection
+
+import hnswlib
+import numpy as np
+
+from index.errors import Invalid
+from index.exact import ExactIndex
+from index.protocols import Hits
+from index.rwlock import RWLock
+from index.vectors import as_matrix, check_metric, prepare
+
+# Cosine vectors arrive unit-length (`prepare`), so hnswlib's plain inner product is exact for
+# them and `get_items` returns what we stored.
+_SPACE = {"cosine": "ip", "ip": "ip", "l2": "l2"}
+_SIDECAR_FORMAT = 1
+_TOO_FEW_RESULTS = "contiguous 2D array"
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    """Build-time graph parameters (M, ef_construction, seed) and the default query ef."""
+
+    m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 100
+    seed: int = 100
+
+
+class CorruptSnapshot(Exception):
+    """A snapshot file is missing, truncated or does not match its sidecar."""
+
+
+class HnswIndex:
+    def __init__(self, dim: int, metric: str = "cosine", params: HnswParams = HnswParams(), capacity: int = 1024,
+                 *, _load_from: str | None = None, _slots: int = 0):
+        self.dim = int(dim)
+        self.metric = check_metric(metric)
+        self.params = params
+        self._index = hnswlib.Index(space=_SPACE[metric], dim=self.dim)
+        if _load_from is None:
+            self._index.init_index(
+                max_elements=max(capacity, 16), M=params.m, ef_construction=params.ef_construction, random_seed=params.seed
+            )
+        else:
+            self._index.load_index(_load_from, max_elements=max(16, int(_slots * 1.25)))
+        self._index.set_ef(1)  # also after a load, which resets ef to 10; see the module docstring
+        self._deleted: set[int] = set()
+        self._lock = RWLock()
+
+    # -- size ---------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._index.element_count - len(self._deleted)
+
+    @property
+    def deleted_count(self) -> int:
+        """Slots held by deleted vectors: they stay in the graph until a rebuild."""
+        return len(self._deleted)
+
+    @property
+    def slot_count(self) -> int:
+        return self._index.element_count
+
+    # -- writes -------------------------------------------------------------------------------
+    def add(self, labels: np.ndarray, X: np.ndarray, num_threads: int = -1) -> None:
+        labels = np.asarray(labels, np.int64).reshape(-1)
+        X = prepare(as_matrix(X, self.dim), self.metric)
+        if len(labels) != len(X):
+            raise Invalid(f"{len(labels)} labels for {len(X)} vectors")
+        if len(labels) == 0:
+            return
+        with self._lock.write():
+            needed = self._index.element_count + len(labels)
+            if needed > self._index.max_elements:
+                self._index.resize_index(max(needed, 2 * self._index.max_elements))
+            # An existing label is updated in place; a deleted one is revived and updated.
+            self._index.add_items(X, labels, num_threads=num_threads)
+            self._deleted.difference_update(labels.tolist())
+
+    def delete(self, labels: np.ndarray) -> None:
+        with self._lock.write():
+            for label in np.asarray(labels, np.int64).reshape(-1).tolist():
+                if label in self._deleted:
+                    continue
+                try:
+                    self._index.mark_deleted(label)
+                except RuntimeError:  # "Label not found": deleting an absent label is a no-op
+                    continue
+                self._deleted.add(label)
+
+    # -- reads --------------------------------------------------------------------------------
+    def search(
+        self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None
+    ) -> Hits:
+        """Approximate top-k with search breadth `max(ef, k)` (default ef: `params.ef_search`)."""
+        Q = prepare(as_matrix(Q, self.dim, "query"), self.metric)
+        if allowed is not None and not isinstance(allowed, (set, frozenset)):
+            allowed = frozenset(int(x) for x in allowed)
+        with self._lock.read():
+            available = len(self) if allowed is None else min(len(self), len(allowed))
+            k_eff = min(k, available)
+            if k_eff <= 0:
+                return Hits.empty(len(Q), k)
+            breadth = min(max(ef or self.params.ef_search, k_eff), available)
+            try:
+                labels, dist = self._index.knn_query(
+                    Q,
+                    k=breadth,
+                    num_threads=1 if allowed is not None else -1,
+                    filter=None if allowed is None else allowed.__contains__,
+                )
+            except RuntimeError as exc:
+                if _TOO_FEW_RESULTS not in str(exc):
+                    raise
+                return self._exact_locked(Q, k, allowed)
+        hits = Hits.empty(len(Q), k)
+        hits.labels[:, :k_eff] = labels[:, :k_eff].astype(np.int64)
+        hits.scores[:, :k_eff] = self._to_scores(dist[:, :k_eff])
+        return hits
+
+    def exact_search(self, Q: np.ndarray, k: int, allowed: Collection[int] | None = None) -> Hits:
+        """Brute force over this index's own vectors (the graph is not used)."""
+        Q = prepare(as_matrix(Q, self.dim, "query"), self.metric)
+        with self._lock.read():
+            return self._exact_locked(Q, k, allowed)
+
+    def _exact_locked(self, Q: np.ndarray, k: int, allowed: Collection[int] | None) -> Hits:
+        labels = np.asarray(self._index.get_ids_list(), np.int64)
+        keep = ~np.isin(labels, np.fromiter(self._deleted, np.int64, len(self._deleted)))
+        if allowed is not None:
+            keep &= np.isin(labels, np.fromiter(allowed, np.int64, len(allowed)))
+        labels = labels[keep]
+        if len(labels) == 0:
+            return Hits.empty(len(Q), k)
+        X = np.asarray(self._index.get_items(labels), np.float32)
+        return ExactIndex.from_vectors(labels, X, self.metric).search(Q, k)
+
+    def _to_scores(self, dist: np.ndarray) -> np.ndarray:
+        if self.metric == "l2":  # hnswlib's l2 is the squared distance
+            return -np.sqrt(np.maximum(dist, 0.0))
+        return 1.0 - dist  # hnswlib's ip distance is 1 - <q, x>
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, path: str) -> None:
+        """Write the graph to `path` and its facts to `path + '.json'`, both fsynced."""
+        with self._lock.read():  # a save reads the graph: searches may go on, writes may not
+            self._index.save_index(path)
+            sidecar = {
+                "format": _SIDECAR_FORMAT,
+                "dim": self.dim,
+                "metric": self.metric,
+                "params": asdict(self.params),
+                "slots": self._index.element_count,
+                "deleted": sorted(self._deleted),
+            }
+        _fsync_file(path)
+        with open(path + ".json", "w") as f:
+            json.dump(sidecar, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    @classmethod
+    def load(cls, path: str) -> "HnswIndex":
+        """Restore a `save`d index; raises `CorruptSnapshot` when the files do not match."""
+        try:
+            with open(path + ".json") as f:
+                meta = json.load(f)
+            if meta.get("format") != _SIDECAR_FORMAT:
+                raise CorruptSnapshot(f"unknown snapshot format {meta.get('format')!r}")
+            index = cls(meta["dim"], meta["metric"], HnswParams(**meta["params"]), _load_from=path, _slots=meta["slots"])
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CorruptSnapshot(f"cannot load snapshot {path}: {exc}") from exc
+        if index._index.element_count != meta["slots"]:
+            raise CorruptSnapshot(f"snapshot {path} holds {index._index.element_count} slots, sidecar says {meta['slots']}")
+        index._deleted = set(meta["deleted"])
+        return index
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

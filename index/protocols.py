@@ -1,0 +1,51 @@
+"""The small interfaces that the rest of `index/` composes: `VectorIndex` and its `Hits`."""
+
+from dataclasses import dataclass
+from typing import Collection, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Hits:
+    """Search results for a batch of queries.
+
+    labels: `(nq, k)` int64, best first; `-1` pads rows that found fewer than k.
+    scores: `(nq, k)` float32, higher is better; `-inf` where the label is `-1`.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+
+    @staticmethod
+    def empty(nq: int, k: int = 0) -> "Hits":
+        return Hits(np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32))
+
+    def row(self, i: int) -> list[tuple[int, float]]:
+        """The `(label, score)` pairs of query `i`, without padding."""
+        keep = self.labels[i] >= 0
+        return list(zip(self.labels[i][keep].tolist(), self.scores[i][keep].tolist()))
+
+
+class VectorIndex(Protocol):
+    """A searchable set of `(label, vector)` pairs. Vectors are `prepare`d for `metric`."""
+
+    dim: int
+    metric: str
+
+    def add(self, labels: np.ndarray, X: np.ndarray) -> None:
+        """Insert or replace rows: labels `(n,)` int64, X `(n, dim)` float32."""
+
+    def delete(self, labels: np.ndarray) -> None:
+        """Remove labels; labels that are absent are ignored."""
+
+    def search(
+        self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None
+    ) -> Hits:
+        """Top-k of queries `Q (nq, dim)`, optionally restricted to the `allowed` labels."""
+
+    def __len__(self) -> int:
+        """The number of live (not deleted) vectors."""
+
+    def save(self, path: str) -> None:
+        """Write the index to `path`; the matching `load` restores identical results."""

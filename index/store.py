@@ -1,0 +1,276 @@
+"""`Store`: one SQLite file (WAL mode) per collection, the source of truth.
+
+Every write transaction takes the next `seq`; each document row remembers the `seq` of its
+last write, and deletes leave a tombstone row so that `changes_since(seq)` can replay both
+upserts and deletes onto an older index snapshot. Labels (int64) are internal row ids and
+never leave `index/`; callers see their own string ids.
+"""
+
+import json
+import sqlite3
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from index.errors import Invalid
+from index.filters import metadata_fields
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    label    INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after a purge
+    id       TEXT NOT NULL UNIQUE,
+    seq      INTEGER NOT NULL,                   -- seq of the last write to this row
+    deleted  INTEGER NOT NULL DEFAULT 0,         -- 1: tombstone, kept until a rebuild purges it
+    text     TEXT,
+    metadata TEXT NOT NULL DEFAULT '{}',         -- a JSON object
+    vector   BLOB                                -- float32 little-endian (dim,); NULL for tombstones
+);
+CREATE INDEX IF NOT EXISTS documents_seq ON documents (seq);
+CREATE TABLE IF NOT EXISTS fields (              -- filterable metadata values, one row each
+    label INTEGER NOT NULL,
+    key   TEXT NOT NULL,
+    kind  TEXT NOT NULL,                         -- s(tring) n(umber) b(oolean) z(null)
+    value
+);
+CREATE INDEX IF NOT EXISTS fields_lookup ON fields (key, kind, value, label);
+CREATE INDEX IF NOT EXISTS fields_label ON fields (label);
+"""
+_SQL_VARS = 30000  # SQLite's limit on bound parameters per statement is 32766
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    """A document to write: `vector` is `(dim,)` float32, already prepared for the metric."""
+
+    id: str
+    vector: np.ndarray
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    label: int
+    id: str
+    vector: np.ndarray
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Changes:
+    """One chunk of `changes_since`: rows to (re)add and labels to delete."""
+
+    labels: np.ndarray  # (n,) int64
+    vectors: np.ndarray  # (n, dim) float32
+    deleted: np.ndarray  # (m,) int64
+
+
+class Store:
+    def __init__(self, path: str, dim: int, synchronous: str = "FULL"):
+        self.path = path
+        self.dim = int(dim)
+        self._synchronous = synchronous
+        self._writer = self._connect()
+        self._writer.executescript(_SCHEMA)
+        self._write_lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves; connections move between
+        # threads (one at a time), which SQLite in serialized mode allows.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        return conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._pool_lock:
+            conn = self._idle_readers.pop() if self._idle_readers else None
+        if conn is None:
+            conn = self._connect()
+            with self._pool_lock:
+                self._readers.append(conn)
+        try:
+            yield conn
+        finally:
+            with self._pool_lock:
+                self._idle_readers.append(conn)
+
+    def close(self) -> None:
+        with self._write_lock, self._pool_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+            self._idle_readers.clear()
+            self._writer.close()
+
+    # -- writes (one transaction each; the caller serialises writers) -------------------------
+    def put(self, docs: Sequence[NewDocument]) -> tuple[int, np.ndarray]:
+        """Upsert `docs` in one transaction. Returns `(seq, labels (n,) int64)`."""
+        rows = []
+        for doc in docs:
+            vector = np.ascontiguousarray(doc.vector, "<f4")
+            if vector.shape != (self.dim,):
+                raise Invalid(f"document {doc.id!r}: vector shape {vector.shape}, expected ({self.dim},)")
+            try:
+                metadata = json.dumps(doc.metadata or {}, allow_nan=False, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise Invalid(f"document {doc.id!r}: metadata is not plain JSON: {exc}", code="invalid_metadata") from None
+            rows.append((doc, metadata, vector.tobytes()))
+        with self._write_lock:
+            with self._transaction() as conn:
+                seq = self._next_seq(conn)
+                labels = []
+                for doc, metadata, blob in rows:
+                    (label,) = conn.execute(
+                        "INSERT INTO documents (id, seq, deleted, text, metadata, vector) VALUES (?, ?, 0, ?, ?, ?) "
+                        "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, deleted = 0, text = excluded.text, "
+                        "metadata = excluded.metadata, vector = excluded.vector RETURNING label",
+                        (doc.id, seq, doc.text, metadata, blob),
+                    ).fetchone()
+                    labels.append(label)
+                    conn.execute("DELETE FROM fields WHERE label = ?", (label,))
+                    conn.executemany(
+                        "INSERT INTO fields (label, key, kind, value) VALUES (?, ?, ?, ?)",
+                        [(label, *row) for row in metadata_fields(doc.metadata or {})],
+                    )
+        return seq, np.asarray(labels, np.int64)
+
+    def delete(self, ids: Sequence[str]) -> tuple[int, np.ndarray, list[str]]:
+        """Tombstone the live documents among `ids`. Returns `(seq, labels, deleted ids)`."""
+        with self._write_lock:
+            with self._transaction() as conn:
+                found = self._select_in(conn, "SELECT label, id FROM documents WHERE deleted = 0 AND id IN ({})", ids)
+                if not found:
+                    return self._last_seq(conn), np.zeros(0, np.int64), []
+                seq = self._next_seq(conn)
+                labels = [label for label, _ in found]
+                conn.executemany(
+                    "UPDATE documents SET deleted = 1, seq = ?, text = NULL, metadata = '{}', vector = NULL "
+                    "WHERE label = ?",
+                    [(seq, label) for label in labels],
+                )
+                conn.executemany("DELETE FROM fields WHERE label = ?", [(label,) for label in labels])
+        return seq, np.asarray(labels, np.int64), [doc_id for _, doc_id in found]
+
+    def purge_tombstones(self, up_to_seq: int) -> int:
+        """Forget tombstones no index snapshot needs any more (seq ≤ `up_to_seq`)."""
+        with self._write_lock:
+            with self._transaction() as conn:
+                return conn.execute("DELETE FROM documents WHERE deleted = 1 AND seq <= ?", (up_to_seq,)).rowcount
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _next_seq(self, conn: sqlite3.Connection) -> int:
+        seq = self._last_seq(conn) + 1
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (str(seq),))
+        return seq
+
+    @staticmethod
+    def _last_seq(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- reads --------------------------------------------------------------------------------
+    def last_seq(self) -> int:
+        with self._read() as conn:
+            return self._last_seq(conn)
+
+    def count(self) -> int:
+        """The number of live documents."""
+        with self._read() as conn:
+            return conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0]
+
+    def get(self, doc_id: str) -> StoredDocument | None:
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT label, id, vector, text, metadata FROM documents WHERE id = ? AND deleted = 0", (doc_id,)
+            ).fetchone()
+        return self._document(row, True, True) if row else None
+
+    def fetch(self, labels: Sequence[int], text: bool = False, metadata: bool = False) -> dict[int, StoredDocument]:
+        """Live documents (always with vector and id) for `labels`; absent labels are skipped."""
+        cols = "label, id, vector" + (", text" if text else ", NULL") + (", metadata" if metadata else ", NULL")
+        with self._read() as conn:
+            rows = self._select_in(conn, f"SELECT {cols} FROM documents WHERE deleted = 0 AND label IN ({{}})", labels)
+        return {row[0]: self._document(row, text, metadata) for row in rows}
+
+    def filter_labels(self, conditions: list[tuple[str, str, Any]]) -> np.ndarray:
+        """Sorted labels of live documents matching every `(key, kind, value)` condition."""
+        sql = " INTERSECT ".join(["SELECT label FROM fields WHERE key = ? AND kind = ? AND value = ?"] * len(conditions))
+        params = [p for cond in conditions for p in cond]
+        with self._read() as conn:
+            rows = conn.execute(sql + " ORDER BY label", params).fetchall()
+        return np.asarray([r[0] for r in rows], np.int64)
+
+    def iter_vectors(self, labels: Sequence[int] | None = None, batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield `(labels (n,), vectors (n, dim))` for live documents: all, or those in `labels`."""
+        if labels is not None:
+            for start in range(0, len(labels), batch):
+                found = self.fetch(labels[start : start + batch])
+                if found:
+                    yield self._stack([(label, doc.vector) for label, doc in found.items()])
+            return
+        with self._read() as conn:
+            cursor = conn.execute("SELECT label, vector FROM documents WHERE deleted = 0 ORDER BY label")
+            while rows := cursor.fetchmany(batch):
+                yield self._stack([(label, self._vector(blob)) for label, blob in rows])
+
+    def changes_since(self, seq: int, batch: int = 8192) -> Iterator[Changes]:
+        """Replay the latest state of every row written after `seq`, in (seq, label) order.
+
+        One SELECT, so the whole replay reads one consistent snapshot of the store.
+        """
+        with self._read() as conn:
+            cursor = conn.execute(
+                "SELECT label, deleted, vector FROM documents WHERE seq > ? ORDER BY seq, label", (seq,)
+            )
+            while rows := cursor.fetchmany(batch):
+                live = [(label, self._vector(blob)) for label, deleted, blob in rows if not deleted]
+                labels, vectors = self._stack(live) if live else (np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32))
+                dead = np.asarray([label for label, deleted, _ in rows if deleted], np.int64)
+                yield Changes(labels, vectors, dead)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _vector(self, blob: bytes) -> np.ndarray:
+        return np.frombuffer(blob, "<f4").astype(np.float32)
+
+    def _document(self, row: tuple, text: bool, metadata: bool) -> StoredDocument:
+        label, doc_id, blob, doc_text, doc_meta = row
+        return StoredDocument(
+            label=label,
+            id=doc_id,
+            vector=self._vector(blob),
+            text=doc_text if text else None,
+            metadata=json.loads(doc_meta) if metadata else None,
+        )
+
+    def _stack(self, pairs: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.fromiter((p[0] for p in pairs), np.int64, len(pairs))
+        return labels, np.stack([p[1] for p in pairs]).astype(np.float32, copy=False)
+
+    @staticmethod
+    def _select_in(conn: sqlite3.Connection, sql: str, values: Sequence) -> list[tuple]:
+        values = [v.item() if isinstance(v, np.generic) else v for v in values]
+        rows: list[tuple] = []
+        for start in range(0, len(values), _SQL_VARS):
+            chunk = values[start : start + _SQL_VARS]
+            rows += conn.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall()
+        return rows

@@ -1,0 +1,57 @@
+"""`create_app(settings)`: the one composition root.
+
+Everything is built inside the lifespan. Start-up (opening collections, replaying their
+stores, loading models) runs in the background so `/healthz` answers at once and `/readyz`
+turns 200 only when it is done.
+"""
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.engine import Engine
+from service.errors import install_error_handlers
+from service.maintenance import Maintenance
+from service.metrics import Metrics
+from service.middleware import BodySizeLimit, RequestMetrics
+from service.routes import collections, documents, embeddings, health, search
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = Engine(settings, metrics)
+        app.state.engine = engine
+        maintenance = Maintenance(engine, settings.snapshot_interval_s)
+        starting = asyncio.create_task(engine.start())
+        starting.add_done_callback(lambda task: task.cancelled() or task.exception() or maintenance.start())
+        try:
+            yield
+        finally:
+            if not starting.done():
+                starting.cancel()
+            maintenance.stop()
+            await engine.stop()
+
+    app = FastAPI(
+        title="vecnest",
+        version=__version__,
+        summary="Vector search with elastic-dimension encoders, HNSW and durable storage.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app, metrics)
+    for module in (health, collections, documents, search, embeddings):
+        app.include_router(module.router)
+    # Outermost last: metrics see every response, including the 413s of the size limit.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

@@ -1,0 +1,58 @@
+"""The one place where errors become HTTP responses: `{"error": {"code", "message"}}`.
+
+Domain errors carry their code; request validation becomes 422; unknown routes and methods
+keep their status; anything unexpected is a 500 whose body says nothing about internals.
+"""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from index.errors import Conflict, Invalid, NotFound, NotReady, Overloaded, TooLarge, VecnestError
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Overloaded: 429, NotReady: 503}
+_HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "body_too_large", 400: "bad_request"}
+
+
+def error_response(status: int, code: str, message: str, metrics: Metrics | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    if metrics is not None:
+        metrics.errors.labels(code).inc()
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    @app.exception_handler(VecnestError)
+    async def domain_error(request: Request, exc: VecnestError) -> JSONResponse:
+        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
+        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Overloaded) else None
+        return error_response(status, exc.code, exc.message, metrics, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _describe(exc), metrics)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(exc.status_code, code, str(exc.detail), metrics)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", "internal error; the server log has the details", metrics)
+
+
+def _describe(exc: RequestValidationError, limit: int = 5) -> str:
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    more = len(exc.errors()) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

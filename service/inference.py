@@ -1,0 +1,138 @@
+"""All model calls run on one dedicated thread, fed by a bounded queue.
+
+torch is fastest here when a single thread makes every call (a second calling thread halves
+throughput on this machine). Encode requests that wait together for the same encoder and
+kind are merged into one model call (micro-batching), then split back per request.
+"""
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from index.errors import Overloaded
+from service.encoders import Encoder, Kind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Job:
+    future: concurrent.futures.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    # an encode job: encoder + texts + kind; otherwise a plain call
+    encoder: Encoder | None = None
+    texts: list[str] | None = None
+    kind: Kind = "query"
+    call: Callable[[], Any] | None = None
+
+
+@dataclass(frozen=True)
+class EncodeStats:
+    """What one model call looked like, for metrics."""
+
+    model: str
+    texts: int
+    requests: int
+    seconds: float
+    queue_wait_s: list[float]
+
+
+class InferenceQueue:
+    def __init__(self, max_pending: int = 256, max_batch_texts: int = 64,
+                 on_batch: Callable[[EncodeStats], None] | None = None, torch_threads: int | None = None):
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._max_pending = max_pending
+        self._max_batch = max_batch_texts
+        self._on_batch = on_batch
+        self._torch_threads = torch_threads
+        self._held: deque[_Job] = deque()  # jobs taken while batching that did not fit the batch
+        self._thread: threading.Thread | None = None
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() + len(self._held)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vecnest-inference", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    async def encode(self, encoder: Encoder, texts: list[str], kind: Kind = "query") -> np.ndarray:
+        """`(len(texts), encoder.dim)` float32 unit rows, computed on the inference thread."""
+        if not texts:
+            return np.zeros((0, encoder.dim), np.float32)
+        return await self._submit(_Job(concurrent.futures.Future(), encoder=encoder, texts=texts, kind=kind))
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn()` on the inference thread (model loading, tokenising)."""
+        return await self._submit(_Job(concurrent.futures.Future(), call=fn), bounded=False)
+
+    async def _submit(self, job: _Job, bounded: bool = True) -> Any:
+        if bounded and self.depth >= self._max_pending:
+            raise Overloaded(f"the encoder queue is full ({self._max_pending} requests waiting); retry shortly",
+                             retry_after_s=1.0)
+        self._queue.put(job)
+        return await asyncio.wrap_future(job.future)
+
+    # -- the inference thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        if self._torch_threads:
+            import torch
+
+            torch.set_num_threads(self._torch_threads)
+        while True:
+            job = self._held.popleft() if self._held else self._queue.get()
+            if job is None:
+                break
+            if job.call is not None:
+                self._finish([job], job.call)
+            else:
+                self._encode_batch(job)
+
+    def _encode_batch(self, first: _Job) -> None:
+        batch, n = [first], len(first.texts)
+        while n < self._max_batch:  # merge whatever else is already waiting for this encoder
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and job.encoder is first.encoder and job.kind == first.kind:
+                batch.append(job)
+                n += len(job.texts)
+            else:
+                self._held.append(job)
+        start = time.perf_counter()
+        texts = [t for job in batch for t in job.texts]
+        done = self._finish(batch, lambda: first.encoder.encode(texts, first.kind))
+        if done is not None and self._on_batch is not None:
+            self._on_batch(EncodeStats(first.encoder.id, len(texts), len(batch), time.perf_counter() - start,
+                                       [start - job.enqueued for job in batch]))
+
+    def _finish(self, batch: list[_Job], fn: Callable[[], Any]) -> Any:
+        try:
+            result = fn()
+        except BaseException as exc:  # hand the failure to every waiter; the thread lives on
+            for job in batch:
+                job.future.set_exception(exc)
+            return None
+        if len(batch) == 1:
+            batch[0].future.set_result(result)
+            return result
+        offset = 0
+        for job in batch:
+            job.future.set_result(result[offset : offset + len(job.texts)])
+            offset += len(job.texts)
+        return result

@@ -1,0 +1,27 @@
+"""`POST /v1/embeddings` in the OpenAI request/response shape."""
+
+import base64
+
+from fastapi import APIRouter, Depends
+
+from service import schemas
+from service.engine import Engine
+from service.routes import get_engine
+
+router = APIRouter(prefix="/v1", tags=["embeddings"])
+
+
+@router.post("/embeddings", response_model=schemas.EmbeddingsResponse,
+             responses={422: {"model": schemas.ErrorResponse}})
+async def create_embeddings(body: schemas.EmbeddingsRequest, engine: Engine = Depends(get_engine)):
+    """Embed `input` (a string or a list of strings) with `model` (default: the server's
+    default model). `encoding_format="base64"` returns little-endian float32 bytes, as the
+    OpenAI clients expect; `dimensions` truncates and re-normalises."""
+    X, model, tokens = await engine.embed(body)
+    if body.encoding_format == "base64":
+        data = [base64.b64encode(x.astype("<f4").tobytes()).decode() for x in X]
+    else:
+        data = X.tolist()
+    return schemas.EmbeddingsResponse(
+        data=[schemas.Embedding(index=i, embedding=e) for i, e in enumerate(data)],
+        model=model, usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))

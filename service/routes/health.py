@@ -1,0 +1,29 @@
+"""Liveness, readiness and the Prometheus scrape endpoint."""
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.engine import Engine
+from service.errors import error_response
+from service.routes import get_engine
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is up")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Collections are loaded and replayed (503 before)")
+async def readyz(engine: Engine = Depends(get_engine)) -> JSONResponse:
+    if not engine.ready:
+        return error_response(503, "not_ready", "loading collections and models")
+    failed = engine.catalog.failed() if engine.catalog else {}
+    return JSONResponse({"status": "ready", "collections": len(engine.catalog.names()), "failed": failed})
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics(engine: Engine = Depends(get_engine)) -> Response:
+    return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)

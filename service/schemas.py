@@ -1,0 +1,147 @@
+"""Request and response bodies of the HTTP API (pydantic), with the limits that need no state."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+Include = Literal["text", "metadata", "vector"]
+FiniteFloat = float  # finiteness is enforced by `allow_inf_nan=False` on the models below
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# -- collections ------------------------------------------------------------------------------
+class HnswConfig(_Body):
+    m: int | None = Field(None, ge=2, le=128, description="graph degree (build-time)")
+    ef_construction: int | None = Field(None, ge=8, le=4096, description="build breadth (build-time)")
+    ef_search: int | None = Field(None, ge=1, le=10000, description="default query breadth")
+
+
+class CollectionCreate(_Body):
+    name: str = Field(..., pattern=NAME_PATTERN)
+    model: str | None = Field(None, description="model alias or local directory; omit with `dim` for vectors only")
+    metric: str = Field("cosine", description='"cosine", "ip" or "l2"')
+    dim: int | None = Field(None, ge=1, le=16384, description="required for vector-only collections")
+    hnsw: HnswConfig | None = None
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    model: str | None
+    dim: int
+    metric: str
+    hnsw: dict[str, int]
+    created_at: str
+    documents: int
+    index: dict[str, int]
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionInfo]
+
+
+# -- documents --------------------------------------------------------------------------------
+class DocumentIn(_Body):
+    id: str = Field(..., min_length=1)
+    text: str | None = None
+    vector: list[FiniteFloat] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class UpsertRequest(_Body):
+    documents: list[DocumentIn]
+
+
+class UpsertResponse(BaseModel):
+    upserted: int
+    ids: list[str]
+
+
+class DocumentOut(BaseModel):
+    id: str
+    text: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    vector: list[float] | None = None
+
+
+class DeleteRequest(_Body):
+    ids: list[str] = Field(..., min_length=1)
+
+
+class DeleteResponse(BaseModel):
+    deleted: int
+    ids: list[str]
+    not_found: list[str]
+
+
+# -- search -----------------------------------------------------------------------------------
+class SearchRequest(_Body):
+    query: str | None = Field(None, description="text, embedded with the collection's model")
+    vector: list[FiniteFloat] | None = None
+    k: int = Field(10, ge=1)
+    ef: int | None = Field(None, ge=1, le=100000, description="HNSW search breadth (≥ k is enforced)")
+    filter: dict[str, Any] | None = Field(None, description="metadata equality conditions, ANDed")
+    include: list[Include] = Field(default_factory=lambda: ["text", "metadata"])
+    exact: bool = Field(False, description="brute force over all documents instead of the graph")
+
+
+class BatchSearchRequest(_Body):
+    searches: list[SearchRequest] = Field(..., min_length=1)
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+    vector: list[float] | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    took_ms: float
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[SearchResponse]
+    took_ms: float
+
+
+# -- embeddings (OpenAI shape) ----------------------------------------------------------------
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user)
+
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: Usage
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,52 @@
+"""Settings: every knob, with its default, readable from `VECNEST_*` environment variables.
+
+Built once by the caller (CLI, tests) and passed to `create_app`; nothing reads it at import.
+Nested values use `__`, e.g. `VECNEST_MODELS='{"e5": "/models/e5-small"}'`.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VECNEST_", env_nested_delimiter="__", extra="ignore")
+
+    # server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # encoders
+    default_model: str = DEFAULT_MODEL
+    models: dict[str, str] = Field(default_factory=dict, description="model alias → local sentence-transformers directory")
+    allow_model_paths: bool = Field(True, description="a request may name a local model directory by path")
+    device: str = "cpu"
+    torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's choice)")
+    encode_batch_size: int = Field(64, ge=1, description="most texts encoded in one model call")
+    encode_queue_size: int = Field(256, ge=1, description="pending encode requests before 429")
+
+    # request limits
+    max_batch_documents: int = Field(1000, ge=1)
+    max_batch_queries: int = Field(100, ge=1)
+    max_k: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_metadata_bytes: int = Field(64 * 1024, ge=2)
+    max_id_length: int = Field(512, ge=1)
+
+    # index defaults for new collections
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 100
+
+    # durability and maintenance
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    snapshot_interval_s: float = Field(30.0, gt=0, description="how often changed indexes are saved")
+    rebuild_deleted_fraction: float = Field(0.2, gt=0, le=1)
+    exact_filter_fraction: float = Field(0.02, ge=0, le=1)
+    exact_filter_min: int = Field(512, ge=0)
