@@ -1,0 +1,1 @@
+"""Benchmarks of vecnest on the shared evaluation data (../shared/data)."""

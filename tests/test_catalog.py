@@ -1,0 +1,70 @@
+"""The catalog: names, create/drop, the data-directory lock, leftovers of a crash."""
+
+import os
+
+import numpy as np
+import pytest
+
+from index import Catalog, HnswParams, Manifest, NewDocument
+from index.errors import Conflict, Invalid, NotFound
+
+
+def manifest(name: str, dim: int = 4) -> Manifest:
+    return Manifest(name=name, dim=dim, metric="cosine", hnsw=HnswParams(), created_at="2026-01-01T00:00:00")
+
+
+def test_create_list_get_drop(tmp_path):
+    catalog = Catalog(str(tmp_path))
+    a = catalog.create(manifest("a"))
+    catalog.create(manifest("b_2-x"))
+    a.upsert([NewDocument("1", np.ones(4, np.float32))])
+    assert catalog.names() == ["a", "b_2-x"]
+    with pytest.raises(Conflict):
+        catalog.create(manifest("a"))
+    catalog.drop("a")
+    assert catalog.names() == ["b_2-x"]
+    with pytest.raises(NotFound):
+        catalog.get("a")
+    with pytest.raises(NotFound):
+        catalog.drop("a")
+    assert sorted(os.listdir(tmp_path / "collections")) == ["b_2-x"]
+    catalog.close()
+
+
+@pytest.mark.parametrize("name", ["", "a b", "x" * 65, "../etc", "ä", "a/b", "a.b"])
+def test_bad_names_are_rejected(tmp_path, name):
+    catalog = Catalog(str(tmp_path))
+    with pytest.raises(Invalid):
+        catalog.create(manifest(name))
+    assert catalog.names() == []
+    catalog.close()
+
+
+def test_reopen_and_lock(tmp_path):
+    catalog = Catalog(str(tmp_path))
+    catalog.create(manifest("keep")).upsert([NewDocument("1", np.ones(4, np.float32))])
+    with pytest.raises(Conflict):
+        Catalog(str(tmp_path))  # a second process (or instance) may not open the same directory
+    catalog.close()
+    os.makedirs(tmp_path / "collections" / ".new-half-made")  # a crash during create
+    again = Catalog(str(tmp_path))
+    again.open_all()
+    assert again.names() == ["keep"] and len(again.get("keep")) == 1
+    assert not os.path.exists(tmp_path / "collections" / ".new-half-made")
+    again.close()
+
+
+def test_a_broken_collection_does_not_take_the_others_down(tmp_path):
+    catalog = Catalog(str(tmp_path))
+    catalog.create(manifest("good"))
+    catalog.create(manifest("bad"))
+    catalog.close()
+    with open(tmp_path / "collections" / "bad" / "manifest.json", "w") as f:
+        f.write("{not json")
+    again = Catalog(str(tmp_path))
+    again.open_all()
+    assert again.names() == ["good"]
+    with pytest.raises(NotFound) as err:
+        again.get("bad")
+    assert err.value.code == "collection_unavailable"
+    again.close()

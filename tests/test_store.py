@@ -1,0 +1,107 @@
+"""The SQLite store: upserts, tombstones, the write sequence, replay, filters, reopening."""
+
+import numpy as np
+import pytest
+
+from index.errors import Invalid
+from index.filters import parse_filter
+from index.store import NewDocument, Store
+
+
+def doc(i: int, dim: int = 4, **meta) -> NewDocument:
+    return NewDocument(id=f"d{i}", vector=np.full(dim, i, np.float32), text=f"text {i}", metadata=meta)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "store.sqlite"), dim=4)
+    yield s
+    s.close()
+
+
+def test_put_assigns_one_seq_per_transaction_and_stable_labels(store):
+    seq1, labels1 = store.put([doc(1), doc(2)])
+    seq2, labels2 = store.put([doc(2), doc(3)])  # d2 is updated, keeps its label
+    assert (seq1, seq2) == (1, 2)
+    assert labels2[0] == labels1[1] and labels2[1] not in labels1
+    assert store.count() == 3 and store.last_seq() == 2
+    got = store.get("d2")
+    assert got.text == "text 2" and np.array_equal(got.vector, np.full(4, 2, np.float32))
+
+
+def test_delete_leaves_a_tombstone_that_replays(store):
+    store.put([doc(1), doc(2), doc(3)])
+    seq, labels, ids = store.delete(["d2", "missing"])
+    assert ids == ["d2"] and seq == 2 and store.count() == 2
+    assert store.get("d2") is None
+    changes = list(store.changes_since(1))
+    assert [c.deleted.tolist() for c in changes] == [labels.tolist()]
+    assert all(len(c.labels) == 0 for c in changes)
+    # nothing to delete: no new seq
+    assert store.delete(["missing"])[0] == 2
+
+
+def test_changes_since_gives_latest_state_in_seq_order(store):
+    store.put([doc(1), doc(2)])
+    store.put([NewDocument(id="d1", vector=np.full(4, 9, np.float32))])
+    store.delete(["d2"])
+    full = list(store.changes_since(0))
+    labels = np.concatenate([c.labels for c in full])
+    vectors = np.concatenate([c.vectors for c in full])
+    assert labels.tolist() == [store.get("d1").label]
+    assert vectors[0][0] == 9
+    assert sum(len(c.deleted) for c in full) == 1
+
+
+def test_purge_tombstones_keeps_labels_unique(store):
+    _, first = store.put([doc(1)])
+    store.delete(["d1"])
+    assert store.purge_tombstones(up_to_seq=store.last_seq()) == 1
+    _, again = store.put([doc(1)])
+    assert again[0] != first[0]  # AUTOINCREMENT: a label is never reused
+
+
+def test_bad_documents_change_nothing(store):
+    store.put([doc(1)])
+    with pytest.raises(Invalid):
+        store.put([doc(2), NewDocument(id="bad", vector=np.zeros(3, np.float32))])
+    with pytest.raises(Invalid):
+        store.put([NewDocument(id="nan", vector=np.zeros(4, np.float32), metadata={"x": float("nan")})])
+    assert store.count() == 1 and store.last_seq() == 1
+
+
+def test_filters_match_scalars_lists_and_types(store):
+    store.put([
+        doc(1, lang="en", year=2020, draft=True, tags=["a", "b"]),
+        doc(2, lang="en", year=2021.0, draft=False, tags=["b"]),
+        doc(3, lang="fr", year=2020, nested={"x": 1}),
+    ])
+    labels = {store.get(f"d{i}").label: f"d{i}" for i in (1, 2, 3)}
+
+    def ids(f):
+        return sorted(labels[label] for label in store.filter_labels(parse_filter(f)).tolist())
+
+    assert ids({"lang": "en"}) == ["d1", "d2"]
+    assert ids({"lang": "en", "year": 2020}) == ["d1"]
+    assert ids({"year": 2021}) == ["d2"]  # 2021 == 2021.0
+    assert ids({"draft": True}) == ["d1"] and ids({"draft": 1}) == []  # booleans are not numbers
+    assert ids({"tags": "b"}) == ["d1", "d2"]  # list membership
+    assert ids({"lang": "de"}) == []
+    store.delete(["d1"])
+    assert ids({"tags": "b"}) == ["d2"]
+    with pytest.raises(Invalid):
+        parse_filter({"nested": {"x": 1}})
+
+
+def test_reopen_keeps_everything(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    s = Store(path, 4)
+    s.put([doc(i, k=i % 2) for i in range(50)])
+    s.delete(["d3"])
+    s.close()
+    s = Store(path, 4)
+    assert s.count() == 49 and s.last_seq() == 2
+    assert len(s.filter_labels(parse_filter({"k": 1}))) == 24
+    labels, X = next(s.iter_vectors())
+    assert X.shape == (49, 4)
+    s.close()
