@@ -17,6 +17,7 @@ from typing import Callable
 
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions
 from index.errors import Conflict, Invalid, NotFound
+from index.files import fsync_path
 from index.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Catalog:
             try:
                 Collection.create(staging, manifest, self.options).close()
                 os.rename(staging, os.path.join(self._root, manifest.name))
+                fsync_path(self._root)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from index.errors import Invalid, NotFound
+from index.files import fsync_path
 from index.filters import parse_filter
 from index.hnsw import CorruptSnapshot, HnswIndex
 from index.manifest import Manifest, Snapshot, read_manifest, write_manifest
@@ -244,6 +245,7 @@ class Collection:
                 seq = self._applied_seq
                 name = f"hnsw-{self.manifest.dim}-{seq:012d}.bin"
                 self._index.save(os.path.join(self.path, SNAPSHOT_DIR, name))
+                fsync_path(os.path.join(self.path, SNAPSHOT_DIR))  # the new files' names, before the manifest names them
                 self._manifest = self._manifest.with_snapshot(Snapshot(name, seq))
                 write_manifest(os.path.join(self.path, MANIFEST_FILE), self._manifest)
                 # Replays start at `seq` from now on, so older tombstones are no longer needed.

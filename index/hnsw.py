@@ -21,6 +21,7 @@ import numpy as np
 
 from index.errors import Invalid
 from index.exact import ExactIndex
+from index.files import fsync_path
 from index.protocols import Hits
 from index.rwlock import RWLock
 from index.vectors import as_matrix, check_metric, prepare
@@ -168,7 +169,7 @@ class HnswIndex:
                 "slots": self._index.element_count,
                 "deleted": sorted(self._deleted),
             }
-        _fsync_file(path)
+        fsync_path(path)
         with open(path + ".json", "w") as f:
             json.dump(sidecar, f)
             f.flush()
@@ -189,11 +190,3 @@ class HnswIndex:
             raise CorruptSnapshot(f"snapshot {path} holds {index._index.element_count} slots, sidecar says {meta['slots']}")
         index._deleted = set(meta["deleted"])
         return index
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

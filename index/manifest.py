@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from index.errors import Invalid
+from index.files import fsync_path
 from index.hnsw import HnswParams
 
 FORMAT = 1
@@ -67,17 +68,9 @@ def write_manifest(path: str, manifest: Manifest) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(os.path.dirname(path) or ".")
+    fsync_path(os.path.dirname(path) or ".")
 
 
 def read_manifest(path: str) -> Manifest:
     with open(path) as f:
         return Manifest.from_json(json.load(f))
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
