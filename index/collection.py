@@ -11,8 +11,9 @@ import os
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -70,6 +71,7 @@ class Collection:
         self._write_mutex = threading.Lock()  # serialises writers: store order == index order
         self._maintenance = threading.Lock()  # one snapshot or rebuild at a time
         self._closed = False
+        self._index_stale = False  # a committed write failed to reach the index: rebuild
 
     # -- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -162,8 +164,8 @@ class Collection:
             t0 = time.perf_counter()
             seq, labels = self._store.put(docs)
             t1 = time.perf_counter()
-            self._index.add(labels, X)
-            self._applied_seq = seq
+            with self._applying(seq):
+                self._index.add(labels, X)
             t2 = time.perf_counter()
         return WriteResult(ids, seq, {"store": t1 - t0, "index_add": t2 - t1})
 
@@ -174,10 +176,22 @@ class Collection:
             t0 = time.perf_counter()
             seq, labels, deleted = self._store.delete(list(ids))
             t1 = time.perf_counter()
-            self._index.delete(labels)
-            self._applied_seq = seq
+            with self._applying(seq):
+                self._index.delete(labels)
             t2 = time.perf_counter()
         return WriteResult(deleted, seq, {"store": t1 - t0, "index_delete": t2 - t1})
+
+    @contextmanager
+    def _applying(self, seq: int) -> Iterator[None]:
+        """Apply a committed write to the index. Should that fail (out of memory, say), the
+        write is still durable: mark the index stale so maintenance rebuilds it from the store."""
+        try:
+            yield
+        except BaseException:
+            self._index_stale = True
+            log.exception("collection %s: index update for seq %d failed; scheduling a rebuild", self.name, seq)
+            raise
+        self._applied_seq = seq
 
     # -- reads --------------------------------------------------------------------------------
     def get(self, doc_id: str) -> StoredDocument:
@@ -232,6 +246,8 @@ class Collection:
 
     @property
     def needs_rebuild(self) -> bool:
+        if self._index_stale:
+            return True
         deleted = self._index.deleted_count
         return deleted >= self._options.rebuild_min_deleted and deleted > self._options.rebuild_deleted_fraction * self._index.slot_count
 
@@ -267,6 +283,8 @@ class Collection:
                 # idempotent, so rows the build already saw are simply updated in place.
                 self._replay(fresh, start_seq)
                 self._index = fresh
+                self._applied_seq = self._store.last_seq()
+                self._index_stale = False
         self.snapshot()
 
     def _remove_stale_snapshots(self) -> None:

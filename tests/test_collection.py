@@ -197,3 +197,22 @@ def test_closed_collection_answers_not_found(tmp_path, glosses):
         c.search(X[0], 1)
     with pytest.raises(NotFound):
         c.upsert(docs_from(X[:1]))
+
+
+def test_a_failed_index_update_keeps_the_write_and_rebuilds(tmp_path, glosses, monkeypatch):
+    _, X = glosses
+    c = make_collection(tmp_path / "stale")
+    c.upsert(docs_from(X[:100]))
+
+    def broken_add(labels, X):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(c._index, "add", broken_add)
+    with pytest.raises(MemoryError):
+        c.upsert(docs_from(X[100:110], 100))
+    assert c.get("d105").id == "d105"  # committed: durable even though the graph missed it
+    assert c.needs_rebuild
+    c.rebuild()
+    assert not c.needs_rebuild and len(c) == 110
+    assert c.search(X[105], 1).matches[0][0].id == "d105"
+    c.close()
