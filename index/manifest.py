@@ -1,8 +1,9 @@
 """The manifest: a collection's build-time facts and its current snapshot, as one JSON file.
 
 It is replaced atomically (write a temporary file, fsync, rename, fsync the directory), so a
-reader sees either the old or the new manifest, never a torn one. Query-time settings do not
-belong here; everything that shapes the stored vectors or the graphs does.
+reader sees either the old or the new manifest, never a torn one. Everything that shapes the
+stored vectors or the graphs is here (dims, metric, M, rotation, encoder), plus the
+collection's query defaults (ef_search, rerank_factor).
 """
 
 import json
@@ -19,10 +20,35 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class Snapshot:
-    """An index file and the last store `seq` it contains."""
+    """Index files (one per dim) and the last store `seq` they all contain."""
+
+    files: dict[str, str]  # str(dim) → file name in snapshots/
+    applied_seq: int
+    rotation_sha256: str | None = None  # the rotation the low-dim graphs were built with
+
+
+@dataclass(frozen=True)
+class Elasticizer:
+    """How prefixes are made truncatable: "pca" fits an uncentred PCA rotation, "none" truncates
+    as is (for Matryoshka-trained models). The fit samples `sample` vectors with `seed`, and runs
+    by itself once the collection holds `fit_at` documents."""
+
+    kind: str = "none"
+    sample: int = 20000
+    seed: int = 0
+    fit_at: int = 1000
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """A fitted rotation: the matrix lives in `file` (float32 .npy), verified by `sha256`."""
 
     file: str
-    applied_seq: int
+    sha256: str
+    seed: int
+    n_fit: int
+    fitted_seq: int
+    energy: dict[str, float]  # str(dim) → share of the second moment its prefix keeps
 
 
 @dataclass(frozen=True)
@@ -32,14 +58,19 @@ class Manifest:
     metric: str
     hnsw: HnswParams
     created_at: str
+    dims: list[int] = field(default_factory=list)  # indexed dims; empty means [dim]
+    elasticizer: Elasticizer = Elasticizer()
+    rotation: Rotation | None = None
+    rerank_factor: int | None = None  # funnel shortlist = k · factor; None: sized per dim
     # Opaque to index/: the service records which encoder made the vectors (None: vectors only).
     encoder: dict[str, Any] | None = None
     snapshot: Snapshot | None = None
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def with_snapshot(self, snapshot: Snapshot) -> "Manifest":
-        return replace(self, snapshot=snapshot)
+    @property
+    def indexed_dims(self) -> list[int]:
+        return sorted(self.dims) if self.dims else [self.dim]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,17 +79,12 @@ class Manifest:
     def from_json(cls, data: dict[str, Any]) -> "Manifest":
         if data.get("format") != FORMAT:
             raise Invalid(f"manifest format {data.get('format')!r} is not supported (expected {FORMAT})")
-        snapshot = data.get("snapshot")
-        return cls(
-            name=data["name"],
-            dim=int(data["dim"]),
-            metric=data["metric"],
-            hnsw=HnswParams(**data["hnsw"]),
-            created_at=data["created_at"],
-            encoder=data.get("encoder"),
-            snapshot=Snapshot(**snapshot) if snapshot else None,
-            extra=data.get("extra", {}),
-        )
+        nested = {"hnsw": HnswParams, "elasticizer": Elasticizer, "rotation": Rotation, "snapshot": Snapshot}
+        values = {k: (nested[k](**v) if k in nested and v is not None else v) for k, v in data.items()}
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Manifest":
+        return replace(self, **changes)
 
 
 def write_manifest(path: str, manifest: Manifest) -> None:

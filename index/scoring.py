@@ -5,7 +5,7 @@ what an index kept (a truncated prefix, a rotated copy, a stale update).
 """
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -25,13 +25,17 @@ class Match:
     vector: np.ndarray | None = None
 
 
-def exact_search(store: Store, Q: np.ndarray, k: int, metric: str, labels: Sequence[int] | None = None) -> Hits:
+def exact_search(store: Store, Q: np.ndarray, k: int, metric: str, labels: Sequence[int] | None = None,
+                 view: Callable[[np.ndarray], np.ndarray] | None = None) -> Hits:
     """Brute-force top-k of `Q (nq, d)` over the live documents (or only `labels`).
 
-    Streams the store in chunks and keeps a running top-k, so memory stays bounded.
+    `view` maps stored `(n, D)` vectors into the queries' space (a truncated, rotated prefix);
+    without it the queries are full-dim. Streams the store in chunks with a running top-k.
     """
     best = Hits.empty(len(Q), 0)
     for chunk_labels, X in store.iter_vectors(labels):
+        if view is not None:
+            X = view(X)
         S = np.concatenate([best.scores, scores(Q, X, metric)], axis=1)
         L = np.concatenate([best.labels, np.broadcast_to(chunk_labels, (len(Q), len(chunk_labels)))], axis=1)
         pos, kept = top_k(S, k)
@@ -42,7 +46,7 @@ def exact_search(store: Store, Q: np.ndarray, k: int, metric: str, labels: Seque
     return hits
 
 
-def rerank(
+def rerank_exact(
     store: Store, Q: np.ndarray, candidates: Hits, k: int, metric: str, include: Sequence[str] = ()
 ) -> list[list[Match]]:
     """Re-score each query's candidate labels exactly from stored vectors; keep the best k.
@@ -73,3 +77,18 @@ def rerank(
             ]
         )
     return results
+
+
+def hydrate(store: Store, hits: Hits, include: Sequence[str] = ()) -> list[list[Match]]:
+    """Matches for `hits` as the index scored them (no re-scoring), with ids and `include`d fields."""
+    wanted = np.unique(hits.labels[hits.labels >= 0])
+    docs = store.fetch(wanted.tolist(), text="text" in include, metadata="metadata" in include)
+    return [
+        [
+            Match(id=docs[label].id, score=score, text=docs[label].text, metadata=docs[label].metadata,
+                  vector=docs[label].vector if "vector" in include else None)
+            for label, score in hits.row(i)
+            if label in docs
+        ]
+        for i in range(len(hits.labels))
+    ]

@@ -198,6 +198,12 @@ class Store:
         with self._read() as conn:
             return conn.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0]
 
+    def live_labels(self) -> np.ndarray:
+        """Sorted labels of all live documents."""
+        with self._read() as conn:
+            return np.asarray([r[0] for r in conn.execute("SELECT label FROM documents WHERE deleted = 0 ORDER BY label")],
+                              np.int64)
+
     def get(self, doc_id: str) -> StoredDocument | None:
         with self._read() as conn:
             row = conn.execute(

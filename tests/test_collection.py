@@ -139,7 +139,7 @@ def test_missing_or_corrupt_snapshot_rebuilds_from_the_store(loaded):
     Q = X[2500:2600]
     before = ids_and_scores(c.search(Q, 10))
     c.close()
-    snapshot = os.path.join(c.path, SNAPSHOT_DIR, c.manifest.snapshot.file)
+    snapshot = os.path.join(c.path, SNAPSHOT_DIR, c.manifest.snapshot.files["384"])
     with open(snapshot, "r+b") as f:
         f.truncate(1000)
     reopened = Collection.open(c.path)
@@ -207,7 +207,7 @@ def test_a_failed_index_update_keeps_the_write_and_rebuilds(tmp_path, glosses, m
     def broken_add(labels, X):
         raise MemoryError("simulated")
 
-    monkeypatch.setattr(c._index, "add", broken_add)
+    monkeypatch.setattr(c._indexes, "add", broken_add)
     with pytest.raises(MemoryError):
         c.upsert(docs_from(X[100:110], 100))
     assert c.get("d105").id == "d105"  # committed: durable even though the graph missed it

@@ -1,0 +1,98 @@
+"""`IndexSet`: one HNSW graph per indexed dim, each over its view of the stored vectors.
+
+The set is the rebuildable cache of a collection: every write reaches every graph, a snapshot
+saves them together at one `seq`, and a rebuild (or a new rotation) builds a new set from the
+store and swaps it in while the old one serves.
+"""
+
+import os
+from typing import Collection as Labels
+
+import numpy as np
+
+from index.elastic import DimView
+from index.hnsw import CorruptSnapshot, HnswIndex, HnswParams
+from index.protocols import Hits
+from index.store import Store
+
+
+class IndexSet:
+    def __init__(self, views: dict[int, DimView], indexes: dict[int, HnswIndex]):
+        assert views.keys() == indexes.keys()
+        self.views = views
+        self.indexes = indexes
+
+    @classmethod
+    def empty(cls, views: dict[int, DimView], params: HnswParams, capacity: int = 1024,
+              reuse: dict[int, HnswIndex] | None = None) -> "IndexSet":
+        """New, empty graphs for `views`; graphs in `reuse` (same view) are kept as they are."""
+        reuse = reuse or {}
+        indexes = {d: reuse.get(d) or HnswIndex(d, v.metric, params, capacity) for d, v in views.items()}
+        return cls(views, indexes)
+
+    @classmethod
+    def load(cls, folder: str, files: dict[str, str], views: dict[int, DimView]) -> "IndexSet":
+        """Load a snapshot: one file per dim. Raises `CorruptSnapshot` if any is unusable."""
+        if set(files) != {str(d) for d in views}:
+            raise CorruptSnapshot(f"snapshot holds dims {sorted(files)}, the collection indexes {sorted(views)}")
+        indexes = {}
+        for d, view in views.items():
+            index = HnswIndex.load(os.path.join(folder, files[str(d)]))
+            if (index.dim, index.metric) != (d, view.metric):
+                raise CorruptSnapshot(f"snapshot for dim {d} holds a {index.dim}-dim {index.metric} graph")
+            indexes[d] = index
+        return cls(views, indexes)
+
+    def fill_from(self, store: Store, skip: set[int] = frozenset()) -> None:
+        """Add every live stored vector to each graph not in `skip` (those are already full)."""
+        targets = {d: i for d, i in self.indexes.items() if d not in skip}
+        if targets:
+            for labels, X in store.iter_vectors():
+                for d, index in targets.items():
+                    index.add(labels, self.views[d].apply(X))
+
+    # -- writes: full-dim prepared vectors in, each graph gets its view --------------------------
+    def add(self, labels: np.ndarray, X: np.ndarray) -> None:
+        for d, index in self.indexes.items():
+            index.add(labels, self.views[d].apply(X))
+
+    def delete(self, labels: np.ndarray) -> None:
+        for index in self.indexes.values():
+            index.delete(labels)
+
+    # -- reads --------------------------------------------------------------------------------
+    @property
+    def dims(self) -> list[int]:
+        return sorted(self.indexes)
+
+    @property
+    def default_dim(self) -> int:
+        return max(self.indexes)
+
+    def search(self, dim: int, Qv: np.ndarray, k: int, ef: int | None, allowed: Labels[int] | None) -> Hits:
+        """Search the graph of `dim` with queries already in its view `(nq, dim)`."""
+        return self.indexes[dim].search(Qv, k, ef=ef, allowed=allowed)
+
+    def __len__(self) -> int:
+        return len(self.indexes[self.default_dim])
+
+    @property
+    def deleted_count(self) -> int:
+        return max(index.deleted_count for index in self.indexes.values())
+
+    @property
+    def slot_count(self) -> int:
+        return max(index.slot_count for index in self.indexes.values())
+
+    def stats(self) -> dict[int, dict[str, int]]:
+        return {d: {"slots": i.slot_count, "deleted": i.deleted_count, "vector_bytes": i.slot_count * d * 4}
+                for d, i in sorted(self.indexes.items())}
+
+    def save(self, folder: str, seq: int) -> dict[str, str]:
+        """Save every graph as `hnsw-<dim>-<seq>.bin`; returns `{str(dim): file name}`."""
+        files = {}
+        for d, index in self.indexes.items():
+            name = f"hnsw-{d}-{seq:012d}.bin"
+            index.save(os.path.join(folder, name))
+            files[str(d)] = name
+        return files

@@ -1,0 +1,67 @@
+"""Persisting the PCA rotation: fit on a sample of the store, save as a verified .npy file."""
+
+import hashlib
+import logging
+import os
+
+import numpy as np
+
+from index.elastic import fit_pca_rotation, sample_labels
+from index.files import fsync_path
+from index.manifest import Manifest, Rotation
+from index.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def fit_and_save_rotation(store: Store, folder: str, sample: int, seed: int, seq: int,
+                          dims: list[int], full_dim: int) -> tuple[np.ndarray, Rotation]:
+    """Fit on up to `sample` stored vectors (chosen with `seed`), write `rotation-<sha>.npy`.
+
+    Returns the `(D, D)` matrix and its manifest record. Raises `Invalid` on an empty store.
+    """
+    labels = sample_labels(store.live_labels(), sample, seed)
+    chunks = list(store.iter_vectors(labels.tolist())) if len(labels) else []
+    if chunks:
+        found = np.concatenate([c[0] for c in chunks])
+        X = np.concatenate([c[1] for c in chunks])[np.argsort(found)]  # label order: deterministic
+    else:
+        X = np.zeros((0, full_dim), np.float32)
+    fit = fit_pca_rotation(X)
+    tmp = os.path.join(folder, ".rotation.tmp.npy")
+    np.save(tmp, fit.rotation)
+    digest = _sha256(tmp)
+    name = f"rotation-{digest[:16]}.npy"
+    os.replace(tmp, os.path.join(folder, name))
+    fsync_path(os.path.join(folder, name))
+    fsync_path(folder)
+    record = Rotation(file=name, sha256=digest, seed=seed, n_fit=fit.n_fit, fitted_seq=seq,
+                      energy={str(d): round(fit.energy(d), 6) for d in dims})
+    return fit.rotation, record
+
+
+def load_rotation(folder: str, manifest: Manifest) -> np.ndarray | None:
+    """The manifest's rotation matrix, or None when there is none or its file does not verify."""
+    record = manifest.rotation
+    if record is None:
+        return None
+    path = os.path.join(folder, record.file)
+    try:
+        if _sha256(path) != record.sha256:
+            raise ValueError("checksum mismatch")
+        R = np.load(path)
+        if R.shape != (manifest.dim, manifest.dim):
+            raise ValueError(f"shape {R.shape}")
+    except (OSError, ValueError) as exc:
+        log.warning("collection %s: rotation %s is unusable (%s); prefixes fall back to plain truncation "
+                    "until the rotation is fitted again", manifest.name, record.file, exc)
+        return None
+    return np.ascontiguousarray(R, np.float32)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
