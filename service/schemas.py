@@ -20,23 +20,53 @@ class HnswConfig(_Body):
     ef_search: int | None = Field(None, ge=1, le=10000, description="default query breadth")
 
 
+class ElasticizerConfig(_Body):
+    kind: Literal["auto", "pca", "none"] = Field(
+        "auto", description='"pca": fit an orthogonal PCA rotation so prefixes keep the most energy; "none": '
+                            'truncate as is (Matryoshka-trained models); "auto": none for declared Matryoshka models, '
+                            'else pca')
+    sample: int = Field(20000, ge=16, le=1_000_000, description="vectors sampled for the fit")
+    seed: int = Field(0, ge=0)
+    fit_at: int = Field(1000, ge=1, description="fit by itself once the collection holds this many documents")
+
+
 class CollectionCreate(_Body):
     name: str = Field(..., pattern=NAME_PATTERN)
     model: str | None = Field(None, description="model alias or local directory; omit with `dim` for vectors only")
     metric: str = Field("cosine", description='"cosine", "ip" or "l2"')
     dim: int | None = Field(None, ge=1, le=16384, description="required for vector-only collections")
+    dims: list[int] | None = Field(None, min_length=1, max_length=16,
+                                   description="Matryoshka dims to index, e.g. [64, 128, 384] (default: full dim only)")
+    elasticizer: ElasticizerConfig | None = None
+    rerank_factor: int | None = Field(None, ge=1, le=100, description="funnel shortlist = k · factor (default: per dim)")
+    layers: int | None = Field(None, ge=1, description="encode with the model's first `layers` layers only")
     hnsw: HnswConfig | None = None
 
 
 class CollectionInfo(BaseModel):
     name: str
     model: str | None
+    layers: int | None = None
     dim: int
+    dims: list[int]
     metric: str
     hnsw: dict[str, int]
+    elasticizer: dict[str, Any]
+    rotation: dict[str, Any] | None = None
+    rerank_factors: dict[str, int]
     created_at: str
     documents: int
-    index: dict[str, int]
+    index: dict[str, Any]
+
+
+class RefitRequest(_Body):
+    sample: int | None = Field(None, ge=16, le=1_000_000, description="default: the collection's elasticizer sample")
+    seed: int | None = Field(None, ge=0)
+
+
+class RefitResponse(BaseModel):
+    rotation: dict[str, Any]
+    took_ms: float
 
 
 class CollectionList(BaseModel):
@@ -85,7 +115,11 @@ class SearchRequest(_Body):
     ef: int | None = Field(None, ge=1, le=100000, description="HNSW search breadth (≥ k is enforced)")
     filter: dict[str, Any] | None = Field(None, description="metadata equality conditions, ANDed")
     include: list[Include] = Field(default_factory=lambda: ["text", "metadata"])
-    exact: bool = Field(False, description="brute force over all documents instead of the graph")
+    exact: bool = Field(False, description="brute force (in the chosen dim) instead of the graph")
+    dim: int | None = Field(None, ge=1, description="search the index of this Matryoshka dim (default: the largest)")
+    rerank: bool = Field(True, description="re-score a low-dim shortlist exactly at full dim")
+    rerank_factor: int | None = Field(None, ge=1, le=1000, description="shortlist = k · factor for a low-dim funnel")
+    layers: int | None = Field(None, ge=1, description="encode the query with the first `layers` layers")
 
 
 class BatchSearchRequest(_Body):
@@ -117,7 +151,11 @@ class EmbeddingsRequest(BaseModel):
     input: str | list[str]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, description="truncate and re-normalise (rotated first for a "
+                                                           "collection with a PCA elasticizer)")
+    collection: str | None = Field(None, description="vecnest extension: embed as this collection does "
+                                                     "(its model, layers and rotation)")
+    layers: int | None = Field(None, ge=1, description="vecnest extension: run the first `layers` layers only")
 
 
 class Embedding(BaseModel):

@@ -1,33 +1,44 @@
-"""Collections: create, list, describe, drop."""
+"""Collections: create, list, describe, drop, refit the elasticizer."""
 
 from fastapi import APIRouter, Depends, Response
 
 from service import schemas
 from service.engine import Engine
+from service.ops import collections as ops
 from service.routes import get_engine
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
+_ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
 
 
 @router.post("", status_code=201, response_model=schemas.CollectionInfo,
              responses={409: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}})
 async def create_collection(body: schemas.CollectionCreate, engine: Engine = Depends(get_engine)):
-    """Create a collection. Give `model` (or nothing, for the default model) to embed text,
-    or `dim` without `model` for a vector-only collection."""
-    return await engine.create_collection(body)
+    """Create a collection. Give `model` (or nothing, for the default model) to embed text, or
+    `dim` without `model` for a vector-only collection. `dims` adds Matryoshka indexes; a PCA
+    elasticizer (the default for models not trained as Matryoshka) makes their prefixes good."""
+    return await ops.create(engine, body)
 
 
 @router.get("", response_model=schemas.CollectionList)
 async def list_collections(engine: Engine = Depends(get_engine)):
-    return engine.list_collections()
+    return ops.list_all(engine)
 
 
-@router.get("/{name}", response_model=schemas.CollectionInfo, responses={404: {"model": schemas.ErrorResponse}})
+@router.get("/{name}", response_model=schemas.CollectionInfo, responses=_ERRORS)
 async def describe_collection(name: str, engine: Engine = Depends(get_engine)):
-    return engine.describe(name)
+    return ops.describe(engine, name)
 
 
-@router.delete("/{name}", status_code=204, responses={404: {"model": schemas.ErrorResponse}})
+@router.delete("/{name}", status_code=204, responses=_ERRORS)
 async def drop_collection(name: str, engine: Engine = Depends(get_engine)):
-    await engine.drop_collection(name)
+    await ops.drop(engine, name)
     return Response(status_code=204)
+
+
+@router.post("/{name}/elasticizer/refit", response_model=schemas.RefitResponse, responses=_ERRORS)
+async def refit_elasticizer(name: str, body: schemas.RefitRequest | None = None, engine: Engine = Depends(get_engine)):
+    """Fit the PCA rotation on a sample of the collection's own vectors (deterministic for a
+    seed) and rebuild its low-dim indexes from the stored vectors; the model is not run.
+    Searches keep being served by the old indexes until the new ones are swapped in."""
+    return await ops.refit(engine, name, body or schemas.RefitRequest())

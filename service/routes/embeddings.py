@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 
 from service import schemas
 from service.engine import Engine
+from service.ops.embeddings import embed
 from service.routes import get_engine
 
 router = APIRouter(prefix="/v1", tags=["embeddings"])
@@ -16,8 +17,9 @@ router = APIRouter(prefix="/v1", tags=["embeddings"])
 async def create_embeddings(body: schemas.EmbeddingsRequest, engine: Engine = Depends(get_engine)):
     """Embed `input` (a string or a list of strings) with `model` (default: the server's
     default model). `encoding_format="base64"` returns little-endian float32 bytes, as the
-    OpenAI clients expect; `dimensions` truncates and re-normalises."""
-    X, model, tokens = await engine.embed(body)
+    OpenAI clients expect; `dimensions` truncates and re-normalises (in the rotated space of
+    `collection`, when given, so the vectors match its Matryoshka indexes)."""
+    X, model, tokens = await embed(engine, body)
     if body.encoding_format == "base64":
         data = [base64.b64encode(x.astype("<f4").tobytes()).decode() for x in X]
     else:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends
 
 from service import schemas
 from service.engine import Engine
+from service.ops import search as ops
 from service.routes import get_engine
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
@@ -15,8 +16,9 @@ _ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorRe
 @router.post("/search", response_model=schemas.SearchResponse, response_model_exclude_none=True, responses=_ERRORS)
 async def search(name: str, body: schemas.SearchRequest, engine: Engine = Depends(get_engine)):
     """Top-k documents for a text `query` or a `vector`; scores are exact and higher is better
-    (cosine similarity, inner product, or minus the Euclidean distance)."""
-    (response,) = await engine.search(name, [body])
+    (cosine similarity, inner product, or minus the Euclidean distance). `dim` routes to a
+    Matryoshka index whose shortlist is re-scored at full dim (`rerank: false` keeps its scores)."""
+    (response,) = await ops.search(engine, name, [body])
     return response
 
 
@@ -25,5 +27,5 @@ async def search(name: str, body: schemas.SearchRequest, engine: Engine = Depend
 async def search_batch(name: str, body: schemas.BatchSearchRequest, engine: Engine = Depends(get_engine)):
     """Many searches in one request; text queries are embedded together."""
     start = time.perf_counter()
-    results = await engine.search(name, body.searches)
+    results = await ops.search(engine, name, body.searches)
     return schemas.BatchSearchResponse(results=results, took_ms=(time.perf_counter() - start) * 1e3)

@@ -1,0 +1,93 @@
+"""Collections: create (with Matryoshka dims, elasticizer, layers), describe, drop, refit."""
+
+import time
+from datetime import datetime, timezone
+
+from index import Collection, HnswParams, Manifest
+from index.elastic import check_dims
+from index.errors import Invalid
+from index.manifest import Elasticizer
+from index.vectors import check_metric
+from service import schemas
+from service.engine import Engine
+
+
+async def create(engine: Engine, req: schemas.CollectionCreate) -> schemas.CollectionInfo:
+    catalog = engine.require_ready()
+    check_metric(req.metric)
+    encoder = None
+    model = req.model or engine.settings.default_model
+    if req.model is not None or req.dim is None:
+        encoder = await engine.load_encoder(model)
+        if req.dim is not None and req.dim != encoder.dim:
+            raise Invalid(f"dim {req.dim} does not match model {model!r} ({encoder.dim} dims)", code="wrong_dimension")
+        encoder.check_layers(req.layers)
+    elif req.layers is not None:
+        raise Invalid("layers needs a model; this collection holds vectors only", code="invalid_layers")
+    dim = encoder.dim if encoder else req.dim
+    dims = check_dims(req.dims, dim)
+    manifest = Manifest(
+        name=req.name, dim=dim, metric=req.metric, hnsw=_hnsw(engine, req.hnsw),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        dims=dims, elasticizer=_elasticizer(req.elasticizer, encoder), rerank_factor=req.rerank_factor,
+        encoder={"model": model, "dim": dim, "layers": req.layers,
+                 "matryoshka_dims": encoder.matryoshka_dims} if encoder else None,
+    )
+    collection = await engine.run(catalog.create, manifest)
+    engine.attach_encoder(req.name, encoder)
+    return info(collection)
+
+
+def _hnsw(engine: Engine, h: schemas.HnswConfig | None) -> HnswParams:
+    s, h = engine.settings, h or schemas.HnswConfig()
+    return HnswParams(m=h.m or s.hnsw_m, ef_construction=h.ef_construction or s.hnsw_ef_construction,
+                      ef_search=h.ef_search or s.hnsw_ef_search)
+
+
+def _elasticizer(cfg: schemas.ElasticizerConfig | None, encoder) -> Elasticizer:
+    cfg = cfg or schemas.ElasticizerConfig()
+    kind = cfg.kind
+    if kind == "auto":  # a Matryoshka-trained model truncates natively; anything else gets PCA
+        kind = "none" if encoder is not None and encoder.matryoshka_dims else "pca"
+    return Elasticizer(kind=kind, sample=cfg.sample, seed=cfg.seed, fit_at=cfg.fit_at)
+
+
+def info(collection: Collection) -> schemas.CollectionInfo:
+    m, stats = collection.manifest, collection.stats()
+    encoder = m.encoder or {}
+    return schemas.CollectionInfo(
+        name=m.name, model=encoder.get("model"), layers=encoder.get("layers"), dim=m.dim, dims=collection.dims,
+        metric=m.metric, hnsw={"m": m.hnsw.m, "ef_construction": m.hnsw.ef_construction, "ef_search": m.hnsw.ef_search},
+        elasticizer=vars(m.elasticizer), rotation=vars(m.rotation) if m.rotation else None,
+        rerank_factors={str(d): collection.rerank_factor(d) for d in collection.dims if d < m.dim},
+        created_at=m.created_at, documents=stats["documents"],
+        index={k: v for k, v in stats.items() if k != "documents"},
+    )
+
+
+def list_all(engine: Engine) -> schemas.CollectionList:
+    engine.require_ready()
+    return schemas.CollectionList(collections=[info(c) for c in engine.collections()])
+
+
+def describe(engine: Engine, name: str) -> schemas.CollectionInfo:
+    return info(engine.collection(name))
+
+
+async def drop(engine: Engine, name: str) -> None:
+    await engine.run(engine.require_ready().drop, name)
+    engine.detach(name)
+
+
+async def refit(engine: Engine, name: str, req: schemas.RefitRequest) -> schemas.RefitResponse:
+    """Fit the PCA rotation on the collection's own vectors now and rebuild its low-dim graphs."""
+    collection = engine.collection(name)
+    if min(collection.dims) == collection.manifest.dim:
+        raise Invalid(f"collection {name!r} indexes only its full dim; declare lower dims to use a rotation",
+                      code="no_low_dims")
+    if collection.manifest.elasticizer.kind != "pca":
+        raise Invalid(f"collection {name!r} truncates natively (elasticizer {collection.manifest.elasticizer.kind!r})",
+                      code="no_elasticizer")
+    start = time.perf_counter()
+    record = await engine.run(collection.fit_rotation, req.sample, req.seed)
+    return schemas.RefitResponse(rotation=vars(record), took_ms=(time.perf_counter() - start) * 1e3)

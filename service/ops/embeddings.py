@@ -1,0 +1,45 @@
+"""`/v1/embeddings`: the OpenAI request/response shape, with Matryoshka `dimensions`."""
+
+import numpy as np
+
+from index.elastic import DimView
+from index.errors import Invalid
+from service import schemas
+from service.engine import Engine
+
+
+async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndarray, str, int]:
+    """`(vectors (n, d), model name, prompt tokens)`.
+
+    With `collection`, texts are embedded as that collection embeds documents (model, layers)
+    and `dimensions` truncates its rotated space, so the vectors match its low-dim indexes.
+    """
+    texts = [req.input] if isinstance(req.input, str) else list(req.input)
+    if not texts:
+        raise Invalid("input must not be empty", code="empty_input")
+    if len(texts) > engine.settings.max_batch_documents:
+        raise Invalid(f"{len(texts)} inputs in one request; the limit is {engine.settings.max_batch_documents}",
+                      code="too_many_inputs")
+    if any(not t.strip() for t in texts):
+        raise Invalid("input contains an empty string", code="empty_text")
+    rotation, layers, label = None, req.layers, ""
+    if req.collection is not None:
+        collection = engine.collection(req.collection)
+        encoder = engine.encoder_for(collection)
+        if encoder is None:
+            raise Invalid(f"collection {req.collection!r} has no model", code="vector_required")
+        if req.model is not None and req.model != collection.manifest.encoder["model"]:
+            raise Invalid(f"collection {req.collection!r} uses model {collection.manifest.encoder['model']!r}, "
+                          f"not {req.model!r}", code="unknown_model")
+        model, rotation, label = collection.manifest.encoder["model"], collection.rotation, collection.name
+        layers = layers or collection.manifest.encoder.get("layers")
+    else:
+        model = req.model or engine.settings.default_model
+        encoder = await engine.load_encoder(model)
+    if req.dimensions is not None and req.dimensions > encoder.dim:
+        raise Invalid(f"dimensions={req.dimensions} exceeds the model's {encoder.dim}", code="invalid_dimensions")
+    X = await engine.encode(label, encoder, texts, "document", layers)
+    if req.dimensions is not None and req.dimensions < encoder.dim:
+        X = DimView(req.dimensions, encoder.dim, "cosine", rotation).apply(X)  # rotate, truncate, re-normalise
+    tokens = await engine.inference.call(lambda: encoder.count_tokens(texts))
+    return X, model, tokens

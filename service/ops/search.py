@@ -1,0 +1,72 @@
+"""Search: validate, embed text queries together, route to the requested dim, shape results."""
+
+import time
+
+import numpy as np
+
+from index import Collection, SearchResult
+from index.errors import Invalid
+from service import schemas
+from service.engine import Engine
+
+
+async def search(engine: Engine, name: str, requests: list[schemas.SearchRequest]) -> list[schemas.SearchResponse]:
+    collection = engine.collection(name)
+    if len(requests) > engine.settings.max_batch_queries:
+        raise Invalid(f"{len(requests)} searches in one request; the limit is {engine.settings.max_batch_queries}",
+                      code="too_many_queries")
+    for r in requests:
+        check_search(engine, collection, r)
+    started = time.perf_counter()
+    vectors = await query_vectors(engine, collection, requests)
+    responses = []
+    for r, q in zip(requests, vectors):
+        t0 = time.perf_counter()
+        result: SearchResult = await engine.run(
+            collection.search, q, r.k, dim=r.dim, ef=r.ef, filter=r.filter, exact=r.exact, rerank=r.rerank,
+            rerank_factor=r.rerank_factor, include=r.include)
+        engine.metrics.observe_stages(name, result.timings)
+        engine.metrics.searches.labels(name, result.strategy).inc()
+        hits = [schemas.SearchHit(id=m.id, score=m.score, text=m.text if "text" in r.include else None,
+                                  metadata=m.metadata, vector=m.vector.tolist() if m.vector is not None else None)
+                for m in result.matches[0]]
+        responses.append(schemas.SearchResponse(results=hits, took_ms=(time.perf_counter() - t0) * 1e3))
+    if len(requests) == 1:  # a single search reports its whole time, encoding included
+        responses[0].took_ms = (time.perf_counter() - started) * 1e3
+    return responses
+
+
+def check_search(engine: Engine, collection: Collection, r: schemas.SearchRequest) -> None:
+    if (r.query is None) == (r.vector is None):
+        raise Invalid("give exactly one of query (text) or vector", code="missing_query")
+    if r.query is not None and not r.query.strip():
+        raise Invalid("query text is empty", code="empty_text")
+    if r.k > engine.settings.max_k:
+        raise Invalid(f"k={r.k} exceeds the limit of {engine.settings.max_k}", code="k_too_large")
+    if r.vector is not None and len(r.vector) != collection.manifest.dim:
+        raise Invalid(f"query vector has {len(r.vector)} dimensions; collection {collection.name!r} expects "
+                      f"{collection.manifest.dim}", code="wrong_dimension")
+    if r.dim is not None and r.dim not in collection.dims:
+        raise Invalid(f"dim {r.dim} is not indexed in collection {collection.name!r}; valid dims: {collection.dims}",
+                      code="invalid_dim")
+    if r.layers is not None and r.vector is not None:
+        raise Invalid("layers applies to text queries only", code="invalid_layers")
+
+
+async def query_vectors(engine: Engine, collection: Collection, requests: list[schemas.SearchRequest]) -> list[np.ndarray]:
+    """One full-dim vector per request; text queries sharing `layers` are embedded together."""
+    out: list[np.ndarray | None] = [np.asarray(r.vector, np.float32) if r.vector is not None else None for r in requests]
+    pending = [i for i, r in enumerate(requests) if r.query is not None]
+    if pending:
+        encoder = engine.encoder_for(collection)
+        if encoder is None:
+            raise Invalid(f"collection {collection.name!r} has no model: search with a vector", code="vector_required")
+        default_layers = collection.manifest.encoder.get("layers")
+        groups: dict[int | None, list[int]] = {}
+        for i in pending:
+            groups.setdefault(requests[i].layers or default_layers, []).append(i)
+        for layers, idx in groups.items():
+            X = await engine.encode(collection.name, encoder, [requests[i].query for i in idx], "query", layers)
+            for i, x in zip(idx, X):
+                out[i] = x
+    return out
