@@ -1,4 +1,4 @@
-"""The `vecnest` command: `vecnest serve --host H --port P --data-dir D`.
+"""The `vecnest` command: `vecnest serve --host H --port P --data-dir D`, and `vecnest finetune`.
 
 Flags override `VECNEST_*` environment variables, which override the defaults.
 """
@@ -17,9 +17,33 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default 8000; env VECNEST_PORT)")
     serve.add_argument("--data-dir", help="where collections live (default ./data; env VECNEST_DATA_DIR)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    tune = commands.add_parser("finetune", help="fine-tune a model into a Matryoshka model (CPU)",
+                               description="Fine-tune a local sentence-transformers model with MatryoshkaLoss "
+                                           "(--2d: Matryoshka2dLoss) on (query, positive) pairs and write a model "
+                                           "directory vecnest can serve.")
+    tune.add_argument("--base", default="all-MiniLM-L6-v2", help="model alias or local directory to start from")
+    tune.add_argument("--pairs", required=True, help='JSONL: {"query": ..., "positive": ..., "negative"?: ...}')
+    tune.add_argument("--out", required=True, help="directory for the new model (and its checkpoints)")
+    tune.add_argument("--dims", help="Matryoshka dims, comma-separated (default 384,256,128,64,32)")
+    tune.add_argument("--2d", dest="layers_2d", action="store_true", help="also train shallow layers (2D Matryoshka)")
+    tune.add_argument("--init", choices=["pca", "none"], default="pca",
+                      help="pca: start from the model plus its PCA rotation (prefixes start strong); none: as is")
+    tune.add_argument("--epochs", type=int, default=2)
+    tune.add_argument("--batch-size", type=int, default=32)
+    tune.add_argument("--lr", type=float, default=3e-5)
+    tune.add_argument("--max-seq-length", type=int, default=256)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--checkpoint-every", type=int, default=10, help="steps between checkpoints")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve_command(args)
+    if args.command == "finetune":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from service.finetune import main as finetune_main
+
+        return finetune_main(args)
     return 2
 
 

@@ -19,18 +19,26 @@ async def search(engine: Engine, name: str, requests: list[schemas.SearchRequest
         check_search(engine, collection, r)
     started = time.perf_counter()
     vectors = await query_vectors(engine, collection, requests)
-    responses = []
-    for r, q in zip(requests, vectors):
+    responses: list[schemas.SearchResponse | None] = [None] * len(requests)
+    # Searches that differ only in their vector run as one call: one graph call, one store
+    # read for the re-ranking, and one scan for exact searches.
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.model_dump_json(exclude={"query", "vector", "layers"}), []).append(i)
+    for idx in groups.values():
+        r = requests[idx[0]]
         t0 = time.perf_counter()
         result: SearchResult = await engine.run(
-            collection.search, q, r.k, dim=r.dim, ef=r.ef, filter=r.filter, exact=r.exact, rerank=r.rerank,
-            rerank_factor=r.rerank_factor, include=r.include)
+            collection.search, np.stack([vectors[i] for i in idx]), r.k, dim=r.dim, ef=r.ef, filter=r.filter,
+            exact=r.exact, rerank=r.rerank, rerank_factor=r.rerank_factor, include=r.include)
+        took = (time.perf_counter() - t0) * 1e3 / len(idx)
         engine.metrics.observe_stages(name, result.timings)
-        engine.metrics.searches.labels(name, result.strategy).inc()
-        hits = [schemas.SearchHit(id=m.id, score=m.score, text=m.text if "text" in r.include else None,
-                                  metadata=m.metadata, vector=m.vector.tolist() if m.vector is not None else None)
-                for m in result.matches[0]]
-        responses.append(schemas.SearchResponse(results=hits, took_ms=(time.perf_counter() - t0) * 1e3))
+        engine.metrics.searches.labels(name, result.strategy).inc(len(idx))
+        for i, matches in zip(idx, result.matches):
+            hits = [schemas.SearchHit(id=m.id, score=m.score, text=m.text if "text" in r.include else None,
+                                      metadata=m.metadata, vector=m.vector.tolist() if m.vector is not None else None)
+                    for m in matches]
+            responses[i] = schemas.SearchResponse(results=hits, took_ms=took)
     if len(requests) == 1:  # a single search reports its whole time, encoding included
         responses[0].took_ms = (time.perf_counter() - started) * 1e3
     return responses
