@@ -5,8 +5,9 @@
 In-process through index/ (one Collection, one graph per dim, the PCA rotation fitted on the
 first 20,000 documents as the service's auto-fit does). 1,000 held-out glosses are the queries;
 the ground truth is exact full-dim top-10. For each dim, a sweep of (rerank_factor, ef) finds
-the fastest setting whose final recall@10 (after the full-dim re-rank) is ≥ 0.95; QPS is one
-query per call on one thread, re-ranking from SQLite included. Target: the 96-dim index at
+the fastest setting whose final recall@10 (after the full-dim re-rank) is ≥ 0.95. QPS is
+measured two ways: one query per call on one thread (latency-bound), and all queries in one
+call (throughput); both include the exact full-dim re-rank and fetching the result ids. Target: the 96-dim index at
 least 1.5× the QPS of the 384-dim index, at a quarter of its vector memory.
 """
 
@@ -74,6 +75,15 @@ def qps(c: Collection, Q: np.ndarray, dim: int, ef: int, factor: int | None) -> 
     return len(Q) / (time.perf_counter() - start)
 
 
+def batch_qps(c: Collection, Q: np.ndarray, dim: int, ef: int, factor: int | None) -> float:
+    """Throughput with all queries in one call: the graph runs on every core, the re-rank is
+    vectorised, and per-call overhead is amortised."""
+    c.search(Q[:100], 10, dim=dim, ef=ef, rerank_factor=factor)
+    start = time.perf_counter()
+    c.search(Q, 10, dim=dim, ef=ef, rerank_factor=factor)
+    return len(Q) / (time.perf_counter() - start)
+
+
 def sweep(c: Collection, Q: np.ndarray, truth, dim: int) -> dict:
     """The fastest (factor, ef) with recall ≥ TARGET; recall grows with both, so each factor
     stops at its first ef that reaches the target."""
@@ -88,7 +98,9 @@ def sweep(c: Collection, Q: np.ndarray, truth, dim: int) -> dict:
                 if best is None or speed > best["qps"]:
                     best = {"factor": factor, "ef": ef, "recall": r, "qps": speed}
                 break
-    return best or {"factor": None, "ef": None, "recall": 0.0, "qps": 0.0}
+    if best is None:
+        return {"factor": None, "ef": None, "recall": 0.0, "qps": 0.0, "batch_qps": 0.0}
+    return {**best, "batch_qps": batch_qps(c, Q, dim, best["ef"], best["factor"])}
 
 
 def main() -> int:
@@ -123,11 +135,15 @@ def main() -> int:
     base = results[384]["qps"]
     print(f"\nWordNet glosses: {len(ids)} documents, {len(Q)} held-out queries, all-MiniLM-L6-v2 with PCA rotation; "
           f"fastest setting with final recall@10 >= {TARGET} against exact full-dim search\n")
-    print("| dim | rerank factor | ef | recall@10 | QPS | QPS vs 384 | vector MB | graph file MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| dim | rerank factor | ef | recall@10 | QPS (1 query/call) | vs 384 | QPS (batch) | vs 384 | vector MB | graph file MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    batch_base = results[384]["batch_qps"]
     for d, r in results.items():
-        print(f"| {d} | {r['factor'] or '-'} | {r['ef']} | {r['recall']:.3f} | {r['qps']:.0f} | "
-              f"{r['qps'] / base:.2f}x | {r['vector_mb']:.0f} | {r['graph_file_mb']:.0f} |")
+        if not r["ef"]:
+            print(f"| {d} | - | - | < {TARGET} at every setting tried | - | - | - | - | {r['vector_mb']:.0f} | {r['graph_file_mb']:.0f} |")
+            continue
+        print(f"| {d} | {r['factor'] or '-'} | {r['ef']} | {r['recall']:.3f} | {r['qps']:.0f} | {r['qps'] / base:.2f}x | "
+              f"{r['batch_qps']:.0f} | {r['batch_qps'] / batch_base:.2f}x | {r['vector_mb']:.0f} | {r['graph_file_mb']:.0f} |")
     ok = results[96]["qps"] >= 1.5 * base and results[96]["vector_mb"] <= 0.25 * results[384]["vector_mb"] + 1e-9
     print(f"\n{'PASS' if ok else 'FAIL'}: 96-dim index >= 1.5x the QPS of the 384-dim index at recall@10 >= {TARGET}, "
           f"with a quarter of its vector memory ({results[96]['qps'] / base:.2f}x)")

@@ -29,12 +29,14 @@ from index.manifest import Manifest, Rotation, Snapshot, read_manifest, write_ma
 from index.rotation import fit_and_save_rotation, load_rotation
 from index.scoring import Match, exact_search, hydrate, rerank_exact
 from index.store import NewDocument, StoredDocument, Store
+from index.vectorfile import VectorFile
 from index.vectors import as_matrix, prepare
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 STORE_FILE = "store.sqlite"
+VECTOR_FILE = "vectors.f32"
 SNAPSHOT_DIR = "snapshots"
 ROTATION_DIR = "rotations"
 
@@ -74,11 +76,12 @@ def default_rerank_factor(dim: int, full_dim: int) -> int:
 
 
 class Collection:
-    def __init__(self, path: str, manifest: Manifest, store: Store, indexes: IndexSet, applied_seq: int,
-                 options: CollectionOptions):
+    def __init__(self, path: str, manifest: Manifest, store: Store, vectors: VectorFile, indexes: IndexSet,
+                 applied_seq: int, options: CollectionOptions):
         self.path = path
         self._manifest = manifest
         self._store = store
+        self._vectors = vectors
         self._indexes = indexes
         self._applied_seq = applied_seq
         self._options = options
@@ -97,8 +100,9 @@ class Collection:
         for folder in (SNAPSHOT_DIR, ROTATION_DIR):
             os.makedirs(os.path.join(path, folder), exist_ok=True)
         store = Store(os.path.join(path, STORE_FILE), manifest.dim, options.synchronous)
+        vectors = VectorFile(os.path.join(path, VECTOR_FILE), manifest.dim)
         write_manifest(os.path.join(path, MANIFEST_FILE), manifest)
-        return cls(path, manifest, store, IndexSet.empty(_views(manifest, None), manifest.hnsw), 0, options)
+        return cls(path, manifest, store, vectors, IndexSet.empty(_views(manifest, None), manifest.hnsw), 0, options)
 
     @classmethod
     def open(cls, path: str, options: CollectionOptions = CollectionOptions()) -> "Collection":
@@ -107,6 +111,11 @@ class Collection:
         for folder in (SNAPSHOT_DIR, ROTATION_DIR):
             os.makedirs(os.path.join(path, folder), exist_ok=True)
         store = Store(os.path.join(path, STORE_FILE), manifest.dim, options.synchronous)
+        vectors = VectorFile(os.path.join(path, VECTOR_FILE), manifest.dim, capacity=store.count() + 16)
+        if vectors.fresh:  # missing or mis-sized: rebuild the mirror from the store
+            for labels, X in store.iter_vectors():
+                vectors.add(labels, X)
+        vectors.set_live(store.live_labels())
         rotation = load_rotation(os.path.join(path, ROTATION_DIR), manifest)
         if rotation is None and manifest.rotation is not None:
             manifest = manifest.replace(rotation=None)  # unusable: prefixes fall back to plain
@@ -114,8 +123,8 @@ class Collection:
         indexes, applied = cls._load_snapshot(path, manifest, views)
         if indexes is None:
             indexes, applied = IndexSet.empty(views, manifest.hnsw, capacity=store.count() + 16), 0
-        collection = cls(path, manifest, store, indexes, applied, options)
-        replayed = collection._replay(indexes, applied)
+        collection = cls(path, manifest, store, vectors, indexes, applied, options)
+        replayed = collection._replay(indexes, applied, vectors)
         collection._applied_seq = max(applied, store.last_seq())
         collection._remove_stale_files()
         log.info("opened collection %s: %d documents, dims %s, replayed %d rows after seq %d",
@@ -141,11 +150,12 @@ class Collection:
             return None, 0
         return indexes, snapshot.applied_seq
 
-    def _replay(self, indexes: IndexSet, after_seq: int) -> int:
+    def _replay(self, indexes: IndexSet, after_seq: int, vectors: VectorFile | None = None) -> int:
         n = 0
         for changes in self._store.changes_since(after_seq):
-            indexes.add(changes.labels, changes.vectors)
-            indexes.delete(changes.deleted)
+            for target in (indexes, vectors) if vectors is not None else (indexes,):
+                target.add(changes.labels, changes.vectors)
+                target.delete(changes.deleted)
             n += len(changes.labels) + len(changes.deleted)
         return n
 
@@ -207,6 +217,7 @@ class Collection:
             seq, labels = self._store.put(docs)
             t1 = time.perf_counter()
             with self._applying(seq):
+                self._vectors.add(labels, X)
                 self._indexes.add(labels, X)
             t2 = time.perf_counter()
         return WriteResult(ids, seq, {"store": t1 - t0, "index_add": t2 - t1})
@@ -219,6 +230,7 @@ class Collection:
             seq, labels, deleted = self._store.delete(list(ids))
             t1 = time.perf_counter()
             with self._applying(seq):
+                self._vectors.delete(labels)
                 self._indexes.delete(labels)
             t2 = time.perf_counter()
         return WriteResult(deleted, seq, {"store": t1 - t0, "index_delete": t2 - t1})
@@ -279,13 +291,13 @@ class Collection:
             exact = exact or (allowed is not None and len(allowed) <= self._exact_filter_limit(len(indexes)))
             t0 = time.perf_counter()
             if exact:
-                hits = exact_search(self._store, Qv, shortlist, self.manifest.metric, allowed,
+                hits = exact_search(self._vectors, Qv, shortlist, self.manifest.metric, allowed,
                                     None if view.is_full else view.apply)
             else:
                 hits = indexes.search(dim, Qv, shortlist, ef, None if allowed is None else frozenset(allowed.tolist()))
             t1 = time.perf_counter()
             if rerank:
-                matches = rerank_exact(self._store, Q, hits, k, self.manifest.metric, include)
+                matches = rerank_exact(self._store, self._vectors, Q, hits, k, self.manifest.metric, include)
             else:
                 matches = hydrate(self._store, hits, include)
             t2 = time.perf_counter()
@@ -328,6 +340,7 @@ class Collection:
                 return False
             seq = self._applied_seq
             folder = os.path.join(self.path, SNAPSHOT_DIR)
+            self._vectors.flush()  # the full-dim mirror is durable up to `seq` as well
             files = self._indexes.save(folder, seq)
             fsync_path(folder)  # the new files' names, before the manifest names them
             rotation_sha = self._manifest.rotation.sha256 if self._manifest.rotation else None
@@ -352,8 +365,8 @@ class Collection:
             m = self._manifest
             sample = sample or m.elasticizer.sample
             seed = m.elasticizer.seed if seed is None else seed
-            rotation, record = fit_and_save_rotation(self._store, os.path.join(self.path, ROTATION_DIR),
-                                                     sample, seed, self._applied_seq, self.dims, m.dim)
+            rotation, record = fit_and_save_rotation(self._store, self._vectors, os.path.join(self.path, ROTATION_DIR),
+                                                     sample, seed, self._applied_seq, self.dims)
             views = _views(m, rotation)
             full = {d: i for d, i in self._indexes.indexes.items() if views[d].is_full}
             self._rebuild_locked(views, reuse=full, manifest=m.replace(rotation=record))
@@ -364,7 +377,7 @@ class Collection:
         self._check_open()
         start_seq = self._store.last_seq()
         fresh = IndexSet.empty(views, self._manifest.hnsw, capacity=len(self._indexes) + 16, reuse=reuse)
-        fresh.fill_from(self._store, skip=set(reuse))
+        fresh.fill_from(self._vectors, skip=set(reuse))
         with self._write_mutex:
             self._check_open()
             # Rows written since the build began are re-applied; replay is idempotent, so rows

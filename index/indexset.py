@@ -13,7 +13,7 @@ import numpy as np
 from index.elastic import DimView
 from index.hnsw import CorruptSnapshot, HnswIndex, HnswParams
 from index.protocols import Hits
-from index.store import Store
+from index.vectorfile import VectorFile
 
 
 class IndexSet:
@@ -43,18 +43,20 @@ class IndexSet:
             indexes[d] = index
         return cls(views, indexes)
 
-    def fill_from(self, store: Store, skip: set[int] = frozenset()) -> None:
-        """Add every live stored vector to each graph not in `skip` (those are already full)."""
+    def fill_from(self, vectors: VectorFile, skip: set[int] = frozenset()) -> None:
+        """Add every live full-dim vector to each graph not in `skip` (those are already full)."""
         targets = {d: i for d, i in self.indexes.items() if d not in skip}
         if targets:
-            for labels, X in store.iter_vectors():
+            for labels, X in vectors.chunks():
                 for d, index in targets.items():
-                    index.add(labels, self.views[d].apply(X))
+                    index.add(labels, self.views[d].apply(X), num_threads=-1)  # bulk: every core
 
     # -- writes: full-dim prepared vectors in, each graph gets its view --------------------------
-    def add(self, labels: np.ndarray, X: np.ndarray) -> None:
+    def add(self, labels: np.ndarray, X: np.ndarray, threads: int = 1) -> None:
+        """Insert in label order on one thread by default: hnswlib's multi-threaded insert order
+        varies run to run, and replaying writes after a crash must rebuild the same graph."""
         for d, index in self.indexes.items():
-            index.add(labels, self.views[d].apply(X))
+            index.add(labels, self.views[d].apply(X), num_threads=threads)
 
     def delete(self, labels: np.ndarray) -> None:
         for index in self.indexes.values():

@@ -10,23 +10,19 @@ from index.elastic import fit_pca_rotation, sample_labels
 from index.files import fsync_path
 from index.manifest import Manifest, Rotation
 from index.store import Store
+from index.vectorfile import VectorFile
 
 log = logging.getLogger(__name__)
 
 
-def fit_and_save_rotation(store: Store, folder: str, sample: int, seed: int, seq: int,
-                          dims: list[int], full_dim: int) -> tuple[np.ndarray, Rotation]:
+def fit_and_save_rotation(store: Store, vectors: VectorFile, folder: str, sample: int, seed: int, seq: int,
+                          dims: list[int]) -> tuple[np.ndarray, Rotation]:
     """Fit on up to `sample` stored vectors (chosen with `seed`), write `rotation-<sha>.npy`.
 
     Returns the `(D, D)` matrix and its manifest record. Raises `Invalid` on an empty store.
     """
-    labels = sample_labels(store.live_labels(), sample, seed)
-    chunks = list(store.iter_vectors(labels.tolist())) if len(labels) else []
-    if chunks:
-        found = np.concatenate([c[0] for c in chunks])
-        X = np.concatenate([c[1] for c in chunks])[np.argsort(found)]  # label order: deterministic
-    else:
-        X = np.zeros((0, full_dim), np.float32)
+    labels = sample_labels(store.live_labels(), sample, seed)  # sorted: the fit is deterministic
+    _, X = vectors.gather(labels)
     fit = fit_pca_rotation(X)
     tmp = os.path.join(folder, ".rotation.tmp.npy")
     np.save(tmp, fit.rotation)

@@ -1,7 +1,7 @@
-"""Exact scoring from the store: brute-force search and the re-ranking of ANN candidates.
+"""Exact scoring at full dim: brute-force search and the re-ranking of ANN candidates.
 
-Both read vectors from the `Store` (the source of truth), so final scores never depend on
-what an index kept (a truncated prefix, a rotated copy, a stale update).
+Both read the full-dim vectors (the `VectorFile` mirror of the store), so final scores never
+depend on what a graph kept (a truncated prefix, a rotated copy); hydration reads the store.
 """
 
 from dataclasses import dataclass
@@ -11,7 +11,8 @@ import numpy as np
 
 from index.protocols import Hits
 from index.store import Store
-from index.vectors import scores, top_k
+from index.vectorfile import VectorFile
+from index.vectors import candidate_scores, scores, top_k
 
 
 @dataclass(frozen=True)
@@ -25,15 +26,21 @@ class Match:
     vector: np.ndarray | None = None
 
 
-def exact_search(store: Store, Q: np.ndarray, k: int, metric: str, labels: Sequence[int] | None = None,
+def exact_search(vectors: VectorFile, Q: np.ndarray, k: int, metric: str, labels: np.ndarray | None = None,
                  view: Callable[[np.ndarray], np.ndarray] | None = None) -> Hits:
     """Brute-force top-k of `Q (nq, d)` over the live documents (or only `labels`).
 
     `view` maps stored `(n, D)` vectors into the queries' space (a truncated, rotated prefix);
-    without it the queries are full-dim. Streams the store in chunks with a running top-k.
+    without it the queries are full-dim. Works chunk by chunk with a running top-k.
     """
+    if labels is None:
+        source = vectors.chunks()
+    else:
+        source = (vectors.gather(labels[s:s + 32768]) for s in range(0, len(labels), 32768))
     best = Hits.empty(len(Q), 0)
-    for chunk_labels, X in store.iter_vectors(labels):
+    for chunk_labels, X in source:
+        if len(chunk_labels) == 0:
+            continue
         if view is not None:
             X = view(X)
         S = np.concatenate([best.scores, scores(Q, X, metric)], axis=1)
@@ -47,42 +54,32 @@ def exact_search(store: Store, Q: np.ndarray, k: int, metric: str, labels: Seque
 
 
 def rerank_exact(
-    store: Store, Q: np.ndarray, candidates: Hits, k: int, metric: str, include: Sequence[str] = ()
+    store: Store, vectors: VectorFile, Q: np.ndarray, candidates: Hits, k: int, metric: str,
+    include: Sequence[str] = ()
 ) -> list[list[Match]]:
-    """Re-score each query's candidate labels exactly from stored vectors; keep the best k.
+    """Re-score each query's candidate labels exactly at full dim; keep the best k.
 
-    One store read for the whole batch also hydrates ids and the `include`d fields. Labels
-    deleted since the index answered are dropped.
+    One gather of the candidates' full-dim rows for the whole batch, one matrix product, then
+    only the final k per query are hydrated from the store. Labels deleted since the index
+    answered drop out.
     """
     wanted = np.unique(candidates.labels[candidates.labels >= 0])
-    docs = store.fetch(wanted.tolist(), text="text" in include, metadata="metadata" in include)
-    results = []
-    for i, q in enumerate(Q):
-        found = [docs[label] for label in candidates.labels[i].tolist() if label in docs]
-        if not found:
-            results.append([])
-            continue
-        exact = scores(q[None, :], np.stack([d.vector for d in found]), metric)[0]
-        order = np.lexsort((np.arange(len(found)), -exact))[:k]
-        results.append(
-            [
-                Match(
-                    id=found[j].id,
-                    score=float(exact[j]),
-                    text=found[j].text,
-                    metadata=found[j].metadata,
-                    vector=found[j].vector if "vector" in include else None,
-                )
-                for j in order.tolist()
-            ]
-        )
-    return results
+    labels, X = vectors.gather(wanted)
+    if len(labels) == 0:
+        return [[] for _ in range(len(Q))]
+    pos = np.minimum(np.searchsorted(labels, candidates.labels), len(labels) - 1)
+    live = (candidates.labels >= 0) & (labels[pos] == candidates.labels)
+    S = np.where(live, candidate_scores(Q, X, pos, metric), -np.inf)
+    order, best = top_k(S, k)
+    top = np.where(np.isfinite(best), np.take_along_axis(np.where(live, candidates.labels, -1), order, axis=1), -1)
+    return hydrate(store, Hits(top, best), include)
 
 
 def hydrate(store: Store, hits: Hits, include: Sequence[str] = ()) -> list[list[Match]]:
     """Matches for `hits` as the index scored them (no re-scoring), with ids and `include`d fields."""
     wanted = np.unique(hits.labels[hits.labels >= 0])
-    docs = store.fetch(wanted.tolist(), text="text" in include, metadata="metadata" in include)
+    docs = store.fetch(wanted.tolist(), text="text" in include, metadata="metadata" in include,
+                       vector="vector" in include)
     return [
         [
             Match(id=docs[label].id, score=score, text=docs[label].text, metadata=docs[label].metadata,

@@ -56,7 +56,7 @@ class NewDocument:
 class StoredDocument:
     label: int
     id: str
-    vector: np.ndarray
+    vector: np.ndarray | None  # None when not asked for
     text: str | None = None
     metadata: dict[str, Any] | None = None
 
@@ -88,6 +88,7 @@ class Store:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA mmap_size=4294967296")  # reads without a syscall per page (clamped by SQLite)
         return conn
 
     @contextmanager
@@ -211,12 +212,23 @@ class Store:
             ).fetchone()
         return self._document(row, True, True) if row else None
 
-    def fetch(self, labels: Sequence[int], text: bool = False, metadata: bool = False) -> dict[int, StoredDocument]:
-        """Live documents (always with vector and id) for `labels`; absent labels are skipped."""
-        cols = "label, id, vector" + (", text" if text else ", NULL") + (", metadata" if metadata else ", NULL")
+    def fetch(self, labels: Sequence[int], text: bool = False, metadata: bool = False,
+              vector: bool = True) -> dict[int, StoredDocument]:
+        """Live documents (with their ids) for `labels`; absent labels are skipped."""
+        cols = ("label, id" + (", vector" if vector else ", NULL") + (", text" if text else ", NULL")
+                + (", metadata" if metadata else ", NULL"))
         with self._read() as conn:
             rows = self._select_in(conn, f"SELECT {cols} FROM documents WHERE deleted = 0 AND label IN ({{}})", labels)
         return {row[0]: self._document(row, text, metadata) for row in rows}
+
+    def vectors(self, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """`(labels (m,) sorted, vectors (m, dim))` of the live documents among `labels`."""
+        with self._read() as conn:
+            rows = self._select_in(conn, "SELECT label, vector FROM documents WHERE deleted = 0 AND label IN ({})", labels)
+        rows.sort()
+        found = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        X = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), self.dim)
+        return found, X.astype(np.float32)
 
     def filter_labels(self, conditions: list[tuple[str, str, Any]]) -> np.ndarray:
         """Sorted labels of live documents matching every `(key, kind, value)` condition."""
@@ -230,9 +242,9 @@ class Store:
         """Yield `(labels (n,), vectors (n, dim))` for live documents: all, or those in `labels`."""
         if labels is not None:
             for start in range(0, len(labels), batch):
-                found = self.fetch(labels[start : start + batch])
-                if found:
-                    yield self._stack([(label, doc.vector) for label, doc in found.items()])
+                found, X = self.vectors(labels[start : start + batch])
+                if len(found):
+                    yield found, X
             return
         with self._read() as conn:
             cursor = conn.execute("SELECT label, vector FROM documents WHERE deleted = 0 ORDER BY label")
@@ -263,7 +275,7 @@ class Store:
         return StoredDocument(
             label=label,
             id=doc_id,
-            vector=self._vector(blob),
+            vector=self._vector(blob) if blob is not None else None,
             text=doc_text if text else None,
             metadata=json.loads(doc_meta) if metadata else None,
         )

@@ -74,6 +74,24 @@ def scores(Q: np.ndarray, X: np.ndarray, metric: str) -> np.ndarray:
     return (-np.sqrt(np.maximum(sq, 0.0))).astype(np.float32, copy=False)
 
 
+def candidate_scores(Q: np.ndarray, X: np.ndarray, rows: np.ndarray, metric: str, chunk: int = 64) -> np.ndarray:
+    """Exact scores `(nq, C)` of each query `Q[i]` against its own candidates `X[rows[i]]`.
+
+    Q `(nq, d)`, X `(m, d)`, rows `(nq, C)` int positions into X. Chunked so a large batch never
+    materialises more than `chunk · C · d` gathered floats, nor scores every query against
+    every other query's candidates.
+    """
+    out = np.empty(rows.shape, np.float32)
+    for s in range(0, len(Q), chunk):
+        G = X[rows[s : s + chunk]]  # (c, C, d)
+        q = Q[s : s + chunk, None, :]
+        if metric == "l2":
+            out[s : s + chunk] = -np.sqrt(np.maximum(((G - q) ** 2).sum(-1), 0.0))
+        else:
+            out[s : s + chunk] = np.einsum("icd,id->ic", G, Q[s : s + chunk])
+    return out
+
+
 def top_k(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row-wise top-k of a score matrix `S (nq, n)`.
 

@@ -216,3 +216,17 @@ def test_a_failed_index_update_keeps_the_write_and_rebuilds(tmp_path, glosses, m
     assert not c.needs_rebuild and len(c) == 110
     assert c.search(X[105], 1).matches[0][0].id == "d105"
     c.close()
+
+
+def test_a_lost_vector_file_is_rebuilt_from_the_store(loaded):
+    c, X = loaded
+    c.snapshot()
+    Q = X[2500:2600]
+    before = ids_and_scores(c.search(Q, 10))
+    exact_before = ids_and_scores(c.search(Q, 10, exact=True))
+    c.close()
+    os.remove(os.path.join(c.path, "vectors.f32"))
+    reopened = Collection.open(c.path)
+    assert ids_and_scores(reopened.search(Q, 10)) == before
+    assert ids_and_scores(reopened.search(Q, 10, exact=True)) == exact_before
+    reopened.close()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from index.errors import Invalid
-from index.vectors import as_matrix, normalize, prepare, scores, top_k
+from index.vectors import as_matrix, candidate_scores, normalize, prepare, scores, top_k
 
 
 def test_as_matrix_accepts_one_vector_or_a_batch_and_copies():
@@ -61,3 +61,12 @@ def test_top_k_sorted_with_deterministic_ties():
     assert pos.tolist() == [[1, 3, 2]] and np.allclose(best, [[0.9, 0.9, 0.5]])
     pos, _ = top_k(S, 10)  # k beyond n returns n
     assert pos.shape == (1, 5)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_candidate_scores_equal_full_scores_at_the_candidates(metric):
+    rng = np.random.default_rng(4)
+    Q, X = rng.normal(size=(130, 8)).astype(np.float32), rng.normal(size=(50, 8)).astype(np.float32)
+    rows = rng.integers(0, 50, size=(130, 7))
+    expected = np.take_along_axis(scores(Q, X, metric), rows, axis=1)
+    assert np.allclose(candidate_scores(Q, X, rows, metric, chunk=16), expected, atol=1e-4)
