@@ -9,7 +9,9 @@ from index.collection import Collection, CollectionOptions, SearchResult, WriteR
 from index.errors import Conflict, Invalid, NotFound, NotReady, Overloaded, TooLarge, VecnestError
 from index.exact import ExactIndex
 from index.hnsw import HnswIndex, HnswParams
+from index.fde import FdeEncoder, MultiVectorConfig
 from index.manifest import Manifest, Snapshot
+from index.multivector import MultiVectorCollection
 from index.protocols import Hits, VectorIndex
 from index.scoring import Match
 from index.store import NewDocument, Store, StoredDocument
@@ -18,5 +20,5 @@ __all__ = [
     "Catalog", "check_name", "Collection", "CollectionOptions", "SearchResult", "WriteResult",
     "Conflict", "Invalid", "NotFound", "NotReady", "Overloaded", "TooLarge", "VecnestError",
     "ExactIndex", "HnswIndex", "HnswParams", "Manifest", "Snapshot", "Hits", "VectorIndex",
-    "Match", "NewDocument", "Store", "StoredDocument",
+    "Match", "NewDocument", "Store", "StoredDocument", "FdeEncoder", "MultiVectorConfig", "MultiVectorCollection",
 ]

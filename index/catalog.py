@@ -19,6 +19,7 @@ from index.collection import MANIFEST_FILE, Collection, CollectionOptions
 from index.errors import Conflict, Invalid, NotFound
 from index.files import fsync_path
 from index.manifest import Manifest
+from index.multivector import collection_class, open_collection
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Catalog:
             if not os.path.exists(os.path.join(path, MANIFEST_FILE)):
                 continue
             try:
-                collection = Collection.open(path, self.options)
+                collection = open_collection(path, self.options)
                 if on_open is not None:
                     on_open(collection)
             except Exception as exc:  # one broken collection must not keep the others down
@@ -98,13 +99,13 @@ class Catalog:
             staging = os.path.join(self._root, f".new-{manifest.name}-{uuid.uuid4().hex[:8]}")
             os.makedirs(staging)
             try:
-                Collection.create(staging, manifest, self.options).close()
+                collection_class(manifest).create(staging, manifest, self.options).close()
                 os.rename(staging, os.path.join(self._root, manifest.name))
                 fsync_path(self._root)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            collection = Collection.open(os.path.join(self._root, manifest.name), self.options)
+            collection = open_collection(os.path.join(self._root, manifest.name), self.options)
             self._collections[manifest.name] = collection
         return collection
 

@@ -99,7 +99,7 @@ class Collection:
             raise Invalid("rerank_factor must be at least 1", code="invalid_rerank_factor")
         for folder in (SNAPSHOT_DIR, ROTATION_DIR):
             os.makedirs(os.path.join(path, folder), exist_ok=True)
-        store = Store(os.path.join(path, STORE_FILE), manifest.dim, options.synchronous)
+        store = _store(path, manifest, options)
         vectors = VectorFile(os.path.join(path, VECTOR_FILE), manifest.dim)
         write_manifest(os.path.join(path, MANIFEST_FILE), manifest)
         return cls(path, manifest, store, vectors, IndexSet.empty(_views(manifest, None), manifest.hnsw), 0, options)
@@ -110,7 +110,7 @@ class Collection:
         manifest = read_manifest(os.path.join(path, MANIFEST_FILE))
         for folder in (SNAPSHOT_DIR, ROTATION_DIR):
             os.makedirs(os.path.join(path, folder), exist_ok=True)
-        store = Store(os.path.join(path, STORE_FILE), manifest.dim, options.synchronous)
+        store = _store(path, manifest, options)
         vectors = VectorFile(os.path.join(path, VECTOR_FILE), manifest.dim, capacity=store.count() + 16)
         if vectors.fresh:  # missing or mis-sized: rebuild the mirror from the store
             for labels, X in store.iter_vectors():
@@ -203,14 +203,23 @@ class Collection:
     # -- writes -------------------------------------------------------------------------------
     def upsert(self, docs: Sequence[NewDocument]) -> WriteResult:
         """Insert or replace documents by id, all or nothing. Vectors are `(dim,)` each."""
+        if self._check_batch(docs):
+            return WriteResult([], self._applied_seq, {})
+        X = prepare(as_matrix([d.vector for d in docs], self.manifest.dim), self.manifest.metric)
+        return self._write([replace(doc, vector=x) for doc, x in zip(docs, X)], X)
+
+    @staticmethod
+    def _check_batch(docs: Sequence[NewDocument]) -> bool:
+        """Reject duplicate ids in one batch; True when the batch is empty (nothing to do)."""
         ids = [doc.id for doc in docs]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
             raise Invalid(f"document id {dup!r} appears more than once in the batch", code="duplicate_id")
-        if not docs:
-            return WriteResult([], self._applied_seq, {})
-        X = prepare(as_matrix([d.vector for d in docs], self.manifest.dim), self.manifest.metric)
-        docs = [replace(doc, vector=x) for doc, x in zip(docs, X)]
+        return not docs
+
+    def _write(self, docs: Sequence[NewDocument], X: np.ndarray) -> WriteResult:
+        """Commit `docs` (whose index vectors are the rows of `X`), then apply them to the graphs."""
+        ids = [doc.id for doc in docs]
         with self._write_mutex:
             self._check_open()
             t0 = time.perf_counter()
@@ -410,6 +419,11 @@ class Collection:
 
     def _reading(self):
         return _ReadGuard(self)
+
+
+def _store(path: str, manifest: Manifest, options: CollectionOptions) -> Store:
+    token_dim = manifest.multivector.token_dim if manifest.multivector else None
+    return Store(os.path.join(path, STORE_FILE), manifest.dim, options.synchronous, token_dim)
 
 
 def _views(manifest: Manifest, rotation: np.ndarray | None) -> dict[int, DimView]:

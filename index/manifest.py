@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from index.errors import Invalid
+from index.fde import MultiVectorConfig
 from index.files import fsync_path
 from index.hnsw import HnswParams
 
@@ -64,6 +65,8 @@ class Manifest:
     rerank_factor: int | None = None  # funnel shortlist = k · factor; None: sized per dim
     # Opaque to index/: the service records which encoder made the vectors (None: vectors only).
     encoder: dict[str, Any] | None = None
+    # Multi-vector collections: the frozen FDE parameters; `dim` is then the FDE's dim.
+    multivector: MultiVectorConfig | None = None
     snapshot: Snapshot | None = None
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,7 +82,8 @@ class Manifest:
     def from_json(cls, data: dict[str, Any]) -> "Manifest":
         if data.get("format") != FORMAT:
             raise Invalid(f"manifest format {data.get('format')!r} is not supported (expected {FORMAT})")
-        nested = {"hnsw": HnswParams, "elasticizer": Elasticizer, "rotation": Rotation, "snapshot": Snapshot}
+        nested = {"hnsw": HnswParams, "elasticizer": Elasticizer, "rotation": Rotation, "snapshot": Snapshot,
+                  "multivector": MultiVectorConfig}
         values = {k: (nested[k](**v) if k in nested and v is not None else v) for k, v in data.items()}
         return cls(**values)
 

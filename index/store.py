@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -39,17 +39,28 @@ CREATE TABLE IF NOT EXISTS fields (              -- filterable metadata values, 
 CREATE INDEX IF NOT EXISTS fields_lookup ON fields (key, kind, value, label);
 CREATE INDEX IF NOT EXISTS fields_label ON fields (label);
 """
+# Multi-vector collections keep each document's token matrix, the source of truth its FDE
+# (in `documents.vector`) is derived from.
+_TOKEN_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    label INTEGER PRIMARY KEY,
+    count INTEGER NOT NULL,
+    blob  BLOB NOT NULL                          -- float16 little-endian (count, token_dim)
+);
+"""
 _SQL_VARS = 30000  # SQLite's limit on bound parameters per statement is 32766
 
 
 @dataclass(frozen=True)
 class NewDocument:
-    """A document to write: `vector` is `(dim,)` float32, already prepared for the metric."""
+    """A document to write: `vector` is `(dim,)` float32, already prepared for the metric;
+    `tokens` is the `(n, token_dim)` float16 token matrix of a multi-vector document."""
 
     id: str
     vector: np.ndarray
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    tokens: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,7 @@ class StoredDocument:
     vector: np.ndarray | None  # None when not asked for
     text: str | None = None
     metadata: dict[str, Any] | None = None
+    tokens: np.ndarray | None = None  # (n, token_dim) float16, multi-vector documents
 
 
 @dataclass(frozen=True)
@@ -71,12 +83,13 @@ class Changes:
 
 
 class Store:
-    def __init__(self, path: str, dim: int, synchronous: str = "FULL"):
+    def __init__(self, path: str, dim: int, synchronous: str = "FULL", token_dim: int | None = None):
         self.path = path
         self.dim = int(dim)
+        self.token_dim = token_dim  # set: every document carries a token matrix
         self._synchronous = synchronous
         self._writer = self._connect()
-        self._writer.executescript(_SCHEMA)
+        self._writer.executescript(_SCHEMA + (_TOKEN_SCHEMA if token_dim else ""))
         self._write_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._idle_readers: list[sqlite3.Connection] = []
@@ -125,12 +138,12 @@ class Store:
                 metadata = json.dumps(doc.metadata or {}, allow_nan=False, separators=(",", ":"))
             except (TypeError, ValueError) as exc:
                 raise Invalid(f"document {doc.id!r}: metadata is not plain JSON: {exc}", code="invalid_metadata") from None
-            rows.append((doc, metadata, vector.tobytes()))
+            rows.append((doc, metadata, vector.tobytes(), self._token_blob(doc)))
         with self._write_lock:
             with self._transaction() as conn:
                 seq = self._next_seq(conn)
                 labels = []
-                for doc, metadata, blob in rows:
+                for doc, metadata, blob, tokens in rows:
                     (label,) = conn.execute(
                         "INSERT INTO documents (id, seq, deleted, text, metadata, vector) VALUES (?, ?, 0, ?, ?, ?) "
                         "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, deleted = 0, text = excluded.text, "
@@ -138,6 +151,9 @@ class Store:
                         (doc.id, seq, doc.text, metadata, blob),
                     ).fetchone()
                     labels.append(label)
+                    if tokens is not None:
+                        conn.execute("INSERT OR REPLACE INTO tokens (label, count, blob) VALUES (?, ?, ?)",
+                                     (label, *tokens))
                     conn.execute("DELETE FROM fields WHERE label = ?", (label,))
                     conn.executemany(
                         "INSERT INTO fields (label, key, kind, value) VALUES (?, ?, ?, ?)",
@@ -160,6 +176,8 @@ class Store:
                     [(seq, label) for label in labels],
                 )
                 conn.executemany("DELETE FROM fields WHERE label = ?", [(label,) for label in labels])
+                if self.token_dim:
+                    conn.executemany("DELETE FROM tokens WHERE label = ?", [(label,) for label in labels])
         return seq, np.asarray(labels, np.int64), [doc_id for _, doc_id in found]
 
     def purge_tombstones(self, up_to_seq: int) -> int:
@@ -210,7 +228,35 @@ class Store:
             row = conn.execute(
                 "SELECT label, id, vector, text, metadata FROM documents WHERE id = ? AND deleted = 0", (doc_id,)
             ).fetchone()
-        return self._document(row, True, True) if row else None
+            if row is None:
+                return None
+            doc = self._document(row, True, True)
+            if self.token_dim:
+                count, blob = conn.execute("SELECT count, blob FROM tokens WHERE label = ?", (doc.label,)).fetchone()
+                doc = replace(doc, tokens=self._tokens(count, blob))
+        return doc
+
+    def tokens(self, labels: Sequence[int]) -> dict[int, np.ndarray]:
+        """Token matrices `(n_i, token_dim)` float16 of the live documents among `labels`."""
+        with self._read() as conn:
+            rows = self._select_in(conn, "SELECT label, count, blob FROM tokens WHERE label IN ({})", labels)
+        return {label: self._tokens(count, blob) for label, count, blob in rows}
+
+    def iter_tokens(self, labels: Sequence[int] | None = None, batch: int = 4096
+                    ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+        """Yield `(labels (n,), [token matrix (n_i, token_dim) float16])` of live documents."""
+        if labels is not None:
+            for start in range(0, len(labels), batch):
+                found = self.tokens(labels[start : start + batch])
+                if found:
+                    keys = sorted(found)
+                    yield np.asarray(keys, np.int64), [found[k] for k in keys]
+            return
+        with self._read() as conn:
+            cursor = conn.execute("SELECT label, count, blob FROM tokens ORDER BY label")
+            while rows := cursor.fetchmany(batch):
+                yield (np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                       [self._tokens(count, blob) for _, count, blob in rows])
 
     def fetch(self, labels: Sequence[int], text: bool = False, metadata: bool = False,
               vector: bool = True) -> dict[int, StoredDocument]:
@@ -267,6 +313,18 @@ class Store:
                 yield Changes(labels, vectors, dead)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _token_blob(self, doc: NewDocument) -> tuple[int, bytes] | None:
+        if not self.token_dim:
+            return None
+        tokens = np.ascontiguousarray(doc.tokens, "<f2") if doc.tokens is not None else None
+        if tokens is None or tokens.ndim != 2 or tokens.shape[1] != self.token_dim or not len(tokens):
+            raise Invalid(f"document {doc.id!r}: a non-empty (n, {self.token_dim}) token matrix is required",
+                          code="invalid_tokens")
+        return len(tokens), tokens.tobytes()
+
+    def _tokens(self, count: int, blob: bytes) -> np.ndarray:
+        return np.frombuffer(blob, "<f2").reshape(count, self.token_dim)
+
     def _vector(self, blob: bytes) -> np.ndarray:
         return np.frombuffer(blob, "<f4").astype(np.float32)
 

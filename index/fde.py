@@ -1,0 +1,205 @@
+"""MUVERA fixed-dimensional encodings (FDE): a token set → one vector whose inner products
+approximate Chamfer (MaxSim) similarity. Spec: ../shared/design/algorithms.md §1.
+
+For each repetition r the token space is cut by `simhash_bits` random hyperplanes into
+B = 2^bits buckets; every token is projected to `projection_dim` dims (dense ±1/√d_proj, or
+the identity) and added into its bucket's block. Query blocks SUM their tokens, document
+blocks AVERAGE them, and an empty document block is filled with the projected token(s)
+nearest to it in Hamming distance. ⟨F_q(Q), F_doc(P)⟩ / repetitions ≈ Σ_q max_p ⟨q, p⟩.
+FDEs are not normalised: they live in an inner-product index.
+
+Pure numpy, seeded, vectorised over all tokens of a batch (no per-token Python loops).
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+from index.errors import Invalid
+
+Side = Literal["query", "document"]
+MAX_FDE_DIM = 65536  # hnswlib stores the vectors as floats; beyond this nothing fits anyway
+_BATCH_TOKENS = 16384  # padded tokens per vectorised step (bounds the fill's working set)
+
+
+@dataclass(frozen=True)
+class MultiVectorConfig:
+    """A multi-vector collection's frozen FDE parameters (and its per-document token limit).
+
+    Output dim = repetitions · 2^simhash_bits · projection_dim (token_dim when
+    projection_dim is None, the identity), or final_dim after a Count-Sketch.
+    """
+
+    token_dim: int
+    repetitions: int = 20
+    simhash_bits: int = 5
+    projection_dim: int | None = 16
+    final_dim: int | None = None
+    seed: int = 42
+    fill_empty: bool = True
+    max_tokens: int = 512  # tokens per document or query; more is a 4xx
+
+    @property
+    def buckets(self) -> int:
+        return 1 << self.simhash_bits
+
+    @property
+    def block_dim(self) -> int:
+        return self.projection_dim or self.token_dim
+
+    @property
+    def raw_dim(self) -> int:
+        return self.repetitions * self.buckets * self.block_dim
+
+    @property
+    def dim(self) -> int:
+        return self.final_dim or self.raw_dim
+
+    def check(self) -> "MultiVectorConfig":
+        def bad(msg: str) -> Invalid:
+            return Invalid(f"multivector: {msg}", code="invalid_multivector")
+
+        if not 1 <= self.token_dim <= 4096:
+            raise bad(f"token_dim {self.token_dim} must be in 1..4096")
+        if not 1 <= self.repetitions <= 128:
+            raise bad(f"repetitions {self.repetitions} must be in 1..128")
+        if not 0 <= self.simhash_bits <= 10:
+            raise bad(f"simhash_bits {self.simhash_bits} must be in 0..10")
+        if self.projection_dim is not None and not 1 <= self.projection_dim <= self.token_dim:
+            raise bad(f"projection_dim {self.projection_dim} must be in 1..token_dim ({self.token_dim})")
+        if self.final_dim is not None and not 1 <= self.final_dim < self.raw_dim:
+            raise bad(f"final_dim {self.final_dim} must be below the raw FDE dim {self.raw_dim}")
+        if self.dim > MAX_FDE_DIM:
+            raise bad(f"the FDE would have {self.dim} dims; the limit is {MAX_FDE_DIM} (use final_dim or fewer "
+                      f"repetitions, bits or projection dims)")
+        if not 1 <= self.max_tokens <= 8192:
+            raise bad(f"max_tokens {self.max_tokens} must be in 1..8192")
+        if self.seed < 0:
+            raise bad("seed must be ≥ 0")
+        return self
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class FdeEncoder:
+    """Encodes token sets with one frozen `MultiVectorConfig`. Thread-safe (read-only state)."""
+
+    def __init__(self, config: MultiVectorConfig):
+        self.config = c = config.check()
+        R, k, d, P = c.repetitions, c.simhash_bits, c.token_dim, c.block_dim
+        # Independent streams per repetition and per matrix: (seed, r, 0) hyperplanes, (seed, r, 1) projection.
+        rngs = [[np.random.default_rng(np.random.SeedSequence([c.seed, r, m])) for m in (0, 1)] for r in range(R)]
+        self._hyperplanes = np.concatenate([g.standard_normal((d, k)) for g, _ in rngs], axis=1).astype(np.float32)
+        if c.projection_dim is None:
+            self._projection = None
+        else:
+            signs = [p.integers(0, 2, (d, P)) * 2 - 1 for _, p in rngs]
+            self._projection = (np.concatenate(signs, axis=1) / np.sqrt(P)).astype(np.float32)  # (d, R·P)
+        self._bit_weights = (1 << np.arange(k)).astype(np.int64)  # bucket id = Σ bit_j · 2^j
+        ids = np.arange(c.buckets)
+        self._hamming = np.array([[bin(a ^ b).count("1") for b in ids] for a in ids], np.int16)  # (B, B)
+        if c.final_dim is not None:
+            rng = np.random.default_rng(np.random.SeedSequence([c.seed, 1 << 20, 2]))
+            slot = rng.integers(0, c.final_dim, c.raw_dim)
+            self._sketch_order = np.argsort(slot, kind="stable")
+            self._sketch_sign = (rng.integers(0, 2, c.raw_dim) * 2 - 1).astype(np.float32)[self._sketch_order]
+            self._sketch_slots, self._sketch_starts = np.unique(slot[self._sketch_order], return_index=True)
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    # -- public -------------------------------------------------------------------------------
+    def documents(self, token_sets: Sequence[np.ndarray]) -> np.ndarray:
+        """`(n, dim)` float32 document FDEs (block averages, empty blocks filled if configured)."""
+        return self.encode(token_sets, "document", self.config.fill_empty)
+
+    def queries(self, token_sets: Sequence[np.ndarray]) -> np.ndarray:
+        """`(n, dim)` float32 query FDEs (block sums, never filled)."""
+        return self.encode(token_sets, "query", False)
+
+    def encode(self, token_sets: Sequence[np.ndarray], side: Side, fill: bool) -> np.ndarray:
+        if side == "query" and fill:
+            raise Invalid("empty-bucket filling applies to documents only: a filled query would count tokens twice",
+                          code="invalid_multivector")
+        sizes = np.fromiter((len(t) for t in token_sets), np.int64, len(token_sets))
+        if (sizes == 0).any():
+            raise Invalid("a token set is empty", code="empty_tokens")
+        out = np.zeros((len(token_sets), self.dim), np.float32)
+        start = 0
+        while start < len(token_sets):
+            # Batches of whole sets whose padded size (sets × longest set) stays near _BATCH_TOKENS.
+            padded = np.arange(1, len(sizes) - start + 1) * np.maximum.accumulate(sizes[start:])
+            stop = start + max(1, int(np.searchsorted(padded, _BATCH_TOKENS, side="right")))
+            raw = self._encode_batch(token_sets[start:stop], sizes[start:stop], side, fill)
+            out[start:stop] = self._final(raw)
+            start = stop
+        return out
+
+    def buckets(self, X: np.ndarray) -> np.ndarray:
+        """`(n, repetitions)` bucket ids of tokens `X (n, token_dim)`: bit j of the id is 1 where
+        the token lies on the positive side of hyperplane j."""
+        c = self.config
+        bits = (np.asarray(X, np.float32) @ self._hyperplanes).reshape(len(X), c.repetitions, c.simhash_bits) > 0
+        return bits @ self._bit_weights
+
+    def hamming(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Hamming distance between the sign patterns of bucket ids `a` and `b`."""
+        return self._hamming[a, b]
+
+    # -- internals ----------------------------------------------------------------------------
+    def _encode_batch(self, token_sets: Sequence[np.ndarray], sizes: np.ndarray, side: Side, fill: bool) -> np.ndarray:
+        c = self.config
+        R, B, P, n = c.repetitions, c.buckets, c.block_dim, len(token_sets)
+        X = np.concatenate([np.asarray(t, np.float32).reshape(-1, c.token_dim) for t in token_sets])  # (T, d)
+        T = len(X)
+        owner = np.repeat(np.arange(n), sizes)  # (T,) which set each token belongs to
+        buckets = self.buckets(X)  # (T, R)
+        Y = self._project(X)  # (T, R, P)
+        # Scatter-add every (token, repetition) row into its block: sort by block, sum runs.
+        block = ((owner[:, None] * R + np.arange(R)) * B + buckets).ravel()  # (T·R,)
+        order = np.argsort(block, kind="stable")
+        used, first = np.unique(block[order], return_index=True)
+        blocks = np.zeros((n * R * B, P), np.float32)
+        blocks[used] = np.add.reduceat(Y.reshape(T * R, P)[order], first, axis=0)
+        if side == "document":
+            counts = np.bincount(block, minlength=n * R * B)
+            blocks[used] /= counts[used, None]
+            if fill:
+                empty = counts == 0
+                if empty.any():
+                    blocks[empty] = self._fill(Y, buckets, sizes).reshape(n * R * B, P)[empty]
+        return blocks.reshape(n, R * B * P)
+
+    def _project(self, X: np.ndarray) -> np.ndarray:
+        c = self.config
+        if self._projection is None:
+            return np.broadcast_to(X[:, None, :], (len(X), c.repetitions, c.token_dim))
+        return (X @ self._projection).reshape(len(X), c.repetitions, c.block_dim)
+
+    def _fill(self, Y: np.ndarray, buckets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """`(n, R, B, P)`: for every block, the mean projection of the set's tokens nearest to it
+        in Hamming distance. Averaging ties (instead of taking the first) keeps the FDE
+        independent of token order."""
+        n, L = len(sizes), int(sizes.max())
+        R, B, P = Y.shape[1], self.config.buckets, Y.shape[2]
+        slot = np.arange(L)[None, :] < sizes[:, None]  # (n, L) real token or padding
+        index = np.zeros((n, L), np.int64)
+        index[slot] = np.arange(len(Y))
+        dist = self._hamming[buckets[index]]  # (n, L, R, B)
+        dist = np.where(slot[:, :, None, None], dist, np.iinfo(np.int16).max)
+        nearest = (dist == dist.min(axis=1, keepdims=True)).astype(np.float32)
+        nearest /= nearest.sum(axis=1, keepdims=True)
+        Ypad = np.where(slot[:, :, None, None], Y[index], 0.0)  # (n, L, R, P)
+        return np.einsum("nlrb,nlrp->nrbp", nearest, Ypad, optimize=True)
+
+    def _final(self, raw: np.ndarray) -> np.ndarray:
+        """Count-Sketch `(n, raw_dim)` → `(n, final_dim)`: each coordinate adds, signed, into one slot."""
+        if self.config.final_dim is None:
+            return raw
+        out = np.zeros((len(raw), self.config.final_dim), np.float32)
+        out[:, self._sketch_slots] = np.add.reduceat(raw[:, self._sketch_order] * self._sketch_sign,
+                                                     self._sketch_starts, axis=1)
+        return out

@@ -1,0 +1,200 @@
+"""`MultiVectorCollection`: documents are token sets (ColBERT-style), searched by MaxSim.
+
+The token matrices (float16, in the store) are the source of truth. Each document's MUVERA
+FDE is derived from them and indexed like a dense vector (store column, vector file, one
+inner-product HNSW graph), so durability, snapshots, replay, deletes, filters and rebuilds
+are the dense collection's own. A search encodes the query's FDE, takes the graph's top-N
+candidates and re-ranks them by exact Chamfer over their stored tokens.
+"""
+
+import os
+import time
+from dataclasses import replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from index.collection import MANIFEST_FILE, Collection, CollectionOptions, SearchResult, WriteResult
+from index.errors import Invalid
+from index.fde import FdeEncoder
+from index.filters import parse_filter
+from index.manifest import Elasticizer, Manifest, read_manifest
+from index.maxsim import TokenBatch, ball_carve
+from index.protocols import Hits
+from index.scoring import Match, hydrate
+from index.store import NewDocument, StoredDocument
+from index.vectors import top_k
+
+DEFAULT_CANDIDATES = 100
+
+
+def check_tokens(tokens: Any, token_dim: int, max_tokens: int, what: str = "token matrix") -> np.ndarray:
+    """Validate a token matrix and return it `(n, token_dim)` float32 with unit-length rows.
+
+    Rejects ragged or empty input, a wrong token dim, more than `max_tokens` rows, NaN or
+    infinity, and all-zero tokens (no direction to compare)."""
+    try:
+        T = np.array(tokens, dtype=np.float32, order="C", copy=True)
+    except (ValueError, TypeError):
+        raise Invalid(f"{what} must be a rectangular list of lists of numbers (one row per token)",
+                      code="invalid_tokens") from None
+    if T.ndim != 2 or T.shape[0] == 0:
+        raise Invalid(f"{what} must be a non-empty (tokens, {token_dim}) matrix, got shape {T.shape}",
+                      code="invalid_tokens")
+    if T.shape[1] != token_dim:
+        raise Invalid(f"{what} has {T.shape[1]}-dim tokens; expected {token_dim}", code="wrong_dimension")
+    if len(T) > max_tokens:
+        raise Invalid(f"{what} has {len(T)} tokens; the limit is {max_tokens}", code="too_many_tokens")
+    if not np.isfinite(T).all():
+        raise Invalid(f"{what} contains NaN or infinity", code="non_finite")
+    norms = np.linalg.norm(T, axis=1, keepdims=True)
+    if (norms < 1e-6).any():
+        raise Invalid(f"{what} contains an all-zero token", code="zero_vector")
+    return T / norms
+
+
+class MultiVectorCollection(Collection):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.fde = FdeEncoder(self._manifest.multivector)
+
+    @classmethod
+    def create(cls, path: str, manifest: Manifest, options: CollectionOptions = CollectionOptions()) -> "Collection":
+        """A multi-vector collection indexes the FDE (its dim) by inner product, without dims or
+        rotations: those belong to dense vectors."""
+        config = manifest.multivector.check()
+        manifest = manifest.replace(dim=config.dim, metric="ip", dims=[], elasticizer=Elasticizer(kind="none"),
+                                    rerank_factor=None)
+        return super().create(path, manifest, options)
+
+    @property
+    def config(self):
+        return self._manifest.multivector
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "fde_dim": self.fde.dim}
+
+    def check_tokens(self, tokens: Any, what: str = "token matrix") -> np.ndarray:
+        return check_tokens(tokens, self.config.token_dim, self.config.max_tokens, what)
+
+    # -- writes -------------------------------------------------------------------------------
+    def upsert(self, docs: Sequence[NewDocument]) -> WriteResult:
+        """Insert or replace documents by id, all or nothing; each carries `tokens (n, token_dim)`
+        (its `vector` is ignored: the FDE is derived here). Tokens are unit-normalised and kept as
+        float16; the FDE is computed from those float16 values, so it can be rebuilt exactly."""
+        if self._check_batch(docs):
+            return WriteResult([], self._applied_seq, {})
+        t0 = time.perf_counter()
+        tokens = [self.check_tokens(d.tokens, f"document {d.id!r} tokens").astype(np.float16) for d in docs]
+        F = self.fde.documents([t.astype(np.float32) for t in tokens])
+        result = self._write([replace(d, vector=f, tokens=t) for d, f, t in zip(docs, F, tokens)], F)
+        return replace(result, timings={"fde": time.perf_counter() - t0 - sum(result.timings.values()),
+                                        **result.timings})
+
+    def derive_fdes(self, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`(labels, FDEs)` recomputed from the stored tokens alone (no model): what the index holds."""
+        out_labels, out = [], []
+        for found, sets in self._store.iter_tokens(labels):
+            out_labels.append(found)
+            out.append(self.fde.documents([s.astype(np.float32) for s in sets]))
+        if not out:
+            return np.zeros(0, np.int64), np.zeros((0, self.fde.dim), np.float32)
+        return np.concatenate(out_labels), np.concatenate(out)
+
+    # -- reads --------------------------------------------------------------------------------
+    def get(self, doc_id: str) -> StoredDocument:
+        doc = super().get(doc_id)
+        return replace(doc, vector=None, tokens=doc.tokens.astype(np.float32))
+
+    def search(self, *args: Any, **kwargs: Any) -> SearchResult:
+        raise Invalid(f"collection {self.name!r} holds multi-vector documents: search it with token matrices "
+                      f"or text, not a single vector", code="multivector_collection")
+
+    def fit_rotation(self, *args: Any, **kwargs: Any):
+        raise Invalid(f"collection {self.name!r} holds multi-vector documents; rotations apply to dense vectors",
+                      code="multivector_collection")
+
+    def search_tokens(self, queries: Sequence[Any], k: int, *, candidates: int | None = None, ef: int | None = None,
+                      filter: dict[str, Any] | None = None, exact: bool = False, ball_carving: float | None = None,
+                      include: Sequence[str] = ()) -> SearchResult:
+        """Top-k documents by Chamfer (MaxSim) for each query token matrix `(m_i, token_dim)`.
+
+        The FDE graph's top-`candidates` (default 100, at least k) are re-ranked by exact
+        Chamfer over their stored tokens. `exact` (or a filter leaving few documents) scores
+        every document instead. `ball_carving` (a threshold, e.g. 0.7) first merges similar
+        query tokens, so the re-ranking multiplies fewer rows.
+        """
+        if k < 1:
+            raise Invalid("k must be at least 1")
+        if candidates is not None and candidates < 1:
+            raise Invalid("candidates must be at least 1", code="invalid_candidates")
+        if ball_carving is not None and not -1.0 <= ball_carving <= 1.0:
+            raise Invalid("ball_carving is a similarity threshold in [-1, 1]", code="invalid_ball_carving")
+        Qs = [self.check_tokens(q, "query tokens") for q in queries]
+        n_candidates = max(k, candidates or DEFAULT_CANDIDATES)
+        conditions = parse_filter(filter)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        scoring = [ball_carve(q, ball_carving) for q in Qs] if ball_carving is not None else Qs
+        with self._reading():
+            allowed = None
+            if conditions:
+                allowed = self._store.filter_labels(conditions)
+                timings["filter"] = time.perf_counter() - t0
+            exact = exact or (allowed is not None and len(allowed) <= self._exact_filter_limit(len(self)))
+            if exact:
+                t1 = time.perf_counter()
+                hits = self._brute_force(scoring, k, allowed)
+                timings["maxsim"] = time.perf_counter() - t1
+            else:
+                t1 = time.perf_counter()
+                F = self.fde.queries(Qs)
+                t2 = time.perf_counter()
+                found = self._indexes.search(self.manifest.dim, F, n_candidates, ef,
+                                             None if allowed is None else frozenset(allowed.tolist()))
+                t3 = time.perf_counter()
+                hits = self._rerank(scoring, found, k)
+                timings.update({"fde": t2 - t1, "index_search": t3 - t2, "maxsim": time.perf_counter() - t3})
+            t4 = time.perf_counter()
+            matches: list[list[Match]] = hydrate(self._store, hits, [i for i in include if i != "vector"])
+            timings["hydrate"] = time.perf_counter() - t4
+        return SearchResult(matches, "exact" if exact else "hnsw", self.manifest.dim,
+                            len(self) if exact else n_candidates, timings)
+
+    def _rerank(self, Qs: list[np.ndarray], candidates: Hits, k: int) -> Hits:
+        """Exact Chamfer of each query against its own candidates (one store read for all)."""
+        tokens = self._store.tokens(np.unique(candidates.labels[candidates.labels >= 0]).tolist())
+        out = Hits.empty(len(Qs), k)
+        for i, Q in enumerate(Qs):  # per query, never per token
+            labels = np.asarray([l for l in candidates.labels[i].tolist() if l in tokens], np.int64)
+            if not len(labels):
+                continue
+            S = TokenBatch([tokens[l] for l in labels.tolist()]).chamfer(Q)
+            pos, best = top_k(S[None, :], k)
+            out.labels[i, : pos.shape[1]] = labels[pos[0]]
+            out.scores[i, : pos.shape[1]] = best[0]
+        return out
+
+    def _brute_force(self, Qs: list[np.ndarray], k: int, allowed: np.ndarray | None) -> Hits:
+        """Exact Chamfer against every live (or allowed) document, streaming tokens from the store."""
+        best = Hits.empty(len(Qs), 0)
+        for labels, sets in self._store.iter_tokens(None if allowed is None else allowed.tolist()):
+            batch = TokenBatch(sets)
+            S = np.stack([batch.chamfer(Q) for Q in Qs])
+            S = np.concatenate([best.scores, S], axis=1)
+            L = np.concatenate([best.labels, np.broadcast_to(labels, (len(Qs), len(labels)))], axis=1)
+            pos, kept = top_k(S, k)
+            best = Hits(np.take_along_axis(L, pos, axis=1), kept)
+        out = Hits.empty(len(Qs), k)
+        out.labels[:, : best.labels.shape[1]] = best.labels
+        out.scores[:, : best.scores.shape[1]] = best.scores
+        return out
+
+
+def collection_class(manifest: Manifest) -> type[Collection]:
+    return MultiVectorCollection if manifest.multivector is not None else Collection
+
+
+def open_collection(path: str, options: CollectionOptions = CollectionOptions()) -> Collection:
+    """Open a dense or multi-vector collection, whichever its manifest says."""
+    return collection_class(read_manifest(os.path.join(path, MANIFEST_FILE))).open(path, options)
