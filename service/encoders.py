@@ -35,6 +35,10 @@ class Encoder(Protocol):
     def encode(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> np.ndarray:
         """`(n, dim)` float32 unit rows, from the first `layers` layers (None: all)."""
 
+    def encode_tokens(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> list[np.ndarray]:
+        """One `(n_i, dim)` float32 matrix of unit token embeddings per text (special and
+        padding tokens dropped), from the first `layers` layers (None: all)."""
+
     def count_tokens(self, texts: Sequence[str]) -> int:
         """Tokens the model reads for `texts` (after its truncation)."""
 
@@ -78,6 +82,29 @@ class SentenceTransformerEncoder:
                 show_progress_bar=False,
             )
         return np.ascontiguousarray(X, dtype=np.float32)
+
+    def encode_tokens(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> list[np.ndarray]:
+        import torch
+
+        self.check_layers(layers)
+        prompt = self._prompts.get(kind) or ""
+        tokenizer = self._model.tokenizer
+        special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths batch together: less padding
+        out: list[np.ndarray | None] = [None] * len(texts)
+        with self._first_layers(layers), torch.inference_mode():
+            for start in range(0, len(texts), self._batch_size):
+                idx = order[start : start + self._batch_size]
+                prepare = getattr(self._model, "preprocess", None) or self._model.tokenize  # renamed in v6
+                features = prepare([prompt + texts[i] for i in idx])
+                features = {k: v.to(self._model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+                hidden = self._model[0](features)["token_embeddings"]  # (b, L, dim): the transformer module only
+                keep = features["attention_mask"].bool() & ~torch.isin(features["input_ids"], special.to(hidden.device))
+                hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).cpu().numpy()
+                keep = keep.cpu().numpy()
+                for row, i in enumerate(idx):
+                    out[i] = np.ascontiguousarray(hidden[row][keep[row]], dtype=np.float32)
+        return out
 
     @contextmanager
     def _first_layers(self, layers: int | None) -> Iterator[None]:

@@ -140,6 +140,16 @@ class Engine:
         self.metrics.stage_seconds.labels(label, "encode").observe(time.perf_counter() - t0)
         return X
 
+    async def encode_tokens(self, label: str, encoder: Encoder, texts: list[str], kind: Kind,
+                            layers: int | None = None) -> list[np.ndarray]:
+        """Token embeddings (one `(n_i, dim)` matrix per text) on the inference thread."""
+        if layers is not None:
+            encoder.check_layers(layers)
+        t0 = time.perf_counter()
+        T = await self.inference.encode_tokens(encoder, texts, kind, layers)
+        self.metrics.stage_seconds.labels(label, "encode").observe(time.perf_counter() - t0)
+        return T
+
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run blocking index/store work in the thread pool."""
         return await run_in_threadpool(fn, *args, **kwargs)

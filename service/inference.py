@@ -32,7 +32,13 @@ class _Job:
     texts: list[str] | None = None
     kind: Kind = "query"
     layers: int | None = None
+    tokens: bool = False  # token embeddings (multi-vector) instead of one vector per text
     call: Callable[[], Any] | None = None
+
+    @property
+    def group(self) -> tuple:
+        """Jobs with equal groups can share one model call."""
+        return self.encoder, self.kind, self.layers, self.tokens
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,14 @@ class InferenceQueue:
         job = _Job(concurrent.futures.Future(), encoder=encoder, texts=texts, kind=kind, layers=layers)
         return await self._submit(job)
 
+    async def encode_tokens(self, encoder: Encoder, texts: list[str], kind: Kind = "query",
+                            layers: int | None = None) -> list[np.ndarray]:
+        """One `(n_i, encoder.dim)` matrix of unit token embeddings per text, on the inference thread."""
+        if not texts:
+            return []
+        job = _Job(concurrent.futures.Future(), encoder=encoder, texts=texts, kind=kind, layers=layers, tokens=True)
+        return await self._submit(job)
+
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn()` on the inference thread (model loading, tokenising)."""
         return await self._submit(_Job(concurrent.futures.Future(), call=fn), bounded=False)
@@ -112,14 +126,15 @@ class InferenceQueue:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is not None and (job.encoder, job.kind, job.layers) == (first.encoder, first.kind, first.layers):
+            if job is not None and job.call is None and job.group == first.group:
                 batch.append(job)
                 n += len(job.texts)
             else:
                 self._held.append(job)
         start = time.perf_counter()
         texts = [t for job in batch for t in job.texts]
-        done = self._finish(batch, lambda: first.encoder.encode(texts, first.kind, first.layers))
+        encode = first.encoder.encode_tokens if first.tokens else first.encoder.encode
+        done = self._finish(batch, lambda: encode(texts, first.kind, first.layers))
         if done is not None and self._on_batch is not None:
             self._on_batch(EncodeStats(first.encoder.id, len(texts), len(batch), time.perf_counter() - start,
                                        [start - job.enqueued for job in batch]))

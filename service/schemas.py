@@ -30,6 +30,19 @@ class ElasticizerConfig(_Body):
     fit_at: int = Field(1000, ge=1, description="fit by itself once the collection holds this many documents")
 
 
+class MultiVectorIn(_Body):
+    """MUVERA FDE parameters, frozen at creation (defaults: the paper's (20, 5, 16) → 10240 dims)."""
+
+    token_dim: int | None = Field(None, ge=1, le=4096, description="token embedding dim (default: the model's)")
+    repetitions: int = Field(20, ge=1, le=128)
+    simhash_bits: int = Field(5, ge=0, le=10, description="2^bits buckets per repetition")
+    projection_dim: int | None = Field(16, ge=1, description="inner projection dim; null: identity (token_dim)")
+    final_dim: int | None = Field(None, ge=1, description="optional Count-Sketch to this many dims")
+    seed: int = Field(42, ge=0)
+    fill_empty: bool = Field(True, description="fill empty document buckets with the nearest token")
+    max_tokens: int = Field(512, ge=1, le=8192, description="token limit per document and query")
+
+
 class CollectionCreate(_Body):
     name: str = Field(..., pattern=NAME_PATTERN)
     model: str | None = Field(None, description="model alias or local directory; omit with `dim` for vectors only")
@@ -41,6 +54,7 @@ class CollectionCreate(_Body):
     rerank_factor: int | None = Field(None, ge=1, le=100, description="funnel shortlist = k · factor (default: per dim)")
     layers: int | None = Field(None, ge=1, description="encode with the model's first `layers` layers only")
     hnsw: HnswConfig | None = None
+    multivector: MultiVectorIn | None = Field(None, description="multi-vector (token set) documents searched by MaxSim")
 
 
 class CollectionInfo(BaseModel):
@@ -57,6 +71,7 @@ class CollectionInfo(BaseModel):
     created_at: str
     documents: int
     index: dict[str, Any]
+    multivector: dict[str, Any] | None = None
 
 
 class RefitRequest(_Body):
@@ -74,7 +89,16 @@ class CollectionList(BaseModel):
 
 
 # -- documents --------------------------------------------------------------------------------
-class DocumentIn(_Body):
+class TokensIn(_Body):
+    """A token matrix for multi-vector collections: `vectors` as JSON rows, or the compact
+    `vectors_b64` (little-endian float32 or float16, row-major, `dtype`)."""
+
+    vectors: list[list[FiniteFloat]] | None = Field(None, description="token matrix, one row per token")
+    vectors_b64: str | None = Field(None, description="base64 of the row-major token matrix")
+    dtype: Literal["float32", "float16"] = Field("float32", description="element type of vectors_b64")
+
+
+class DocumentIn(TokensIn):
     id: str = Field(..., min_length=1)
     text: str | None = None
     vector: list[FiniteFloat] | None = None
@@ -95,6 +119,7 @@ class DocumentOut(BaseModel):
     text: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     vector: list[float] | None = None
+    vectors: list[list[float]] | None = None
 
 
 class DeleteRequest(_Body):
@@ -108,7 +133,7 @@ class DeleteResponse(BaseModel):
 
 
 # -- search -----------------------------------------------------------------------------------
-class SearchRequest(_Body):
+class SearchRequest(TokensIn):
     query: str | None = Field(None, description="text, embedded with the collection's model")
     vector: list[FiniteFloat] | None = None
     k: int = Field(10, ge=1)
@@ -120,6 +145,10 @@ class SearchRequest(_Body):
     rerank: bool = Field(True, description="re-score a low-dim shortlist exactly at full dim")
     rerank_factor: int | None = Field(None, ge=1, le=1000, description="shortlist = k · factor for a low-dim funnel")
     layers: int | None = Field(None, ge=1, description="encode the query with the first `layers` layers")
+    candidates: int | None = Field(None, ge=1, le=10000, description="multi-vector: FDE candidates re-ranked by "
+                                                                     "MaxSim (default 100)")
+    ball_carving: float | None = Field(None, ge=-1, le=1, description="multi-vector: merge query tokens more "
+                                                                      "similar than this before re-ranking (e.g. 0.7)")
 
 
 class BatchSearchRequest(_Body):

@@ -1,4 +1,5 @@
-"""Collections: create (with Matryoshka dims, elasticizer, layers), describe, drop, refit."""
+"""Collections: create (dense with Matryoshka dims, elasticizer, layers; or multi-vector), describe,
+drop, refit."""
 
 import time
 from datetime import datetime, timezone
@@ -6,6 +7,7 @@ from datetime import datetime, timezone
 from index import Collection, HnswParams, Manifest
 from index.elastic import check_dims
 from index.errors import Invalid
+from index.fde import MultiVectorConfig
 from index.manifest import Elasticizer
 from index.vectors import check_metric
 from service import schemas
@@ -15,6 +17,8 @@ from service.engine import Engine
 async def create(engine: Engine, req: schemas.CollectionCreate) -> schemas.CollectionInfo:
     catalog = engine.require_ready()
     check_metric(req.metric)
+    if req.multivector is not None:
+        return await _create_multivector(engine, req)
     encoder = None
     model = req.model or engine.settings.default_model
     if req.model is not None or req.dim is None:
@@ -34,6 +38,40 @@ async def create(engine: Engine, req: schemas.CollectionCreate) -> schemas.Colle
                  "matryoshka_dims": encoder.matryoshka_dims} if encoder else None,
     )
     collection = await engine.run(catalog.create, manifest)
+    engine.attach_encoder(req.name, encoder)
+    return info(collection)
+
+
+async def _create_multivector(engine: Engine, req: schemas.CollectionCreate) -> schemas.CollectionInfo:
+    """Token-set documents: the FDE is indexed, MaxSim re-ranks. Text is embedded token by token."""
+    mv = req.multivector
+    dense_only = [f for f in ("dim", "dims", "elasticizer", "rerank_factor") if getattr(req, f) is not None]
+    if "metric" in req.model_fields_set and req.metric != "cosine":
+        dense_only.append("metric")
+    if dense_only:
+        raise Invalid(f"{', '.join(dense_only)} apply to dense collections; a multi-vector collection scores unit "
+                      f"tokens by MaxSim (set multivector.token_dim for token matrices without a model)",
+                      code="multivector_collection")
+    encoder = None
+    model = req.model or engine.settings.default_model
+    if req.model is not None or mv.token_dim is None:
+        encoder = await engine.load_encoder(model)
+        if mv.token_dim is not None and mv.token_dim != encoder.dim:
+            raise Invalid(f"token_dim {mv.token_dim} does not match model {model!r} ({encoder.dim} dims)",
+                          code="wrong_dimension")
+        encoder.check_layers(req.layers)
+    elif req.layers is not None:
+        raise Invalid("layers needs a model; this collection holds token matrices only", code="invalid_layers")
+    token_dim = encoder.dim if encoder else mv.token_dim
+    config = MultiVectorConfig(token_dim=token_dim, repetitions=mv.repetitions, simhash_bits=mv.simhash_bits,
+                               projection_dim=mv.projection_dim, final_dim=mv.final_dim, seed=mv.seed,
+                               fill_empty=mv.fill_empty, max_tokens=mv.max_tokens).check()
+    manifest = Manifest(
+        name=req.name, dim=config.dim, metric="ip", hnsw=_hnsw(engine, req.hnsw),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), multivector=config,
+        encoder={"model": model, "dim": token_dim, "layers": req.layers, "tokens": True} if encoder else None,
+    )
+    collection = await engine.run(engine.require_ready().create, manifest)
     engine.attach_encoder(req.name, encoder)
     return info(collection)
 
@@ -62,6 +100,7 @@ def info(collection: Collection) -> schemas.CollectionInfo:
         rerank_factors={str(d): collection.rerank_factor(d) for d in collection.dims if d < m.dim},
         created_at=m.created_at, documents=stats["documents"],
         index={k: v for k, v in stats.items() if k != "documents"},
+        multivector=m.multivector.to_json() if m.multivector else None,
     )
 
 
@@ -82,6 +121,9 @@ async def drop(engine: Engine, name: str) -> None:
 async def refit(engine: Engine, name: str, req: schemas.RefitRequest) -> schemas.RefitResponse:
     """Fit the PCA rotation on the collection's own vectors now and rebuild its low-dim graphs."""
     collection = engine.collection(name)
+    if collection.manifest.multivector is not None:
+        raise Invalid(f"collection {name!r} holds multi-vector documents; rotations apply to dense vectors",
+                      code="multivector_collection")
     if min(collection.dims) == collection.manifest.dim:
         raise Invalid(f"collection {name!r} indexes only its full dim; declare lower dims to use a rotation",
                       code="no_low_dims")

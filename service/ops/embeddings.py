@@ -25,6 +25,9 @@ async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndar
     rotation, layers, label = None, req.layers, ""
     if req.collection is not None:
         collection = engine.collection(req.collection)
+        if collection.manifest.multivector is not None:
+            raise Invalid(f"collection {req.collection!r} embeds every token (multi-vector); /v1/embeddings returns "
+                          f"one vector per input", code="multivector_collection")
         encoder = engine.encoder_for(collection)
         if encoder is None:
             raise Invalid(f"collection {req.collection!r} has no model", code="vector_required")

@@ -4,10 +4,11 @@ import time
 
 import numpy as np
 
-from index import Collection, SearchResult
+from index import Collection, MultiVectorCollection, SearchResult
 from index.errors import Invalid
 from service import schemas
 from service.engine import Engine
+from service.ops.tokens import has_tokens, token_matrix
 
 
 async def search(engine: Engine, name: str, requests: list[schemas.SearchRequest]) -> list[schemas.SearchResponse]:
@@ -15,6 +16,8 @@ async def search(engine: Engine, name: str, requests: list[schemas.SearchRequest
     if len(requests) > engine.settings.max_batch_queries:
         raise Invalid(f"{len(requests)} searches in one request; the limit is {engine.settings.max_batch_queries}",
                       code="too_many_queries")
+    if isinstance(collection, MultiVectorCollection):
+        return await search_multivector(engine, collection, requests)
     for r in requests:
         check_search(engine, collection, r)
     started = time.perf_counter()
@@ -45,6 +48,9 @@ async def search(engine: Engine, name: str, requests: list[schemas.SearchRequest
 
 
 def check_search(engine: Engine, collection: Collection, r: schemas.SearchRequest) -> None:
+    if has_tokens(r) or r.candidates is not None or r.ball_carving is not None:
+        raise Invalid(f"collection {collection.name!r} holds one vector per document; vectors, vectors_b64, "
+                      f"candidates and ball_carving are for multi-vector collections", code="dense_collection")
     if (r.query is None) == (r.vector is None):
         raise Invalid("give exactly one of query (text) or vector", code="missing_query")
     if r.query is not None and not r.query.strip():
@@ -59,6 +65,67 @@ def check_search(engine: Engine, collection: Collection, r: schemas.SearchReques
                       code="invalid_dim")
     if r.layers is not None and r.vector is not None:
         raise Invalid("layers applies to text queries only", code="invalid_layers")
+
+
+async def search_multivector(engine: Engine, collection: MultiVectorCollection,
+                             requests: list[schemas.SearchRequest]) -> list[schemas.SearchResponse]:
+    """Query token matrices (given, or every token of the text) → FDE candidates → exact MaxSim."""
+    token_dim = collection.config.token_dim
+    queries: list = []
+    for r in requests:
+        dense_only = [f for f in ("vector", "dim", "rerank_factor") if getattr(r, f) is not None]
+        if not r.rerank:
+            dense_only.append("rerank")
+        if dense_only:
+            raise Invalid(f"{', '.join(dense_only)} apply to dense collections; search collection "
+                          f"{collection.name!r} with query (text) or vectors (a token matrix)",
+                          code="multivector_collection")
+        tokens = token_matrix(r, token_dim, "query")
+        if (r.query is None) == (tokens is None):
+            raise Invalid("give exactly one of query (text) or vectors (a token matrix)", code="missing_query")
+        if r.query is not None and not r.query.strip():
+            raise Invalid("query text is empty", code="empty_text")
+        if r.k > engine.settings.max_k:
+            raise Invalid(f"k={r.k} exceeds the limit of {engine.settings.max_k}", code="k_too_large")
+        if r.layers is not None and tokens is not None:
+            raise Invalid("layers applies to text queries only", code="invalid_layers")
+        queries.append(tokens)
+    started = time.perf_counter()
+    pending = [i for i, q in enumerate(queries) if q is None]
+    if pending:
+        encoder = engine.encoder_for(collection)
+        if encoder is None:
+            raise Invalid(f"collection {collection.name!r} has no model: search with vectors (a token matrix)",
+                          code="vector_required")
+        default_layers = collection.manifest.encoder.get("layers")
+        groups: dict[int | None, list[int]] = {}
+        for i in pending:
+            groups.setdefault(requests[i].layers or default_layers, []).append(i)
+        for layers, idx in groups.items():
+            T = await engine.encode_tokens(collection.name, encoder, [requests[i].query for i in idx], "query", layers)
+            for i, t in zip(idx, T):
+                queries[i] = t
+    responses: list[schemas.SearchResponse | None] = [None] * len(requests)
+    groups_by_params: dict[str, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups_by_params.setdefault(r.model_dump_json(include={"k", "ef", "filter", "include", "exact", "candidates",
+                                                               "ball_carving"}), []).append(i)
+    for idx in groups_by_params.values():
+        r = requests[idx[0]]
+        t0 = time.perf_counter()
+        result: SearchResult = await engine.run(
+            collection.search_tokens, [queries[i] for i in idx], r.k, candidates=r.candidates, ef=r.ef,
+            filter=r.filter, exact=r.exact, ball_carving=r.ball_carving, include=r.include)
+        took = (time.perf_counter() - t0) * 1e3 / len(idx)
+        engine.metrics.observe_stages(collection.name, result.timings)
+        engine.metrics.searches.labels(collection.name, result.strategy).inc(len(idx))
+        for i, matches in zip(idx, result.matches):
+            hits = [schemas.SearchHit(id=m.id, score=m.score, text=m.text if "text" in r.include else None,
+                                      metadata=m.metadata) for m in matches]
+            responses[i] = schemas.SearchResponse(results=hits, took_ms=took)
+    if len(requests) == 1:
+        responses[0].took_ms = (time.perf_counter() - started) * 1e3
+    return responses
 
 
 async def query_vectors(engine: Engine, collection: Collection, requests: list[schemas.SearchRequest]) -> list[np.ndarray]:
