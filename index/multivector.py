@@ -180,15 +180,8 @@ class MultiVectorCollection(Collection):
         best = Hits.empty(len(Qs), 0)
         for labels, sets in self._store.iter_tokens(None if allowed is None else allowed.tolist()):
             batch = TokenBatch(sets)
-            S = np.stack([batch.chamfer(Q) for Q in Qs])
-            S = np.concatenate([best.scores, S], axis=1)
-            L = np.concatenate([best.labels, np.broadcast_to(labels, (len(Qs), len(labels)))], axis=1)
-            pos, kept = top_k(S, k)
-            best = Hits(np.take_along_axis(L, pos, axis=1), kept)
-        out = Hits.empty(len(Qs), k)
-        out.labels[:, : best.labels.shape[1]] = best.labels
-        out.scores[:, : best.scores.shape[1]] = best.scores
-        return out
+            best = best.merged(labels, np.stack([batch.chamfer(Q) for Q in Qs]), k)
+        return best.padded(k)
 
 
 def collection_class(manifest: Manifest) -> type[Collection]:

@@ -21,6 +21,23 @@ class Hits:
     def empty(nq: int, k: int = 0) -> "Hits":
         return Hits(np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32))
 
+    def merged(self, labels: np.ndarray, S: np.ndarray, k: int) -> "Hits":
+        """The best k of these hits and new candidates `labels (n,)` scored `S (nq, n)`: the step
+        of a brute-force scan that keeps a running top-k."""
+        from index.vectors import top_k  # vectors imports nothing from here; avoid a cycle at import
+
+        scores = np.concatenate([self.scores, S], axis=1)
+        all_labels = np.concatenate([self.labels, np.broadcast_to(labels, (len(S), len(labels)))], axis=1)
+        pos, kept = top_k(scores, k)
+        return Hits(np.take_along_axis(all_labels, pos, axis=1), kept)
+
+    def padded(self, k: int) -> "Hits":
+        """These hits padded with `-1` / `-inf` to exactly k columns."""
+        out = Hits.empty(len(self.labels), k)
+        out.labels[:, : self.labels.shape[1]] = self.labels
+        out.scores[:, : self.scores.shape[1]] = self.scores
+        return out
+
     def row(self, i: int) -> list[tuple[int, float]]:
         """The `(label, score)` pairs of query `i`, without padding."""
         keep = self.labels[i] >= 0

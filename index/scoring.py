@@ -43,14 +43,8 @@ def exact_search(vectors: VectorFile, Q: np.ndarray, k: int, metric: str, labels
             continue
         if view is not None:
             X = view(X)
-        S = np.concatenate([best.scores, scores(Q, X, metric)], axis=1)
-        L = np.concatenate([best.labels, np.broadcast_to(chunk_labels, (len(Q), len(chunk_labels)))], axis=1)
-        pos, kept = top_k(S, k)
-        best = Hits(np.take_along_axis(L, pos, axis=1), kept)
-    hits = Hits.empty(len(Q), k)
-    hits.labels[:, : best.labels.shape[1]] = best.labels
-    hits.scores[:, : best.scores.shape[1]] = best.scores
-    return hits
+        best = best.merged(chunk_labels, scores(Q, X, metric), k)
+    return best.padded(k)
 
 
 def rerank_exact(

@@ -133,22 +133,21 @@ class Engine:
     async def encode(self, label: str, encoder: Encoder, texts: list[str], kind: Kind,
                      layers: int | None = None) -> np.ndarray:
         """Encode on the inference thread; `label` is the collection name for the metrics."""
-        if layers is not None:
-            encoder.check_layers(layers)
-        t0 = time.perf_counter()
-        X = await self.inference.encode(encoder, texts, kind, layers)
-        self.metrics.stage_seconds.labels(label, "encode").observe(time.perf_counter() - t0)
-        return X
+        return await self._timed_encode(self.inference.encode, label, encoder, texts, kind, layers)
 
     async def encode_tokens(self, label: str, encoder: Encoder, texts: list[str], kind: Kind,
                             layers: int | None = None) -> list[np.ndarray]:
         """Token embeddings (one `(n_i, dim)` matrix per text) on the inference thread."""
+        return await self._timed_encode(self.inference.encode_tokens, label, encoder, texts, kind, layers)
+
+    async def _timed_encode(self, encode, label: str, encoder: Encoder, texts: list[str], kind: Kind,
+                            layers: int | None) -> Any:
         if layers is not None:
             encoder.check_layers(layers)
         t0 = time.perf_counter()
-        T = await self.inference.encode_tokens(encoder, texts, kind, layers)
+        out = await encode(encoder, texts, kind, layers)
         self.metrics.stage_seconds.labels(label, "encode").observe(time.perf_counter() - t0)
-        return T
+        return out
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run blocking index/store work in the thread pool."""

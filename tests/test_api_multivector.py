@@ -8,15 +8,9 @@ import pytest
 
 from service.settings import Settings
 from tests.conftest import unique_name
+from tests.test_api import TEXTS
 from tests.helpers import app_client
 
-TEXTS = {
-    "cat": "The cat sat on the mat and purred.",
-    "stocks": "Stock markets fell sharply after the central bank raised rates.",
-    "rain": "Heavy rain is expected across the north of the country tomorrow.",
-    "python": "Python is a programming language that emphasises readability.",
-    "bread": "Knead the dough and let it rise for an hour before baking the bread.",
-}
 
 
 @pytest.fixture(scope="module")

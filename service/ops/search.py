@@ -91,20 +91,7 @@ async def search_multivector(engine: Engine, collection: MultiVectorCollection,
             raise Invalid("layers applies to text queries only", code="invalid_layers")
         queries.append(tokens)
     started = time.perf_counter()
-    pending = [i for i, q in enumerate(queries) if q is None]
-    if pending:
-        encoder = engine.encoder_for(collection)
-        if encoder is None:
-            raise Invalid(f"collection {collection.name!r} has no model: search with vectors (a token matrix)",
-                          code="vector_required")
-        default_layers = collection.manifest.encoder.get("layers")
-        groups: dict[int | None, list[int]] = {}
-        for i in pending:
-            groups.setdefault(requests[i].layers or default_layers, []).append(i)
-        for layers, idx in groups.items():
-            T = await engine.encode_tokens(collection.name, encoder, [requests[i].query for i in idx], "query", layers)
-            for i, t in zip(idx, T):
-                queries[i] = t
+    await embed_queries(engine, collection, requests, queries, engine.encode_tokens, "vectors (a token matrix)")
     responses: list[schemas.SearchResponse | None] = [None] * len(requests)
     groups_by_params: dict[str, list[int]] = {}
     for i, r in enumerate(requests):
@@ -131,17 +118,24 @@ async def search_multivector(engine: Engine, collection: MultiVectorCollection,
 async def query_vectors(engine: Engine, collection: Collection, requests: list[schemas.SearchRequest]) -> list[np.ndarray]:
     """One full-dim vector per request; text queries sharing `layers` are embedded together."""
     out: list[np.ndarray | None] = [np.asarray(r.vector, np.float32) if r.vector is not None else None for r in requests]
-    pending = [i for i, r in enumerate(requests) if r.query is not None]
-    if pending:
-        encoder = engine.encoder_for(collection)
-        if encoder is None:
-            raise Invalid(f"collection {collection.name!r} has no model: search with a vector", code="vector_required")
-        default_layers = collection.manifest.encoder.get("layers")
-        groups: dict[int | None, list[int]] = {}
-        for i in pending:
-            groups.setdefault(requests[i].layers or default_layers, []).append(i)
-        for layers, idx in groups.items():
-            X = await engine.encode(collection.name, encoder, [requests[i].query for i in idx], "query", layers)
-            for i, x in zip(idx, X):
-                out[i] = x
+    await embed_queries(engine, collection, requests, out, engine.encode, "a vector")
     return out
+
+
+async def embed_queries(engine: Engine, collection: Collection, requests: list[schemas.SearchRequest],
+                        out: list, encode, alternative: str) -> None:
+    """Fill `out[i]` for every text query with `encode(...)`; texts sharing `layers` go together."""
+    pending = [i for i, r in enumerate(requests) if r.query is not None]
+    if not pending:
+        return
+    encoder = engine.encoder_for(collection)
+    if encoder is None:
+        raise Invalid(f"collection {collection.name!r} has no model: search with {alternative}", code="vector_required")
+    default_layers = collection.manifest.encoder.get("layers")
+    groups: dict[int | None, list[int]] = {}
+    for i in pending:
+        groups.setdefault(requests[i].layers or default_layers, []).append(i)
+    for layers, idx in groups.items():
+        encoded = await encode(collection.name, encoder, [requests[i].query for i in idx], "query", layers)
+        for i, x in zip(idx, encoded):
+            out[i] = x
