@@ -384,7 +384,10 @@ class Collection:
 
     def _rebuild_locked(self, views: dict[int, DimView], reuse: dict, manifest: Manifest | None = None) -> None:
         self._check_open()
-        start_seq = self._store.last_seq()
+        with self._write_mutex:
+            # Every write up to `start_seq` is already in the vector file the build reads (a
+            # write commits and applies under this mutex); later ones are replayed below.
+            start_seq = self._applied_seq
         fresh = IndexSet.empty(views, self._manifest.hnsw, capacity=len(self._indexes) + 16, reuse=reuse)
         fresh.fill_from(self._vectors, skip=set(reuse))
         with self._write_mutex:

@@ -26,8 +26,13 @@ class VectorFile:
             with open(path, "wb") as f:
                 f.truncate(max(capacity, 16) * self.dim * 4)
         rows = os.path.getsize(path) // (self.dim * 4)
-        self._rows = np.memmap(path, dtype=np.float32, mode="r+", shape=(rows, self.dim))
-        self._live = np.zeros(rows, bool)
+        # (rows memmap, live mask) as ONE attribute: growth swaps both at once, so a reader
+        # never pairs a new map with an old mask (or the reverse).
+        self._state = (np.memmap(path, dtype=np.float32, mode="r+", shape=(rows, self.dim)), np.zeros(rows, bool))
+
+    @property
+    def _live(self) -> np.ndarray:
+        return self._state[1]
 
     @property
     def capacity(self) -> int:
@@ -45,7 +50,7 @@ class VectorFile:
         if len(labels) == 0:
             return
         self._ensure(int(labels.max()) + 1)
-        rows, live = self._rows, self._live
+        rows, live = self._state
         rows[labels] = X
         live[labels] = True
 
@@ -55,26 +60,26 @@ class VectorFile:
         self._live[labels] = False
 
     def flush(self) -> None:
-        self._rows.flush()
+        self._state[0].flush()
 
     def _ensure(self, rows_needed: int) -> None:
         if rows_needed <= len(self._live):
             return
         with self._lock:
-            size = max(rows_needed, int(len(self._live) * _GROW))
-            self._rows.flush()
+            old_rows, old_live = self._state
+            size = max(rows_needed, int(len(old_live) * _GROW))
+            old_rows.flush()
             with open(self.path, "r+b") as f:
                 f.truncate(size * self.dim * 4)
             live = np.zeros(size, bool)
-            live[: len(self._live)] = self._live
-            # Readers holding the old map keep a valid view of the rows they asked for.
-            self._rows = np.memmap(self.path, dtype=np.float32, mode="r+", shape=(size, self.dim))
-            self._live = live
+            live[: len(old_live)] = old_live
+            # Readers holding the old pair keep a valid view of the rows they asked for.
+            self._state = (np.memmap(self.path, dtype=np.float32, mode="r+", shape=(size, self.dim)), live)
 
     # -- reads ----------------------------------------------------------------------------------
     def gather(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`(labels (m,), rows (m, dim))` for the live ones among `labels`, in the given order."""
-        rows, live = self._rows, self._live
+        rows, live = self._state
         labels = np.asarray(labels, np.int64)
         labels = labels[(labels >= 0) & (labels < len(live))]
         labels = labels[live[labels]]
@@ -82,7 +87,7 @@ class VectorFile:
 
     def chunks(self, size: int = 32768):
         """Yield `(labels (n,), rows (n, dim))` of live rows, chunk by chunk."""
-        rows, live = self._rows, self._live
+        rows, live = self._state
         for start in range(0, len(live), size):
             mask = live[start : start + size]
             if mask.any():
