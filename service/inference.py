@@ -140,17 +140,24 @@ class InferenceQueue:
                                        [start - job.enqueued for job in batch]))
 
     def _finish(self, batch: list[_Job], fn: Callable[[], Any]) -> Any:
+        # A waiter may have gone away meanwhile (client disconnected, shutdown): its future is
+        # cancelled and must not be resolved, or the inference thread would die.
         try:
             result = fn()
         except BaseException as exc:  # hand the failure to every waiter; the thread lives on
             for job in batch:
-                job.future.set_exception(exc)
+                _resolve(job.future, lambda f: f.set_exception(exc))
             return None
-        if len(batch) == 1:
-            batch[0].future.set_result(result)
-            return result
         offset = 0
         for job in batch:
-            job.future.set_result(result[offset : offset + len(job.texts)])
-            offset += len(job.texts)
+            part = result if len(batch) == 1 else result[offset : offset + len(job.texts)]
+            offset += len(job.texts or ())
+            _resolve(job.future, lambda f: f.set_result(part))
         return result
+
+
+def _resolve(future: concurrent.futures.Future, set_it: Callable[[concurrent.futures.Future], None]) -> None:
+    try:
+        set_it(future)
+    except concurrent.futures.InvalidStateError:  # cancelled meanwhile: nobody is waiting
+        pass
