@@ -19,15 +19,16 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from index.elastic import DimView, check_dims
+from index.elastic import DimView, check_dims, sample_labels
 from index.errors import Invalid, NotFound
 from index.files import fsync_path
 from index.filters import parse_filter
 from index.hnsw import CorruptSnapshot
 from index.indexset import IndexSet
-from index.manifest import Manifest, Rotation, Snapshot, read_manifest, write_manifest
+from index.manifest import Manifest, RecallPolicy, Rotation, Snapshot, read_manifest, write_manifest
+from index.recall import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.rotation import fit_and_save_rotation, load_rotation
-from index.scoring import Match, exact_search, hydrate, rerank_exact
+from index.scoring import Match, exact_search, hydrate, label_scores, rerank_exact, rerank_hits
 from index.store import NewDocument, StoredDocument, Store
 from index.vectorfile import VectorFile
 from index.vectors import as_matrix, prepare
@@ -59,6 +60,18 @@ class SearchResult:
     dim: int  # the index (view) that produced the candidates
     candidates: int  # how many candidates were re-scored (k when not a funnel)
     timings: dict[str, float]  # stage → seconds
+    ef: int = 0  # the ef setting the graph searched with (0: exact search, no graph)
+    probe: RecallProbe | None = None  # kept for an exact re-run when the search was sampled
+
+
+@dataclass(frozen=True)
+class _DenseQueries:
+    """What a dense probe's exact re-run needs: full-dim queries, the dim's view and its queries."""
+
+    full: np.ndarray  # (nq, D), prepared
+    view: DimView
+    in_view: np.ndarray  # (nq, dim)
+    rerank: bool
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,9 @@ class Collection:
         self._maintenance = threading.Lock()  # one snapshot, rebuild or refit at a time
         self._closed = False
         self._stale = False  # a committed write failed to reach the graphs: rebuild
+        # ef per dim as the recall controller set it; saved in the manifest with the next snapshot.
+        self._tuned_ef = {int(d): e for d, e in manifest.tuned_ef.items() if int(d) in indexes.views}
+        self._tuned_dirty = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     @classmethod
@@ -185,6 +201,39 @@ class Collection:
         """The fitted `(D, D)` PCA rotation the low-dim graphs use, or None (plain prefixes)."""
         return self._indexes.views[self._indexes.default_dim].rotation
 
+    def ef_search(self, dim: int) -> int:
+        """The ef a search of the `dim` graph uses when the request does not pin one."""
+        return self._tuned_ef.get(dim, self._manifest.hnsw.ef_search)
+
+    def set_ef_search(self, dim: int, ef: int) -> None:
+        """Set the default ef of one graph (the recall controller does); saved with the next snapshot."""
+        if dim not in self._indexes.views:
+            raise Invalid(f"dim {dim} is not indexed in collection {self.name!r}", code="invalid_dim")
+        self._tuned_ef[dim] = int(ef)
+        self._tuned_dirty = True
+
+    @property
+    def recall_policy(self) -> RecallPolicy:
+        return self._manifest.recall
+
+    def set_recall_policy(self, policy: RecallPolicy) -> None:
+        """Replace the recall policy (saved at once). Without a target, tuned efs are dropped; with
+        one, they are clamped to the new bounds and the controller goes on from there."""
+        policy.check()
+        with self._maintenance, self._write_mutex:
+            self._check_open()
+            if policy.target is None:
+                self._tuned_ef = {}
+            else:
+                self._tuned_ef = {d: min(max(e, policy.ef_min), policy.ef_max) for d, e in self._tuned_ef.items()}
+            self._save_manifest(self._manifest.replace(recall=policy))
+
+    def _save_manifest(self, manifest: Manifest) -> None:
+        """Write `manifest` with the current tuned efs (callers hold the write mutex)."""
+        self._manifest = manifest.replace(tuned_ef={str(d): e for d, e in sorted(self._tuned_ef.items())})
+        write_manifest(os.path.join(self.path, MANIFEST_FILE), self._manifest)
+        self._tuned_dirty = False
+
     def rerank_factor(self, dim: int) -> int:
         return self._manifest.rerank_factor or default_rerank_factor(dim, self._manifest.dim)
 
@@ -266,14 +315,15 @@ class Collection:
 
     def search(self, Q: np.ndarray, k: int, *, dim: int | None = None, ef: int | None = None,
                filter: dict[str, Any] | None = None, exact: bool = False, rerank: bool = True,
-               rerank_factor: int | None = None, include: Sequence[str] = ()) -> SearchResult:
+               rerank_factor: int | None = None, include: Sequence[str] = (), probe: bool = False) -> SearchResult:
         """Top-k documents for each full-dim query of `Q (nq, D)`.
 
         The candidates come from the graph of `dim` (default: the largest indexed dim) or, with
         `exact`, from brute force in that dim's view. A low-dim search is a funnel: it shortlists
         `k · rerank_factor` candidates and re-scores them exactly at full dim. `rerank=False`
         returns the candidates with the scores of their own dim. Filters that leave few
-        documents go exact; so does any graph search that cannot find enough results.
+        documents go exact; so does any graph search that cannot find enough results. With
+        `probe`, a graph search also returns a `RecallProbe` for `evaluate_recall`.
         """
         if k < 1:
             raise Invalid("k must be at least 1")
@@ -290,6 +340,7 @@ class Collection:
         funnel = rerank and not view.is_full
         shortlist = k * (rerank_factor or self.rerank_factor(dim)) if funnel else k
         conditions = parse_filter(filter)
+        ef_setting = ef if ef is not None else self.ef_search(dim)
         timings: dict[str, float] = {}
         with self._reading():
             allowed = None
@@ -303,7 +354,8 @@ class Collection:
                 hits = exact_search(self._vectors, Qv, shortlist, self.manifest.metric, allowed,
                                     None if view.is_full else view.apply)
             else:
-                hits = indexes.search(dim, Qv, shortlist, ef, None if allowed is None else frozenset(allowed.tolist()))
+                hits = indexes.search(dim, Qv, shortlist, ef_setting,
+                                      None if allowed is None else frozenset(allowed.tolist()))
             t1 = time.perf_counter()
             if rerank:
                 matches = rerank_exact(self._store, self._vectors, Q, hits, k, self.manifest.metric, include)
@@ -311,7 +363,45 @@ class Collection:
                 matches = hydrate(self._store, hits, include)
             t2 = time.perf_counter()
         timings.update({"exact_search" if exact else "index_search": t1 - t0, "rerank": t2 - t1})
-        return SearchResult(matches, "exact" if exact else "hnsw", dim, shortlist, timings)
+        sampled = None
+        if probe and not exact:
+            sampled = RecallProbe(str(dim), dim, k, shortlist, max(ef_setting, shortlist), ef_setting, ef is not None,
+                                  hits, allowed, _DenseQueries(Q, view, Qv, rerank))
+        return SearchResult(matches, "exact" if exact else "hnsw", dim, shortlist, timings,
+                            0 if exact else ef_setting, sampled)
+
+    # -- recall -------------------------------------------------------------------------------
+    def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
+        """Re-run a sampled search by brute force over the full-dim vector file and compare.
+
+        Index stage: the graph's shortlist against the exact top-shortlist in the dim's view.
+        Final stage: the results returned (the shortlist re-ranked at full dim, or its first k
+        without re-ranking) against the exact full-dim top-k. At full dim they coincide.
+        Documents written since the search count as the oracle sees them now.
+        """
+        q: _DenseQueries = probe.payload
+        metric = self.manifest.metric
+        in_view = None if q.view.is_full else q.view.apply
+        with self._reading():
+            truth = exact_search(self._vectors, q.in_view, probe.shortlist, metric, probe.allowed, in_view)
+            found = label_scores(self._vectors, q.in_view, probe.found.labels, metric, in_view)
+            index = per_query_recall(found, truth)
+            if q.view.is_full:
+                final = index
+            else:
+                returned = (rerank_hits(self._vectors, q.full, probe.found, probe.k, metric).labels if q.rerank
+                            else probe.found.labels[:, : probe.k])
+                truth = exact_search(self._vectors, q.full, probe.k, metric, probe.allowed)
+                final = per_query_recall(label_scores(self._vectors, q.full, returned, metric), truth)
+        return [StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
+                StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist)]
+
+    def sample_queries(self, n: int, seed: int = 0) -> np.ndarray:
+        """`(m, D)` stored vectors of a deterministic sample of `m <= n` live documents, to use as
+        queries when measuring recall on demand."""
+        with self._reading():
+            labels = sample_labels(self._store.live_labels(), n, seed)
+            return self._vectors.gather(labels)[1]
 
     def _exact_filter_limit(self, n: int) -> int:
         return max(self._options.exact_filter_min, int(self._options.exact_filter_fraction * n))
@@ -322,6 +412,11 @@ class Collection:
         """Store seqs applied to the graphs but not yet in a snapshot (0: snapshot is current)."""
         snapshot = self._manifest.snapshot
         return self._applied_seq - (snapshot.applied_seq if snapshot else 0)
+
+    @property
+    def needs_snapshot(self) -> bool:
+        """Writes or tuned efs that are not on disk yet."""
+        return self.pending_writes > 0 or self._tuned_dirty
 
     @property
     def needs_rebuild(self) -> bool:
@@ -346,6 +441,8 @@ class Collection:
         with self._write_mutex:
             self._check_open()
             if self._manifest.snapshot is not None and self.pending_writes == 0 and not force:
+                if self._tuned_dirty:  # only the tuned efs changed: the graphs on disk are current
+                    self._save_manifest(self._manifest)
                 return False
             seq = self._applied_seq
             folder = os.path.join(self.path, SNAPSHOT_DIR)
@@ -353,8 +450,7 @@ class Collection:
             files = self._indexes.save(folder, seq)
             fsync_path(folder)  # the new files' names, before the manifest names them
             rotation_sha = self._manifest.rotation.sha256 if self._manifest.rotation else None
-            self._manifest = self._manifest.replace(snapshot=Snapshot(files, seq, rotation_sha))
-            write_manifest(os.path.join(self.path, MANIFEST_FILE), self._manifest)
+            self._save_manifest(self._manifest.replace(snapshot=Snapshot(files, seq, rotation_sha)))
             # Replays start at `seq` from now on, so older tombstones are no longer needed.
             self._store.purge_tombstones(seq)
         self._remove_stale_files()

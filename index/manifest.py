@@ -53,6 +53,28 @@ class Rotation:
 
 
 @dataclass(frozen=True)
+class RecallPolicy:
+    """How a collection watches and steers its recall. A fraction `sample_rate` of searches
+    (None: the server's default) is re-run exactly in the background; with a `target`, each
+    graph's ef is tuned within `[ef_min, ef_max]` so its measured recall holds the target."""
+
+    target: float | None = None
+    sample_rate: float | None = None
+    ef_min: int = 10
+    ef_max: int = 1000
+
+    def check(self) -> "RecallPolicy":
+        if self.target is not None and not 0.0 < self.target <= 1.0:
+            raise Invalid("target_recall must be in (0, 1]", code="invalid_target_recall")
+        if self.sample_rate is not None and not 0.0 <= self.sample_rate <= 1.0:
+            raise Invalid("recall_sample_rate must be in [0, 1]", code="invalid_sample_rate")
+        if not 1 <= self.ef_min <= self.ef_max:
+            raise Invalid(f"need 1 <= ef_min <= ef_max, got ef_min={self.ef_min}, ef_max={self.ef_max}",
+                          code="invalid_ef_bounds")
+        return self
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     dim: int
@@ -67,6 +89,9 @@ class Manifest:
     encoder: dict[str, Any] | None = None
     # Multi-vector collections: the frozen FDE parameters; `dim` is then the FDE's dim.
     multivector: MultiVectorConfig | None = None
+    recall: RecallPolicy = RecallPolicy()
+    # ef per indexed dim (str) as the recall controller last set it; absent: hnsw.ef_search.
+    tuned_ef: dict[str, int] = field(default_factory=dict)
     snapshot: Snapshot | None = None
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
@@ -83,7 +108,7 @@ class Manifest:
         if data.get("format") != FORMAT:
             raise Invalid(f"manifest format {data.get('format')!r} is not supported (expected {FORMAT})")
         nested = {"hnsw": HnswParams, "elasticizer": Elasticizer, "rotation": Rotation, "snapshot": Snapshot,
-                  "multivector": MultiVectorConfig}
+                  "multivector": MultiVectorConfig, "recall": RecallPolicy}
         values = {k: (nested[k](**v) if k in nested and v is not None else v) for k, v in data.items()}
         return cls(**values)
 

@@ -9,7 +9,7 @@ candidates and re-ranks them by exact Chamfer over their stored tokens.
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,12 +20,23 @@ from index.fde import FdeEncoder
 from index.filters import parse_filter
 from index.manifest import Elasticizer, Manifest, read_manifest
 from index.maxsim import TokenBatch, ball_carve
+from index.elastic import sample_labels
 from index.protocols import Hits
-from index.scoring import Match, hydrate
+from index.recall import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
+from index.scoring import Match, exact_search, hydrate, label_scores
 from index.store import NewDocument, StoredDocument
 from index.vectors import top_k
 
 DEFAULT_CANDIDATES = 100
+FDE_INDEX = "fde"  # the graph's name in recall probes and metrics
+
+
+@dataclass(frozen=True)
+class _TokenQueries:
+    """What a multi-vector probe's exact re-run needs: the scoring token sets and their FDEs."""
+
+    scoring: list[np.ndarray]  # (m_i, token_dim) each, after ball carving if any
+    fdes: np.ndarray  # (nq, fde_dim)
 
 
 def check_tokens(tokens: Any, token_dim: int, max_tokens: int, what: str = "token matrix") -> np.ndarray:
@@ -116,13 +127,14 @@ class MultiVectorCollection(Collection):
 
     def search_tokens(self, queries: Sequence[Any], k: int, *, candidates: int | None = None, ef: int | None = None,
                       filter: dict[str, Any] | None = None, exact: bool = False, ball_carving: float | None = None,
-                      include: Sequence[str] = ()) -> SearchResult:
+                      include: Sequence[str] = (), probe: bool = False) -> SearchResult:
         """Top-k documents by Chamfer (MaxSim) for each query token matrix `(m_i, token_dim)`.
 
         The FDE graph's top-`candidates` (default 100, at least k) are re-ranked by exact
         Chamfer over their stored tokens. `exact` (or a filter leaving few documents) scores
         every document instead. `ball_carving` (a threshold, e.g. 0.7) first merges similar
-        query tokens, so the re-ranking multiplies fewer rows.
+        query tokens, so the re-ranking multiplies fewer rows. With `probe`, a graph search also
+        returns a `RecallProbe` for `evaluate_recall`.
         """
         if k < 1:
             raise Invalid("k must be at least 1")
@@ -133,6 +145,8 @@ class MultiVectorCollection(Collection):
         Qs = [self.check_tokens(q, "query tokens") for q in queries]
         n_candidates = max(k, candidates or DEFAULT_CANDIDATES)
         conditions = parse_filter(filter)
+        dim = self.manifest.dim
+        ef_setting = ef if ef is not None else self.ef_search(dim)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         scoring = [ball_carve(q, ball_carving) for q in Qs] if ball_carving is not None else Qs
@@ -150,7 +164,7 @@ class MultiVectorCollection(Collection):
                 t1 = time.perf_counter()
                 F = self.fde.queries(Qs)
                 t2 = time.perf_counter()
-                found = self._indexes.search(self.manifest.dim, F, n_candidates, ef,
+                found = self._indexes.search(dim, F, n_candidates, ef_setting,
                                              None if allowed is None else frozenset(allowed.tolist()))
                 t3 = time.perf_counter()
                 hits = self._rerank(scoring, found, k)
@@ -158,8 +172,35 @@ class MultiVectorCollection(Collection):
             t4 = time.perf_counter()
             matches: list[list[Match]] = hydrate(self._store, hits, [i for i in include if i != "vector"])
             timings["hydrate"] = time.perf_counter() - t4
-        return SearchResult(matches, "exact" if exact else "hnsw", self.manifest.dim,
-                            len(self) if exact else n_candidates, timings)
+        sampled = None
+        if probe and not exact:
+            sampled = RecallProbe(FDE_INDEX, dim, k, n_candidates, max(ef_setting, n_candidates), ef_setting,
+                                  ef is not None, found, allowed, _TokenQueries(scoring, F))
+        return SearchResult(matches, "exact" if exact else "hnsw", dim, len(self) if exact else n_candidates,
+                            timings, 0 if exact else ef_setting, sampled)
+
+    def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
+        """Re-run a sampled search exactly and compare.
+
+        Index stage: the FDE graph's top-N against exact inner-product search over every FDE.
+        Final stage: the MaxSim top-k of those candidates against brute-force MaxSim over every
+        document's tokens (the expensive part: it reads every token matrix)."""
+        q: _TokenQueries = probe.payload
+        with self._reading():
+            truth = exact_search(self._vectors, q.fdes, probe.shortlist, "ip", probe.allowed)
+            index = per_query_recall(label_scores(self._vectors, q.fdes, probe.found.labels, "ip"), truth)
+            returned = self._rerank(q.scoring, probe.found, probe.k)
+            final = per_query_recall(returned.scores, self._brute_force(q.scoring, probe.k, probe.allowed))
+        return [StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
+                StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist)]
+
+    def sample_queries(self, n: int, seed: int = 0) -> list[np.ndarray]:
+        """Stored token matrices `(n_i, token_dim)` of a deterministic sample of at most `n` live
+        documents, to use as queries when measuring recall on demand."""
+        with self._reading():
+            labels = sample_labels(self._store.live_labels(), n, seed)
+            tokens = self._store.tokens(labels.tolist())
+        return [tokens[l].astype(np.float32) for l in labels.tolist() if l in tokens]
 
     def _rerank(self, Qs: list[np.ndarray], candidates: Hits, k: int) -> Hits:
         """Exact Chamfer of each query against its own candidates (one store read for all)."""

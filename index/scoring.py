@@ -51,22 +51,36 @@ def rerank_exact(
     store: Store, vectors: VectorFile, Q: np.ndarray, candidates: Hits, k: int, metric: str,
     include: Sequence[str] = ()
 ) -> list[list[Match]]:
-    """Re-score each query's candidate labels exactly at full dim; keep the best k.
+    """Re-score each query's candidate labels exactly at full dim; keep the best k, hydrated."""
+    return hydrate(store, rerank_hits(vectors, Q, candidates, k, metric), include)
 
-    One gather of the candidates' full-dim rows for the whole batch, one matrix product, then
-    only the final k per query are hydrated from the store. Labels deleted since the index
-    answered drop out.
-    """
-    wanted = np.unique(candidates.labels[candidates.labels >= 0])
-    labels, X = vectors.gather(wanted)
-    if len(labels) == 0:
-        return [[] for _ in range(len(Q))]
-    pos = np.minimum(np.searchsorted(labels, candidates.labels), len(labels) - 1)
-    live = (candidates.labels >= 0) & (labels[pos] == candidates.labels)
-    S = np.where(live, candidate_scores(Q, X, pos, metric), -np.inf)
+
+def rerank_hits(vectors: VectorFile, Q: np.ndarray, candidates: Hits, k: int, metric: str) -> Hits:
+    """The best k of each query's candidates by exact full-dim score. Labels deleted since the
+    index answered drop out."""
+    S = label_scores(vectors, Q, candidates.labels, metric)
     order, best = top_k(S, k)
-    top = np.where(np.isfinite(best), np.take_along_axis(np.where(live, candidates.labels, -1), order, axis=1), -1)
-    return hydrate(store, Hits(top, best), include)
+    top = np.where(np.isfinite(best), np.take_along_axis(candidates.labels, order, axis=1), -1)
+    return Hits(top, best)
+
+
+def label_scores(vectors: VectorFile, Q: np.ndarray, labels: np.ndarray, metric: str,
+                 view: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Exact scores `(nq, C)` of each query `Q[i]` against its own `labels[i]`; -inf for empty
+    slots (-1) and deleted labels.
+
+    One gather of the wanted rows for the whole batch, then one product per query chunk;
+    `view` maps the gathered full-dim rows into the queries' space, as in `exact_search`.
+    """
+    wanted = np.unique(labels[labels >= 0])
+    found, X = vectors.gather(wanted)
+    if len(found) == 0:
+        return np.full(labels.shape, -np.inf, np.float32)
+    if view is not None:
+        X = view(X)
+    pos = np.minimum(np.searchsorted(found, labels), len(found) - 1)
+    live = (labels >= 0) & (found[pos] == labels)
+    return np.where(live, candidate_scores(Q, X, pos, metric), -np.inf).astype(np.float32)
 
 
 def hydrate(store: Store, hits: Hits, include: Sequence[str] = ()) -> list[list[Match]]:

@@ -52,6 +52,6 @@ class Maintenance:
             self._last_snapshot[collection.name] = time.monotonic()
             return
         due = time.monotonic() - self._last_snapshot.get(collection.name, 0.0) >= self._interval
-        if due and collection.pending_writes:
+        if due and collection.needs_snapshot:
             collection.snapshot()
             self._last_snapshot[collection.name] = time.monotonic()

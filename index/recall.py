@@ -1,0 +1,160 @@
+"""Recall against an exact oracle, and the controller that holds a recall target by tuning ef.
+
+A sampled search keeps what its graph returned (a `RecallProbe`). Later, off the request
+path, the collection re-runs it exactly and `per_query_recall` compares the two. The
+`EfController` turns those measurements into the smallest ef that keeps the mean at or
+above a target.
+"""
+
+import math
+from dataclasses import dataclass, field
+from statistics import fmean, pstdev
+from typing import Any, Iterable
+
+import numpy as np
+
+from index.protocols import Hits
+
+# Stages a search's recall is measured at.
+INDEX_STAGE = "index"  # the graph's candidates vs exact search in the graph's own space (a prefix, the FDE)
+FINAL_STAGE = "final"  # the results returned vs the exact answer (full dim; brute-force MaxSim)
+
+
+@dataclass(frozen=True)
+class RecallProbe:
+    """One sampled graph search, kept so it can be re-run exactly later.
+
+    `found` is what the graph returned, `(nq, shortlist)` labels and scores. `ef_setting` is the
+    collection's ef when the search ran (the controller's input) unless the request pinned its
+    own; the graph searched with breadth `ef = max(ef_setting, shortlist)`. `payload` holds the
+    collection-specific inputs of the exact re-run (queries, the view, the re-rank flag).
+    """
+
+    index: str  # the graph: str(dim) for dense collections, "fde" for multi-vector ones
+    dim: int
+    k: int
+    shortlist: int
+    ef: int
+    ef_setting: int
+    pinned: bool
+    found: Hits
+    allowed: np.ndarray | None
+    payload: Any = field(repr=False, default=None)
+
+    @property
+    def queries(self) -> int:
+        return len(self.found.labels)
+
+
+@dataclass(frozen=True)
+class StageRecall:
+    """Per-query recall `(nq,)` of one stage of one probe (NaN where the oracle found nothing)."""
+
+    index: str
+    stage: str
+    recall: np.ndarray
+    k: int  # how many results were compared
+    ef: int
+    candidates: int
+
+    @property
+    def values(self) -> list[float]:
+        return [float(r) for r in self.recall if not math.isnan(r)]
+
+
+def per_query_recall(found_scores: np.ndarray, truth: Hits) -> np.ndarray:
+    """Recall of each query: the share of its exact top-m that the approximate results cover.
+
+    `found_scores (nq, s)` are the EXACT scores of the approximate results (-inf for empty slots
+    or documents deleted since); `truth` is the exact top-s. A result counts when its score
+    reaches the m-th exact score (m = exact results found, at most s), so ties at the cut-off
+    count as hits whichever of the tied documents was returned. NaN where m = 0.
+    """
+    m = (truth.labels >= 0).sum(axis=1)
+    out = np.full(len(m), np.nan)
+    rows = np.flatnonzero(m)
+    if len(rows) == 0:
+        return out
+    kth = truth.scores[rows, m[rows] - 1].astype(np.float64)
+    tolerance = 1e-5 * np.maximum(1.0, np.abs(kth))
+    covered = (found_scores[rows].astype(np.float64) >= (kth - tolerance)[:, None]).sum(axis=1)
+    out[rows] = np.minimum(covered, m[rows]) / m[rows]
+    return out
+
+
+class EfController:
+    """Finds and holds the smallest ef in `[ef_min, ef_max]` whose mean recall reaches `target`.
+
+    Recall grows with ef, so this is a bracket search on noisy measurements. Each `window`
+    recalls measured at the current ef give one verdict: below the target, that ef is too low
+    (`low`); at or above, it is enough (`high`). Without a passing ef the controller doubles;
+    without a failing one it steps down by a third; with both it bisects until they are within
+    `resolution`, then stays at `high`. Hysteresis: an ef that passed before is given up only
+    when a window falls more than two standard errors below the target. After `reprobe_after`
+    passing windows in a row it forgets `low`, so it can follow data that got easier.
+    """
+
+    def __init__(self, target: float, ef: int, ef_min: int, ef_max: int, window: int = 50,
+                 resolution: float = 0.1, reprobe_after: int = 20):
+        if not 0.0 < target <= 1.0:
+            raise ValueError("target recall must be in (0, 1]")
+        if not 1 <= ef_min <= ef_max:
+            raise ValueError("need 1 <= ef_min <= ef_max")
+        self.target, self.ef_min, self.ef_max = target, ef_min, ef_max
+        self.window, self.resolution, self.reprobe_after = window, resolution, reprobe_after
+        self.ef = min(max(ef, ef_min), ef_max)
+        self.low: int | None = None  # the largest ef seen failing
+        self.high: int | None = None  # the smallest ef seen passing
+        self.last_mean: float | None = None
+        self._pending: list[float] = []
+        self._passes = 0
+
+    @property
+    def converged(self) -> bool:
+        return self.high == self.ef and (self.low is not None and self._close(self.low, self.high) or self.ef == self.ef_min)
+
+    @property
+    def saturated(self) -> bool:
+        """The target is out of reach: ef is at its upper bound and still fails."""
+        return self.ef == self.ef_max and self.low == self.ef_max
+
+    def observe(self, ef_setting: int, recalls: Iterable[float]) -> int | None:
+        """Feed recalls measured at `ef_setting`; returns the new ef when it changes.
+
+        Measurements taken at another ef (before the last change) are ignored."""
+        if ef_setting != self.ef:
+            return None
+        self._pending.extend(r for r in recalls if not math.isnan(r))
+        if len(self._pending) < self.window:
+            return None
+        window, self._pending = self._pending, []
+        before = self.ef
+        self.ef = self._decide(fmean(window), pstdev(window) / math.sqrt(len(window)))
+        return self.ef if self.ef != before else None
+
+    def _decide(self, mean: float, stderr: float) -> int:
+        e = self.ef
+        self.last_mean = mean
+        noise = self.high == e and mean >= self.target - 2 * stderr
+        if mean >= self.target or noise:
+            self.high = e if self.high is None else min(self.high, e)
+            if self.low is not None and self.low >= e:
+                self.low = None
+            self._passes += 1
+            if self._passes >= self.reprobe_after:
+                self.low, self._passes = None, 0
+            if self.low is None:
+                return max(self.ef_min, math.floor(e * 2 / 3))
+            if not self._close(self.low, self.high):
+                return (self.low + self.high) // 2
+            return self.high
+        self._passes = 0
+        self.low = e if self.low is None else max(self.low, e)
+        if self.high is not None and self.high <= e:
+            self.high = None  # the data got harder: what passed before no longer does
+        if self.high is not None:
+            return self.high if self._close(self.low, self.high) else (self.low + self.high) // 2
+        return min(self.ef_max, 2 * e)
+
+    def _close(self, low: int, high: int) -> bool:
+        return high - low <= max(1, self.resolution * high)
