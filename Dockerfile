@@ -1,16 +1,21 @@
 # vecnest: CPU-only image with the default model (all-MiniLM-L6-v2) baked in; runs as non-root.
 #   docker build -t vecnest .
 #   docker run -p 8000:8000 -v vecnest-data:/data vecnest
-# BASE and TORCH_INDEX are arguments so the image can also be built offline from a local
-# base image and a local wheel mirror.
+# BASE and TORCH_INDEX are arguments so the image can also be built without a registry: from
+# a Debian base made by debootstrap (python3 + python3-venv) and a local wheel folder
+# (PIP_FIND_LINKS); README.md "Containers" shows the podman commands.
 ARG BASE=python:3.11-slim-bookworm
 
 FROM ${BASE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-# g++ builds hnswlib from source; it stays in this stage only.
-RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/vecnest
+# g++ (and Python's headers where the base lacks them) build hnswlib; they stay in this stage.
+RUN headers=$(python3 -c "import os,sysconfig; print(os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))"); \
+    apt-get update && apt-get install -y --no-install-recommends g++ $([ "$headers" = True ] || echo python3-dev) \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/vecnest
 WORKDIR /src
 COPY constraints.txt pyproject.toml README.md ./
 # CPU torch first, pinned, from the CPU index: never the CUDA wheels.

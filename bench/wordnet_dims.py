@@ -128,7 +128,7 @@ def main() -> int:
     for d in DIMS:
         best = sweep(c, Q, truth, d)
         file_mb = os.path.getsize(os.path.join(c.path, "snapshots", snapshot[str(d)])) / 2**20
-        results[d] = {**best, "vector_mb": stats[d]["vector_bytes"] / 2**20, "graph_file_mb": file_mb}
+        results[d] = {**best, "vector_mb": stats[str(d)]["vector_bytes"] / 2**20, "graph_file_mb": file_mb}
         print(f"  dim {d}: {results[d]}", flush=True)
     c.close()
 

@@ -237,16 +237,23 @@ class Collection:
     def rerank_factor(self, dim: int) -> int:
         return self._manifest.rerank_factor or default_rerank_factor(dim, self._manifest.dim)
 
+    def index_name(self, dim: int) -> str:
+        """The graph of `dim` as metrics and recall probes name it."""
+        return str(dim)
+
     def stats(self) -> dict[str, Any]:
         indexes = self._indexes
         snapshot = self._manifest.snapshot
+        store_file = os.path.join(self.path, STORE_FILE)
         return {
             "documents": len(indexes),
             "index_slots": indexes.slot_count,
             "deleted_slots": indexes.deleted_count,
             "applied_seq": self._applied_seq,
             "snapshot_seq": snapshot.applied_seq if snapshot else 0,
-            "indexes": indexes.stats(),
+            "store_bytes": sum(_size(store_file + suffix) for suffix in ("", "-wal")),
+            "vector_file_bytes": _size(os.path.join(self.path, VECTOR_FILE)),
+            "indexes": {self.index_name(d): {**s, "ef_search": self.ef_search(d)} for d, s in indexes.stats().items()},
         }
 
     # -- writes -------------------------------------------------------------------------------
@@ -365,7 +372,7 @@ class Collection:
         timings.update({"exact_search" if exact else "index_search": t1 - t0, "rerank": t2 - t1})
         sampled = None
         if probe and not exact:
-            sampled = RecallProbe(str(dim), dim, k, shortlist, max(ef_setting, shortlist), ef_setting, ef is not None,
+            sampled = RecallProbe(self.index_name(dim), dim, k, shortlist, max(ef_setting, shortlist), ef_setting, ef is not None,
                                   hits, allowed, _DenseQueries(Q, view, Qv, rerank))
         return SearchResult(matches, "exact" if exact else "hnsw", dim, shortlist, timings,
                             0 if exact else ef_setting, sampled)
@@ -523,6 +530,13 @@ class Collection:
 def _store(path: str, manifest: Manifest, options: CollectionOptions) -> Store:
     token_dim = manifest.multivector.token_dim if manifest.multivector else None
     return Store(os.path.join(path, STORE_FILE), manifest.dim, options.synchronous, token_dim)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _views(manifest: Manifest, rotation: np.ndarray | None) -> dict[int, DimView]:

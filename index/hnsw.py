@@ -12,6 +12,7 @@
 """
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Collection
@@ -76,6 +77,14 @@ class HnswIndex:
     @property
     def slot_count(self) -> int:
         return self._index.element_count
+
+    @property
+    def memory_bytes(self) -> int:
+        """Approximate graph memory: per slot, hnswlib keeps the vector, the label and 2M level-0
+        links (plus a count); about 1/ln(M) of the slots also hold M links on upper levels."""
+        m = self.params.m
+        per_slot = self.dim * 4 + 8 + (2 * m + 1) * 4 + (m + 1) * 4 / math.log(max(m, 2))
+        return int(self._index.get_max_elements() * per_slot)  # hnswlib allocates the whole capacity
 
     # -- writes -------------------------------------------------------------------------------
     def add(self, labels: np.ndarray, X: np.ndarray, num_threads: int = -1) -> None:

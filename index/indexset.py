@@ -87,8 +87,8 @@ class IndexSet:
         return max(index.slot_count for index in self.indexes.values())
 
     def stats(self) -> dict[int, dict[str, int]]:
-        return {d: {"slots": i.slot_count, "deleted": i.deleted_count, "vector_bytes": i.slot_count * d * 4}
-                for d, i in sorted(self.indexes.items())}
+        return {d: {"slots": i.slot_count, "deleted": i.deleted_count, "vector_bytes": i.slot_count * d * 4,
+                    "bytes": i.memory_bytes} for d, i in sorted(self.indexes.items())}
 
     def save(self, folder: str, seq: int) -> dict[str, str]:
         """Save every graph as `hnsw-<dim>-<seq>.bin`; returns `{str(dim): file name}`."""

@@ -82,6 +82,9 @@ class MultiVectorCollection(Collection):
     def config(self):
         return self._manifest.multivector
 
+    def index_name(self, dim: int) -> str:
+        return FDE_INDEX
+
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "fde_dim": self.fde.dim}
 
@@ -174,7 +177,7 @@ class MultiVectorCollection(Collection):
             timings["hydrate"] = time.perf_counter() - t4
         sampled = None
         if probe and not exact:
-            sampled = RecallProbe(FDE_INDEX, dim, k, n_candidates, max(ef_setting, n_candidates), ef_setting,
+            sampled = RecallProbe(self.index_name(dim), dim, k, n_candidates, max(ef_setting, n_candidates), ef_setting,
                                   ef is not None, found, allowed, _TokenQueries(scoring, F))
         return SearchResult(matches, "exact" if exact else "hnsw", dim, len(self) if exact else n_candidates,
                             timings, 0 if exact else ef_setting, sampled)

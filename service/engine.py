@@ -18,6 +18,7 @@ from index.errors import Invalid, NotFound, NotReady
 from service.encoders import Encoder, EncoderRegistry, Kind
 from service.inference import EncodeStats, InferenceQueue
 from service.metrics import Metrics
+from service.recall import RecallEstimator
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,16 @@ class Engine:
         self.catalog: Catalog | None = None
         self._collection_encoders: dict[str, Encoder] = {}
         self._unavailable: dict[str, str] = {}
+        self.recall = RecallEstimator(metrics, settings.recall_sample_rate, settings.recall_queue_size,
+                                      settings.recall_controller_window)
         self.ready = False
-        metrics.watch_collections(lambda: [(c.name, c.stats()) for c in self.collections()] if self.ready else [])
+        metrics.watch_collections(lambda: [(c.name, self.stats(c)) for c in self.collections()] if self.ready else [])
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Open every collection, load their encoders and the default model, then go ready."""
         self.inference.start()
+        self.recall.start()
         try:
             self.catalog = await run_in_threadpool(self._open_catalog)
             try:
@@ -73,6 +77,7 @@ class Engine:
 
     async def stop(self) -> None:
         self.ready = False
+        self.recall.stop()
         if self.catalog is not None:
             await run_in_threadpool(self._snapshot_and_close)
         self.inference.stop()
@@ -106,6 +111,12 @@ class Engine:
                 continue
         return out
 
+    def stats(self, collection: Collection) -> dict[str, Any]:
+        """`collection.stats()` plus the service's view: its recall target and upgrade state
+        (no encoder upgrade machinery yet: every document is embedded by the active encoder)."""
+        return {**collection.stats(), "target_recall": collection.recall_policy.target,
+                "upgrade_active": 0, "backfill_progress": 1.0}
+
     def attach_encoder(self, name: str, encoder: Encoder | None) -> None:
         if encoder is not None:
             self._collection_encoders[name] = encoder
@@ -113,6 +124,7 @@ class Engine:
     def detach(self, name: str) -> None:
         self._collection_encoders.pop(name, None)
         self._unavailable.pop(name, None)
+        self.recall.reset(name)
 
     # -- encoders -----------------------------------------------------------------------------
     async def load_encoder(self, model: str | None, expected_dim: int | None = None) -> Encoder:
@@ -146,7 +158,7 @@ class Engine:
             encoder.check_layers(layers)
         t0 = time.perf_counter()
         out = await encode(encoder, texts, kind, layers)
-        self.metrics.stage_seconds.labels(label, "encode").observe(time.perf_counter() - t0)
+        self.metrics.stage_seconds.labels(label, "", "encode").observe(time.perf_counter() - t0)
         return out
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -159,5 +171,5 @@ class Engine:
         m.encode_batch_requests.labels(stats.model).observe(stats.requests)
         m.encoded_texts.labels(stats.model).inc(stats.texts)
         for wait in stats.queue_wait_s:
-            m.stage_seconds.labels("", "queue_wait").observe(wait)
+            m.stage_seconds.labels("", "", "queue_wait").observe(wait)
         m.encode_queue_depth.set(self.inference.depth)

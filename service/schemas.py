@@ -43,7 +43,23 @@ class MultiVectorIn(_Body):
     max_tokens: int = Field(512, ge=1, le=8192, description="token limit per document and query")
 
 
-class CollectionCreate(_Body):
+class RecallPolicyIn(_Body):
+    """How vecnest watches (and optionally steers) a collection's recall."""
+
+    target_recall: float | None = Field(None, gt=0, le=1, description="tune each graph's ef so its measured recall "
+                                                                      "holds this (e.g. 0.95); null: ef stays fixed")
+    recall_sample_rate: float | None = Field(None, ge=0, le=1, description="share of searches re-run exactly in the "
+                                                                           "background (default: the server's)")
+    ef_min: int | None = Field(None, ge=1, le=10000, description="lower bound for the tuned ef (default 10)")
+    ef_max: int | None = Field(None, ge=1, le=10000, description="upper bound for the tuned ef (default 1000)")
+
+
+class CollectionUpdate(RecallPolicyIn):
+    """`PATCH /v1/collections/{name}`: change the recall policy; fields left out keep their value,
+    an explicit null clears `target_recall` or `recall_sample_rate`."""
+
+
+class CollectionCreate(RecallPolicyIn):
     name: str = Field(..., pattern=NAME_PATTERN)
     model: str | None = Field(None, description="model alias or local directory; omit with `dim` for vectors only")
     metric: str = Field("cosine", description='"cosine", "ip" or "l2"')
@@ -72,6 +88,41 @@ class CollectionInfo(BaseModel):
     documents: int
     index: dict[str, Any]
     multivector: dict[str, Any] | None = None
+    recall: dict[str, Any] = Field(default_factory=dict, description="policy, ef per graph, rolling estimates")
+
+
+class RecallRequest(_Body):
+    """Measure recall now: sampled stored documents serve as queries, each graph is searched as
+    a live search would be, and the results are compared with exact search."""
+
+    queries: int = Field(100, ge=1, le=2000, description="stored documents sampled as queries")
+    k: int = Field(10, ge=1, le=1000)
+    dim: int | None = Field(None, description="one indexed dim (dense collections; default: every dim)")
+    ef: int | None = Field(None, ge=1, le=10000, description="default: each graph's current ef")
+    candidates: int | None = Field(None, ge=1, le=10000, description="multi-vector: FDE candidates re-ranked")
+    filter: dict[str, Any] | None = None
+    seed: int = Field(0, ge=0)
+
+
+class RecallStage(BaseModel):
+    index: str
+    stage: str = Field(description='"index": graph candidates vs exact search in the graph\'s space; '
+                                   '"final": the results returned vs the exact answer')
+    k: int
+    ef: int
+    candidates: int
+    recall: float = Field(description="mean per-query recall")
+    recall_min: float
+    recall_p10: float
+    queries: int
+
+
+class RecallReport(BaseModel):
+    queries: int
+    k: int
+    stages: list[RecallStage]
+    search_ms: dict[str, float] = Field(description="mean search time per query, per index")
+    took_ms: float
 
 
 class RefitRequest(_Body):

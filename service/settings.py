@@ -50,3 +50,8 @@ class Settings(BaseSettings):
     rebuild_deleted_fraction: float = Field(0.2, gt=0, le=1)
     exact_filter_fraction: float = Field(0.02, ge=0, le=1)
     exact_filter_min: int = Field(512, ge=0)
+
+    # online recall estimation (per-collection overrides: recall_sample_rate, target_recall)
+    recall_sample_rate: float = Field(0.03, ge=0, le=1, description="share of searches re-run exactly in the background")
+    recall_queue_size: int = Field(64, ge=1, description="sampled searches waiting for their exact re-run; more are dropped")
+    recall_controller_window: int = Field(50, ge=5, description="measured queries per ef controller decision")

@@ -142,9 +142,12 @@ def test_metrics_and_docs(client, text_collection):
     client.post(f"/v1/collections/{text_collection}/search", json={"query": "rain", "k": 1})
     text = client.get("/metrics").text
     assert 'vecnest_http_requests_total{method="POST",route="/v1/collections/{name}/search",status="200"}' in text
-    assert f'vecnest_stage_duration_seconds_bucket{{collection="{text_collection}",le="5e-05",stage="rerank"}}' in text
-    for stage in ("encode", "index_search", "rerank", "store"):
-        assert f'collection="{text_collection}",stage="{stage}"' in text
+    assert (f'vecnest_stage_duration_seconds_bucket{{collection="{text_collection}",index="384",le="5e-05",'
+            f'stage="rerank"}}') in text
+    for index, stage in (("", "encode"), ("384", "index_search"), ("384", "rerank"), ("", "store")):
+        assert f'collection="{text_collection}",index="{index}",stage="{stage}"' in text
+    assert f'vecnest_index_vectors{{collection="{text_collection}",index="384"}} 5.0' in text
+    assert f'vecnest_ef_search{{collection="{text_collection}",index="384"}} 100.0' in text
     assert f'vecnest_collection_documents{{collection="{text_collection}"}} 5.0' in text
     assert "vecnest_encoder_batch_texts_bucket" in text
     assert client.get("/docs").status_code == 200

@@ -57,7 +57,7 @@ def test_unknown_document_and_route(client, coll):
     error(client.get(f"/v1/collections/{coll}/documents/zzz"), 404, "document_not_found")
     error(client.delete(f"/v1/collections/{coll}/documents/zzz"), 404, "document_not_found")
     error(client.get("/v2/whatever"), 404, "route_not_found")
-    error(client.patch(f"/v1/collections/{coll}"), 405, "method_not_allowed")
+    error(client.put(f"/v1/collections/{coll}"), 405, "method_not_allowed")
 
 
 # -- 409 ------------------------------------------------------------------------------------------

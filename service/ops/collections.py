@@ -8,7 +8,7 @@ from index import Collection, HnswParams, Manifest
 from index.elastic import check_dims
 from index.errors import Invalid
 from index.fde import MultiVectorConfig
-from index.manifest import Elasticizer
+from index.manifest import Elasticizer, RecallPolicy
 from index.vectors import check_metric
 from service import schemas
 from service.engine import Engine
@@ -36,10 +36,11 @@ async def create(engine: Engine, req: schemas.CollectionCreate) -> schemas.Colle
         dims=dims, elasticizer=_elasticizer(req.elasticizer, encoder), rerank_factor=req.rerank_factor,
         encoder={"model": model, "dim": dim, "layers": req.layers,
                  "matryoshka_dims": encoder.matryoshka_dims} if encoder else None,
+        recall=recall_policy(req, RecallPolicy()),
     )
     collection = await engine.run(catalog.create, manifest)
     engine.attach_encoder(req.name, encoder)
-    return info(collection)
+    return info(collection, engine)
 
 
 async def _create_multivector(engine: Engine, req: schemas.CollectionCreate) -> schemas.CollectionInfo:
@@ -70,10 +71,30 @@ async def _create_multivector(engine: Engine, req: schemas.CollectionCreate) -> 
         name=req.name, dim=config.dim, metric="ip", hnsw=_hnsw(engine, req.hnsw),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), multivector=config,
         encoder={"model": model, "dim": token_dim, "layers": req.layers, "tokens": True} if encoder else None,
+        recall=recall_policy(req, RecallPolicy()),
     )
     collection = await engine.run(engine.require_ready().create, manifest)
     engine.attach_encoder(req.name, encoder)
-    return info(collection)
+    return info(collection, engine)
+
+
+def recall_policy(req: schemas.RecallPolicyIn, current: RecallPolicy) -> RecallPolicy:
+    """`current` with the fields `req` sets (an explicit null clears target or sample rate)."""
+    given = req.model_fields_set
+    policy = RecallPolicy(
+        target=req.target_recall if "target_recall" in given else current.target,
+        sample_rate=req.recall_sample_rate if "recall_sample_rate" in given else current.sample_rate,
+        ef_min=req.ef_min if req.ef_min is not None else current.ef_min,
+        ef_max=req.ef_max if req.ef_max is not None else current.ef_max,
+    )
+    return policy.check()
+
+
+async def update(engine: Engine, name: str, req: schemas.CollectionUpdate) -> schemas.CollectionInfo:
+    """Change the recall policy; it is saved at once and the controller follows it."""
+    collection = engine.collection(name)
+    await engine.run(collection.set_recall_policy, recall_policy(req, collection.recall_policy))
+    return info(collection, engine)
 
 
 def _hnsw(engine: Engine, h: schemas.HnswConfig | None) -> HnswParams:
@@ -90,7 +111,7 @@ def _elasticizer(cfg: schemas.ElasticizerConfig | None, encoder) -> Elasticizer:
     return Elasticizer(kind=kind, sample=cfg.sample, seed=cfg.seed, fit_at=cfg.fit_at)
 
 
-def info(collection: Collection) -> schemas.CollectionInfo:
+def info(collection: Collection, engine: Engine) -> schemas.CollectionInfo:
     m, stats = collection.manifest, collection.stats()
     encoder = m.encoder or {}
     return schemas.CollectionInfo(
@@ -101,16 +122,20 @@ def info(collection: Collection) -> schemas.CollectionInfo:
         created_at=m.created_at, documents=stats["documents"],
         index={k: v for k, v in stats.items() if k != "documents"},
         multivector=m.multivector.to_json() if m.multivector else None,
+        recall={"target_recall": m.recall.target, "sample_rate": engine.recall.rate(collection),
+                "ef_min": m.recall.ef_min, "ef_max": m.recall.ef_max,
+                "ef_search": {collection.index_name(d): collection.ef_search(d) for d in collection.dims},
+                **engine.recall.summary(collection)},
     )
 
 
 def list_all(engine: Engine) -> schemas.CollectionList:
     engine.require_ready()
-    return schemas.CollectionList(collections=[info(c) for c in engine.collections()])
+    return schemas.CollectionList(collections=[info(c, engine) for c in engine.collections()])
 
 
 def describe(engine: Engine, name: str) -> schemas.CollectionInfo:
-    return info(engine.collection(name))
+    return info(engine.collection(name), engine)
 
 
 async def drop(engine: Engine, name: str) -> None:

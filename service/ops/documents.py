@@ -32,7 +32,7 @@ async def upsert(engine: Engine, name: str, docs: list[schemas.DocumentIn]) -> s
     new = [NewDocument(id=d.id, vector=np.asarray(v, np.float32), text=d.text, metadata=d.metadata or {})
            for d, v in zip(docs, vectors)]
     result = await engine.run(collection.upsert, new)
-    engine.metrics.observe_stages(name, result.timings)
+    engine.metrics.observe_stages(name, "", result.timings)
     return schemas.UpsertResponse(upserted=len(result.ids), ids=result.ids)
 
 
@@ -54,7 +54,7 @@ async def _upsert_multivector(engine: Engine, collection: MultiVectorCollection,
     new = [NewDocument(id=d.id, vector=None, text=d.text, metadata=d.metadata or {}, tokens=t)
            for d, t in zip(docs, tokens)]
     result = await engine.run(collection.upsert, new)
-    engine.metrics.observe_stages(collection.name, result.timings)
+    engine.metrics.observe_stages(collection.name, "", result.timings)
     return schemas.UpsertResponse(upserted=len(result.ids), ids=result.ids)
 
 
@@ -104,7 +104,7 @@ async def delete(engine: Engine, name: str, ids: list[str]) -> schemas.DeleteRes
         raise Invalid(f"{len(ids)} ids in one request; the limit is {engine.settings.max_batch_documents}",
                       code="too_many_documents")
     result = await engine.run(collection.delete, ids)
-    engine.metrics.observe_stages(name, result.timings)
+    engine.metrics.observe_stages(name, "", result.timings)
     deleted = set(result.ids)
     return schemas.DeleteResponse(deleted=len(deleted), ids=result.ids,
                                   not_found=[i for i in dict.fromkeys(ids) if i not in deleted])

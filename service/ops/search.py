@@ -30,21 +30,32 @@ async def search(engine: Engine, name: str, requests: list[schemas.SearchRequest
         groups.setdefault(r.model_dump_json(exclude={"query", "vector", "layers"}), []).append(i)
     for idx in groups.values():
         r = requests[idx[0]]
-        t0 = time.perf_counter()
-        result: SearchResult = await engine.run(
-            collection.search, np.stack([vectors[i] for i in idx]), r.k, dim=r.dim, ef=r.ef, filter=r.filter,
-            exact=r.exact, rerank=r.rerank, rerank_factor=r.rerank_factor, include=r.include)
-        took = (time.perf_counter() - t0) * 1e3 / len(idx)
-        engine.metrics.observe_stages(name, result.timings)
-        engine.metrics.searches.labels(name, result.strategy).inc(len(idx))
-        for i, matches in zip(idx, result.matches):
-            hits = [schemas.SearchHit(id=m.id, score=m.score, text=m.text if "text" in r.include else None,
-                                      metadata=m.metadata, vector=m.vector.tolist() if m.vector is not None else None)
-                    for m in matches]
-            responses[i] = schemas.SearchResponse(results=hits, took_ms=took)
+        await run_group(engine, collection, idx, "text" in r.include, responses, collection.search,
+                        np.stack([vectors[i] for i in idx]), r.k, dim=r.dim, ef=r.ef, filter=r.filter, exact=r.exact,
+                        rerank=r.rerank, rerank_factor=r.rerank_factor, include=r.include)
     if len(requests) == 1:  # a single search reports its whole time, encoding included
         responses[0].took_ms = (time.perf_counter() - started) * 1e3
     return responses
+
+
+async def run_group(engine: Engine, collection: Collection, idx: list[int], with_text: bool,
+                    responses: list, search, *args, **kwargs) -> None:
+    """Run one grouped search call, record its metrics, maybe sample it for recall, and fill
+    `responses[i]` for the requests `idx` it answered."""
+    probe = engine.recall.should_sample(collection)
+    t0 = time.perf_counter()
+    result: SearchResult = await engine.run(search, *args, probe=probe, **kwargs)
+    took = (time.perf_counter() - t0) * 1e3 / len(idx)
+    index = collection.index_name(result.dim)
+    engine.metrics.observe_stages(collection.name, index, result.timings)
+    engine.metrics.searches.labels(collection.name, index, result.strategy).inc(len(idx))
+    if result.probe is not None:
+        engine.recall.submit(collection, result.probe)
+    for i, matches in zip(idx, result.matches):
+        hits = [schemas.SearchHit(id=m.id, score=m.score, text=m.text if with_text else None,
+                                  metadata=m.metadata, vector=m.vector.tolist() if m.vector is not None else None)
+                for m in matches]
+        responses[i] = schemas.SearchResponse(results=hits, took_ms=took)
 
 
 def check_search(engine: Engine, collection: Collection, r: schemas.SearchRequest) -> None:
@@ -99,17 +110,9 @@ async def search_multivector(engine: Engine, collection: MultiVectorCollection,
                                                                "ball_carving"}), []).append(i)
     for idx in groups_by_params.values():
         r = requests[idx[0]]
-        t0 = time.perf_counter()
-        result: SearchResult = await engine.run(
-            collection.search_tokens, [queries[i] for i in idx], r.k, candidates=r.candidates, ef=r.ef,
-            filter=r.filter, exact=r.exact, ball_carving=r.ball_carving, include=r.include)
-        took = (time.perf_counter() - t0) * 1e3 / len(idx)
-        engine.metrics.observe_stages(collection.name, result.timings)
-        engine.metrics.searches.labels(collection.name, result.strategy).inc(len(idx))
-        for i, matches in zip(idx, result.matches):
-            hits = [schemas.SearchHit(id=m.id, score=m.score, text=m.text if "text" in r.include else None,
-                                      metadata=m.metadata) for m in matches]
-            responses[i] = schemas.SearchResponse(results=hits, took_ms=took)
+        await run_group(engine, collection, idx, "text" in r.include, responses, collection.search_tokens,
+                        [queries[i] for i in idx], r.k, candidates=r.candidates, ef=r.ef, filter=r.filter,
+                        exact=r.exact, ball_carving=r.ball_carving, include=[i for i in r.include if i != "vector"])
     if len(requests) == 1:
         responses[0].took_ms = (time.perf_counter() - started) * 1e3
     return responses

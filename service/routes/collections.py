@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends, Response
 from service import schemas
 from service.engine import Engine
 from service.ops import collections as ops
+from service.ops import recall as recall_ops
 from service.routes import get_engine
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
@@ -28,6 +29,22 @@ async def list_collections(engine: Engine = Depends(get_engine)):
 @router.get("/{name}", response_model=schemas.CollectionInfo, responses=_ERRORS)
 async def describe_collection(name: str, engine: Engine = Depends(get_engine)):
     return ops.describe(engine, name)
+
+
+@router.patch("/{name}", response_model=schemas.CollectionInfo, responses=_ERRORS)
+async def update_collection(name: str, body: schemas.CollectionUpdate, engine: Engine = Depends(get_engine)):
+    """Change the recall policy: `target_recall` (null stops tuning and restores the default
+    ef), `recall_sample_rate`, `ef_min`, `ef_max`. Fields left out keep their value."""
+    return await ops.update(engine, name, body)
+
+
+@router.post("/{name}/recall", response_model=schemas.RecallReport, responses=_ERRORS)
+async def measure_recall(name: str, body: schemas.RecallRequest | None = None, engine: Engine = Depends(get_engine)):
+    """Measure recall now: `queries` stored documents (a seeded sample) are searched in each graph
+    as live searches would be and compared with exact search. The figures are returned and
+    exported as `vecnest_recall{source="probe"}`. A stored document is its own nearest
+    neighbour, so this measures the index, not a query distribution."""
+    return await recall_ops.measure(engine, name, body or schemas.RecallRequest())
 
 
 @router.delete("/{name}", status_code=204, responses=_ERRORS)

@@ -1,0 +1,196 @@
+"""`RecallEstimator`: re-runs sampled searches exactly, off the request path, and exports recall.
+
+A search is sampled with the collection's rate (default a few percent) and hands its
+`RecallProbe` to `submit`, which never blocks: the queue is bounded and a full queue drops the
+sample (counted). One background thread takes probes, asks the collection for the exact
+answer (`Collection.evaluate_recall`), and records per-query recall per index and stage, a
+rolling mean, and the ef and candidate counts used. For collections with `target_recall`, the
+index-stage recall of live searches at the collection's own ef feeds an `EfController` per
+graph, whose decisions become the graph's default ef.
+"""
+
+import logging
+import queue
+import random
+import threading
+from collections import deque
+from statistics import fmean
+from typing import Any
+
+from index import Collection
+from index.errors import NotFound
+from index.recall import INDEX_STAGE, EfController, RecallProbe, StageRecall
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+LIVE, PROBE = "live", "probe"  # where a measurement came from (the `source` label)
+
+
+class RecallEstimator:
+    def __init__(self, metrics: Metrics, sample_rate: float, queue_size: int = 64, controller_window: int = 50,
+                 rolling: int = 256, seed: int | None = None):
+        self.metrics = metrics
+        self.sample_rate = sample_rate
+        self.controller_window = controller_window
+        self._rolling_size = rolling
+        self._queue: queue.Queue[tuple[Collection, RecallProbe] | None] = queue.Queue(maxsize=queue_size)
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()  # guards the dictionaries below (worker vs request threads)
+        self._recalls: dict[tuple[str, str, str, str], deque[float]] = {}  # (collection, index, stage, source)
+        self._breadth: dict[tuple[str, str, str], deque[tuple[int, int]]] = {}  # → (ef, candidates)
+        self._controllers: dict[tuple[str, int], EfController] = {}
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="vecnest-recall", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        while True:  # make room for the sentinel: pending samples are simply not measured
+            try:
+                self._queue.put_nowait(None)
+                break
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+        self._thread.join(timeout=30)
+        self._thread = None
+
+    # -- the request path: decide and hand over, never wait -----------------------------------
+    def rate(self, collection: Collection) -> float:
+        policy_rate = collection.recall_policy.sample_rate
+        return self.sample_rate if policy_rate is None else policy_rate
+
+    def should_sample(self, collection: Collection) -> bool:
+        rate = self.rate(collection)
+        return rate > 0 and self._rng.random() < rate
+
+    def submit(self, collection: Collection, probe: RecallProbe) -> bool:
+        """Queue a probe for its exact re-run; False (and counted as dropped) when the queue is full."""
+        try:
+            self._queue.put_nowait((collection, probe))
+        except queue.Full:
+            self.metrics.recall_samples.labels(collection.name, "dropped").inc(probe.queries)
+            return False
+        self.metrics.recall_queue_depth.set(self._queue.qsize())
+        return True
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until every queued probe has been measured (for tests and benchmarks)."""
+        done = threading.Event()
+
+        def watch():
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+        return done.wait(timeout)
+
+    # -- measuring ----------------------------------------------------------------------------
+    def evaluate(self, collection: Collection, probe: RecallProbe, source: str) -> list[StageRecall]:
+        """Re-run `probe` exactly now (on the caller's thread) and record the result."""
+        stages = collection.evaluate_recall(probe)
+        self._record(collection, probe, stages, source)
+        return stages
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                collection, probe = item
+                self.metrics.recall_queue_depth.set(self._queue.qsize())
+                try:
+                    self.evaluate(collection, probe, LIVE)
+                except NotFound:  # dropped meanwhile
+                    pass
+                except Exception:
+                    self.metrics.recall_samples.labels(collection.name, "failed").inc(probe.queries)
+                    log.exception("recall measurement of a %s search failed", collection.name)
+            finally:
+                self._queue.task_done()
+
+    def _record(self, collection: Collection, probe: RecallProbe, stages: list[StageRecall], source: str) -> None:
+        name, m = collection.name, self.metrics
+        m.recall_samples.labels(name, "evaluated").inc(probe.queries)
+        with self._lock:
+            for stage in stages:
+                values = stage.values
+                key = (name, stage.index, stage.stage, source)
+                window = self._recalls.setdefault(key, deque(maxlen=self._rolling_size))
+                window.extend(values)
+                histogram = m.recall.labels(*key)
+                for value in values:
+                    histogram.observe(value)
+                if window:
+                    m.recall_estimate.labels(*key).set(fmean(window))
+            breadth = self._breadth.setdefault((name, probe.index, source), deque(maxlen=self._rolling_size))
+            breadth.extend([(probe.ef, probe.shortlist)] * probe.queries)
+            m.recall_ef.labels(name, probe.index, source).set(fmean(e for e, _ in breadth))
+            m.recall_candidates.labels(name, probe.index, source).set(fmean(c for _, c in breadth))
+            if source == LIVE and not probe.pinned:
+                index_stage = next(s for s in stages if s.stage == INDEX_STAGE)
+                self._steer(collection, probe, index_stage.values)
+
+    def _steer(self, collection: Collection, probe: RecallProbe, recalls: list[float]) -> None:
+        """Feed the graph's controller; apply its new ef. Holds `_lock`."""
+        policy, key = collection.recall_policy, (collection.name, probe.dim)
+        if policy.target is None:
+            self._controllers.pop(key, None)
+            return
+        controller = self._controllers.get(key)
+        if controller is None or (controller.target, controller.ef_min, controller.ef_max) != (
+                policy.target, policy.ef_min, policy.ef_max):
+            controller = EfController(policy.target, collection.ef_search(probe.dim), policy.ef_min, policy.ef_max,
+                                      window=self.controller_window)
+            self._controllers[key] = controller
+        new_ef = controller.observe(probe.ef_setting, recalls)
+        if new_ef is not None:
+            log.info("collection %s index %s: recall %.3f (target %.3f) → ef %d", collection.name, probe.index,
+                     controller.last_mean, policy.target, new_ef)
+            collection.set_ef_search(probe.dim, new_ef)
+
+    # -- reading ------------------------------------------------------------------------------
+    def summary(self, collection: Collection) -> dict[str, Any]:
+        """Rolling estimates and controller state of one collection, for its description."""
+        name = collection.name
+        with self._lock:
+            estimates: dict[str, dict[str, Any]] = {}
+            for (c, index, stage, source), window in self._recalls.items():
+                if c == name and window:
+                    estimates.setdefault(index, {}).setdefault(source, {})[stage] = {
+                        "recall": round(fmean(window), 4), "queries": len(window)}
+            controllers = {
+                collection.index_name(dim): {"ef": c.ef, "low": c.low, "high": c.high, "last_window_recall": c.last_mean,
+                                             "converged": c.converged, "saturated": c.saturated}
+                for (c_name, dim), c in self._controllers.items() if c_name == name}
+        return {"estimates": estimates, "controllers": controllers}
+
+    def reset(self, name: str) -> None:
+        """Forget a dropped collection: its measurements, controllers and labelled series."""
+        m = self.metrics
+        with self._lock:
+            for key in [k for k in self._recalls if k[0] == name]:
+                del self._recalls[key]
+                for metric in (m.recall_estimate, m.recall):
+                    _remove(metric, key)
+            for key in [k for k in self._breadth if k[0] == name]:
+                del self._breadth[key]
+                for metric in (m.recall_ef, m.recall_candidates):
+                    _remove(metric, key)
+            for key in [k for k in self._controllers if k[0] == name]:
+                del self._controllers[key]
+
+
+def _remove(metric, labels: tuple) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:  # never observed under these labels
+        pass
