@@ -87,7 +87,8 @@ class EfController:
 
     Recall grows with ef, so this is a bracket search on noisy measurements. Each `window`
     recalls measured at the current ef give one verdict: below the target, that ef is too low
-    (`low`); at or above, it is enough (`high`). Without a passing ef the controller doubles;
+    (`low`); at or above, it is enough (`high`). Without a passing ef the controller doubles (or adds a
+    quarter when the ef that held the target before stops holding it);
     without a failing one it steps down by a third; with both it bisects until they are within
     `resolution`, then stays at `high`. Hysteresis: an ef that passed before is given up only
     when a window falls more than two standard errors below the target. After `reprobe_after`
@@ -149,12 +150,14 @@ class EfController:
                 return (self.low + self.high) // 2
             return self.high
         self._passes = 0
+        held = self.high == e
         self.low = e if self.low is None else max(self.low, e)
         if self.high is not None and self.high <= e:
             self.high = None  # the data got harder: what passed before no longer does
         if self.high is not None:
             return self.high if self._close(self.low, self.high) else (self.low + self.high) // 2
-        return min(self.ef_max, 2 * e)
+        # An ef that held the target until now needs a little more; one that never did, a lot more.
+        return min(self.ef_max, max(e + 1, math.ceil(e * 1.25)) if held else 2 * e)
 
     def _close(self, low: int, high: int) -> bool:
         return high - low <= max(1, self.resolution * high)
