@@ -36,6 +36,5 @@ COPY --from=build /opt/vecnest /opt/vecnest
 USER vecnest
 VOLUME ["/data"]
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 CMD ["vecnest", "health"]
 CMD ["vecnest", "serve"]

@@ -1,4 +1,5 @@
-"""The `vecnest` command: `vecnest serve --host H --port P --data-dir D`, and `vecnest finetune`.
+"""The `vecnest` command: `vecnest serve --host H --port P --data-dir D`, `vecnest health` (the
+container health check) and `vecnest finetune`.
 
 Flags override `VECNEST_*` environment variables, which override the defaults.
 """
@@ -17,6 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default 8000; env VECNEST_PORT)")
     serve.add_argument("--data-dir", help="where collections live (default ./data; env VECNEST_DATA_DIR)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    health = commands.add_parser("health", help="exit 0 when the local server answers /healthz (or /readyz)")
+    health.add_argument("--port", type=int, help="default: env VECNEST_PORT, else 8000")
+    health.add_argument("--ready", action="store_true", help="require readiness, not just liveness")
+    health.add_argument("--timeout", type=float, default=2.0)
     tune = commands.add_parser("finetune", help="fine-tune a model into a Matryoshka model (CPU)",
                                description="Fine-tune a local sentence-transformers model with MatryoshkaLoss "
                                            "(--2d: Matryoshka2dLoss) on (query, positive) pairs and write a model "
@@ -38,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve_command(args)
+    if args.command == "health":
+        return health_command(args)
     if args.command == "finetune":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,6 +52,23 @@ def main(argv: list[str] | None = None) -> int:
 
         return finetune_main(args)
     return 2
+
+
+def health_command(args: argparse.Namespace) -> int:
+    """Probe the server on this host, as a container health check does (stdlib only: fast)."""
+    import urllib.request
+
+    host = os.environ.get("VECNEST_HOST", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    port = args.port or int(os.environ.get("VECNEST_PORT", "8000"))
+    url = f"http://{host}:{port}/{'readyz' if args.ready else 'healthz'}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            ok = response.status == 200
+    except OSError as exc:  # refused, timed out, or an HTTP error status
+        print(f"vecnest: {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
 
 
 def serve_command(args: argparse.Namespace) -> int:

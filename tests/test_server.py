@@ -33,6 +33,21 @@ def test_real_server_round_trip(server):
     assert 'vecnest_collection_documents{collection="live"} 2.0' in c.get("/metrics").text
 
 
+def test_health_command_is_the_container_health_check(server):
+    """`vecnest health` (the image's HEALTHCHECK) passes against a live server and fails once it stops."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = str(Path(sys.executable).parent / "vecnest")
+    env = {"PATH": "/usr/bin", "VECNEST_PORT": str(server.port)}
+    assert subprocess.run([script, "health"], env=env, timeout=30).returncode == 0
+    assert subprocess.run([script, "health", "--ready"], env=env, timeout=30).returncode == 0
+    server.stop()
+    failed = subprocess.run([script, "health"], env=env, timeout=30, capture_output=True, text=True)
+    assert failed.returncode == 1 and "Connection refused" in failed.stderr
+
+
 def test_chunked_oversized_body_is_rejected(tmp_path):
     server = Server(tmp_path / "data", env={"VECNEST_MAX_BODY_BYTES": "50000"}).start()
     try:
