@@ -87,6 +87,26 @@ def controller_phase(client, target: float, Q: np.ndarray, seconds: float, sampl
     return trace
 
 
+def overhead_phase(client, Q: np.ndarray, texts: list[str], seconds: float) -> dict:
+    """Client-side latency of text and vector searches with the estimator off and on, one run."""
+    out = {}
+    for rate in (0.0, 0.03, 0.2, 1.0):
+        client.patch(f"/v1/collections/{NAME}", json={"recall_sample_rate": rate}).raise_for_status()
+        lat: dict[str, list[float]] = {"text": [], "vector": []}
+        start, i = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            kind = "text" if i % 3 == 0 else "vector"
+            body = {"query": texts[i % len(texts)], "k": 10} if kind == "text" else {"vector": Q[i % len(Q)].tolist(), "k": 10}
+            t0 = time.perf_counter()
+            client.post(f"/v1/collections/{NAME}/search", json=body).raise_for_status()
+            lat[kind].append((time.perf_counter() - t0) * 1e3)
+            i += 1
+        out[rate] = {k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)), "n": len(v)}
+                     for k, v in lat.items()}
+        print(f"  sample rate {rate}: {out[rate]}", flush=True)
+    return out
+
+
 def mixed_traffic(client, Q: np.ndarray, texts: list[str], seconds: float) -> int:
     start, i = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
@@ -159,6 +179,8 @@ def main() -> int:
                                           "oracle_ef": oracle, "oracle_recall": sweep.get(oracle)}
             r = results["targets"][target]
             print(f"target {target}: ef {ef}, offline recall {r['offline_recall']:.4f}, oracle ef {oracle}", flush=True)
+        results["overhead"] = overhead_phase(client, traffic_q, texts[:500], 20.0)
+        client.patch(f"/v1/collections/{NAME}", json={"recall_sample_rate": args.sample_rate}).raise_for_status()
         searches = mixed_traffic(client, traffic_q, texts[:200], 30.0)
         time.sleep(3)
         results["panel_searches"] = searches
@@ -186,6 +208,11 @@ def report(results: dict) -> None:
         trace = r["trace"]
         step = max(1, len(trace) // 12)
         print("  " + ", ".join(f"{p['t']:.0f}: {p['ef']}/{p['estimate']}" for p in trace[::step] + [trace[-1]]))
+    print("\n## Estimator overhead (client-side ms per search, same run; text = encode + search)\n")
+    print("| sample rate | text p50 | text p99 | vector p50 | vector p99 |")
+    print("|---|---|---|---|---|")
+    for rate, o in results["overhead"].items():
+        print(f"| {rate} | {o['text']['p50']:.1f} | {o['text']['p99']:.1f} | {o['vector']['p50']:.2f} | {o['vector']['p99']:.2f} |")
     print("\n## Panels (from Prometheus, last 40 s: mixed traffic at dims 384 and 96 plus text queries)\n")
     p = results["panels"]
     print("| index | stage | recall live | recall probe | ef default | ef used | candidates | QPS |")

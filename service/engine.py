@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
+from threadpoolctl import threadpool_limits
 
 from index import Catalog, Collection, CollectionOptions
 from index.errors import Invalid, NotFound, NotReady
@@ -35,13 +36,18 @@ class Engine:
         self._collection_encoders: dict[str, Encoder] = {}
         self._unavailable: dict[str, str] = {}
         self.recall = RecallEstimator(metrics, settings.recall_sample_rate, settings.recall_queue_size,
-                                      settings.recall_controller_window)
+                                      settings.recall_controller_window, settings.recall_max_busy)
         self.ready = False
         metrics.watch_collections(lambda: [(c.name, self.stats(c)) for c in self.collections()] if self.ready else [])
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Open every collection, load their encoders and the default model, then go ready."""
+        if self.settings.blas_threads is not None:
+            # numpy's OpenBLAS only (torch sizes its own pool): with two threads, a background exact
+            # re-run made single-text encodes 4x slower here; one thread, plus the worker's duty
+            # cycle, keeps them within 25%.
+            threadpool_limits(limits={"openblas": self.settings.blas_threads})
         self.inference.start()
         self.recall.start()
         try:

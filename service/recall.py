@@ -13,6 +13,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections import deque
 from statistics import fmean
 from typing import Any
@@ -29,9 +30,13 @@ LIVE, PROBE = "live", "probe"  # where a measurement came from (the `source` lab
 
 class RecallEstimator:
     def __init__(self, metrics: Metrics, sample_rate: float, queue_size: int = 64, controller_window: int = 50,
-                 rolling: int = 256, seed: int | None = None):
+                 max_busy: float = 0.25, rolling: int = 256, seed: int | None = None):
         self.metrics = metrics
         self.sample_rate = sample_rate
+        # The worker rests (busy time) x (1/max_busy - 1) after each re-run, so it never takes more
+        # than this share of one core from searches and the encoder; the bounded queue absorbs
+        # bursts and drops the excess.
+        self._rest_factor = 1.0 / max_busy - 1.0
         self.controller_window = controller_window
         self._rolling_size = rolling
         self._queue: queue.Queue[tuple[Collection, RecallProbe] | None] = queue.Queue(maxsize=queue_size)
@@ -107,6 +112,7 @@ class RecallEstimator:
                     return
                 collection, probe = item
                 self.metrics.recall_queue_depth.set(self._queue.qsize())
+                started = time.perf_counter()
                 try:
                     self.evaluate(collection, probe, LIVE)
                 except NotFound:  # dropped meanwhile
@@ -114,6 +120,7 @@ class RecallEstimator:
                 except Exception:
                     self.metrics.recall_samples.labels(collection.name, "failed").inc(probe.queries)
                     log.exception("recall measurement of a %s search failed", collection.name)
+                time.sleep((time.perf_counter() - started) * self._rest_factor)
             finally:
                 self._queue.task_done()
 

@@ -55,3 +55,6 @@ class Settings(BaseSettings):
     recall_sample_rate: float = Field(0.03, ge=0, le=1, description="share of searches re-run exactly in the background")
     recall_queue_size: int = Field(64, ge=1, description="sampled searches waiting for their exact re-run; more are dropped")
     recall_controller_window: int = Field(50, ge=5, description="measured queries per ef controller decision")
+    recall_max_busy: float = Field(0.25, gt=0, le=1, description="most of one core the exact re-runs may take")
+    blas_threads: int | None = Field(1, ge=1, description="numpy's OpenBLAS threads (None: its default); "
+                                                          "idle OpenBLAS threads spin and slow the encoder")

@@ -107,6 +107,11 @@ def test_bad_input_gets_clear_4xx_and_changes_nothing(settings, minilm):
         assert search(client, mv, 422, query="hello", candidates=0)["code"] == "invalid_request"
         r = client.post(f"/v1/collections/{mv}/elasticizer/refit", json={})
         assert r.status_code == 422 and r.json()["error"]["code"] == "multivector_collection"
+        for body, code in (({"dim": 64}, "multivector_collection"), ({"queries": 500}, "too_many_queries")):
+            r = client.post(f"/v1/collections/{mv}/recall", json=body)
+            assert r.status_code == 422 and r.json()["error"]["code"] == code
+        report = client.post(f"/v1/collections/{mv}/recall", json={"queries": 5, "k": 1}).json()
+        assert {(s["index"], s["stage"]) for s in report["stages"]} == {("fde", "index"), ("fde", "final")}
         r = client.post("/v1/embeddings", json={"input": "x", "collection": mv})
         assert r.status_code == 422 and r.json()["error"]["code"] == "multivector_collection"
         # and the reverse: multi-vector operations on a dense collection

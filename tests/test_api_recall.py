@@ -32,7 +32,8 @@ def client(tmp_path_factory):
     from service.settings import Settings
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("recall") / "data", snapshot_interval_s=3600,
-                        recall_controller_window=100, recall_queue_size=4096)
+                        recall_controller_window=100, recall_queue_size=4096,
+                        recall_max_busy=1.0)
     with app_client(settings) as c:
         yield c
 
@@ -116,7 +117,7 @@ def test_controller_holds_the_target_at_a_lower_ef_than_a_stricter_target(client
     for _ in range(4):
         for q in Q[:500]:
             client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10})
-    drain(client)
+        drain(client)  # measurements of an older ef are ignored: let the controller catch up
     info = client.get(f"/v1/collections/{name}").json()["recall"]
     ef = info["ef_search"]["50"]
     assert info["target_recall"] == 0.9 and info["controllers"]["50"]["ef"] == ef
@@ -133,7 +134,7 @@ def test_controller_holds_the_target_at_a_lower_ef_than_a_stricter_target(client
     for _ in range(3):
         for q in Q[:500]:
             client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10})
-    drain(client)
+        drain(client)
     assert client.get(f"/v1/collections/{name}").json()["recall"]["ef_search"]["50"] > ef
     r = client.patch(f"/v1/collections/{name}", json={"target_recall": None})
     assert r.json()["recall"]["ef_search"] == {"16": 12, "50": 12}

@@ -11,6 +11,8 @@ from service import schemas
 from service.engine import Engine
 from service.recall import PROBE
 
+MAX_MULTIVECTOR_QUERIES = 200  # brute-force MaxSim: ~0.4 s per query over 50k short documents
+
 
 async def measure(engine: Engine, name: str, req: schemas.RecallRequest) -> schemas.RecallReport:
     collection = engine.collection(name)
@@ -18,6 +20,9 @@ async def measure(engine: Engine, name: str, req: schemas.RecallRequest) -> sche
     if multivector and req.dim is not None:
         raise Invalid(f"collection {name!r} holds multi-vector documents: it has one FDE graph and no dims",
                       code="multivector_collection")
+    if multivector and req.queries > MAX_MULTIVECTOR_QUERIES:
+        raise Invalid(f"a multi-vector recall probe scores every document by brute-force MaxSim per query; at most "
+                      f"{MAX_MULTIVECTOR_QUERIES} queries", code="too_many_queries")
     if not multivector and req.candidates is not None:
         raise Invalid("candidates applies to multi-vector collections", code="dense_collection")
     if req.dim is not None and req.dim not in collection.dims:
