@@ -1,7 +1,7 @@
 """Online recall estimation and the recall-target ef controller on WordNet, read back through a
 real Prometheus, as the Grafana dashboard would show it.
 
-    python bench/observability.py [--seconds 45] [--sample-rate 0.2]
+    python bench/observability.py [--seconds 120] [--sample-rate 0.2]
 
 A vecnest server (child process) holds the 117k WordNet glosses (all-MiniLM-L6-v2 vectors,
 cached; 2,000 glosses held out as queries) in one collection with graphs at dims 96 and 384,
@@ -145,7 +145,7 @@ def panels(prometheus: Prometheus, window: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=45.0, help="traffic per controller target")
+    parser.add_argument("--seconds", type=float, default=120.0, help="traffic per controller target")
     parser.add_argument("--sample-rate", type=float, default=0.2, help="share of searches re-run exactly")
     parser.add_argument("--out", default="bench/out/observability.json")
     args = parser.parse_args()
