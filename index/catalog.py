@@ -4,9 +4,14 @@ Layout: `<data_dir>/collections/<name>/{manifest.json, store.sqlite, snapshots/}
 is created in a hidden staging directory and renamed into place, so a crash never leaves a
 half-made one; a drop renames it away before deleting. An exclusive lock file keeps a second
 process from opening the same data directory.
+
+A collection's home may hold several generations (an encoder upgrade builds one in
+`gen-<id>/`); `current.json` names the one that serves, "." (the home itself) when absent.
+Cutting over is rewriting that one file atomically.
 """
 
 import fcntl
+import json
 import logging
 import os
 import re
@@ -24,6 +29,27 @@ from index.multivector import collection_class, open_collection
 log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CURRENT_FILE = "current.json"
+
+
+def active_generation(home: str) -> str:
+    """The generation directory (relative to the collection's home) that serves: "." or "gen-<id>"."""
+    try:
+        with open(os.path.join(home, CURRENT_FILE)) as f:
+            return json.load(f)["generation"]
+    except FileNotFoundError:
+        return "."
+
+
+def set_active_generation(home: str, generation: str) -> None:
+    """Point the collection at `generation`, atomically (write, fsync, rename, fsync the dir)."""
+    tmp = os.path.join(home, CURRENT_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"generation": generation}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(home, CURRENT_FILE))
+    fsync_path(home)
 
 
 def check_name(name: str) -> str:
@@ -55,10 +81,15 @@ class Catalog:
             if name.startswith("."):  # staging or trash left by a crash
                 shutil.rmtree(path, ignore_errors=True)
                 continue
-            if not os.path.exists(os.path.join(path, MANIFEST_FILE)):
+            try:
+                active = os.path.normpath(os.path.join(path, active_generation(path)))
+            except (OSError, ValueError, KeyError) as exc:
+                self._failed[name] = f"unreadable {CURRENT_FILE}: {exc}"
+                continue
+            if not os.path.exists(os.path.join(active, MANIFEST_FILE)):
                 continue
             try:
-                collection = open_collection(path, self.options)
+                collection = open_collection(active, self.options)
                 if on_open is not None:
                     on_open(collection)
             except Exception as exc:  # one broken collection must not keep the others down
@@ -87,6 +118,25 @@ class Catalog:
                 raise NotFound(f"collection {name!r} could not be opened: {self._failed[name]}", code="collection_unavailable")
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         return collection
+
+    def home(self, name: str) -> str:
+        """The directory holding every generation of collection `name`."""
+        return os.path.join(self._root, check_name(name))
+
+    def swap(self, name: str, collection: Collection) -> Collection:
+        """Make `collection` (a generation inside the home of `name`) the one that serves; returns
+        the one it replaces. Requests already holding the old object finish on it."""
+        home = self.home(name)
+        generation = os.path.relpath(collection.path, home)
+        if generation.startswith(".."):
+            raise Invalid(f"{collection.path} is not a generation of collection {name!r}")
+        with self._lock:
+            previous = self._collections.get(name)
+            if previous is None:
+                raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+            set_active_generation(home, generation)
+            self._collections[name] = collection
+        return previous
 
     def failed(self) -> dict[str, str]:
         return dict(self._failed)

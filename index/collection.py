@@ -40,6 +40,9 @@ STORE_FILE = "store.sqlite"
 VECTOR_FILE = "vectors.f32"
 SNAPSHOT_DIR = "snapshots"
 ROTATION_DIR = "rotations"
+# Everything one collection directory holds (SQLite adds -wal and -shm beside the store).
+COLLECTION_FILES = (MANIFEST_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", VECTOR_FILE,
+                    SNAPSHOT_DIR, ROTATION_DIR)
 
 
 @dataclass(frozen=True)
@@ -402,6 +405,23 @@ class Collection:
                 final = per_query_recall(label_scores(self._vectors, q.full, returned, metric), truth)
         return [StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
                 StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist)]
+
+    def contents(self, ids: Sequence[str] | None = None) -> dict[str, tuple[str | None, str]]:
+        """`id → (text, metadata JSON)` of live documents (all, or those among `ids`)."""
+        with self._reading():
+            return self._store.contents(ids)
+
+    def sample_documents(self, n: int, seed: int = 0) -> list[StoredDocument]:
+        """A deterministic sample of `m <= n` live documents with text, metadata and vector."""
+        with self._reading():
+            labels = sample_labels(self._store.live_labels(), n, seed)
+            docs = self._store.fetch(labels, text=True, metadata=True)
+        return [docs[label] for label in labels.tolist() if label in docs]
+
+    def last_seq(self) -> int:
+        """The store's latest write: it changes whenever a document does."""
+        with self._reading():
+            return self._store.last_seq()
 
     def sample_queries(self, n: int, seed: int = 0) -> np.ndarray:
         """`(m, D)` stored vectors of a deterministic sample of `m <= n` live documents, to use as

@@ -276,6 +276,16 @@ class Store:
         X = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), self.dim)
         return found, X.astype(np.float32)
 
+    def contents(self, ids: Sequence[str] | None = None) -> dict[str, tuple[str | None, str]]:
+        """`id → (text, metadata as stored JSON)` of the live documents (all, or those among
+        `ids`), in label order: what an encoder upgrade compares to find documents to re-embed."""
+        with self._read() as conn:
+            if ids is None:
+                rows = conn.execute("SELECT id, text, metadata FROM documents WHERE deleted = 0 ORDER BY label").fetchall()
+            else:
+                rows = self._select_in(conn, "SELECT id, text, metadata FROM documents WHERE deleted = 0 AND id IN ({})", ids)
+        return {doc_id: (text, metadata) for doc_id, text, metadata in rows}
+
     def filter_labels(self, conditions: list[tuple[str, str, Any]]) -> np.ndarray:
         """Sorted labels of live documents matching every `(key, kind, value)` condition."""
         sql = " INTERSECT ".join(["SELECT label FROM fields WHERE key = ? AND kind = ? AND value = ?"] * len(conditions))

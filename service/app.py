@@ -17,7 +17,7 @@ from service.errors import install_error_handlers
 from service.maintenance import Maintenance
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, RequestMetrics
-from service.routes import collections, documents, embeddings, health, search
+from service.routes import collections, documents, embeddings, health, search, upgrades
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app, metrics)
-    for module in (health, collections, documents, search, embeddings):
+    for module in (health, collections, documents, search, embeddings, upgrades):
         app.include_router(module.router)
     # Outermost last: metrics see every response, including the 413s of the size limit.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)

@@ -7,6 +7,7 @@ in `service/ops/`.
 """
 
 import logging
+import os
 import time
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from service.inference import EncodeStats, InferenceQueue
 from service.metrics import Metrics
 from service.recall import RecallEstimator
 from service.settings import Settings
+from service.upgrades import UpgradeManager
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,13 @@ class Engine:
         self.inference = InferenceQueue(settings.encode_queue_size, settings.encode_batch_size, self._on_encode_batch,
                                         settings.torch_threads)
         self.catalog: Catalog | None = None
+        # Keyed by the generation's directory: during an upgrade two generations share a name.
         self._collection_encoders: dict[str, Encoder] = {}
         self._unavailable: dict[str, str] = {}
         self.recall = RecallEstimator(metrics, settings.recall_sample_rate, settings.recall_queue_size,
                                       settings.recall_controller_window, settings.recall_max_busy)
         self.ready = False
+        self.upgrades = UpgradeManager(self)
         metrics.watch_collections(lambda: [(c.name, self.stats(c)) for c in self.collections()] if self.ready else [])
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -61,13 +65,14 @@ class Engine:
                 if info is None:
                     continue
                 try:
-                    self._collection_encoders[collection.name] = await self.load_encoder(info["model"], info["dim"])
+                    self._collection_encoders[collection.path] = await self.load_encoder(info["model"], info["dim"])
                 except Invalid as exc:
                     log.error("collection %s cannot encode text: %s", collection.name, exc.message)
                     self._unavailable[collection.name] = exc.message
         except Exception:
             log.exception("start-up failed; vecnest stays not ready")
             raise
+        await self.upgrades.resume_all()
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready: %d collections", len(self.catalog.names()))
@@ -83,6 +88,7 @@ class Engine:
 
     async def stop(self) -> None:
         self.ready = False
+        await self.upgrades.stop()
         self.recall.stop()
         if self.catalog is not None:
             await run_in_threadpool(self._snapshot_and_close)
@@ -119,16 +125,19 @@ class Engine:
 
     def stats(self, collection: Collection) -> dict[str, Any]:
         """`collection.stats()` plus the service's view: its recall target and upgrade state
-        (no encoder upgrade machinery yet: every document is embedded by the active encoder)."""
+        (an upgrade is active until finalized or undone; progress is its sync's done/total)."""
+        active, progress = self.upgrades.progress(collection.name)
         return {**collection.stats(), "target_recall": collection.recall_policy.target,
-                "upgrade_active": 0, "backfill_progress": 1.0}
+                "upgrade_active": active, "backfill_progress": progress}
 
-    def attach_encoder(self, name: str, encoder: Encoder | None) -> None:
+    def attach_encoder(self, collection: Collection, encoder: Encoder | None) -> None:
         if encoder is not None:
-            self._collection_encoders[name] = encoder
+            self._collection_encoders[collection.path] = encoder
 
     def detach(self, name: str) -> None:
-        self._collection_encoders.pop(name, None)
+        home = self.require_ready().home(name)
+        for path in [p for p in self._collection_encoders if p == home or p.startswith(home + os.sep)]:
+            del self._collection_encoders[path]
         self._unavailable.pop(name, None)
         self.recall.reset(name)
 
@@ -146,7 +155,7 @@ class Engine:
         if collection.name in self._unavailable:
             raise NotReady(f"collection {collection.name!r} cannot encode text: {self._unavailable[collection.name]}",
                            code="encoder_unavailable")
-        return self._collection_encoders.get(collection.name)
+        return self._collection_encoders.get(collection.path)
 
     async def encode(self, label: str, encoder: Encoder, texts: list[str], kind: Kind,
                      layers: int | None = None) -> np.ndarray:

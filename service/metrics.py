@@ -48,6 +48,13 @@ class Metrics:
         self.searches = Counter(
             "vecnest_searches", "Queries answered, by collection, index and strategy (hnsw or exact).",
             ["collection", "index", "strategy"], registry=r)
+        self.backfilled = Counter(
+            "vecnest_backfill_documents", "Documents re-embedded by encoder-upgrade syncs.", ["collection"], registry=r)
+        self.upgrade_queries = Counter(
+            "vecnest_upgrade_queries",
+            "Text searches during an upgrade, by how they were served: mapped (new model through the map, "
+            "merged with backfilled documents) or previous_model (the gate did not pass).",
+            ["collection", "mode"], registry=r)
         self.ready = Gauge("vecnest_ready", "1 once collections are loaded and replayed.", registry=r)
         # -- recall estimation ----------------------------------------------------------------
         self.recall = Histogram(
@@ -106,7 +113,7 @@ class _CollectionCollector(Collector):
         target = family("vecnest_target_recall", "The recall target the ef controller holds (collections with one).")
         upgrading = family("vecnest_upgrade_active", "1 while an encoder upgrade (map + backfill) is in progress.")
         backfill = family("vecnest_backfill_progress",
-                          "Share of documents embedded by the collection's active encoder (1: no backfill pending).")
+                          "Share of documents the upgrade's sync has re-embedded (1: none pending or no upgrade).")
         for name, s in self._stats():
             documents.add_metric([name], s["documents"])
             pending.add_metric([name], s["applied_seq"] - s["snapshot_seq"])

@@ -214,9 +214,19 @@ class SearchHit(BaseModel):
     vector: list[float] | None = None
 
 
+class UpgradeServing(BaseModel):
+    """How a text search was served while an encoder upgrade is under way."""
+
+    upgrade: str
+    state: str
+    queries: Literal["mapped", "previous_model"]
+    reason: str
+
+
 class SearchResponse(BaseModel):
     results: list[SearchHit]
     took_ms: float
+    upgrade: UpgradeServing | None = None
 
 
 class BatchSearchResponse(BaseModel):
@@ -263,3 +273,41 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# -- encoder upgrades -------------------------------------------------------------------------
+class UpgradeCreate(_Body):
+    """`POST /v1/collections/{name}/upgrades`: start re-embedding the collection with `model`."""
+
+    model: str = Field(..., min_length=1, description="a model alias or an absolute path to a local "
+                                                      "sentence-transformers directory")
+    sample: int | None = Field(None, ge=2, le=1_000_000, description="documents embedded with both models to fit "
+                                                                     "the map (default: the server's, 10000)")
+    holdout: float | None = Field(None, gt=0, lt=1, description="share of the sample held out to evaluate the map")
+    seed: int = Field(0, ge=0)
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="gate: mean cosine of mapped vs old vectors")
+    min_recall: float | None = Field(None, ge=0, le=1, description="gate: recall@10 of mapped queries relative to "
+                                                                   "old queries against the old index")
+
+
+class CutOverRequest(_Body):
+    force: bool = Field(False, description="cut over before the backfill caught up: writes wait while the rest is "
+                                           "re-embedded")
+
+
+class UpgradeInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    collection: str
+    state: str
+    model: dict[str, Any]
+    previous_model: dict[str, Any]
+    fit: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class UpgradeList(BaseModel):
+    upgrades: list[UpgradeInfo]

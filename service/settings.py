@@ -58,3 +58,12 @@ class Settings(BaseSettings):
     recall_max_busy: float = Field(0.25, gt=0, le=1, description="most of one core the exact re-runs may take")
     blas_threads: int | None = Field(1, ge=1, description="numpy's OpenBLAS threads (None: its default); "
                                                           "idle OpenBLAS threads spin and slow the encoder")
+
+    # encoder upgrades (per-upgrade overrides in the request)
+    upgrade_sample: int = Field(10000, ge=2, description="documents embedded with both models to fit the map")
+    upgrade_holdout: float = Field(0.2, gt=0, lt=1, description="share of the sample held out to evaluate the map")
+    upgrade_min_cosine: float = Field(0.8, ge=-1, le=1, description="gate: mean cosine of mapped vs old vectors")
+    upgrade_min_recall: float = Field(0.8, ge=0, le=1, description="gate: recall@10 of mapped queries vs old queries")
+    upgrade_batch_size: int = Field(32, ge=1, description="documents re-embedded per backfill step")
+    upgrade_max_busy: float = Field(0.5, gt=0, le=1, description="most of the encoder's time the backfill may take")
+    upgrade_poll_s: float = Field(0.5, gt=0, description="how often a caught-up backfill looks for new writes")

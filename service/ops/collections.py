@@ -39,7 +39,7 @@ async def create(engine: Engine, req: schemas.CollectionCreate) -> schemas.Colle
         recall=recall_policy(req, RecallPolicy()),
     )
     collection = await engine.run(catalog.create, manifest)
-    engine.attach_encoder(req.name, encoder)
+    engine.attach_encoder(collection, encoder)
     return info(collection, engine)
 
 
@@ -74,7 +74,7 @@ async def _create_multivector(engine: Engine, req: schemas.CollectionCreate) -> 
         recall=recall_policy(req, RecallPolicy()),
     )
     collection = await engine.run(engine.require_ready().create, manifest)
-    engine.attach_encoder(req.name, encoder)
+    engine.attach_encoder(collection, encoder)
     return info(collection, engine)
 
 
@@ -139,8 +139,10 @@ def describe(engine: Engine, name: str) -> schemas.CollectionInfo:
 
 
 async def drop(engine: Engine, name: str) -> None:
-    await engine.run(engine.require_ready().drop, name)
+    engine.collection(name)  # 404 before touching any upgrade
+    await engine.upgrades.forget(name)
     engine.detach(name)
+    await engine.run(engine.require_ready().drop, name)
 
 
 async def refit(engine: Engine, name: str, req: schemas.RefitRequest) -> schemas.RefitResponse:

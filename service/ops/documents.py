@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from index import Collection, MultiVectorCollection, NewDocument
-from index.errors import Invalid
+from index.errors import Conflict, Invalid
 from service import schemas
 from service.engine import Engine
 from service.ops.tokens import has_tokens, token_matrix
@@ -15,29 +15,45 @@ from service.settings import Settings
 
 
 async def upsert(engine: Engine, name: str, docs: list[schemas.DocumentIn]) -> schemas.UpsertResponse:
-    collection = engine.collection(name)
-    check_documents(engine.settings, collection, docs)
-    if isinstance(collection, MultiVectorCollection):
-        return await _upsert_multivector(engine, collection, docs)
+    # Embed outside the write gate (encoding is the slow part); write inside it. If an upgrade
+    # cut over meanwhile, the vectors belong to the retired model: embed again for the new one.
+    for _ in range(3):
+        collection = engine.collection(name)
+        check_documents(engine.settings, collection, docs)
+        if engine.upgrades.live(name) is not None and any(d.text is None for d in docs):
+            raise Conflict(f"collection {name!r} is being upgraded to a new model: every document needs text so the "
+                           f"other model can embed it too", code="upgrade_in_progress")
+        if isinstance(collection, MultiVectorCollection):
+            new = await _multivector_documents(engine, collection, docs)
+        else:
+            new = await _dense_documents(engine, collection, docs)
+        async with engine.upgrades.write_gate(name):
+            if engine.collection(name) is not collection:
+                continue
+            result = await engine.run(collection.upsert, new)
+        engine.metrics.observe_stages(name, "", result.timings)
+        return schemas.UpsertResponse(upserted=len(result.ids), ids=result.ids)
+    raise Conflict(f"collection {name!r} changed model while this write was embedded; retry", code="retry")
+
+
+async def _dense_documents(engine: Engine, collection: Collection, docs: list[schemas.DocumentIn]) -> list[NewDocument]:
     to_embed = [i for i, d in enumerate(docs) if d.vector is None]
     vectors: list[Any] = [d.vector for d in docs]
     if to_embed:
         encoder = engine.encoder_for(collection)
         if encoder is None:
-            raise Invalid(f"collection {name!r} has no model: send a vector with every document", code="vector_required")
+            raise Invalid(f"collection {collection.name!r} has no model: send a vector with every document",
+                          code="vector_required")
         layers = collection.manifest.encoder.get("layers")
-        X = await engine.encode(name, encoder, [docs[i].text for i in to_embed], "document", layers)
+        X = await engine.encode(collection.name, encoder, [docs[i].text for i in to_embed], "document", layers)
         for i, x in zip(to_embed, X):
             vectors[i] = x
-    new = [NewDocument(id=d.id, vector=np.asarray(v, np.float32), text=d.text, metadata=d.metadata or {})
-           for d, v in zip(docs, vectors)]
-    result = await engine.run(collection.upsert, new)
-    engine.metrics.observe_stages(name, "", result.timings)
-    return schemas.UpsertResponse(upserted=len(result.ids), ids=result.ids)
+    return [NewDocument(id=d.id, vector=np.asarray(v, np.float32), text=d.text, metadata=d.metadata or {})
+            for d, v in zip(docs, vectors)]
 
 
-async def _upsert_multivector(engine: Engine, collection: MultiVectorCollection,
-                              docs: list[schemas.DocumentIn]) -> schemas.UpsertResponse:
+async def _multivector_documents(engine: Engine, collection: MultiVectorCollection,
+                                 docs: list[schemas.DocumentIn]) -> list[NewDocument]:
     """Token matrices as given, or every token of the text embedded by the collection's model."""
     token_dim = collection.config.token_dim
     tokens: list[Any] = [token_matrix(d, token_dim, f"document {d.id[:80]!r}") for d in docs]
@@ -51,11 +67,8 @@ async def _upsert_multivector(engine: Engine, collection: MultiVectorCollection,
         T = await engine.encode_tokens(collection.name, encoder, [docs[i].text for i in to_embed], "document", layers)
         for i, t in zip(to_embed, T):
             tokens[i] = t
-    new = [NewDocument(id=d.id, vector=None, text=d.text, metadata=d.metadata or {}, tokens=t)
-           for d, t in zip(docs, tokens)]
-    result = await engine.run(collection.upsert, new)
-    engine.metrics.observe_stages(collection.name, "", result.timings)
-    return schemas.UpsertResponse(upserted=len(result.ids), ids=result.ids)
+    return [NewDocument(id=d.id, vector=None, text=d.text, metadata=d.metadata or {}, tokens=t)
+            for d, t in zip(docs, tokens)]
 
 
 def check_documents(s: Settings, collection: Collection, docs: list[schemas.DocumentIn]) -> None:
@@ -99,11 +112,12 @@ async def get(engine: Engine, name: str, doc_id: str, include_vector: bool) -> s
 
 
 async def delete(engine: Engine, name: str, ids: list[str]) -> schemas.DeleteResponse:
-    collection = engine.collection(name)
+    engine.collection(name)
     if len(ids) > engine.settings.max_batch_documents:
         raise Invalid(f"{len(ids)} ids in one request; the limit is {engine.settings.max_batch_documents}",
                       code="too_many_documents")
-    result = await engine.run(collection.delete, ids)
+    async with engine.upgrades.write_gate(name):
+        result = await engine.run(engine.collection(name).delete, ids)
     engine.metrics.observe_stages(name, "", result.timings)
     deleted = set(result.ids)
     return schemas.DeleteResponse(deleted=len(deleted), ids=result.ids,

@@ -1,10 +1,13 @@
 """Search: validate, embed text queries together, route to the requested dim, shape results."""
 
 import time
+from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
 from index import Collection, MultiVectorCollection, SearchResult
+from index import upgrade as up
 from index.errors import Invalid
 from service import schemas
 from service.engine import Engine
@@ -21,36 +24,65 @@ async def search(engine: Engine, name: str, requests: list[schemas.SearchRequest
     for r in requests:
         check_search(engine, collection, r)
     started = time.perf_counter()
-    vectors = await query_vectors(engine, collection, requests)
+    serving = upgrade_serving(engine, collection)
+    mapped = [i for i, r in enumerate(requests) if r.query is not None and serving and serving.queries == "mapped"]
+    vectors = await query_vectors(engine, collection, requests, skip=set(mapped))
     responses: list[schemas.SearchResponse | None] = [None] * len(requests)
+    if mapped:
+        live = engine.upgrades.live(name)
+        encoded = await engine.encode(name, live.new_encoder, [requests[i].query for i in mapped], "query")
+        for i, x in zip(mapped, encoded):
+            vectors[i] = x
     # Searches that differ only in their vector run as one call: one graph call, one store
     # read for the re-ranking, and one scan for exact searches.
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(requests):
-        groups.setdefault(r.model_dump_json(exclude={"query", "vector", "layers"}), []).append(i)
+        groups.setdefault(str(i in mapped) + r.model_dump_json(exclude={"query", "vector", "layers"}), []).append(i)
     for idx in groups.values():
         r = requests[idx[0]]
-        await run_group(engine, collection, idx, "text" in r.include, responses, collection.search,
+        fn = collection.search
+        if idx[0] in mapped:
+            fn = partial(up.mixed_search, collection, live.shadow, live.W, live.calibration)
+        await run_group(engine, collection, idx, "text" in r.include, responses, fn,
                         np.stack([vectors[i] for i in idx]), r.k, dim=r.dim, ef=r.ef, filter=r.filter, exact=r.exact,
-                        rerank=r.rerank, rerank_factor=r.rerank_factor, include=r.include)
+                        rerank=r.rerank, rerank_factor=r.rerank_factor, include=tuple(r.include),
+                        mapped=idx[0] in mapped)
+    for i, r in enumerate(requests):
+        if serving is not None and r.query is not None:
+            responses[i].upgrade = serving
+            engine.metrics.upgrade_queries.labels(name, serving.queries).inc()
     if len(requests) == 1:  # a single search reports its whole time, encoding included
         responses[0].took_ms = (time.perf_counter() - started) * 1e3
     return responses
 
 
+def upgrade_serving(engine: Engine, collection: Collection) -> schemas.UpgradeServing | None:
+    """How text queries are served while an upgrade of `collection` is before its cut-over."""
+    live = engine.upgrades.live(collection.name)
+    if live is None or live.record.state not in (up.FITTING, up.BACKFILLING) or live.shadow is collection:
+        return None
+    record = live.record
+    if record.serves_mapped and live.W is not None:
+        return schemas.UpgradeServing(upgrade=record.id, state=record.state, queries="mapped", reason=record.gate["reason"])
+    reason = record.gate["reason"] if record.gate else "the map is still being fitted: queries use the previous model"
+    return schemas.UpgradeServing(upgrade=record.id, state=record.state, queries="previous_model", reason=reason)
+
+
 async def run_group(engine: Engine, collection: Collection, idx: list[int], with_text: bool,
-                    responses: list, search, *args, **kwargs) -> None:
+                    responses: list, search, *args, mapped: bool = False, **kwargs) -> None:
     """Run one grouped search call, record its metrics, maybe sample it for recall, and fill
-    `responses[i]` for the requests `idx` it answered."""
+    `responses[i]` for the requests `idx` it answered. `mapped`: new-model queries through an
+    upgrade's map; metrics and recall probes name the index `<dim>@map`, and the ef controller
+    leaves them out (the map, not ef, decides what they find)."""
     probe = engine.recall.should_sample(collection)
     t0 = time.perf_counter()
     result: SearchResult = await engine.run(search, *args, probe=probe, **kwargs)
     took = (time.perf_counter() - t0) * 1e3 / len(idx)
-    index = collection.index_name(result.dim)
+    index = collection.index_name(result.dim) + ("@map" if mapped else "")
     engine.metrics.observe_stages(collection.name, index, result.timings)
     engine.metrics.searches.labels(collection.name, index, result.strategy).inc(len(idx))
     if result.probe is not None:
-        engine.recall.submit(collection, result.probe)
+        engine.recall.submit(collection, replace(result.probe, index=index, pinned=True) if mapped else result.probe)
     for i, matches in zip(idx, result.matches):
         hits = [schemas.SearchHit(id=m.id, score=m.score, text=m.text if with_text else None,
                                   metadata=m.metadata, vector=m.vector.tolist() if m.vector is not None else None)
@@ -118,10 +150,13 @@ async def search_multivector(engine: Engine, collection: MultiVectorCollection,
     return responses
 
 
-async def query_vectors(engine: Engine, collection: Collection, requests: list[schemas.SearchRequest]) -> list[np.ndarray]:
-    """One full-dim vector per request; text queries sharing `layers` are embedded together."""
+async def query_vectors(engine: Engine, collection: Collection, requests: list[schemas.SearchRequest],
+                        skip: set[int] = frozenset()) -> list[np.ndarray]:
+    """One full-dim vector per request (but those in `skip`); text queries sharing `layers` are
+    embedded together."""
     out: list[np.ndarray | None] = [np.asarray(r.vector, np.float32) if r.vector is not None else None for r in requests]
-    await embed_queries(engine, collection, requests, out, engine.encode, "a vector")
+    todo = [r if i not in skip else r.model_copy(update={"query": None}) for i, r in enumerate(requests)]
+    await embed_queries(engine, collection, todo, out, engine.encode, "a vector")
     return out
 
 

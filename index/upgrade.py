@@ -1,0 +1,352 @@
+"""Encoder upgrades, the model-free part: records, generations, the sync plan, the map's fit and
+evaluation, and searches over a half-backfilled collection.
+
+An upgrade builds a second *generation* of a collection (`<home>/gen-<id>/`, an ordinary
+`Collection` whose manifest names the new encoder) while the first keeps serving. The new model
+queries the old generation at once through an orthogonal map (`index/procrustes.py`); a sync
+re-embeds every document into the new generation; cut-over points `current.json` at it. After
+cut-over the roles flip: the old generation becomes the one kept in sync, so a rollback loses
+no write, until the upgrade is finalized and the old generation deleted.
+
+The sync compares contents, not logs: a document is in sync when the shadow generation holds
+the same id with the same text and metadata. So a crash anywhere resumes by planning again,
+writes made meanwhile are simply found stale by the next plan, and upserts by id never index a
+document twice. The service does the embedding (models live there); this module never imports
+one.
+"""
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from index.catalog import active_generation
+from index.collection import COLLECTION_FILES, Collection, SearchResult
+from index.elastic import sample_labels
+from index.errors import Invalid
+from index.files import fsync_path
+from index.manifest import Elasticizer, Manifest
+from index.procrustes import ScoreCalibration, fit_calibration, fit_orthogonal_map, map_queries, orthogonality_error
+from index.scoring import Match
+from index.vectors import top_k
+
+UPGRADES_DIR = "upgrades"
+
+# Lifecycle: fitting → backfilling → cut_over → finalized; or → rolled_back (from cut_over),
+# aborted (before cut-over) or failed (an error the sync cannot get past).
+FITTING, BACKFILLING, CUT_OVER = "fitting", "backfilling", "cut_over"
+FINALIZED, ROLLED_BACK, ABORTED, FAILED = "finalized", "rolled_back", "aborted", "failed"
+LIVE_STATES = (FITTING, BACKFILLING, CUT_OVER)
+
+
+@dataclass(frozen=True)
+class UpgradeRecord:
+    """Everything an upgrade is, persisted as `<home>/upgrades/<id>.json` (the map beside it)."""
+
+    id: str
+    collection: str
+    state: str
+    model: dict[str, Any]  # the new generation's encoder (the manifest's `encoder` block)
+    previous_model: dict[str, Any]
+    old_generation: str  # "." or "gen-<id>", relative to the home
+    new_generation: str
+    created_at: float
+    updated_at: float
+    sample: int  # documents embedded with both models for the fit
+    holdout: float  # share of the sample kept out of the fit to evaluate it
+    seed: int
+    min_cosine: float  # the compatibility gate
+    min_recall: float
+    fit: dict[str, Any] | None = None  # figures of the fit and its evaluation
+    gate: dict[str, Any] | None = None  # {"passed": bool, "reason": str}
+    calibration: dict[str, float] | None = None  # ScoreCalibration fields
+    map_sha256: str | None = None
+    error: str | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # [{"state", "at"}]
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES
+
+    @property
+    def serves_mapped(self) -> bool:
+        """New-model text queries go through the map (the gate passed, cut-over not yet done)."""
+        return self.state == BACKFILLING and bool(self.gate and self.gate["passed"])
+
+    def moved(self, state: str, **changes: Any) -> "UpgradeRecord":
+        now = time.time()
+        return replace(self, state=state, updated_at=now, history=[*self.history, {"state": state, "at": now}], **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_record(collection: Collection, model: dict[str, Any], *, sample: int, holdout: float, seed: int,
+               min_cosine: float, min_recall: float) -> UpgradeRecord:
+    upgrade_id = uuid.uuid4().hex[:12]
+    now = time.time()
+    old = os.path.relpath(collection.path, home_of(collection))
+    return UpgradeRecord(
+        id=upgrade_id, collection=collection.name, state=FITTING, model=model,
+        previous_model=dict(collection.manifest.encoder or {}), old_generation=old, new_generation=f"gen-{upgrade_id}",
+        created_at=now, updated_at=now, sample=sample, holdout=holdout, seed=seed, min_cosine=min_cosine,
+        min_recall=min_recall, history=[{"state": FITTING, "at": now}])
+
+
+def active_generation_of(collection: Collection) -> str:
+    """"." when `collection` lives in its home directly, else its `gen-<id>` name."""
+    name = os.path.basename(collection.path)
+    return name if name.startswith("gen-") else "."
+
+
+def home_of(collection: Collection) -> str:
+    return os.path.dirname(collection.path) if active_generation_of(collection) != "." else collection.path
+
+
+# -- persistence -------------------------------------------------------------------------------
+def save_record(home: str, record: UpgradeRecord) -> None:
+    folder = os.path.join(home, UPGRADES_DIR)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{record.id}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(record.to_json(), f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    fsync_path(folder)
+
+
+def load_records(home: str) -> list[UpgradeRecord]:
+    """Every upgrade of the collection at `home`, oldest first."""
+    folder = os.path.join(home, UPGRADES_DIR)
+    if not os.path.isdir(folder):
+        return []
+    records = []
+    for name in os.listdir(folder):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name)) as f:
+                records.append(UpgradeRecord(**json.load(f)))
+    return sorted(records, key=lambda r: r.created_at)
+
+
+def reconcile(home: str, record: UpgradeRecord) -> UpgradeRecord:
+    """Make a record agree with `current.json`, the one source of truth for which generation
+    serves: a crash between the pointer's rename and the record's write leaves them apart."""
+    active = active_generation(home)
+    if record.state in (FITTING, BACKFILLING) and active == record.new_generation:
+        return record.moved(CUT_OVER)
+    if record.state == CUT_OVER and active == record.old_generation:
+        return record.moved(ROLLED_BACK)
+    return record
+
+
+def save_map(home: str, record_id: str, W: np.ndarray) -> str:
+    """Write the map as `<home>/upgrades/<id>.map.npy`; returns its sha256."""
+    import hashlib
+
+    path = os.path.join(home, UPGRADES_DIR, f"{record_id}.map.npy")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        np.save(f, np.ascontiguousarray(W, np.float32))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def load_map(home: str, record: UpgradeRecord) -> np.ndarray:
+    import hashlib
+
+    path = os.path.join(home, UPGRADES_DIR, f"{record.id}.map.npy")
+    with open(path, "rb") as f:
+        raw = f.read()
+    if hashlib.sha256(raw).hexdigest() != record.map_sha256:
+        raise Invalid(f"upgrade {record.id}: map file {path} does not match its checksum")
+    with open(path, "rb") as f:
+        return np.load(f)
+
+
+# -- generations -------------------------------------------------------------------------------
+def new_generation_manifest(old: Manifest, model: dict[str, Any], dim: int, matryoshka: bool) -> Manifest:
+    """The new generation's manifest: the old one's settings, the new encoder and dim, no
+    rotation or snapshot yet. Indexed dims above the new model's dim are dropped; a PCA
+    elasticizer is kept (refitted on the new vectors) unless the new model is Matryoshka-trained."""
+    dims = sorted({d for d in old.indexed_dims if d < dim} | {dim}) if old.dims else []
+    kind = "none" if matryoshka or not old.dims or len(dims) == 1 else (old.elasticizer.kind if old.elasticizer.kind != "none" else "pca")
+    return old.replace(dim=dim, dims=dims, encoder=model, elasticizer=replace(old.elasticizer, kind=kind) if old.dims
+                       else Elasticizer(), rotation=None, snapshot=None, tuned_ef={})
+
+
+def create_generation(home: str, generation: str, manifest: Manifest, options) -> Collection:
+    """Create (or, after a crash, reopen) the collection directory of `generation`."""
+    path = os.path.join(home, generation)
+    if os.path.exists(os.path.join(path, "manifest.json")):
+        return Collection.open(path, options)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    Collection.create(path, manifest, options).close()
+    fsync_path(home)
+    return Collection.open(path, options)
+
+
+def remove_generation(home: str, generation: str) -> None:
+    """Delete a generation's files: its directory, or for "." the collection files in the home."""
+    if generation != ".":
+        shutil.rmtree(os.path.join(home, generation), ignore_errors=True)
+        return
+    for name in COLLECTION_FILES:
+        path = os.path.join(home, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+# -- sync --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyncPlan:
+    """What the shadow generation lacks: documents to (re-)embed and ids to delete."""
+
+    upserts: list[tuple[str, str | None, str]]  # (id, text, metadata JSON), in the source's label order
+    deletes: list[str]
+    total: int  # live documents in the source
+    source_seq: int  # the source's last write when planned: a newer one means plan again
+
+    @property
+    def done(self) -> int:
+        return self.total - len(self.upserts)
+
+    @property
+    def empty(self) -> bool:
+        return not self.upserts and not self.deletes
+
+
+def plan_sync(source: Collection, shadow: Collection) -> SyncPlan:
+    """Compare the two generations by content. Reading the seq first means a write landing
+    during the comparison is seen again by the next plan, never lost."""
+    seq = source.last_seq()
+    want = source.contents()
+    have = shadow.contents()
+    upserts = [(doc_id, text, meta) for doc_id, (text, meta) in want.items() if have.get(doc_id) != (text, meta)]
+    deletes = [doc_id for doc_id in have if doc_id not in want]
+    return SyncPlan(upserts, deletes, len(want), seq)
+
+
+# -- fit and evaluation ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MapFit:
+    W: np.ndarray  # (d_new, d_old)
+    calibration: ScoreCalibration
+    figures: dict[str, Any]
+
+
+def split_sample(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices `(fit, heldout)` of a sample of `n`: a seeded `holdout` share held out (≥ 1 each)."""
+    order = np.random.default_rng(seed).permutation(n)
+    held = min(max(1, int(round(holdout * n))), n - 1)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def fit_map(X_new: np.ndarray, X_old: np.ndarray, held: np.ndarray, fit: np.ndarray, old: Collection,
+            held_ids: list[str], k: int = 10) -> MapFit:
+    """Fit the map on rows `fit` and evaluate it on rows `held` (paired texts of both models).
+
+    Figures: the mean cosine of mapped vs old vectors over held-out rows; and recall@k of the
+    held-out documents' mapped new vectors used as queries against the old generation's index,
+    relative to their old vectors as queries (each document's own id left out of both lists).
+    The score calibration is fitted on held-out queries against the fit rows: new→new scores of
+    each query's top-k neighbours against their mapped→old scores.
+    """
+    t0 = time.perf_counter()
+    W = fit_orthogonal_map(X_new[fit], X_old[fit])
+    fit_s = time.perf_counter() - t0
+    mapped = map_queries(X_new[held], W)
+    cosines = np.einsum("ij,ij->i", mapped, X_old[held])
+    relative = _relative_recall(old, mapped, X_old[held], held_ids, k)
+    nn = X_new[held] @ X_new[fit].T
+    cols, _ = top_k(nn, k)
+    same = np.take_along_axis(nn, cols, 1)
+    cross = np.take_along_axis(mapped @ X_old[fit].T, cols, 1)
+    calibration = fit_calibration(cross, same)
+    figures = {"n_fit": int(len(fit)), "n_heldout": int(len(held)), "d_new": int(W.shape[0]), "d_old": int(W.shape[1]),
+               "mean_cosine": float(cosines.mean()), "p10_cosine": float(np.percentile(cosines, 10)),
+               f"recall_at_{k}": relative, "orthogonality_error": orthogonality_error(W), "fit_seconds": fit_s}
+    return MapFit(W, calibration, figures)
+
+
+def _relative_recall(old: Collection, mapped: np.ndarray, old_queries: np.ndarray, ids: list[str], k: int) -> float:
+    """Mean |top-k(mapped) ∩ top-k(old)| / k over the queries, each query's own id excluded."""
+    got = old.search(mapped, k + 1)
+    want = old.search(old_queries, k + 1)
+    overlaps = []
+    for own, g, w in zip(ids, got.matches, want.matches):
+        truth = [m.id for m in w if m.id != own][:k]
+        found = {m.id for m in g if m.id != own}
+        if truth:
+            overlaps.append(len(found.intersection(truth)) / len(truth))
+    return float(np.mean(overlaps)) if overlaps else 0.0
+
+
+def gate(figures: dict[str, Any], min_cosine: float, min_recall: float, k: int = 10) -> dict[str, Any]:
+    """The compatibility gate: pass when the held-out figures reach both thresholds."""
+    failures = []
+    if figures["mean_cosine"] < min_cosine:
+        failures.append(f"mean cosine of mapped vs old vectors {figures['mean_cosine']:.3f} < {min_cosine}")
+    recall = figures[f"recall_at_{k}"]
+    if recall < min_recall:
+        failures.append(f"recall@{k} of mapped queries relative to old queries {recall:.3f} < {min_recall}")
+    if failures:
+        return {"passed": False, "reason": "; ".join(failures) + ": queries keep using the previous model until cut-over"}
+    return {"passed": True, "reason": "new-model queries are served against the old index through the map"}
+
+
+# -- searches while mixed ----------------------------------------------------------------------
+def mixed_search(source: Collection, shadow: Collection, W: np.ndarray, calibration: ScoreCalibration,
+                 Q_new: np.ndarray, k: int, *, dim: int | None = None, include: tuple[str, ...] = (),
+                 probe: bool = False, **options: Any) -> SearchResult:
+    """Top-k for new-model queries `Q_new (nq, d_new)` while the shadow is half backfilled.
+
+    The source (every document, old vectors) is searched with the mapped queries; the shadow
+    (backfilled documents, new vectors) with the queries as they are. A shadow hit counts only
+    while its document is in sync (same text and metadata as the source), and keeps its new→new
+    score; every other candidate gets its mapped score calibrated onto the new→new scale, so the
+    two kinds rank on one scale (the mixed-gallery pitfall of algorithms.md §3.3 step 4).
+    """
+    old = source.search(map_queries(Q_new, W), k, dim=dim, include=include, probe=probe, **options)
+    new_dim = dim if dim in shadow.dims else None
+    new = shadow.search(Q_new, k, dim=new_dim, include=tuple(i for i in include if i != "vector"), **options)
+    shadow_ids = sorted({m.id for ms in new.matches for m in ms})
+    in_sync = _in_sync(source, shadow, shadow_ids)
+    merged = []
+    for old_matches, new_matches in zip(old.matches, new.matches):
+        by_id: dict[str, Match] = {}
+        scaled = calibration(np.asarray([m.score for m in old_matches], np.float32))
+        for m, s in zip(old_matches, scaled):
+            by_id[m.id] = replace(m, score=float(s))
+        for m in new_matches:
+            if m.id in in_sync:
+                kept = by_id.get(m.id)
+                by_id[m.id] = replace(kept, score=m.score) if kept is not None else _with_vector(source, m, include)
+        merged.append(sorted(by_id.values(), key=lambda m: -m.score)[:k])
+    timings = {key: old.timings.get(key, 0.0) + new.timings.get(key, 0.0) for key in {*old.timings, *new.timings}}
+    return replace(old, matches=merged, timings=timings, candidates=old.candidates + new.candidates)
+
+
+def _in_sync(source: Collection, shadow: Collection, ids: list[str]) -> set[str]:
+    if not ids:
+        return set()
+    want, have = source.contents(ids), shadow.contents(ids)
+    return {i for i in ids if i in want and want[i] == have.get(i)}
+
+
+def _with_vector(source: Collection, match: Match, include: tuple[str, ...]) -> Match:
+    """A shadow-only hit, with its vector (if asked for) from the serving generation's space."""
+    if "vector" not in include:
+        return match
+    return replace(match, vector=source.get(match.id).vector)

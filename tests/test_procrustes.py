@@ -1,0 +1,109 @@
+"""Orthogonal Procrustes maps: recovery of known maps, orthogonality, the extra-dims layout,
+and the score calibration used while a gallery is half backfilled."""
+
+import numpy as np
+import pytest
+
+from index.procrustes import (complete_rotation, fit_calibration, fit_orthogonal_map, map_queries,
+                              orthogonality_error)
+from index.vectors import normalize
+
+
+def random_orthonormal(rows: int, cols: int, seed: int) -> np.ndarray:
+    """(rows, cols) with orthonormal columns (rows ≥ cols) or rows (rows < cols)."""
+    A = np.random.default_rng(seed).standard_normal((max(rows, cols), min(rows, cols)))
+    Q, _ = np.linalg.qr(A)
+    return Q if rows >= cols else Q.T
+
+
+def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    return normalize(np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32))
+
+
+def test_recovers_a_known_rotation():
+    X_old = unit_rows(2000, 64, 0)
+    R = random_orthonormal(64, 64, 1)
+    X_new = (X_old @ R.T).astype(np.float32)  # new = old rotated: the map back is R
+    W = fit_orthogonal_map(X_new, X_old)
+    assert np.abs(W - R).max() < 1e-4
+    assert orthogonality_error(W) < 1e-5
+    assert np.abs(map_queries(X_new, W) - X_old).max() < 1e-4
+
+
+def test_recovers_a_rotation_under_noise():
+    X_old = unit_rows(3000, 32, 2)
+    R = random_orthonormal(32, 32, 3)
+    X_new = normalize((X_old @ R.T + 0.1 * np.random.default_rng(4).standard_normal(X_old.shape)).astype(np.float32))
+    W = fit_orthogonal_map(X_new, X_old)
+    assert orthogonality_error(W) < 1e-5
+    assert np.abs(W - R).max() < 0.05
+    fitted = np.einsum("ij,ij->i", map_queries(X_new, W), X_old).mean()
+    true = np.einsum("ij,ij->i", map_queries(X_new, R), X_old).mean()  # the noise caps both near 0.87
+    assert fitted >= true - 1e-3
+
+
+@pytest.mark.parametrize("d_new,d_old", [(768, 384), (384, 768)])
+def test_recovers_a_semi_orthogonal_embedding(d_new, d_old):
+    """384→768: the old space holds an isometric copy of the new one; 768→384: the new space
+    holds the old one plus extra dimensions. Either way Procrustes finds the embedding."""
+    n = 4000
+    if d_new > d_old:  # the new model = the old one embedded in more dims (+ extra content)
+        E = random_orthonormal(d_new, d_old, 5)  # (d_new, d_old), orthonormal columns
+        X_old = unit_rows(n, d_old, 6)
+        extra = unit_rows(n, d_new, 7)
+        extra -= (extra @ E) @ E.T  # orthogonal to the old content
+        X_new = normalize((X_old @ E.T + 0.3 * extra).astype(np.float32))
+        expected = E
+    else:  # the old model = the new one embedded in more dims
+        E = random_orthonormal(d_new, d_old, 8)  # (d_new, d_old), orthonormal rows
+        X_new = unit_rows(n, d_new, 9)
+        X_old = (X_new @ E).astype(np.float32)
+        expected = E
+    W = fit_orthogonal_map(X_new, X_old)
+    assert W.shape == (d_new, d_old)
+    assert orthogonality_error(W) < 1e-4
+    assert np.abs(W - expected).max() < 0.02
+    cos = np.einsum("ij,ij->i", map_queries(X_new, W), X_old)
+    assert cos.mean() > 0.999
+
+
+def test_extra_dims_layout_keeps_new_to_new_results_identical():
+    """R = [W | W⊥] is orthogonal: z = q R keeps every new→new score, so top-10 is the same,
+    and z[:d_o] is exactly q W, the old-compatible part."""
+    d_new, d_old = 96, 64
+    X_old = unit_rows(1500, d_old, 10)
+    X_new = unit_rows(1500, d_new, 11)
+    X_new[:, :d_old] += 2 * X_old
+    X_new = normalize(X_new)
+    W = fit_orthogonal_map(X_new, X_old)
+    R = complete_rotation(W, seed=3)
+    assert R.shape == (d_new, d_new)
+    assert orthogonality_error(R) < 1e-5
+    assert np.abs(R[:, :d_old] - W).max() == 0
+    Z = X_new @ R
+    assert np.abs(Z[:, :d_old] - X_new @ W).max() < 1e-5
+    Q, G = X_new[:100], X_new[100:]
+    top = np.argsort(-(Q @ G.T), axis=1)[:, :10]
+    top_z = np.argsort(-((Q @ R) @ (G @ R).T), axis=1)[:, :10]
+    assert (top == top_z).all()
+    assert np.abs((Q @ G.T) - (Q @ R) @ (G @ R).T).max() < 1e-5
+    with pytest.raises(ValueError):
+        complete_rotation(W.T)
+
+
+def test_fit_rejects_unpaired_rows():
+    with pytest.raises(ValueError):
+        fit_orthogonal_map(np.zeros((3, 4)), np.zeros((2, 4)))
+    with pytest.raises(ValueError):
+        fit_orthogonal_map(np.zeros((0, 4)), np.zeros((0, 4)))
+
+
+def test_calibration_fits_a_line_and_falls_back_safely():
+    x = np.linspace(0.2, 0.8, 50)
+    cal = fit_calibration(x, 1.5 * x + 0.1)
+    assert cal.scale == pytest.approx(1.5, abs=1e-6) and cal.offset == pytest.approx(0.1, abs=1e-6)
+    flat = fit_calibration(np.full(5, 0.5), np.full(5, 0.7))  # degenerate: match the means
+    assert flat.scale == 1.0 and flat.offset == pytest.approx(0.2)
+    falling = fit_calibration(x, -x)  # a negative slope would reverse the order: refuse it
+    assert falling.scale == 1.0
+    assert np.all(np.diff(falling(x)) > 0)
