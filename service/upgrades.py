@@ -48,6 +48,7 @@ class LiveUpgrade:
 
     @property
     def caught_up(self) -> bool:
+        """The last plan was applied in full (see `UpgradeManager.caught_up` for "and nothing since")."""
         return self.synced_seq >= 0 and self.done >= self.total
 
 
@@ -90,15 +91,20 @@ class UpgradeManager:
                 return record
         raise NotFound(f"upgrade {upgrade_id!r} of collection {name!r} not found", code="upgrade_not_found")
 
+    def caught_up(self, name: str, live: LiveUpgrade) -> bool:
+        """The shadow reflects every write the serving generation has (a cheap seq comparison)."""
+        return live.caught_up and self.engine.collection(name).last_seq() == live.synced_seq
+
     def _view(self, record: up.UpgradeRecord) -> dict[str, Any]:
         view = record.to_json()
         live = self._live.get(record.collection)
         if live is not None and live.record.id == record.id:
             remaining = live.total - live.done
+            done = self.caught_up(record.collection, live)
             view["progress"] = {
-                "done": live.done, "total": live.total, "caught_up": live.caught_up,
+                "done": live.done, "total": live.total, "caught_up": done,
                 "rate_docs_per_s": round(live.rate, 2), "embedded": live.embedded,
-                "eta_s": round(remaining / live.rate, 1) if live.rate > 0 and remaining else (0.0 if live.caught_up else None),
+                "eta_s": round(remaining / live.rate, 1) if live.rate > 0 and remaining else (0.0 if done else None),
                 "syncing": "new generation" if record.state != up.CUT_OVER else "previous generation (for rollback)"}
         return view
 
@@ -292,7 +298,7 @@ class UpgradeManager:
         """Make the new generation serve. Unless `force`, the backfill must have caught up; with
         it, writes wait while the rest is re-embedded. Either way no document is left behind."""
         live = self._require_live(name, upgrade_id, (up.BACKFILLING,), "cut over")
-        if not force and not live.caught_up:
+        if not force and not self.caught_up(name, live):
             raise Conflict(f"backfill of upgrade {upgrade_id} is at {live.done}/{live.total} documents; wait for it "
                            f"or cut over with force=true (writes then wait until it is done)", code="backfill_incomplete")
         await self._flip(name, live, to_shadow_state=up.CUT_OVER)

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from index import Collection, MultiVectorCollection, NewDocument
-from index.errors import Conflict, Invalid
+from index.errors import Conflict, Invalid, NotFound
 from service import schemas
 from service.engine import Engine
 from service.ops.tokens import has_tokens, token_matrix
@@ -103,7 +103,12 @@ def check_documents(s: Settings, collection: Collection, docs: list[schemas.Docu
 
 async def get(engine: Engine, name: str, doc_id: str, include_vector: bool) -> schemas.DocumentOut:
     collection = engine.collection(name)
-    doc = await engine.run(collection.get, doc_id)
+    try:
+        doc = await engine.run(collection.get, doc_id)
+    except NotFound as exc:
+        if exc.code != "collection_not_found" or engine.collection(name) is collection:
+            raise
+        doc = await engine.run(engine.collection(name).get, doc_id)  # an upgrade retired that generation
     if doc.tokens is not None:
         return schemas.DocumentOut(id=doc.id, text=doc.text, metadata=doc.metadata or {},
                                    vectors=doc.tokens.tolist() if include_vector else None)

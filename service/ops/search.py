@@ -8,7 +8,7 @@ import numpy as np
 
 from index import Collection, MultiVectorCollection, SearchResult
 from index import upgrade as up
-from index.errors import Invalid
+from index.errors import Invalid, NotFound
 from service import schemas
 from service.engine import Engine
 from service.ops.tokens import has_tokens, token_matrix
@@ -16,6 +16,19 @@ from service.ops.tokens import has_tokens, token_matrix
 
 async def search(engine: Engine, name: str, requests: list[schemas.SearchRequest]) -> list[schemas.SearchResponse]:
     collection = engine.collection(name)
+    try:
+        return await _search(engine, name, collection, requests)
+    except NotFound:
+        # An upgrade's rollback or finalize closed the generation this search started on: the
+        # collection itself is still there, so answer from the generation that serves now.
+        current = engine.collection(name)
+        if current is collection:
+            raise
+        return await _search(engine, name, current, requests)
+
+
+async def _search(engine: Engine, name: str, collection: Collection,
+                  requests: list[schemas.SearchRequest]) -> list[schemas.SearchResponse]:
     if len(requests) > engine.settings.max_batch_queries:
         raise Invalid(f"{len(requests)} searches in one request; the limit is {engine.settings.max_batch_queries}",
                       code="too_many_queries")
