@@ -27,7 +27,6 @@ import numpy as np
 
 from index.catalog import active_generation
 from index.collection import COLLECTION_FILES, Collection, SearchResult
-from index.elastic import sample_labels
 from index.errors import Invalid
 from index.files import fsync_path
 from index.manifest import Elasticizer, Manifest
