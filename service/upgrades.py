@@ -308,7 +308,7 @@ class UpgradeManager:
         """Serve the previous generation again (kept in sync since the cut-over); the new one is deleted."""
         live = self._require_live(name, upgrade_id, (up.CUT_OVER,), "roll back")
         await self._flip(name, live, to_shadow_state=up.ROLLED_BACK)
-        await self._end(name, live, discard=True)
+        await self._end(name, live)
         return self._view(live.record)
 
     async def finalize(self, name: str, upgrade_id: str) -> dict[str, Any]:
@@ -317,7 +317,7 @@ class UpgradeManager:
         async with live.sync_lock:
             live.record = live.record.moved(up.FINALIZED)
             await self.engine.run(up.save_record, live.home, live.record)
-        await self._end(name, live, discard=True)
+        await self._end(name, live)
         return self._view(live.record)
 
     async def abort(self, name: str, upgrade_id: str) -> dict[str, Any]:
@@ -326,7 +326,7 @@ class UpgradeManager:
         async with live.sync_lock:
             live.record = live.record.moved(up.ABORTED)
             await self.engine.run(up.save_record, live.home, live.record)
-        await self._end(name, live, discard=True)
+        await self._end(name, live)
         return self._view(live.record)
 
     async def _flip(self, name: str, live: LiveUpgrade, to_shadow_state: str) -> None:
@@ -354,12 +354,12 @@ class UpgradeManager:
             engine.recall.reset(name)
         log.info("upgrade %s of %s: %s", live.record.id, name, to_shadow_state)
 
-    async def _end(self, name: str, live: LiveUpgrade, discard: bool) -> None:
+    async def _end(self, name: str, live: LiveUpgrade) -> None:
+        """The upgrade is over: stop its task and delete the generation it was keeping in sync."""
         if self._live.get(name) is live:
             del self._live[name]
         await self._cancel(live)
-        if discard:
-            await self.engine.run(self._discard_shadow, live)
+        await self.engine.run(self._discard_shadow, live)
 
     def _discard_shadow(self, live: LiveUpgrade) -> None:
         generation = up.active_generation_of(live.shadow)
