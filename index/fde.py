@@ -8,7 +8,8 @@ blocks AVERAGE them, and an empty document block is filled with the projected to
 nearest to it in Hamming distance. ⟨F_q(Q), F_doc(P)⟩ / repetitions ≈ Σ_q max_p ⟨q, p⟩.
 FDEs are not normalised: they live in an inner-product index.
 
-Pure numpy, seeded, vectorised over all tokens of a batch (no per-token Python loops).
+Pure numpy and seeded. Each set is encoded on its own, vectorised over its tokens (no per-token
+Python loops): an FDE is a function of its own token set, never of the batch it arrives in.
 """
 
 from dataclasses import asdict, dataclass
@@ -20,7 +21,6 @@ from index.errors import Invalid
 
 Side = Literal["query", "document"]
 MAX_FDE_DIM = 65536  # hnswlib stores the vectors as floats; beyond this nothing fits anyway
-_BATCH_TOKENS = 16384  # padded tokens per vectorised step (bounds the fill's working set)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,9 @@ class FdeEncoder:
         R, k, d, P = c.repetitions, c.simhash_bits, c.token_dim, c.block_dim
         # Independent streams per repetition and per matrix: (seed, r, 0) hyperplanes, (seed, r, 1) projection.
         rngs = [[np.random.default_rng(np.random.SeedSequence([c.seed, r, m])) for m in (0, 1)] for r in range(R)]
-        self._hyperplanes = np.concatenate([g.standard_normal((d, k)) for g, _ in rngs], axis=1).astype(np.float32)
+        # float32 values (as FDEs stored by earlier versions used), held in float64 for the sign test.
+        planes = np.concatenate([g.standard_normal((d, k)) for g, _ in rngs], axis=1)
+        self._hyperplanes = planes.astype(np.float32).astype(np.float64)
         if c.projection_dim is None:
             self._projection = None
         else:
@@ -121,28 +123,32 @@ class FdeEncoder:
         return self.encode(token_sets, "query", False)
 
     def encode(self, token_sets: Sequence[np.ndarray], side: Side, fill: bool) -> np.ndarray:
+        """`(n, dim)` float32 FDEs of `n` token sets `(t_i, token_dim)`, each computed from its own set.
+
+        Per set, not per batch: BLAS may round a product's last bit differently for another
+        matrix shape, and one such bit can move a token lying on a SimHash hyperplane into the
+        neighbouring bucket. Encoded alone, a document's FDE does not depend on the batch it
+        arrived in, so recomputing it from its stored tokens gives the same vector on the same
+        machine and libraries (another CPU or BLAS may differ in the last bits).
+        """
         if side == "query" and fill:
             raise Invalid("empty-bucket filling applies to documents only: a filled query would count tokens twice",
                           code="invalid_multivector")
-        sizes = np.fromiter((len(t) for t in token_sets), np.int64, len(token_sets))
-        if (sizes == 0).any():
+        if any(len(t) == 0 for t in token_sets):
             raise Invalid("a token set is empty", code="empty_tokens")
-        out = np.zeros((len(token_sets), self.dim), np.float32)
-        start = 0
-        while start < len(token_sets):
-            # Batches of whole sets whose padded size (sets × longest set) stays near _BATCH_TOKENS.
-            padded = np.arange(1, len(sizes) - start + 1) * np.maximum.accumulate(sizes[start:])
-            stop = start + max(1, int(np.searchsorted(padded, _BATCH_TOKENS, side="right")))
-            raw = self._encode_batch(token_sets[start:stop], sizes[start:stop], side, fill)
-            out[start:stop] = self._final(raw)
-            start = stop
+        out = np.empty((len(token_sets), self.dim), np.float32)
+        for i, tokens in enumerate(token_sets):
+            X = np.asarray(tokens, np.float32).reshape(-1, self.config.token_dim)
+            out[i] = self._final(self._encode_set(X, side, fill)[None, :])[0]
         return out
 
     def buckets(self, X: np.ndarray) -> np.ndarray:
         """`(n, repetitions)` bucket ids of tokens `X (n, token_dim)`: bit j of the id is 1 where
-        the token lies on the positive side of hyperplane j."""
+        the token lies on the positive side of hyperplane j. The signs are taken in float64,
+        where a token would have to lie within ~1e-16 of a hyperplane for rounding to matter."""
         c = self.config
-        bits = (np.asarray(X, np.float32) @ self._hyperplanes).reshape(len(X), c.repetitions, c.simhash_bits) > 0
+        side = np.asarray(X, np.float64) @ self._hyperplanes
+        bits = side.reshape(len(X), c.repetitions, c.simhash_bits) > 0
         return bits @ self._bit_weights
 
     def hamming(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -150,28 +156,25 @@ class FdeEncoder:
         return self._hamming[a, b]
 
     # -- internals ----------------------------------------------------------------------------
-    def _encode_batch(self, token_sets: Sequence[np.ndarray], sizes: np.ndarray, side: Side, fill: bool) -> np.ndarray:
+    def _encode_set(self, X: np.ndarray, side: Side, fill: bool) -> np.ndarray:
+        """`(raw_dim,)`: the blocks of one token set `X (T, token_dim)`, repetition-major."""
         c = self.config
-        R, B, P, n = c.repetitions, c.buckets, c.block_dim, len(token_sets)
-        X = np.concatenate([np.asarray(t, np.float32).reshape(-1, c.token_dim) for t in token_sets])  # (T, d)
-        T = len(X)
-        owner = np.repeat(np.arange(n), sizes)  # (T,) which set each token belongs to
+        R, B, P = c.repetitions, c.buckets, c.block_dim
         buckets = self.buckets(X)  # (T, R)
         Y = self._project(X)  # (T, R, P)
-        # Scatter-add every (token, repetition) row into its block: sort by block, sum runs.
-        block = ((owner[:, None] * R + np.arange(R)) * B + buckets).ravel()  # (T·R,)
+        # Scatter-add every (token, repetition) row into its block: sort by block, sum runs in order.
+        block = (np.arange(R) * B + buckets).ravel()  # (T·R,)
         order = np.argsort(block, kind="stable")
         used, first = np.unique(block[order], return_index=True)
-        blocks = np.zeros((n * R * B, P), np.float32)
-        blocks[used] = np.add.reduceat(Y.reshape(T * R, P)[order], first, axis=0)
+        blocks = np.zeros((R * B, P), np.float32)
+        blocks[used] = np.add.reduceat(Y.reshape(-1, P)[order], first, axis=0)
         if side == "document":
-            counts = np.bincount(block, minlength=n * R * B)
+            counts = np.bincount(block, minlength=R * B)
             blocks[used] /= counts[used, None]
-            if fill:
+            if fill and len(used) < R * B:
                 empty = counts == 0
-                if empty.any():
-                    blocks[empty] = self._fill(Y, buckets, sizes).reshape(n * R * B, P)[empty]
-        return blocks.reshape(n, R * B * P)
+                blocks[empty] = self._fill(Y, buckets)[empty]
+        return blocks.ravel()
 
     def _project(self, X: np.ndarray) -> np.ndarray:
         c = self.config
@@ -179,21 +182,14 @@ class FdeEncoder:
             return np.broadcast_to(X[:, None, :], (len(X), c.repetitions, c.token_dim))
         return (X @ self._projection).reshape(len(X), c.repetitions, c.block_dim)
 
-    def _fill(self, Y: np.ndarray, buckets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        """`(n, R, B, P)`: for every block, the mean projection of the set's tokens nearest to it
-        in Hamming distance. Averaging ties (instead of taking the first) keeps the FDE
-        independent of token order."""
-        n, L = len(sizes), int(sizes.max())
-        R, B, P = Y.shape[1], self.config.buckets, Y.shape[2]
-        slot = np.arange(L)[None, :] < sizes[:, None]  # (n, L) real token or padding
-        index = np.zeros((n, L), np.int64)
-        index[slot] = np.arange(len(Y))
-        dist = self._hamming[buckets[index]]  # (n, L, R, B)
-        dist = np.where(slot[:, :, None, None], dist, np.iinfo(np.int16).max)
-        nearest = (dist == dist.min(axis=1, keepdims=True)).astype(np.float32)
-        nearest /= nearest.sum(axis=1, keepdims=True)
-        Ypad = np.where(slot[:, :, None, None], Y[index], 0.0)  # (n, L, R, P)
-        return np.einsum("nlrb,nlrp->nrbp", nearest, Ypad, optimize=True)
+    def _fill(self, Y: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+        """`(R·B, P)`: for every block, the mean projection `Y (T, R, P)` of the set's tokens
+        nearest to it in Hamming distance. Averaging ties (instead of taking the first) keeps
+        the FDE independent of token order."""
+        dist = self._hamming[buckets]  # (T, R, B)
+        nearest = (dist == dist.min(axis=0, keepdims=True)).astype(np.float32)
+        nearest /= nearest.sum(axis=0, keepdims=True)
+        return np.einsum("trb,trp->rbp", nearest, Y).reshape(-1, Y.shape[2])
 
     def _final(self, raw: np.ndarray) -> np.ndarray:
         """Count-Sketch `(n, raw_dim)` → `(n, final_dim)`: each coordinate adds, signed, into one slot."""

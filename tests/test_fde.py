@@ -49,8 +49,20 @@ def test_d_fixed_seed_is_deterministic_and_seeds_differ(rng):
     b = FdeEncoder(MultiVectorConfig(token_dim=D, seed=5)).documents(sets)
     c = FdeEncoder(MultiVectorConfig(token_dim=D, seed=6)).documents(sets)
     assert np.array_equal(a, b) and not np.allclose(a, c)
-    # and a batch encodes each set as it would alone
-    assert np.array_equal(a[1], FdeEncoder(MultiVectorConfig(token_dim=D, seed=5)).documents([sets[1]])[0])
+
+
+def test_d2_an_fde_does_not_depend_on_the_batch_it_is_encoded_in(rng):
+    """What the store promises: a document's FDE is a function of its own tokens, so recomputing
+    it from the stored tokens, alone or in any batch, gives the same vector. Both sides run on
+    this machine with the same shapes per set, so the comparison is exact."""
+    fde = FdeEncoder(MultiVectorConfig(token_dim=D, seed=5, final_dim=512))
+    sets = [unit(rng, n) for n in (1, 3, 17, 40, 64, 200)]
+    together = fde.documents(sets)
+    for i, s in enumerate(sets):
+        assert np.array_equal(together[i], fde.documents([s])[0])
+    shuffled = [sets[i] for i in (5, 2, 0, 4, 1, 3)]
+    assert np.array_equal(fde.documents(shuffled + [unit(rng, 300)])[:6], together[[5, 2, 0, 4, 1, 3]])
+    assert np.array_equal(fde.queries(sets)[3], fde.queries([sets[3]])[0])
 
 
 @pytest.mark.parametrize("R,k,P,final", [(20, 5, 16, None), (10, 4, 8, None), (3, 2, None, None), (20, 5, 16, 2048)])
