@@ -1,7 +1,9 @@
 """`Collection`: a store, its per-dim HNSW graphs (an `IndexSet`) and the manifest tying them.
 
-Writes commit to the store first (that is the acknowledgement point), then apply to every graph
-under one write mutex, so the graphs always equal the store as of `applied_seq`. Snapshots save
+Writes are validated and room is reserved (vector-file blocks on disk, graph capacity) before
+the store commits; the commit is the acknowledgement point; then the write is applied to the
+vector file and every graph under one write mutex, a step that cannot fail on validated data,
+so the graphs always equal the store as of `applied_seq`. Snapshots save
 the graphs with that seq; opening a collection loads the newest snapshot and replays the
 store's later changes. Searches never take the write mutex. Rebuilds (too many deletes, a new
 rotation) build a fresh `IndexSet` from the store while the old one serves, then swap.
@@ -19,8 +21,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from index.elastic import DimView, check_dims, sample_labels
+from index.elastic import MAX_ROTATION_DIM, DimView, check_dims, sample_labels
 from index.errors import Invalid, NotFound
+from index.faults import fault_point
 from index.files import fsync_path
 from index.filters import parse_filter
 from index.hnsw import CorruptSnapshot
@@ -29,8 +32,8 @@ from index.manifest import Manifest, RecallPolicy, Rotation, Snapshot, read_mani
 from index.recall import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.rotation import fit_and_save_rotation, load_rotation
 from index.scoring import Match, exact_search, hydrate, label_scores, rerank_exact, rerank_hits
-from index.store import NewDocument, StoredDocument, Store
-from index.vectorfile import VectorFile
+from index.store import NewDocument, StoredDocument, Store, storage_errors
+from index.vectorfile import CRC_SUFFIX, VectorFile
 from index.vectors import as_matrix, prepare
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ SNAPSHOT_DIR = "snapshots"
 ROTATION_DIR = "rotations"
 # Everything one collection directory holds (SQLite adds -wal and -shm beside the store).
 COLLECTION_FILES = (MANIFEST_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", VECTOR_FILE,
-                    SNAPSHOT_DIR, ROTATION_DIR)
+                    VECTOR_FILE + CRC_SUFFIX, SNAPSHOT_DIR, ROTATION_DIR)
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ class Collection:
         manifest = manifest.replace(dims=check_dims(manifest.dims, manifest.dim), rotation=None, snapshot=None)
         if manifest.rerank_factor is not None and manifest.rerank_factor < 1:
             raise Invalid("rerank_factor must be at least 1", code="invalid_rerank_factor")
+        if manifest.elasticizer.kind == "pca" and manifest.dim > MAX_ROTATION_DIM and min(manifest.indexed_dims) < manifest.dim:
+            raise Invalid(f"a PCA elasticizer needs at most {MAX_ROTATION_DIM} dims (these vectors have {manifest.dim}); "
+                          f"use elasticizer kind \"none\"", code="rotation_too_large")
         for folder in (SNAPSHOT_DIR, ROTATION_DIR):
             os.makedirs(os.path.join(path, folder), exist_ok=True)
         store = _store(path, manifest, options)
@@ -130,25 +136,43 @@ class Collection:
         for folder in (SNAPSHOT_DIR, ROTATION_DIR):
             os.makedirs(os.path.join(path, folder), exist_ok=True)
         store = _store(path, manifest, options)
-        vectors = VectorFile(os.path.join(path, VECTOR_FILE), manifest.dim, capacity=store.count() + 16)
-        if vectors.fresh:  # missing or mis-sized: rebuild the mirror from the store
-            for labels, X in store.iter_vectors():
-                vectors.add(labels, X)
-        vectors.set_live(store.live_labels())
-        rotation = load_rotation(os.path.join(path, ROTATION_DIR), manifest)
-        if rotation is None and manifest.rotation is not None:
-            manifest = manifest.replace(rotation=None)  # unusable: prefixes fall back to plain
-        views = _views(manifest, rotation)
-        indexes, applied = cls._load_snapshot(path, manifest, views)
-        if indexes is None:
-            indexes, applied = IndexSet.empty(views, manifest.hnsw, capacity=store.count() + 16), 0
-        collection = cls(path, manifest, store, vectors, indexes, applied, options)
-        replayed = collection._replay(indexes, applied, vectors)
+        try:
+            with storage_errors():
+                vectors = VectorFile(os.path.join(path, VECTOR_FILE), manifest.dim, capacity=store.label_ceiling(0))
+            if vectors.fresh:  # missing: rebuild the mirror from the store
+                for labels, X in store.iter_vectors():
+                    vectors.add(labels, X)
+            vectors.set_live(store.live_labels())
+            rotation = load_rotation(os.path.join(path, ROTATION_DIR), manifest)
+            if rotation is None and manifest.rotation is not None:
+                manifest = manifest.replace(rotation=None)  # unusable: prefixes fall back to plain
+            views = _views(manifest, rotation)
+            indexes, applied = cls._load_snapshot(path, manifest, views)
+            if indexes is None:
+                indexes, applied = IndexSet.empty(views, manifest.hnsw, capacity=store.count() + 16), 0
+            collection = cls(path, manifest, store, vectors, indexes, applied, options)
+            replayed = collection._replay(indexes, applied, vectors)
+            repaired = collection._repair_vectors()
+        except BaseException:
+            store.close()
+            raise
         collection._applied_seq = max(applied, store.last_seq())
         collection._remove_stale_files()
-        log.info("opened collection %s: %d documents, dims %s, replayed %d rows after seq %d",
-                 manifest.name, len(indexes), indexes.dims, replayed, applied)
+        log.info("opened collection %s: %d documents, dims %s, replayed %d rows after seq %d%s",
+                 manifest.name, len(indexes), indexes.dims, replayed, applied,
+                 f", re-read {repaired} corrupt vector rows from the store" if repaired else "")
         return collection
+
+    def _repair_vectors(self) -> int:
+        """Re-read from the store every live row of the vector file that fails its checksum (a
+        flipped bit on disk, a crash between a row and its checksum). Returns how many."""
+        bad = self._vectors.verify()
+        if len(bad):
+            log.warning("collection %s: %d rows of %s fail their checksum; re-reading them from the store",
+                        self.name, len(bad), VECTOR_FILE)
+            for labels, X in self._store.iter_vectors(bad):
+                self._vectors.add(labels, X)
+        return len(bad)
 
     @staticmethod
     def _load_snapshot(path: str, manifest: Manifest, views: dict[int, DimView]) -> tuple[IndexSet | None, int]:
@@ -212,7 +236,8 @@ class Collection:
         """Set the default ef of one graph (the recall controller does); saved with the next snapshot."""
         if dim not in self._indexes.views:
             raise Invalid(f"dim {dim} is not indexed in collection {self.name!r}", code="invalid_dim")
-        self._tuned_ef[dim] = int(ef)
+        # Copy on write: a snapshot may be iterating the current dict on another thread.
+        self._tuned_ef = {**self._tuned_ef, dim: int(ef)}
         self._tuned_dirty = True
 
     @property
@@ -277,12 +302,20 @@ class Collection:
         return not docs
 
     def _write(self, docs: Sequence[NewDocument], X: np.ndarray) -> WriteResult:
-        """Commit `docs` (whose index vectors are the rows of `X`), then apply them to the graphs."""
+        """Commit `docs` (whose index vectors are the rows of `X`, validated), then apply them.
+
+        Everything the apply step could run out of is reserved before the commit: vector-file
+        blocks on disk (ENOSPC is a clean 507, nothing written) and graph capacity. After the
+        commit, applying validated rows cannot fail."""
         ids = [doc.id for doc in docs]
         with self._write_mutex:
             self._check_open()
             t0 = time.perf_counter()
+            with storage_errors():
+                self._vectors.reserve(self._store.label_ceiling(len(docs)))
+            self._indexes.reserve(len(docs))
             seq, labels = self._store.put(docs)
+            fault_point("write.after_commit")
             t1 = time.perf_counter()
             with self._applying(seq):
                 self._vectors.add(labels, X)
@@ -345,10 +378,12 @@ class Collection:
         if rerank_factor is not None and rerank_factor < 1:
             raise Invalid("rerank_factor must be at least 1", code="invalid_rerank_factor")
         view = indexes.views[dim]
-        Q = prepare(as_matrix(Q, self.manifest.dim, "query vector"), self.manifest.metric)
+        Q = prepare(as_matrix(Q, self.manifest.dim, "query vector"), self.manifest.metric, "query vector")
         Qv = view.apply(Q)
         funnel = rerank and not view.is_full
-        shortlist = k * (rerank_factor or self.rerank_factor(dim)) if funnel else k
+        # Every array below is sized by what exists, never by what was asked for.
+        k = min(k, max(len(indexes), 1))
+        shortlist = min(k * (rerank_factor or self.rerank_factor(dim)), max(len(indexes), k)) if funnel else k
         conditions = parse_filter(filter)
         ef_setting = ef if ef is not None else self.ef_search(dim)
         timings: dict[str, float] = {}
@@ -459,10 +494,15 @@ class Collection:
         return (m.elasticizer.kind == "pca" and m.rotation is None and min(self.dims) < m.dim
                 and len(self) >= m.elasticizer.fit_at)
 
-    def snapshot(self, force: bool = False) -> bool:
-        """Save every graph and point the manifest at them. Returns False when already current."""
-        with self._maintenance:
+    def snapshot(self, force: bool = False, wait: bool = True) -> bool:
+        """Save every graph and point the manifest at them. Returns False when already current,
+        or (with `wait=False`) when a rebuild or refit of this collection is running."""
+        if not self._maintenance.acquire(blocking=wait):
+            return False
+        try:
             return self._snapshot_locked(force)
+        finally:
+            self._maintenance.release()
 
     def _snapshot_locked(self, force: bool) -> bool:
         with self._write_mutex:
@@ -473,11 +513,20 @@ class Collection:
                 return False
             seq = self._applied_seq
             folder = os.path.join(self.path, SNAPSHOT_DIR)
-            self._vectors.flush()  # the full-dim mirror is durable up to `seq` as well
-            files = self._indexes.save(folder, seq)
-            fsync_path(folder)  # the new files' names, before the manifest names them
-            rotation_sha = self._manifest.rotation.sha256 if self._manifest.rotation else None
-            self._save_manifest(self._manifest.replace(snapshot=Snapshot(files, seq, rotation_sha)))
+            with storage_errors():
+                self._vectors.flush()  # the full-dim mirror is durable up to `seq` as well
+                # Fresh file names every time: the files the current manifest names are never
+                # overwritten, so a crash (or a full disk) mid-snapshot leaves the last one intact.
+                files = self._indexes.save(folder, seq)
+                try:
+                    fsync_path(folder)  # the new files' names, before the manifest names them
+                    fault_point("snapshot.after_graphs")
+                    rotation_sha = self._manifest.rotation.sha256 if self._manifest.rotation else None
+                    self._save_manifest(self._manifest.replace(snapshot=Snapshot(files, seq, rotation_sha)))
+                except BaseException:
+                    self._remove_stale_files()
+                    raise
+            fault_point("snapshot.after_manifest")
             # Replays start at `seq` from now on, so older tombstones are no longer needed.
             self._store.purge_tombstones(seq)
         self._remove_stale_files()
@@ -497,8 +546,11 @@ class Collection:
             m = self._manifest
             sample = sample or m.elasticizer.sample
             seed = m.elasticizer.seed if seed is None else seed
-            rotation, record = fit_and_save_rotation(self._store, self._vectors, os.path.join(self.path, ROTATION_DIR),
-                                                     sample, seed, self._applied_seq, self.dims)
+            with storage_errors():
+                rotation, record = fit_and_save_rotation(self._store, self._vectors,
+                                                         os.path.join(self.path, ROTATION_DIR), sample, seed,
+                                                         self._applied_seq, self.dims)
+            fault_point("rotation.after_save")
             views = _views(m, rotation)
             full = {d: i for d, i in self._indexes.indexes.items() if views[d].is_full}
             self._rebuild_locked(views, reuse=full, manifest=m.replace(rotation=record))
@@ -518,6 +570,7 @@ class Collection:
             # Rows written since the build began are re-applied; replay is idempotent, so rows
             # the build already saw are simply updated in place.
             self._replay(fresh, start_seq)
+            fault_point("rebuild.before_swap")
             self._indexes = fresh
             self._applied_seq = self._store.last_seq()
             self._stale = False
@@ -525,17 +578,25 @@ class Collection:
                 self._manifest = manifest
 
     def _remove_stale_files(self) -> None:
+        """Delete snapshot and rotation files that neither the manifest in memory nor the one on
+        disk names (they differ while a refit or snapshot is half done)."""
         keep = set()
-        if self._manifest.snapshot is not None:
-            keep |= {f for name in self._manifest.snapshot.files.values() for f in (name, name + ".json")}
-        if self._manifest.rotation is not None:
-            keep.add(self._manifest.rotation.file)
+        manifests = [self._manifest]
+        try:
+            manifests.append(read_manifest(os.path.join(self.path, MANIFEST_FILE)))
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+        for manifest in manifests:
+            if manifest.snapshot is not None:
+                keep |= {f for name in manifest.snapshot.files.values() for f in (name, name + ".json")}
+            if manifest.rotation is not None:
+                keep.add(manifest.rotation.file)
         for folder in (SNAPSHOT_DIR, ROTATION_DIR):
             for name in os.listdir(os.path.join(self.path, folder)):
                 if name not in keep:
                     try:
                         os.remove(os.path.join(self.path, folder, name))
-                    except FileNotFoundError:
+                    except OSError:
                         pass
 
     # -- guards -------------------------------------------------------------------------------

@@ -63,17 +63,37 @@ class PcaFit:
         return float(self.eigenvalues[:dim].sum() / total) if total > 0 else 0.0
 
 
+# A PCA fit holds a few (D, D) float64 matrices: 4096 dims is ~130 MiB each; 16384 would be 2 GiB.
+MAX_ROTATION_DIM = 4096
+
+
+def second_moment(chunks) -> tuple[np.ndarray, int]:
+    """`(XᵀX (D, D) float64, n)` accumulated over chunks `(n_i, D)`: memory O(D²), never O(n·D)."""
+    C, n = None, 0
+    for X in chunks:
+        X64 = np.asarray(X, np.float64)
+        C = X64.T @ X64 if C is None else C + X64.T @ X64
+        n += len(X64)
+    return C, n
+
+
 def fit_pca_rotation(X: np.ndarray) -> PcaFit:
-    """Uncentred PCA of `X (n, D)`: eigenvectors of the second moment `XᵀX / n`.
+    """Uncentred PCA of `X (n, D)`: eigenvectors of the second moment `XᵀX / n`."""
+    return pca_from_moment(*second_moment([X]))
+
+
+def pca_from_moment(C: np.ndarray | None, n: int) -> PcaFit:
+    """The uncentred PCA rotation from a second moment `C = XᵀX (D, D)` over `n` rows.
 
     Uncentred, because centring would change the inner products that rankings use. The sign of
     each eigenvector is fixed (largest-magnitude entry positive) so a fit is deterministic.
     """
-    if len(X) == 0:
+    if n == 0 or C is None:
         raise Invalid("cannot fit a rotation on an empty collection: add documents first", code="empty_collection")
-    X64 = np.asarray(X, np.float64)
-    C = X64.T @ X64 / len(X64)
-    eigenvalues, V = np.linalg.eigh(C)  # ascending
+    if len(C) > MAX_ROTATION_DIM:
+        raise Invalid(f"a PCA rotation of {len(C)} dims is too large to fit (limit {MAX_ROTATION_DIM})",
+                      code="rotation_too_large")
+    eigenvalues, V = np.linalg.eigh(C / n)  # ascending
     order = np.argsort(-eigenvalues, kind="stable")
     eigenvalues, V = np.maximum(eigenvalues[order], 0.0), V[:, order]
     signs = np.sign(V[np.argmax(np.abs(V), axis=0), np.arange(V.shape[1])])
@@ -81,7 +101,7 @@ def fit_pca_rotation(X: np.ndarray) -> PcaFit:
     # Re-orthonormalise in float64 before the float32 cast so R stays orthogonal to ~1e-7.
     Q, R = np.linalg.qr(V)
     Q = Q * np.sign(np.diag(R))
-    return PcaFit(rotation=np.ascontiguousarray(Q, np.float32), eigenvalues=eigenvalues, n_fit=len(X))
+    return PcaFit(rotation=np.ascontiguousarray(Q, np.float32), eigenvalues=eigenvalues, n_fit=n)
 
 
 def sample_labels(labels: np.ndarray, size: int, seed: int) -> np.ndarray:

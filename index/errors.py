@@ -43,3 +43,15 @@ class Overloaded(VecnestError):
 
 class NotReady(VecnestError):
     code = "not_ready"
+
+
+class InsufficientStorage(VecnestError):
+    """The disk is full: nothing was written (507). Writes succeed again once space is freed."""
+
+    code = "insufficient_storage"
+
+
+class ReadOnly(VecnestError):
+    """The data directory cannot be written (503): reads go on, writes are refused."""
+
+    code = "read_only"

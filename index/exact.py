@@ -7,7 +7,7 @@ import numpy as np
 
 from index.errors import Invalid
 from index.protocols import Hits
-from index.vectors import as_matrix, check_metric, prepare, scores, top_k
+from index.vectors import as_matrix, check_metric, index_rows, scores, top_k
 
 
 class ExactIndex:
@@ -39,7 +39,7 @@ class ExactIndex:
 
     def add(self, labels: np.ndarray, X: np.ndarray) -> None:
         labels = np.asarray(labels, np.int64).reshape(-1)
-        X = prepare(as_matrix(X, self.dim), self.metric)
+        X = index_rows(as_matrix(X, self.dim), self.metric)
         if len(labels) != len(X):
             raise Invalid(f"{len(labels)} labels for {len(X)} vectors")
         with self._lock:
@@ -69,7 +69,7 @@ class ExactIndex:
         self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None
     ) -> Hits:
         """Exact top-k; `ef` is accepted for the contract and ignored."""
-        Q = prepare(as_matrix(Q, self.dim, "query"), self.metric)
+        Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         with self._lock:
             n = len(self._row_of)
             X, labels = self._X[:n], self._labels[:n]

@@ -1,4 +1,7 @@
-"""Metadata filters: equality on top-level keys, ANDed together.
+"""Metadata: what may be stored, and filters (equality on top-level keys, ANDed together).
+
+Metadata is a JSON object nested at most `MAX_METADATA_DEPTH` levels: deeper values would be
+accepted by a JSON parser and then fail to serialise in every response that returns them.
 
 A document matches `{key: value}` when its metadata has `key` equal to `value`, or a list at
 `key` that contains `value`. Values are scalars; numbers compare numerically (1 == 1.0) and
@@ -12,6 +15,7 @@ from index.errors import Invalid
 
 MAX_CONDITIONS = 32
 MAX_KEY_LENGTH = 256
+MAX_METADATA_DEPTH = 32  # the object itself is depth 1
 
 # A scalar as the store's field table holds it: (kind, value). Kinds keep True apart from 1.
 Field = tuple[str, Any]
@@ -30,6 +34,20 @@ def scalar_field(value: Any) -> Field | None:
     if isinstance(value, str):
         return ("s", value)
     return None
+
+
+def check_metadata(metadata: Any, what: str = "metadata") -> None:
+    """Reject metadata that is not an object, or that nests objects and lists deeper than
+    `MAX_METADATA_DEPTH`. Iterative: a hostile depth cannot exhaust the Python stack here."""
+    if not isinstance(metadata, dict):
+        raise Invalid(f"{what}: metadata must be a JSON object", code="invalid_metadata")
+    stack = [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise Invalid(f"{what}: metadata nests deeper than {MAX_METADATA_DEPTH} levels", code="metadata_too_deep")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
 
 
 def metadata_fields(metadata: dict[str, Any]) -> list[tuple[str, str, Any]]:

@@ -8,12 +8,15 @@
   deletes, a selective filter) falls back to exact search over the index's own vectors.
 - Capacity grows by doubling before an add; `resize_index` runs under the write lock.
 - A readers-writer lock: searches share it; add, delete, resize and save exclude writers.
-- hnswlib's file stores neither space, dim, ef nor the deleted set: a JSON sidecar does.
+- hnswlib's file stores neither space, dim, ef nor the deleted set: a JSON sidecar does, with
+  the file's size and CRC-32. hnswlib writes without checking for errors, so a save on a full
+  disk would leave a short file: the size is checked after the save, the CRC at every load.
 """
 
 import json
 import math
 import os
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Collection
 
@@ -25,12 +28,12 @@ from index.exact import ExactIndex
 from index.files import fsync_path
 from index.protocols import Hits
 from index.rwlock import RWLock
-from index.vectors import as_matrix, check_metric, prepare
+from index.vectors import as_matrix, check_metric, index_rows
 
 # Cosine vectors arrive unit-length (`prepare`), so hnswlib's plain inner product is exact for
 # them and `get_items` returns what we stored.
 _SPACE = {"cosine": "ip", "ip": "ip", "l2": "l2"}
-_SIDECAR_FORMAT = 1
+_SIDECAR_FORMAT = 2
 _TOO_FEW_RESULTS = "contiguous 2D array"
 
 
@@ -86,10 +89,30 @@ class HnswIndex:
         per_slot = self.dim * 4 + 8 + (2 * m + 1) * 4 + (m + 1) * 4 / math.log(max(m, 2))
         return int(self._index.get_max_elements() * per_slot)  # hnswlib allocates the whole capacity
 
+    @property
+    def file_bytes(self) -> int:
+        """About what `save` writes: every slot's level-0 record (links, vector, label) plus
+        its upper-level links (about 1/ln(M) of the slots hold M links on each upper level)."""
+        m = self.params.m
+        per_slot = (2 * m + 1) * 4 + self.dim * 4 + 8 + 4 + (m + 1) * 4 / math.log(max(m, 2))
+        return int(self._index.element_count * per_slot) + 4096
+
+    def _level0_bytes(self) -> int:
+        """The exact size of the level-0 records in hnswlib's file: a shorter file is truncated."""
+        return self._index.element_count * ((2 * self.params.m + 1) * 4 + self.dim * 4 + 8)
+
     # -- writes -------------------------------------------------------------------------------
+    def reserve(self, n: int) -> None:
+        """Grow the capacity so that `n` more vectors fit (before a commit, so the add after it
+        never has to allocate)."""
+        with self._lock.write():
+            needed = self._index.element_count + n
+            if needed > self._index.max_elements:
+                self._index.resize_index(max(needed, 2 * self._index.max_elements))
+
     def add(self, labels: np.ndarray, X: np.ndarray, num_threads: int = -1) -> None:
         labels = np.asarray(labels, np.int64).reshape(-1)
-        X = prepare(as_matrix(X, self.dim), self.metric)
+        X = index_rows(as_matrix(X, self.dim), self.metric)
         if len(labels) != len(X):
             raise Invalid(f"{len(labels)} labels for {len(X)} vectors")
         if len(labels) == 0:
@@ -118,7 +141,7 @@ class HnswIndex:
         self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None
     ) -> Hits:
         """Approximate top-k with search breadth `max(ef, k)` (default ef: `params.ef_search`)."""
-        Q = prepare(as_matrix(Q, self.dim, "query"), self.metric)
+        Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         if allowed is not None and not isinstance(allowed, (set, frozenset)):
             allowed = frozenset(int(x) for x in allowed)
         with self._lock.read():
@@ -145,7 +168,7 @@ class HnswIndex:
 
     def exact_search(self, Q: np.ndarray, k: int, allowed: Collection[int] | None = None) -> Hits:
         """Brute force over this index's own vectors (the graph is not used)."""
-        Q = prepare(as_matrix(Q, self.dim, "query"), self.metric)
+        Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         with self._lock.read():
             return self._exact_locked(Q, k, allowed)
 
@@ -167,9 +190,11 @@ class HnswIndex:
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        """Write the graph to `path` and its facts to `path + '.json'`, both fsynced."""
+        """Write the graph to `path` and its facts (with the file's size and CRC-32) to
+        `path + '.json'`, both fsynced. Raises OSError when the graph file came out short."""
         with self._lock.read():  # a save reads the graph: searches may go on, writes may not
             self._index.save_index(path)
+            expected = self._level0_bytes()
             sidecar = {
                 "format": _SIDECAR_FORMAT,
                 "dim": self.dim,
@@ -179,6 +204,10 @@ class HnswIndex:
                 "deleted": sorted(self._deleted),
             }
         fsync_path(path)
+        size = os.path.getsize(path)
+        if size < expected:
+            raise OSError(28, f"hnswlib wrote {size} of at least {expected} bytes to {path} (disk full?)")
+        sidecar.update(bytes=size, crc32=_file_crc(path))
         with open(path + ".json", "w") as f:
             json.dump(sidecar, f)
             f.flush()
@@ -190,12 +219,22 @@ class HnswIndex:
         try:
             with open(path + ".json") as f:
                 meta = json.load(f)
-            if meta.get("format") != _SIDECAR_FORMAT:
+            if meta.get("format") not in (1, _SIDECAR_FORMAT):  # format 1: saved before checksums
                 raise CorruptSnapshot(f"unknown snapshot format {meta.get('format')!r}")
+            if "crc32" in meta and (os.path.getsize(path) != meta["bytes"] or _file_crc(path) != meta["crc32"]):
+                raise CorruptSnapshot(f"snapshot {path} does not match the size and checksum it was saved with")
             index = cls(meta["dim"], meta["metric"], HnswParams(**meta["params"]), _load_from=path, _slots=meta["slots"])
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, MemoryError) as exc:
             raise CorruptSnapshot(f"cannot load snapshot {path}: {exc}") from exc
         if index._index.element_count != meta["slots"]:
             raise CorruptSnapshot(f"snapshot {path} holds {index._index.element_count} slots, sidecar says {meta['slots']}")
         index._deleted = set(meta["deleted"])
         return index
+
+
+def _file_crc(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            crc = zlib.crc32(block, crc)
+    return crc

@@ -6,11 +6,14 @@ store and swaps it in while the old one serves.
 """
 
 import os
+import shutil
+import uuid
 from typing import Collection as Labels
 
 import numpy as np
 
 from index.elastic import DimView
+from index.errors import InsufficientStorage
 from index.hnsw import CorruptSnapshot, HnswIndex, HnswParams
 from index.protocols import Hits
 from index.vectorfile import VectorFile
@@ -90,11 +93,31 @@ class IndexSet:
         return {d: {"slots": i.slot_count, "deleted": i.deleted_count, "vector_bytes": i.slot_count * d * 4,
                     "bytes": i.memory_bytes} for d, i in sorted(self.indexes.items())}
 
+    def reserve(self, n: int) -> None:
+        """Grow every graph so that `n` more vectors fit without a resize (before a commit)."""
+        for index in self.indexes.values():
+            index.reserve(n)
+
     def save(self, folder: str, seq: int) -> dict[str, str]:
-        """Save every graph as `hnsw-<dim>-<seq>.bin`; returns `{str(dim): file name}`."""
-        files = {}
-        for d, index in self.indexes.items():
-            name = f"hnsw-{d}-{seq:012d}.bin"
-            index.save(os.path.join(folder, name))
-            files[str(d)] = name
+        """Save every graph as `hnsw-<dim>-<seq>-<nonce>.bin`, never over an existing file;
+        returns `{str(dim): file name}`. On a failure (a full disk) the files written so far are
+        removed and `InsufficientStorage` or `OSError` is raised."""
+        needed = sum(index.file_bytes for index in self.indexes.values())
+        free = shutil.disk_usage(folder).free
+        if free < needed * 1.1 + (1 << 20):
+            raise InsufficientStorage(f"a snapshot needs about {needed >> 20} MiB and {free >> 20} MiB are free; "
+                                      f"it is postponed (the store keeps every write)")
+        nonce = uuid.uuid4().hex[:8]
+        files: dict[str, str] = {}
+        try:
+            for d, index in self.indexes.items():
+                name = f"hnsw-{d}-{seq:012d}-{nonce}.bin"
+                files[str(d)] = name
+                index.save(os.path.join(folder, name))
+        except BaseException:
+            for name in files.values():
+                for path in (os.path.join(folder, name), os.path.join(folder, name + ".json")):
+                    if os.path.exists(path):
+                        os.remove(path)
+            raise
         return files

@@ -25,7 +25,7 @@ from index.protocols import Hits
 from index.recall import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.scoring import Match, exact_search, hydrate, label_scores
 from index.store import NewDocument, StoredDocument
-from index.vectors import top_k
+from index.vectors import normalize, row_norms, top_k
 
 DEFAULT_CANDIDATES = 100
 FDE_INDEX = "fde"  # the graph's name in recall probes and metrics
@@ -58,10 +58,9 @@ def check_tokens(tokens: Any, token_dim: int, max_tokens: int, what: str = "toke
         raise Invalid(f"{what} has {len(T)} tokens; the limit is {max_tokens}", code="too_many_tokens")
     if not np.isfinite(T).all():
         raise Invalid(f"{what} contains NaN or infinity", code="non_finite")
-    norms = np.linalg.norm(T, axis=1, keepdims=True)
-    if (norms < 1e-6).any():
+    if (row_norms(T) == 0).any():
         raise Invalid(f"{what} contains an all-zero token", code="zero_vector")
-    return T / norms
+    return normalize(T)
 
 
 class MultiVectorCollection(Collection):
@@ -95,7 +94,8 @@ class MultiVectorCollection(Collection):
     def upsert(self, docs: Sequence[NewDocument]) -> WriteResult:
         """Insert or replace documents by id, all or nothing; each carries `tokens (n, token_dim)`
         (its `vector` is ignored: the FDE is derived here). Tokens are unit-normalised and kept as
-        float16; the FDE is computed from those float16 values, so it can be rebuilt exactly."""
+        float16; each FDE is computed from its own document's float16 values alone, so it does not
+        depend on the rest of the batch (see `FdeEncoder.encode`)."""
         if self._check_batch(docs):
             return WriteResult([], self._applied_seq, {})
         t0 = time.perf_counter()
@@ -146,7 +146,9 @@ class MultiVectorCollection(Collection):
         if ball_carving is not None and not -1.0 <= ball_carving <= 1.0:
             raise Invalid("ball_carving is a similarity threshold in [-1, 1]", code="invalid_ball_carving")
         Qs = [self.check_tokens(q, "query tokens") for q in queries]
-        n_candidates = max(k, candidates or DEFAULT_CANDIDATES)
+        live = max(len(self), 1)  # arrays are sized by what exists, not by what was asked for
+        k = min(k, live)
+        n_candidates = min(max(k, candidates or DEFAULT_CANDIDATES), live)
         conditions = parse_filter(filter)
         dim = self.manifest.dim
         ef_setting = ef if ef is not None else self.ef_search(dim)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from index.elastic import fit_pca_rotation, sample_labels
+from index.elastic import pca_from_moment, sample_labels, second_moment
 from index.files import fsync_path
 from index.manifest import Manifest, Rotation
 from index.store import Store
@@ -22,8 +22,8 @@ def fit_and_save_rotation(store: Store, vectors: VectorFile, folder: str, sample
     Returns the `(D, D)` matrix and its manifest record. Raises `Invalid` on an empty store.
     """
     labels = sample_labels(store.live_labels(), sample, seed)  # sorted: the fit is deterministic
-    _, X = vectors.gather(labels)
-    fit = fit_pca_rotation(X)
+    # Streamed in chunks of the sample: memory stays O(D²) whatever the sample size.
+    fit = pca_from_moment(*second_moment(vectors.gather(labels[s : s + 8192])[1] for s in range(0, len(labels), 8192)))
     tmp = os.path.join(folder, ".rotation.tmp.npy")
     np.save(tmp, fit.rotation)
     digest = _sha256(tmp)

@@ -3,9 +3,15 @@
 Every write transaction takes the next `seq`; each document row remembers the `seq` of its
 last write, and deletes leave a tombstone row so that `changes_since(seq)` can replay both
 upserts and deletes onto an older index snapshot. Labels (int64) are internal row ids and
-never leave `index/`; callers see their own string ids.
+never leave `index/`; callers see their own string ids. An upsert of an existing id keeps its
+label; a new id takes a label freed by a purged tombstone before a new one, so labels (and the
+vector file and graphs sized by them) grow with the documents, not with the writes.
+
+A full disk (SQLITE_FULL) rolls the transaction back and raises `InsufficientStorage`; a
+read-only store raises `ReadOnly`. Either way nothing of the write is left behind.
 """
 
+import errno
 import json
 import sqlite3
 import threading
@@ -15,13 +21,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from index.errors import Invalid
-from index.filters import metadata_fields
+from index.errors import InsufficientStorage, Invalid, ReadOnly
+from index.filters import check_metadata, metadata_fields
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
-    label    INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused, even after a purge
+    label    INTEGER PRIMARY KEY AUTOINCREMENT,  -- reused only once its tombstone is purged (free_labels)
     id       TEXT NOT NULL UNIQUE,
     seq      INTEGER NOT NULL,                   -- seq of the last write to this row
     deleted  INTEGER NOT NULL DEFAULT 0,         -- 1: tombstone, kept until a rebuild purges it
@@ -38,6 +44,7 @@ CREATE TABLE IF NOT EXISTS fields (              -- filterable metadata values, 
 );
 CREATE INDEX IF NOT EXISTS fields_lookup ON fields (key, kind, value, label);
 CREATE INDEX IF NOT EXISTS fields_label ON fields (label);
+CREATE TABLE IF NOT EXISTS free_labels (label INTEGER PRIMARY KEY);  -- labels of purged tombstones
 """
 # Multi-vector collections keep each document's token matrix, the source of truth its FDE
 # (in `documents.vector`) is derived from.
@@ -49,6 +56,8 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 """
 _SQL_VARS = 30000  # SQLite's limit on bound parameters per statement is 32766
+MAX_READERS = 8  # read connections per store (each holds 3 file descriptors); more readers wait
+_SQLITE_FULL, _SQLITE_READONLY, _SQLITE_IOERR = 13, 8, 10
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class StoredDocument:
     text: str | None = None
     metadata: dict[str, Any] | None = None
     tokens: np.ndarray | None = None  # (n, token_dim) float16, multi-vector documents
+    nbytes: int = 0  # length of the text and metadata JSON read with it (0 when not asked for)
 
 
 @dataclass(frozen=True)
@@ -82,18 +92,46 @@ class Changes:
     deleted: np.ndarray  # (m,) int64
 
 
+@contextmanager
+def storage_errors() -> Iterator[None]:
+    """Turn SQLite's "disk full" and "read-only" into the errors the service maps to 507 and 503."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if code is not None else None
+        if primary == _SQLITE_FULL or (primary == _SQLITE_IOERR and "full" in str(exc)):
+            raise InsufficientStorage("the disk holding the data directory is full: nothing was written; free "
+                                      "space and retry") from exc
+        if primary == _SQLITE_READONLY:
+            raise ReadOnly("the data directory is read-only: nothing was written") from exc
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage("the disk holding the data directory is full: nothing was written; free "
+                                      "space and retry") from exc
+        if exc.errno == errno.EROFS:
+            raise ReadOnly("the data directory is read-only: nothing was written") from exc
+        raise
+
+
 class Store:
     def __init__(self, path: str, dim: int, synchronous: str = "FULL", token_dim: int | None = None):
         self.path = path
         self.dim = int(dim)
         self.token_dim = token_dim  # set: every document carries a token matrix
         self._synchronous = synchronous
-        self._writer = self._connect()
-        self._writer.executescript(_SCHEMA + (_TOKEN_SCHEMA if token_dim else ""))
+        with storage_errors():
+            self._writer = self._connect()
+            try:
+                self._writer.executescript(_SCHEMA + (_TOKEN_SCHEMA if token_dim else ""))
+            except BaseException:
+                self._writer.close()
+                raise
         self._write_lock = threading.Lock()
         self._readers: list[sqlite3.Connection] = []
         self._idle_readers: list[sqlite3.Connection] = []
-        self._pool_lock = threading.Lock()
+        self._pool = threading.Condition(threading.Lock())
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; connections move between
@@ -106,22 +144,34 @@ class Store:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._pool_lock:
+        with self._pool:
+            while not self._idle_readers and len(self._readers) >= MAX_READERS:
+                self._pool.wait()
             conn = self._idle_readers.pop() if self._idle_readers else None
+            if conn is None:
+                self._readers.append(None)  # a slot, filled below outside the lock
         if conn is None:
-            conn = self._connect()
-            with self._pool_lock:
-                self._readers.append(conn)
+            try:
+                conn = self._connect()
+            except BaseException:
+                with self._pool:
+                    self._readers.remove(None)
+                    self._pool.notify()
+                raise
+            with self._pool:
+                self._readers[self._readers.index(None)] = conn
         try:
             yield conn
         finally:
-            with self._pool_lock:
+            with self._pool:
                 self._idle_readers.append(conn)
+                self._pool.notify()
 
     def close(self) -> None:
-        with self._write_lock, self._pool_lock:
+        with self._write_lock, self._pool:
             for conn in self._readers:
-                conn.close()
+                if conn is not None:
+                    conn.close()
             self._readers.clear()
             self._idle_readers.clear()
             self._writer.close()
@@ -134,32 +184,54 @@ class Store:
             vector = np.ascontiguousarray(doc.vector, "<f4")
             if vector.shape != (self.dim,):
                 raise Invalid(f"document {doc.id!r}: vector shape {vector.shape}, expected ({self.dim},)")
+            check_metadata(doc.metadata or {}, f"document {doc.id!r}")
             try:
                 metadata = json.dumps(doc.metadata or {}, allow_nan=False, separators=(",", ":"))
             except (TypeError, ValueError) as exc:
                 raise Invalid(f"document {doc.id!r}: metadata is not plain JSON: {exc}", code="invalid_metadata") from None
             rows.append((doc, metadata, vector.tobytes(), self._token_blob(doc)))
-        with self._write_lock:
-            with self._transaction() as conn:
-                seq = self._next_seq(conn)
-                labels = []
-                for doc, metadata, blob, tokens in rows:
+        with self._write_lock, self._transaction() as conn:
+            seq = self._next_seq(conn)
+            existing = dict(self._select_in(conn, "SELECT id, label FROM documents WHERE id IN ({})",
+                                            [doc.id for doc in docs]))
+            free = iter(self._take_free_labels(conn, sum(doc.id not in existing for doc in docs)))
+            labels = []
+            for doc, metadata, blob, tokens in rows:
+                label = existing.get(doc.id)
+                if label is not None:
+                    conn.execute("UPDATE documents SET seq = ?, deleted = 0, text = ?, metadata = ?, vector = ? "
+                                 "WHERE label = ?", (seq, doc.text, metadata, blob, label))
+                else:  # a freed label when there is one; NULL lets AUTOINCREMENT pick a new one
                     (label,) = conn.execute(
-                        "INSERT INTO documents (id, seq, deleted, text, metadata, vector) VALUES (?, ?, 0, ?, ?, ?) "
-                        "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, deleted = 0, text = excluded.text, "
-                        "metadata = excluded.metadata, vector = excluded.vector RETURNING label",
-                        (doc.id, seq, doc.text, metadata, blob),
-                    ).fetchone()
-                    labels.append(label)
-                    if tokens is not None:
-                        conn.execute("INSERT OR REPLACE INTO tokens (label, count, blob) VALUES (?, ?, ?)",
-                                     (label, *tokens))
-                    conn.execute("DELETE FROM fields WHERE label = ?", (label,))
-                    conn.executemany(
-                        "INSERT INTO fields (label, key, kind, value) VALUES (?, ?, ?, ?)",
-                        [(label, *row) for row in metadata_fields(doc.metadata or {})],
-                    )
+                        "INSERT INTO documents (label, id, seq, deleted, text, metadata, vector) "
+                        "VALUES (?, ?, ?, 0, ?, ?, ?) RETURNING label",
+                        (next(free, None), doc.id, seq, doc.text, metadata, blob)).fetchone()
+                labels.append(label)
+                if tokens is not None:
+                    conn.execute("INSERT OR REPLACE INTO tokens (label, count, blob) VALUES (?, ?, ?)",
+                                 (label, *tokens))
+                conn.execute("DELETE FROM fields WHERE label = ?", (label,))
+                conn.executemany(
+                    "INSERT INTO fields (label, key, kind, value) VALUES (?, ?, ?, ?)",
+                    [(label, *row) for row in metadata_fields(doc.metadata or {})],
+                )
         return seq, np.asarray(labels, np.int64)
+
+    @staticmethod
+    def _take_free_labels(conn: sqlite3.Connection, n: int) -> list[int]:
+        if n == 0:
+            return []
+        free = [r[0] for r in conn.execute("SELECT label FROM free_labels ORDER BY label LIMIT ?", (n,))]
+        conn.executemany("DELETE FROM free_labels WHERE label = ?", [(label,) for label in free])
+        return free
+
+    def label_ceiling(self, new: int) -> int:
+        """A bound every label of the next write of `new` documents stays below: the largest
+        label ever assigned plus `new` (freed labels are smaller still). Call under the
+        collection's write mutex, which orders every write."""
+        with self._write_lock:
+            row = self._writer.execute("SELECT seq FROM sqlite_sequence WHERE name = 'documents'").fetchone()
+        return (row[0] if row else 0) + new + 1
 
     def delete(self, ids: Sequence[str]) -> tuple[int, np.ndarray, list[str]]:
         """Tombstone the live documents among `ids`. Returns `(seq, labels, deleted ids)`."""
@@ -181,21 +253,28 @@ class Store:
         return seq, np.asarray(labels, np.int64), [doc_id for _, doc_id in found]
 
     def purge_tombstones(self, up_to_seq: int) -> int:
-        """Forget tombstones no index snapshot needs any more (seq ≤ `up_to_seq`)."""
+        """Forget tombstones no index snapshot needs any more (seq ≤ `up_to_seq`); their labels
+        become free for new documents (every graph already holds them as deleted)."""
         with self._write_lock:
             with self._transaction() as conn:
+                conn.execute("INSERT OR IGNORE INTO free_labels SELECT label FROM documents "
+                             "WHERE deleted = 1 AND seq <= ?", (up_to_seq,))
                 return conn.execute("DELETE FROM documents WHERE deleted = 1 AND seq <= ?", (up_to_seq,)).rowcount
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. Whatever fails, COMMIT included (SQLite may already have rolled
+        back after SQLITE_FULL), nothing of it stays."""
         conn = self._writer
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with storage_errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def _next_seq(self, conn: sqlite3.Connection) -> int:
         seq = self._last_seq(conn) + 1
@@ -346,6 +425,7 @@ class Store:
             vector=self._vector(blob) if blob is not None else None,
             text=doc_text if text else None,
             metadata=json.loads(doc_meta) if metadata else None,
+            nbytes=(len(doc_text or "") if text else 0) + (len(doc_meta) if metadata else 0),
         )
 
     def _stack(self, pairs: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,10 @@ from index.errors import Invalid
 Metric = Literal["cosine", "ip", "l2"]
 METRICS: tuple[str, ...] = ("cosine", "ip", "l2")
 
-# Norms below this are treated as zero: such a vector has no direction to compare.
-EPS = 1e-12
+# The largest norm an ip or l2 vector may have: inner products (≤ norm²) and squared distances
+# (≤ (2·norm)²) then stay finite in float32 (max 3.4e38), in hnswlib as in numpy, so no score
+# overflows to infinity and drops a hit.
+MAX_NORM = 1e18
 
 
 def check_metric(metric: str) -> str:
@@ -27,11 +29,11 @@ def as_matrix(X, dim: int, what: str = "vector") -> np.ndarray:
     """Validate and copy `X` into a float32 C-contiguous `(n, dim)` matrix.
 
     Accepts one vector `(dim,)` or a batch `(n, dim)`. Raises `Invalid` on a wrong dimension,
-    a ragged input, or non-finite values (NaN or infinity).
+    a ragged input, or non-finite values (NaN or infinity, including numbers beyond float32).
     """
     try:
         M = np.array(X, dtype=np.float32, order="C", copy=True)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise Invalid(f"{what} must be a list of numbers: {exc}", code="invalid_vector") from None
     if M.ndim == 1:
         M = M.reshape(1, -1)
@@ -44,21 +46,44 @@ def as_matrix(X, dim: int, what: str = "vector") -> np.ndarray:
     return M
 
 
+def row_norms(X: np.ndarray) -> np.ndarray:
+    """`(n,)` float64 norms of the rows of `X (n, d)`. In float64, so that a finite float32 row
+    never overflows (1e30² is infinite in float32) and a tiny one never underflows to zero."""
+    X64 = np.asarray(X, np.float64)
+    return np.sqrt(np.einsum("ij,ij->i", X64, X64))
+
+
 def normalize(X: np.ndarray) -> np.ndarray:
-    """Return a unit-length copy of the rows of `X` `(n, d)`; zero rows stay zero."""
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return (X / np.maximum(norms, EPS)).astype(np.float32, copy=False)
+    """Return a unit-length float32 copy of the rows of `X` `(n, d)`; zero rows stay zero."""
+    norms = row_norms(X)
+    return (np.asarray(X, np.float64) / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
 
 
-def prepare(X: np.ndarray, metric: str) -> np.ndarray:
-    """What an index stores for a metric: unit rows for cosine, the raw rows otherwise.
+def check_norms(X: np.ndarray, metric: str, what: str = "vector") -> None:
+    """Reject what an index cannot score: a zero vector under cosine (it has no direction), and
+    under ip or l2 a norm above `MAX_NORM` (its scores would overflow float32)."""
+    norms = row_norms(X)
+    if metric == "cosine":
+        if (norms == 0).any():
+            raise Invalid(f"{what}: a zero vector has no direction under the cosine metric", code="zero_vector")
+    elif (norms > MAX_NORM).any():
+        raise Invalid(f"{what} has norm {norms.max():.3g}; under the {metric} metric the limit is {MAX_NORM:.0e} "
+                      f"(larger scores would overflow)", code="vector_too_large")
 
-    Cosine vectors with zero norm are rejected: they have no direction, so every score is 0.
-    """
+
+def prepare(X: np.ndarray, metric: str, what: str = "vector") -> np.ndarray:
+    """Validate `X (n, d)` for `metric` (`check_norms`) and return what an index stores for it:
+    unit rows for cosine, the raw rows otherwise. The user-facing gate, before any write."""
+    check_norms(X, metric, what)
+    return index_rows(X, metric)
+
+
+def index_rows(X: np.ndarray, metric: str) -> np.ndarray:
+    """What an index stores for `metric` (unit rows for cosine, raw rows otherwise), without
+    rejecting anything: a zero row stays zero and scores 0. Indexes apply rows a collection
+    has already validated and committed, and a derived view (a rotated prefix) may be zero."""
     if metric != "cosine":
         return np.ascontiguousarray(X, dtype=np.float32)
-    if (np.linalg.norm(X, axis=1) < 1e-6).any():
-        raise Invalid("a zero vector has no direction under the cosine metric", code="zero_vector")
     return normalize(X)
 
 
