@@ -5,11 +5,18 @@ is created in a hidden staging directory and renamed into place, so a crash neve
 half-made one; a drop renames it away before deleting. An exclusive lock file keeps a second
 process from opening the same data directory.
 
+A collection that cannot be opened (a corrupt manifest or pointer, a full or read-only disk,
+too many open files) is kept as *failed* with its reason: listed, answered with that reason,
+and droppable, while every healthy collection serves. Slow work (opening, creating, closing
+a collection that is mid-snapshot) never runs under the catalog's lock, which the event loop
+takes on every request.
+
 A collection's home may hold several generations (an encoder upgrade builds one in
 `gen-<id>/`); `current.json` names the one that serves, "." (the home itself) when absent.
 Cutting over is rewriting that one file atomically.
 """
 
+import errno
 import fcntl
 import json
 import logging
@@ -21,10 +28,11 @@ import uuid
 from typing import Callable
 
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions
-from index.errors import Conflict, Invalid, NotFound
+from index.errors import Conflict, Invalid, NotFound, NotReady
 from index.files import fsync_path
 from index.manifest import Manifest
 from index.multivector import collection_class, open_collection
+from index.store import storage_errors
 
 log = logging.getLogger(__name__)
 
@@ -59,42 +67,47 @@ def check_name(name: str) -> str:
 
 
 class Catalog:
-    def __init__(self, data_dir: str, options: CollectionOptions = CollectionOptions()):
+    def __init__(self, data_dir: str, options: CollectionOptions = CollectionOptions(),
+                 max_collections: int | None = None):
         self.data_dir = os.path.abspath(data_dir)
         self.options = options
+        self.max_collections = max_collections
         self._root = os.path.join(self.data_dir, "collections")
         os.makedirs(self._root, exist_ok=True)
-        self._lock_file = open(os.path.join(self.data_dir, ".lock"), "w")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.close()
-            raise Conflict(f"data directory {self.data_dir} is in use by another process") from None
+        self._lock_fd = _lock_directory(self.data_dir)
         self._collections: dict[str, Collection] = {}
         self._failed: dict[str, str] = {}  # name → why it could not be opened
+        self._busy: set[str] = set()  # names being created or dropped
         self._lock = threading.Lock()
 
     def open_all(self, on_open: Callable[[Collection], None] | None = None) -> None:
-        """Open every collection on disk (loading snapshots and replaying the store)."""
+        """Open every collection on disk (loading snapshots and replaying the store). One that
+        cannot be opened is marked failed with its reason; the others open regardless."""
         for name in sorted(os.listdir(self._root)):
             path = os.path.join(self._root, name)
             if name.startswith("."):  # staging or trash left by a crash
                 shutil.rmtree(path, ignore_errors=True)
                 continue
+            if not NAME_PATTERN.match(name) or not os.path.isdir(path):
+                log.warning("ignoring %s in %s: not a collection", name, self._root)
+                continue
             try:
                 active = os.path.normpath(os.path.join(path, active_generation(path)))
-            except (OSError, ValueError, KeyError) as exc:
-                self._failed[name] = f"unreadable {CURRENT_FILE}: {exc}"
-                continue
-            if not os.path.exists(os.path.join(active, MANIFEST_FILE)):
+                if not os.path.exists(os.path.join(active, MANIFEST_FILE)):
+                    raise FileNotFoundError(f"{MANIFEST_FILE} is missing")
+                collection = open_collection(active, self.options)
+            except Exception as exc:  # one broken collection must not keep the others down
+                reason = describe_open_error(exc, path)
+                log.error("collection %s cannot be opened and is marked failed: %s", name, reason,
+                          exc_info=not isinstance(exc, (OSError, ValueError, KeyError)))
+                self._failed[name] = reason
                 continue
             try:
-                collection = open_collection(active, self.options)
                 if on_open is not None:
                     on_open(collection)
-            except Exception as exc:  # one broken collection must not keep the others down
-                log.exception("cannot open collection %s", name)
-                self._failed[name] = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                collection.close()
+                self._failed[name] = describe_open_error(exc)
                 continue
             with self._lock:
                 self._collections[name] = collection
@@ -104,7 +117,7 @@ class Catalog:
             collections, self._collections = list(self._collections.values()), {}
         for collection in collections:
             collection.close()
-        self._lock_file.close()
+        os.close(self._lock_fd)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -113,9 +126,11 @@ class Catalog:
     def get(self, name: str) -> Collection:
         with self._lock:
             collection = self._collections.get(name)
+            reason = self._failed.get(name)
         if collection is None:
-            if name in self._failed:
-                raise NotFound(f"collection {name!r} could not be opened: {self._failed[name]}", code="collection_unavailable")
+            if reason is not None:
+                raise NotReady(f"collection {name!r} could not be opened: {reason}; drop it (DELETE) or repair it "
+                               f"and restart", code="collection_unavailable")
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         return collection
 
@@ -138,34 +153,122 @@ class Catalog:
             self._collections[name] = collection
         return previous
 
+    def mark_failed(self, name: str, reason: str) -> None:
+        """Take an open collection out of service (closed, kept on disk) with `reason`."""
+        with self._lock:
+            collection = self._collections.pop(name, None)
+            self._failed[name] = reason
+        if collection is not None:
+            collection.close()
+
     def failed(self) -> dict[str, str]:
-        return dict(self._failed)
+        """`name → reason` of the collections on disk that could not be opened."""
+        with self._lock:
+            return dict(self._failed)
 
     def create(self, manifest: Manifest) -> Collection:
-        check_name(manifest.name)
+        name = check_name(manifest.name)
         with self._lock:
-            if manifest.name in self._collections or manifest.name in self._failed:
-                raise Conflict(f"collection {manifest.name!r} already exists", code="collection_exists")
-            staging = os.path.join(self._root, f".new-{manifest.name}-{uuid.uuid4().hex[:8]}")
-            os.makedirs(staging)
+            if name in self._collections or name in self._failed or name in self._busy:
+                raise Conflict(f"collection {name!r} already exists", code="collection_exists")
+            count = len(self._collections) + len(self._failed) + len(self._busy)
+            if self.max_collections is not None and count >= self.max_collections:
+                raise Conflict(f"this server holds its limit of {self.max_collections} collections; drop one or "
+                               f"raise VECNEST_MAX_COLLECTIONS", code="collection_limit")
+            self._busy.add(name)
+        try:
+            staging = os.path.join(self._root, f".new-{name}-{uuid.uuid4().hex[:8]}")
             try:
-                collection_class(manifest).create(staging, manifest, self.options).close()
-                os.rename(staging, os.path.join(self._root, manifest.name))
-                fsync_path(self._root)
+                with storage_errors():
+                    os.makedirs(staging)
+                    collection_class(manifest).create(staging, manifest, self.options).close()
+                    os.rename(staging, os.path.join(self._root, name))
+                    fsync_path(self._root)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-            collection = open_collection(os.path.join(self._root, manifest.name), self.options)
-            self._collections[manifest.name] = collection
+            collection = open_collection(os.path.join(self._root, name), self.options)
+            with self._lock:
+                self._collections[name] = collection
+        finally:
+            with self._lock:
+                self._busy.discard(name)
         return collection
 
     def drop(self, name: str) -> None:
+        """Close and delete a collection (healthy or failed). Closing waits for a snapshot or
+        write in progress on it, outside the catalog's lock: other requests go on meanwhile."""
+        check_name(name)
         with self._lock:
+            if name in self._busy:
+                raise Conflict(f"collection {name!r} is being created or dropped", code="collection_busy")
             collection = self._collections.pop(name, None)
-            if collection is None and self._failed.pop(name, None) is None:
+            reason = self._failed.pop(name, None)
+            if collection is None and reason is None:
                 raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+            self._busy.add(name)
+        trash = os.path.join(self._root, f".trash-{name}-{uuid.uuid4().hex[:8]}")
+        try:
             if collection is not None:
                 collection.close()
-            trash = os.path.join(self._root, f".trash-{name}-{uuid.uuid4().hex[:8]}")
-            os.rename(os.path.join(self._root, name), trash)
+            with storage_errors():
+                os.rename(os.path.join(self._root, name), trash)
+                fsync_path(self._root)
+        except BaseException as exc:
+            with self._lock:  # still on disk: keep the name visible, and say why
+                self._failed[name] = f"could not be dropped: {describe_open_error(exc)}"
+            raise
+        finally:
+            with self._lock:
+                self._busy.discard(name)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def describe_open_error(exc: BaseException, path: str | None = None) -> str:
+    """A one-line reason for an operator, naming the fix for the usual causes."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+    if path is not None and _read_only(path):
+        return f"the data directory is on a read-only filesystem ({type(exc).__name__}: {exc})"
+    emfile = isinstance(cause, OSError) and cause.errno == errno.EMFILE or "too many open files" in str(exc).lower()
+    if emfile or ("unable to open database file" in str(exc) and _near_fd_limit()):
+        return ("too many open files: raise the process limit (ulimit -n); each collection keeps about "
+                "8 file descriptors open, more while busy")
+    if isinstance(cause, OSError) and cause.errno in (errno.EROFS, errno.EACCES):
+        return f"the data directory cannot be written ({cause.strerror}): {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _read_only(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _near_fd_limit(margin: int = 16) -> bool:
+    """SQLite reports EMFILE only as "unable to open database file": compare the descriptors
+    this process holds with its limit."""
+    import resource
+
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return False
+    return used >= resource.getrlimit(resource.RLIMIT_NOFILE)[0] - margin
+
+
+def _lock_directory(data_dir: str) -> int:
+    """Hold an exclusive lock on `<data_dir>/.lock` for this process's lifetime. On a read-only
+    directory the lock is taken on the directory itself (flock needs no write access)."""
+    try:
+        fd = os.open(os.path.join(data_dir, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES):
+            raise
+        fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Conflict(f"data directory {data_dir} is in use by another process") from None
+    return fd

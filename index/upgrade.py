@@ -121,15 +121,18 @@ def save_record(home: str, record: UpgradeRecord) -> None:
 
 
 def load_records(home: str) -> list[UpgradeRecord]:
-    """Every upgrade of the collection at `home`, oldest first."""
+    """Every upgrade of the collection at `home`, oldest first; ValueError names an unreadable one."""
     folder = os.path.join(home, UPGRADES_DIR)
     if not os.path.isdir(folder):
         return []
     records = []
     for name in os.listdir(folder):
         if name.endswith(".json"):
-            with open(os.path.join(folder, name)) as f:
-                records.append(UpgradeRecord(**json.load(f)))
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    records.append(UpgradeRecord(**json.load(f)))
+            except (OSError, ValueError, TypeError) as exc:
+                raise ValueError(f"upgrade record {UPGRADES_DIR}/{name} is unreadable ({type(exc).__name__}: {exc})") from exc
     return sorted(records, key=lambda r: r.created_at)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from index import Catalog, HnswParams, Manifest, NewDocument
-from index.errors import Conflict, Invalid, NotFound
+from index.errors import Conflict, Invalid, NotFound, NotReady
 
 
 def manifest(name: str, dim: int = 4) -> Manifest:
@@ -63,8 +63,14 @@ def test_a_broken_collection_does_not_take_the_others_down(tmp_path):
         f.write("{not json")
     again = Catalog(str(tmp_path))
     again.open_all()
-    assert again.names() == ["good"]
-    with pytest.raises(NotFound) as err:
+    assert again.names() == ["good"] and "JSONDecodeError" in again.failed()["bad"]
+    with pytest.raises(NotReady) as err:
         again.get("bad")
-    assert err.value.code == "collection_unavailable"
+    assert err.value.code == "collection_unavailable" and "JSONDecodeError" in err.value.message
+    with pytest.raises(Conflict):
+        again.create(manifest("bad"))  # the name is taken ...
+    again.drop("bad")  # ... until the failed collection is dropped
+    assert again.failed() == {} and not os.path.exists(tmp_path / "collections" / "bad")
+    again.create(manifest("bad"))
+    assert again.names() == ["bad", "good"]
     again.close()
