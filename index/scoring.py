@@ -24,6 +24,7 @@ class Match:
     text: str | None = None
     metadata: dict[str, Any] | None = None
     vector: np.ndarray | None = None
+    nbytes: int = 0  # stored text and metadata bytes it carries (a response's size, before it is built)
 
 
 def exact_search(vectors: VectorFile, Q: np.ndarray, k: int, metric: str, labels: np.ndarray | None = None,
@@ -91,7 +92,7 @@ def hydrate(store: Store, hits: Hits, include: Sequence[str] = ()) -> list[list[
     return [
         [
             Match(id=docs[label].id, score=score, text=docs[label].text, metadata=docs[label].metadata,
-                  vector=docs[label].vector if "vector" in include else None)
+                  vector=docs[label].vector if "vector" in include else None, nbytes=docs[label].nbytes)
             for label, score in hits.row(i)
             if label in docs
         ]

@@ -2,12 +2,15 @@
 
 Everything is built inside the lifespan. Start-up (opening collections, replaying their
 stores, loading models) runs in the background so `/healthz` answers at once and `/readyz`
-turns 200 only when it is done.
+turns 200 only when it is done. A start-up that cannot complete at all (the data directory is
+locked or unreadable) is logged with its reason, shown by `/readyz`, and handed to `on_fatal`
+(the CLI stops the server and exits 1): never a server that hangs "not ready" in silence.
 """
 
 import asyncio
 import logging
 from contextlib import asynccontextmanager
+from typing import Callable
 
 from fastapi import FastAPI
 
@@ -23,7 +26,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -32,8 +35,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = Engine(settings, metrics)
         app.state.engine = engine
         maintenance = Maintenance(engine, settings.snapshot_interval_s)
+
+        def started(task: asyncio.Task) -> None:
+            if task.cancelled():
+                return
+            if task.exception() is None:
+                maintenance.start()
+                return
+            exc = task.exception()
+            engine.fatal = f"{type(exc).__name__}: {exc}"
+            log.critical("vecnest cannot start: %s", engine.fatal, exc_info=exc)
+            if on_fatal is not None:
+                on_fatal(engine.fatal)
+
         starting = asyncio.create_task(engine.start())
-        starting.add_done_callback(lambda task: task.cancelled() or task.exception() or maintenance.start())
+        starting.add_done_callback(started)
         try:
             yield
         finally:

@@ -88,10 +88,36 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"vecnest: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=30)
+    raise_open_files_limit()
+    fatal: list[str] = []
+
+    def stop(reason: str) -> None:
+        fatal.append(reason)
+        server.should_exit = True
+
+    config = uvicorn.Config(create_app(settings, on_fatal=stop), host=settings.host, port=settings.port,
+                            log_level=settings.log_level, timeout_graceful_shutdown=30)
+    server = uvicorn.Server(config)
+    server.run()
+    if fatal:
+        print(f"vecnest: could not start: {fatal[0]}", file=sys.stderr)
+        return 1
     return 0
 
+
+def raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: each collection holds a few file
+    descriptors (SQLite connections, the vector file maps), more while it is busy."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    logging.getLogger("vecnest").info("open files limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,7 @@ A model directory may declare itself Matryoshka-trained in a `vecnest.json` file
 """
 
 import json
+import logging
 import os
 import threading
 from contextlib import contextmanager
@@ -20,8 +21,16 @@ import numpy as np
 from index.errors import Invalid
 from service.settings import DEFAULT_MODEL, Settings
 
+log = logging.getLogger(__name__)
+
 Kind = Literal["query", "document"]
 MODEL_CARD = "vecnest.json"
+# Texts are cut to this many characters per model token before tokenising: the model reads at
+# most `max_seq_length` tokens anyway (256 for MiniLM, i.e. 4,096 characters), and tokenising a
+# megabyte only to drop all but its start took seconds of the one inference thread. English
+# averages 4-5 characters per token, so the cut changes an embedding only for texts that are
+# mostly whitespace or very long words.
+CHARS_PER_TOKEN = 16
 # Where popular architectures keep their transformer blocks (BERT, RoBERTa, MPNet, XLM-R, ...).
 _LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers", "encoder.block")
 
@@ -29,6 +38,7 @@ _LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers"
 class Encoder(Protocol):
     id: str  # the model name collections record in their manifest
     dim: int
+    max_chars: int  # characters of a text the model can read; longer texts are cut before tokenising
     num_layers: int | None  # None: the model's depth cannot be changed
     matryoshka_dims: list[int] | None  # declared Matryoshka-trained prefixes, else None
 
@@ -60,6 +70,10 @@ class SentenceTransformerEncoder:
         self._layer_slot = _find_layer_list(self._model)
         self.num_layers = len(getattr(*self._layer_slot)) if self._layer_slot else None
         self.matryoshka_dims = _declared_matryoshka_dims(path, self.dim)
+        self.max_chars = CHARS_PER_TOKEN * int(self._model.max_seq_length or 512)
+
+    def _cut(self, texts: Sequence[str]) -> list[str]:
+        return [t[: self.max_chars] for t in texts]
 
     def check_layers(self, layers: int | None) -> None:
         if layers is None:
@@ -74,7 +88,7 @@ class SentenceTransformerEncoder:
         self.check_layers(layers)
         with self._first_layers(layers):
             X = self._model.encode(
-                list(texts),
+                self._cut(texts),
                 batch_size=self._batch_size,
                 prompt_name=kind if self._prompts.get(kind) else None,  # e.g. e5's "query: " prefix
                 convert_to_numpy=True,
@@ -88,6 +102,7 @@ class SentenceTransformerEncoder:
 
         self.check_layers(layers)
         prompt = self._prompts.get(kind) or ""
+        texts = self._cut(texts)
         tokenizer = self._model.tokenizer
         special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
         order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths batch together: less padding
@@ -124,9 +139,9 @@ class SentenceTransformerEncoder:
             setattr(parent, attr, blocks)
 
     def count_tokens(self, texts: Sequence[str]) -> int:
-        tokenizer = self._model.tokenizer
         limit = self._model.max_seq_length
-        return sum(min(len(ids), limit) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"])
+        ids = self._model.tokenizer(self._cut(texts), add_special_tokens=True, truncation=True, max_length=limit)
+        return sum(len(row) for row in ids["input_ids"])
 
 
 def _find_layer_list(model) -> tuple[object, str] | None:
@@ -189,8 +204,10 @@ class EncoderRegistry:
             if encoder is None:
                 try:
                     encoder = SentenceTransformerEncoder(ref.name, ref.path, self._settings.device, self._settings.encode_batch_size)
-                except (OSError, ValueError) as exc:
-                    raise Invalid(f"cannot load model {ref.name!r} from {ref.path}: {exc}", code="model_load_failed") from None
+                except Exception as exc:  # a broken model directory fails in many ways (bad JSON, missing weights)
+                    log.warning("cannot load model %s from %s", ref.name, ref.path, exc_info=True)
+                    raise Invalid(f"cannot load model {ref.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
+                                  code="model_load_failed") from None
                 self._loaded[ref.path] = encoder
             return encoder
 

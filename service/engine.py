@@ -33,7 +33,7 @@ class Engine:
         self.metrics = metrics
         self.encoders = EncoderRegistry(settings)
         self.inference = InferenceQueue(settings.encode_queue_size, settings.encode_batch_size, self._on_encode_batch,
-                                        settings.torch_threads)
+                                        settings.torch_threads, settings.encode_queue_texts)
         self.catalog: Catalog | None = None
         # Keyed by the generation's directory: during an upgrade two generations share a name.
         self._collection_encoders: dict[str, Encoder] = {}
@@ -41,12 +41,17 @@ class Engine:
         self.recall = RecallEstimator(metrics, settings.recall_sample_rate, settings.recall_queue_size,
                                       settings.recall_controller_window, settings.recall_max_busy)
         self.ready = False
+        self.fatal: str | None = None  # why start-up could not complete, if it could not
         self.upgrades = UpgradeManager(self)
         metrics.watch_collections(lambda: [(c.name, self.stats(c)) for c in self.collections()] if self.ready else [])
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open every collection, load their encoders and the default model, then go ready."""
+        """Open every collection, load their encoders and the default model, then go ready.
+
+        A collection that cannot be opened (or whose upgrade cannot resume) is marked failed
+        with its reason and the others serve; only a data directory that cannot be opened at
+        all (locked by another process, unreadable) fails the start, with that reason."""
         if self.settings.blas_threads is not None:
             # numpy's OpenBLAS only (torch sizes its own pool): with two threads, a background exact
             # re-run made single-text encodes 4x slower here; one thread, plus the worker's duty
@@ -54,35 +59,33 @@ class Engine:
             threadpool_limits(limits={"openblas": self.settings.blas_threads})
         self.inference.start()
         self.recall.start()
+        self.catalog = await run_in_threadpool(self._open_catalog)
         try:
-            self.catalog = await run_in_threadpool(self._open_catalog)
+            await self.load_encoder(self.settings.default_model)
+        except Invalid as exc:  # vector-only collections still work without it
+            log.error("default model unavailable: %s", exc.message)
+        for collection in self.collections():
+            info = collection.manifest.encoder
+            if info is None:
+                continue
             try:
-                await self.load_encoder(self.settings.default_model)
-            except Invalid as exc:  # vector-only collections still work without it
-                log.error("default model unavailable: %s", exc.message)
-            for collection in self.collections():
-                info = collection.manifest.encoder
-                if info is None:
-                    continue
-                try:
-                    self._collection_encoders[collection.path] = await self.load_encoder(info["model"], info["dim"])
-                except Invalid as exc:
-                    log.error("collection %s cannot encode text: %s", collection.name, exc.message)
-                    self._unavailable[collection.name] = exc.message
-        except Exception:
-            log.exception("start-up failed; vecnest stays not ready")
-            raise
+                self._collection_encoders[collection.path] = await self.load_encoder(info["model"], info["dim"])
+            except Invalid as exc:
+                log.error("collection %s cannot encode text: %s", collection.name, exc.message)
+                self._unavailable[collection.name] = exc.message
         await self.upgrades.resume_all()
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("ready: %d collections", len(self.catalog.names()))
+        failed = self.catalog.failed()
+        log.info("ready: %d collections%s", len(self.catalog.names()),
+                 f"; {len(failed)} failed: {', '.join(sorted(failed))}" if failed else "")
 
     def _open_catalog(self) -> Catalog:
         s = self.settings
         options = CollectionOptions(
             rebuild_deleted_fraction=s.rebuild_deleted_fraction, exact_filter_fraction=s.exact_filter_fraction,
             exact_filter_min=s.exact_filter_min, synchronous=s.sqlite_synchronous)
-        catalog = Catalog(str(s.data_dir), options)
+        catalog = Catalog(str(s.data_dir), options, max_collections=s.max_collections)
         catalog.open_all()
         return catalog
 
@@ -104,6 +107,8 @@ class Engine:
 
     # -- collections --------------------------------------------------------------------------
     def require_ready(self) -> Catalog:
+        if self.fatal is not None:
+            raise NotReady(f"vecnest could not start: {self.fatal}", code="start_failed")
         if not self.ready or self.catalog is None:
             raise NotReady("vecnest is still loading collections; retry shortly")
         return self.catalog
@@ -140,6 +145,7 @@ class Engine:
             del self._collection_encoders[path]
         self._unavailable.pop(name, None)
         self.recall.reset(name)
+        self.metrics.forget_collection(name)
 
     # -- encoders -----------------------------------------------------------------------------
     async def load_encoder(self, model: str | None, expected_dim: int | None = None) -> Encoder:

@@ -5,18 +5,21 @@ keep their status; anything unexpected is a 500 whose body says nothing about in
 """
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index.errors import Conflict, Invalid, NotFound, NotReady, Overloaded, TooLarge, VecnestError
+from index.errors import (Conflict, InsufficientStorage, Invalid, NotFound, NotReady, Overloaded, ReadOnly,
+                          TooLarge, VecnestError)
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Overloaded: 429, NotReady: 503}
+STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Overloaded: 429, NotReady: 503,
+          ReadOnly: 503, InsufficientStorage: 507}
 _HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "body_too_large", 400: "bad_request"}
 
 
@@ -41,12 +44,29 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return error_response(exc.status_code, code, str(exc.detail), metrics)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route of the path; list them all
+            headers["Allow"] = ", ".join(_allowed_methods(request)) or headers.get("Allow", "")
+        return error_response(exc.status_code, code, str(exc.detail), metrics, headers or None)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal", "internal error; the server log has the details", metrics)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API declares for the request's path (from the OpenAPI paths)."""
+    table = getattr(request.app.state, "allowed_methods", None)
+    if table is None:
+        table = [(re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"),
+                  {m.upper() for m in ops if m in _HTTP_METHODS})
+                 for path, ops in request.app.openapi().get("paths", {}).items()]
+        request.app.state.allowed_methods = table
+    return sorted({m for pattern, methods in table if pattern.match(request.url.path) for m in methods})
+
+
+_HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
 
 def _describe(exc: RequestValidationError, limit: int = 5) -> str:

@@ -3,6 +3,10 @@
 torch is fastest here when a single thread makes every call (a second calling thread halves
 throughput on this machine). Encode requests that wait together for the same encoder and
 kind are merged into one model call (micro-batching), then split back per request.
+
+The queue is bounded twice, by waiting requests and by waiting texts (one request may carry a
+thousand): past either, a request gets 429 at once. A job whose waiter is gone (the client
+disconnected, its future cancelled) is skipped, never encoded for nobody.
 """
 
 import asyncio
@@ -54,9 +58,13 @@ class EncodeStats:
 
 class InferenceQueue:
     def __init__(self, max_pending: int = 256, max_batch_texts: int = 64,
-                 on_batch: Callable[[EncodeStats], None] | None = None, torch_threads: int | None = None):
+                 on_batch: Callable[[EncodeStats], None] | None = None, torch_threads: int | None = None,
+                 max_pending_texts: int = 8192):
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._max_pending = max_pending
+        self._max_pending_texts = max_pending_texts
+        self._pending_texts = 0  # texts of the encode jobs queued or running
+        self._count_lock = threading.Lock()
         self._max_batch = max_batch_texts
         self._on_batch = on_batch
         self._torch_threads = torch_threads
@@ -66,6 +74,10 @@ class InferenceQueue:
     @property
     def depth(self) -> int:
         return self._queue.qsize() + len(self._held)
+
+    @property
+    def pending_texts(self) -> int:
+        return self._pending_texts
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vecnest-inference", daemon=True)
@@ -98,11 +110,22 @@ class InferenceQueue:
         return await self._submit(_Job(concurrent.futures.Future(), call=fn), bounded=False)
 
     async def _submit(self, job: _Job, bounded: bool = True) -> Any:
-        if bounded and self.depth >= self._max_pending:
-            raise Overloaded(f"the encoder queue is full ({self._max_pending} requests waiting); retry shortly",
-                             retry_after_s=1.0)
+        texts = len(job.texts or ())
+        with self._count_lock:
+            if bounded and self.depth >= self._max_pending:
+                raise Overloaded(f"the encoder queue is full ({self._max_pending} requests waiting); retry shortly",
+                                 retry_after_s=1.0)
+            # One request larger than the whole budget is still taken when nothing else waits.
+            if bounded and self._pending_texts and self._pending_texts + texts > self._max_pending_texts:
+                raise Overloaded(f"the encoder queue is full ({self._pending_texts} texts waiting); retry shortly",
+                                 retry_after_s=1.0)
+            self._pending_texts += texts
         self._queue.put(job)
         return await asyncio.wrap_future(job.future)
+
+    def _done(self, jobs: list[_Job]) -> None:
+        with self._count_lock:
+            self._pending_texts -= sum(len(job.texts or ()) for job in jobs)
 
     # -- the inference thread -----------------------------------------------------------------
     def _run(self) -> None:
@@ -114,6 +137,9 @@ class InferenceQueue:
             job = self._held.popleft() if self._held else self._queue.get()
             if job is None:
                 break
+            if not _start(job):  # its waiter is gone
+                self._done([job])
+                continue
             if job.call is not None:
                 self._finish([job], job.call)
             else:
@@ -127,14 +153,20 @@ class InferenceQueue:
             except queue.Empty:
                 break
             if job is not None and job.call is None and job.group == first.group:
-                batch.append(job)
-                n += len(job.texts)
+                if _start(job):
+                    batch.append(job)
+                    n += len(job.texts)
+                else:
+                    self._done([job])
             else:
                 self._held.append(job)
         start = time.perf_counter()
         texts = [t for job in batch for t in job.texts]
         encode = first.encoder.encode_tokens if first.tokens else first.encoder.encode
-        done = self._finish(batch, lambda: encode(texts, first.kind, first.layers))
+        try:
+            done = self._finish(batch, lambda: encode(texts, first.kind, first.layers))
+        finally:
+            self._done(batch)
         if done is not None and self._on_batch is not None:
             self._on_batch(EncodeStats(first.encoder.id, len(texts), len(batch), time.perf_counter() - start,
                                        [start - job.enqueued for job in batch]))
@@ -154,6 +186,11 @@ class InferenceQueue:
             offset += len(job.texts or ())
             _resolve(job.future, lambda f: f.set_result(part))
         return result
+
+
+def _start(job: _Job) -> bool:
+    """Mark a job running; False when its waiter is gone (the future was cancelled)."""
+    return job.future.set_running_or_notify_cancel()
 
 
 def _resolve(future: concurrent.futures.Future, set_it: Callable[[concurrent.futures.Future], None]) -> None:

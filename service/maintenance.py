@@ -1,15 +1,22 @@
-"""A background thread that keeps index snapshots fresh, rebuilds graphs full of deletes, and
-fits a collection's PCA rotation once it holds enough documents.
+"""Background upkeep: keep index snapshots fresh, rebuild graphs full of deletes, and fit a
+collection's PCA rotation once it holds enough documents.
 
 Snapshots bound how much of the store a restart must replay; rebuilds keep deleted slots
-from degrading recall and memory. All of it runs off the request path.
+from degrading recall and memory. All of it runs off the request path, on two threads: the
+tick thread snapshots, and one worker runs the heavy jobs (rebuilds, rotation fits), so a
+long rebuild of one collection never holds up the snapshots of the others. A snapshot of a
+collection that is being rebuilt is simply skipped until the rebuild (which ends with one)
+is over. A job that fails is retried with exponential backoff, not every tick.
 """
 
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 300.0
 
 
 class Maintenance:
@@ -19,7 +26,11 @@ class Maintenance:
         self._tick = min(tick_s, snapshot_interval_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vecnest-rebuild")
         self._last_snapshot: dict[str, float] = {}
+        self._running: set[str] = set()  # collections with a heavy job queued or running
+        self._failures: dict[str, tuple[int, float]] = {}  # name → (consecutive failures, retry after)
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vecnest-maintenance", daemon=True)
@@ -29,29 +40,55 @@ class Maintenance:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        self._heavy.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self._tick):
             for collection in self._engine.collections():
                 if self._stop.is_set():
                     return
-                try:
-                    self.run_once(collection)
-                except Exception:  # a failed snapshot is retried next tick; the store is safe
-                    log.exception("maintenance of collection %s failed", collection.name)
+                self.run_once(collection)
 
     def run_once(self, collection) -> None:
-        if collection.wants_rotation_fit:
-            log.info("fitting the PCA rotation of %s on its first %d documents", collection.name, len(collection))
-            collection.fit_rotation()
-            self._last_snapshot[collection.name] = time.monotonic()
+        name = collection.name
+        with self._lock:
+            if name in self._running or time.monotonic() < self._failures.get(name, (0, 0.0))[1]:
+                return
+        job = "fit the PCA rotation" if collection.wants_rotation_fit else "rebuild" if collection.needs_rebuild else None
+        if job is not None:
+            with self._lock:
+                self._running.add(name)
+            self._heavy.submit(self._attempt, collection, job)
             return
-        if collection.needs_rebuild:
-            log.info("rebuilding the index of %s (%s)", collection.name, collection.stats())
-            collection.rebuild()
-            self._last_snapshot[collection.name] = time.monotonic()
-            return
-        due = time.monotonic() - self._last_snapshot.get(collection.name, 0.0) >= self._interval
+        due = time.monotonic() - self._last_snapshot.get(name, 0.0) >= self._interval
         if due and collection.needs_snapshot:
-            collection.snapshot()
-            self._last_snapshot[collection.name] = time.monotonic()
+            self._attempt(collection, "snapshot")
+
+    def _attempt(self, collection, job: str) -> None:
+        name = collection.name
+        try:
+            if job == "snapshot":
+                if not collection.snapshot(wait=False):  # a rebuild or refit holds it: next tick
+                    return
+            elif job == "rebuild":
+                log.info("rebuilding the index of %s (%s)", name, collection.stats())
+                collection.rebuild()
+            else:
+                log.info("fitting the PCA rotation of %s on its first %d documents", name, len(collection))
+                collection.fit_rotation()
+            self._last_snapshot[name] = time.monotonic()
+            with self._lock:
+                self._failures.pop(name, None)
+        except Exception as exc:  # the store is safe; retry later, not every tick
+            with self._lock:
+                count = self._failures.get(name, (0, 0.0))[0] + 1
+                delay = min(MAX_BACKOFF_S, self._tick * 2 ** count)
+                self._failures[name] = (count, time.monotonic() + delay)
+            if getattr(exc, "code", None) == "collection_not_found":  # dropped meanwhile
+                return
+            log.error("%s of collection %s failed (attempt %d, next in %.0f s): %s", job, name, count, delay, exc,
+                      exc_info=not hasattr(exc, "code"))
+        finally:
+            if job != "snapshot":
+                with self._lock:
+                    self._running.discard(name)

@@ -79,6 +79,13 @@ class Metrics:
         self.recall_queue_depth = Gauge("vecnest_recall_queue_depth", "Sampled searches waiting for their exact re-run.",
                                         registry=r)
 
+    def forget_collection(self, name: str) -> None:
+        """Remove every series labelled with collection `name` (it was dropped): without this,
+        each dropped collection would leave its series behind for the life of the process."""
+        for metric in (self.stage_seconds, self.searches, self.backfilled, self.upgrade_queries, self.recall,
+                       self.recall_estimate, self.recall_ef, self.recall_candidates, self.recall_samples):
+            metric.remove_by_labels({"collection": name})
+
     def observe_stages(self, collection: str, index: str, timings: dict[str, float]) -> None:
         for stage, seconds in timings.items():
             self.stage_seconds.labels(collection, index, stage).observe(seconds)

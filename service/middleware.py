@@ -1,16 +1,28 @@
-"""Two plain ASGI middlewares: the request-body size limit (413) and request metrics."""
+"""Plain ASGI middlewares: the request-body size limit (413), dropping work whose client has
+gone, and request metrics."""
 
+import asyncio
 import json
+import re
 import time
 
 from service.metrics import Metrics
 
+# Requests whose work (mostly encoding) is worth abandoning when the client disconnects. State
+# changes (collections, upgrades) always run to the end, whoever is still listening.
+_CANCELLABLE = re.compile(r"^(POST /v1/embeddings|POST /v1/collections/[^/]+/search(/batch)?|"
+                          r"PUT /v1/collections/[^/]+/documents)$")
+
 
 class BodySizeLimit:
-    """Reject bodies over `max_bytes` with 413 before any handler parses them.
+    """Reject bodies over `max_bytes` with 413 before any handler parses them, and cancel a
+    search, embedding or upsert whose client disconnects before its answer.
 
     The body is read here (bounded) and replayed to the app, so chunked uploads without a
-    Content-Length are limited too.
+    Content-Length are limited too. Once the body is read, the next ASGI message is
+    `http.disconnect`: the client went away, or the response is complete. Arriving first, it
+    cancels the handler, which releases its place in the encoder queue (a job not yet started
+    is skipped) instead of encoding for nobody.
     """
 
     def __init__(self, app, max_bytes: int, metrics: Metrics):
@@ -37,15 +49,34 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 break
         body, replayed = b"".join(chunks), False
+        after_body = asyncio.ensure_future(receive())  # resolves on disconnect or response end
 
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            return await asyncio.shield(after_body)
 
-        await self.app(scope, replay, send)
+        if not _CANCELLABLE.match(f"{scope.get('method')} {scope.get('path')}"):
+            try:
+                return await self.app(scope, replay, send)
+            finally:
+                after_body.cancel()
+        handler = asyncio.ensure_future(self.app(scope, replay, send))
+        try:
+            await asyncio.wait((handler, after_body), return_when=asyncio.FIRST_COMPLETED)
+            if handler.done():
+                return handler.result()
+            self.metrics.errors.labels("client_disconnected").inc()  # the client left first
+        finally:
+            after_body.cancel()
+            if not handler.done():  # stop working for nobody (or we are being cancelled)
+                handler.cancel()
+                try:
+                    await handler
+                except asyncio.CancelledError:
+                    pass
 
     async def _reject(self, send) -> None:
         self.metrics.errors.labels("body_too_large").inc()

@@ -135,8 +135,18 @@ class RefitResponse(BaseModel):
     took_ms: float
 
 
+class FailedCollection(BaseModel):
+    """A collection on disk that could not be opened. It answers 503 with this reason until it
+    is repaired (then restart) or dropped (DELETE frees its name)."""
+
+    name: str
+    state: Literal["failed"] = "failed"
+    reason: str
+
+
 class CollectionList(BaseModel):
     collections: list[CollectionInfo]
+    failed: list[FailedCollection] = Field(default_factory=list, description="collections that could not be opened")
 
 
 # -- documents --------------------------------------------------------------------------------
@@ -163,6 +173,8 @@ class UpsertRequest(_Body):
 class UpsertResponse(BaseModel):
     upserted: int
     ids: list[str]
+    truncated: list[str] | None = Field(None, description="present when some texts are longer than the model "
+                                        "reads: their ids (each embedded from its start; the whole text is stored)")
 
 
 class DocumentOut(BaseModel):
@@ -227,6 +239,8 @@ class SearchResponse(BaseModel):
     results: list[SearchHit]
     took_ms: float
     upgrade: UpgradeServing | None = None
+    truncated: bool | None = Field(None, description="true when the query text is longer than the model reads: "
+                                                     "it was embedded from its start")
 
 
 class BatchSearchResponse(BaseModel):
@@ -264,6 +278,8 @@ class EmbeddingsResponse(BaseModel):
     data: list[Embedding]
     model: str
     usage: Usage
+    truncated: list[int] | None = Field(None, description="vecnest extension, present when some inputs are longer "
+                                        "than the model reads: their indexes (each embedded from its start)")
 
 
 class ErrorBody(BaseModel):

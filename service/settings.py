@@ -30,14 +30,24 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's choice)")
     encode_batch_size: int = Field(64, ge=1, description="most texts encoded in one model call")
     encode_queue_size: int = Field(256, ge=1, description="pending encode requests before 429")
+    encode_queue_texts: int = Field(8192, ge=1, description="pending texts (all requests together) before 429")
 
-    # request limits
-    max_batch_documents: int = Field(1000, ge=1)
-    max_batch_queries: int = Field(100, ge=1)
-    max_k: int = Field(1000, ge=1)
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # request limits: every one is a 4xx with a message naming it, never a slow or huge request
+    max_batch_documents: int = Field(1000, ge=1, description="documents (or ids, or inputs) per request")
+    max_batch_queries: int = Field(100, ge=1, description="searches per batch request")
+    max_k: int = Field(1000, ge=1, description="largest k")
+    max_candidates: int = Field(10000, ge=1, description="largest shortlist of one search: k · rerank_factor, or "
+                                                         "a multi-vector search's candidates")
+    max_request_candidates: int = Field(100000, ge=1, description="sum of the shortlists of a batch request")
+    max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="text, metadata and vectors one search "
+                                                                           "response may return")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_metadata_bytes: int = Field(64 * 1024, ge=2)
     max_id_length: int = Field(512, ge=1)
+    max_text_chars: int = Field(100_000, ge=1, description="longest text of a document, query or embeddings input")
+    max_request_chars: int = Field(4_000_000, ge=1, description="characters of text in one request")
+    max_collections: int = Field(1000, ge=1, description="collections one server holds (each keeps about 8 file "
+                                                         "descriptors open, more while busy)")
 
     # index defaults for new collections
     hnsw_m: int = 32

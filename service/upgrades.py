@@ -156,12 +156,23 @@ class UpgradeManager:
         and restart the live upgrades where they stopped (their plans are recomputed)."""
         for collection in self.engine.collections():
             home = up.home_of(collection)
-            for record in up.load_records(home):
+            try:
+                records = up.load_records(home)
+            except ValueError as exc:  # which generation must be kept in sync is unknown: do not guess
+                reason = f"{exc}; repair or delete that file and restart, or drop the collection"
+                log.error("collection %s is marked failed: %s", collection.name, reason)
+                await self.engine.run(self.engine.catalog.mark_failed, collection.name, reason)
+                continue
+            for record in records:
                 try:
                     await self._resume(collection, home, record)
                 except Exception as exc:
                     log.exception("upgrade %s of %s cannot resume", record.id, collection.name)
-                    await self.engine.run(up.save_record, home, record.moved(up.FAILED, error=f"cannot resume: {exc}"))
+                    try:
+                        await self.engine.run(up.save_record, home,
+                                              record.moved(up.FAILED, error=f"cannot resume: {exc}"))
+                    except Exception:
+                        log.exception("cannot record that upgrade %s of %s failed", record.id, collection.name)
 
     async def _resume(self, collection: Collection, home: str, record: up.UpgradeRecord) -> None:
         engine = self.engine

@@ -146,7 +146,7 @@ def test_not_ready_until_collections_are_loaded(tmp_path, monkeypatch):
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
         gate.set()
         wait_ready(client.get, timeout=60)
-        assert client.get("/v1/collections").json() == {"collections": []}
+        assert client.get("/v1/collections").json() == {"collections": [], "failed": []}
         assert "vecnest_ready 1.0" in client.get("/metrics").text
 
 

@@ -5,7 +5,7 @@ import time
 from datetime import datetime, timezone
 
 from index import Collection, HnswParams, Manifest
-from index.elastic import check_dims
+from index.elastic import MAX_ROTATION_DIM, check_dims
 from index.errors import Invalid
 from index.fde import MultiVectorConfig
 from index.manifest import Elasticizer, RecallPolicy
@@ -33,7 +33,7 @@ async def create(engine: Engine, req: schemas.CollectionCreate) -> schemas.Colle
     manifest = Manifest(
         name=req.name, dim=dim, metric=req.metric, hnsw=_hnsw(engine, req.hnsw),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        dims=dims, elasticizer=_elasticizer(req.elasticizer, encoder), rerank_factor=req.rerank_factor,
+        dims=dims, elasticizer=_elasticizer(req.elasticizer, encoder, dim), rerank_factor=req.rerank_factor,
         encoder={"model": model, "dim": dim, "layers": req.layers,
                  "matryoshka_dims": encoder.matryoshka_dims} if encoder else None,
         recall=recall_policy(req, RecallPolicy()),
@@ -103,11 +103,11 @@ def _hnsw(engine: Engine, h: schemas.HnswConfig | None) -> HnswParams:
                       ef_search=h.ef_search or s.hnsw_ef_search)
 
 
-def _elasticizer(cfg: schemas.ElasticizerConfig | None, encoder) -> Elasticizer:
+def _elasticizer(cfg: schemas.ElasticizerConfig | None, encoder, dim: int) -> Elasticizer:
     cfg = cfg or schemas.ElasticizerConfig()
     kind = cfg.kind
     if kind == "auto":  # a Matryoshka-trained model truncates natively; anything else gets PCA
-        kind = "none" if encoder is not None and encoder.matryoshka_dims else "pca"
+        kind = "none" if encoder is not None and encoder.matryoshka_dims or dim > MAX_ROTATION_DIM else "pca"
     return Elasticizer(kind=kind, sample=cfg.sample, seed=cfg.seed, fit_at=cfg.fit_at)
 
 
@@ -130,8 +130,10 @@ def info(collection: Collection, engine: Engine) -> schemas.CollectionInfo:
 
 
 def list_all(engine: Engine) -> schemas.CollectionList:
-    engine.require_ready()
-    return schemas.CollectionList(collections=[info(c, engine) for c in engine.collections()])
+    catalog = engine.require_ready()
+    return schemas.CollectionList(
+        collections=[info(c, engine) for c in engine.collections()],
+        failed=[schemas.FailedCollection(name=name, reason=reason) for name, reason in sorted(catalog.failed().items())])
 
 
 def describe(engine: Engine, name: str) -> schemas.CollectionInfo:
@@ -139,10 +141,13 @@ def describe(engine: Engine, name: str) -> schemas.CollectionInfo:
 
 
 async def drop(engine: Engine, name: str) -> None:
-    engine.collection(name)  # 404 before touching any upgrade
-    await engine.upgrades.forget(name)
+    """Drop a collection, serving or failed (one that could not be opened has no upgrade to stop)."""
+    catalog = engine.require_ready()
+    if name not in catalog.failed():
+        engine.collection(name)  # 404 before touching any upgrade
+        await engine.upgrades.forget(name)
+    await engine.run(catalog.drop, name)
     engine.detach(name)
-    await engine.run(engine.require_ready().drop, name)
 
 
 async def refit(engine: Engine, name: str, req: schemas.RefitRequest) -> schemas.RefitResponse:

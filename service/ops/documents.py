@@ -10,6 +10,8 @@ from index import Collection, MultiVectorCollection, NewDocument
 from index.errors import Conflict, Invalid, NotFound
 from service import schemas
 from service.engine import Engine
+from index.filters import check_metadata
+from service.ops.limits import check_texts
 from service.ops.tokens import has_tokens, token_matrix
 from service.settings import Settings
 
@@ -24,21 +26,28 @@ async def upsert(engine: Engine, name: str, docs: list[schemas.DocumentIn]) -> s
             raise Conflict(f"collection {name!r} is being upgraded to a new model: every document needs text so the "
                            f"other model can embed it too", code="upgrade_in_progress")
         if isinstance(collection, MultiVectorCollection):
-            new = await _multivector_documents(engine, collection, docs)
+            new, truncated = await _multivector_documents(engine, collection, docs)
         else:
-            new = await _dense_documents(engine, collection, docs)
+            new, truncated = await _dense_documents(engine, collection, docs)
         async with engine.upgrades.write_gate(name):
             if engine.collection(name) is not collection:
                 continue
             result = await engine.run(collection.upsert, new)
         engine.metrics.observe_stages(name, "", result.timings)
-        return schemas.UpsertResponse(upserted=len(result.ids), ids=result.ids)
+        return schemas.UpsertResponse(upserted=len(result.ids), ids=result.ids, truncated=truncated or None)
     raise Conflict(f"collection {name!r} changed model while this write was embedded; retry", code="retry")
 
 
-async def _dense_documents(engine: Engine, collection: Collection, docs: list[schemas.DocumentIn]) -> list[NewDocument]:
+def _cut(encoder, docs: list[schemas.DocumentIn], embedded: list[int]) -> list[str]:
+    """Ids of the embedded documents whose text is longer than the model reads."""
+    return [docs[i].id for i in embedded if len(docs[i].text) > encoder.max_chars]
+
+
+async def _dense_documents(engine: Engine, collection: Collection, docs: list[schemas.DocumentIn]
+                           ) -> tuple[list[NewDocument], list[str]]:
     to_embed = [i for i, d in enumerate(docs) if d.vector is None]
     vectors: list[Any] = [d.vector for d in docs]
+    truncated: list[str] = []
     if to_embed:
         encoder = engine.encoder_for(collection)
         if encoder is None:
@@ -48,16 +57,18 @@ async def _dense_documents(engine: Engine, collection: Collection, docs: list[sc
         X = await engine.encode(collection.name, encoder, [docs[i].text for i in to_embed], "document", layers)
         for i, x in zip(to_embed, X):
             vectors[i] = x
+        truncated = _cut(encoder, docs, to_embed)
     return [NewDocument(id=d.id, vector=np.asarray(v, np.float32), text=d.text, metadata=d.metadata or {})
-            for d, v in zip(docs, vectors)]
+            for d, v in zip(docs, vectors)], truncated
 
 
 async def _multivector_documents(engine: Engine, collection: MultiVectorCollection,
-                                 docs: list[schemas.DocumentIn]) -> list[NewDocument]:
+                                 docs: list[schemas.DocumentIn]) -> tuple[list[NewDocument], list[str]]:
     """Token matrices as given, or every token of the text embedded by the collection's model."""
     token_dim = collection.config.token_dim
     tokens: list[Any] = [token_matrix(d, token_dim, f"document {d.id[:80]!r}") for d in docs]
     to_embed = [i for i, t in enumerate(tokens) if t is None]
+    truncated: list[str] = []
     if to_embed:
         encoder = engine.encoder_for(collection)
         if encoder is None:
@@ -67,8 +78,9 @@ async def _multivector_documents(engine: Engine, collection: MultiVectorCollecti
         T = await engine.encode_tokens(collection.name, encoder, [docs[i].text for i in to_embed], "document", layers)
         for i, t in zip(to_embed, T):
             tokens[i] = t
+        truncated = _cut(encoder, docs, to_embed)
     return [NewDocument(id=d.id, vector=None, text=d.text, metadata=d.metadata or {}, tokens=t)
-            for d, t in zip(docs, tokens)]
+            for d, t in zip(docs, tokens)], truncated
 
 
 def check_documents(s: Settings, collection: Collection, docs: list[schemas.DocumentIn]) -> None:
@@ -77,6 +89,7 @@ def check_documents(s: Settings, collection: Collection, docs: list[schemas.Docu
     if len(docs) > s.max_batch_documents:
         raise Invalid(f"{len(docs)} documents in one request; the limit is {s.max_batch_documents}",
                       code="too_many_documents")
+    check_texts(s, ((f"document {d.id[:80]!r}", d.text) for d in docs if d.text is not None))
     for d in docs:
         where = f"document {d.id[:80]!r}"
         if len(d.id) > s.max_id_length:
@@ -97,6 +110,8 @@ def check_documents(s: Settings, collection: Collection, docs: list[schemas.Docu
         if d.vector is not None and len(d.vector) != collection.manifest.dim:
             raise Invalid(f"{where}: vector has {len(d.vector)} dimensions; collection {collection.name!r} "
                           f"expects {collection.manifest.dim}", code="wrong_dimension")
+        if d.metadata:
+            check_metadata(d.metadata, where)
         if d.metadata and _json_bytes(d.metadata) > s.max_metadata_bytes:
             raise Invalid(f"{where}: metadata exceeds {s.max_metadata_bytes} bytes", code="metadata_too_large")
 

@@ -6,10 +6,11 @@ from index.elastic import DimView
 from index.errors import Invalid
 from service import schemas
 from service.engine import Engine
+from service.ops.limits import check_texts
 
 
-async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndarray, str, int]:
-    """`(vectors (n, d), model name, prompt tokens)`.
+async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndarray, str, int, list[int]]:
+    """`(vectors (n, d), model name, prompt tokens, indexes of inputs the model read only the start of)`.
 
     With `collection`, texts are embedded as that collection embeds documents (model, layers)
     and `dimensions` truncates its rotated space, so the vectors match its low-dim indexes.
@@ -22,6 +23,7 @@ async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndar
                       code="too_many_inputs")
     if any(not t.strip() for t in texts):
         raise Invalid("input contains an empty string", code="empty_text")
+    check_texts(engine.settings, ((f"input {i}", t) for i, t in enumerate(texts)))
     rotation, layers, label = None, req.layers, ""
     if req.collection is not None:
         collection = engine.collection(req.collection)
@@ -45,4 +47,4 @@ async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndar
     if req.dimensions is not None and req.dimensions < encoder.dim:
         X = DimView(req.dimensions, encoder.dim, "cosine", rotation).apply(X)  # rotate, truncate, re-normalise
     tokens = await engine.inference.call(lambda: encoder.count_tokens(texts))
-    return X, model, tokens
+    return X, model, tokens, [i for i, t in enumerate(texts) if len(t) > encoder.max_chars]

@@ -11,6 +11,8 @@ from index import upgrade as up
 from index.errors import Invalid, NotFound
 from service import schemas
 from service.engine import Engine
+from index.multivector import DEFAULT_CANDIDATES
+from service.ops.limits import ResponseBudget, check_shortlists, check_texts
 from service.ops.tokens import has_tokens, token_matrix
 
 
@@ -32,10 +34,13 @@ async def _search(engine: Engine, name: str, collection: Collection,
     if len(requests) > engine.settings.max_batch_queries:
         raise Invalid(f"{len(requests)} searches in one request; the limit is {engine.settings.max_batch_queries}",
                       code="too_many_queries")
+    check_texts(engine.settings, ((f"search {i} query", r.query) for i, r in enumerate(requests) if r.query is not None))
     if isinstance(collection, MultiVectorCollection):
         return await search_multivector(engine, collection, requests)
     for r in requests:
         check_search(engine, collection, r)
+    check_shortlists(engine.settings, [_shortlist(collection, r) for r in requests])
+    budget = ResponseBudget(engine.settings)
     started = time.perf_counter()
     serving = upgrade_serving(engine, collection)
     mapped = [i for i, r in enumerate(requests) if r.query is not None and serving and serving.queries == "mapped"]
@@ -56,7 +61,7 @@ async def _search(engine: Engine, name: str, collection: Collection,
         fn = collection.search
         if idx[0] in mapped:
             fn = partial(up.mixed_search, collection, live.shadow, live.W, live.calibration)
-        await run_group(engine, collection, idx, "text" in r.include, responses, fn,
+        await run_group(engine, collection, idx, "text" in r.include, responses, budget, fn,
                         np.stack([vectors[i] for i in idx]), r.k, dim=r.dim, ef=r.ef, filter=r.filter, exact=r.exact,
                         rerank=r.rerank, rerank_factor=r.rerank_factor, include=tuple(r.include),
                         mapped=idx[0] in mapped)
@@ -64,9 +69,31 @@ async def _search(engine: Engine, name: str, collection: Collection,
         if serving is not None and r.query is not None:
             responses[i].upgrade = serving
             engine.metrics.upgrade_queries.labels(name, serving.queries).inc()
-    if len(requests) == 1:  # a single search reports its whole time, encoding included
+    return _finish(engine, collection, requests, responses, started)
+
+
+def _finish(engine: Engine, collection: Collection, requests: list[schemas.SearchRequest],
+            responses: list[schemas.SearchResponse], started: float) -> list[schemas.SearchResponse]:
+    """Flag text queries the model read only the start of; a single search reports its whole
+    time, encoding included."""
+    encoder = engine.encoder_for(collection)
+    for r, response in zip(requests, responses):
+        if r.query is not None and encoder is not None and len(r.query) > encoder.max_chars:
+            response.truncated = True
+    if len(requests) == 1:
         responses[0].took_ms = (time.perf_counter() - started) * 1e3
     return responses
+
+
+def _shortlist(collection: Collection, r: schemas.SearchRequest) -> int:
+    """How many candidates a search will re-rank: `k · rerank_factor` for a low-dim funnel, or
+    a multi-vector search's candidates (at least k); k otherwise."""
+    if isinstance(collection, MultiVectorCollection):
+        return max(r.k, r.candidates or DEFAULT_CANDIDATES)
+    dim = r.dim or max(collection.dims)
+    if r.rerank and dim < collection.manifest.dim:
+        return r.k * (r.rerank_factor or collection.rerank_factor(dim))
+    return r.k
 
 
 def upgrade_serving(engine: Engine, collection: Collection) -> schemas.UpgradeServing | None:
@@ -82,7 +109,7 @@ def upgrade_serving(engine: Engine, collection: Collection) -> schemas.UpgradeSe
 
 
 async def run_group(engine: Engine, collection: Collection, idx: list[int], with_text: bool,
-                    responses: list, search, *args, mapped: bool = False, **kwargs) -> None:
+                    responses: list, budget: ResponseBudget, search, *args, mapped: bool = False, **kwargs) -> None:
     """Run one grouped search call, record its metrics, maybe sample it for recall, and fill
     `responses[i]` for the requests `idx` it answered. `mapped`: new-model queries through an
     upgrade's map; metrics and recall probes name the index `<dim>@map`, and the ef controller
@@ -96,6 +123,8 @@ async def run_group(engine: Engine, collection: Collection, idx: list[int], with
     engine.metrics.searches.labels(collection.name, index, result.strategy).inc(len(idx))
     if result.probe is not None:
         engine.recall.submit(collection, replace(result.probe, index=index, pinned=True) if mapped else result.probe)
+    budget.spend(sum(m.nbytes + (12 * m.vector.size if m.vector is not None else 0)
+                     for matches in result.matches for m in matches))
     for i, matches in zip(idx, result.matches):
         hits = [schemas.SearchHit(id=m.id, score=m.score, text=m.text if with_text else None,
                                   metadata=m.metadata, vector=m.vector.tolist() if m.vector is not None else None)
@@ -146,6 +175,8 @@ async def search_multivector(engine: Engine, collection: MultiVectorCollection,
         if r.layers is not None and tokens is not None:
             raise Invalid("layers applies to text queries only", code="invalid_layers")
         queries.append(tokens)
+    check_shortlists(engine.settings, [_shortlist(collection, r) for r in requests])
+    budget = ResponseBudget(engine.settings)
     started = time.perf_counter()
     await embed_queries(engine, collection, requests, queries, engine.encode_tokens, "vectors (a token matrix)")
     responses: list[schemas.SearchResponse | None] = [None] * len(requests)
@@ -155,12 +186,10 @@ async def search_multivector(engine: Engine, collection: MultiVectorCollection,
                                                                "ball_carving"}), []).append(i)
     for idx in groups_by_params.values():
         r = requests[idx[0]]
-        await run_group(engine, collection, idx, "text" in r.include, responses, collection.search_tokens,
+        await run_group(engine, collection, idx, "text" in r.include, responses, budget, collection.search_tokens,
                         [queries[i] for i in idx], r.k, candidates=r.candidates, ef=r.ef, filter=r.filter,
                         exact=r.exact, ball_carving=r.ball_carving, include=[i for i in r.include if i != "vector"])
-    if len(requests) == 1:
-        responses[0].took_ms = (time.perf_counter() - started) * 1e3
-    return responses
+    return _finish(engine, collection, requests, responses, started)
 
 
 async def query_vectors(engine: Engine, collection: Collection, requests: list[schemas.SearchRequest],

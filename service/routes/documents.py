@@ -12,7 +12,7 @@ router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"]
 _ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
 
 
-@router.put("", response_model=schemas.UpsertResponse, responses=_ERRORS)
+@router.put("", response_model=schemas.UpsertResponse, response_model_exclude_none=True, responses=_ERRORS)
 async def upsert_documents(name: str, body: schemas.UpsertRequest, engine: Engine = Depends(get_engine)):
     """Insert or replace documents by id, all or nothing. Text is embedded by the collection's
     model unless a vector is given. Acknowledged only after the write is committed."""

@@ -12,18 +12,18 @@ from service.routes import get_engine
 router = APIRouter(prefix="/v1", tags=["embeddings"])
 
 
-@router.post("/embeddings", response_model=schemas.EmbeddingsResponse,
+@router.post("/embeddings", response_model=schemas.EmbeddingsResponse, response_model_exclude_none=True,
              responses={422: {"model": schemas.ErrorResponse}})
 async def create_embeddings(body: schemas.EmbeddingsRequest, engine: Engine = Depends(get_engine)):
     """Embed `input` (a string or a list of strings) with `model` (default: the server's
     default model). `encoding_format="base64"` returns little-endian float32 bytes, as the
     OpenAI clients expect; `dimensions` truncates and re-normalises (in the rotated space of
     `collection`, when given, so the vectors match its Matryoshka indexes)."""
-    X, model, tokens = await embed(engine, body)
+    X, model, tokens, truncated = await embed(engine, body)
     if body.encoding_format == "base64":
         data = [base64.b64encode(x.astype("<f4").tobytes()).decode() for x in X]
     else:
         data = X.tolist()
     return schemas.EmbeddingsResponse(
         data=[schemas.Embedding(index=i, embedding=e) for i, e in enumerate(data)],
-        model=model, usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens))
+        model=model, usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens), truncated=truncated or None)

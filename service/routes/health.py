@@ -18,6 +18,10 @@ async def healthz() -> dict:
 
 @router.get("/readyz", summary="Collections are loaded and replayed (503 before)")
 async def readyz(engine: Engine = Depends(get_engine)) -> JSONResponse:
+    """200 once start-up is done, with the collections that could not be opened (`failed`:
+    name → reason); 503 while loading, or with the reason start-up could not complete."""
+    if engine.fatal is not None:
+        return error_response(503, "start_failed", f"vecnest could not start: {engine.fatal}")
     if not engine.ready:
         return error_response(503, "not_ready", "loading collections and models")
     failed = engine.catalog.failed() if engine.catalog else {}
