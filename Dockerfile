@@ -36,5 +36,5 @@ COPY --from=build /opt/vecnest /opt/vecnest
 USER vecnest
 VOLUME ["/data"]
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 CMD ["vecnest", "health"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 CMD ["vecnest", "health", "--ready"]
 CMD ["vecnest", "serve"]

@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     max_request_candidates: int = Field(100000, ge=1, description="sum of the shortlists of a batch request")
     max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="text, metadata and vectors one search "
                                                                            "response may return")
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger bodies get 413; a body holds the "
+                                "event loop while it is parsed (about 8 ms per MB of vectors)")
     max_metadata_bytes: int = Field(64 * 1024, ge=2)
     max_id_length: int = Field(512, ge=1)
     max_text_chars: int = Field(100_000, ge=1, description="longest text of a document, query or embeddings input")

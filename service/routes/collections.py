@@ -6,9 +6,9 @@ from service import schemas
 from service.engine import Engine
 from service.ops import collections as ops
 from service.ops import recall as recall_ops
-from service.routes import get_engine
+from service.routes import JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=JsonRoute)
 _ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
 
 

@@ -6,9 +6,9 @@ from index.errors import NotFound
 from service import schemas
 from service.engine import Engine
 from service.ops import documents as ops
-from service.routes import get_engine
+from service.routes import JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
+router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"], route_class=JsonRoute)
 _ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
 
 

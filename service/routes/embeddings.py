@@ -7,9 +7,9 @@ from fastapi import APIRouter, Depends
 from service import schemas
 from service.engine import Engine
 from service.ops.embeddings import embed
-from service.routes import get_engine
+from service.routes import JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1", tags=["embeddings"])
+router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=JsonRoute)
 
 
 @router.post("/embeddings", response_model=schemas.EmbeddingsResponse, response_model_exclude_none=True,

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Depends
 from service import schemas
 from service.engine import Engine
 from service.ops import search as ops
-from service.routes import get_engine
+from service.routes import JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
+router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], route_class=JsonRoute)
 _ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
 
 

@@ -5,9 +5,9 @@ from fastapi import APIRouter, Depends
 
 from service import schemas
 from service.engine import Engine
-from service.routes import get_engine
+from service.routes import JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections/{name}/upgrades", tags=["upgrades"])
+router = APIRouter(prefix="/v1/collections/{name}/upgrades", tags=["upgrades"], route_class=JsonRoute)
 _ERRORS = {404: {"model": schemas.ErrorResponse}, 409: {"model": schemas.ErrorResponse},
            422: {"model": schemas.ErrorResponse}}
 
