@@ -19,8 +19,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(get, timeout: float = 300.0) -> None:
-    """Poll `/readyz` through `get(path)` until it answers 200."""
+def wait_ready(get, timeout: float = 300.0, alive=lambda: True) -> None:
+    """Poll `/readyz` through `get(path)` until it answers 200; fail at once if the server exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -28,6 +28,8 @@ def wait_ready(get, timeout: float = 300.0) -> None:
                 return
         except httpx.TransportError:
             pass
+        if not alive():
+            raise RuntimeError("vecnest exited before it became ready (see its log)")
         time.sleep(0.1)
     raise TimeoutError("vecnest did not become ready")
 
@@ -51,7 +53,7 @@ class Server:
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, timeout=120)
         if wait:
-            wait_ready(self.client.get)
+            wait_ready(self.client.get, alive=lambda: self.proc.poll() is None)
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> int:

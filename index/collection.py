@@ -30,7 +30,7 @@ from index.hnsw import CorruptSnapshot
 from index.indexset import IndexSet
 from index.manifest import Manifest, RecallPolicy, Rotation, Snapshot, read_manifest, write_manifest
 from index.recall import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
-from index.rotation import fit_and_save_rotation, load_rotation
+from index.rotation import fit_from_store, load_rotation, save_rotation
 from index.scoring import Match, exact_search, hydrate, label_scores, rerank_exact, rerank_hits
 from index.store import NewDocument, StoredDocument, Store, storage_errors
 from index.vectorfile import CRC_SUFFIX, VectorFile
@@ -315,7 +315,7 @@ class Collection:
                 self._vectors.reserve(self._store.label_ceiling(len(docs)))
             self._indexes.reserve(len(docs))
             seq, labels = self._store.put(docs)
-            fault_point("write.after_commit")
+            fault_point("write.after_commit", self.name)
             t1 = time.perf_counter()
             with self._applying(seq):
                 self._vectors.add(labels, X)
@@ -520,16 +520,18 @@ class Collection:
                 files = self._indexes.save(folder, seq)
                 try:
                     fsync_path(folder)  # the new files' names, before the manifest names them
-                    fault_point("snapshot.after_graphs")
+                    fault_point("snapshot.after_graphs", self.name)
                     rotation_sha = self._manifest.rotation.sha256 if self._manifest.rotation else None
                     self._save_manifest(self._manifest.replace(snapshot=Snapshot(files, seq, rotation_sha)))
                 except BaseException:
                     self._remove_stale_files()
                     raise
-            fault_point("snapshot.after_manifest")
+            fault_point("snapshot.after_manifest", self.name)
             # Replays start at `seq` from now on, so older tombstones are no longer needed.
             self._store.purge_tombstones(seq)
-        self._remove_stale_files()
+            # Under the write mutex: once a drop has closed this collection, its path may already
+            # hold a new collection of the same name, whose files are not ours to remove.
+            self._remove_stale_files()
         return True
 
     def rebuild(self) -> None:
@@ -546,11 +548,12 @@ class Collection:
             m = self._manifest
             sample = sample or m.elasticizer.sample
             seed = m.elasticizer.seed if seed is None else seed
-            with storage_errors():
-                rotation, record = fit_and_save_rotation(self._store, self._vectors,
-                                                         os.path.join(self.path, ROTATION_DIR), sample, seed,
-                                                         self._applied_seq, self.dims)
-            fault_point("rotation.after_save")
+            fit = fit_from_store(self._store, self._vectors, sample, seed)
+            with self._write_mutex, storage_errors():
+                self._check_open()  # a dropped collection's path may already hold a new collection
+                record = save_rotation(os.path.join(self.path, ROTATION_DIR), fit, seed, self._applied_seq, self.dims)
+            fault_point("rotation.after_save", self.name)
+            rotation = fit.rotation
             views = _views(m, rotation)
             full = {d: i for d, i in self._indexes.indexes.items() if views[d].is_full}
             self._rebuild_locked(views, reuse=full, manifest=m.replace(rotation=record))
@@ -570,7 +573,7 @@ class Collection:
             # Rows written since the build began are re-applied; replay is idempotent, so rows
             # the build already saw are simply updated in place.
             self._replay(fresh, start_seq)
-            fault_point("rebuild.before_swap")
+            fault_point("rebuild.before_swap", self.name)
             self._indexes = fresh
             self._applied_seq = self._store.last_seq()
             self._stale = False
@@ -625,7 +628,8 @@ def _views(manifest: Manifest, rotation: np.ndarray | None) -> dict[int, DimView
 
 
 class _ReadGuard:
-    """Turns "the store was closed under us" (the collection was dropped) into NotFound."""
+    """Turns "the store was closed under us" (the collection was dropped: its connections closed,
+    its files renamed away) into NotFound."""
 
     def __init__(self, collection: Collection):
         self._collection = collection
@@ -634,6 +638,6 @@ class _ReadGuard:
         self._collection._check_open()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is sqlite3.ProgrammingError and self._collection._closed:
+        if exc_type is not None and issubclass(exc_type, (sqlite3.Error, OSError)) and self._collection._closed:
             self._collection._check_open()
         return False

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from index.elastic import pca_from_moment, sample_labels, second_moment
+from index.elastic import PcaFit, pca_from_moment, sample_labels, second_moment
 from index.files import fsync_path
 from index.manifest import Manifest, Rotation
 from index.store import Store
@@ -15,15 +15,16 @@ from index.vectorfile import VectorFile
 log = logging.getLogger(__name__)
 
 
-def fit_and_save_rotation(store: Store, vectors: VectorFile, folder: str, sample: int, seed: int, seq: int,
-                          dims: list[int]) -> tuple[np.ndarray, Rotation]:
-    """Fit on up to `sample` stored vectors (chosen with `seed`), write `rotation-<sha>.npy`.
+def fit_from_store(store: Store, vectors: VectorFile, sample: int, seed: int) -> PcaFit:
+    """Fit on up to `sample` stored vectors (chosen with `seed`; sorted, so the fit is
+    deterministic), streamed in chunks: memory stays O(D²) whatever the sample size. Raises
+    `Invalid` on an empty store."""
+    labels = sample_labels(store.live_labels(), sample, seed)
+    return pca_from_moment(*second_moment(vectors.gather(labels[s : s + 8192])[1] for s in range(0, len(labels), 8192)))
 
-    Returns the `(D, D)` matrix and its manifest record. Raises `Invalid` on an empty store.
-    """
-    labels = sample_labels(store.live_labels(), sample, seed)  # sorted: the fit is deterministic
-    # Streamed in chunks of the sample: memory stays O(D²) whatever the sample size.
-    fit = pca_from_moment(*second_moment(vectors.gather(labels[s : s + 8192])[1] for s in range(0, len(labels), 8192)))
+
+def save_rotation(folder: str, fit: PcaFit, seed: int, seq: int, dims: list[int]) -> Rotation:
+    """Write the fitted matrix as `rotation-<sha>.npy` (fsynced) and return its manifest record."""
     tmp = os.path.join(folder, ".rotation.tmp.npy")
     np.save(tmp, fit.rotation)
     digest = _sha256(tmp)
@@ -31,9 +32,8 @@ def fit_and_save_rotation(store: Store, vectors: VectorFile, folder: str, sample
     os.replace(tmp, os.path.join(folder, name))
     fsync_path(os.path.join(folder, name))
     fsync_path(folder)
-    record = Rotation(file=name, sha256=digest, seed=seed, n_fit=fit.n_fit, fitted_seq=seq,
-                      energy={str(d): round(fit.energy(d), 6) for d in dims})
-    return fit.rotation, record
+    return Rotation(file=name, sha256=digest, seed=seed, n_fit=fit.n_fit, fitted_seq=seq,
+                    energy={str(d): round(fit.energy(d), 6) for d in dims})
 
 
 def load_rotation(folder: str, manifest: Manifest) -> np.ndarray | None:

@@ -132,6 +132,7 @@ class Store:
         self._readers: list[sqlite3.Connection] = []
         self._idle_readers: list[sqlite3.Connection] = []
         self._pool = threading.Condition(threading.Lock())
+        self._closed = False
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; connections move between
@@ -145,8 +146,10 @@ class Store:
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._pool:
-            while not self._idle_readers and len(self._readers) >= MAX_READERS:
+            while not self._closed and not self._idle_readers and len(self._readers) >= MAX_READERS:
                 self._pool.wait()
+            if self._closed:
+                raise sqlite3.ProgrammingError("the store is closed")
             conn = self._idle_readers.pop() if self._idle_readers else None
             if conn is None:
                 self._readers.append(None)  # a slot, filled below outside the lock
@@ -164,17 +167,21 @@ class Store:
             yield conn
         finally:
             with self._pool:
-                self._idle_readers.append(conn)
+                if self._closed:  # closed while this read ran: nobody else will close it
+                    conn.close()
+                else:
+                    self._idle_readers.append(conn)
                 self._pool.notify()
 
     def close(self) -> None:
         with self._write_lock, self._pool:
-            for conn in self._readers:
-                if conn is not None:
-                    conn.close()
+            self._closed = True
+            for conn in self._idle_readers:
+                conn.close()
             self._readers.clear()
             self._idle_readers.clear()
             self._writer.close()
+            self._pool.notify_all()
 
     # -- writes (one transaction each; the caller serialises writers) -------------------------
     def put(self, docs: Sequence[NewDocument]) -> tuple[int, np.ndarray]:

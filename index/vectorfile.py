@@ -123,7 +123,7 @@ class VectorFile:
         """Yield `(labels (n,), rows (n, dim))` of live rows, chunk by chunk."""
         rows, _, live = self._state
         for start in range(0, len(live), size):
-            mask = live[start : start + size]
+            mask = live[start : start + size].copy()  # a snapshot: writers flip bits of `live` meanwhile
             if mask.any():
                 labels = np.flatnonzero(mask) + start
                 block = np.asarray(rows[start : start + size], np.float32)

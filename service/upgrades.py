@@ -279,7 +279,7 @@ class UpgradeManager:
         docs = [NewDocument(id=doc_id, vector=x, text=text, metadata=json.loads(meta))
                 for (doc_id, text, meta), x in zip(items, X)]
         await self.engine.run(live.shadow.upsert, docs)
-        fault_point("upgrade.after_backfill_batch")
+        fault_point("upgrade.after_backfill_batch", name)
         if live.shadow.wants_rotation_fit:
             await self.engine.run(live.shadow.fit_rotation)
         busy = time.perf_counter() - t0
@@ -357,9 +357,9 @@ class UpgradeManager:
                     await engine.run(live.shadow.delete, plan.deletes)
             await engine.run(live.shadow.snapshot)
             engine.attach_encoder(live.shadow, live.shadow_encoder)
-            fault_point("upgrade.before_swap")
+            fault_point("upgrade.before_swap", name)
             retired = await engine.run(engine.catalog.swap, name, live.shadow)
-            fault_point("upgrade.after_swap")  # current.json is flipped, the record not yet: reconcile fixes it
+            fault_point("upgrade.after_swap", name)  # current.json is flipped, the record not yet: reconcile fixes it
             live.record = live.record.moved(to_shadow_state)
             await engine.run(up.save_record, live.home, live.record)
             previous_encoder = engine.encoder_for(retired)
