@@ -44,13 +44,15 @@ class Server:
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log = log or self.data_dir.parent / f"server-{self.port}.log"
+        self.preexec = None  # runs in the child before exec (e.g. to lower its resource limits)
 
     def start(self, wait: bool = True) -> "Server":
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--data-dir", str(self.data_dir), "--log-level", "warning"]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=self.preexec)
         self.client = httpx.Client(base_url=self.url, timeout=120)
         if wait:
             wait_ready(self.client.get, alive=lambda: self.proc.poll() is None)

@@ -29,7 +29,7 @@ from typing import Callable
 
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions
 from index.errors import Conflict, Invalid, NotFound, NotReady
-from index.files import fsync_path
+from index.files import FDS_PER_COLLECTION, fd_headroom, fd_limit, fds_in_use, fsync_path, near_fd_limit
 from index.manifest import Manifest
 from index.multivector import collection_class, open_collection
 from index.store import storage_errors
@@ -90,6 +90,11 @@ class Catalog:
                 continue
             if not NAME_PATTERN.match(name) or not os.path.isdir(path):
                 log.warning("ignoring %s in %s: not a collection", name, self._root)
+                continue
+            if fds_in_use() + FDS_PER_COLLECTION > fd_limit() - fd_headroom():
+                reason = describe_open_error(OSError(errno.EMFILE, "Too many open files"))
+                log.error("collection %s is not opened and is marked failed: %s", name, reason)
+                self._failed[name] = reason
                 continue
             try:
                 active = os.path.normpath(os.path.join(path, active_generation(path)))
@@ -175,6 +180,9 @@ class Catalog:
             if self.max_collections is not None and count >= self.max_collections:
                 raise Conflict(f"this server holds its limit of {self.max_collections} collections; drop one or "
                                f"raise VECNEST_MAX_COLLECTIONS", code="collection_limit")
+            if fds_in_use() + FDS_PER_COLLECTION > fd_limit() - fd_headroom():
+                raise NotReady(describe_open_error(OSError(errno.EMFILE, "Too many open files")),
+                               code="too_many_open_files")
             self._busy.add(name)
         try:
             staging = os.path.join(self._root, f".new-{name}-{uuid.uuid4().hex[:8]}")
@@ -230,9 +238,9 @@ def describe_open_error(exc: BaseException, path: str | None = None) -> str:
     if path is not None and _read_only(path):
         return f"the data directory is on a read-only filesystem ({type(exc).__name__}: {exc})"
     emfile = isinstance(cause, OSError) and cause.errno == errno.EMFILE or "too many open files" in str(exc).lower()
-    if emfile or ("unable to open database file" in str(exc) and _near_fd_limit()):
-        return ("too many open files: raise the process limit (ulimit -n); each collection keeps about "
-                "8 file descriptors open, more while busy")
+    if emfile or ("unable to open database file" in str(exc) and near_fd_limit()):
+        return (f"too many open files: raise the process limit (ulimit -n, now {fd_limit()}); each collection "
+                f"keeps about {FDS_PER_COLLECTION} file descriptors open, more while busy")
     if isinstance(cause, OSError) and cause.errno in (errno.EROFS, errno.EACCES):
         return f"the data directory cannot be written ({cause.strerror}): {exc}"
     return f"{type(exc).__name__}: {exc}"
@@ -243,18 +251,6 @@ def _read_only(path: str) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
-
-
-def _near_fd_limit(margin: int = 16) -> bool:
-    """SQLite reports EMFILE only as "unable to open database file": compare the descriptors
-    this process holds with its limit."""
-    import resource
-
-    try:
-        used = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return False
-    return used >= resource.getrlimit(resource.RLIMIT_NOFILE)[0] - margin
 
 
 def _lock_directory(data_dir: str) -> int:

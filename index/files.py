@@ -1,6 +1,8 @@
-"""Durable file writes: fsync a file or a directory entry by path."""
+"""Durable file writes (fsync a file or a directory entry by path) and the process's budget of
+file descriptors."""
 
 import os
+import resource
 
 
 def fsync_path(path: str) -> None:
@@ -10,3 +12,32 @@ def fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# A collection holds its SQLite writer (database, WAL and shared-memory files), one reader (the
+# same three), and the maps of its vector file and checksums: about 8. Busy, up to 8 readers.
+FDS_PER_COLLECTION = 8
+
+
+def fd_limit() -> int:
+    """The process's soft limit on open file descriptors."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def fds_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc: assume plenty left
+        return 0
+
+
+def fd_headroom() -> int:
+    """Descriptors kept free for everything but collections: HTTP connections, model files,
+    imports. Opening collections stops short of it, so the server stays able to answer."""
+    return max(32, fd_limit() // 10)
+
+
+def near_fd_limit(margin: int = 16) -> bool:
+    """SQLite reports EMFILE only as "unable to open database file": compare the descriptors
+    this process holds with its limit."""
+    return fds_in_use() >= fd_limit() - margin

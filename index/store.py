@@ -21,7 +21,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from index.errors import InsufficientStorage, Invalid, ReadOnly
+from index.errors import InsufficientStorage, Invalid, NotReady, ReadOnly
+from index.files import near_fd_limit
 from index.filters import check_metadata, metadata_fields
 
 _SCHEMA = """
@@ -156,10 +157,13 @@ class Store:
         if conn is None:
             try:
                 conn = self._connect()
-            except BaseException:
+            except BaseException as exc:
                 with self._pool:
                     self._readers.remove(None)
                     self._pool.notify()
+                if isinstance(exc, sqlite3.OperationalError) and near_fd_limit():
+                    raise NotReady("the server is out of file descriptors; retry shortly, or raise its limit "
+                                   "(ulimit -n)", code="too_many_open_files") from exc
                 raise
             with self._pool:
                 self._readers[self._readers.index(None)] = conn

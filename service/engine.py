@@ -62,8 +62,8 @@ class Engine:
         self.catalog = await run_in_threadpool(self._open_catalog)
         try:
             await self.load_encoder(self.settings.default_model)
-        except Invalid as exc:  # vector-only collections still work without it
-            log.error("default model unavailable: %s", exc.message)
+        except (Invalid, OSError) as exc:  # vector-only collections still work without it
+            log.error("default model unavailable: %s", getattr(exc, "message", exc))
         for collection in self.collections():
             info = collection.manifest.encoder
             if info is None:
