@@ -5,6 +5,7 @@ import signal
 import threading
 import time
 
+import httpx
 import pytest
 
 from bench.datasets import wordnet_glosses
@@ -231,3 +232,40 @@ def test_gate_abort_force_and_bad_requests(settings, models):
         described = c.get("/v1/collections/kb").json()
         assert described["documents"] == 300 and described["model"] == models["rotated"]
         assert top_id(c, "kb", docs[250]["text"]) == docs[250]["id"]
+
+
+@pytest.mark.parametrize("point, state", [("upgrade.before_swap", "backfilling"),  # pointer not yet flipped
+                                          ("upgrade.after_swap", "cut_over")])  # flipped, record not yet saved
+def test_a_crash_during_cut_over_leaves_one_consistent_generation(tmp_path, models, point, state):
+    data = tmp_path / "data"
+    docs = glosses(3000, 300)
+    server = Server(data, env={**FAST, "VECNEST_CRASH_AT": f"{point}@kb"}).start()
+    c = server.client
+    fill(c, "kb", docs)
+    upgrade_id = c.post("/v1/collections/kb/upgrades", json={"model": models["rotated"], "sample": 100}).json()["id"]
+    wait_for(c, "kb", upgrade_id, caught_up)
+    try:
+        c.post(f"/v1/collections/kb/upgrades/{upgrade_id}/cutover")
+    except httpx.TransportError:
+        pass
+    assert server.proc.wait(60) == -signal.SIGKILL
+    server = Server(data, env=FAST).start()
+    try:
+        c = server.client
+        info = c.get(f"/v1/collections/kb/upgrades/{upgrade_id}").json()
+        assert info["state"] == state, info  # the record agrees with current.json
+        assert c.get("/v1/collections/kb").json()["documents"] == 300
+        for d in docs[::37]:
+            assert top_id(c, "kb", d["text"]) == d["id"]
+        if state == "backfilling":
+            wait_for(c, "kb", upgrade_id, caught_up)
+            assert c.post(f"/v1/collections/kb/upgrades/{upgrade_id}/cutover").json()["state"] == "cut_over"
+        added = {"id": "after-crash", "text": "a crane lifts steel beams on a building site"}
+        assert c.put("/v1/collections/kb/documents", json={"documents": [added]}).status_code == 200
+        assert c.post(f"/v1/collections/kb/upgrades/{upgrade_id}/rollback").json()["state"] == "rolled_back"
+        assert c.get("/v1/collections/kb").json()["documents"] == 301
+        assert top_id(c, "kb", added["text"]) == "after-crash"
+        log = server.log.read_text()
+    finally:
+        server.stop()
+    assert "Traceback" not in log, log[-3000:]
