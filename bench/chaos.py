@@ -309,3 +309,40 @@ def run_until(server, ledger: Ledger, workers: int, seconds: float, seed: int, r
         for w in pool:
             touched[c] |= {f"w{w.n}-{i}" for i in range(w.pool)}
     return touched, died
+
+
+# -- a collection dropped and re-created while others use it ----------------------------------------
+def churn_a_collection(url: str, stop: threading.Event, counts: dict, errors: list) -> None:
+    """Create, fill, search and drop one collection over and over while others use it too."""
+    rng = np.random.default_rng(5)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        while not stop.is_set():
+            calls = [
+                ("post", "/v1/collections", {"name": "eph", "dim": 8, "dims": [4, 8]}),
+                ("put", "/v1/collections/eph/documents",
+                 {"documents": [{"id": str(i), "vector": rng.standard_normal(8).tolist()} for i in range(300)]}),
+                ("post", "/v1/collections/eph/elasticizer/refit", {}),
+                ("post", "/v1/collections/eph/search", {"vector": rng.standard_normal(8).tolist(), "dim": 4}),
+                ("delete", "/v1/collections/eph", None),
+            ]
+            for method, path, body in calls:
+                r = c.request(method, path, json=body)
+                counts[r.status_code] = counts.get(r.status_code, 0) + 1
+                if r.status_code >= 500:
+                    errors.append(f"{method} {path}: {r.status_code} {r.text[:200]}")
+
+
+def use_the_churned_collection(url: str, stop: threading.Event, counts: dict, errors: list) -> None:
+    rng = np.random.default_rng(6)
+    with httpx.Client(base_url=url, timeout=60) as c:
+        while not stop.is_set():
+            for method, path, body in [
+                ("post", "/v1/collections/eph/search", {"vector": rng.standard_normal(8).tolist(), "k": 5}),
+                ("put", "/v1/collections/eph/documents", {"documents": [{"id": "x", "vector": [1.0] * 8}]}),
+                ("get", "/v1/collections/eph", None),
+                ("get", "/healthz", None),
+            ]:
+                r = c.request(method, path, json=body)
+                counts[r.status_code] = counts.get(r.status_code, 0) + 1
+                if r.status_code >= 500:
+                    errors.append(f"{method} {path}: {r.status_code} {r.text[:200]}")

@@ -14,7 +14,7 @@ from typing import Callable
 
 from fastapi import FastAPI
 
-from service import __version__
+from service import __version__, openapi
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.maintenance import Maintenance
@@ -63,7 +63,9 @@ def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None]
         version=__version__,
         summary="Vector search with elastic-dimension encoders, HNSW and durable storage.",
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationIds: the handlers' names
     )
+    openapi.install(app, settings)
     install_error_handlers(app, metrics)
     for module in (health, collections, documents, search, embeddings, upgrades):
         app.include_router(module.router)

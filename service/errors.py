@@ -56,14 +56,20 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method the API declares for the request's path (from the OpenAPI paths)."""
+    """The methods the API declares for the request's path: of the path templates that match
+    it, the most concrete ones (fewest parameters), as OpenAPI matches paths
+    (`/documents/delete` before `/documents/{doc_id}`)."""
     table = getattr(request.app.state, "allowed_methods", None)
     if table is None:
-        table = [(re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"),
+        table = [(re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), path.count("{"),
                   {m.upper() for m in ops if m in _HTTP_METHODS})
                  for path, ops in request.app.openapi().get("paths", {}).items()]
         request.app.state.allowed_methods = table
-    return sorted({m for pattern, methods in table if pattern.match(request.url.path) for m in methods})
+    matches = [(params, methods) for pattern, params, methods in table if pattern.match(request.url.path)]
+    if not matches:
+        return []
+    fewest = min(params for params, _ in matches)
+    return sorted({m for params, methods in matches if params == fewest for m in methods})
 
 
 _HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}

@@ -1,16 +1,26 @@
 """Request and response bodies of the HTTP API (pydantic), with the limits that need no state."""
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 Include = Literal["text", "metadata", "vector"]
 FiniteFloat = float  # finiteness is enforced by `allow_inf_nan=False` on the models below
+# Text must hold a non-space character. The schema says so; the service enforces it with its own
+# error code (empty_text), so pydantic does not.
+NON_BLANK = {"pattern": r"\S"}
+
+
+def _one_of(*fields: str, at_least: bool = False) -> dict:
+    """JSON Schema for "exactly one (or, with `at_least`, at least one) of these fields, not null"."""
+    branches = [{"required": [f], "properties": {f: {"not": {"type": "null"}}}} for f in fields]
+    return {"anyOf" if at_least else "oneOf": branches}
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # strict: the schema's types are the whole story (no "3" for 3, no false for 0.0)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 # -- collections ------------------------------------------------------------------------------
@@ -64,8 +74,9 @@ class CollectionCreate(RecallPolicyIn):
     model: str | None = Field(None, description="model alias or local directory; omit with `dim` for vectors only")
     metric: str = Field("cosine", description='"cosine", "ip" or "l2"')
     dim: int | None = Field(None, ge=1, le=16384, description="required for vector-only collections")
-    dims: list[int] | None = Field(None, min_length=1, max_length=16,
-                                   description="Matryoshka dims to index, e.g. [64, 128, 384] (default: full dim only)")
+    dims: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(
+        None, min_length=1, max_length=16, description="Matryoshka dims to index, e.g. [64, 128, 384] (default: full "
+                                                       "dim only); each at most the vectors' dim")
     elasticizer: ElasticizerConfig | None = None
     rerank_factor: int | None = Field(None, ge=1, le=100, description="funnel shortlist = k · factor (default: per dim)")
     layers: int | None = Field(None, ge=1, description="encode with the model's first `layers` layers only")
@@ -160,14 +171,19 @@ class TokensIn(_Body):
 
 
 class DocumentIn(TokensIn):
+    """A document: text (embedded by the collection's model), a vector or a token matrix, or text
+    with either."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of("text", "vector", "vectors", "vectors_b64", at_least=True))
+
     id: str = Field(..., min_length=1)
-    text: str | None = None
+    text: str | None = Field(None, json_schema_extra=NON_BLANK)
     vector: list[FiniteFloat] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(None, description="a JSON object nested at most 32 levels")
 
 
 class UpsertRequest(_Body):
-    documents: list[DocumentIn]
+    documents: list[DocumentIn] = Field(..., min_length=1)
 
 
 class UpsertResponse(BaseModel):
@@ -197,7 +213,12 @@ class DeleteResponse(BaseModel):
 
 # -- search -----------------------------------------------------------------------------------
 class SearchRequest(TokensIn):
-    query: str | None = Field(None, description="text, embedded with the collection's model")
+    """One search: by text (`query`), by `vector`, or (multi-vector collections) by a token matrix."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of("query", "vector", "vectors", "vectors_b64"))
+
+    query: str | None = Field(None, description="text, embedded with the collection's model",
+                              json_schema_extra=NON_BLANK)
     vector: list[FiniteFloat] | None = None
     k: int = Field(10, ge=1)
     ef: int | None = Field(None, ge=1, le=100000, description="HNSW search breadth (≥ k is enforced)")
@@ -250,9 +271,10 @@ class BatchSearchResponse(BaseModel):
 
 # -- embeddings (OpenAI shape) ----------------------------------------------------------------
 class EmbeddingsRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user)
+    model_config = ConfigDict(extra="ignore", strict=True)  # OpenAI clients send fields we do not use (user)
 
-    input: str | list[str]
+    input: Annotated[str, Field(json_schema_extra=NON_BLANK)] | Annotated[
+        list[Annotated[str, Field(json_schema_extra=NON_BLANK)]], Field(min_length=1)]
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1, description="truncate and re-normalise (rotated first for a "

@@ -78,7 +78,7 @@ def test_bad_elastic_requests(client, glossed):
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_dim" and "[64, 96, 384]" in r.json()["error"]["message"]
     assert client.post(url, json={"vector": X[0].tolist(), "dim": 64, "rerank_factor": 0}).status_code == 422
     assert client.post(url, json={"query": "x", "layers": 7}).json()["error"]["code"] == "invalid_layers"
-    bad_creates = [({"dims": [500]}, "invalid_dims"), ({"dims": [0]}, "invalid_dims"), ({"dims": [64, 64]}, "invalid_dims"),
+    bad_creates = [({"dims": [500]}, "invalid_dims"), ({"dims": [0]}, "invalid_request"), ({"dims": [64, 64]}, "invalid_dims"),
                    ({"layers": 9}, "invalid_layers"), ({"layers": 0}, "invalid_request"),
                    ({"dim": 8, "layers": 2}, "invalid_layers"), ({"elasticizer": {"kind": "svd"}}, "invalid_request")]
     for extra, code in bad_creates:

@@ -205,3 +205,13 @@ def test_a_collection_that_cannot_open_is_listed_with_its_reason_and_can_be_drop
         assert c.post("/v1/collections", json={"name": "bad", "dim": 2}).status_code == 201
         assert c.get("/v1/collections").json()["failed"] == []
     shutil.rmtree(data)
+
+
+def test_a_pca_rotation_is_bounded_in_dims(client):
+    """A PCA fit holds several (D, D) float64 matrices: at 16,384 dims, 2 GiB each."""
+    wide = unique_name()
+    r = client.post("/v1/collections", json={"name": wide, "dim": 5000, "dims": [64, 5000]})
+    assert r.status_code == 201 and r.json()["elasticizer"]["kind"] == "none"  # auto: prefixes as they are
+    r = client.post("/v1/collections", json={"name": unique_name(), "dim": 5000, "dims": [64, 5000],
+                                             "elasticizer": {"kind": "pca"}})
+    error(r, 422, "rotation_too_large")

@@ -20,3 +20,54 @@ def test_a_cancelled_waiter_does_not_kill_the_inference_thread():
         assert queue._thread.is_alive()
     finally:
         queue.stop()
+
+
+class _CountingEncoder:
+    """Records every text it encodes (the encoder API, without a model)."""
+
+    id, dim, max_chars = "counting", 4, 1000
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, texts, kind="query", layers=None):
+        self.seen.extend(texts)
+        import numpy as np
+
+        return np.ones((len(texts), 4), np.float32)
+
+
+def test_the_queue_is_bounded_by_texts_and_skips_waiters_that_are_gone():
+    import threading
+
+    from index.errors import Overloaded
+
+    encoder = _CountingEncoder()
+    queue = InferenceQueue(max_pending=100, max_batch_texts=64, max_pending_texts=10)
+    release = threading.Event()
+    queue.start()
+
+    async def scenario():
+        blocker = asyncio.ensure_future(queue.call(lambda: release.wait(30)))  # holds the inference thread
+        await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(queue.encode(encoder, ["a"] * 6))
+        await asyncio.sleep(0.05)
+        try:  # 6 + 6 texts > 10: refused at once, whatever the request count
+            await queue.encode(encoder, ["b"] * 6)
+            raise AssertionError("not refused")
+        except Overloaded:
+            pass
+        gone = asyncio.ensure_future(queue.encode(encoder, ["gone"] * 3))
+        await asyncio.sleep(0.05)
+        gone.cancel()  # the client disconnected while its texts waited
+        release.set()
+        await blocker
+        assert (await first).shape == (6, 4)
+        assert (await queue.encode(encoder, ["c"] * 10)).shape == (10, 4)  # the budget is free again
+        return queue.pending_texts
+
+    try:
+        assert asyncio.run(asyncio.wait_for(scenario(), timeout=30)) == 0
+        assert "gone" not in encoder.seen and encoder.seen.count("a") == 6 and "b" not in encoder.seen
+    finally:
+        queue.stop()

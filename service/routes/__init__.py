@@ -7,7 +7,20 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter, ValidationError
 
+from service import schemas
 from service.engine import Engine
+
+_MEANING = {
+    404: "unknown collection, document or upgrade",
+    409: "conflict with the current state (an existing name, an upgrade in progress, a limit reached)",
+    413: "request body too large",
+    422: "invalid request: the message and code say which rule",
+    429: "the encoder queue is full: retry after Retry-After seconds",
+    503: "not ready, or the collection could not be opened (the message says why)",
+    507: "the disk is full: nothing was written",
+}
+# Every error the API can answer, in the one error shape: documented on every route.
+ERRORS = {status: {"model": schemas.ErrorResponse, "description": meaning} for status, meaning in _MEANING.items()}
 
 
 def get_engine(request: Request) -> Engine:
@@ -46,6 +59,8 @@ class _ValidatedJsonRequest(Request):
             except ValidationError:  # invalid: parse plainly, so FastAPI reports the errors as usual (422)
                 try:
                     self._json = json.loads(body)
-                except RecursionError:
-                    raise json.JSONDecodeError("JSON nested too deeply", body.decode("utf-8", "replace")[:64], 0) from None
+                except json.JSONDecodeError:
+                    raise
+                except (ValueError, RecursionError) as exc:  # not UTF-8, nested too deeply: a 422 all the same
+                    raise json.JSONDecodeError(f"not a JSON document ({type(exc).__name__})", "", 0) from None
         return self._json

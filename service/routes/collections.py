@@ -6,14 +6,13 @@ from service import schemas
 from service.engine import Engine
 from service.ops import collections as ops
 from service.ops import recall as recall_ops
-from service.routes import JsonRoute, get_engine
+from service.routes import ERRORS, JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=JsonRoute)
-_ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
+router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=ERRORS,
+                   route_class=JsonRoute)
 
 
-@router.post("", status_code=201, response_model=schemas.CollectionInfo,
-             responses={409: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}})
+@router.post("", status_code=201, response_model=schemas.CollectionInfo)
 async def create_collection(body: schemas.CollectionCreate, engine: Engine = Depends(get_engine)):
     """Create a collection. Give `model` (or nothing, for the default model) to embed text, or
     `dim` without `model` for a vector-only collection. `dims` adds Matryoshka indexes; a PCA
@@ -26,19 +25,19 @@ async def list_collections(engine: Engine = Depends(get_engine)):
     return ops.list_all(engine)
 
 
-@router.get("/{name}", response_model=schemas.CollectionInfo, responses=_ERRORS)
+@router.get("/{name}", response_model=schemas.CollectionInfo)
 async def describe_collection(name: str, engine: Engine = Depends(get_engine)):
     return ops.describe(engine, name)
 
 
-@router.patch("/{name}", response_model=schemas.CollectionInfo, responses=_ERRORS)
+@router.patch("/{name}", response_model=schemas.CollectionInfo)
 async def update_collection(name: str, body: schemas.CollectionUpdate, engine: Engine = Depends(get_engine)):
     """Change the recall policy: `target_recall` (null stops tuning and restores the default
     ef), `recall_sample_rate`, `ef_min`, `ef_max`. Fields left out keep their value."""
     return await ops.update(engine, name, body)
 
 
-@router.post("/{name}/recall", response_model=schemas.RecallReport, responses=_ERRORS)
+@router.post("/{name}/recall", response_model=schemas.RecallReport)
 async def measure_recall(name: str, body: schemas.RecallRequest | None = None, engine: Engine = Depends(get_engine)):
     """Measure recall now: `queries` stored documents (a seeded sample) are searched in each graph
     as live searches would be and compared with exact search. The figures are returned and
@@ -47,13 +46,13 @@ async def measure_recall(name: str, body: schemas.RecallRequest | None = None, e
     return await recall_ops.measure(engine, name, body or schemas.RecallRequest())
 
 
-@router.delete("/{name}", status_code=204, responses=_ERRORS)
+@router.delete("/{name}", status_code=204)
 async def drop_collection(name: str, engine: Engine = Depends(get_engine)):
     await ops.drop(engine, name)
     return Response(status_code=204)
 
 
-@router.post("/{name}/elasticizer/refit", response_model=schemas.RefitResponse, responses=_ERRORS)
+@router.post("/{name}/elasticizer/refit", response_model=schemas.RefitResponse)
 async def refit_elasticizer(name: str, body: schemas.RefitRequest | None = None, engine: Engine = Depends(get_engine)):
     """Fit the PCA rotation on a sample of the collection's own vectors (deterministic for a
     seed) and rebuild its low-dim indexes from the stored vectors; the model is not run.

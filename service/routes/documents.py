@@ -6,32 +6,32 @@ from index.errors import NotFound
 from service import schemas
 from service.engine import Engine
 from service.ops import documents as ops
-from service.routes import JsonRoute, get_engine
+from service.routes import ERRORS, JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"], route_class=JsonRoute)
-_ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
+router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"], responses=ERRORS,
+                   route_class=JsonRoute)
 
 
-@router.put("", response_model=schemas.UpsertResponse, response_model_exclude_none=True, responses=_ERRORS)
+@router.put("", response_model=schemas.UpsertResponse, response_model_exclude_none=True)
 async def upsert_documents(name: str, body: schemas.UpsertRequest, engine: Engine = Depends(get_engine)):
     """Insert or replace documents by id, all or nothing. Text is embedded by the collection's
     model unless a vector is given. Acknowledged only after the write is committed."""
     return await ops.upsert(engine, name, body.documents)
 
 
-@router.post("/delete", response_model=schemas.DeleteResponse, responses=_ERRORS)
+@router.post("/delete", response_model=schemas.DeleteResponse)
 async def delete_documents(name: str, body: schemas.DeleteRequest, engine: Engine = Depends(get_engine)):
     """Delete many documents by id; ids that do not exist are listed in `not_found`."""
     return await ops.delete(engine, name, body.ids)
 
 
-@router.get("/{doc_id}", response_model=schemas.DocumentOut, response_model_exclude_none=True, responses=_ERRORS)
+@router.get("/{doc_id}", response_model=schemas.DocumentOut, response_model_exclude_none=True)
 async def get_document(name: str, doc_id: str, include_vector: bool = Query(False),
                        engine: Engine = Depends(get_engine)):
     return await ops.get(engine, name, doc_id, include_vector)
 
 
-@router.delete("/{doc_id}", status_code=204, responses=_ERRORS)
+@router.delete("/{doc_id}", status_code=204)
 async def delete_document(name: str, doc_id: str, engine: Engine = Depends(get_engine)):
     result = await ops.delete(engine, name, [doc_id])
     if not result.deleted:

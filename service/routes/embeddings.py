@@ -7,13 +7,13 @@ from fastapi import APIRouter, Depends
 from service import schemas
 from service.engine import Engine
 from service.ops.embeddings import embed
-from service.routes import JsonRoute, get_engine
+from service.routes import ERRORS, JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1", tags=["embeddings"], route_class=JsonRoute)
+router = APIRouter(prefix="/v1", tags=["embeddings"], responses=ERRORS,
+                   route_class=JsonRoute)
 
 
-@router.post("/embeddings", response_model=schemas.EmbeddingsResponse, response_model_exclude_none=True,
-             responses={422: {"model": schemas.ErrorResponse}})
+@router.post("/embeddings", response_model=schemas.EmbeddingsResponse, response_model_exclude_none=True)
 async def create_embeddings(body: schemas.EmbeddingsRequest, engine: Engine = Depends(get_engine)):
     """Embed `input` (a string or a list of strings) with `model` (default: the server's
     default model). `encoding_format="base64"` returns little-endian float32 bytes, as the

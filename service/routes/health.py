@@ -6,7 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.engine import Engine
 from service.errors import error_response
-from service.routes import get_engine
+from service.routes import ERRORS, get_engine
 
 router = APIRouter(tags=["operations"])
 
@@ -16,7 +16,8 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Collections are loaded and replayed (503 before)")
+@router.get("/readyz", summary="Collections are loaded and replayed (503 before)",
+            responses={503: ERRORS[503]})
 async def readyz(engine: Engine = Depends(get_engine)) -> JSONResponse:
     """200 once start-up is done, with the collections that could not be opened (`failed`:
     name → reason); 503 while loading, or with the reason start-up could not complete."""

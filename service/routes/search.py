@@ -7,13 +7,13 @@ from fastapi import APIRouter, Depends
 from service import schemas
 from service.engine import Engine
 from service.ops import search as ops
-from service.routes import JsonRoute, get_engine
+from service.routes import ERRORS, JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], route_class=JsonRoute)
-_ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
+router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], responses=ERRORS,
+                   route_class=JsonRoute)
 
 
-@router.post("/search", response_model=schemas.SearchResponse, response_model_exclude_none=True, responses=_ERRORS)
+@router.post("/search", response_model=schemas.SearchResponse, response_model_exclude_none=True)
 async def search(name: str, body: schemas.SearchRequest, engine: Engine = Depends(get_engine)):
     """Top-k documents for a text `query` or a `vector`; scores are exact and higher is better
     (cosine similarity, inner product, or minus the Euclidean distance). `dim` routes to a
@@ -22,8 +22,7 @@ async def search(name: str, body: schemas.SearchRequest, engine: Engine = Depend
     return response
 
 
-@router.post("/search/batch", response_model=schemas.BatchSearchResponse, response_model_exclude_none=True,
-             responses=_ERRORS)
+@router.post("/search/batch", response_model=schemas.BatchSearchResponse, response_model_exclude_none=True)
 async def search_batch(name: str, body: schemas.BatchSearchRequest, engine: Engine = Depends(get_engine)):
     """Many searches in one request; text queries are embedded together."""
     start = time.perf_counter()
