@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench clean prometheus
+.PHONY: install run test bench fuzz faults soak clean prometheus
 
 install: $(STAMP)
 
@@ -36,6 +36,17 @@ prometheus:
 
 bench: $(STAMP)
 	$(BIN)/python bench/beir.py
+
+# The long reliability runs (README "Reliability"): Schemathesis's full pass, kill -9 at random
+# and named moments with an upgrade under way, and a 10-minute soak.
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py --examples 100
+
+faults: $(STAMP)
+	$(BIN)/python bench/faults.py --kills 24 --concurrency-s 120
+
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --minutes 10 --warmup 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -50,6 +50,7 @@ class Op:
     collection: str
     ids: list[str]
     values: list[Any] = field(default_factory=list)  # vectors (dim,) or token matrices (t, TOKEN_DIM)
+    bad: bool = False  # its last document is invalid: the whole batch must be rejected, nothing applied
 
 
 class Ledger:
@@ -113,7 +114,9 @@ class Worker(threading.Thread):
                             self.ledger.unknown.append(op)
                     self.died = True
                     return
-                if r.status_code == 200:
+                if op.bad and r.status_code != 422:
+                    self.ledger.server_errors.append(f"a batch with an invalid document got {r.status_code}")
+                elif r.status_code == 200:
                     self.ledger.ack(op)
                 elif r.status_code >= 500:
                     self.ledger.server_errors.append(f"{op.kind} {name}: {r.status_code} {r.text[:200]}")
@@ -129,6 +132,9 @@ class Worker(threading.Thread):
         else:
             dim = COLLECTIONS[name]["dim"]
             values = [self.rng.standard_normal(dim).astype(np.float32).round(4) for _ in ids]
+        if self.pick.random() < 0.05:  # one wrong-dimension document spoils the batch: rejected whole
+            values[-1] = values[-1][:, :-1] if name == "mv" else values[-1][:-1]
+            return Op(self.n, "upsert", name, ids, values, bad=True)
         return Op(self.n, "upsert", name, ids, values)
 
     def _make_delete(self, name: str) -> Op | None:
@@ -205,6 +211,8 @@ def resolve_unknown(client: httpx.Client, ledger: Ledger) -> dict[str, int]:
                 seen.append("old")
             else:
                 raise AssertionError(f"{op.kind} of {doc_id} in {op.collection}: neither the old nor the new value")
+        if op.bad and "new" in seen:
+            raise AssertionError(f"an invalid batch was applied in {op.collection}: {list(zip(op.ids, seen))}")
         if set(seen) == {"new"}:
             ledger.ack(op)
             outcome["applied"] += 1

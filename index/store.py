@@ -166,6 +166,9 @@ class Store:
                                    "(ulimit -n)", code="too_many_open_files") from exc
                 raise
             with self._pool:
+                if self._closed:  # closed while this connection was being opened
+                    conn.close()
+                    raise sqlite3.ProgrammingError("the store is closed")
                 self._readers[self._readers.index(None)] = conn
         try:
             yield conn

@@ -163,10 +163,7 @@ class InferenceQueue:
         start = time.perf_counter()
         texts = [t for job in batch for t in job.texts]
         encode = first.encoder.encode_tokens if first.tokens else first.encoder.encode
-        try:
-            done = self._finish(batch, lambda: encode(texts, first.kind, first.layers))
-        finally:
-            self._done(batch)
+        done = self._finish(batch, lambda: encode(texts, first.kind, first.layers))
         if done is not None and self._on_batch is not None:
             self._on_batch(EncodeStats(first.encoder.id, len(texts), len(batch), time.perf_counter() - start,
                                        [start - job.enqueued for job in batch]))
@@ -177,9 +174,11 @@ class InferenceQueue:
         try:
             result = fn()
         except BaseException as exc:  # hand the failure to every waiter; the thread lives on
+            self._done(batch)
             for job in batch:
                 _resolve(job.future, lambda f: f.set_exception(exc))
             return None
+        self._done(batch)  # before any waiter sees its answer: its texts no longer wait
         offset = 0
         for job in batch:
             part = result if len(batch) == 1 else result[offset : offset + len(job.texts)]

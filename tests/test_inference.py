@@ -60,6 +60,7 @@ def test_the_queue_is_bounded_by_texts_and_skips_waiters_that_are_gone():
         gone = asyncio.ensure_future(queue.encode(encoder, ["gone"] * 3))
         await asyncio.sleep(0.05)
         gone.cancel()  # the client disconnected while its texts waited
+        await asyncio.gather(gone, return_exceptions=True)  # its job's future is cancelled by now
         release.set()
         await blocker
         assert (await first).shape == (6, 4)

@@ -9,9 +9,9 @@ import numpy as np
 from index import Collection, MultiVectorCollection, SearchResult
 from index import upgrade as up
 from index.errors import Invalid, NotFound
+from index.multivector import DEFAULT_CANDIDATES
 from service import schemas
 from service.engine import Engine
-from index.multivector import DEFAULT_CANDIDATES
 from service.ops.limits import ResponseBudget, check_shortlists, check_texts
 from service.ops.tokens import has_tokens, token_matrix
 
@@ -76,10 +76,11 @@ def _finish(engine: Engine, collection: Collection, requests: list[schemas.Searc
             responses: list[schemas.SearchResponse], started: float) -> list[schemas.SearchResponse]:
     """Flag text queries the model read only the start of; a single search reports its whole
     time, encoding included."""
-    encoder = engine.encoder_for(collection)
-    for r, response in zip(requests, responses):
-        if r.query is not None and encoder is not None and len(r.query) > encoder.max_chars:
-            response.truncated = True
+    if any(r.query is not None for r in requests):
+        encoder = engine.encoder_for(collection)
+        for r, response in zip(requests, responses):
+            if r.query is not None and encoder is not None and len(r.query) > encoder.max_chars:
+                response.truncated = True
     if len(requests) == 1:
         responses[0].took_ms = (time.perf_counter() - started) * 1e3
     return responses
