@@ -6,10 +6,13 @@ The load keeps the data's size steady (every writer cycles through a fixed pool 
 memory should level off: vector upserts, deletes and searches on dense, l2 and multi-vector
 collections (bench/chaos.py workers), text upserts and text searches with the model, snapshots
 every second, rebuilds and PCA refits. Prints RSS every `--every` seconds and the growth after
-the warm-up; exits 1 when it is 5% or more, or on any 5xx or traceback.
+the warm-up: the median of the last `--window` minutes against the median of the first
+`--window` minutes after the warm-up (a single sample may catch a batch's transient tensors).
+Exits 1 when the growth is 5% or more, or on any 5xx or traceback.
 """
 
 import argparse
+import statistics
 import sys
 import tempfile
 import threading
@@ -24,11 +27,15 @@ from bench.datasets import wordnet_glosses  # noqa: E402
 from bench.harness import Server  # noqa: E402
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> tuple[float, float, float]:
+    """(resident, of which anonymous, of which file-backed: pages of the memory-mapped vector
+    files and SQLite databases, which the kernel reclaims under pressure) in MB."""
+    fields = {}
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields.get("VmRSS", 0.0), fields.get("RssAnon", 0.0), fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0)
 
 
 def text_load(url: str, stop: threading.Event, errors: list[str], counts: dict[str, int]) -> None:
@@ -53,7 +60,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0, help="minutes before the baseline sample")
-    p.add_argument("--every", type=float, default=20.0, help="seconds between samples")
+    p.add_argument("--every", type=float, default=10.0, help="seconds between samples")
+    p.add_argument("--window", type=float, default=2.0, help="minutes a median is taken over")
     p.add_argument("--workers", type=int, default=3)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,8 +79,9 @@ def main() -> None:
             while time.monotonic() - start < args.minutes * 60:
                 time.sleep(args.every)
                 minute = (time.monotonic() - start) / 60
-                samples.append((minute, rss_mb(server.proc.pid)))
-                print(f"{minute:5.1f} min  RSS {samples[-1][1]:7.1f} MB", flush=True)
+                rss, anon, files = rss_mb(server.proc.pid)
+                samples.append((minute, rss))
+                print(f"{minute:5.1f} min  RSS {rss:7.1f} MB (anonymous {anon:7.1f}, file-backed {files:6.1f})", flush=True)
                 if server.proc.poll() is not None:
                     errors.append("the server died")
                     break
@@ -82,11 +91,14 @@ def main() -> None:
             log = server.log.read_text()
         finally:
             server.stop()
-    after_warmup = [mb for minute, mb in samples if minute >= args.warmup]
-    base, end, peak = after_warmup[0], after_warmup[-1], max(after_warmup)
+    after_warmup = [(minute, mb) for minute, mb in samples if minute >= args.warmup]
+    first = [mb for minute, mb in after_warmup if minute < args.warmup + args.window]
+    last = [mb for minute, mb in after_warmup if minute >= samples[-1][0] - args.window]
+    base, end, peak = statistics.median(first), statistics.median(last), max(mb for _, mb in after_warmup)
     growth = (end - base) / base
     ops = sum(ledger.acked.values()) + ledger.searches + counts.get("text", 0)
-    print(f"\n| minutes | operations | RSS after {args.warmup:g} min | RSS at end | peak | growth | 5xx | tracebacks |")
+    print(f"\n| minutes | operations | RSS median, {args.warmup:g}-{args.warmup + args.window:g} min | RSS median, last "
+          f"{args.window:g} min | peak | growth | 5xx | tracebacks |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {args.minutes:g} | {ops} | {base:.0f} MB | {end:.0f} MB | {peak:.0f} MB | {growth * 100:+.1f}% | "
           f"{len(errors) + len(ledger.server_errors)} | {log.count('Traceback')} |")

@@ -7,10 +7,16 @@ kind are merged into one model call (micro-batching), then split back per reques
 The queue is bounded twice, by waiting requests and by waiting texts (one request may carry a
 thousand): past either, a request gets 429 at once. A job whose waiter is gone (the client
 disconnected, its future cancelled) is skipped, never encoded for nobody.
+
+The thread also hands freed heap memory back to the OS (`malloc_trim`): torch's tensors change
+shape with every batch, and glibc kept what they freed. Measured here, encoding glosses grew
+the resident set by 100 MB in 2 minutes; with a trim, it stayed flat.
 """
 
 import asyncio
 import concurrent.futures
+import ctypes
+import ctypes.util
 import logging
 import queue
 import threading
@@ -133,6 +139,7 @@ class InferenceQueue:
             import torch
 
             torch.set_num_threads(self._torch_threads)
+        trim = _HeapTrim()
         while True:
             job = self._held.popleft() if self._held else self._queue.get()
             if job is None:
@@ -144,6 +151,7 @@ class InferenceQueue:
                 self._finish([job], job.call)
             else:
                 self._encode_batch(job)
+            trim.after_work(idle=self._queue.empty() and not self._held)
 
     def _encode_batch(self, first: _Job) -> None:
         batch, n = [first], len(first.texts)
@@ -185,6 +193,22 @@ class InferenceQueue:
             offset += len(job.texts or ())
             _resolve(job.future, lambda f: f.set_result(part))
         return result
+
+
+class _HeapTrim:
+    """Calls glibc's `malloc_trim(0)` (about 5 ms here) after work: at most once a second and
+    when no request waits, or after 10 s of uninterrupted load. A no-op without glibc."""
+
+    def __init__(self, every_s: float = 1.0, at_most_s: float = 10.0):
+        name = ctypes.util.find_library("c")
+        self._trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        self._every, self._at_most, self._last = every_s, at_most_s, time.monotonic()
+
+    def after_work(self, idle: bool) -> None:
+        since = time.monotonic() - self._last
+        if self._trim is not None and since >= self._every and (idle or since >= self._at_most):
+            self._trim(0)
+            self._last = time.monotonic()
 
 
 def _start(job: _Job) -> bool:
