@@ -83,6 +83,7 @@ class InferenceQueue:
 
     @property
     def pending_texts(self) -> int:
+        """Texts of the admitted requests not yet encoded."""
         return self._pending_texts
 
     def start(self) -> None:
@@ -100,38 +101,60 @@ class InferenceQueue:
         """`(len(texts), encoder.dim)` float32 unit rows, computed on the inference thread."""
         if not texts:
             return np.zeros((0, encoder.dim), np.float32)
-        job = _Job(concurrent.futures.Future(), encoder=encoder, texts=texts, kind=kind, layers=layers)
-        return await self._submit(job)
+        return np.stack(await self._encode_chunks(encoder, texts, kind, layers, tokens=False))
 
     async def encode_tokens(self, encoder: Encoder, texts: list[str], kind: Kind = "query",
                             layers: int | None = None) -> list[np.ndarray]:
         """One `(n_i, encoder.dim)` matrix of unit token embeddings per text, on the inference thread."""
         if not texts:
             return []
-        job = _Job(concurrent.futures.Future(), encoder=encoder, texts=texts, kind=kind, layers=layers, tokens=True)
-        return await self._submit(job)
+        return await self._encode_chunks(encoder, texts, kind, layers, tokens=True)
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn()` on the inference thread (model loading, tokenising)."""
-        return await self._submit(_Job(concurrent.futures.Future(), call=fn), bounded=False)
-
-    async def _submit(self, job: _Job, bounded: bool = True) -> Any:
-        texts = len(job.texts or ())
-        with self._count_lock:
-            if bounded and self.depth >= self._max_pending:
-                raise Overloaded(f"the encoder queue is full ({self._max_pending} requests waiting); retry shortly",
-                                 retry_after_s=1.0)
-            # One request larger than the whole budget is still taken when nothing else waits.
-            if bounded and self._pending_texts and self._pending_texts + texts > self._max_pending_texts:
-                raise Overloaded(f"the encoder queue is full ({self._pending_texts} texts waiting); retry shortly",
-                                 retry_after_s=1.0)
-            self._pending_texts += texts
+        job = _Job(concurrent.futures.Future(), call=fn)
         self._queue.put(job)
         return await asyncio.wrap_future(job.future)
 
-    def _done(self, jobs: list[_Job]) -> None:
+    async def _encode_chunks(self, encoder: Encoder, texts: list[str], kind: Kind, layers: int | None,
+                             tokens: bool) -> list[np.ndarray]:
+        """Each text's result, in order. The request is admitted whole or refused (429), then
+        encoded as jobs of at most `max_batch_texts`, one after the other, longest texts first
+        (less padding, as sentence-transformers sorts a batch). Between its jobs, other
+        requests take their turn; a request cancelled meanwhile (its client gone) submits no
+        more, and its job still queued is skipped."""
+        self._admit(len(texts))
+        waiting = len(texts)
+        results: list[Any] = [None] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        try:
+            for start in range(0, len(order), self._max_batch):
+                chunk = order[start : start + self._max_batch]
+                job = _Job(concurrent.futures.Future(), encoder=encoder, texts=[texts[i] for i in chunk], kind=kind,
+                           layers=layers, tokens=tokens)
+                self._queue.put(job)
+                for i, result in zip(chunk, await asyncio.wrap_future(job.future)):
+                    results[i] = result
+                self._release(len(chunk))
+                waiting -= len(chunk)
+        finally:
+            self._release(waiting)
+        return results
+
+    def _admit(self, texts: int) -> None:
         with self._count_lock:
-            self._pending_texts -= sum(len(job.texts or ()) for job in jobs)
+            if self.depth >= self._max_pending:
+                raise Overloaded(f"the encoder queue is full ({self._max_pending} requests waiting); retry shortly",
+                                 retry_after_s=1.0)
+            # One request larger than the whole budget is still taken when nothing else waits.
+            if self._pending_texts and self._pending_texts + texts > self._max_pending_texts:
+                raise Overloaded(f"the encoder queue is full ({self._pending_texts} texts waiting); retry shortly",
+                                 retry_after_s=1.0)
+            self._pending_texts += texts
+
+    def _release(self, texts: int) -> None:
+        with self._count_lock:
+            self._pending_texts -= texts
 
     # -- the inference thread -----------------------------------------------------------------
     def _run(self) -> None:
@@ -145,7 +168,6 @@ class InferenceQueue:
             if job is None:
                 break
             if not _start(job):  # its waiter is gone
-                self._done([job])
                 continue
             if job.call is not None:
                 self._finish([job], job.call)
@@ -164,8 +186,6 @@ class InferenceQueue:
                 if _start(job):
                     batch.append(job)
                     n += len(job.texts)
-                else:
-                    self._done([job])
             else:
                 self._held.append(job)
         start = time.perf_counter()
@@ -182,11 +202,9 @@ class InferenceQueue:
         try:
             result = fn()
         except BaseException as exc:  # hand the failure to every waiter; the thread lives on
-            self._done(batch)
             for job in batch:
                 _resolve(job.future, lambda f: f.set_exception(exc))
             return None
-        self._done(batch)  # before any waiter sees its answer: its texts no longer wait
         offset = 0
         for job in batch:
             part = result if len(batch) == 1 else result[offset : offset + len(job.texts)]

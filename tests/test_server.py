@@ -195,3 +195,26 @@ def test_second_server_on_the_same_data_dir_is_refused(server, tmp_path):
         assert server.client.get("/readyz").status_code == 200
     finally:
         other.stop()
+
+
+def test_a_client_that_disconnects_stops_its_work(tmp_path):
+    """An upsert of 1,000 texts takes the encoder several seconds; its client gives up after
+    half a second. The server cancels the request (counted as client_disconnected): the
+    encoder finishes the chunk it was on and never sees the rest, and nothing is written."""
+    server = Server(tmp_path / "data").start()
+    try:
+        c = server.client
+        assert c.post("/v1/collections", json={"name": "t"}).status_code == 201
+        docs = [{"id": str(i), "text": f"{gloss} ({i})"} for i, (_, _, _, gloss) in enumerate(wordnet_glosses()[:1000])]
+        with pytest.raises(httpx.TimeoutException):
+            httpx.put(f"{server.url}/v1/collections/t/documents", json={"documents": docs}, timeout=0.5)
+        deadline = time.monotonic() + 60
+        while 'vecnest_errors_total{code="client_disconnected"} 1.0' not in c.get("/metrics").text:
+            assert time.monotonic() < deadline, "the disconnect was never noticed"
+            time.sleep(0.1)
+        assert c.get("/v1/collections/t").json()["documents"] == 0
+        assert c.post("/v1/collections/t/search", json={"query": "a quick search", "k": 1}).status_code == 200
+        encoded = [line for line in c.get("/metrics").text.splitlines() if line.startswith("vecnest_encoder_texts_total")]
+        assert sum(float(line.split()[-1]) for line in encoded) < 500, encoded
+    finally:
+        server.stop()
