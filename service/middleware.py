@@ -21,8 +21,8 @@ class BodySizeLimit:
     The body is read here (bounded) and replayed to the app, so chunked uploads without a
     Content-Length are limited too. Once the body is read, the next ASGI message is
     `http.disconnect`: the client went away, or the response is complete. Arriving first, it
-    cancels the handler, which releases its place in the encoder queue (a job not yet started
-    is skipped) instead of encoding for nobody.
+    cancels the handler: a job still queued for the encoder is skipped, and a large request
+    stops after the chunk being encoded, instead of encoding for nobody.
     """
 
     def __init__(self, app, max_bytes: int, metrics: Metrics):
@@ -49,20 +49,18 @@ class BodySizeLimit:
             if not message.get("more_body", False):
                 break
         body, replayed = b"".join(chunks), False
-        after_body = asyncio.ensure_future(receive())  # resolves on disconnect or response end
+        cancellable = _CANCELLABLE.match(f"{scope.get('method')} {scope.get('path')}")
+        after_body = asyncio.ensure_future(receive()) if cancellable else None  # disconnect, or response end
 
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await asyncio.shield(after_body)
+            return await (asyncio.shield(after_body) if after_body is not None else receive())
 
-        if not _CANCELLABLE.match(f"{scope.get('method')} {scope.get('path')}"):
-            try:
-                return await self.app(scope, replay, send)
-            finally:
-                after_body.cancel()
+        if after_body is None:
+            return await self.app(scope, replay, send)
         handler = asyncio.ensure_future(self.app(scope, replay, send))
         try:
             await asyncio.wait((handler, after_body), return_when=asyncio.FIRST_COMPLETED)
