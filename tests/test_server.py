@@ -218,3 +218,17 @@ def test_a_client_that_disconnects_stops_its_work(tmp_path):
         assert sum(float(line.split()[-1]) for line in encoded) < 500, encoded
     finally:
         server.stop()
+
+
+def test_a_server_that_cannot_start_says_why_and_exits(tmp_path):
+    """A data directory held by another server: the second one logs the reason, shows it on
+    /readyz while it stops, and `vecnest serve` exits 1, instead of staying "not ready" in silence."""
+    first = Server(tmp_path / "data").start()
+    try:
+        second = Server(tmp_path / "data").start(wait=False)
+        assert second.proc.wait(120) == 1
+        log = second.log.read_text()
+        assert "could not start" in log and "in use by another process" in log
+        assert first.client.get("/readyz").status_code == 200  # the first one is untouched
+    finally:
+        first.stop()
