@@ -30,8 +30,9 @@ PUBLISHED_NDCG10 = 0.645  # all-MiniLM-L6-v2 on SciFact, MTEB
 
 def ingest(client: httpx.Client, name: str, batch: int, workers: int) -> float:
     corpus = scifact_corpus()
-    batches = [[{"id": d["_id"], "text": scifact_text(d)} for d in corpus[i:i + batch]]
-               for i in range(0, len(corpus), batch)]
+    batches = [
+        [{"id": d["_id"], "text": scifact_text(d)} for d in corpus[i : i + batch]] for i in range(0, len(corpus), batch)
+    ]
 
     def put(docs):
         r = client.put(f"/v1/collections/{name}/documents", json={"documents": docs})
@@ -48,7 +49,9 @@ def run_queries(client: httpx.Client, name: str, k: int, **options) -> tuple[dic
     run, latencies = {}, []
     for qid in scifact_qrels("test"):
         start = time.perf_counter()
-        r = client.post(f"/v1/collections/{name}/search", json={"query": queries[qid], "k": k, "include": [], **options})
+        r = client.post(
+            f"/v1/collections/{name}/search", json={"query": queries[qid], "k": k, "include": [], **options}
+        )
         latencies.append(time.perf_counter() - start)
         r.raise_for_status()
         run[qid] = [hit["id"] for hit in r.json()["results"]]
@@ -76,8 +79,9 @@ def main() -> int:
     parser.add_argument("--url", help="a running vecnest; default: start one")
     parser.add_argument("--batch", type=int, default=128, help="documents per upsert request")
     parser.add_argument("--workers", type=int, default=2, help="concurrent upsert requests")
-    parser.add_argument("--encoder-sample", type=int, default=512,
-                        help="documents for the in-process encoder baseline (0: skip)")
+    parser.add_argument(
+        "--encoder-sample", type=int, default=512, help="documents for the in-process encoder baseline (0: skip)"
+    )
     parser.add_argument("--out", default="bench/out/beir.json")
     args = parser.parse_args()
 
@@ -99,11 +103,25 @@ def main() -> int:
         rows = []
         for label, options in [("exact", {"exact": True}), (f"hnsw (default ef={info['hnsw']['ef_search']})", {})]:
             run, ms = run_queries(client, name, 100, **options)
-            rows.append({"mode": label, "ndcg@10": ndcg_at_k(run, qrels, 10), "recall@100": recall_at_k(run, qrels, 100),
-                         "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))})
+            rows.append(
+                {
+                    "mode": label,
+                    "ndcg@10": ndcg_at_k(run, qrels, 10),
+                    "recall@100": recall_at_k(run, qrels, 100),
+                    "p50_ms": float(np.percentile(ms, 50)),
+                    "p99_ms": float(np.percentile(ms, 99)),
+                }
+            )
         _, ms10 = run_queries(client, name, 10)
-        rows.append({"mode": "hnsw, k=10 (latency only)", "ndcg@10": None, "recall@100": None,
-                     "p50_ms": float(np.percentile(ms10, 50)), "p99_ms": float(np.percentile(ms10, 99))})
+        rows.append(
+            {
+                "mode": "hnsw, k=10 (latency only)",
+                "ndcg@10": None,
+                "recall@100": None,
+                "p50_ms": float(np.percentile(ms10, 50)),
+                "p99_ms": float(np.percentile(ms10, 99)),
+            }
+        )
         client.delete(f"/v1/collections/{name}")
     finally:
         if server is not None:
@@ -112,11 +130,15 @@ def main() -> int:
     encoder_docs_per_s = encoder_throughput(args.encoder_sample)
     exact, hnsw = rows[0]["ndcg@10"], rows[1]["ndcg@10"]
     print(f"\nBEIR SciFact through HTTP on 127.0.0.1: {n_docs} documents, {len(qrels)} test queries, all-MiniLM-L6-v2")
-    print(f"ingest: {n_docs} docs in {ingest_s:.1f} s = {n_docs / ingest_s:.1f} docs/s "
-          f"(batches of {args.batch}, {args.workers} concurrent requests)")
+    print(
+        f"ingest: {n_docs} docs in {ingest_s:.1f} s = {n_docs / ingest_s:.1f} docs/s "
+        f"(batches of {args.batch}, {args.workers} concurrent requests)"
+    )
     if encoder_docs_per_s:
-        print(f"encoder alone, in-process, same texts ({args.encoder_sample} docs): {encoder_docs_per_s:.1f} docs/s; "
-              f"HTTP ingest reaches {n_docs / ingest_s / encoder_docs_per_s:.0%} of it")
+        print(
+            f"encoder alone, in-process, same texts ({args.encoder_sample} docs): {encoder_docs_per_s:.1f} docs/s; "
+            f"HTTP ingest reaches {n_docs / ingest_s / encoder_docs_per_s:.0%} of it"
+        )
     print()
     print(f"| {'search':<28} | nDCG@10 | recall@100 | p50 ms | p99 ms |")
     print(f"|{'-' * 30}|---------|------------|--------|--------|")
@@ -124,14 +146,19 @@ def main() -> int:
         nd = f"{r['ndcg@10']:.4f}" if r["ndcg@10"] is not None else "-"
         rc = f"{r['recall@100']:.4f}" if r["recall@100"] is not None else "-"
         print(f"| {r['mode']:<28} | {nd:>7} | {rc:>10} | {r['p50_ms']:6.1f} | {r['p99_ms']:6.1f} |")
-    checks = [(f"exact nDCG@10 within 0.005 of published {PUBLISHED_NDCG10}", abs(exact - PUBLISHED_NDCG10) <= 0.005),
-              ("hnsw nDCG@10 within 0.005 of exact", abs(hnsw - exact) <= 0.005)]
+    checks = [
+        (f"exact nDCG@10 within 0.005 of published {PUBLISHED_NDCG10}", abs(exact - PUBLISHED_NDCG10) <= 0.005),
+        ("hnsw nDCG@10 within 0.005 of exact", abs(hnsw - exact) <= 0.005),
+    ]
     print()
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}: {text}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"ingest_docs_per_s": n_docs / ingest_s,
-                                          "encoder_docs_per_s": encoder_docs_per_s, "rows": rows}, indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {"ingest_docs_per_s": n_docs / ingest_s, "encoder_docs_per_s": encoder_docs_per_s, "rows": rows}, indent=2
+        )
+    )
     return 0 if all(ok for _, ok in checks) else 1
 
 

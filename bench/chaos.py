@@ -28,11 +28,18 @@ import numpy as np
 # Small, fast collections that still exercise every path: a funnel with a PCA rotation fitted
 # (and refitted) under load, an l2 graph, and MUVERA multi-vector documents.
 COLLECTIONS: dict[str, dict[str, Any]] = {
-    "dense": {"dim": 16, "metric": "cosine", "dims": [8, 16], "hnsw": {"m": 8, "ef_construction": 64},
-              "elasticizer": {"kind": "pca", "fit_at": 150, "sample": 2000}},
+    "dense": {
+        "dim": 16,
+        "metric": "cosine",
+        "dims": [8, 16],
+        "hnsw": {"m": 8, "ef_construction": 64},
+        "elasticizer": {"kind": "pca", "fit_at": 150, "sample": 2000},
+    },
     "flat": {"dim": 8, "metric": "l2", "hnsw": {"m": 8, "ef_construction": 64}},
-    "mv": {"multivector": {"token_dim": 16, "repetitions": 4, "simhash_bits": 3, "projection_dim": 8,
-                           "max_tokens": 64}, "hnsw": {"m": 8, "ef_construction": 64}},
+    "mv": {
+        "multivector": {"token_dim": 16, "repetitions": 4, "simhash_bits": 3, "projection_dim": 8, "max_tokens": 64},
+        "hnsw": {"m": 8, "ef_construction": 64},
+    },
 }
 TOKEN_DIM = 16
 
@@ -84,8 +91,17 @@ class Ledger:
 class Worker(threading.Thread):
     """Random upserts, deletes and searches over its own ids until stopped or the server dies."""
 
-    def __init__(self, n: int, url: str, ledger: Ledger, stop: threading.Event, seed: int,
-                 collections: tuple[str, ...] = tuple(COLLECTIONS), pool: int = 80, refits: bool = False):
+    def __init__(
+        self,
+        n: int,
+        url: str,
+        ledger: Ledger,
+        stop: threading.Event,
+        seed: int,
+        collections: tuple[str, ...] = tuple(COLLECTIONS),
+        pool: int = 80,
+        refits: bool = False,
+    ):
         super().__init__(name=f"chaos-worker-{n}", daemon=True)
         self.n, self.url, self.ledger, self.stop_event = n, url, ledger, stop
         self.rng = np.random.default_rng(seed)
@@ -127,8 +143,9 @@ class Worker(threading.Thread):
     def _make_upsert(self, name: str) -> Op:
         ids = [f"w{self.n}-{i}" for i in self.pick.sample(range(self.pool), self.pick.randint(1, 12))]
         if name == "mv":
-            values = [self.rng.standard_normal((self.pick.randint(1, 10), TOKEN_DIM)).astype(np.float32).round(4)
-                      for _ in ids]
+            values = [
+                self.rng.standard_normal((self.pick.randint(1, 10), TOKEN_DIM)).astype(np.float32).round(4) for _ in ids
+            ]
         else:
             dim = COLLECTIONS[name]["dim"]
             values = [self.rng.standard_normal(dim).astype(np.float32).round(4) for _ in ids]
@@ -158,8 +175,11 @@ class Worker(threading.Thread):
             q = self.rng.standard_normal((3, TOKEN_DIM)).round(4).tolist()
             r = client.post("/v1/collections/mv/search", json={"vectors": q, "k": 5, "include": []})
         else:
-            body = {"vector": self.rng.standard_normal(COLLECTIONS[name]["dim"]).round(4).tolist(), "k": 5,
-                    "include": []}
+            body = {
+                "vector": self.rng.standard_normal(COLLECTIONS[name]["dim"]).round(4).tolist(),
+                "k": 5,
+                "include": [],
+            }
             if name == "dense" and roll > 0.8:
                 body["dim"] = 8
             r = client.post(f"/v1/collections/{name}/search", json=body)
@@ -224,8 +244,9 @@ def resolve_unknown(client: httpx.Client, ledger: Ledger) -> dict[str, int]:
     return outcome
 
 
-def verify(client: httpx.Client, ledger: Ledger, universe: dict[str, set[str]], queries: int = 12,
-           seed: int = 0) -> dict[str, Any]:
+def verify(
+    client: httpx.Client, ledger: Ledger, universe: dict[str, set[str]], queries: int = 12, seed: int = 0
+) -> dict[str, Any]:
     """Check the server against the ledger: every id ever written, then exact and graph searches."""
     resolved = resolve_unknown(client, ledger)
     ready = client.get("/readyz").json()
@@ -235,8 +256,9 @@ def verify(client: httpx.Client, ledger: Ledger, universe: dict[str, set[str]], 
         want = ledger.state[collection]
         for doc_id in sorted(ids):
             got = _fetch(client, collection, doc_id)
-            assert _same(collection, got, want.get(doc_id)), \
+            assert _same(collection, got, want.get(doc_id)), (
                 f"{collection}/{doc_id}: server has {got}, the ledger {want.get(doc_id)}"
+            )
             checked += 1
         count = client.get(f"/v1/collections/{collection}").json()["documents"]
         assert count == len(want), f"{collection}: {count} documents, the ledger says {len(want)}"
@@ -267,7 +289,11 @@ def verify(client: httpx.Client, ledger: Ledger, universe: dict[str, set[str]], 
                 graph = client.post(f"/v1/collections/{collection}/search", json={**body, "ef": 64}).json()["results"]
                 recalls.append(np.mean([truth[ids.index(h["id"])] >= top[-1] - tol for h in graph]) if graph else 0.0)
     assert not recalls or np.mean(recalls) >= 0.9, f"graph recall {np.mean(recalls):.3f}"
-    return {"resolved": resolved, "documents_checked": checked, "graph_recall": float(np.mean(recalls)) if recalls else None}
+    return {
+        "resolved": resolved,
+        "documents_checked": checked,
+        "graph_recall": float(np.mean(recalls)) if recalls else None,
+    }
 
 
 def _scores(collection: str, q: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -289,8 +315,15 @@ def universe_of(ledger: Ledger, ops_ids: dict[str, set[str]]) -> dict[str, set[s
     return {c: ops_ids.get(c, set()) | set(ledger.state[c]) for c in COLLECTIONS}
 
 
-def run_until(server, ledger: Ledger, workers: int, seconds: float, seed: int, refits: bool = True,
-              kill_after: float | None = None) -> tuple[dict[str, set[str]], bool]:
+def run_until(
+    server,
+    ledger: Ledger,
+    workers: int,
+    seconds: float,
+    seed: int,
+    refits: bool = True,
+    kill_after: float | None = None,
+) -> tuple[dict[str, set[str]], bool]:
     """Run `workers` until `seconds` pass, the server dies (a crash point), or `kill_after`
     seconds pass and the harness kills it (SIGKILL). Returns the ids touched and whether the
     server died."""
@@ -327,8 +360,11 @@ def churn_a_collection(url: str, stop: threading.Event, counts: dict, errors: li
         while not stop.is_set():
             calls = [
                 ("post", "/v1/collections", {"name": "eph", "dim": 8, "dims": [4, 8]}),
-                ("put", "/v1/collections/eph/documents",
-                 {"documents": [{"id": str(i), "vector": rng.standard_normal(8).tolist()} for i in range(300)]}),
+                (
+                    "put",
+                    "/v1/collections/eph/documents",
+                    {"documents": [{"id": str(i), "vector": rng.standard_normal(8).tolist()} for i in range(300)]},
+                ),
                 ("post", "/v1/collections/eph/elasticizer/refit", {}),
                 ("post", "/v1/collections/eph/search", {"vector": rng.standard_normal(8).tolist(), "dim": 4}),
                 ("delete", "/v1/collections/eph", None),

@@ -19,8 +19,10 @@ SHARED_DATA = Path(os.environ.get("VECNEST_SHARED_DATA") or Path(__file__).resol
 def shared_path(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the shared data must sit at ../shared/data "
-                                f"beside the repository (or set VECNEST_SHARED_DATA)")
+        raise FileNotFoundError(
+            f"{path} is missing: the shared data must sit at ../shared/data "
+            f"beside the repository (or set VECNEST_SHARED_DATA)"
+        )
     return path
 
 

@@ -33,7 +33,7 @@ DIMS = [32, 64, 96, 128, 192, 256, 384]
 
 def load(client, name: str, ids: list[str], X: np.ndarray) -> None:
     for start in range(0, len(ids), 500):
-        docs = [{"id": i, "vector": x.tolist()} for i, x in zip(ids[start:start + 500], X[start:start + 500])]
+        docs = [{"id": i, "vector": x.tolist()} for i, x in zip(ids[start : start + 500], X[start : start + 500])]
         client.put(f"/v1/collections/{name}/documents", json={"documents": docs}).raise_for_status()
 
 
@@ -42,10 +42,10 @@ def run(client, name: str, qids: list[str], Q: np.ndarray, **options) -> tuple[d
     is measured separately by `latency`."""
     ranked = {}
     for start in range(0, len(qids), 100):
-        searches = [{"vector": q.tolist(), "k": 10, "include": [], **options} for q in Q[start:start + 100]]
+        searches = [{"vector": q.tolist(), "k": 10, "include": [], **options} for q in Q[start : start + 100]]
         r = client.post(f"/v1/collections/{name}/search/batch", json={"searches": searches})
         r.raise_for_status()
-        for qid, res in zip(qids[start:start + 100], r.json()["results"]):
+        for qid, res in zip(qids[start : start + 100], r.json()["results"]):
             ranked[qid] = [h["id"] for h in res["results"]]
     return ranked
 
@@ -54,8 +54,9 @@ def latency(client, name: str, Q: np.ndarray, **options) -> tuple[float, float]:
     ms = []
     for q in Q:
         t = time.perf_counter()
-        client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10, "include": [], **options}
-                    ).raise_for_status()
+        client.post(
+            f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10, "include": [], **options}
+        ).raise_for_status()
         ms.append((time.perf_counter() - t) * 1e3)
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
@@ -66,7 +67,7 @@ def evaluate_model(client, label: str, model: str | None, elasticizer: str, ids,
     Q = cached("scifact-test-queries", key, queries, lambda t: embed_http(client, t, model=model))
     rows = {}
     names = {}
-    for kind in (["none", "pca"] if elasticizer == "both" else [elasticizer]):
+    for kind in ["none", "pca"] if elasticizer == "both" else [elasticizer]:
         name = f"{label}-{kind}-{int(time.time())}"
         body = {"name": name, "dims": DIMS, "elasticizer": {"kind": kind}}
         if model:
@@ -104,16 +105,20 @@ def main() -> int:
         results = {"minilm": evaluate_model(server.client, "minilm", None, "both", ids, texts, qids, queries, qrels)}
         if args.finetuned:
             model = str(Path(args.finetuned).resolve())
-            results["finetuned"] = evaluate_model(server.client, "finetuned", model, "none", ids, texts, qids,
-                                                  queries, qrels)
+            results["finetuned"] = evaluate_model(
+                server.client, "finetuned", model, "none", ids, texts, qids, queries, qrels
+            )
 
     full = results["minilm"][384]["funnel"]
-    print(f"\nSciFact (5,183 docs, 300 test queries) through HTTP; nDCG@10; funnel latency per query "
-          f"(vector in, k=10)\n")
+    print(
+        f"\nSciFact (5,183 docs, 300 test queries) through HTTP; nDCG@10; funnel latency per query (vector in, k=10)\n"
+    )
     print("| dim | plain prefix | PCA prefix | funnel (PCA + full rerank) | funnel p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|")
     for d, r in results["minilm"].items():
-        print(f"| {d} | {r['none_prefix']:.4f} | {r['pca_prefix']:.4f} | {r['funnel']:.4f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+        print(
+            f"| {d} | {r['none_prefix']:.4f} | {r['pca_prefix']:.4f} | {r['funnel']:.4f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |"
+        )
     checks = [("funnel at 96 dims within 0.005 of full dim", full - results["minilm"][96]["funnel"] <= 0.005)]
     if "finetuned" in results:
         ft = results["finetuned"]
@@ -122,9 +127,13 @@ def main() -> int:
         print("|---|---|---|---|---|")
         for d, r in ft.items():
             base = results["minilm"][d]
-            print(f"| {d} | {r['none_prefix']:.4f} | {r['funnel']:.4f} | {base['none_prefix']:.4f} | {base['pca_prefix']:.4f} |")
-        checks += [("fine-tune nDCG@10 at 64 dims >= 0.60", ft[64]["none_prefix"] >= 0.60),
-                   ("fine-tune full-dim nDCG@10 >= 0.64", ft[384]["none_prefix"] >= 0.64)]
+            print(
+                f"| {d} | {r['none_prefix']:.4f} | {r['funnel']:.4f} | {base['none_prefix']:.4f} | {base['pca_prefix']:.4f} |"
+            )
+        checks += [
+            ("fine-tune nDCG@10 at 64 dims >= 0.60", ft[64]["none_prefix"] >= 0.60),
+            ("fine-tune full-dim nDCG@10 >= 0.64", ft[384]["none_prefix"] >= 0.64),
+        ]
     print()
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}: {text}")

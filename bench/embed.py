@@ -15,8 +15,14 @@ def embed_http(client: httpx.Client, texts: list[str], batch: int = 64, **option
     """`(n, d)` float32 via `POST /v1/embeddings` (base64 transport); `options`: model, layers, ..."""
     out = []
     for start in range(0, len(texts), batch):
-        r = client.post("/v1/embeddings", json={"input": texts[start:start + batch], "encoding_format": "base64",
-                                                **{k: v for k, v in options.items() if v is not None}})
+        r = client.post(
+            "/v1/embeddings",
+            json={
+                "input": texts[start : start + batch],
+                "encoding_format": "base64",
+                **{k: v for k, v in options.items() if v is not None},
+            },
+        )
         r.raise_for_status()
         out += [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]]
     return np.stack(out).astype(np.float32)

@@ -24,17 +24,35 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.chaos import (Ledger, churn_a_collection, create_collections, run_until,  # noqa: E402
-                         use_the_churned_collection, verify)
+from bench.chaos import (
+    Ledger,
+    churn_a_collection,
+    create_collections,
+    run_until,  # noqa: E402
+    use_the_churned_collection,
+    verify,
+)
 from bench.datasets import wordnet_glosses  # noqa: E402
 from bench.harness import Server  # noqa: E402
 
-ENV = {"VECNEST_SNAPSHOT_INTERVAL_S": "0.3", "VECNEST_RECALL_SAMPLE_RATE": "0.1",
-       "VECNEST_REBUILD_DELETED_FRACTION": "0.1", "VECNEST_UPGRADE_MAX_BUSY": "1.0",
-       "VECNEST_UPGRADE_BATCH_SIZE": "16", "VECNEST_UPGRADE_POLL_S": "0.2"}
-POINTS = ["write.after_commit@mv:4", "snapshot.after_graphs@dense:2", "rebuild.before_swap",
-          "rotation.after_save@dense", "snapshot.after_manifest@flat:2", "upgrade.after_backfill_batch@text:3",
-          "write.after_commit@flat:7", "write.after_commit@text"]
+ENV = {
+    "VECNEST_SNAPSHOT_INTERVAL_S": "0.3",
+    "VECNEST_RECALL_SAMPLE_RATE": "0.1",
+    "VECNEST_REBUILD_DELETED_FRACTION": "0.1",
+    "VECNEST_UPGRADE_MAX_BUSY": "1.0",
+    "VECNEST_UPGRADE_BATCH_SIZE": "16",
+    "VECNEST_UPGRADE_POLL_S": "0.2",
+}
+POINTS = [
+    "write.after_commit@mv:4",
+    "snapshot.after_graphs@dense:2",
+    "rebuild.before_swap",
+    "rotation.after_save@dense",
+    "snapshot.after_manifest@flat:2",
+    "upgrade.after_backfill_batch@text:3",
+    "write.after_commit@flat:7",
+    "write.after_commit@text",
+]
 
 
 class TextWriter(threading.Thread):
@@ -114,8 +132,9 @@ def main() -> None:
             writer = TextWriter(server.url, acked_texts, stop, text_next)
             writer.start()
             after = None if point else pick.uniform(1.0, 8.0)
-            more, died = run_until(server, ledger, args.workers, seconds=60 if point else 30, seed=args.seed * 100 + kill,
-                                   kill_after=after)
+            more, died = run_until(
+                server, ledger, args.workers, seconds=60 if point else 30, seed=args.seed * 100 + kill, kill_after=after
+            )
             stop.set()
             writer.join(60)
             text_next = writer.next + 8
@@ -145,11 +164,21 @@ def main() -> None:
                 server.stop()
                 break
             progress = state.get("progress") or {}
-            rows_out.append((kill, point or f"random {after:.1f} s", start_s, report["documents_checked"],
-                             report["resolved"], f"{progress.get('done')}/{progress.get('total')}"))
-            print(f"kill {kill:2d} {point or 'random':34s} restart {start_s:5.1f} s  checked {report['documents_checked']}"
-                  f"  unknown {report['resolved']}  upgrade {state['state']} {progress.get('done')}/{progress.get('total')}",
-                  flush=True)
+            rows_out.append(
+                (
+                    kill,
+                    point or f"random {after:.1f} s",
+                    start_s,
+                    report["documents_checked"],
+                    report["resolved"],
+                    f"{progress.get('done')}/{progress.get('total')}",
+                )
+            )
+            print(
+                f"kill {kill:2d} {point or 'random':34s} restart {start_s:5.1f} s  checked {report['documents_checked']}"
+                f"  unknown {report['resolved']}  upgrade {state['state']} {progress.get('done')}/{progress.get('total')}",
+                flush=True,
+            )
             server.stop()
         # the upgrade survived every kill: let it finish, cut over, find documents by their text
         if not failures:
@@ -162,17 +191,23 @@ def main() -> None:
                     break
                 time.sleep(1)
             cut = c.post(f"/v1/collections/text/upgrades/{upgrade_id}/cutover").json()
-            found = sum(c.post("/v1/collections/text/search", json={"query": t, "k": 1}).json()["results"][0]["id"] == i
-                        for i, t in list(acked_texts.items())[::50])
+            found = sum(
+                c.post("/v1/collections/text/search", json={"query": t, "k": 1}).json()["results"][0]["id"] == i
+                for i, t in list(acked_texts.items())[::50]
+            )
             sampled = len(list(acked_texts.items())[::50])
             check_texts(c, acked_texts, None)
-            print(f"upgrade after {args.kills} kills: {cut['state']}, {found}/{sampled} documents found by their own text")
+            print(
+                f"upgrade after {args.kills} kills: {cut['state']}, {found}/{sampled} documents found by their own text"
+            )
             if cut["state"] != "cut_over" or found < 0.9 * sampled:
                 failures.append(f"upgrade did not finish cleanly: {cut['state']}, {found}/{sampled}")
             # concurrency: writers, searchers, refits and a collection dropped and re-created over and over
             stop, counts, errors = threading.Event(), {}, []
-            side = [threading.Thread(target=churn_a_collection, args=(server.url, stop, counts, errors)),
-                    threading.Thread(target=use_the_churned_collection, args=(server.url, stop, counts, errors))]
+            side = [
+                threading.Thread(target=churn_a_collection, args=(server.url, stop, counts, errors)),
+                threading.Thread(target=use_the_churned_collection, args=(server.url, stop, counts, errors)),
+            ]
             for t in side:
                 t.start()
             searches_before = ledger.searches
@@ -187,18 +222,29 @@ def main() -> None:
                 assert "Traceback" not in server.log.read_text()
             except AssertionError as exc:
                 failures.append(f"concurrency: {exc}")
-            concurrency_ops = (sum(counts.values()) + ledger.searches - searches_before
-                               + sum(ledger.acked.values()) - sum(acked_before.values()))
-            print(f"concurrency {args.concurrency_s:.0f} s: {concurrency_ops} operations, statuses {dict(sorted(counts.items()))}, "
-                  f"5xx {len(errors) + len(ledger.server_errors)}")
+            concurrency_ops = (
+                sum(counts.values())
+                + ledger.searches
+                - searches_before
+                + sum(ledger.acked.values())
+                - sum(acked_before.values())
+            )
+            print(
+                f"concurrency {args.concurrency_s:.0f} s: {concurrency_ops} operations, statuses {dict(sorted(counts.items()))}, "
+                f"5xx {len(errors) + len(ledger.server_errors)}"
+            )
             server.stop()
     print()
-    print("| kills | at named points | random | points not reached | acknowledged upserts / deletes | "
-          "searches | lost or half-applied | start-up failures |")
+    print(
+        "| kills | at named points | random | points not reached | acknowledged upserts / deletes | "
+        "searches | lost or half-applied | start-up failures |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     lost = sum("half-applied" in f or "ledger" in f or "documents" in f for f in failures)
-    print(f"| {len(rows_out)} | {named} | {randoms} | {not_reached} | {ledger.acked['upsert']} / {ledger.acked['delete']} "
-          f"| {ledger.searches} | {lost} | {sum('start-up' in f for f in failures)} |")
+    print(
+        f"| {len(rows_out)} | {named} | {randoms} | {not_reached} | {ledger.acked['upsert']} / {ledger.acked['delete']} "
+        f"| {ledger.searches} | {lost} | {sum('start-up' in f for f in failures)} |"
+    )
     for f in failures:
         print("FAILED:", f)
     sys.exit(1 if failures else 0)

@@ -34,22 +34,55 @@ def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None) -
     from tests.models import rotated_minilm
 
     second = rotated_minilm(str(workdir / "minilm-rotated"), seed=1, noise=0.3)
-    server = Server(workdir / "data", env={"VECNEST_RECALL_SAMPLE_RATE": "0.1", "VECNEST_UPGRADE_POLL_S": "0.2",
-                                           "VECNEST_MODELS": json.dumps({"minilm-rotated": second})}).start()
+    server = Server(
+        workdir / "data",
+        env={
+            "VECNEST_RECALL_SAMPLE_RATE": "0.1",
+            "VECNEST_UPGRADE_POLL_S": "0.2",
+            "VECNEST_MODELS": json.dumps({"minilm-rotated": second}),
+        },
+    ).start()
     report = workdir / "report.json"
-    cmd = [str(Path(sys.executable).parent / "st"), "--config-file", str(CONFIG), "run", f"{server.url}/openapi.json",
-           "--checks", "all", "--max-examples", str(examples), "--seed", str(seed), "--workers", "1",
-           "--report", "json", "--report-json-path", str(report), "--no-color", "--continue-on-failure"]
+    cmd = [
+        str(Path(sys.executable).parent / "st"),
+        "--config-file",
+        str(CONFIG),
+        "run",
+        f"{server.url}/openapi.json",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(examples),
+        "--seed",
+        str(seed),
+        "--workers",
+        "1",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+        "--no-color",
+        "--continue-on-failure",
+    ]
     if max_time is not None:
         cmd += ["--max-time", str(max_time)]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "bench.fuzz_hooks", "VECNEST_FUZZ_URL": server.url,
-           "VECNEST_FUZZ_MODEL": "minilm-rotated", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "bench.fuzz_hooks",
+        "VECNEST_FUZZ_URL": server.url,
+        "VECNEST_FUZZ_MODEL": "minilm-rotated",
+        "PYTHONPATH": str(REPO),
+    }
     try:
         run = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=3600)
     finally:
         server.stop()
-    return {"returncode": run.returncode, "output": run.stdout + run.stderr, "report": _read(report),
-            "server_log": server.log.read_text()}
+    return {
+        "returncode": run.returncode,
+        "output": run.stdout + run.stderr,
+        "report": _read(report),
+        "server_log": server.log.read_text(),
+    }
 
 
 def _read(path: Path) -> dict:
@@ -84,8 +117,10 @@ def main() -> None:
     cases, failures, server_errors = summary(result)
     print(result["output"])
     tracebacks = result["server_log"].count("Traceback")
-    print(f"\n| cases | failures | 5xx | tracebacks in the server log |\n|---|---|---|---|\n"
-          f"| {cases} | {failures} | {server_errors} | {tracebacks} |")
+    print(
+        f"\n| cases | failures | 5xx | tracebacks in the server log |\n|---|---|---|---|\n"
+        f"| {cases} | {failures} | {server_errors} | {tracebacks} |"
+    )
     sys.exit(0 if result["returncode"] == 0 and failures == 0 and tracebacks == 0 else 1)
 
 

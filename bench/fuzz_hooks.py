@@ -31,8 +31,9 @@ def rejected_requests_change_nothing(ctx, response, case):
         return None
     after = _documents()
     if after != before:
-        raise AssertionError(f"a request answered {response.status_code} changed the number of documents "
-                             f"from {before} to {after}")
+        raise AssertionError(
+            f"a request answered {response.status_code} changed the number of documents from {before} to {after}"
+        )
     return None
 
 
@@ -45,6 +46,11 @@ def map_body(context, body):
     (VECNEST_FUZZ_MODEL), so upgrades start for real and the stateful phase reaches their ids."""
     model = os.environ.get("VECNEST_FUZZ_MODEL")
     operation = context.operation.label if context.operation is not None else ""
-    if model and operation == "POST /v1/collections/{name}/upgrades" and isinstance(body, dict) and _pick.random() < 0.5:
+    if (
+        model
+        and operation == "POST /v1/collections/{name}/upgrades"
+        and isinstance(body, dict)
+        and _pick.random() < 0.5
+    ):
         return {**body, "model": model}
     return body

@@ -48,11 +48,24 @@ class Server:
 
     def start(self, wait: bool = True) -> "Server":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "service",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "warning",
+        ]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         preexec_fn=self.preexec)
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec
+            )
         self.client = httpx.Client(base_url=self.url, timeout=120)
         if wait:
             wait_ready(self.client.get, alive=lambda: self.proc.poll() is None)
@@ -106,8 +119,13 @@ class Prometheus:
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
-        cmd = [self.binary(), f"--config.file={path}", f"--web.listen-address=127.0.0.1:{self.port}",
-               f"--storage.tsdb.path={self.workdir / 'tsdb'}", "--log.level=warn"]
+        cmd = [
+            self.binary(),
+            f"--config.file={path}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+            "--log.level=warn",
+        ]
         with open(self.workdir / "prometheus.log", "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=self.url, timeout=30)

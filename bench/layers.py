@@ -46,9 +46,12 @@ def main() -> int:
     rows = []
     for L in [int(x) for x in args.layers.split(",")]:
         layers = None if L == encoder.num_layers else L
-        X = cached("scifact-corpus", f"{encoder.path}|layers={L}", texts, lambda t: encoder.encode(t, "document", layers))
-        Q = cached("scifact-test-queries", f"{encoder.path}|layers={L}", queries,
-                   lambda t: encoder.encode(t, "query", layers))
+        X = cached(
+            "scifact-corpus", f"{encoder.path}|layers={L}", texts, lambda t: encoder.encode(t, "document", layers)
+        )
+        Q = cached(
+            "scifact-test-queries", f"{encoder.path}|layers={L}", queries, lambda t: encoder.encode(t, "query", layers)
+        )
         R = fit_pca_rotation(X).rotation
         quality = {}
         for d in DIMS:
@@ -68,12 +71,21 @@ def main() -> int:
         print(f"  layers {L}: {rows[-1]}", flush=True)
 
     full = rows[-1]
-    print(f"\n{encoder.id} on SciFact (300 test queries): nDCG@10 by (layers, dim), PCA-rotated prefixes; encode speed\n")
-    print("| layers | " + " | ".join(f"nDCG@10 dim {d}" for d in DIMS) + " | query encode ms | docs/s (abstracts) | speed-up |")
+    print(
+        f"\n{encoder.id} on SciFact (300 test queries): nDCG@10 by (layers, dim), PCA-rotated prefixes; encode speed\n"
+    )
+    print(
+        "| layers | "
+        + " | ".join(f"nDCG@10 dim {d}" for d in DIMS)
+        + " | query encode ms | docs/s (abstracts) | speed-up |"
+    )
     print("|---" * (len(DIMS) + 4) + "|")
     for r in rows:
-        print(f"| {r['layers']} | " + " | ".join(f"{r['ndcg'][d]:.4f}" for d in DIMS) +
-              f" | {r['query_ms']:.1f} | {r['docs_per_s']:.1f} | {r['docs_per_s'] / full['docs_per_s']:.2f}x |")
+        print(
+            f"| {r['layers']} | "
+            + " | ".join(f"{r['ndcg'][d]:.4f}" for d in DIMS)
+            + f" | {r['query_ms']:.1f} | {r['docs_per_s']:.1f} | {r['docs_per_s'] / full['docs_per_s']:.2f}x |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
     return 0

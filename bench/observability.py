@@ -41,12 +41,17 @@ NAME = "wordnet"
 
 
 def load(client, ids: list[str], X: np.ndarray) -> float:
-    body = {"name": NAME, "dims": [96, 384], "hnsw": {"m": 16, "ef_construction": 100},
-            "elasticizer": {"kind": "pca", "fit_at": 20000}, "recall_sample_rate": 0.0}
+    body = {
+        "name": NAME,
+        "dims": [96, 384],
+        "hnsw": {"m": 16, "ef_construction": 100},
+        "elasticizer": {"kind": "pca", "fit_at": 20000},
+        "recall_sample_rate": 0.0,
+    }
     client.post("/v1/collections", json=body).raise_for_status()
     start = time.perf_counter()
     for s in range(0, len(ids), 1000):
-        docs = [{"id": i, "vector": x.tolist()} for i, x in zip(ids[s:s + 1000], X[s:s + 1000])]
+        docs = [{"id": i, "vector": x.tolist()} for i, x in zip(ids[s : s + 1000], X[s : s + 1000])]
         client.put(f"/v1/collections/{NAME}/documents", json={"documents": docs}).raise_for_status()
         if s % 20000 == 0:
             print(f"  loaded {s + len(docs)} documents", flush=True)
@@ -54,23 +59,27 @@ def load(client, ids: list[str], X: np.ndarray) -> float:
 
 
 def exact_top10(Xc: np.ndarray, Q: np.ndarray, ids: list[str]) -> list[set[str]]:
-    pos = np.concatenate([np.argsort(-(Q[s:s + 100] @ Xc.T), axis=1)[:, :10] for s in range(0, len(Q), 100)])
+    pos = np.concatenate([np.argsort(-(Q[s : s + 100] @ Xc.T), axis=1)[:, :10] for s in range(0, len(Q), 100)])
     return [{ids[j] for j in row} for row in pos]
 
 
 def offline_recall(client, Q: np.ndarray, truth: list[set[str]], ef: int, dim: int = 384) -> float:
     hits = 0
     for s in range(0, len(Q), 100):
-        searches = [{"vector": q.tolist(), "k": 10, "ef": ef, "dim": dim} for q in Q[s:s + 100]]
+        searches = [{"vector": q.tolist(), "k": 10, "ef": ef, "dim": dim} for q in Q[s : s + 100]]
         r = client.post(f"/v1/collections/{NAME}/search/batch", json={"searches": searches})
         r.raise_for_status()
-        hits += sum(len({h["id"] for h in res["results"]} & t) for res, t in zip(r.json()["results"], truth[s:s + 100]))
+        hits += sum(
+            len({h["id"] for h in res["results"]} & t) for res, t in zip(r.json()["results"], truth[s : s + 100])
+        )
     return hits / (10 * len(Q))
 
 
 def controller_phase(client, target: float, Q: np.ndarray, seconds: float, sample_rate: float) -> list[dict]:
-    client.patch(f"/v1/collections/{NAME}", json={"target_recall": target, "recall_sample_rate": sample_rate,
-                                                  "ef_min": 10, "ef_max": 1000}).raise_for_status()
+    client.patch(
+        f"/v1/collections/{NAME}",
+        json={"target_recall": target, "recall_sample_rate": sample_rate, "ef_min": 10, "ef_max": 1000},
+    ).raise_for_status()
     trace, start, next_tick, i = [], time.perf_counter(), 0.0, 0
     while (now := time.perf_counter() - start) < seconds:
         q = Q[i % len(Q)]
@@ -80,9 +89,16 @@ def controller_phase(client, target: float, Q: np.ndarray, seconds: float, sampl
             recall = client.get(f"/v1/collections/{NAME}").json()["recall"]
             estimate = recall["estimates"].get("384", {}).get("live", {}).get("index", {})
             controller = recall["controllers"].get("384", {})
-            trace.append({"t": round(now, 1), "searches": i, "ef": recall["ef_search"]["384"],
-                          "estimate": estimate.get("recall"), "window": controller.get("last_window_recall"),
-                          "converged": controller.get("converged")})
+            trace.append(
+                {
+                    "t": round(now, 1),
+                    "searches": i,
+                    "ef": recall["ef_search"]["384"],
+                    "estimate": estimate.get("recall"),
+                    "window": controller.get("last_window_recall"),
+                    "converged": controller.get("converged"),
+                }
+            )
             next_tick += 1.0
     return trace
 
@@ -96,13 +112,19 @@ def overhead_phase(client, Q: np.ndarray, texts: list[str], seconds: float) -> d
         start, i = time.perf_counter(), 0
         while time.perf_counter() - start < seconds:
             kind = "text" if i % 3 == 0 else "vector"
-            body = {"query": texts[i % len(texts)], "k": 10} if kind == "text" else {"vector": Q[i % len(Q)].tolist(), "k": 10}
+            body = (
+                {"query": texts[i % len(texts)], "k": 10}
+                if kind == "text"
+                else {"vector": Q[i % len(Q)].tolist(), "k": 10}
+            )
             t0 = time.perf_counter()
             client.post(f"/v1/collections/{NAME}/search", json=body).raise_for_status()
             lat[kind].append((time.perf_counter() - t0) * 1e3)
             i += 1
-        out[rate] = {k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)), "n": len(v)}
-                     for k, v in lat.items()}
+        out[rate] = {
+            k: {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)), "n": len(v)}
+            for k, v in lat.items()
+        }
         print(f"  sample rate {rate}: {out[rate]}", flush=True)
     return out
 
@@ -123,12 +145,15 @@ def mixed_traffic(client, Q: np.ndarray, texts: list[str], seconds: float) -> in
 
 def panels(prometheus: Prometheus, window: str) -> dict:
     """The dashboard's key panels, as instant queries over the last `window`."""
+
     def by(expr: str, *labels: str) -> dict:
         return {tuple(s["metric"].get(l, "") for l in labels): float(s["value"][1]) for s in prometheus.series(expr)}
 
     c = f'collection="{NAME}"'
-    q = lambda p, m, by_, where: (f"histogram_quantile({p}, sum by (le, {by_}) "  # noqa: E731
-                                  f"(rate({m}_bucket{{{where}}}[{window}])))")
+    q = lambda p, m, by_, where: (
+        f"histogram_quantile({p}, sum by (le, {by_}) "  # noqa: E731
+        f"(rate({m}_bucket{{{where}}}[{window}])))"
+    )
     return {
         "recall": by(f"vecnest_recall_estimate{{{c}}}", "index", "stage", "source"),
         "ef_search": by(f"vecnest_ef_search{{{c}}}", "index"),
@@ -175,8 +200,13 @@ def main() -> int:
             trace = controller_phase(client, target, traffic_q, args.seconds, args.sample_rate)
             ef = trace[-1]["ef"]
             oracle = next((e for e in SWEEP if sweep[e] >= target), None)
-            results["targets"][target] = {"trace": trace, "ef": ef, "offline_recall": offline_recall(client, check_q, truth, ef),
-                                          "oracle_ef": oracle, "oracle_recall": sweep.get(oracle)}
+            results["targets"][target] = {
+                "trace": trace,
+                "ef": ef,
+                "offline_recall": offline_recall(client, check_q, truth, ef),
+                "oracle_ef": oracle,
+                "oracle_recall": sweep.get(oracle),
+            }
             r = results["targets"][target]
             print(f"target {target}: ef {ef}, offline recall {r['offline_recall']:.4f}, oracle ef {oracle}", flush=True)
         results["overhead"] = overhead_phase(client, traffic_q, texts[:500], 20.0)
@@ -193,16 +223,24 @@ def main() -> int:
 
 
 def report(results: dict) -> None:
-    print(f"\nWordNet: {results['documents']} glosses (MiniLM, 384-d; graphs 96 and 384, M=16, ef_construction=100), "
-          f"loaded over HTTP in {results['load_s']:.0f} s\n")
-    print("## Recall-target controller (dim 384, single searches; offline = exact recall@10 of 500 other held-out queries)\n")
-    print("| target | ef chosen | estimate at the end | offline recall at that ef | oracle: smallest swept ef reaching target | "
-          "its recall | searches |")
+    print(
+        f"\nWordNet: {results['documents']} glosses (MiniLM, 384-d; graphs 96 and 384, M=16, ef_construction=100), "
+        f"loaded over HTTP in {results['load_s']:.0f} s\n"
+    )
+    print(
+        "## Recall-target controller (dim 384, single searches; offline = exact recall@10 of 500 other held-out queries)\n"
+    )
+    print(
+        "| target | ef chosen | estimate at the end | offline recall at that ef | oracle: smallest swept ef reaching target | "
+        "its recall | searches |"
+    )
     print("|---|---|---|---|---|---|---|")
     for target, r in results["targets"].items():
         last = r["trace"][-1]
-        print(f"| {target} | {r['ef']} | {last['estimate']} | {r['offline_recall']:.4f} | {r['oracle_ef']} | "
-              f"{r['oracle_recall']:.4f} | {last['searches']} |")
+        print(
+            f"| {target} | {r['ef']} | {last['estimate']} | {r['offline_recall']:.4f} | {r['oracle_ef']} | "
+            f"{r['oracle_recall']:.4f} | {last['searches']} |"
+        )
     for target, r in results["targets"].items():
         print(f"\nConvergence, target {target} (time s: ef / rolling estimate of the graph stage)")
         trace = r["trace"]
@@ -212,22 +250,28 @@ def report(results: dict) -> None:
     print("| sample rate | text p50 | text p99 | vector p50 | vector p99 |")
     print("|---|---|---|---|---|")
     for rate, o in results["overhead"].items():
-        print(f"| {rate} | {o['text']['p50']:.1f} | {o['text']['p99']:.1f} | {o['vector']['p50']:.2f} | {o['vector']['p99']:.2f} |")
+        print(
+            f"| {rate} | {o['text']['p50']:.1f} | {o['text']['p99']:.1f} | {o['vector']['p50']:.2f} | {o['vector']['p99']:.2f} |"
+        )
     print("\n## Panels (from Prometheus, last 40 s: mixed traffic at dims 384 and 96 plus text queries)\n")
     p = results["panels"]
     print("| index | stage | recall live | recall probe | ef default | ef used | candidates | QPS |")
     print("|---|---|---|---|---|---|---|---|")
     for index in sorted({k[0] for k in p["recall"]}):
         for stage in ("index", "final"):
-            print(f"| {index} | {stage} | {_f(p['recall'].get((index, stage, 'live')))} | "
-                  f"{_f(p['recall'].get((index, stage, 'probe')))} | {_f(p['ef_search'].get((index,)), 0)} | "
-                  f"{_f(p['ef_used'].get((index,)), 1)} | {_f(p['candidates'].get((index,)), 1)} | {_f(p['qps'].get((index,)), 1)} |")
+            print(
+                f"| {index} | {stage} | {_f(p['recall'].get((index, stage, 'live')))} | "
+                f"{_f(p['recall'].get((index, stage, 'probe')))} | {_f(p['ef_search'].get((index,)), 0)} | "
+                f"{_f(p['ef_used'].get((index,)), 1)} | {_f(p['candidates'].get((index,)), 1)} | {_f(p['qps'].get((index,)), 1)} |"
+            )
     print("\n| index | stage | p50 ms | p99 ms |")
     print("|---|---|---|---|")
     for (index, stage), v in sorted(p["p50"].items()):
         print(f"| {index or '-'} | {stage} | {_ms(v)} | {_ms(p['p99'].get((index, stage)))} |")
-    print(f"\nrecall samples in the window: {p['samples']}; HTTP p99 by route: "
-          f"{ {k[0]: _ms(v) for k, v in p['http_p99'].items()} } ms")
+    print(
+        f"\nrecall samples in the window: {p['samples']}; HTTP p99 by route: "
+        f"{ {k[0]: _ms(v) for k, v in p['http_p99'].items()} } ms"
+    )
 
 
 def _jsonable(value):

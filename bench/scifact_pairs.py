@@ -20,8 +20,12 @@ def pairs() -> list[dict]:
     queries = scifact_queries()
     train, test = scifact_qrels("train"), scifact_qrels("test")
     assert not set(train) & set(test), "train and test claims overlap"
-    return [{"query": queries[q], "positive": scifact_text(corpus[d])}
-            for q, rels in sorted(train.items()) for d, rel in rels.items() if rel > 0 and d in corpus]
+    return [
+        {"query": queries[q], "positive": scifact_text(corpus[d])}
+        for q, rels in sorted(train.items())
+        for d, rel in rels.items()
+        if rel > 0 and d in corpus
+    ]
 
 
 def main() -> int:

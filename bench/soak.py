@@ -35,7 +35,11 @@ def rss_mb(pid: int) -> tuple[float, float, float]:
         key, _, value = line.partition(":")
         if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
             fields[key] = int(value.split()[0]) / 1024
-    return fields.get("VmRSS", 0.0), fields.get("RssAnon", 0.0), fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0)
+    return (
+        fields.get("VmRSS", 0.0),
+        fields.get("RssAnon", 0.0),
+        fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0),
+    )
 
 
 def text_load(url: str, stop: threading.Event, errors: list[str], counts: dict[str, int]) -> None:
@@ -65,8 +69,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=3)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp) / "data", env={"VECNEST_SNAPSHOT_INTERVAL_S": "1", "VECNEST_RECALL_SAMPLE_RATE": "0.05",
-                                                 "VECNEST_REBUILD_DELETED_FRACTION": "0.1"}).start()
+        server = Server(
+            Path(tmp) / "data",
+            env={
+                "VECNEST_SNAPSHOT_INTERVAL_S": "1",
+                "VECNEST_RECALL_SAMPLE_RATE": "0.05",
+                "VECNEST_REBUILD_DELETED_FRACTION": "0.1",
+            },
+        ).start()
         try:
             create_collections(server.client)
             server.client.post("/v1/collections", json={"name": "text", "dims": [96, 384]})
@@ -81,7 +91,10 @@ def main() -> None:
                 minute = (time.monotonic() - start) / 60
                 rss, anon, files = rss_mb(server.proc.pid)
                 samples.append((minute, rss))
-                print(f"{minute:5.1f} min  RSS {rss:7.1f} MB (anonymous {anon:7.1f}, file-backed {files:6.1f})", flush=True)
+                print(
+                    f"{minute:5.1f} min  RSS {rss:7.1f} MB (anonymous {anon:7.1f}, file-backed {files:6.1f})",
+                    flush=True,
+                )
                 if server.proc.poll() is not None:
                     errors.append("the server died")
                     break
@@ -97,11 +110,15 @@ def main() -> None:
     base, end, peak = statistics.median(first), statistics.median(last), max(mb for _, mb in after_warmup)
     growth = (end - base) / base
     ops = sum(ledger.acked.values()) + ledger.searches + counts.get("text", 0)
-    print(f"\n| minutes | operations | RSS median, {args.warmup:g}-{args.warmup + args.window:g} min | RSS median, last "
-          f"{args.window:g} min | peak | growth | 5xx | tracebacks |")
+    print(
+        f"\n| minutes | operations | RSS median, {args.warmup:g}-{args.warmup + args.window:g} min | RSS median, last "
+        f"{args.window:g} min | peak | growth | 5xx | tracebacks |"
+    )
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| {args.minutes:g} | {ops} | {base:.0f} MB | {end:.0f} MB | {peak:.0f} MB | {growth * 100:+.1f}% | "
-          f"{len(errors) + len(ledger.server_errors)} | {log.count('Traceback')} |")
+    print(
+        f"| {args.minutes:g} | {ops} | {base:.0f} MB | {end:.0f} MB | {peak:.0f} MB | {growth * 100:+.1f}% | "
+        f"{len(errors) + len(ledger.server_errors)} | {log.count('Traceback')} |"
+    )
     ok = growth < 0.05 and not errors and not ledger.server_errors and "Traceback" not in log
     sys.exit(0 if ok else 1)
 

@@ -27,8 +27,14 @@ def body(mb: float, dim: int, seed: int) -> bytes:
     """1000 documents of `dim` floats each; bulky metadata strings make up the rest of `mb`."""
     rng = np.random.default_rng(seed)
     per_doc = int(mb * 1e6 / 1000)
-    docs = [{"id": f"s{seed}-{i}", "vector": rng.standard_normal(dim).round(6).tolist(),
-             "metadata": {"payload": "x" * max(0, per_doc - 11 * dim)}} for i in range(1000)]
+    docs = [
+        {
+            "id": f"s{seed}-{i}",
+            "vector": rng.standard_normal(dim).round(6).tolist(),
+            "metadata": {"payload": "x" * max(0, per_doc - 11 * dim)},
+        }
+        for i in range(1000)
+    ]
     return json.dumps({"documents": docs}).encode()
 
 
@@ -53,8 +59,9 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=384, help="vector dim: larger means more of the body is numbers")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        server = Server(Path(tmp) / "data", env={"VECNEST_MAX_BODY_BYTES": str(64 << 20),
-                                                "VECNEST_RECALL_SAMPLE_RATE": "0"}).start()
+        server = Server(
+            Path(tmp) / "data", env={"VECNEST_MAX_BODY_BYTES": str(64 << 20), "VECNEST_RECALL_SAMPLE_RATE": "0"}
+        ).start()
         try:
             server.client.post("/v1/collections", json={"name": "big", "dim": args.dim})
             bodies = [body(args.mb, args.dim, i) for i in range(args.uploads)]
@@ -72,8 +79,9 @@ def main() -> None:
             took = []
             for b in bodies:
                 t0 = time.perf_counter()
-                r = server.client.put("/v1/collections/big/documents", content=b,
-                                      headers={"content-type": "application/json"})
+                r = server.client.put(
+                    "/v1/collections/big/documents", content=b, headers={"content-type": "application/json"}
+                )
                 took.append(time.perf_counter() - t0)
                 assert r.status_code == 200, r.text[:200]
             stop.set()

@@ -55,11 +55,16 @@ def load_encoder(model: str | None):
 def make_collection(root: str, name: str, ids: list[str], X: np.ndarray) -> Collection:
     path = os.path.join(root, name)
     os.makedirs(path)
-    manifest = Manifest(name=name, dim=X.shape[1], metric="cosine", hnsw=HnswParams(m=32, ef_construction=200,
-                        ef_search=100), created_at="bench")
+    manifest = Manifest(
+        name=name,
+        dim=X.shape[1],
+        metric="cosine",
+        hnsw=HnswParams(m=32, ef_construction=200, ef_search=100),
+        created_at="bench",
+    )
     c = Collection.create(path, manifest)
     for s in range(0, len(ids), 1000):
-        c.upsert([NewDocument(id=i, vector=x, text=i) for i, x in zip(ids[s:s + 1000], X[s:s + 1000])])
+        c.upsert([NewDocument(id=i, vector=x, text=i) for i, x in zip(ids[s : s + 1000], X[s : s + 1000])])
     return c
 
 
@@ -97,15 +102,26 @@ def quality(new_model: str) -> dict:
             "new→new (full backfill)": run_of(full.search(Q_new, 10), qids),
         }
         overhead = map_overhead(old, half, fit, Q_new)
-    table = {name: {"ndcg@10": ndcg_at_k(run, qrels, 10), "recall@10": recall_at_k(run, qrels, 10)}
-             for name, run in runs.items()}
-    return {"new_model": new_model, "docs": len(ids), "queries": len(qids), "fit": fit.figures,
-            "fit_and_evaluate_s": fit_s, "calibration": vars(fit.calibration), "table": table, "overhead": overhead}
+    table = {
+        name: {"ndcg@10": ndcg_at_k(run, qrels, 10), "recall@10": recall_at_k(run, qrels, 10)}
+        for name, run in runs.items()
+    }
+    return {
+        "new_model": new_model,
+        "docs": len(ids),
+        "queries": len(qids),
+        "fit": fit.figures,
+        "fit_and_evaluate_s": fit_s,
+        "calibration": vars(fit.calibration),
+        "table": table,
+        "overhead": overhead,
+    }
 
 
 def map_overhead(old: Collection, half: Collection, fit: up.MapFit, Q_new: np.ndarray) -> dict:
     """Per single query, median over the test queries: the map alone (µs), and search latency
     plain (new→old through the map) vs mixed (both indexes, merged)."""
+
     def median_us(fn, reps=1):
         times = []
         for q in Q_new:
@@ -115,10 +131,12 @@ def map_overhead(old: Collection, half: Collection, fit: up.MapFit, Q_new: np.nd
             times.append((time.perf_counter() - t0) / reps)
         return float(np.median(times) * 1e6)
 
-    return {"map_us": median_us(lambda q: map_queries(q, fit.W), reps=100),
-            "old_search_us": median_us(lambda q: old.search(q, 10)),  # the same index without the map
-            "mapped_search_us": median_us(lambda q: old.search(map_queries(q, fit.W), 10)),
-            "mixed_search_us": median_us(lambda q: up.mixed_search(old, half, fit.W, fit.calibration, q, 10))}
+    return {
+        "map_us": median_us(lambda q: map_queries(q, fit.W), reps=100),
+        "old_search_us": median_us(lambda q: old.search(q, 10)),  # the same index without the map
+        "mapped_search_us": median_us(lambda q: old.search(map_queries(q, fit.W), 10)),
+        "mixed_search_us": median_us(lambda q: up.mixed_search(old, half, fit.W, fit.calibration, q, 10)),
+    }
 
 
 def throughput(new_model: str, n_docs: int, max_busy: float) -> dict:
@@ -131,7 +149,7 @@ def throughput(new_model: str, n_docs: int, max_busy: float) -> dict:
             c = server.client
             c.post("/v1/collections", json={"name": "sf"}).raise_for_status()
             for s in range(0, len(docs), 200):
-                c.put("/v1/collections/sf/documents", json={"documents": docs[s:s + 200]}).raise_for_status()
+                c.put("/v1/collections/sf/documents", json={"documents": docs[s : s + 200]}).raise_for_status()
             t_start = time.perf_counter()
             r = c.post("/v1/collections/sf/upgrades", json={"model": new_model, "sample": n_docs // 4})
             r.raise_for_status()
@@ -149,9 +167,17 @@ def throughput(new_model: str, n_docs: int, max_busy: float) -> dict:
                 time.sleep(0.05)
             t_end = time.perf_counter()
             backfilled = info["progress"]["embedded"] - embedded_at_fit
-    return {"max_busy": max_busy, "docs": n_docs, "sample": n_docs // 4, "fit_phase_s": t_fit - t_start,
-            "backfill_docs": backfilled, "backfill_s": t_end - t_fit, "backfill_docs_per_s": backfilled / (t_end - t_fit),
-            "gate": info["gate"], "mean_cosine": info["fit"].get("mean_cosine")}
+    return {
+        "max_busy": max_busy,
+        "docs": n_docs,
+        "sample": n_docs // 4,
+        "fit_phase_s": t_fit - t_start,
+        "backfill_docs": backfilled,
+        "backfill_s": t_end - t_fit,
+        "backfill_docs_per_s": backfilled / (t_end - t_fit),
+        "gate": info["gate"],
+        "mean_cosine": info["fit"].get("mean_cosine"),
+    }
 
 
 def encoder_throughput(model: str, n_docs: int) -> float:
@@ -160,7 +186,7 @@ def encoder_throughput(model: str, n_docs: int) -> float:
     encoder.encode(texts[:16], "document")
     t0 = time.perf_counter()
     for s in range(0, len(texts), 32):  # the backfill's batch size
-        encoder.encode(texts[s:s + 32], "document")
+        encoder.encode(texts[s : s + 32], "document")
     return len(texts) / (time.perf_counter() - t0)
 
 
@@ -177,28 +203,36 @@ def main() -> int:
     result = quality(new_model)
     print(f"SciFact test: {result['queries']} queries, {result['docs']} documents; new model {new_model}")
     f = result["fit"]
-    print(f"fit: {f['n_fit']} pairs, held out {f['n_heldout']}: mean cosine {f['mean_cosine']:.4f} "
-          f"(p10 {f['p10_cosine']:.4f}), recall@10 vs old queries {f['recall_at_10']:.4f}, "
-          f"orthogonality error {f['orthogonality_error']:.1e}; SVD {f['fit_seconds'] * 1e3:.1f} ms, "
-          f"fit + evaluation {result['fit_and_evaluate_s']:.2f} s; calibration {result['calibration']}")
+    print(
+        f"fit: {f['n_fit']} pairs, held out {f['n_heldout']}: mean cosine {f['mean_cosine']:.4f} "
+        f"(p10 {f['p10_cosine']:.4f}), recall@10 vs old queries {f['recall_at_10']:.4f}, "
+        f"orthogonality error {f['orthogonality_error']:.1e}; SVD {f['fit_seconds'] * 1e3:.1f} ms, "
+        f"fit + evaluation {result['fit_and_evaluate_s']:.2f} s; calibration {result['calibration']}"
+    )
     print(f"\n| run | nDCG@10 | Recall@10 |\n|---|---|---|")
     for name, row in result["table"].items():
         print(f"| {name} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} |")
     t = result["table"]
     base, mapped, new = t["old→old"], t["new→old (map, no backfill)"], t["new→new (full backfill)"]
-    print(f"\ncompatibility (new→old ≥ old→old, nDCG@10): {'holds' if mapped['ndcg@10'] >= base['ndcg@10'] else 'FAILS'}"
-          f" ({mapped['ndcg@10']:.4f} vs {base['ndcg@10']:.4f})")
+    print(
+        f"\ncompatibility (new→old ≥ old→old, nDCG@10): {'holds' if mapped['ndcg@10'] >= base['ndcg@10'] else 'FAILS'}"
+        f" ({mapped['ndcg@10']:.4f} vs {base['ndcg@10']:.4f})"
+    )
     print(f"new→old Recall@10 relative to new→new: {mapped['recall@10'] / new['recall@10']:.3f}")
     o = result["overhead"]
-    print(f"query overhead: map {o['map_us']:.1f} µs; search old {o['old_search_us']:.0f} µs, mapped "
-          f"{o['mapped_search_us']:.0f} µs, mixed {o['mixed_search_us']:.0f} µs (medians, one query each)")
+    print(
+        f"query overhead: map {o['map_us']:.1f} µs; search old {o['old_search_us']:.0f} µs, mapped "
+        f"{o['mapped_search_us']:.0f} µs, mixed {o['mixed_search_us']:.0f} µs (medians, one query each)"
+    )
     if not args.skip_throughput:
         runs = [throughput(new_model, args.docs, busy) for busy in (0.5, 1.0)]
         raw = encoder_throughput(new_model, args.docs)
         print(f"\n| backfill (HTTP server, {args.docs} SciFact docs) | docs/s | vs encoder alone |\n|---|---|---|")
         for r in runs:
-            print(f"| upgrade_max_busy={r['max_busy']} | {r['backfill_docs_per_s']:.1f} | "
-                  f"{r['backfill_docs_per_s'] / raw:.2f}x |")
+            print(
+                f"| upgrade_max_busy={r['max_busy']} | {r['backfill_docs_per_s']:.1f} | "
+                f"{r['backfill_docs_per_s'] / raw:.2f}x |"
+            )
         print(f"| encoder alone, batches of 32 | {raw:.1f} | 1.00x |")
         result["throughput"] = {"runs": runs, "encoder_docs_per_s": raw}
     OUT.mkdir(exist_ok=True)

@@ -42,19 +42,26 @@ def embeddings(texts: list[str]) -> np.ndarray:
         registry = EncoderRegistry(Settings(encode_batch_size=128))
         encoder = registry.load(registry.resolve(None))
         print(f"embedding {len(t)} glosses with {encoder.id} (cached afterwards)...", flush=True)
-        return np.concatenate([encoder.encode(t[i:i + 4096], "document") for i in range(0, len(t), 4096)])
+        return np.concatenate([encoder.encode(t[i : i + 4096], "document") for i in range(0, len(t), 4096)])
 
     return cached("wordnet-glosses", "all-MiniLM-L6-v2", texts, compute)
 
 
 def build(path: str, ids: list[str], X: np.ndarray) -> tuple[Collection, float]:
-    m = Manifest(name="wordnet", dim=X.shape[1], metric="cosine", hnsw=HnswParams(), created_at="bench",
-                 dims=DIMS, elasticizer=Elasticizer(kind="pca", sample=20000, seed=0, fit_at=20000))
+    m = Manifest(
+        name="wordnet",
+        dim=X.shape[1],
+        metric="cosine",
+        hnsw=HnswParams(),
+        created_at="bench",
+        dims=DIMS,
+        elasticizer=Elasticizer(kind="pca", sample=20000, seed=0, fit_at=20000),
+    )
     os.makedirs(path)
     c = Collection.create(path, m)
     start = time.perf_counter()
     for s in range(0, len(ids), 5000):
-        c.upsert([NewDocument(id=i, vector=x) for i, x in zip(ids[s:s + 5000], X[s:s + 5000])])
+        c.upsert([NewDocument(id=i, vector=x) for i, x in zip(ids[s : s + 5000], X[s : s + 5000])])
         if c.wants_rotation_fit:
             c.fit_rotation()
     c.snapshot()
@@ -116,7 +123,7 @@ def main() -> int:
     queries = sorted(held_out)
     ids = [rows[i][0] for i in corpus]
     Xc, Q = X[corpus], X[queries]
-    truth_pos = np.concatenate([np.argsort(-(Q[s:s + 100] @ Xc.T), axis=1)[:, :10] for s in range(0, len(Q), 100)])
+    truth_pos = np.concatenate([np.argsort(-(Q[s : s + 100] @ Xc.T), axis=1)[:, :10] for s in range(0, len(Q), 100)])
     truth = [[ids[j] for j in row] for row in truth_pos]
 
     folder = tempfile.mkdtemp(prefix="vecnest-wordnet-")
@@ -133,22 +140,34 @@ def main() -> int:
     c.close()
 
     base = results[384]["qps"]
-    print(f"\nWordNet glosses: {len(ids)} documents, {len(Q)} held-out queries, all-MiniLM-L6-v2 with PCA rotation; "
-          f"fastest setting with final recall@10 >= {TARGET} against exact full-dim search\n")
-    print("| dim | rerank factor | ef | recall@10 | QPS (1 query/call) | vs 384 | QPS (batch) | vs 384 | vector MB | graph file MB |")
+    print(
+        f"\nWordNet glosses: {len(ids)} documents, {len(Q)} held-out queries, all-MiniLM-L6-v2 with PCA rotation; "
+        f"fastest setting with final recall@10 >= {TARGET} against exact full-dim search\n"
+    )
+    print(
+        "| dim | rerank factor | ef | recall@10 | QPS (1 query/call) | vs 384 | QPS (batch) | vs 384 | vector MB | graph file MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     batch_base = results[384]["batch_qps"]
     for d, r in results.items():
         if not r["ef"]:
-            print(f"| {d} | - | - | < {TARGET} at every setting tried | - | - | - | - | {r['vector_mb']:.0f} | {r['graph_file_mb']:.0f} |")
+            print(
+                f"| {d} | - | - | < {TARGET} at every setting tried | - | - | - | - | {r['vector_mb']:.0f} | {r['graph_file_mb']:.0f} |"
+            )
             continue
-        print(f"| {d} | {r['factor'] or '-'} | {r['ef']} | {r['recall']:.3f} | {r['qps']:.0f} | {r['qps'] / base:.2f}x | "
-              f"{r['batch_qps']:.0f} | {r['batch_qps'] / batch_base:.2f}x | {r['vector_mb']:.0f} | {r['graph_file_mb']:.0f} |")
+        print(
+            f"| {d} | {r['factor'] or '-'} | {r['ef']} | {r['recall']:.3f} | {r['qps']:.0f} | {r['qps'] / base:.2f}x | "
+            f"{r['batch_qps']:.0f} | {r['batch_qps'] / batch_base:.2f}x | {r['vector_mb']:.0f} | {r['graph_file_mb']:.0f} |"
+        )
     ok = results[96]["qps"] >= 1.5 * base and results[96]["vector_mb"] <= 0.25 * results[384]["vector_mb"] + 1e-9
-    print(f"\n{'PASS' if ok else 'FAIL'}: 96-dim index >= 1.5x the QPS of the 384-dim index at recall@10 >= {TARGET}, "
-          f"with a quarter of its vector memory ({results[96]['qps'] / base:.2f}x)")
+    print(
+        f"\n{'PASS' if ok else 'FAIL'}: 96-dim index >= 1.5x the QPS of the 384-dim index at recall@10 >= {TARGET}, "
+        f"with a quarter of its vector memory ({results[96]['qps'] / base:.2f}x)"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"build_s": build_s, "rows": {str(d): r for d, r in results.items()}}, indent=2))
+    Path(args.out).write_text(
+        json.dumps({"build_s": build_s, "rows": {str(d): r for d, r in results.items()}}, indent=2)
+    )
     return 0 if ok else 1
 
 

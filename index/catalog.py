@@ -67,8 +67,9 @@ def check_name(name: str) -> str:
 
 
 class Catalog:
-    def __init__(self, data_dir: str, options: CollectionOptions = CollectionOptions(),
-                 max_collections: int | None = None):
+    def __init__(
+        self, data_dir: str, options: CollectionOptions = CollectionOptions(), max_collections: int | None = None
+    ):
         self.data_dir = os.path.abspath(data_dir)
         self.options = options
         self.max_collections = max_collections
@@ -103,8 +104,12 @@ class Catalog:
                 collection = open_collection(active, self.options)
             except Exception as exc:  # one broken collection must not keep the others down
                 reason = describe_open_error(exc, path)
-                log.error("collection %s cannot be opened and is marked failed: %s", name, reason,
-                          exc_info=not isinstance(exc, (OSError, ValueError, KeyError)))
+                log.error(
+                    "collection %s cannot be opened and is marked failed: %s",
+                    name,
+                    reason,
+                    exc_info=not isinstance(exc, (OSError, ValueError, KeyError)),
+                )
                 self._failed[name] = reason
                 continue
             try:
@@ -134,8 +139,10 @@ class Catalog:
             reason = self._failed.get(name)
         if collection is None:
             if reason is not None:
-                raise NotReady(f"collection {name!r} could not be opened: {reason}; drop it (DELETE) or repair it "
-                               f"and restart", code="collection_unavailable")
+                raise NotReady(
+                    f"collection {name!r} could not be opened: {reason}; drop it (DELETE) or repair it and restart",
+                    code="collection_unavailable",
+                )
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         return collection
 
@@ -178,11 +185,15 @@ class Catalog:
                 raise Conflict(f"collection {name!r} already exists", code="collection_exists")
             count = len(self._collections) + len(self._failed) + len(self._busy)
             if self.max_collections is not None and count >= self.max_collections:
-                raise Conflict(f"this server holds its limit of {self.max_collections} collections; drop one or "
-                               f"raise VECNEST_MAX_COLLECTIONS", code="collection_limit")
+                raise Conflict(
+                    f"this server holds its limit of {self.max_collections} collections; drop one or "
+                    f"raise VECNEST_MAX_COLLECTIONS",
+                    code="collection_limit",
+                )
             if fds_in_use() + FDS_PER_COLLECTION > fd_limit() - fd_headroom():
-                raise NotReady(describe_open_error(OSError(errno.EMFILE, "Too many open files")),
-                               code="too_many_open_files")
+                raise NotReady(
+                    describe_open_error(OSError(errno.EMFILE, "Too many open files")), code="too_many_open_files"
+                )
             self._busy.add(name)
         try:
             staging = os.path.join(self._root, f".new-{name}-{uuid.uuid4().hex[:8]}")
@@ -239,8 +250,10 @@ def describe_open_error(exc: BaseException, path: str | None = None) -> str:
         return f"the data directory is on a read-only filesystem ({type(exc).__name__}: {exc})"
     emfile = isinstance(cause, OSError) and cause.errno == errno.EMFILE or "too many open files" in str(exc).lower()
     if emfile or ("unable to open database file" in str(exc) and near_fd_limit()):
-        return (f"too many open files: raise the process limit (ulimit -n, now {fd_limit()}); each collection "
-                f"keeps about {FDS_PER_COLLECTION} file descriptors open, more while busy")
+        return (
+            f"too many open files: raise the process limit (ulimit -n, now {fd_limit()}); each collection "
+            f"keeps about {FDS_PER_COLLECTION} file descriptors open, more while busy"
+        )
     if isinstance(cause, OSError) and cause.errno in (errno.EROFS, errno.EACCES):
         return f"the data directory cannot be written ({cause.strerror}): {exc}"
     return f"{type(exc).__name__}: {exc}"

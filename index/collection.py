@@ -44,8 +44,16 @@ VECTOR_FILE = "vectors.f32"
 SNAPSHOT_DIR = "snapshots"
 ROTATION_DIR = "rotations"
 # Everything one collection directory holds (SQLite adds -wal and -shm beside the store).
-COLLECTION_FILES = (MANIFEST_FILE, STORE_FILE, STORE_FILE + "-wal", STORE_FILE + "-shm", VECTOR_FILE,
-                    VECTOR_FILE + CRC_SUFFIX, SNAPSHOT_DIR, ROTATION_DIR)
+COLLECTION_FILES = (
+    MANIFEST_FILE,
+    STORE_FILE,
+    STORE_FILE + "-wal",
+    STORE_FILE + "-shm",
+    VECTOR_FILE,
+    VECTOR_FILE + CRC_SUFFIX,
+    SNAPSHOT_DIR,
+    ROTATION_DIR,
+)
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,16 @@ def default_rerank_factor(dim: int, full_dim: int) -> int:
 
 
 class Collection:
-    def __init__(self, path: str, manifest: Manifest, store: Store, vectors: VectorFile, indexes: IndexSet,
-                 applied_seq: int, options: CollectionOptions):
+    def __init__(
+        self,
+        path: str,
+        manifest: Manifest,
+        store: Store,
+        vectors: VectorFile,
+        indexes: IndexSet,
+        applied_seq: int,
+        options: CollectionOptions,
+    ):
         self.path = path
         self._manifest = manifest
         self._store = store
@@ -119,9 +135,16 @@ class Collection:
         manifest = manifest.replace(dims=check_dims(manifest.dims, manifest.dim), rotation=None, snapshot=None)
         if manifest.rerank_factor is not None and manifest.rerank_factor < 1:
             raise Invalid("rerank_factor must be at least 1", code="invalid_rerank_factor")
-        if manifest.elasticizer.kind == "pca" and manifest.dim > MAX_ROTATION_DIM and min(manifest.indexed_dims) < manifest.dim:
-            raise Invalid(f"a PCA elasticizer needs at most {MAX_ROTATION_DIM} dims (these vectors have {manifest.dim}); "
-                          f"use elasticizer kind \"none\"", code="rotation_too_large")
+        if (
+            manifest.elasticizer.kind == "pca"
+            and manifest.dim > MAX_ROTATION_DIM
+            and min(manifest.indexed_dims) < manifest.dim
+        ):
+            raise Invalid(
+                f"a PCA elasticizer needs at most {MAX_ROTATION_DIM} dims (these vectors have {manifest.dim}); "
+                f'use elasticizer kind "none"',
+                code="rotation_too_large",
+            )
         for folder in (SNAPSHOT_DIR, ROTATION_DIR):
             os.makedirs(os.path.join(path, folder), exist_ok=True)
         store = _store(path, manifest, options)
@@ -158,9 +181,15 @@ class Collection:
             raise
         collection._applied_seq = max(applied, store.last_seq())
         collection._remove_stale_files()
-        log.info("opened collection %s: %d documents, dims %s, replayed %d rows after seq %d%s",
-                 manifest.name, len(indexes), indexes.dims, replayed, applied,
-                 f", re-read {repaired} corrupt vector rows from the store" if repaired else "")
+        log.info(
+            "opened collection %s: %d documents, dims %s, replayed %d rows after seq %d%s",
+            manifest.name,
+            len(indexes),
+            indexes.dims,
+            replayed,
+            applied,
+            f", re-read {repaired} corrupt vector rows from the store" if repaired else "",
+        )
         return collection
 
     def _repair_vectors(self) -> int:
@@ -168,8 +197,12 @@ class Collection:
         flipped bit on disk, a crash between a row and its checksum). Returns how many."""
         bad = self._vectors.verify()
         if len(bad):
-            log.warning("collection %s: %d rows of %s fail their checksum; re-reading them from the store",
-                        self.name, len(bad), VECTOR_FILE)
+            log.warning(
+                "collection %s: %d rows of %s fail their checksum; re-reading them from the store",
+                self.name,
+                len(bad),
+                VECTOR_FILE,
+            )
             for labels, X in self._store.iter_vectors(bad):
                 self._vectors.add(labels, X)
         return len(bad)
@@ -356,9 +389,20 @@ class Collection:
             raise NotFound(f"document {doc_id!r} not found in collection {self.name!r}", code="document_not_found")
         return doc
 
-    def search(self, Q: np.ndarray, k: int, *, dim: int | None = None, ef: int | None = None,
-               filter: dict[str, Any] | None = None, exact: bool = False, rerank: bool = True,
-               rerank_factor: int | None = None, include: Sequence[str] = (), probe: bool = False) -> SearchResult:
+    def search(
+        self,
+        Q: np.ndarray,
+        k: int,
+        *,
+        dim: int | None = None,
+        ef: int | None = None,
+        filter: dict[str, Any] | None = None,
+        exact: bool = False,
+        rerank: bool = True,
+        rerank_factor: int | None = None,
+        include: Sequence[str] = (),
+        probe: bool = False,
+    ) -> SearchResult:
         """Top-k documents for each full-dim query of `Q (nq, D)`.
 
         The candidates come from the graph of `dim` (default: the largest indexed dim) or, with
@@ -373,8 +417,9 @@ class Collection:
         indexes = self._indexes  # a rebuild may swap it; this search finishes on the one it saw
         dim = dim or indexes.default_dim
         if dim not in indexes.views:
-            raise Invalid(f"dim {dim} is not indexed in collection {self.name!r}; valid dims: {indexes.dims}",
-                          code="invalid_dim")
+            raise Invalid(
+                f"dim {dim} is not indexed in collection {self.name!r}; valid dims: {indexes.dims}", code="invalid_dim"
+            )
         if rerank_factor is not None and rerank_factor < 1:
             raise Invalid("rerank_factor must be at least 1", code="invalid_rerank_factor")
         view = indexes.views[dim]
@@ -396,11 +441,13 @@ class Collection:
             exact = exact or (allowed is not None and len(allowed) <= self._exact_filter_limit(len(indexes)))
             t0 = time.perf_counter()
             if exact:
-                hits = exact_search(self._vectors, Qv, shortlist, self.manifest.metric, allowed,
-                                    None if view.is_full else view.apply)
+                hits = exact_search(
+                    self._vectors, Qv, shortlist, self.manifest.metric, allowed, None if view.is_full else view.apply
+                )
             else:
-                hits = indexes.search(dim, Qv, shortlist, ef_setting,
-                                      None if allowed is None else frozenset(allowed.tolist()))
+                hits = indexes.search(
+                    dim, Qv, shortlist, ef_setting, None if allowed is None else frozenset(allowed.tolist())
+                )
             t1 = time.perf_counter()
             if rerank:
                 matches = rerank_exact(self._store, self._vectors, Q, hits, k, self.manifest.metric, include)
@@ -410,10 +457,21 @@ class Collection:
         timings.update({"exact_search" if exact else "index_search": t1 - t0, "rerank": t2 - t1})
         sampled = None
         if probe and not exact:
-            sampled = RecallProbe(self.index_name(dim), dim, k, shortlist, max(ef_setting, shortlist), ef_setting, ef is not None,
-                                  hits, allowed, _DenseQueries(Q, view, Qv, rerank))
-        return SearchResult(matches, "exact" if exact else "hnsw", dim, shortlist, timings,
-                            0 if exact else ef_setting, sampled)
+            sampled = RecallProbe(
+                self.index_name(dim),
+                dim,
+                k,
+                shortlist,
+                max(ef_setting, shortlist),
+                ef_setting,
+                ef is not None,
+                hits,
+                allowed,
+                _DenseQueries(Q, view, Qv, rerank),
+            )
+        return SearchResult(
+            matches, "exact" if exact else "hnsw", dim, shortlist, timings, 0 if exact else ef_setting, sampled
+        )
 
     # -- recall -------------------------------------------------------------------------------
     def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
@@ -434,12 +492,17 @@ class Collection:
             if q.view.is_full:
                 final = index
             else:
-                returned = (rerank_hits(self._vectors, q.full, probe.found, probe.k, metric).labels if q.rerank
-                            else probe.found.labels[:, : probe.k])
+                returned = (
+                    rerank_hits(self._vectors, q.full, probe.found, probe.k, metric).labels
+                    if q.rerank
+                    else probe.found.labels[:, : probe.k]
+                )
                 truth = exact_search(self._vectors, q.full, probe.k, metric, probe.allowed)
                 final = per_query_recall(label_scores(self._vectors, q.full, returned, metric), truth)
-        return [StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
-                StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist)]
+        return [
+            StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
+            StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist),
+        ]
 
     def contents(self, ids: Sequence[str] | None = None) -> dict[str, tuple[str | None, str]]:
         """`id → (text, metadata JSON)` of live documents (all, or those among `ids`)."""
@@ -485,14 +548,21 @@ class Collection:
         if self._stale:
             return True
         deleted = self._indexes.deleted_count
-        return deleted >= self._options.rebuild_min_deleted and deleted > self._options.rebuild_deleted_fraction * self._indexes.slot_count
+        return (
+            deleted >= self._options.rebuild_min_deleted
+            and deleted > self._options.rebuild_deleted_fraction * self._indexes.slot_count
+        )
 
     @property
     def wants_rotation_fit(self) -> bool:
         """The PCA elasticizer has not fitted yet and enough documents exist to fit it."""
         m = self._manifest
-        return (m.elasticizer.kind == "pca" and m.rotation is None and min(self.dims) < m.dim
-                and len(self) >= m.elasticizer.fit_at)
+        return (
+            m.elasticizer.kind == "pca"
+            and m.rotation is None
+            and min(self.dims) < m.dim
+            and len(self) >= m.elasticizer.fit_at
+        )
 
     def snapshot(self, force: bool = False, wait: bool = True) -> bool:
         """Save every graph and point the manifest at them. Returns False when already current,

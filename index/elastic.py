@@ -44,8 +44,9 @@ def check_dims(dims: list[int] | None, full_dim: int) -> list[int]:
         return [full_dim]
     bad = [d for d in dims if not isinstance(d, int) or d < 1 or d > full_dim]
     if bad:
-        raise Invalid(f"dims {bad} are out of range: each must be between 1 and the vectors' {full_dim}",
-                      code="invalid_dims")
+        raise Invalid(
+            f"dims {bad} are out of range: each must be between 1 and the vectors' {full_dim}", code="invalid_dims"
+        )
     if len(set(dims)) != len(dims):
         raise Invalid(f"dims {dims} contain duplicates", code="invalid_dims")
     return sorted(dims)
@@ -91,8 +92,9 @@ def pca_from_moment(C: np.ndarray | None, n: int) -> PcaFit:
     if n == 0 or C is None:
         raise Invalid("cannot fit a rotation on an empty collection: add documents first", code="empty_collection")
     if len(C) > MAX_ROTATION_DIM:
-        raise Invalid(f"a PCA rotation of {len(C)} dims is too large to fit (limit {MAX_ROTATION_DIM})",
-                      code="rotation_too_large")
+        raise Invalid(
+            f"a PCA rotation of {len(C)} dims is too large to fit (limit {MAX_ROTATION_DIM})", code="rotation_too_large"
+        )
     eigenvalues, V = np.linalg.eigh(C / n)  # ascending
     order = np.argsort(-eigenvalues, kind="stable")
     eigenvalues, V = np.maximum(eigenvalues[order], 0.0), V[:, order]

@@ -65,9 +65,7 @@ class ExactIndex:
                     self._labels[row] = moved
                     self._row_of[moved] = row
 
-    def search(
-        self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None
-    ) -> Hits:
+    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None) -> Hits:
         """Exact top-k; `ef` is accepted for the contract and ignored."""
         Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         with self._lock:

@@ -71,8 +71,10 @@ class MultiVectorConfig:
         if self.final_dim is not None and not 1 <= self.final_dim < self.raw_dim:
             raise bad(f"final_dim {self.final_dim} must be below the raw FDE dim {self.raw_dim}")
         if self.dim > MAX_FDE_DIM:
-            raise bad(f"the FDE would have {self.dim} dims; the limit is {MAX_FDE_DIM} (use final_dim or fewer "
-                      f"repetitions, bits or projection dims)")
+            raise bad(
+                f"the FDE would have {self.dim} dims; the limit is {MAX_FDE_DIM} (use final_dim or fewer "
+                f"repetitions, bits or projection dims)"
+            )
         if not 1 <= self.max_tokens <= 8192:
             raise bad(f"max_tokens {self.max_tokens} must be in 1..8192")
         if self.seed < 0:
@@ -132,8 +134,10 @@ class FdeEncoder:
         machine and libraries (another CPU or BLAS may differ in the last bits).
         """
         if side == "query" and fill:
-            raise Invalid("empty-bucket filling applies to documents only: a filled query would count tokens twice",
-                          code="invalid_multivector")
+            raise Invalid(
+                "empty-bucket filling applies to documents only: a filled query would count tokens twice",
+                code="invalid_multivector",
+            )
         if any(len(t) == 0 for t in token_sets):
             raise Invalid("a token set is empty", code="empty_tokens")
         out = np.empty((len(token_sets), self.dim), np.float32)
@@ -196,6 +200,7 @@ class FdeEncoder:
         if self.config.final_dim is None:
             return raw
         out = np.zeros((len(raw), self.config.final_dim), np.float32)
-        out[:, self._sketch_slots] = np.add.reduceat(raw[:, self._sketch_order] * self._sketch_sign,
-                                                     self._sketch_starts, axis=1)
+        out[:, self._sketch_slots] = np.add.reduceat(
+            raw[:, self._sketch_order] * self._sketch_sign, self._sketch_starts, axis=1
+        )
         return out

@@ -52,15 +52,26 @@ class CorruptSnapshot(Exception):
 
 
 class HnswIndex:
-    def __init__(self, dim: int, metric: str = "cosine", params: HnswParams = HnswParams(), capacity: int = 1024,
-                 *, _load_from: str | None = None, _slots: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        metric: str = "cosine",
+        params: HnswParams = HnswParams(),
+        capacity: int = 1024,
+        *,
+        _load_from: str | None = None,
+        _slots: int = 0,
+    ):
         self.dim = int(dim)
         self.metric = check_metric(metric)
         self.params = params
         self._index = hnswlib.Index(space=_SPACE[metric], dim=self.dim)
         if _load_from is None:
             self._index.init_index(
-                max_elements=max(capacity, 16), M=params.m, ef_construction=params.ef_construction, random_seed=params.seed
+                max_elements=max(capacity, 16),
+                M=params.m,
+                ef_construction=params.ef_construction,
+                random_seed=params.seed,
             )
         else:
             self._index.load_index(_load_from, max_elements=max(16, int(_slots * 1.25)))
@@ -137,9 +148,7 @@ class HnswIndex:
                 self._deleted.add(label)
 
     # -- reads --------------------------------------------------------------------------------
-    def search(
-        self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None
-    ) -> Hits:
+    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None) -> Hits:
         """Approximate top-k with search breadth `max(ef, k)` (default ef: `params.ef_search`)."""
         Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         if allowed is not None and not isinstance(allowed, (set, frozenset)):
@@ -223,11 +232,15 @@ class HnswIndex:
                 raise CorruptSnapshot(f"unknown snapshot format {meta.get('format')!r}")
             if "crc32" in meta and (os.path.getsize(path) != meta["bytes"] or _file_crc(path) != meta["crc32"]):
                 raise CorruptSnapshot(f"snapshot {path} does not match the size and checksum it was saved with")
-            index = cls(meta["dim"], meta["metric"], HnswParams(**meta["params"]), _load_from=path, _slots=meta["slots"])
+            index = cls(
+                meta["dim"], meta["metric"], HnswParams(**meta["params"]), _load_from=path, _slots=meta["slots"]
+            )
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, MemoryError) as exc:
             raise CorruptSnapshot(f"cannot load snapshot {path}: {exc}") from exc
         if index._index.element_count != meta["slots"]:
-            raise CorruptSnapshot(f"snapshot {path} holds {index._index.element_count} slots, sidecar says {meta['slots']}")
+            raise CorruptSnapshot(
+                f"snapshot {path} holds {index._index.element_count} slots, sidecar says {meta['slots']}"
+            )
         index._deleted = set(meta["deleted"])
         return index
 

@@ -26,8 +26,13 @@ class IndexSet:
         self.indexes = indexes
 
     @classmethod
-    def empty(cls, views: dict[int, DimView], params: HnswParams, capacity: int = 1024,
-              reuse: dict[int, HnswIndex] | None = None) -> "IndexSet":
+    def empty(
+        cls,
+        views: dict[int, DimView],
+        params: HnswParams,
+        capacity: int = 1024,
+        reuse: dict[int, HnswIndex] | None = None,
+    ) -> "IndexSet":
         """New, empty graphs for `views`; graphs in `reuse` (same view) are kept as they are."""
         reuse = reuse or {}
         indexes = {d: reuse.get(d) or HnswIndex(d, v.metric, params, capacity) for d, v in views.items()}
@@ -90,8 +95,15 @@ class IndexSet:
         return max(index.slot_count for index in self.indexes.values())
 
     def stats(self) -> dict[int, dict[str, int]]:
-        return {d: {"slots": i.slot_count, "deleted": i.deleted_count, "vector_bytes": i.slot_count * d * 4,
-                    "bytes": i.memory_bytes} for d, i in sorted(self.indexes.items())}
+        return {
+            d: {
+                "slots": i.slot_count,
+                "deleted": i.deleted_count,
+                "vector_bytes": i.slot_count * d * 4,
+                "bytes": i.memory_bytes,
+            }
+            for d, i in sorted(self.indexes.items())
+        }
 
     def reserve(self, n: int) -> None:
         """Grow every graph so that `n` more vectors fit without a resize (before a commit)."""
@@ -105,8 +117,10 @@ class IndexSet:
         needed = sum(index.file_bytes for index in self.indexes.values())
         free = shutil.disk_usage(folder).free
         if free < needed * 1.1 + (1 << 20):
-            raise InsufficientStorage(f"a snapshot needs about {needed >> 20} MiB and {free >> 20} MiB are free; "
-                                      f"it is postponed (the store keeps every write)")
+            raise InsufficientStorage(
+                f"a snapshot needs about {needed >> 20} MiB and {free >> 20} MiB are free; "
+                f"it is postponed (the store keeps every write)"
+            )
         nonce = uuid.uuid4().hex[:8]
         files: dict[str, str] = {}
         try:

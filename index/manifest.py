@@ -69,8 +69,9 @@ class RecallPolicy:
         if self.sample_rate is not None and not 0.0 <= self.sample_rate <= 1.0:
             raise Invalid("recall_sample_rate must be in [0, 1]", code="invalid_sample_rate")
         if not 1 <= self.ef_min <= self.ef_max:
-            raise Invalid(f"need 1 <= ef_min <= ef_max, got ef_min={self.ef_min}, ef_max={self.ef_max}",
-                          code="invalid_ef_bounds")
+            raise Invalid(
+                f"need 1 <= ef_min <= ef_max, got ef_min={self.ef_min}, ef_max={self.ef_max}", code="invalid_ef_bounds"
+            )
         return self
 
 
@@ -107,8 +108,14 @@ class Manifest:
     def from_json(cls, data: dict[str, Any]) -> "Manifest":
         if data.get("format") != FORMAT:
             raise Invalid(f"manifest format {data.get('format')!r} is not supported (expected {FORMAT})")
-        nested = {"hnsw": HnswParams, "elasticizer": Elasticizer, "rotation": Rotation, "snapshot": Snapshot,
-                  "multivector": MultiVectorConfig, "recall": RecallPolicy}
+        nested = {
+            "hnsw": HnswParams,
+            "elasticizer": Elasticizer,
+            "rotation": Rotation,
+            "snapshot": Snapshot,
+            "multivector": MultiVectorConfig,
+            "recall": RecallPolicy,
+        }
         values = {k: (nested[k](**v) if k in nested and v is not None else v) for k, v in data.items()}
         return cls(**values)
 

@@ -17,8 +17,9 @@ class TokenBatch:
     def __init__(self, sets: Sequence[np.ndarray]):
         sizes = np.fromiter((len(s) for s in sets), np.int64, len(sets))
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-        self.tokens = (np.concatenate([np.asarray(s, np.float32) for s in sets]) if len(sets)
-                       else np.zeros((0, 0), np.float32))
+        self.tokens = (
+            np.concatenate([np.asarray(s, np.float32) for s in sets]) if len(sets) else np.zeros((0, 0), np.float32)
+        )
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

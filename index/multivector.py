@@ -47,11 +47,13 @@ def check_tokens(tokens: Any, token_dim: int, max_tokens: int, what: str = "toke
     try:
         T = np.array(tokens, dtype=np.float32, order="C", copy=True)
     except (ValueError, TypeError):
-        raise Invalid(f"{what} must be a rectangular list of lists of numbers (one row per token)",
-                      code="invalid_tokens") from None
+        raise Invalid(
+            f"{what} must be a rectangular list of lists of numbers (one row per token)", code="invalid_tokens"
+        ) from None
     if T.ndim != 2 or T.shape[0] == 0:
-        raise Invalid(f"{what} must be a non-empty (tokens, {token_dim}) matrix, got shape {T.shape}",
-                      code="invalid_tokens")
+        raise Invalid(
+            f"{what} must be a non-empty (tokens, {token_dim}) matrix, got shape {T.shape}", code="invalid_tokens"
+        )
     if T.shape[1] != token_dim:
         raise Invalid(f"{what} has {T.shape[1]}-dim tokens; expected {token_dim}", code="wrong_dimension")
     if len(T) > max_tokens:
@@ -73,8 +75,9 @@ class MultiVectorCollection(Collection):
         """A multi-vector collection indexes the FDE (its dim) by inner product, without dims or
         rotations: those belong to dense vectors."""
         config = manifest.multivector.check()
-        manifest = manifest.replace(dim=config.dim, metric="ip", dims=[], elasticizer=Elasticizer(kind="none"),
-                                    rerank_factor=None)
+        manifest = manifest.replace(
+            dim=config.dim, metric="ip", dims=[], elasticizer=Elasticizer(kind="none"), rerank_factor=None
+        )
         return super().create(path, manifest, options)
 
     @property
@@ -102,8 +105,9 @@ class MultiVectorCollection(Collection):
         tokens = [self.check_tokens(d.tokens, f"document {d.id!r} tokens").astype(np.float16) for d in docs]
         F = self.fde.documents([t.astype(np.float32) for t in tokens])
         result = self._write([replace(d, vector=f, tokens=t) for d, f, t in zip(docs, F, tokens)], F)
-        return replace(result, timings={"fde": time.perf_counter() - t0 - sum(result.timings.values()),
-                                        **result.timings})
+        return replace(
+            result, timings={"fde": time.perf_counter() - t0 - sum(result.timings.values()), **result.timings}
+        )
 
     def derive_fdes(self, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`(labels, FDEs)` recomputed from the stored tokens alone (no model): what the index holds."""
@@ -121,16 +125,31 @@ class MultiVectorCollection(Collection):
         return replace(doc, vector=None, tokens=doc.tokens.astype(np.float32))
 
     def search(self, *args: Any, **kwargs: Any) -> SearchResult:
-        raise Invalid(f"collection {self.name!r} holds multi-vector documents: search it with token matrices "
-                      f"or text, not a single vector", code="multivector_collection")
+        raise Invalid(
+            f"collection {self.name!r} holds multi-vector documents: search it with token matrices "
+            f"or text, not a single vector",
+            code="multivector_collection",
+        )
 
     def fit_rotation(self, *args: Any, **kwargs: Any):
-        raise Invalid(f"collection {self.name!r} holds multi-vector documents; rotations apply to dense vectors",
-                      code="multivector_collection")
+        raise Invalid(
+            f"collection {self.name!r} holds multi-vector documents; rotations apply to dense vectors",
+            code="multivector_collection",
+        )
 
-    def search_tokens(self, queries: Sequence[Any], k: int, *, candidates: int | None = None, ef: int | None = None,
-                      filter: dict[str, Any] | None = None, exact: bool = False, ball_carving: float | None = None,
-                      include: Sequence[str] = (), probe: bool = False) -> SearchResult:
+    def search_tokens(
+        self,
+        queries: Sequence[Any],
+        k: int,
+        *,
+        candidates: int | None = None,
+        ef: int | None = None,
+        filter: dict[str, Any] | None = None,
+        exact: bool = False,
+        ball_carving: float | None = None,
+        include: Sequence[str] = (),
+        probe: bool = False,
+    ) -> SearchResult:
         """Top-k documents by Chamfer (MaxSim) for each query token matrix `(m_i, token_dim)`.
 
         The FDE graph's top-`candidates` (default 100, at least k) are re-ranked by exact
@@ -169,8 +188,9 @@ class MultiVectorCollection(Collection):
                 t1 = time.perf_counter()
                 F = self.fde.queries(Qs)
                 t2 = time.perf_counter()
-                found = self._indexes.search(dim, F, n_candidates, ef_setting,
-                                             None if allowed is None else frozenset(allowed.tolist()))
+                found = self._indexes.search(
+                    dim, F, n_candidates, ef_setting, None if allowed is None else frozenset(allowed.tolist())
+                )
                 t3 = time.perf_counter()
                 hits = self._rerank(scoring, found, k)
                 timings.update({"fde": t2 - t1, "index_search": t3 - t2, "maxsim": time.perf_counter() - t3})
@@ -179,10 +199,27 @@ class MultiVectorCollection(Collection):
             timings["hydrate"] = time.perf_counter() - t4
         sampled = None
         if probe and not exact:
-            sampled = RecallProbe(self.index_name(dim), dim, k, n_candidates, max(ef_setting, n_candidates), ef_setting,
-                                  ef is not None, found, allowed, _TokenQueries(scoring, F))
-        return SearchResult(matches, "exact" if exact else "hnsw", dim, len(self) if exact else n_candidates,
-                            timings, 0 if exact else ef_setting, sampled)
+            sampled = RecallProbe(
+                self.index_name(dim),
+                dim,
+                k,
+                n_candidates,
+                max(ef_setting, n_candidates),
+                ef_setting,
+                ef is not None,
+                found,
+                allowed,
+                _TokenQueries(scoring, F),
+            )
+        return SearchResult(
+            matches,
+            "exact" if exact else "hnsw",
+            dim,
+            len(self) if exact else n_candidates,
+            timings,
+            0 if exact else ef_setting,
+            sampled,
+        )
 
     def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
         """Re-run a sampled search exactly and compare.
@@ -196,8 +233,10 @@ class MultiVectorCollection(Collection):
             index = per_query_recall(label_scores(self._vectors, q.fdes, probe.found.labels, "ip"), truth)
             returned = self._rerank(q.scoring, probe.found, probe.k)
             final = per_query_recall(returned.scores, self._brute_force(q.scoring, probe.k, probe.allowed))
-        return [StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
-                StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist)]
+        return [
+            StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
+            StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist),
+        ]
 
     def sample_queries(self, n: int, seed: int = 0) -> list[np.ndarray]:
         """Stored token matrices `(n_i, token_dim)` of a deterministic sample of at most `n` live

@@ -56,9 +56,7 @@ class VectorIndex(Protocol):
     def delete(self, labels: np.ndarray) -> None:
         """Remove labels; labels that are absent are ignored."""
 
-    def search(
-        self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None
-    ) -> Hits:
+    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None) -> Hits:
         """Top-k of queries `Q (nq, dim)`, optionally restricted to the `allowed` labels."""
 
     def __len__(self) -> int:

@@ -95,8 +95,16 @@ class EfController:
     passing windows in a row it forgets `low`, so it can follow data that got easier.
     """
 
-    def __init__(self, target: float, ef: int, ef_min: int, ef_max: int, window: int = 50,
-                 resolution: float = 0.1, reprobe_after: int = 20):
+    def __init__(
+        self,
+        target: float,
+        ef: int,
+        ef_min: int,
+        ef_max: int,
+        window: int = 50,
+        resolution: float = 0.1,
+        reprobe_after: int = 20,
+    ):
         if not 0.0 < target <= 1.0:
             raise ValueError("target recall must be in (0, 1]")
         if not 1 <= ef_min <= ef_max:
@@ -112,7 +120,9 @@ class EfController:
 
     @property
     def converged(self) -> bool:
-        return self.high == self.ef and (self.low is not None and self._close(self.low, self.high) or self.ef == self.ef_min)
+        return self.high == self.ef and (
+            self.low is not None and self._close(self.low, self.high) or self.ef == self.ef_min
+        )
 
     @property
     def saturated(self) -> bool:

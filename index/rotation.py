@@ -32,8 +32,14 @@ def save_rotation(folder: str, fit: PcaFit, seed: int, seq: int, dims: list[int]
     os.replace(tmp, os.path.join(folder, name))
     fsync_path(os.path.join(folder, name))
     fsync_path(folder)
-    return Rotation(file=name, sha256=digest, seed=seed, n_fit=fit.n_fit, fitted_seq=seq,
-                    energy={str(d): round(fit.energy(d), 6) for d in dims})
+    return Rotation(
+        file=name,
+        sha256=digest,
+        seed=seed,
+        n_fit=fit.n_fit,
+        fitted_seq=seq,
+        energy={str(d): round(fit.energy(d), 6) for d in dims},
+    )
 
 
 def load_rotation(folder: str, manifest: Manifest) -> np.ndarray | None:
@@ -49,8 +55,13 @@ def load_rotation(folder: str, manifest: Manifest) -> np.ndarray | None:
         if R.shape != (manifest.dim, manifest.dim):
             raise ValueError(f"shape {R.shape}")
     except (OSError, ValueError) as exc:
-        log.warning("collection %s: rotation %s is unusable (%s); prefixes fall back to plain truncation "
-                    "until the rotation is fitted again", manifest.name, record.file, exc)
+        log.warning(
+            "collection %s: rotation %s is unusable (%s); prefixes fall back to plain truncation "
+            "until the rotation is fitted again",
+            manifest.name,
+            record.file,
+            exc,
+        )
         return None
     return np.ascontiguousarray(R, np.float32)
 

@@ -27,8 +27,14 @@ class Match:
     nbytes: int = 0  # stored text and metadata bytes it carries (a response's size, before it is built)
 
 
-def exact_search(vectors: VectorFile, Q: np.ndarray, k: int, metric: str, labels: np.ndarray | None = None,
-                 view: Callable[[np.ndarray], np.ndarray] | None = None) -> Hits:
+def exact_search(
+    vectors: VectorFile,
+    Q: np.ndarray,
+    k: int,
+    metric: str,
+    labels: np.ndarray | None = None,
+    view: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Hits:
     """Brute-force top-k of `Q (nq, d)` over the live documents (or only `labels`).
 
     `view` maps stored `(n, D)` vectors into the queries' space (a truncated, rotated prefix);
@@ -37,7 +43,7 @@ def exact_search(vectors: VectorFile, Q: np.ndarray, k: int, metric: str, labels
     if labels is None:
         source = vectors.chunks()
     else:
-        source = (vectors.gather(labels[s:s + 32768]) for s in range(0, len(labels), 32768))
+        source = (vectors.gather(labels[s : s + 32768]) for s in range(0, len(labels), 32768))
     best = Hits.empty(len(Q), 0)
     for chunk_labels, X in source:
         if len(chunk_labels) == 0:
@@ -49,8 +55,7 @@ def exact_search(vectors: VectorFile, Q: np.ndarray, k: int, metric: str, labels
 
 
 def rerank_exact(
-    store: Store, vectors: VectorFile, Q: np.ndarray, candidates: Hits, k: int, metric: str,
-    include: Sequence[str] = ()
+    store: Store, vectors: VectorFile, Q: np.ndarray, candidates: Hits, k: int, metric: str, include: Sequence[str] = ()
 ) -> list[list[Match]]:
     """Re-score each query's candidate labels exactly at full dim; keep the best k, hydrated."""
     return hydrate(store, rerank_hits(vectors, Q, candidates, k, metric), include)
@@ -65,8 +70,13 @@ def rerank_hits(vectors: VectorFile, Q: np.ndarray, candidates: Hits, k: int, me
     return Hits(top, best)
 
 
-def label_scores(vectors: VectorFile, Q: np.ndarray, labels: np.ndarray, metric: str,
-                 view: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def label_scores(
+    vectors: VectorFile,
+    Q: np.ndarray,
+    labels: np.ndarray,
+    metric: str,
+    view: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
     """Exact scores `(nq, C)` of each query `Q[i]` against its own `labels[i]`; -inf for empty
     slots (-1) and deleted labels.
 
@@ -87,12 +97,19 @@ def label_scores(vectors: VectorFile, Q: np.ndarray, labels: np.ndarray, metric:
 def hydrate(store: Store, hits: Hits, include: Sequence[str] = ()) -> list[list[Match]]:
     """Matches for `hits` as the index scored them (no re-scoring), with ids and `include`d fields."""
     wanted = np.unique(hits.labels[hits.labels >= 0])
-    docs = store.fetch(wanted.tolist(), text="text" in include, metadata="metadata" in include,
-                       vector="vector" in include)
+    docs = store.fetch(
+        wanted.tolist(), text="text" in include, metadata="metadata" in include, vector="vector" in include
+    )
     return [
         [
-            Match(id=docs[label].id, score=score, text=docs[label].text, metadata=docs[label].metadata,
-                  vector=docs[label].vector if "vector" in include else None, nbytes=docs[label].nbytes)
+            Match(
+                id=docs[label].id,
+                score=score,
+                text=docs[label].text,
+                metadata=docs[label].metadata,
+                vector=docs[label].vector if "vector" in include else None,
+                nbytes=docs[label].nbytes,
+            )
             for label, score in hits.row(i)
             if label in docs
         ]

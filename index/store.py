@@ -102,15 +102,17 @@ def storage_errors() -> Iterator[None]:
         code = getattr(exc, "sqlite_errorcode", None)
         primary = code & 0xFF if code is not None else None
         if primary == _SQLITE_FULL or (primary == _SQLITE_IOERR and "full" in str(exc)):
-            raise InsufficientStorage("the disk holding the data directory is full: nothing was written; free "
-                                      "space and retry") from exc
+            raise InsufficientStorage(
+                "the disk holding the data directory is full: nothing was written; free space and retry"
+            ) from exc
         if primary == _SQLITE_READONLY:
             raise ReadOnly("the data directory is read-only: nothing was written") from exc
         raise
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise InsufficientStorage("the disk holding the data directory is full: nothing was written; free "
-                                      "space and retry") from exc
+            raise InsufficientStorage(
+                "the disk holding the data directory is full: nothing was written; free space and retry"
+            ) from exc
         if exc.errno == errno.EROFS:
             raise ReadOnly("the data directory is read-only: nothing was written") from exc
         raise
@@ -162,8 +164,10 @@ class Store:
                     self._readers.remove(None)
                     self._pool.notify()
                 if isinstance(exc, sqlite3.OperationalError) and near_fd_limit():
-                    raise NotReady("the server is out of file descriptors; retry shortly, or raise its limit "
-                                   "(ulimit -n)", code="too_many_open_files") from exc
+                    raise NotReady(
+                        "the server is out of file descriptors; retry shortly, or raise its limit (ulimit -n)",
+                        code="too_many_open_files",
+                    ) from exc
                 raise
             with self._pool:
                 if self._closed:  # closed while this connection was being opened
@@ -202,28 +206,35 @@ class Store:
             try:
                 metadata = json.dumps(doc.metadata or {}, allow_nan=False, separators=(",", ":"))
             except (TypeError, ValueError) as exc:
-                raise Invalid(f"document {doc.id!r}: metadata is not plain JSON: {exc}", code="invalid_metadata") from None
+                raise Invalid(
+                    f"document {doc.id!r}: metadata is not plain JSON: {exc}", code="invalid_metadata"
+                ) from None
             rows.append((doc, metadata, vector.tobytes(), self._token_blob(doc)))
         with self._write_lock, self._transaction() as conn:
             seq = self._next_seq(conn)
-            existing = dict(self._select_in(conn, "SELECT id, label FROM documents WHERE id IN ({})",
-                                            [doc.id for doc in docs]))
+            existing = dict(
+                self._select_in(conn, "SELECT id, label FROM documents WHERE id IN ({})", [doc.id for doc in docs])
+            )
             free = iter(self._take_free_labels(conn, sum(doc.id not in existing for doc in docs)))
             labels = []
             for doc, metadata, blob, tokens in rows:
                 label = existing.get(doc.id)
                 if label is not None:
-                    conn.execute("UPDATE documents SET seq = ?, deleted = 0, text = ?, metadata = ?, vector = ? "
-                                 "WHERE label = ?", (seq, doc.text, metadata, blob, label))
+                    conn.execute(
+                        "UPDATE documents SET seq = ?, deleted = 0, text = ?, metadata = ?, vector = ? WHERE label = ?",
+                        (seq, doc.text, metadata, blob, label),
+                    )
                 else:  # a freed label when there is one; NULL lets AUTOINCREMENT pick a new one
                     (label,) = conn.execute(
                         "INSERT INTO documents (label, id, seq, deleted, text, metadata, vector) "
                         "VALUES (?, ?, ?, 0, ?, ?, ?) RETURNING label",
-                        (next(free, None), doc.id, seq, doc.text, metadata, blob)).fetchone()
+                        (next(free, None), doc.id, seq, doc.text, metadata, blob),
+                    ).fetchone()
                 labels.append(label)
                 if tokens is not None:
-                    conn.execute("INSERT OR REPLACE INTO tokens (label, count, blob) VALUES (?, ?, ?)",
-                                 (label, *tokens))
+                    conn.execute(
+                        "INSERT OR REPLACE INTO tokens (label, count, blob) VALUES (?, ?, ?)", (label, *tokens)
+                    )
                 conn.execute("DELETE FROM fields WHERE label = ?", (label,))
                 conn.executemany(
                     "INSERT INTO fields (label, key, kind, value) VALUES (?, ?, ?, ?)",
@@ -271,8 +282,10 @@ class Store:
         become free for new documents (every graph already holds them as deleted)."""
         with self._write_lock:
             with self._transaction() as conn:
-                conn.execute("INSERT OR IGNORE INTO free_labels SELECT label FROM documents "
-                             "WHERE deleted = 1 AND seq <= ?", (up_to_seq,))
+                conn.execute(
+                    "INSERT OR IGNORE INTO free_labels SELECT label FROM documents WHERE deleted = 1 AND seq <= ?",
+                    (up_to_seq,),
+                )
                 return conn.execute("DELETE FROM documents WHERE deleted = 1 AND seq <= ?", (up_to_seq,)).rowcount
 
     @contextmanager
@@ -313,8 +326,9 @@ class Store:
     def live_labels(self) -> np.ndarray:
         """Sorted labels of all live documents."""
         with self._read() as conn:
-            return np.asarray([r[0] for r in conn.execute("SELECT label FROM documents WHERE deleted = 0 ORDER BY label")],
-                              np.int64)
+            return np.asarray(
+                [r[0] for r in conn.execute("SELECT label FROM documents WHERE deleted = 0 ORDER BY label")], np.int64
+            )
 
     def get(self, doc_id: str) -> StoredDocument | None:
         with self._read() as conn:
@@ -335,8 +349,9 @@ class Store:
             rows = self._select_in(conn, "SELECT label, count, blob FROM tokens WHERE label IN ({})", labels)
         return {label: self._tokens(count, blob) for label, count, blob in rows}
 
-    def iter_tokens(self, labels: Sequence[int] | None = None, batch: int = 4096
-                    ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    def iter_tokens(
+        self, labels: Sequence[int] | None = None, batch: int = 4096
+    ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
         """Yield `(labels (n,), [token matrix (n_i, token_dim) float16])` of live documents."""
         if labels is not None:
             for start in range(0, len(labels), batch):
@@ -348,14 +363,21 @@ class Store:
         with self._read() as conn:
             cursor = conn.execute("SELECT label, count, blob FROM tokens ORDER BY label")
             while rows := cursor.fetchmany(batch):
-                yield (np.fromiter((r[0] for r in rows), np.int64, len(rows)),
-                       [self._tokens(count, blob) for _, count, blob in rows])
+                yield (
+                    np.fromiter((r[0] for r in rows), np.int64, len(rows)),
+                    [self._tokens(count, blob) for _, count, blob in rows],
+                )
 
-    def fetch(self, labels: Sequence[int], text: bool = False, metadata: bool = False,
-              vector: bool = True) -> dict[int, StoredDocument]:
+    def fetch(
+        self, labels: Sequence[int], text: bool = False, metadata: bool = False, vector: bool = True
+    ) -> dict[int, StoredDocument]:
         """Live documents (with their ids) for `labels`; absent labels are skipped."""
-        cols = ("label, id" + (", vector" if vector else ", NULL") + (", text" if text else ", NULL")
-                + (", metadata" if metadata else ", NULL"))
+        cols = (
+            "label, id"
+            + (", vector" if vector else ", NULL")
+            + (", text" if text else ", NULL")
+            + (", metadata" if metadata else ", NULL")
+        )
         with self._read() as conn:
             rows = self._select_in(conn, f"SELECT {cols} FROM documents WHERE deleted = 0 AND label IN ({{}})", labels)
         return {row[0]: self._document(row, text, metadata) for row in rows}
@@ -363,7 +385,9 @@ class Store:
     def vectors(self, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """`(labels (m,) sorted, vectors (m, dim))` of the live documents among `labels`."""
         with self._read() as conn:
-            rows = self._select_in(conn, "SELECT label, vector FROM documents WHERE deleted = 0 AND label IN ({})", labels)
+            rows = self._select_in(
+                conn, "SELECT label, vector FROM documents WHERE deleted = 0 AND label IN ({})", labels
+            )
         rows.sort()
         found = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         X = np.frombuffer(b"".join(r[1] for r in rows), "<f4").reshape(len(rows), self.dim)
@@ -374,20 +398,28 @@ class Store:
         `ids`), in label order: what an encoder upgrade compares to find documents to re-embed."""
         with self._read() as conn:
             if ids is None:
-                rows = conn.execute("SELECT id, text, metadata FROM documents WHERE deleted = 0 ORDER BY label").fetchall()
+                rows = conn.execute(
+                    "SELECT id, text, metadata FROM documents WHERE deleted = 0 ORDER BY label"
+                ).fetchall()
             else:
-                rows = self._select_in(conn, "SELECT id, text, metadata FROM documents WHERE deleted = 0 AND id IN ({})", ids)
+                rows = self._select_in(
+                    conn, "SELECT id, text, metadata FROM documents WHERE deleted = 0 AND id IN ({})", ids
+                )
         return {doc_id: (text, metadata) for doc_id, text, metadata in rows}
 
     def filter_labels(self, conditions: list[tuple[str, str, Any]]) -> np.ndarray:
         """Sorted labels of live documents matching every `(key, kind, value)` condition."""
-        sql = " INTERSECT ".join(["SELECT label FROM fields WHERE key = ? AND kind = ? AND value = ?"] * len(conditions))
+        sql = " INTERSECT ".join(
+            ["SELECT label FROM fields WHERE key = ? AND kind = ? AND value = ?"] * len(conditions)
+        )
         params = [p for cond in conditions for p in cond]
         with self._read() as conn:
             rows = conn.execute(sql + " ORDER BY label", params).fetchall()
         return np.asarray([r[0] for r in rows], np.int64)
 
-    def iter_vectors(self, labels: Sequence[int] | None = None, batch: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_vectors(
+        self, labels: Sequence[int] | None = None, batch: int = 8192
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield `(labels (n,), vectors (n, dim))` for live documents: all, or those in `labels`."""
         if labels is not None:
             for start in range(0, len(labels), batch):
@@ -411,7 +443,9 @@ class Store:
             )
             while rows := cursor.fetchmany(batch):
                 live = [(label, self._vector(blob)) for label, deleted, blob in rows if not deleted]
-                labels, vectors = self._stack(live) if live else (np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32))
+                labels, vectors = (
+                    self._stack(live) if live else (np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32))
+                )
                 dead = np.asarray([label for label, deleted, _ in rows if deleted], np.int64)
                 yield Changes(labels, vectors, dead)
 
@@ -421,8 +455,10 @@ class Store:
             return None
         tokens = np.ascontiguousarray(doc.tokens, "<f2") if doc.tokens is not None else None
         if tokens is None or tokens.ndim != 2 or tokens.shape[1] != self.token_dim or not len(tokens):
-            raise Invalid(f"document {doc.id!r}: a non-empty (n, {self.token_dim}) token matrix is required",
-                          code="invalid_tokens")
+            raise Invalid(
+                f"document {doc.id!r}: a non-empty (n, {self.token_dim}) token matrix is required",
+                code="invalid_tokens",
+            )
         return len(tokens), tokens.tobytes()
 
     def _tokens(self, count: int, blob: bytes) -> np.ndarray:

@@ -79,26 +79,48 @@ class UpgradeRecord:
 
     def moved(self, state: str, **changes: Any) -> "UpgradeRecord":
         now = time.time()
-        return replace(self, state=state, updated_at=now, history=[*self.history, {"state": state, "at": now}], **changes)
+        return replace(
+            self, state=state, updated_at=now, history=[*self.history, {"state": state, "at": now}], **changes
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def new_record(collection: Collection, model: dict[str, Any], *, sample: int, holdout: float, seed: int,
-               min_cosine: float, min_recall: float) -> UpgradeRecord:
+def new_record(
+    collection: Collection,
+    model: dict[str, Any],
+    *,
+    sample: int,
+    holdout: float,
+    seed: int,
+    min_cosine: float,
+    min_recall: float,
+) -> UpgradeRecord:
     upgrade_id = uuid.uuid4().hex[:12]
     now = time.time()
     old = os.path.relpath(collection.path, home_of(collection))
     return UpgradeRecord(
-        id=upgrade_id, collection=collection.name, state=FITTING, model=model,
-        previous_model=dict(collection.manifest.encoder or {}), old_generation=old, new_generation=f"gen-{upgrade_id}",
-        created_at=now, updated_at=now, sample=sample, holdout=holdout, seed=seed, min_cosine=min_cosine,
-        min_recall=min_recall, history=[{"state": FITTING, "at": now}])
+        id=upgrade_id,
+        collection=collection.name,
+        state=FITTING,
+        model=model,
+        previous_model=dict(collection.manifest.encoder or {}),
+        old_generation=old,
+        new_generation=f"gen-{upgrade_id}",
+        created_at=now,
+        updated_at=now,
+        sample=sample,
+        holdout=holdout,
+        seed=seed,
+        min_cosine=min_cosine,
+        min_recall=min_recall,
+        history=[{"state": FITTING, "at": now}],
+    )
 
 
 def active_generation_of(collection: Collection) -> str:
-    """"." when `collection` lives in its home directly, else its `gen-<id>` name."""
+    """ "." when `collection` lives in its home directly, else its `gen-<id>` name."""
     name = os.path.basename(collection.path)
     return name if name.startswith("gen-") else "."
 
@@ -132,7 +154,9 @@ def load_records(home: str) -> list[UpgradeRecord]:
                 with open(os.path.join(folder, name)) as f:
                     records.append(UpgradeRecord(**json.load(f)))
             except (OSError, ValueError, TypeError) as exc:
-                raise ValueError(f"upgrade record {UPGRADES_DIR}/{name} is unreadable ({type(exc).__name__}: {exc})") from exc
+                raise ValueError(
+                    f"upgrade record {UPGRADES_DIR}/{name} is unreadable ({type(exc).__name__}: {exc})"
+                ) from exc
     return sorted(records, key=lambda r: r.created_at)
 
 
@@ -180,9 +204,20 @@ def new_generation_manifest(old: Manifest, model: dict[str, Any], dim: int, matr
     rotation or snapshot yet. Indexed dims above the new model's dim are dropped; a PCA
     elasticizer is kept (refitted on the new vectors) unless the new model is Matryoshka-trained."""
     dims = sorted({d for d in old.indexed_dims if d < dim} | {dim}) if old.dims else []
-    kind = "none" if matryoshka or not old.dims or len(dims) == 1 else (old.elasticizer.kind if old.elasticizer.kind != "none" else "pca")
-    return old.replace(dim=dim, dims=dims, encoder=model, elasticizer=replace(old.elasticizer, kind=kind) if old.dims
-                       else Elasticizer(), rotation=None, snapshot=None, tuned_ef={})
+    kind = (
+        "none"
+        if matryoshka or not old.dims or len(dims) == 1
+        else (old.elasticizer.kind if old.elasticizer.kind != "none" else "pca")
+    )
+    return old.replace(
+        dim=dim,
+        dims=dims,
+        encoder=model,
+        elasticizer=replace(old.elasticizer, kind=kind) if old.dims else Elasticizer(),
+        rotation=None,
+        snapshot=None,
+        tuned_ef={},
+    )
 
 
 def create_generation(home: str, generation: str, manifest: Manifest, options) -> Collection:
@@ -255,8 +290,15 @@ def split_sample(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndar
     return np.sort(order[held:]), np.sort(order[:held])
 
 
-def fit_map(X_new: np.ndarray, X_old: np.ndarray, held: np.ndarray, fit: np.ndarray, old: Collection,
-            held_ids: list[str], k: int = 10) -> MapFit:
+def fit_map(
+    X_new: np.ndarray,
+    X_old: np.ndarray,
+    held: np.ndarray,
+    fit: np.ndarray,
+    old: Collection,
+    held_ids: list[str],
+    k: int = 10,
+) -> MapFit:
     """Fit the map on rows `fit` and evaluate it on rows `held` (paired texts of both models).
 
     Figures: the mean cosine of mapped vs old vectors over held-out rows; and recall@k of the
@@ -276,9 +318,17 @@ def fit_map(X_new: np.ndarray, X_old: np.ndarray, held: np.ndarray, fit: np.ndar
     same = np.take_along_axis(nn, cols, 1)
     cross = np.take_along_axis(mapped @ X_old[fit].T, cols, 1)
     calibration = fit_calibration(cross, same)
-    figures = {"n_fit": int(len(fit)), "n_heldout": int(len(held)), "d_new": int(W.shape[0]), "d_old": int(W.shape[1]),
-               "mean_cosine": float(cosines.mean()), "p10_cosine": float(np.percentile(cosines, 10)),
-               f"recall_at_{k}": relative, "orthogonality_error": orthogonality_error(W), "fit_seconds": fit_s}
+    figures = {
+        "n_fit": int(len(fit)),
+        "n_heldout": int(len(held)),
+        "d_new": int(W.shape[0]),
+        "d_old": int(W.shape[1]),
+        "mean_cosine": float(cosines.mean()),
+        "p10_cosine": float(np.percentile(cosines, 10)),
+        f"recall_at_{k}": relative,
+        "orthogonality_error": orthogonality_error(W),
+        "fit_seconds": fit_s,
+    }
     return MapFit(W, calibration, figures)
 
 
@@ -304,14 +354,27 @@ def gate(figures: dict[str, Any], min_cosine: float, min_recall: float, k: int =
     if recall < min_recall:
         failures.append(f"recall@{k} of mapped queries relative to old queries {recall:.3f} < {min_recall}")
     if failures:
-        return {"passed": False, "reason": "; ".join(failures) + ": queries keep using the previous model until cut-over"}
+        return {
+            "passed": False,
+            "reason": "; ".join(failures) + ": queries keep using the previous model until cut-over",
+        }
     return {"passed": True, "reason": "new-model queries are served against the old index through the map"}
 
 
 # -- searches while mixed ----------------------------------------------------------------------
-def mixed_search(source: Collection, shadow: Collection, W: np.ndarray, calibration: ScoreCalibration,
-                 Q_new: np.ndarray, k: int, *, dim: int | None = None, include: tuple[str, ...] = (),
-                 probe: bool = False, **options: Any) -> SearchResult:
+def mixed_search(
+    source: Collection,
+    shadow: Collection,
+    W: np.ndarray,
+    calibration: ScoreCalibration,
+    Q_new: np.ndarray,
+    k: int,
+    *,
+    dim: int | None = None,
+    include: tuple[str, ...] = (),
+    probe: bool = False,
+    **options: Any,
+) -> SearchResult:
     """Top-k for new-model queries `Q_new (nq, d_new)` while the shadow is half backfilled.
 
     The source (every document, old vectors) is searched with the mapped queries; the shadow

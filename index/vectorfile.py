@@ -43,8 +43,11 @@ class VectorFile:
         self._state = self._map(rows, np.zeros(rows, bool))
 
     def _map(self, rows: int, live: np.ndarray) -> tuple[np.memmap, np.memmap, np.ndarray]:
-        return (np.memmap(self.path, dtype=np.float32, mode="r+", shape=(rows, self.dim)),
-                np.memmap(self.path + CRC_SUFFIX, dtype=np.uint32, mode="r+", shape=(rows,)), live)
+        return (
+            np.memmap(self.path, dtype=np.float32, mode="r+", shape=(rows, self.dim)),
+            np.memmap(self.path + CRC_SUFFIX, dtype=np.uint32, mode="r+", shape=(rows,)),
+            live,
+        )
 
     @property
     def _live(self) -> np.ndarray:

@@ -67,8 +67,11 @@ def check_norms(X: np.ndarray, metric: str, what: str = "vector") -> None:
         if (norms == 0).any():
             raise Invalid(f"{what}: a zero vector has no direction under the cosine metric", code="zero_vector")
     elif (norms > MAX_NORM).any():
-        raise Invalid(f"{what} has norm {norms.max():.3g}; under the {metric} metric the limit is {MAX_NORM:.0e} "
-                      f"(larger scores would overflow)", code="vector_too_large")
+        raise Invalid(
+            f"{what} has norm {norms.max():.3g}; under the {metric} metric the limit is {MAX_NORM:.0e} "
+            f"(larger scores would overflow)",
+            code="vector_too_large",
+        )
 
 
 def prepare(X: np.ndarray, metric: str, what: str = "vector") -> np.ndarray:

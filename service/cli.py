@@ -22,17 +22,24 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--port", type=int, help="default: env VECNEST_PORT, else 8000")
     health.add_argument("--ready", action="store_true", help="require readiness, not just liveness")
     health.add_argument("--timeout", type=float, default=2.0)
-    tune = commands.add_parser("finetune", help="fine-tune a model into a Matryoshka model (CPU)",
-                               description="Fine-tune a local sentence-transformers model with MatryoshkaLoss "
-                                           "(--2d: Matryoshka2dLoss) on (query, positive) pairs and write a model "
-                                           "directory vecnest can serve.")
+    tune = commands.add_parser(
+        "finetune",
+        help="fine-tune a model into a Matryoshka model (CPU)",
+        description="Fine-tune a local sentence-transformers model with MatryoshkaLoss "
+        "(--2d: Matryoshka2dLoss) on (query, positive) pairs and write a model "
+        "directory vecnest can serve.",
+    )
     tune.add_argument("--base", default="all-MiniLM-L6-v2", help="model alias or local directory to start from")
     tune.add_argument("--pairs", required=True, help='JSONL: {"query": ..., "positive": ..., "negative"?: ...}')
     tune.add_argument("--out", required=True, help="directory for the new model (and its checkpoints)")
     tune.add_argument("--dims", help="Matryoshka dims, comma-separated (default 384,256,128,64,32)")
     tune.add_argument("--2d", dest="layers_2d", action="store_true", help="also train shallow layers (2D Matryoshka)")
-    tune.add_argument("--init", choices=["pca", "none"], default="pca",
-                      help="pca: start from the model plus its PCA rotation (prefixes start strong); none: as is")
+    tune.add_argument(
+        "--init",
+        choices=["pca", "none"],
+        default="pca",
+        help="pca: start from the model plus its PCA rotation (prefixes start strong); none: as is",
+    )
     tune.add_argument("--epochs", type=int, default=2)
     tune.add_argument("--batch-size", type=int, default=32)
     tune.add_argument("--lr", type=float, default=3e-5)
@@ -80,8 +87,16 @@ def serve_command(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.settings import Settings
 
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "data_dir": args.data_dir,
-                                   "log_level": args.log_level}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "data_dir": args.data_dir,
+            "log_level": args.log_level,
+        }.items()
+        if v is not None
+    }
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -95,8 +110,13 @@ def serve_command(args: argparse.Namespace) -> int:
         fatal.append(reason)
         server.should_exit = True
 
-    config = uvicorn.Config(create_app(settings, on_fatal=stop), host=settings.host, port=settings.port,
-                            log_level=settings.log_level, timeout_graceful_shutdown=30)
+    config = uvicorn.Config(
+        create_app(settings, on_fatal=stop),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
     server = uvicorn.Server(config)
     server.run()
     if fatal:
@@ -118,6 +138,7 @@ def raise_open_files_limit() -> None:
         except (ValueError, OSError):
             pass
     logging.getLogger("vecnest").info("open files limit: %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
 
 if __name__ == "__main__":
     sys.exit(main())

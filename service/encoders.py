@@ -81,8 +81,10 @@ class SentenceTransformerEncoder:
         if self.num_layers is None:
             raise Invalid(f"model {self.id!r} does not support choosing layers", code="invalid_layers")
         if not 1 <= layers <= self.num_layers:
-            raise Invalid(f"layers={layers} is out of range: model {self.id!r} has {self.num_layers} layers",
-                          code="invalid_layers")
+            raise Invalid(
+                f"layers={layers} is out of range: model {self.id!r} has {self.num_layers} layers",
+                code="invalid_layers",
+            )
 
     def encode(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> np.ndarray:
         self.check_layers(layers)
@@ -112,7 +114,9 @@ class SentenceTransformerEncoder:
                 idx = order[start : start + self._batch_size]
                 prepare = getattr(self._model, "preprocess", None) or self._model.tokenize  # renamed in v6
                 features = prepare([prompt + texts[i] for i in idx])
-                features = {k: v.to(self._model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+                features = {
+                    k: v.to(self._model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
+                }
                 hidden = self._model[0](features)["token_embeddings"]  # (b, L, dim): the transformer module only
                 keep = features["attention_mask"].bool() & ~torch.isin(features["input_ids"], special.to(hidden.device))
                 hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).cpu().numpy()
@@ -190,7 +194,9 @@ class EncoderRegistry:
         if name in aliases and aliases[name]:
             return ModelRef(name, os.path.abspath(aliases[name]))
         if self._settings.allow_model_paths and os.path.isabs(name) and os.path.isdir(name):
-            if not os.path.exists(os.path.join(name, "modules.json")) and not os.path.exists(os.path.join(name, "config.json")):
+            if not os.path.exists(os.path.join(name, "modules.json")) and not os.path.exists(
+                os.path.join(name, "config.json")
+            ):
                 raise Invalid(f"{name} is not a sentence-transformers model directory", code="unknown_model")
             return ModelRef(name, os.path.abspath(name))
         known = ", ".join(sorted(k for k, v in aliases.items() if v))
@@ -203,11 +209,15 @@ class EncoderRegistry:
             encoder = self._loaded.get(ref.path)
             if encoder is None:
                 try:
-                    encoder = SentenceTransformerEncoder(ref.name, ref.path, self._settings.device, self._settings.encode_batch_size)
+                    encoder = SentenceTransformerEncoder(
+                        ref.name, ref.path, self._settings.device, self._settings.encode_batch_size
+                    )
                 except Exception as exc:  # a broken model directory fails in many ways (bad JSON, missing weights)
                     log.warning("cannot load model %s from %s", ref.name, ref.path, exc_info=True)
-                    raise Invalid(f"cannot load model {ref.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
-                                  code="model_load_failed") from None
+                    raise Invalid(
+                        f"cannot load model {ref.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
+                        code="model_load_failed",
+                    ) from None
                 self._loaded[ref.path] = encoder
             return encoder
 

@@ -32,14 +32,24 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.encoders = EncoderRegistry(settings)
-        self.inference = InferenceQueue(settings.encode_queue_size, settings.encode_batch_size, self._on_encode_batch,
-                                        settings.torch_threads, settings.encode_queue_texts)
+        self.inference = InferenceQueue(
+            settings.encode_queue_size,
+            settings.encode_batch_size,
+            self._on_encode_batch,
+            settings.torch_threads,
+            settings.encode_queue_texts,
+        )
         self.catalog: Catalog | None = None
         # Keyed by the generation's directory: during an upgrade two generations share a name.
         self._collection_encoders: dict[str, Encoder] = {}
         self._unavailable: dict[str, str] = {}
-        self.recall = RecallEstimator(metrics, settings.recall_sample_rate, settings.recall_queue_size,
-                                      settings.recall_controller_window, settings.recall_max_busy)
+        self.recall = RecallEstimator(
+            metrics,
+            settings.recall_sample_rate,
+            settings.recall_queue_size,
+            settings.recall_controller_window,
+            settings.recall_max_busy,
+        )
         self.ready = False
         self.fatal: str | None = None  # why start-up could not complete, if it could not
         self.upgrades = UpgradeManager(self)
@@ -77,14 +87,20 @@ class Engine:
         self.ready = True
         self.metrics.ready.set(1)
         failed = self.catalog.failed()
-        log.info("ready: %d collections%s", len(self.catalog.names()),
-                 f"; {len(failed)} failed: {', '.join(sorted(failed))}" if failed else "")
+        log.info(
+            "ready: %d collections%s",
+            len(self.catalog.names()),
+            f"; {len(failed)} failed: {', '.join(sorted(failed))}" if failed else "",
+        )
 
     def _open_catalog(self) -> Catalog:
         s = self.settings
         options = CollectionOptions(
-            rebuild_deleted_fraction=s.rebuild_deleted_fraction, exact_filter_fraction=s.exact_filter_fraction,
-            exact_filter_min=s.exact_filter_min, synchronous=s.sqlite_synchronous)
+            rebuild_deleted_fraction=s.rebuild_deleted_fraction,
+            exact_filter_fraction=s.exact_filter_fraction,
+            exact_filter_min=s.exact_filter_min,
+            synchronous=s.sqlite_synchronous,
+        )
         catalog = Catalog(str(s.data_dir), options, max_collections=s.max_collections)
         catalog.open_all()
         return catalog
@@ -132,8 +148,12 @@ class Engine:
         """`collection.stats()` plus the service's view: its recall target and upgrade state
         (an upgrade is active until finalized or undone; progress is its sync's done/total)."""
         active, progress = self.upgrades.progress(collection.name)
-        return {**collection.stats(), "target_recall": collection.recall_policy.target,
-                "upgrade_active": active, "backfill_progress": progress}
+        return {
+            **collection.stats(),
+            "target_recall": collection.recall_policy.target,
+            "upgrade_active": active,
+            "backfill_progress": progress,
+        }
 
     def attach_encoder(self, collection: Collection, encoder: Encoder | None) -> None:
         if encoder is not None:
@@ -152,29 +172,37 @@ class Engine:
         ref = self.encoders.resolve(model)
         encoder = await self.inference.call(lambda: self.encoders.load(ref))
         if expected_dim is not None and encoder.dim != expected_dim:
-            raise Invalid(f"model {ref.name!r} now produces {encoder.dim}-dim vectors but the collection holds "
-                          f"{expected_dim}-dim ones; restore the model or recreate the collection", code="model_mismatch")
+            raise Invalid(
+                f"model {ref.name!r} now produces {encoder.dim}-dim vectors but the collection holds "
+                f"{expected_dim}-dim ones; restore the model or recreate the collection",
+                code="model_mismatch",
+            )
         return encoder
 
     def encoder_for(self, collection: Collection) -> Encoder | None:
         """The collection's encoder; None for vector-only collections."""
         if collection.name in self._unavailable:
-            raise NotReady(f"collection {collection.name!r} cannot encode text: {self._unavailable[collection.name]}",
-                           code="encoder_unavailable")
+            raise NotReady(
+                f"collection {collection.name!r} cannot encode text: {self._unavailable[collection.name]}",
+                code="encoder_unavailable",
+            )
         return self._collection_encoders.get(collection.path)
 
-    async def encode(self, label: str, encoder: Encoder, texts: list[str], kind: Kind,
-                     layers: int | None = None) -> np.ndarray:
+    async def encode(
+        self, label: str, encoder: Encoder, texts: list[str], kind: Kind, layers: int | None = None
+    ) -> np.ndarray:
         """Encode on the inference thread; `label` is the collection name for the metrics."""
         return await self._timed_encode(self.inference.encode, label, encoder, texts, kind, layers)
 
-    async def encode_tokens(self, label: str, encoder: Encoder, texts: list[str], kind: Kind,
-                            layers: int | None = None) -> list[np.ndarray]:
+    async def encode_tokens(
+        self, label: str, encoder: Encoder, texts: list[str], kind: Kind, layers: int | None = None
+    ) -> list[np.ndarray]:
         """Token embeddings (one `(n_i, dim)` matrix per text) on the inference thread."""
         return await self._timed_encode(self.inference.encode_tokens, label, encoder, texts, kind, layers)
 
-    async def _timed_encode(self, encode, label: str, encoder: Encoder, texts: list[str], kind: Kind,
-                            layers: int | None) -> Any:
+    async def _timed_encode(
+        self, encode, label: str, encoder: Encoder, texts: list[str], kind: Kind, layers: int | None
+    ) -> Any:
         if layers is not None:
             encoder.check_layers(layers)
         t0 = time.perf_counter()

@@ -12,19 +12,37 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index.errors import (Conflict, InsufficientStorage, Invalid, NotFound, NotReady, Overloaded, ReadOnly,
-                          TooLarge, VecnestError)
+from index.errors import (
+    Conflict,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ReadOnly,
+    TooLarge,
+    VecnestError,
+)
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, TooLarge: 413, Overloaded: 429, NotReady: 503,
-          ReadOnly: 503, InsufficientStorage: 507}
+STATUS = {
+    NotFound: 404,
+    Conflict: 409,
+    Invalid: 422,
+    TooLarge: 413,
+    Overloaded: 429,
+    NotReady: 503,
+    ReadOnly: 503,
+    InsufficientStorage: 507,
+}
 _HTTP_CODES = {404: "route_not_found", 405: "method_not_allowed", 413: "body_too_large", 400: "bad_request"}
 
 
-def error_response(status: int, code: str, message: str, metrics: Metrics | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, message: str, metrics: Metrics | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     if metrics is not None:
         metrics.errors.labels(code).inc()
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
@@ -61,9 +79,14 @@ def _allowed_methods(request: Request) -> list[str]:
     (`/documents/delete` before `/documents/{doc_id}`)."""
     table = getattr(request.app.state, "allowed_methods", None)
     if table is None:
-        table = [(re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), path.count("{"),
-                  {m.upper() for m in ops if m in _HTTP_METHODS})
-                 for path, ops in request.app.openapi().get("paths", {}).items()]
+        table = [
+            (
+                re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"),
+                path.count("{"),
+                {m.upper() for m in ops if m in _HTTP_METHODS},
+            )
+            for path, ops in request.app.openapi().get("paths", {}).items()
+        ]
         request.app.state.allowed_methods = table
     matches = [(params, methods) for pattern, params, methods in table if pattern.match(request.url.path)]
     if not matches:

@@ -57,7 +57,9 @@ def read_pairs(path: str) -> list[tuple[str, ...]]:
             if not (isinstance(query, str) and query.strip() and isinstance(positive, str) and positive.strip()):
                 raise SystemExit(f"{path}:{n}: query and positive must be non-empty strings")
             negative = item.get("negative")
-            rows.append((query, positive, negative) if isinstance(negative, str) and negative.strip() else (query, positive))
+            rows.append(
+                (query, positive, negative) if isinstance(negative, str) and negative.strip() else (query, positive)
+            )
     if len(rows) < 2:
         raise SystemExit(f"{path}: need at least 2 pairs, found {len(rows)}")
     widths = {len(r) for r in rows}
@@ -90,7 +92,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import (
-        Matryoshka2dLoss, MatryoshkaLoss, MultipleNegativesRankingLoss)
+        Matryoshka2dLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
 
     from service.encoders import MODEL_CARD, EncoderRegistry
     from service.settings import Settings
@@ -118,14 +123,15 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
     dim = model.get_embedding_dimension()
     dims = sorted({d for d in cfg.dims if 0 < d <= dim} | {dim}, reverse=True)
     ranking = MultipleNegativesRankingLoss(model)
-    loss = (Matryoshka2dLoss(model, ranking, dims) if cfg.layers_2d else MatryoshkaLoss(model, ranking, dims))
+    loss = Matryoshka2dLoss(model, ranking, dims) if cfg.layers_2d else MatryoshkaLoss(model, ranking, dims)
 
     epochs = [batches(rows, cfg.batch_size, cfg.seed + e) for e in range(cfg.epochs)]
     total = sum(len(e) for e in epochs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     warmup = max(1, int(cfg.warmup * total))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
     step = 0
     if resume:
         state = torch.load(state_file, weights_only=False)
@@ -139,8 +145,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
         ckpt.mkdir(parents=True, exist_ok=True)
         (ckpt / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
-    print(f"fine-tuning {base.name} on {len(rows)} pairs: {cfg.epochs} epochs x {len(epochs[0])} batches of "
-          f"{cfg.batch_size}, dims {dims}{', 2D (layers too)' if cfg.layers_2d else ''}", flush=True)
+    print(
+        f"fine-tuning {base.name} on {len(rows)} pairs: {cfg.epochs} epochs x {len(epochs[0])} batches of "
+        f"{cfg.batch_size}, dims {dims}{', 2D (layers too)' if cfg.layers_2d else ''}",
+        flush=True,
+    )
     model.train()
     start, done_before, losses = time.monotonic(), step, []
     flat = [b for e in epochs for b in e]
@@ -156,19 +165,31 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
         losses.append(float(value.detach()))
         if step % cfg.progress_every == 0 or step == total:
             rate = (time.monotonic() - start) / (step - done_before)
-            print(f"step {step}/{total}  loss {np.mean(losses[-cfg.progress_every:]):.4f}  "
-                  f"lr {schedule.get_last_lr()[0]:.2e}  {rate:.1f} s/step  eta {rate * (total - step) / 60:.1f} min",
-                  flush=True)
+            print(
+                f"step {step}/{total}  loss {np.mean(losses[-cfg.progress_every :]):.4f}  "
+                f"lr {schedule.get_last_lr()[0]:.2e}  {rate:.1f} s/step  eta {rate * (total - step) / 60:.1f} min",
+                flush=True,
+            )
         if step % cfg.checkpoint_every == 0 and step < total:
             _checkpoint(state_file, model, optimizer, schedule, step)
     model.eval()
     _write_model(model, out)
     shutil.rmtree(ckpt, ignore_errors=True)
-    (out / MODEL_CARD).write_text(json.dumps({
-        "matryoshka_dims": dims, "layers_2d": cfg.layers_2d, "init": cfg.init, "base_model": base.name,
-        "trained_on": os.path.basename(cfg.pairs), "pairs": len(rows), "steps": total,
-        "final_loss": round(float(np.mean(losses[-10:])), 5) if losses else None,
-    }, indent=2))
+    (out / MODEL_CARD).write_text(
+        json.dumps(
+            {
+                "matryoshka_dims": dims,
+                "layers_2d": cfg.layers_2d,
+                "init": cfg.init,
+                "base_model": base.name,
+                "trained_on": os.path.basename(cfg.pairs),
+                "pairs": len(rows),
+                "steps": total,
+                "final_loss": round(float(np.mean(losses[-10:])), 5) if losses else None,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out}: serve it with model={str(out.resolve())!r} (declared Matryoshka dims {dims})", flush=True)
     return out
 
@@ -206,8 +227,16 @@ def _checkpoint(path: Path, model, optimizer, schedule, step: int) -> None:
     import torch
 
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "step": step, "torch_rng": torch.get_rng_state()}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "step": step,
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp,
+    )
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
 
 
@@ -226,10 +255,21 @@ def _write_model(model, out: Path) -> None:
 
 def main(args) -> int:
     cfg = FinetuneConfig(
-        base=args.base, pairs=args.pairs, out=args.out,
-        dims=[int(d) for d in args.dims.split(",")] if args.dims else FinetuneConfig.__dataclass_fields__["dims"].default_factory(),
-        layers_2d=args.layers_2d, init=args.init, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        max_seq_length=args.max_seq_length, seed=args.seed, checkpoint_every=args.checkpoint_every)
+        base=args.base,
+        pairs=args.pairs,
+        out=args.out,
+        dims=[int(d) for d in args.dims.split(",")]
+        if args.dims
+        else FinetuneConfig.__dataclass_fields__["dims"].default_factory(),
+        layers_2d=args.layers_2d,
+        init=args.init,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_seq_length=args.max_seq_length,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )
     if cfg.batch_size < 2 or cfg.epochs < 1 or not math.isfinite(cfg.lr) or cfg.lr <= 0:
         print("vecnest finetune: batch size ≥ 2, epochs ≥ 1 and a positive learning rate are required", file=sys.stderr)
         return 2

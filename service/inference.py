@@ -63,9 +63,14 @@ class EncodeStats:
 
 
 class InferenceQueue:
-    def __init__(self, max_pending: int = 256, max_batch_texts: int = 64,
-                 on_batch: Callable[[EncodeStats], None] | None = None, torch_threads: int | None = None,
-                 max_pending_texts: int = 8192):
+    def __init__(
+        self,
+        max_pending: int = 256,
+        max_batch_texts: int = 64,
+        on_batch: Callable[[EncodeStats], None] | None = None,
+        torch_threads: int | None = None,
+        max_pending_texts: int = 8192,
+    ):
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._max_pending = max_pending
         self._max_pending_texts = max_pending_texts
@@ -96,15 +101,17 @@ class InferenceQueue:
             self._thread.join(timeout=30)
             self._thread = None
 
-    async def encode(self, encoder: Encoder, texts: list[str], kind: Kind = "query",
-                     layers: int | None = None) -> np.ndarray:
+    async def encode(
+        self, encoder: Encoder, texts: list[str], kind: Kind = "query", layers: int | None = None
+    ) -> np.ndarray:
         """`(len(texts), encoder.dim)` float32 unit rows, computed on the inference thread."""
         if not texts:
             return np.zeros((0, encoder.dim), np.float32)
         return np.stack(await self._encode_chunks(encoder, texts, kind, layers, tokens=False))
 
-    async def encode_tokens(self, encoder: Encoder, texts: list[str], kind: Kind = "query",
-                            layers: int | None = None) -> list[np.ndarray]:
+    async def encode_tokens(
+        self, encoder: Encoder, texts: list[str], kind: Kind = "query", layers: int | None = None
+    ) -> list[np.ndarray]:
         """One `(n_i, encoder.dim)` matrix of unit token embeddings per text, on the inference thread."""
         if not texts:
             return []
@@ -116,8 +123,9 @@ class InferenceQueue:
         self._queue.put(job)
         return await asyncio.wrap_future(job.future)
 
-    async def _encode_chunks(self, encoder: Encoder, texts: list[str], kind: Kind, layers: int | None,
-                             tokens: bool) -> list[np.ndarray]:
+    async def _encode_chunks(
+        self, encoder: Encoder, texts: list[str], kind: Kind, layers: int | None, tokens: bool
+    ) -> list[np.ndarray]:
         """Each text's result, in order. The request is admitted whole or refused (429), then
         encoded as jobs of at most `max_batch_texts`, one after the other, longest texts first
         (less padding, as sentence-transformers sorts a batch). Between its jobs, other
@@ -130,8 +138,14 @@ class InferenceQueue:
         try:
             for start in range(0, len(order), self._max_batch):
                 chunk = order[start : start + self._max_batch]
-                job = _Job(concurrent.futures.Future(), encoder=encoder, texts=[texts[i] for i in chunk], kind=kind,
-                           layers=layers, tokens=tokens)
+                job = _Job(
+                    concurrent.futures.Future(),
+                    encoder=encoder,
+                    texts=[texts[i] for i in chunk],
+                    kind=kind,
+                    layers=layers,
+                    tokens=tokens,
+                )
                 self._queue.put(job)
                 for i, result in zip(chunk, await asyncio.wrap_future(job.future)):
                     results[i] = result
@@ -144,12 +158,15 @@ class InferenceQueue:
     def _admit(self, texts: int) -> None:
         with self._count_lock:
             if self.depth >= self._max_pending:
-                raise Overloaded(f"the encoder queue is full ({self._max_pending} requests waiting); retry shortly",
-                                 retry_after_s=1.0)
+                raise Overloaded(
+                    f"the encoder queue is full ({self._max_pending} requests waiting); retry shortly",
+                    retry_after_s=1.0,
+                )
             # One request larger than the whole budget is still taken when nothing else waits.
             if self._pending_texts and self._pending_texts + texts > self._max_pending_texts:
-                raise Overloaded(f"the encoder queue is full ({self._pending_texts} texts waiting); retry shortly",
-                                 retry_after_s=1.0)
+                raise Overloaded(
+                    f"the encoder queue is full ({self._pending_texts} texts waiting); retry shortly", retry_after_s=1.0
+                )
             self._pending_texts += texts
 
     def _release(self, texts: int) -> None:
@@ -193,8 +210,15 @@ class InferenceQueue:
         encode = first.encoder.encode_tokens if first.tokens else first.encoder.encode
         done = self._finish(batch, lambda: encode(texts, first.kind, first.layers))
         if done is not None and self._on_batch is not None:
-            self._on_batch(EncodeStats(first.encoder.id, len(texts), len(batch), time.perf_counter() - start,
-                                       [start - job.enqueued for job in batch]))
+            self._on_batch(
+                EncodeStats(
+                    first.encoder.id,
+                    len(texts),
+                    len(batch),
+                    time.perf_counter() - start,
+                    [start - job.enqueued for job in batch],
+                )
+            )
 
     def _finish(self, batch: list[_Job], fn: Callable[[], Any]) -> Any:
         # A waiter may have gone away meanwhile (client disconnected, shutdown): its future is

@@ -54,7 +54,9 @@ class Maintenance:
         with self._lock:
             if name in self._running or time.monotonic() < self._failures.get(name, (0, 0.0))[1]:
                 return
-        job = "fit the PCA rotation" if collection.wants_rotation_fit else "rebuild" if collection.needs_rebuild else None
+        job = (
+            "fit the PCA rotation" if collection.wants_rotation_fit else "rebuild" if collection.needs_rebuild else None
+        )
         if job is not None:
             with self._lock:
                 self._running.add(name)
@@ -82,12 +84,19 @@ class Maintenance:
         except Exception as exc:  # the store is safe; retry later, not every tick
             with self._lock:
                 count = self._failures.get(name, (0, 0.0))[0] + 1
-                delay = min(MAX_BACKOFF_S, self._tick * 2 ** count)
+                delay = min(MAX_BACKOFF_S, self._tick * 2**count)
                 self._failures[name] = (count, time.monotonic() + delay)
             if getattr(exc, "code", None) == "collection_not_found":  # dropped meanwhile
                 return
-            log.error("%s of collection %s failed (attempt %d, next in %.0f s): %s", job, name, count, delay, exc,
-                      exc_info=not hasattr(exc, "code"))
+            log.error(
+                "%s of collection %s failed (attempt %d, next in %.0f s): %s",
+                job,
+                name,
+                count,
+                delay,
+                exc,
+                exc_info=not hasattr(exc, "code"),
+            )
         finally:
             if job != "snapshot":
                 with self._lock:

@@ -14,7 +14,23 @@ from prometheus_client.registry import Collector
 
 # 50 µs to 10 s: fine enough for sub-millisecond stages (a rerank, a small graph search).
 LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 # Per-query recall@k takes values i/k; these edges resolve the range that matters (0.8 to 1).
@@ -26,35 +42,59 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "vecnest_http_requests", "HTTP requests by route template, method and status.",
-            ["route", "method", "status"], registry=r)
+            "vecnest_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
         self.request_seconds = Histogram(
-            "vecnest_http_request_duration_seconds", "HTTP request latency by route template and method.",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+            "vecnest_http_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "vecnest_stage_duration_seconds",
             "Latency of one stage of a request, by collection and index: encode, queue_wait, filter, fde, "
             "index_search, exact_search, rerank, maxsim, hydrate, store, index_add, index_delete.",
-            ["collection", "index", "stage"], buckets=LATENCY_BUCKETS, registry=r)
+            ["collection", "index", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter("vecnest_errors", "Error responses by error code.", ["code"], registry=r)
         self.encode_batch_texts = Histogram(
-            "vecnest_encoder_batch_texts", "Texts per model call (after micro-batching).", ["model"],
-            buckets=BATCH_BUCKETS, registry=r)
+            "vecnest_encoder_batch_texts",
+            "Texts per model call (after micro-batching).",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.encode_batch_requests = Histogram(
-            "vecnest_encoder_batch_requests", "Requests merged into one model call.", ["model"],
-            buckets=BATCH_BUCKETS, registry=r)
+            "vecnest_encoder_batch_requests",
+            "Requests merged into one model call.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.encoded_texts = Counter("vecnest_encoder_texts", "Texts encoded.", ["model"], registry=r)
         self.encode_queue_depth = Gauge("vecnest_encoder_queue_depth", "Encode requests waiting.", registry=r)
         self.searches = Counter(
-            "vecnest_searches", "Queries answered, by collection, index and strategy (hnsw or exact).",
-            ["collection", "index", "strategy"], registry=r)
+            "vecnest_searches",
+            "Queries answered, by collection, index and strategy (hnsw or exact).",
+            ["collection", "index", "strategy"],
+            registry=r,
+        )
         self.backfilled = Counter(
-            "vecnest_backfill_documents", "Documents re-embedded by encoder-upgrade syncs.", ["collection"], registry=r)
+            "vecnest_backfill_documents", "Documents re-embedded by encoder-upgrade syncs.", ["collection"], registry=r
+        )
         self.upgrade_queries = Counter(
             "vecnest_upgrade_queries",
             "Text searches during an upgrade, by how they were served: mapped (new model through the map, "
             "merged with backfilled documents) or previous_model (the gate did not pass).",
-            ["collection", "mode"], registry=r)
+            ["collection", "mode"],
+            registry=r,
+        )
         self.ready = Gauge("vecnest_ready", "1 once collections are loaded and replayed.", registry=r)
         # -- recall estimation ----------------------------------------------------------------
         self.recall = Histogram(
@@ -62,28 +102,52 @@ class Metrics:
             "Per-query recall measured by re-running a search exactly. stage=index: the graph's candidates vs "
             "exact search in the graph's space; stage=final: the results returned vs the exact answer. "
             "source=live: sampled searches; source=probe: on-demand measurements.",
-            ["collection", "index", "stage", "source"], buckets=RECALL_BUCKETS, registry=r)
+            ["collection", "index", "stage", "source"],
+            buckets=RECALL_BUCKETS,
+            registry=r,
+        )
         self.recall_estimate = Gauge(
-            "vecnest_recall_estimate", "Mean per-query recall over the most recent measured queries.",
-            ["collection", "index", "stage", "source"], registry=r)
+            "vecnest_recall_estimate",
+            "Mean per-query recall over the most recent measured queries.",
+            ["collection", "index", "stage", "source"],
+            registry=r,
+        )
         self.recall_ef = Gauge(
-            "vecnest_recall_ef", "Mean graph breadth (ef) of the most recent measured queries.",
-            ["collection", "index", "source"], registry=r)
+            "vecnest_recall_ef",
+            "Mean graph breadth (ef) of the most recent measured queries.",
+            ["collection", "index", "source"],
+            registry=r,
+        )
         self.recall_candidates = Gauge(
-            "vecnest_recall_candidates", "Mean candidates (graph results re-ranked) of the most recent measured queries.",
-            ["collection", "index", "source"], registry=r)
+            "vecnest_recall_candidates",
+            "Mean candidates (graph results re-ranked) of the most recent measured queries.",
+            ["collection", "index", "source"],
+            registry=r,
+        )
         self.recall_samples = Counter(
             "vecnest_recall_samples",
             "Sampled searches by outcome: evaluated, dropped (estimator busy: never queued), failed.",
-            ["collection", "outcome"], registry=r)
-        self.recall_queue_depth = Gauge("vecnest_recall_queue_depth", "Sampled searches waiting for their exact re-run.",
-                                        registry=r)
+            ["collection", "outcome"],
+            registry=r,
+        )
+        self.recall_queue_depth = Gauge(
+            "vecnest_recall_queue_depth", "Sampled searches waiting for their exact re-run.", registry=r
+        )
 
     def forget_collection(self, name: str) -> None:
         """Remove every series labelled with collection `name` (it was dropped): without this,
         each dropped collection would leave its series behind for the life of the process."""
-        for metric in (self.stage_seconds, self.searches, self.backfilled, self.upgrade_queries, self.recall,
-                       self.recall_estimate, self.recall_ef, self.recall_candidates, self.recall_samples):
+        for metric in (
+            self.stage_seconds,
+            self.searches,
+            self.backfilled,
+            self.upgrade_queries,
+            self.recall,
+            self.recall_estimate,
+            self.recall_ef,
+            self.recall_candidates,
+            self.recall_samples,
+        ):
             metric.remove_by_labels({"collection": name})
 
     def observe_stages(self, collection: str, index: str, timings: dict[str, float]) -> None:
@@ -116,11 +180,15 @@ class _CollectionCollector(Collector):
         slots = family("vecnest_index_slots", "Graph slots (live + deleted) per graph.", "index")
         deleted = family("vecnest_index_deleted_slots", "Deleted slots awaiting a rebuild, per graph.", "index")
         graph_bytes = family("vecnest_index_bytes", "Approximate graph memory (vectors + links) per graph.", "index")
-        ef = family("vecnest_ef_search", "Default ef per graph: the recall controller's, else the collection's.", "index")
+        ef = family(
+            "vecnest_ef_search", "Default ef per graph: the recall controller's, else the collection's.", "index"
+        )
         target = family("vecnest_target_recall", "The recall target the ef controller holds (collections with one).")
         upgrading = family("vecnest_upgrade_active", "1 while an encoder upgrade (map + backfill) is in progress.")
-        backfill = family("vecnest_backfill_progress",
-                          "Share of documents the upgrade's sync has re-embedded (1: none pending or no upgrade).")
+        backfill = family(
+            "vecnest_backfill_progress",
+            "Share of documents the upgrade's sync has re-embedded (1: none pending or no upgrade).",
+        )
         for name, s in self._stats():
             documents.add_metric([name], s["documents"])
             pending.add_metric([name], s["applied_seq"] - s["snapshot_seq"])
@@ -136,8 +204,20 @@ class _CollectionCollector(Collector):
                 target.add_metric([name], s["target_recall"])
             upgrading.add_metric([name], s["upgrade_active"])
             backfill.add_metric([name], s["backfill_progress"])
-        yield from (documents, pending, store_bytes, vector_bytes, vectors, slots, deleted, graph_bytes, ef, target,
-                    upgrading, backfill)
+        yield from (
+            documents,
+            pending,
+            store_bytes,
+            vector_bytes,
+            vectors,
+            slots,
+            deleted,
+            graph_bytes,
+            ef,
+            target,
+            upgrading,
+            backfill,
+        )
 
     def describe(self):
         return []

@@ -10,8 +10,10 @@ from service.metrics import Metrics
 
 # Requests whose work (mostly encoding) is worth abandoning when the client disconnects. State
 # changes (collections, upgrades) always run to the end, whoever is still listening.
-_CANCELLABLE = re.compile(r"^(POST /v1/embeddings|POST /v1/collections/[^/]+/search(/batch)?|"
-                          r"PUT /v1/collections/[^/]+/documents)$")
+_CANCELLABLE = re.compile(
+    r"^(POST /v1/embeddings|POST /v1/collections/[^/]+/search(/batch)?|"
+    r"PUT /v1/collections/[^/]+/documents)$"
+)
 
 
 class BodySizeLimit:
@@ -78,11 +80,20 @@ class BodySizeLimit:
 
     async def _reject(self, send) -> None:
         self.metrics.errors.labels("body_too_large").inc()
-        payload = json.dumps({"error": {"code": "body_too_large",
-                                        "message": f"request body exceeds {self.max_bytes} bytes"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-                                (b"connection", b"close")]})
+        payload = json.dumps(
+            {"error": {"code": "body_too_large", "message": f"request body exceeds {self.max_bytes} bytes"}}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
 

@@ -62,14 +62,29 @@ _BY_NAME = "$response.body#/name"
 _SAME_COLLECTION = "$request.path.name"
 _LINKS = {
     ("/v1/collections", "post", "201"): {
-        op: _link(op, name=_BY_NAME) for op in (
-            "describe_collection", "update_collection", "upsert_documents", "delete_documents", "search",
-            "search_batch", "measure_recall", "refit_elasticizer", "start_upgrade", "list_upgrades", "drop_collection")},
+        op: _link(op, name=_BY_NAME)
+        for op in (
+            "describe_collection",
+            "update_collection",
+            "upsert_documents",
+            "delete_documents",
+            "search",
+            "search_batch",
+            "measure_recall",
+            "refit_elasticizer",
+            "start_upgrade",
+            "list_upgrades",
+            "drop_collection",
+        )
+    },
     ("/v1/collections/{name}/documents", "put", "200"): {
-        op: _link(op, name=_SAME_COLLECTION, doc_id="$response.body#/ids/0") for op in ("get_document", "delete_document")},
+        op: _link(op, name=_SAME_COLLECTION, doc_id="$response.body#/ids/0")
+        for op in ("get_document", "delete_document")
+    },
     ("/v1/collections/{name}/upgrades", "post", "202"): {
         op: _link(op, name=_SAME_COLLECTION, upgrade_id="$response.body#/id")
-        for op in ("get_upgrade", "cut_over", "roll_back", "finalize", "abort")},
+        for op in ("get_upgrade", "cut_over", "roll_back", "finalize", "abort")
+    },
 }
 
 

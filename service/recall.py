@@ -29,8 +29,16 @@ LIVE, PROBE = "live", "probe"  # where a measurement came from (the `source` lab
 
 
 class RecallEstimator:
-    def __init__(self, metrics: Metrics, sample_rate: float, queue_size: int = 64, controller_window: int = 50,
-                 max_busy: float = 0.25, rolling: int = 256, seed: int | None = None):
+    def __init__(
+        self,
+        metrics: Metrics,
+        sample_rate: float,
+        queue_size: int = 64,
+        controller_window: int = 50,
+        max_busy: float = 0.25,
+        rolling: int = 256,
+        seed: int | None = None,
+    ):
         self.metrics = metrics
         self.sample_rate = sample_rate
         # The worker rests (busy time) x (1/max_busy - 1) after each re-run, so it never takes more
@@ -154,14 +162,28 @@ class RecallEstimator:
             return
         controller = self._controllers.get(key)
         if controller is None or (controller.target, controller.ef_min, controller.ef_max) != (
-                policy.target, policy.ef_min, policy.ef_max):
-            controller = EfController(policy.target, collection.ef_search(probe.dim), policy.ef_min, policy.ef_max,
-                                      window=self.controller_window)
+            policy.target,
+            policy.ef_min,
+            policy.ef_max,
+        ):
+            controller = EfController(
+                policy.target,
+                collection.ef_search(probe.dim),
+                policy.ef_min,
+                policy.ef_max,
+                window=self.controller_window,
+            )
             self._controllers[key] = controller
         new_ef = controller.observe(probe.ef_setting, recalls)
         if new_ef is not None:
-            log.info("collection %s index %s: recall %.3f (target %.3f) → ef %d", collection.name, probe.index,
-                     controller.last_mean, policy.target, new_ef)
+            log.info(
+                "collection %s index %s: recall %.3f (target %.3f) → ef %d",
+                collection.name,
+                probe.index,
+                controller.last_mean,
+                policy.target,
+                new_ef,
+            )
             collection.set_ef_search(probe.dim, new_ef)
 
     # -- reading ------------------------------------------------------------------------------
@@ -173,11 +195,21 @@ class RecallEstimator:
             for (c, index, stage, source), window in self._recalls.items():
                 if c == name and window:
                     estimates.setdefault(index, {}).setdefault(source, {})[stage] = {
-                        "recall": round(fmean(window), 4), "queries": len(window)}
+                        "recall": round(fmean(window), 4),
+                        "queries": len(window),
+                    }
             controllers = {
-                collection.index_name(dim): {"ef": c.ef, "low": c.low, "high": c.high, "last_window_recall": c.last_mean,
-                                             "converged": c.converged, "saturated": c.saturated}
-                for (c_name, dim), c in self._controllers.items() if c_name == name}
+                collection.index_name(dim): {
+                    "ef": c.ef,
+                    "low": c.low,
+                    "high": c.high,
+                    "last_window_recall": c.last_mean,
+                    "converged": c.converged,
+                    "saturated": c.saturated,
+                }
+                for (c_name, dim), c in self._controllers.items()
+                if c_name == name
+            }
         return {"estimates": estimates, "controllers": controllers}
 
     def reset(self, name: str) -> None:

@@ -32,9 +32,11 @@ class HnswConfig(_Body):
 
 class ElasticizerConfig(_Body):
     kind: Literal["auto", "pca", "none"] = Field(
-        "auto", description='"pca": fit an orthogonal PCA rotation so prefixes keep the most energy; "none": '
-                            'truncate as is (Matryoshka-trained models); "auto": none for declared Matryoshka models, '
-                            'else pca')
+        "auto",
+        description='"pca": fit an orthogonal PCA rotation so prefixes keep the most energy; "none": '
+        'truncate as is (Matryoshka-trained models); "auto": none for declared Matryoshka models, '
+        "else pca",
+    )
     sample: int = Field(20000, ge=16, le=1_000_000, description="vectors sampled for the fit")
     seed: int = Field(0, ge=0)
     fit_at: int = Field(1000, ge=1, description="fit by itself once the collection holds this many documents")
@@ -56,10 +58,15 @@ class MultiVectorIn(_Body):
 class RecallPolicyIn(_Body):
     """How vecnest watches (and optionally steers) a collection's recall."""
 
-    target_recall: float | None = Field(None, gt=0, le=1, description="tune each graph's ef so its measured recall "
-                                                                      "holds this (e.g. 0.95); null: ef stays fixed")
-    recall_sample_rate: float | None = Field(None, ge=0, le=1, description="share of searches re-run exactly in the "
-                                                                           "background (default: the server's)")
+    target_recall: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="tune each graph's ef so its measured recall holds this (e.g. 0.95); null: ef stays fixed",
+    )
+    recall_sample_rate: float | None = Field(
+        None, ge=0, le=1, description="share of searches re-run exactly in the background (default: the server's)"
+    )
     ef_min: int | None = Field(None, ge=1, le=10000, description="lower bound for the tuned ef (default 10)")
     ef_max: int | None = Field(None, ge=1, le=10000, description="upper bound for the tuned ef (default 1000)")
 
@@ -75,10 +82,16 @@ class CollectionCreate(RecallPolicyIn):
     metric: str = Field("cosine", description='"cosine", "ip" or "l2"')
     dim: int | None = Field(None, ge=1, le=16384, description="required for vector-only collections")
     dims: list[Annotated[int, Field(ge=1, le=16384)]] | None = Field(
-        None, min_length=1, max_length=16, description="Matryoshka dims to index, e.g. [64, 128, 384] (default: full "
-                                                       "dim only); each at most the vectors' dim")
+        None,
+        min_length=1,
+        max_length=16,
+        description="Matryoshka dims to index, e.g. [64, 128, 384] (default: full "
+        "dim only); each at most the vectors' dim",
+    )
     elasticizer: ElasticizerConfig | None = None
-    rerank_factor: int | None = Field(None, ge=1, le=100, description="funnel shortlist = k · factor (default: per dim)")
+    rerank_factor: int | None = Field(
+        None, ge=1, le=100, description="funnel shortlist = k · factor (default: per dim)"
+    )
     layers: int | None = Field(None, ge=1, description="encode with the model's first `layers` layers only")
     hnsw: HnswConfig | None = None
     multivector: MultiVectorIn | None = Field(None, description="multi-vector (token set) documents searched by MaxSim")
@@ -117,8 +130,10 @@ class RecallRequest(_Body):
 
 class RecallStage(BaseModel):
     index: str
-    stage: str = Field(description='"index": graph candidates vs exact search in the graph\'s space; '
-                                   '"final": the results returned vs the exact answer')
+    stage: str = Field(
+        description='"index": graph candidates vs exact search in the graph\'s space; '
+        '"final": the results returned vs the exact answer'
+    )
     k: int
     ef: int
     candidates: int
@@ -189,8 +204,11 @@ class UpsertRequest(_Body):
 class UpsertResponse(BaseModel):
     upserted: int
     ids: list[str]
-    truncated: list[str] | None = Field(None, description="present when some texts are longer than the model "
-                                        "reads: their ids (each embedded from its start; the whole text is stored)")
+    truncated: list[str] | None = Field(
+        None,
+        description="present when some texts are longer than the model "
+        "reads: their ids (each embedded from its start; the whole text is stored)",
+    )
 
 
 class DocumentOut(BaseModel):
@@ -217,8 +235,9 @@ class SearchRequest(TokensIn):
 
     model_config = ConfigDict(json_schema_extra=_one_of("query", "vector", "vectors", "vectors_b64"))
 
-    query: str | None = Field(None, description="text, embedded with the collection's model",
-                              json_schema_extra=NON_BLANK)
+    query: str | None = Field(
+        None, description="text, embedded with the collection's model", json_schema_extra=NON_BLANK
+    )
     vector: list[FiniteFloat] | None = None
     k: int = Field(10, ge=1)
     ef: int | None = Field(None, ge=1, le=100000, description="HNSW search breadth (≥ k is enforced)")
@@ -229,10 +248,15 @@ class SearchRequest(TokensIn):
     rerank: bool = Field(True, description="re-score a low-dim shortlist exactly at full dim")
     rerank_factor: int | None = Field(None, ge=1, le=1000, description="shortlist = k · factor for a low-dim funnel")
     layers: int | None = Field(None, ge=1, description="encode the query with the first `layers` layers")
-    candidates: int | None = Field(None, ge=1, le=10000, description="multi-vector: FDE candidates re-ranked by "
-                                                                     "MaxSim (default 100)")
-    ball_carving: float | None = Field(None, ge=-1, le=1, description="multi-vector: merge query tokens more "
-                                                                      "similar than this before re-ranking (e.g. 0.7)")
+    candidates: int | None = Field(
+        None, ge=1, le=10000, description="multi-vector: FDE candidates re-ranked by MaxSim (default 100)"
+    )
+    ball_carving: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="multi-vector: merge query tokens more similar than this before re-ranking (e.g. 0.7)",
+    )
 
 
 class BatchSearchRequest(_Body):
@@ -260,8 +284,9 @@ class SearchResponse(BaseModel):
     results: list[SearchHit]
     took_ms: float
     upgrade: UpgradeServing | None = None
-    truncated: bool | None = Field(None, description="true when the query text is longer than the model reads: "
-                                                     "it was embedded from its start")
+    truncated: bool | None = Field(
+        None, description="true when the query text is longer than the model reads: it was embedded from its start"
+    )
 
 
 class BatchSearchResponse(BaseModel):
@@ -273,14 +298,18 @@ class BatchSearchResponse(BaseModel):
 class EmbeddingsRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)  # OpenAI clients send fields we do not use (user)
 
-    input: Annotated[str, Field(json_schema_extra=NON_BLANK)] | Annotated[
-        list[Annotated[str, Field(json_schema_extra=NON_BLANK)]], Field(min_length=1)]
+    input: (
+        Annotated[str, Field(json_schema_extra=NON_BLANK)]
+        | Annotated[list[Annotated[str, Field(json_schema_extra=NON_BLANK)]], Field(min_length=1)]
+    )
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, description="truncate and re-normalise (rotated first for a "
-                                                           "collection with a PCA elasticizer)")
-    collection: str | None = Field(None, description="vecnest extension: embed as this collection does "
-                                                     "(its model, layers and rotation)")
+    dimensions: int | None = Field(
+        None, ge=1, description="truncate and re-normalise (rotated first for a collection with a PCA elasticizer)"
+    )
+    collection: str | None = Field(
+        None, description="vecnest extension: embed as this collection does (its model, layers and rotation)"
+    )
     layers: int | None = Field(None, ge=1, description="vecnest extension: run the first `layers` layers only")
 
 
@@ -300,8 +329,11 @@ class EmbeddingsResponse(BaseModel):
     data: list[Embedding]
     model: str
     usage: Usage
-    truncated: list[int] | None = Field(None, description="vecnest extension, present when some inputs are longer "
-                                        "than the model reads: their indexes (each embedded from its start)")
+    truncated: list[int] | None = Field(
+        None,
+        description="vecnest extension, present when some inputs are longer "
+        "than the model reads: their indexes (each embedded from its start)",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -317,20 +349,27 @@ class ErrorResponse(BaseModel):
 class UpgradeCreate(_Body):
     """`POST /v1/collections/{name}/upgrades`: start re-embedding the collection with `model`."""
 
-    model: str = Field(..., min_length=1, description="a model alias or an absolute path to a local "
-                                                      "sentence-transformers directory")
-    sample: int | None = Field(None, ge=2, le=1_000_000, description="documents embedded with both models to fit "
-                                                                     "the map (default: the server's, 10000)")
+    model: str = Field(
+        ..., min_length=1, description="a model alias or an absolute path to a local sentence-transformers directory"
+    )
+    sample: int | None = Field(
+        None,
+        ge=2,
+        le=1_000_000,
+        description="documents embedded with both models to fit the map (default: the server's, 10000)",
+    )
     holdout: float | None = Field(None, gt=0, lt=1, description="share of the sample held out to evaluate the map")
     seed: int = Field(0, ge=0)
     min_cosine: float | None = Field(None, ge=-1, le=1, description="gate: mean cosine of mapped vs old vectors")
-    min_recall: float | None = Field(None, ge=0, le=1, description="gate: recall@10 of mapped queries relative to "
-                                                                   "old queries against the old index")
+    min_recall: float | None = Field(
+        None, ge=0, le=1, description="gate: recall@10 of mapped queries relative to old queries against the old index"
+    )
 
 
 class CutOverRequest(_Body):
-    force: bool = Field(False, description="cut over before the backfill caught up: writes wait while the rest is "
-                                           "re-embedded")
+    force: bool = Field(
+        False, description="cut over before the backfill caught up: writes wait while the rest is re-embedded"
+    )
 
 
 class UpgradeInfo(BaseModel):

@@ -24,7 +24,9 @@ class Settings(BaseSettings):
 
     # encoders
     default_model: str = DEFAULT_MODEL
-    models: dict[str, str] = Field(default_factory=dict, description="model alias → local sentence-transformers directory")
+    models: dict[str, str] = Field(
+        default_factory=dict, description="model alias → local sentence-transformers directory"
+    )
     allow_model_paths: bool = Field(True, description="a request may name a local model directory by path")
     device: str = "cpu"
     torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's choice)")
@@ -36,19 +38,30 @@ class Settings(BaseSettings):
     max_batch_documents: int = Field(1000, ge=1, description="documents (or ids, or inputs) per request")
     max_batch_queries: int = Field(100, ge=1, description="searches per batch request")
     max_k: int = Field(1000, ge=1, description="largest k")
-    max_candidates: int = Field(10000, ge=1, description="largest shortlist of one search: k · rerank_factor, or "
-                                                         "a multi-vector search's candidates")
+    max_candidates: int = Field(
+        10000,
+        ge=1,
+        description="largest shortlist of one search: k · rerank_factor, or a multi-vector search's candidates",
+    )
     max_request_candidates: int = Field(100000, ge=1, description="sum of the shortlists of a batch request")
-    max_response_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="text, metadata and vectors one search "
-                                                                           "response may return")
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="larger bodies get 413; a body holds the "
-                                "event loop while it is parsed (about 8 ms per MB of vectors)")
+    max_response_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="text, metadata and vectors one search response may return"
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="larger bodies get 413; a body holds the "
+        "event loop while it is parsed (about 8 ms per MB of vectors)",
+    )
     max_metadata_bytes: int = Field(64 * 1024, ge=2)
     max_id_length: int = Field(512, ge=1)
     max_text_chars: int = Field(100_000, ge=1, description="longest text of a document, query or embeddings input")
     max_request_chars: int = Field(4_000_000, ge=1, description="characters of text in one request")
-    max_collections: int = Field(1000, ge=1, description="collections one server holds (each keeps about 8 file "
-                                                         "descriptors open, more while busy)")
+    max_collections: int = Field(
+        1000,
+        ge=1,
+        description="collections one server holds (each keeps about 8 file descriptors open, more while busy)",
+    )
 
     # index defaults for new collections
     hnsw_m: int = 32
@@ -63,12 +76,19 @@ class Settings(BaseSettings):
     exact_filter_min: int = Field(512, ge=0)
 
     # online recall estimation (per-collection overrides: recall_sample_rate, target_recall)
-    recall_sample_rate: float = Field(0.03, ge=0, le=1, description="share of searches re-run exactly in the background")
-    recall_queue_size: int = Field(64, ge=1, description="sampled searches waiting for their exact re-run; more are dropped")
+    recall_sample_rate: float = Field(
+        0.03, ge=0, le=1, description="share of searches re-run exactly in the background"
+    )
+    recall_queue_size: int = Field(
+        64, ge=1, description="sampled searches waiting for their exact re-run; more are dropped"
+    )
     recall_controller_window: int = Field(50, ge=5, description="measured queries per ef controller decision")
     recall_max_busy: float = Field(0.25, gt=0, le=1, description="most of one core the exact re-runs may take")
-    blas_threads: int | None = Field(1, ge=1, description="numpy's OpenBLAS threads (None: its default); "
-                                                          "idle OpenBLAS threads spin and slow the encoder")
+    blas_threads: int | None = Field(
+        1,
+        ge=1,
+        description="numpy's OpenBLAS threads (None: its default); idle OpenBLAS threads spin and slow the encoder",
+    )
 
     # encoder upgrades (per-upgrade overrides in the request)
     upgrade_sample: int = Field(10000, ge=2, description="documents embedded with both models to fit the map")

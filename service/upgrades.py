@@ -103,29 +103,48 @@ class UpgradeManager:
             remaining = live.total - live.done
             done = self.caught_up(record.collection, live)
             view["progress"] = {
-                "done": live.done, "total": live.total, "caught_up": done,
-                "rate_docs_per_s": round(live.rate, 2), "embedded": live.embedded,
+                "done": live.done,
+                "total": live.total,
+                "caught_up": done,
+                "rate_docs_per_s": round(live.rate, 2),
+                "embedded": live.embedded,
                 "eta_s": round(remaining / live.rate, 1) if live.rate > 0 and remaining else (0.0 if done else None),
-                "syncing": "new generation" if record.state != up.CUT_OVER else "previous generation (for rollback)"}
+                "syncing": "new generation" if record.state != up.CUT_OVER else "previous generation (for rollback)",
+            }
         return view
 
     # -- start --------------------------------------------------------------------------------
-    async def start(self, name: str, model: str, *, sample: int | None = None, holdout: float | None = None,
-                    seed: int = 0, min_cosine: float | None = None, min_recall: float | None = None) -> dict[str, Any]:
+    async def start(
+        self,
+        name: str,
+        model: str,
+        *,
+        sample: int | None = None,
+        holdout: float | None = None,
+        seed: int = 0,
+        min_cosine: float | None = None,
+        min_recall: float | None = None,
+    ) -> dict[str, Any]:
         engine, s = self.engine, self.settings
         async with self.write_gate(name):
             source = engine.collection(name)
             if isinstance(source, MultiVectorCollection):
-                raise Invalid(f"collection {name!r} holds multi-vector (token) documents; upgrades re-embed dense "
-                              f"text collections with a dense model", code="unsupported_upgrade")
+                raise Invalid(
+                    f"collection {name!r} holds multi-vector (token) documents; upgrades re-embed dense "
+                    f"text collections with a dense model",
+                    code="unsupported_upgrade",
+                )
             current = source.manifest.encoder
             if current is None:
-                raise Invalid(f"collection {name!r} holds vectors only; there is no model to upgrade",
-                              code="unsupported_upgrade")
+                raise Invalid(
+                    f"collection {name!r} holds vectors only; there is no model to upgrade", code="unsupported_upgrade"
+                )
             if name in self._live:
-                raise Conflict(f"upgrade {self._live[name].record.id} of collection {name!r} is still "
-                               f"{self._live[name].record.state}; finalize, roll back or abort it first",
-                               code="upgrade_in_progress")
+                raise Conflict(
+                    f"upgrade {self._live[name].record.id} of collection {name!r} is still "
+                    f"{self._live[name].record.state}; finalize, roll back or abort it first",
+                    code="upgrade_in_progress",
+                )
             ref = engine.encoders.resolve(model)
             if ref.name == current["model"] or ref.path == engine.encoders.resolve(current["model"]).path:
                 raise Invalid(f"collection {name!r} already uses model {model!r}", code="same_model")
@@ -133,19 +152,33 @@ class UpgradeManager:
             contents = await engine.run(source.contents)
             missing = [doc_id for doc_id, (text, _) in contents.items() if text is None]
             if missing:
-                raise Invalid(f"{len(missing)} documents have no text to re-embed (e.g. {missing[0]!r}); give them "
-                              f"text or delete them before upgrading", code="documents_without_text")
-            model_info = {"model": ref.name, "dim": new_encoder.dim, "layers": None,
-                          "matryoshka_dims": new_encoder.matryoshka_dims}
-            record = up.new_record(source, model_info, sample=sample or s.upgrade_sample,
-                                   holdout=holdout or s.upgrade_holdout, seed=seed,
-                                   min_cosine=s.upgrade_min_cosine if min_cosine is None else min_cosine,
-                                   min_recall=s.upgrade_min_recall if min_recall is None else min_recall)
+                raise Invalid(
+                    f"{len(missing)} documents have no text to re-embed (e.g. {missing[0]!r}); give them "
+                    f"text or delete them before upgrading",
+                    code="documents_without_text",
+                )
+            model_info = {
+                "model": ref.name,
+                "dim": new_encoder.dim,
+                "layers": None,
+                "matryoshka_dims": new_encoder.matryoshka_dims,
+            }
+            record = up.new_record(
+                source,
+                model_info,
+                sample=sample or s.upgrade_sample,
+                holdout=holdout or s.upgrade_holdout,
+                seed=seed,
+                min_cosine=s.upgrade_min_cosine if min_cosine is None else min_cosine,
+                min_recall=s.upgrade_min_recall if min_recall is None else min_recall,
+            )
             home = up.home_of(source)
-            manifest = up.new_generation_manifest(source.manifest, model_info, new_encoder.dim,
-                                                  bool(new_encoder.matryoshka_dims))
-            shadow = await engine.run(up.create_generation, home, record.new_generation, manifest,
-                                      engine.catalog.options)
+            manifest = up.new_generation_manifest(
+                source.manifest, model_info, new_encoder.dim, bool(new_encoder.matryoshka_dims)
+            )
+            shadow = await engine.run(
+                up.create_generation, home, record.new_generation, manifest, engine.catalog.options
+            )
             await engine.run(up.save_record, home, record)
             live = LiveUpgrade(record, home, shadow, new_encoder, new_encoder, total=len(contents))
             self._live[name] = live
@@ -170,8 +203,9 @@ class UpgradeManager:
                 except Exception as exc:
                     log.exception("upgrade %s of %s cannot resume", record.id, collection.name)
                     try:
-                        await self.engine.run(up.save_record, home,
-                                              record.moved(up.FAILED, error=f"cannot resume: {exc}"))
+                        await self.engine.run(
+                            up.save_record, home, record.moved(up.FAILED, error=f"cannot resume: {exc}")
+                        )
                     except Exception:
                         log.exception("cannot record that upgrade %s of %s failed", record.id, collection.name)
 
@@ -187,11 +221,16 @@ class UpgradeManager:
             return
         new_encoder = await engine.load_encoder(record.model["model"], record.model["dim"])
         if record.state == up.CUT_OVER:
-            shadow_dir, shadow_encoder = record.old_generation, await engine.load_encoder(record.previous_model["model"])
+            shadow_dir, shadow_encoder = (
+                record.old_generation,
+                await engine.load_encoder(record.previous_model["model"]),
+            )
             engine.attach_encoder(collection, new_encoder)
         else:
             shadow_dir, shadow_encoder = record.new_generation, new_encoder
-        shadow = await engine.run(Collection.open, os.path.normpath(os.path.join(home, shadow_dir)), engine.catalog.options)
+        shadow = await engine.run(
+            Collection.open, os.path.normpath(os.path.join(home, shadow_dir)), engine.catalog.options
+        )
         live = LiveUpgrade(record, home, shadow, shadow_encoder, new_encoder)
         if record.map_sha256:
             live.W = await engine.run(up.load_map, home, record)
@@ -229,13 +268,17 @@ class UpgradeManager:
         embed_s = time.perf_counter() - t0
         if len(docs) < 10:
             fit = {"n_fit": len(docs), "reason": "too few documents"}
-            verdict = {"passed": False, "reason": f"{len(docs)} documents are too few to fit a map (need 10): "
-                                                  f"queries keep using the previous model until cut-over"}
+            verdict = {
+                "passed": False,
+                "reason": f"{len(docs)} documents are too few to fit a map (need 10): "
+                f"queries keep using the previous model until cut-over",
+            }
         else:
             X_old = np.stack([d.vector for d in docs])
             fit_rows, held_rows = up.split_sample(len(docs), record.holdout, record.seed)
-            result = await engine.run(up.fit_map, X_new, X_old, held_rows, fit_rows, source,
-                                      [docs[i].id for i in held_rows])
+            result = await engine.run(
+                up.fit_map, X_new, X_old, held_rows, fit_rows, source, [docs[i].id for i in held_rows]
+            )
             fit = {**result.figures, "embed_seconds": embed_s, "sample_docs_per_s": len(docs) / max(embed_s, 1e-9)}
             verdict = up.gate(result.figures, record.min_cosine, record.min_recall)
             live.W, live.calibration = result.W, result.calibration
@@ -270,14 +313,18 @@ class UpgradeManager:
             await self.engine.run(live.shadow.snapshot)
         return True
 
-    async def _apply(self, name: str, live: LiveUpgrade, items: list[tuple[str, str | None, str]], throttle: bool) -> None:
+    async def _apply(
+        self, name: str, live: LiveUpgrade, items: list[tuple[str, str | None, str]], throttle: bool
+    ) -> None:
         items = [item for item in items if item[1] is not None]  # writes without text are refused while live
         if not items:
             return
         t0 = time.perf_counter()
         X = await self._embed(name, live.shadow_encoder, [text for _, text, _ in items], throttle=False)
-        docs = [NewDocument(id=doc_id, vector=x, text=text, metadata=json.loads(meta))
-                for (doc_id, text, meta), x in zip(items, X)]
+        docs = [
+            NewDocument(id=doc_id, vector=x, text=text, metadata=json.loads(meta))
+            for (doc_id, text, meta), x in zip(items, X)
+        ]
         await self.engine.run(live.shadow.upsert, docs)
         fault_point("upgrade.after_backfill_batch", name)
         if live.shadow.wants_rotation_fit:
@@ -312,8 +359,11 @@ class UpgradeManager:
         it, writes wait while the rest is re-embedded. Either way no document is left behind."""
         live = self._require_live(name, upgrade_id, (up.BACKFILLING,), "cut over")
         if not force and not self.caught_up(name, live):
-            raise Conflict(f"backfill of upgrade {upgrade_id} is at {live.done}/{live.total} documents; wait for it "
-                           f"or cut over with force=true (writes then wait until it is done)", code="backfill_incomplete")
+            raise Conflict(
+                f"backfill of upgrade {upgrade_id} is at {live.done}/{live.total} documents; wait for it "
+                f"or cut over with force=true (writes then wait until it is done)",
+                code="backfill_incomplete",
+            )
         await self._flip(name, live, to_shadow_state=up.CUT_OVER)
         return self._view(live.record)
 

@@ -20,8 +20,12 @@ TEXTS = {
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("api") / "data", snapshot_interval_s=3600,
-                        max_batch_documents=50, max_body_bytes=1_000_000)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("api") / "data",
+        snapshot_interval_s=3600,
+        max_batch_documents=50,
+        max_body_bytes=1_000_000,
+    )
     with app_client(settings) as c:
         yield c
 
@@ -83,8 +87,16 @@ def test_vector_search_equals_text_search(client, text_collection, minilm):
 
 
 def test_batch_search(client, text_collection):
-    r = client.post(f"/v1/collections/{text_collection}/search/batch", json={"searches": [
-        {"query": "finance", "k": 1}, {"query": "cooking", "k": 2, "include": []}, {"query": "snakes and code", "k": 1}]})
+    r = client.post(
+        f"/v1/collections/{text_collection}/search/batch",
+        json={
+            "searches": [
+                {"query": "finance", "k": 1},
+                {"query": "cooking", "k": 2, "include": []},
+                {"query": "snakes and code", "k": 1},
+            ]
+        },
+    )
     assert r.status_code == 200
     results = r.json()["results"]
     assert [res["results"][0]["id"] for res in results] == ["stocks", "bread", "python"]
@@ -133,7 +145,9 @@ def test_embeddings_openai_shape(client, minilm):
     b64 = client.post("/v1/embeddings", json={"input": "hello world", "encoding_format": "base64"}).json()
     decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), "<f4")
     assert np.allclose(decoded, got[0], atol=1e-6)
-    short = client.post("/v1/embeddings", json={"input": "hello world", "dimensions": 64}).json()["data"][0]["embedding"]
+    short = client.post("/v1/embeddings", json={"input": "hello world", "dimensions": 64}).json()["data"][0][
+        "embedding"
+    ]
     assert len(short) == 64 and np.linalg.norm(short) == pytest.approx(1, abs=1e-5)
     assert np.allclose(short, got[0][:64] / np.linalg.norm(got[0][:64]), atol=1e-5)
 
@@ -142,8 +156,9 @@ def test_metrics_and_docs(client, text_collection):
     client.post(f"/v1/collections/{text_collection}/search", json={"query": "rain", "k": 1})
     text = client.get("/metrics").text
     assert 'vecnest_http_requests_total{method="POST",route="/v1/collections/{name}/search",status="200"}' in text
-    assert (f'vecnest_stage_duration_seconds_bucket{{collection="{text_collection}",index="384",le="5e-05",'
-            f'stage="rerank"}}') in text
+    assert (
+        f'vecnest_stage_duration_seconds_bucket{{collection="{text_collection}",index="384",le="5e-05",stage="rerank"}}'
+    ) in text
     for index, stage in (("", "encode"), ("384", "index_search"), ("384", "rerank"), ("", "store")):
         assert f'collection="{text_collection}",index="{index}",stage="{stage}"' in text
     assert f'vecnest_index_vectors{{collection="{text_collection}",index="384"}} 5.0' in text

@@ -75,12 +75,22 @@ def test_bad_elastic_requests(client, glossed):
     name, X = glossed
     url = f"/v1/collections/{name}/search"
     r = client.post(url, json={"vector": X[0].tolist(), "dim": 128})
-    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_dim" and "[64, 96, 384]" in r.json()["error"]["message"]
+    assert (
+        r.status_code == 422
+        and r.json()["error"]["code"] == "invalid_dim"
+        and "[64, 96, 384]" in r.json()["error"]["message"]
+    )
     assert client.post(url, json={"vector": X[0].tolist(), "dim": 64, "rerank_factor": 0}).status_code == 422
     assert client.post(url, json={"query": "x", "layers": 7}).json()["error"]["code"] == "invalid_layers"
-    bad_creates = [({"dims": [500]}, "invalid_dims"), ({"dims": [0]}, "invalid_request"), ({"dims": [64, 64]}, "invalid_dims"),
-                   ({"layers": 9}, "invalid_layers"), ({"layers": 0}, "invalid_request"),
-                   ({"dim": 8, "layers": 2}, "invalid_layers"), ({"elasticizer": {"kind": "svd"}}, "invalid_request")]
+    bad_creates = [
+        ({"dims": [500]}, "invalid_dims"),
+        ({"dims": [0]}, "invalid_request"),
+        ({"dims": [64, 64]}, "invalid_dims"),
+        ({"layers": 9}, "invalid_layers"),
+        ({"layers": 0}, "invalid_request"),
+        ({"dim": 8, "layers": 2}, "invalid_layers"),
+        ({"elasticizer": {"kind": "svd"}}, "invalid_request"),
+    ]
     for extra, code in bad_creates:
         n = unique_name()
         r = client.post("/v1/collections", json={"name": n, **extra})
@@ -102,13 +112,22 @@ def test_embeddings_dimensions_plain_and_rotated(client, glossed, minilm):
     name, _ = glossed
     texts = ["Matryoshka dolls nest inside each other.", "The stock market closed higher."]
     full = minilm.encode(texts, "document")
-    plain = np.array([d["embedding"] for d in client.post("/v1/embeddings", json={"input": texts, "dimensions": 64}).json()["data"]])
+    plain = np.array(
+        [d["embedding"] for d in client.post("/v1/embeddings", json={"input": texts, "dimensions": 64}).json()["data"]]
+    )
     theirs = minilm._model.encode(texts, truncate_dim=64, normalize_embeddings=True)
     assert np.abs(plain - theirs).max() <= 1e-5
     r = client.post("/v1/embeddings", json={"input": texts, "dimensions": 64, "collection": name})
     rotated = np.array([d["embedding"] for d in r.json()["data"]])
-    R = np.load(os.path.join(client.app.state.engine.settings.data_dir, "collections", name, "rotations",
-                             client.get(f"/v1/collections/{name}").json()["rotation"]["file"]))
+    R = np.load(
+        os.path.join(
+            client.app.state.engine.settings.data_dir,
+            "collections",
+            name,
+            "rotations",
+            client.get(f"/v1/collections/{name}").json()["rotation"]["file"],
+        )
+    )
     assert np.abs(rotated - DimView(64, 384, "cosine", R).apply(full)).max() <= 1e-5
     assert np.allclose(np.linalg.norm(rotated, axis=1), 1.0, atol=1e-5)
 
@@ -118,8 +137,12 @@ def test_layers_for_documents_queries_and_embeddings(client, minilm):
     r = client.post("/v1/collections", json={"name": name, "layers": 3})
     assert r.status_code == 201 and r.json()["layers"] == 3
     text = "A heron stands motionless in the shallow water."
-    client.put(f"/v1/collections/{name}/documents", json={"documents": [
-        {"id": "heron", "text": text}, {"id": "tax", "text": "Income tax returns are due in April."}]})
+    client.put(
+        f"/v1/collections/{name}/documents",
+        json={
+            "documents": [{"id": "heron", "text": text}, {"id": "tax", "text": "Income tax returns are due in April."}]
+        },
+    )
     stored = client.get(f"/v1/collections/{name}/documents/heron", params={"include_vector": True}).json()["vector"]
     assert np.abs(np.array(stored) - minilm.encode([text], "document", layers=3)[0]).max() <= 1e-5
     assert np.abs(np.array(stored) - minilm.encode([text], "document")[0]).max() > 1e-2  # not the full model
@@ -154,9 +177,13 @@ def test_auto_fit_and_restart_keep_dims_and_rotation(tmp_path, glosses):
             time.sleep(0.2)
         rotation = client.get("/v1/collections/auto").json()["rotation"]
         assert rotation is not None and rotation["n_fit"] >= 300
-        before = [[h["id"] for h in search(client, "auto", vector=q.tolist(), k=5, dim=64, include=[])] for q in X[400:450]]
+        before = [
+            [h["id"] for h in search(client, "auto", vector=q.tolist(), k=5, dim=64, include=[])] for q in X[400:450]
+        ]
     with app_client(settings) as client:
         info = client.get("/v1/collections/auto").json()
         assert info["dims"] == [64, 384] and info["rotation"]["sha256"] == rotation["sha256"]
-        after = [[h["id"] for h in search(client, "auto", vector=q.tolist(), k=5, dim=64, include=[])] for q in X[400:450]]
+        after = [
+            [h["id"] for h in search(client, "auto", vector=q.tolist(), k=5, dim=64, include=[])] for q in X[400:450]
+        ]
         assert after == before

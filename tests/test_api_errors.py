@@ -11,8 +11,14 @@ LIMIT = 20
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    settings = Settings(data_dir=tmp_path_factory.mktemp("errors") / "data", snapshot_interval_s=3600,
-                        max_batch_documents=LIMIT, max_batch_queries=3, max_k=100, max_body_bytes=200_000)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("errors") / "data",
+        snapshot_interval_s=3600,
+        max_batch_documents=LIMIT,
+        max_batch_queries=3,
+        max_k=100,
+        max_body_bytes=200_000,
+    )
     with app_client(settings) as c:
         yield c
 
@@ -41,13 +47,16 @@ def unchanged(client, coll):
 
 
 # -- 404 ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method, path, body", [
-    ("get", "/v1/collections/nope", None),
-    ("delete", "/v1/collections/nope", None),
-    ("put", "/v1/collections/nope/documents", {"documents": [{"id": "x", "text": "t"}]}),
-    ("post", "/v1/collections/nope/search", {"query": "q"}),
-    ("get", "/v1/collections/nope/documents/x", None),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("get", "/v1/collections/nope", None),
+        ("delete", "/v1/collections/nope", None),
+        ("put", "/v1/collections/nope/documents", {"documents": [{"id": "x", "text": "t"}]}),
+        ("post", "/v1/collections/nope/search", {"query": "q"}),
+        ("get", "/v1/collections/nope/documents/x", None),
+    ],
+)
 def test_unknown_collection(client, method, path, body):
     kwargs = {"json": body} if body is not None else {}
     error(getattr(client, method)(path, **kwargs), 404, "collection_not_found")
@@ -66,18 +75,21 @@ def test_duplicate_collection(client, coll):
 
 
 # -- 422 on collections ---------------------------------------------------------------------------
-@pytest.mark.parametrize("body, code", [
-    ({"name": "bad name!"}, "invalid_request"),
-    ({"name": "x" * 65}, "invalid_request"),
-    ({"name": unique_name(), "metric": "hamming"}, "unknown_metric"),
-    ({"name": unique_name(), "model": "no-such-model"}, "unknown_model"),
-    ({"name": unique_name(), "model": "/definitely/not/a/dir"}, "unknown_model"),
-    ({"name": unique_name(), "dim": 0}, "invalid_request"),
-    ({"name": unique_name(), "model": "all-MiniLM-L6-v2", "dim": 10}, "wrong_dimension"),
-    ({"name": unique_name(), "hnsw": {"m": 1000}}, "invalid_request"),
-    ({"name": unique_name(), "surprise": 1}, "invalid_request"),
-    ({}, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"name": "bad name!"}, "invalid_request"),
+        ({"name": "x" * 65}, "invalid_request"),
+        ({"name": unique_name(), "metric": "hamming"}, "unknown_metric"),
+        ({"name": unique_name(), "model": "no-such-model"}, "unknown_model"),
+        ({"name": unique_name(), "model": "/definitely/not/a/dir"}, "unknown_model"),
+        ({"name": unique_name(), "dim": 0}, "invalid_request"),
+        ({"name": unique_name(), "model": "all-MiniLM-L6-v2", "dim": 10}, "wrong_dimension"),
+        ({"name": unique_name(), "hnsw": {"m": 1000}}, "invalid_request"),
+        ({"name": unique_name(), "surprise": 1}, "invalid_request"),
+        ({}, "invalid_request"),
+    ],
+)
 def test_bad_collection_requests(client, body, code):
     error(client.post("/v1/collections", json=body), 422, code)
     if "name" in body:
@@ -88,16 +100,19 @@ def test_bad_collection_requests(client, body, code):
 GOOD = {"id": "new", "text": "a fine document"}
 
 
-@pytest.mark.parametrize("docs, code", [
-    ([GOOD, {"id": "v", "vector": [0.1, 0.2]}], "wrong_dimension"),
-    ([GOOD, {"id": "e", "text": "   "}], "empty_text"),
-    ([GOOD, {"id": "n"}], "missing_content"),
-    ([GOOD, {"id": "", "text": "no id"}], "invalid_request"),
-    ([GOOD, {"id": "m", "text": "t", "metadata": "not an object"}], "invalid_request"),
-    ([GOOD, {**GOOD, "text": "same id twice"}], "duplicate_id"),
-    ([{"id": f"d{i}", "text": "t"} for i in range(LIMIT + 1)], "too_many_documents"),
-    ([], "invalid_request"),  # the schema says minItems 1
-])
+@pytest.mark.parametrize(
+    "docs, code",
+    [
+        ([GOOD, {"id": "v", "vector": [0.1, 0.2]}], "wrong_dimension"),
+        ([GOOD, {"id": "e", "text": "   "}], "empty_text"),
+        ([GOOD, {"id": "n"}], "missing_content"),
+        ([GOOD, {"id": "", "text": "no id"}], "invalid_request"),
+        ([GOOD, {"id": "m", "text": "t", "metadata": "not an object"}], "invalid_request"),
+        ([GOOD, {**GOOD, "text": "same id twice"}], "duplicate_id"),
+        ([{"id": f"d{i}", "text": "t"} for i in range(LIMIT + 1)], "too_many_documents"),
+        ([], "invalid_request"),  # the schema says minItems 1
+    ],
+)
 def test_bad_documents(client, coll, docs, code):
     error(client.put(f"/v1/collections/{coll}/documents", json={"documents": docs}), 422, code)
     unchanged(client, coll)
@@ -110,8 +125,11 @@ def test_non_finite_vectors(client, coll, literal):
     body = '{"documents": [{"id": "nan", "vector": [%s]}]}' % vector
     r = client.put(f"/v1/collections/{coll}/documents", content=body, headers={"content-type": "application/json"})
     error(r, 422, "invalid_request")
-    r = client.post(f"/v1/collections/{coll}/search", content='{"vector": [%s]}' % vector,
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        f"/v1/collections/{coll}/search",
+        content='{"vector": [%s]}' % vector,
+        headers={"content-type": "application/json"},
+    )
     error(r, 422, "invalid_request")
     unchanged(client, coll)
 
@@ -133,19 +151,22 @@ def test_oversized_body(client, coll):
 
 
 # -- 422 on search --------------------------------------------------------------------------------
-@pytest.mark.parametrize("body, code", [
-    ({}, "missing_query"),
-    ({"query": "q", "vector": [0.0] * 384}, "missing_query"),
-    ({"query": "  "}, "empty_text"),
-    ({"vector": [1.0, 2.0]}, "wrong_dimension"),
-    ({"query": "q", "k": 0}, "invalid_request"),
-    ({"query": "q", "k": 101}, "k_too_large"),
-    ({"query": "q", "ef": 0}, "invalid_request"),
-    ({"query": "q", "filter": {"n": {"$gt": 1}}}, "invalid_filter"),
-    ({"query": "q", "filter": {"n": [1, 2]}}, "invalid_filter"),
-    ({"query": "q", "include": ["everything"]}, "invalid_request"),
-    ({"vector": [0.0] * 384}, "zero_vector"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({}, "missing_query"),
+        ({"query": "q", "vector": [0.0] * 384}, "missing_query"),
+        ({"query": "  "}, "empty_text"),
+        ({"vector": [1.0, 2.0]}, "wrong_dimension"),
+        ({"query": "q", "k": 0}, "invalid_request"),
+        ({"query": "q", "k": 101}, "k_too_large"),
+        ({"query": "q", "ef": 0}, "invalid_request"),
+        ({"query": "q", "filter": {"n": {"$gt": 1}}}, "invalid_filter"),
+        ({"query": "q", "filter": {"n": [1, 2]}}, "invalid_filter"),
+        ({"query": "q", "include": ["everything"]}, "invalid_request"),
+        ({"vector": [0.0] * 384}, "zero_vector"),
+    ],
+)
 def test_bad_searches(client, coll, body, code):
     error(client.post(f"/v1/collections/{coll}/search", json=body), 422, code)
 
@@ -159,20 +180,26 @@ def test_bad_batch_searches(client, coll):
 
 def test_bad_deletes(client, coll):
     error(client.post(f"/v1/collections/{coll}/documents/delete", json={"ids": []}), 422, "invalid_request")
-    error(client.post(f"/v1/collections/{coll}/documents/delete", json={"ids": ["x"] * (LIMIT + 1)}), 422,
-          "too_many_documents")
+    error(
+        client.post(f"/v1/collections/{coll}/documents/delete", json={"ids": ["x"] * (LIMIT + 1)}),
+        422,
+        "too_many_documents",
+    )
     unchanged(client, coll)
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"input": []}, "invalid_request"),  # the schema says minItems 1
-    ({"input": ["ok", ""]}, "empty_text"),
-    ({"input": "x", "model": "gpt-9"}, "unknown_model"),
-    ({"input": "x", "dimensions": 999}, "invalid_dimensions"),
-    ({"input": "x", "encoding_format": "int8"}, "invalid_request"),
-    ({"input": [[1, 2, 3]]}, "invalid_request"),
-    ({"model": "all-MiniLM-L6-v2"}, "invalid_request"),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"input": []}, "invalid_request"),  # the schema says minItems 1
+        ({"input": ["ok", ""]}, "empty_text"),
+        ({"input": "x", "model": "gpt-9"}, "unknown_model"),
+        ({"input": "x", "dimensions": 999}, "invalid_dimensions"),
+        ({"input": "x", "encoding_format": "int8"}, "invalid_request"),
+        ({"input": [[1, 2, 3]]}, "invalid_request"),
+        ({"model": "all-MiniLM-L6-v2"}, "invalid_request"),
+    ],
+)
 def test_bad_embeddings(client, body, code):
     error(client.post("/v1/embeddings", json=body), 422, code)
 

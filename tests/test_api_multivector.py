@@ -12,7 +12,6 @@ from tests.test_api import TEXTS
 from tests.helpers import app_client
 
 
-
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     return Settings(data_dir=tmp_path_factory.mktemp("mv") / "data", snapshot_interval_s=3600)
@@ -46,15 +45,19 @@ def test_text_and_token_matrices_end_to_end_and_restart(settings, minilm):
         assert np.abs(np.array(stored["vectors"]) - tokens[0]).max() < 2e-3
 
         # A token-matrix collection without a model: JSON rows and base64 float16 / float32.
-        r = client.post("/v1/collections", json={"name": raw_name, "multivector": {"token_dim": 384, "final_dim": 2048,
-                                                                                   "max_tokens": 64}})
+        r = client.post(
+            "/v1/collections",
+            json={"name": raw_name, "multivector": {"token_dim": 384, "final_dim": 2048, "max_tokens": 64}},
+        )
         assert r.status_code == 201, r.text
         assert r.json()["model"] is None and r.json()["dim"] == 2048
-        docs = [{"id": "cat", "vectors": tokens[0].tolist()},
-                {"id": "stocks", "vectors_b64": b64(tokens[1]), "dtype": "float16"},
-                {"id": "rain", "vectors_b64": b64(tokens[2], "<f4")},
-                {"id": "python", "vectors": tokens[3].tolist(), "metadata": {"lang": True}},
-                {"id": "bread", "vectors": tokens[4].tolist()}]
+        docs = [
+            {"id": "cat", "vectors": tokens[0].tolist()},
+            {"id": "stocks", "vectors_b64": b64(tokens[1]), "dtype": "float16"},
+            {"id": "rain", "vectors_b64": b64(tokens[2], "<f4")},
+            {"id": "python", "vectors": tokens[3].tolist(), "metadata": {"lang": True}},
+            {"id": "bread", "vectors": tokens[4].tolist()},
+        ]
         assert client.put(f"/v1/collections/{raw_name}/documents", json={"documents": docs}).status_code == 200
         q = minilm.encode_tokens(["a kitten resting on a rug"], "query")[0]
         by_json = search(client, raw_name, vectors=q.tolist(), k=5)
@@ -64,8 +67,12 @@ def test_text_and_token_matrices_end_to_end_and_restart(settings, minilm):
         assert [h["id"] for h in exact] == [h["id"] for h in by_json]
         r = client.post(f"/v1/collections/{raw_name}/documents/delete", json={"ids": ["cat"]})
         assert r.json()["deleted"] == 1
-        before = {name: search(client, name, vectors=q.tolist(), k=5) if name == raw_name else
-                  search(client, name, query="a kitten resting on a rug", k=5) for name in (text_name, raw_name)}
+        before = {
+            name: search(client, name, vectors=q.tolist(), k=5)
+            if name == raw_name
+            else search(client, name, query="a kitten resting on a rug", k=5)
+            for name in (text_name, raw_name)
+        }
         assert "cat" not in [h["id"] for h in before[raw_name]]
 
     with app_client(settings) as client:  # a restart: snapshot at shutdown, reload, same answers
@@ -122,9 +129,13 @@ def test_bad_input_gets_clear_4xx_and_changes_nothing(settings, minilm):
         for bad in ({"dims": [64]}, {"metric": "l2"}, {"dim": 384}, {"elasticizer": {"kind": "pca"}}):
             r = client.post("/v1/collections", json={"name": unique_name("mvx"), "multivector": {}, **bad})
             assert r.status_code == 422 and r.json()["error"]["code"] == "multivector_collection", (bad, r.text)
-        r = client.post("/v1/collections", json={"name": unique_name("mvx"), "model": settings.default_model,
-                                                 "multivector": {"token_dim": 100}})
+        r = client.post(
+            "/v1/collections",
+            json={"name": unique_name("mvx"), "model": settings.default_model, "multivector": {"token_dim": 100}},
+        )
         assert r.status_code == 422 and r.json()["error"]["code"] == "wrong_dimension"
-        r = client.post("/v1/collections", json={"name": unique_name("mvx"), "multivector": {"repetitions": 128,
-                                                                                             "simhash_bits": 10}})
+        r = client.post(
+            "/v1/collections",
+            json={"name": unique_name("mvx"), "multivector": {"repetitions": 128, "simhash_bits": 10}},
+        )
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_multivector"

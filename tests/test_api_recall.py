@@ -31,17 +31,26 @@ def glove():
 def client(tmp_path_factory):
     from service.settings import Settings
 
-    settings = Settings(data_dir=tmp_path_factory.mktemp("recall") / "data", snapshot_interval_s=3600,
-                        recall_controller_window=100, recall_queue_size=4096,
-                        recall_max_busy=1.0)
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("recall") / "data",
+        snapshot_interval_s=3600,
+        recall_controller_window=100,
+        recall_queue_size=4096,
+        recall_max_busy=1.0,
+    )
     with app_client(settings) as c:
         yield c
 
 
 def make_collection(client, X, **policy) -> str:
     name = unique_name()
-    body = {"name": name, "dim": 50, "dims": [16, 50], "hnsw": {"m": 6, "ef_construction": 40, "ef_search": 12},
-            **policy}
+    body = {
+        "name": name,
+        "dim": 50,
+        "dims": [16, 50],
+        "hnsw": {"m": 6, "ef_construction": 40, "ef_search": 12},
+        **policy,
+    }
     assert client.post("/v1/collections", json=body).status_code == 201, body
     for s in range(0, len(X), 1000):
         docs = [{"id": str(i), "vector": X[i].tolist()} for i in range(s, min(s + 1000, len(X)))]
@@ -124,8 +133,10 @@ def test_controller_holds_the_target_at_a_lower_ef_than_a_stricter_target(client
     # offline, on the same traffic: the target holds at the tuned ef, and not at 0.6 x that ef
     offline = {}
     for e in (ef, int(ef * 0.6)):
-        r = [client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10, "ef": e}).json()
-             for q in Q[:500]]
+        r = [
+            client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10, "ef": e}).json()
+            for q in Q[:500]
+        ]
         offline[e] = np.mean([exact_recall(X, q, [h["id"] for h in x["results"]], 10) for q, x in zip(Q, r)])
     assert offline[ef] >= 0.885 and offline[int(ef * 0.6)] < 0.9 and ef < 400, (ef, offline)
     # a stricter target needs more ef; clearing the target restores the default
@@ -147,26 +158,30 @@ def test_a_full_queue_drops_samples_instead_of_waiting(client, glove, sampled):
     from service.recall import RecallEstimator
 
     estimator = RecallEstimator(engine.metrics, 1.0, queue_size=2)  # not started: nothing drains it
-    probes = [collection.search(glove[1][i:i + 1], 10, probe=True).probe for i in range(3)]
+    probes = [collection.search(glove[1][i : i + 1], 10, probe=True).probe for i in range(3)]
     assert [estimator.submit(collection, p) for p in probes] == [True, True, False]
     text = client.get("/metrics").text
     assert metric_value(text, "vecnest_recall_samples_total", collection=name, outcome="dropped") >= 1
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"target_recall": 1.5}, None),
-    ({"recall_sample_rate": -0.1}, None),
-    ({"ef_min": 50, "ef_max": 20}, "invalid_ef_bounds"),
-    ({"bogus": 1}, None),
-])
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"target_recall": 1.5}, None),
+        ({"recall_sample_rate": -0.1}, None),
+        ({"ef_min": 50, "ef_max": 20}, "invalid_ef_bounds"),
+        ({"bogus": 1}, None),
+    ],
+)
 def test_bad_policy_is_rejected_and_changes_nothing(client, sampled, body, code):
     name, _ = sampled
     before = client.get(f"/v1/collections/{name}").json()["recall"]
     r = client.patch(f"/v1/collections/{name}", json=body)
     assert r.status_code == 422 and (code is None or r.json()["error"]["code"] == code)
     after = client.get(f"/v1/collections/{name}").json()["recall"]
-    assert {k: after[k] for k in ("target_recall", "sample_rate", "ef_min", "ef_max")} == \
-           {k: before[k] for k in ("target_recall", "sample_rate", "ef_min", "ef_max")}
+    assert {k: after[k] for k in ("target_recall", "sample_rate", "ef_min", "ef_max")} == {
+        k: before[k] for k in ("target_recall", "sample_rate", "ef_min", "ef_max")
+    }
 
 
 def test_bad_probe_requests_are_4xx(client, sampled):

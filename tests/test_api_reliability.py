@@ -11,8 +11,16 @@ from service.settings import Settings
 from tests.conftest import unique_name
 from tests.helpers import app_client
 
-LIMITS = dict(max_k=1000, max_candidates=2000, max_request_candidates=3000, max_response_bytes=40_000,
-              max_text_chars=5000, max_request_chars=12_000, max_collections=40, max_batch_queries=10)
+LIMITS = dict(
+    max_k=1000,
+    max_candidates=2000,
+    max_request_candidates=3000,
+    max_response_bytes=40_000,
+    max_text_chars=5000,
+    max_request_chars=12_000,
+    max_collections=40,
+    max_batch_queries=10,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +53,11 @@ def count(client, name: str) -> int:
 
 def test_a_huge_cosine_vector_in_a_batch_leaves_every_document_searchable(client):
     name = vectors_collection(client, "cosine")
-    batch = [{"id": "p", "vector": [1e30, 1e30, 0, 0]}, {"id": "q", "vector": [0, 0, 1, 0]},
-             {"id": "r", "vector": [0, 1, 0, 0]}]
+    batch = [
+        {"id": "p", "vector": [1e30, 1e30, 0, 0]},
+        {"id": "q", "vector": [0, 0, 1, 0]},
+        {"id": "r", "vector": [0, 1, 0, 0]},
+    ]
     r = client.put(f"/v1/collections/{name}/documents", json={"documents": batch})
     assert r.status_code == 200 and r.json()["upserted"] == 3
     for doc_id, vector in [("p", [1, 1, 0, 0]), ("q", [0, 0, 1, 0]), ("r", [0, 1, 0, 0])]:
@@ -104,11 +115,17 @@ def test_every_request_is_sized_by_what_exists_and_bounded(client):
     docs = [{"id": "a", "vector": [1, 0, 0, 0]}, {"id": "b", "vector": [0, 1, 0, 0]}]
     assert client.put(f"/v1/collections/{name}/documents", json={"documents": docs}).status_code == 200
     # k · rerank_factor far beyond the 2 documents: answered from what exists
-    ok = client.post(f"/v1/collections/{name}/search", json={"vector": [1, 0, 0, 0], "k": 1000, "dim": 2,
-                                                             "rerank_factor": 2})
+    ok = client.post(
+        f"/v1/collections/{name}/search", json={"vector": [1, 0, 0, 0], "k": 1000, "dim": 2, "rerank_factor": 2}
+    )
     assert ok.status_code == 200 and len(ok.json()["results"]) == 2
-    error(client.post(f"/v1/collections/{name}/search", json={"vector": [1, 0, 0, 0], "k": 1000, "dim": 2,
-                                                              "rerank_factor": 1000}), 422, "too_many_candidates")
+    error(
+        client.post(
+            f"/v1/collections/{name}/search", json={"vector": [1, 0, 0, 0], "k": 1000, "dim": 2, "rerank_factor": 1000}
+        ),
+        422,
+        "too_many_candidates",
+    )
     batch = {"searches": [{"vector": [1, 0, 0, 0], "k": 1000}] * 4}  # 4 × 1000 > 3000
     error(client.post(f"/v1/collections/{name}/search/batch", json=batch), 422, "too_many_candidates")
 
@@ -117,8 +134,10 @@ def test_response_bytes_are_bounded(client):
     name = vectors_collection(client, "cosine")
     docs = [{"id": f"d{i}", "vector": [1, i, 0, 0], "text": "x" * 2500} for i in range(20)]
     for start in (0, 4, 8, 12, 16):  # 4 × 2,500 characters per request: under max_request_chars
-        assert client.put(f"/v1/collections/{name}/documents",
-                          json={"documents": docs[start:start + 4]}).status_code == 200
+        assert (
+            client.put(f"/v1/collections/{name}/documents", json={"documents": docs[start : start + 4]}).status_code
+            == 200
+        )
     small = client.post(f"/v1/collections/{name}/search", json={"vector": [1, 0, 0, 0], "k": 10})
     assert small.status_code == 200 and len(small.json()["results"]) == 10
     many = {"searches": [{"vector": [1, 0, 0, 0], "k": 20}] * 2}  # 40 × 2.5 kB > 40 kB
@@ -130,8 +149,11 @@ def test_response_bytes_are_bounded(client):
 def test_text_limits_per_text_and_per_request(client):
     name = unique_name()
     assert client.post("/v1/collections", json={"name": name}).status_code == 201
-    error(client.put(f"/v1/collections/{name}/documents", json={"documents": [{"id": "x", "text": "a" * 5001}]}),
-          422, "text_too_long")
+    error(
+        client.put(f"/v1/collections/{name}/documents", json={"documents": [{"id": "x", "text": "a" * 5001}]}),
+        422,
+        "text_too_long",
+    )
     three = [{"id": f"t{i}", "text": "word " * 900} for i in range(3)]  # 3 × 4,500 > 12,000 characters
     error(client.put(f"/v1/collections/{name}/documents", json={"documents": three}), 422, "request_too_large")
     error(client.post(f"/v1/collections/{name}/search", json={"query": "q" * 5001}), 422, "text_too_long")
@@ -212,6 +234,7 @@ def test_a_pca_rotation_is_bounded_in_dims(client):
     wide = unique_name()
     r = client.post("/v1/collections", json={"name": wide, "dim": 5000, "dims": [64, 5000]})
     assert r.status_code == 201 and r.json()["elasticizer"]["kind"] == "none"  # auto: prefixes as they are
-    r = client.post("/v1/collections", json={"name": unique_name(), "dim": 5000, "dims": [64, 5000],
-                                             "elasticizer": {"kind": "pca"}})
+    r = client.post(
+        "/v1/collections", json={"name": unique_name(), "dim": 5000, "dims": [64, 5000], "elasticizer": {"kind": "pca"}}
+    )
     error(r, 422, "rotation_too_large")

@@ -19,9 +19,15 @@ def make_collection(path, dim=384, metric="cosine", **options) -> Collection:
 
 
 def docs_from(X, start=0, texts=None):
-    return [NewDocument(id=f"d{start + i}", vector=x, text=texts[i] if texts else None,
-                        metadata={"parity": (start + i) % 2, "bucket": (start + i) % 100})
-            for i, x in enumerate(X)]
+    return [
+        NewDocument(
+            id=f"d{start + i}",
+            vector=x,
+            text=texts[i] if texts else None,
+            metadata={"parity": (start + i) % 2, "bucket": (start + i) % 100},
+        )
+        for i, x in enumerate(X)
+    ]
 
 
 def ids_and_scores(result):
@@ -33,7 +39,7 @@ def loaded(tmp_path, glosses):
     texts, X = glosses
     c = make_collection(tmp_path / "c")
     for start in range(0, 2500, 500):
-        c.upsert(docs_from(X[start:start + 500], start, texts[start:start + 500]))
+        c.upsert(docs_from(X[start : start + 500], start, texts[start : start + 500]))
     yield c, X
     c.close()
 
@@ -154,7 +160,7 @@ def test_rebuild_drops_deleted_slots_and_keeps_concurrent_writes(tmp_path, gloss
     c.upsert(docs_from(X[:2000]))
     c.delete([f"d{i}" for i in range(600)])
     assert c.needs_rebuild
-    writer = threading.Thread(target=lambda: [c.upsert(docs_from(X[s:s + 50], s)) for s in range(2000, 2500, 50)])
+    writer = threading.Thread(target=lambda: [c.upsert(docs_from(X[s : s + 50], s)) for s in range(2000, 2500, 50)])
     writer.start()
     c.rebuild()
     writer.join()
@@ -163,8 +169,11 @@ def test_rebuild_drops_deleted_slots_and_keeps_concurrent_writes(tmp_path, gloss
     assert stats["documents"] == 2000 - 600 + 500 + 1
     assert stats["deleted_slots"] == 0 and not c.needs_rebuild
     Q = X[2500:2600]
-    recall = overlap_at_k([[m.id for m in r] for r in c.search(Q, 10).matches],
-                          [[m.id for m in r] for r in c.search(Q, 10, exact=True).matches], 10)
+    recall = overlap_at_k(
+        [[m.id for m in r] for r in c.search(Q, 10).matches],
+        [[m.id for m in r] for r in c.search(Q, 10, exact=True).matches],
+        10,
+    )
     assert recall >= 0.95
     assert c.search(X[2100], 1).matches[0][0].id == "d2100"
     c.close()

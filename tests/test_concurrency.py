@@ -8,8 +8,11 @@ import threading
 from bench.chaos import Ledger, churn_a_collection, create_collections, run_until, use_the_churned_collection, verify
 from tests.helpers import Server
 
-ENV = {"VECNEST_SNAPSHOT_INTERVAL_S": "0.2", "VECNEST_RECALL_SAMPLE_RATE": "0.3",
-       "VECNEST_REBUILD_DELETED_FRACTION": "0.1"}
+ENV = {
+    "VECNEST_SNAPSHOT_INTERVAL_S": "0.2",
+    "VECNEST_RECALL_SAMPLE_RATE": "0.3",
+    "VECNEST_REBUILD_DELETED_FRACTION": "0.1",
+}
 
 
 def test_parallel_writes_searches_refits_and_drops(tmp_path):
@@ -20,8 +23,10 @@ def test_parallel_writes_searches_refits_and_drops(tmp_path):
         stop = threading.Event()
         counts: dict[int, int] = {}
         errors: list[str] = []
-        side = [threading.Thread(target=churn_a_collection, args=(server.url, stop, counts, errors)),
-                threading.Thread(target=use_the_churned_collection, args=(server.url, stop, counts, errors))]
+        side = [
+            threading.Thread(target=churn_a_collection, args=(server.url, stop, counts, errors)),
+            threading.Thread(target=use_the_churned_collection, args=(server.url, stop, counts, errors)),
+        ]
         for t in side:
             t.start()
         touched, died = run_until(server, ledger, workers=4, seconds=25, seed=3, refits=True)

@@ -85,7 +85,11 @@ def test_dockerfile_pins_cpu_torch_runs_non_root_and_checks_health():
     assert "torch==2.13.0" in dockerfile and "-c constraints.txt" in dockerfile
     # the container is healthy once ready: a server whose collections are still loading (or that could
     # not start) is not
-    assert "USER vecnest" in dockerfile and 'HEALTHCHECK' in dockerfile and 'CMD ["vecnest", "health", "--ready"]' in dockerfile
+    assert (
+        "USER vecnest" in dockerfile
+        and "HEALTHCHECK" in dockerfile
+        and 'CMD ["vecnest", "health", "--ready"]' in dockerfile
+    )
     assert "VECNEST_PORT=8000" in dockerfile and "VECNEST_DATA_DIR=/data" in dockerfile
     constraints = (REPO / "constraints.txt").read_text().splitlines()
     assert "torch==2.13.0" in constraints
@@ -100,5 +104,9 @@ def test_env_variables_in_readme_are_real_settings():
 
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
-    ci = [line for line in (REPO / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [
+        line
+        for line in (REPO / ".ci/run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     assert ci == ["make test"] and "\nmake test\n" in readme

@@ -15,8 +15,16 @@ from index.manifest import Elasticizer
 
 def make(path, dims, kind="pca", fit_at=10**9, dim=384, **kw) -> Collection:
     os.makedirs(path, exist_ok=True)
-    m = Manifest(name="e", dim=dim, metric="cosine", hnsw=HnswParams(), created_at="2026-01-01T00:00:00",
-                 dims=dims, elasticizer=Elasticizer(kind=kind, sample=20000, seed=0, fit_at=fit_at), **kw)
+    m = Manifest(
+        name="e",
+        dim=dim,
+        metric="cosine",
+        hnsw=HnswParams(),
+        created_at="2026-01-01T00:00:00",
+        dims=dims,
+        elasticizer=Elasticizer(kind=kind, sample=20000, seed=0, fit_at=fit_at),
+        **kw,
+    )
     return Collection.create(str(path), m)
 
 
@@ -47,7 +55,7 @@ def test_pca_rotation_is_orthogonal_sorted_and_deterministic(glosses):
     assert (np.diff(a.eigenvalues) <= 1e-12).all()
     assert a.energy(64) < a.energy(96) < a.energy(384) == pytest.approx(1.0)
     # the first PCA coordinates carry more energy than the model's own first coordinates
-    plain = (X[:, :64] ** 2).sum() / (X ** 2).sum()
+    plain = (X[:, :64] ** 2).sum() / (X**2).sum()
     assert a.energy(64) > plain + 0.1
 
 
@@ -109,8 +117,11 @@ def test_rerank_false_returns_the_low_dim_scores(elastic):
     brute = view.apply(X[:2800]) @ view.apply(q[None])[0]
     assert [m.id for m in low.matches[0]] == [f"d{i}" for i in np.argsort(-brute)[:5]]
     full = c.search(q, 5, dim=64)  # funnel: exact full-dim scores
-    assert np.allclose([m.score for m in full.matches[0]], [float(m.vector @ q) for m in c.search(
-        q, 5, dim=64, include=["vector"]).matches[0]], atol=1e-5)
+    assert np.allclose(
+        [m.score for m in full.matches[0]],
+        [float(m.vector @ q) for m in c.search(q, 5, dim=64, include=["vector"]).matches[0]],
+        atol=1e-5,
+    )
 
 
 def test_refit_is_deterministic_for_a_seed(elastic):

@@ -8,8 +8,11 @@ import pytest
 from bench.chaos import Ledger, create_collections, run_until, verify
 from tests.helpers import Server
 
-ENV = {"VECNEST_SNAPSHOT_INTERVAL_S": "0.3", "VECNEST_RECALL_SAMPLE_RATE": "0.2",
-       "VECNEST_REBUILD_DELETED_FRACTION": "0.1"}
+ENV = {
+    "VECNEST_SNAPSHOT_INTERVAL_S": "0.3",
+    "VECNEST_RECALL_SAMPLE_RATE": "0.2",
+    "VECNEST_REBUILD_DELETED_FRACTION": "0.1",
+}
 
 
 def restart_and_verify(data, ledger, touched, seed):
@@ -24,14 +27,17 @@ def restart_and_verify(data, ledger, touched, seed):
     return report
 
 
-@pytest.mark.parametrize("point", [
-    "write.after_commit@mv:3",       # multi-vector ingest: committed, not yet in the graph
-    "write.after_commit@dense:5",
-    "snapshot.after_graphs@dense:2",  # graph files written, manifest not yet pointing at them
-    "snapshot.after_manifest@flat",   # manifest switched, tombstones not yet purged
-    "rebuild.before_swap",            # a rebuild after many deletes, built but not swapped in
-    "rotation.after_save@dense",      # a PCA refit: rotation file saved, graphs not rebuilt
-])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "write.after_commit@mv:3",  # multi-vector ingest: committed, not yet in the graph
+        "write.after_commit@dense:5",
+        "snapshot.after_graphs@dense:2",  # graph files written, manifest not yet pointing at them
+        "snapshot.after_manifest@flat",  # manifest switched, tombstones not yet purged
+        "rebuild.before_swap",  # a rebuild after many deletes, built but not swapped in
+        "rotation.after_save@dense",  # a PCA refit: rotation file saved, graphs not rebuilt
+    ],
+)
 def test_a_crash_at_each_named_point_loses_nothing(tmp_path, point):
     data = tmp_path / "data"
     ledger = Ledger()

@@ -77,8 +77,11 @@ def test_f_filled_document_has_no_empty_block(rng):
     config = MultiVectorConfig(token_dim=D, repetitions=6, simhash_bits=5, projection_dim=8)
     F = FdeEncoder(config).documents([unit(rng, 2), unit(rng, 1)]).reshape(2, 6, 32, 8)
     assert (np.abs(F).sum(axis=3) > 0).all()
-    unfilled = FdeEncoder(MultiVectorConfig(token_dim=D, repetitions=6, simhash_bits=5, projection_dim=8,
-                                            fill_empty=False)).documents([unit(rng, 2)]).reshape(6, 32, 8)
+    unfilled = (
+        FdeEncoder(MultiVectorConfig(token_dim=D, repetitions=6, simhash_bits=5, projection_dim=8, fill_empty=False))
+        .documents([unit(rng, 2)])
+        .reshape(6, 32, 8)
+    )
     assert (np.abs(unfilled).sum(axis=2) == 0).any()  # without fill, most of 32 buckets stay empty
 
 
@@ -104,8 +107,13 @@ def test_empty_token_set_and_bad_configs_are_rejected(rng):
     fde = FdeEncoder(MultiVectorConfig(token_dim=D))
     with pytest.raises(Invalid):
         fde.documents([unit(rng, 3), np.zeros((0, D), np.float32)])
-    for bad in (dict(projection_dim=D + 1), dict(simhash_bits=11), dict(repetitions=0), dict(final_dim=10 ** 6),
-                dict(repetitions=128, simhash_bits=10)):
+    for bad in (
+        dict(projection_dim=D + 1),
+        dict(simhash_bits=11),
+        dict(repetitions=0),
+        dict(final_dim=10**6),
+        dict(repetitions=128, simhash_bits=10),
+    ):
         with pytest.raises(Invalid):
             MultiVectorConfig(token_dim=D, **bad).check()
 

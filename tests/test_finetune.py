@@ -55,8 +55,13 @@ def test_batches_never_repeat_a_text_and_keep_every_pair():
 
 
 def run_finetune(*args, timeout=600):
-    return subprocess.run([str(SCRIPT), "finetune", *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return subprocess.run(
+        [str(SCRIPT), "finetune", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 TINY = ["--epochs", "1", "--batch-size", "8", "--max-seq-length", "32", "--dims", "384,64"]
@@ -81,10 +86,30 @@ def test_a_tiny_run_writes_a_servable_matryoshka_model(pairs_file, tmp_path):
 
 def test_resume_after_a_kill(pairs_file, tmp_path):
     out = tmp_path / "resumable"
-    args = ["--pairs", pairs_file, "--out", out, "--epochs", "2", "--batch-size", "8", "--max-seq-length", "24",
-            "--dims", "384,64", "--checkpoint-every", "1", "--init", "none"]
-    proc = subprocess.Popen([str(SCRIPT), "finetune", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    args = [
+        "--pairs",
+        pairs_file,
+        "--out",
+        out,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--max-seq-length",
+        "24",
+        "--dims",
+        "384,64",
+        "--checkpoint-every",
+        "1",
+        "--init",
+        "none",
+    ]
+    proc = subprocess.Popen(
+        [str(SCRIPT), "finetune", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     state = out / ".checkpoint" / "state.pt"
     deadline = time.monotonic() + 300
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:

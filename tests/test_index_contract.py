@@ -10,7 +10,9 @@ from index.exact import ExactIndex
 from index.hnsw import HnswIndex, HnswParams
 
 IMPLEMENTATIONS = {
-    "hnsw": lambda dim, metric: HnswIndex(dim, metric, HnswParams(m=16, ef_construction=100, ef_search=64), capacity=16),
+    "hnsw": lambda dim, metric: HnswIndex(
+        dim, metric, HnswParams(m=16, ef_construction=100, ef_search=64), capacity=16
+    ),
     "exact": lambda dim, metric: ExactIndex(dim, metric, capacity=4),
 }
 
@@ -42,7 +44,7 @@ def test_self_query_finds_itself_and_capacity_grows(make, metric):
     X = random_data()
     index = make(X.shape[1], metric)
     for start in range(0, len(X), 100):  # many small adds: capacity must grow past 16
-        index.add(np.arange(start, start + 100), X[start:start + 100])
+        index.add(np.arange(start, start + 100), X[start : start + 100])
     assert len(index) == len(X)
     hits = index.search(X[:200], 1)
     assert (hits.labels[:, 0] == np.arange(200)).mean() >= 0.99
@@ -141,7 +143,7 @@ def test_concurrent_searches_and_writes(make):
     def searcher():
         try:
             for i in range(150):
-                hits = index.search(X[i:i + 1], 5)
+                hits = index.search(X[i : i + 1], 5)
                 assert (hits.labels[0] >= 0).all()
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -149,7 +151,7 @@ def test_concurrent_searches_and_writes(make):
     def writer():
         try:
             for start in range(1000, 3000, 100):
-                index.add(np.arange(start, start + 100), X[start:start + 100])
+                index.add(np.arange(start, start + 100), X[start : start + 100])
                 index.delete(np.arange(start - 1000, start - 950))
         except Exception as exc:  # pragma: no cover
             errors.append(exc)

@@ -16,8 +16,14 @@ from index.exact import ExactIndex
 
 
 def manifest(name: str = "c", dim: int = 4, metric: str = "cosine", dims: list[int] | None = None) -> Manifest:
-    return Manifest(name=name, dim=dim, metric=metric, hnsw=HnswParams(m=8, ef_construction=64),
-                    created_at="2026-01-01T00:00:00", dims=dims or [])
+    return Manifest(
+        name=name,
+        dim=dim,
+        metric=metric,
+        hnsw=HnswParams(m=8, ef_construction=64),
+        created_at="2026-01-01T00:00:00",
+        dims=dims or [],
+    )
 
 
 def docs(ids, X) -> list[NewDocument]:

@@ -24,15 +24,25 @@ def gloss_tokens(minilm):
 
 def make(tmp_path, token_dim=384, **config):
     catalog = Catalog(str(tmp_path / "data"))
-    manifest = Manifest(name="mv", dim=0, metric="ip", hnsw=HnswParams(), created_at="test",
-                        multivector=MultiVectorConfig(token_dim=token_dim, **config))
+    manifest = Manifest(
+        name="mv",
+        dim=0,
+        metric="ip",
+        hnsw=HnswParams(),
+        created_at="test",
+        multivector=MultiVectorConfig(token_dim=token_dim, **config),
+    )
     return catalog, catalog.create(manifest)
 
 
 def fill(collection, sets):
     for s in range(0, len(sets), 500):
-        collection.upsert([NewDocument(id=f"d{i}", vector=None, tokens=t, metadata={"part": i % 4})
-                           for i, t in zip(range(s, s + 500), sets[s:s + 500])])
+        collection.upsert(
+            [
+                NewDocument(id=f"d{i}", vector=None, tokens=t, metadata={"part": i % 4})
+                for i, t in zip(range(s, s + 500), sets[s : s + 500])
+            ]
+        )
 
 
 def truth(queries, sets, k=10):
@@ -105,8 +115,9 @@ def test_bad_input_is_rejected_and_changes_nothing(tmp_path, gloss_tokens):
     }
     for what, tokens in bad_batches.items():
         with pytest.raises(Invalid):
-            collection.upsert([NewDocument(id="fine", vector=None, tokens=good),
-                               NewDocument(id=what, vector=None, tokens=tokens)])
+            collection.upsert(
+                [NewDocument(id="fine", vector=None, tokens=good), NewDocument(id=what, vector=None, tokens=tokens)]
+            )
         with pytest.raises(Invalid):
             collection.search_tokens([tokens], 5)
     assert len(collection) == 10 and collection._store.count() == 10

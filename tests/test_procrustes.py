@@ -4,8 +4,7 @@ and the score calibration used while a gallery is half backfilled."""
 import numpy as np
 import pytest
 
-from index.procrustes import (complete_rotation, fit_calibration, fit_orthogonal_map, map_queries,
-                              orthogonality_error)
+from index.procrustes import complete_rotation, fit_calibration, fit_orthogonal_map, map_queries, orthogonality_error
 from index.vectors import normalize
 
 

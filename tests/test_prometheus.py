@@ -39,8 +39,10 @@ def panel_queries() -> list[tuple[str, str, str]]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     if Prometheus.binary() is None:
-        pytest.skip("Debian's prometheus binary is not installed and could not be (make test runs "
-                    "`apt-get install prometheus` when it has root); this test needs a real Prometheus")
+        pytest.skip(
+            "Debian's prometheus binary is not installed and could not be (make test runs "
+            "`apt-get install prometheus` when it has root); this test needs a real Prometheus"
+        )
     tmp = tmp_path_factory.mktemp("stack")
     with Server(tmp / "data") as server:
         with Prometheus(tmp / "prometheus", [f"127.0.0.1:{server.port}"]) as prometheus:
@@ -52,22 +54,37 @@ def traffic(client) -> None:
     rows = random.Random(3).sample(wordnet_glosses(), 240)
     texts = [f"{lemmas}: {gloss}" for _, _, lemmas, gloss in rows]
     ok = lambda r: r.status_code < 300 or pytest.fail(r.text)  # noqa: E731
-    ok(client.post("/v1/collections", json={"name": "glosses", "dims": [64, 384], "target_recall": 0.95,
-                                            "recall_sample_rate": 1.0}))
-    ok(client.put("/v1/collections/glosses/documents",
-                  json={"documents": [{"id": str(i), "text": t} for i, t in enumerate(texts[:200])]}))
+    ok(
+        client.post(
+            "/v1/collections",
+            json={"name": "glosses", "dims": [64, 384], "target_recall": 0.95, "recall_sample_rate": 1.0},
+        )
+    )
+    ok(
+        client.put(
+            "/v1/collections/glosses/documents",
+            json={"documents": [{"id": str(i), "text": t} for i, t in enumerate(texts[:200])]},
+        )
+    )
     glove = read_vecs(shared_path("glove-6B-50d-100k", "glove-6B-50d-100k_base.fvecs.gz"), "float32")[:3000]
-    ok(client.post("/v1/collections", json={"name": "tokens", "multivector": {"token_dim": 50, "repetitions": 4,
-                                                                              "simhash_bits": 3, "projection_dim": 8},
-                                            "recall_sample_rate": 1.0}))
-    docs = [{"id": f"t{i}", "vectors": glove[i * 20:(i + 1) * 20].tolist()} for i in range(100)]
+    ok(
+        client.post(
+            "/v1/collections",
+            json={
+                "name": "tokens",
+                "multivector": {"token_dim": 50, "repetitions": 4, "simhash_bits": 3, "projection_dim": 8},
+                "recall_sample_rate": 1.0,
+            },
+        )
+    )
+    docs = [{"id": f"t{i}", "vectors": glove[i * 20 : (i + 1) * 20].tolist()} for i in range(100)]
     ok(client.put("/v1/collections/tokens/documents", json={"documents": docs}))
     for round_ in range(2):  # two rounds a few scrapes apart, so rates are not zero
         for t in texts[200:240]:
             ok(client.post("/v1/collections/glosses/search", json={"query": t, "k": 5, "dim": 64}))
             ok(client.post("/v1/collections/glosses/search", json={"query": t, "k": 5}))
         for i in range(10):
-            q = glove[2500 + i * 7: 2500 + i * 7 + 6].tolist()
+            q = glove[2500 + i * 7 : 2500 + i * 7 + 6].tolist()
             ok(client.post("/v1/collections/tokens/search", json={"vectors": q, "k": 5, "candidates": 20}))
         ok(client.post("/v1/collections/glosses/recall", json={"queries": 50, "k": 5}))
         ok(client.post("/v1/collections/tokens/recall", json={"queries": 20, "k": 5}))
@@ -92,19 +109,24 @@ def test_every_dashboard_expression_returns_series(stack):
             failures.append(f"{dashboard} / {title}: {exc}")
     assert not failures, "\n".join(failures)
     # the template variable's values come from the same Prometheus
-    values = prometheus.client.get("/api/v1/label/collection/values",
-                                   params={"match[]": "vecnest_collection_documents"}).json()["data"]
+    values = prometheus.client.get(
+        "/api/v1/label/collection/values", params={"match[]": "vecnest_collection_documents"}
+    ).json()["data"]
     assert {"glosses", "tokens"} <= set(values)
 
 
 def test_scraped_recall_and_ef_figures_are_sane(stack):
     server, prometheus = stack
-    by_key = lambda expr: {tuple(s["metric"].get(k, "") for k in ("index", "stage")): float(s["value"][1])  # noqa: E731
-                           for s in prometheus.series(expr)}
+    by_key = lambda expr: {
+        tuple(s["metric"].get(k, "") for k in ("index", "stage")): float(s["value"][1])  # noqa: E731
+        for s in prometheus.series(expr)
+    }
     live = by_key('vecnest_recall_estimate{collection="glosses",source="live"}')
     assert set(live) == {("64", "index"), ("64", "final"), ("384", "index"), ("384", "final")}
     assert all(0.5 <= v <= 1.0 for v in live.values()), live
-    ef = {s["metric"]["index"]: float(s["value"][1]) for s in prometheus.series('vecnest_ef_search{collection="glosses"}')}
+    ef = {
+        s["metric"]["index"]: float(s["value"][1]) for s in prometheus.series('vecnest_ef_search{collection="glosses"}')
+    }
     info = server.client.get("/v1/collections/glosses").json()["recall"]
     assert ef == {k: float(v) for k, v in info["ef_search"].items()}
     assert prometheus.series('vecnest_target_recall{collection="glosses"}')[0]["value"][1] == "0.95"

@@ -31,9 +31,15 @@ def machine(metric: str):
         def __init__(self):
             super().__init__()
             self.dir = tempfile.mkdtemp(prefix="vecnest-prop-")
-            m = Manifest(name="p", dim=DIM, metric=metric, hnsw=HnswParams(m=4, ef_construction=32, ef_search=64),
-                         created_at="2026-01-01T00:00:00", dims=[3, DIM],
-                         elasticizer=Elasticizer(kind="pca", sample=64, seed=0, fit_at=10 ** 9))
+            m = Manifest(
+                name="p",
+                dim=DIM,
+                metric=metric,
+                hnsw=HnswParams(m=4, ef_construction=32, ef_search=64),
+                created_at="2026-01-01T00:00:00",
+                dims=[3, DIM],
+                elasticizer=Elasticizer(kind="pca", sample=64, seed=0, fit_at=10**9),
+            )
             self.c = Collection.create(self.dir, m)
             self.oracle: dict[str, np.ndarray] = {}
 
@@ -116,7 +122,7 @@ def machine(metric: str):
         @invariant()
         def same_documents(self):
             assert len(self.c) == len(self.oracle)
-            for i in IDS[:: 5]:
+            for i in IDS[::5]:
                 if i in self.oracle:
                     assert np.array_equal(self.c.get(i).vector, _prepared(self.oracle[i], metric))
                 else:
@@ -135,6 +141,11 @@ def _prepared(x: np.ndarray, metric: str) -> np.ndarray:
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
 def test_index_matches_an_exact_oracle_under_random_operations(metric):
     test = machine(metric).TestCase
-    test.settings = settings(max_examples=25, stateful_step_count=30, deadline=None, derandomize=True,
-                             suppress_health_check=list(HealthCheck))
+    test.settings = settings(
+        max_examples=25,
+        stateful_step_count=30,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     test().runTest()

@@ -27,8 +27,14 @@ def glove() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def glove_collection(tmp_path_factory, glove) -> Collection:
     X, _ = glove
-    manifest = Manifest(name="glove", dim=50, metric="cosine", hnsw=HnswParams(m=6, ef_construction=40, ef_search=10),
-                        created_at="now", dims=[16, 50])
+    manifest = Manifest(
+        name="glove",
+        dim=50,
+        metric="cosine",
+        hnsw=HnswParams(m=6, ef_construction=40, ef_search=10),
+        created_at="now",
+        dims=[16, 50],
+    )
     collection = Collection.create(str(tmp_path_factory.mktemp("glove")), manifest)
     for s in range(0, len(X), 5000):
         collection.upsert([NewDocument(id=str(i), vector=X[i]) for i in range(s, min(s + 5000, len(X)))])

@@ -59,7 +59,9 @@ def test_chunked_oversized_body_is_rejected(tmp_path):
                 yield b'{"id": "%d", "text": "padding padding padding"},' % i
             yield b'{"id": "last", "text": "end"}]}'
 
-        r = server.client.put("/v1/collections/x/documents", content=chunks(), headers={"content-type": "application/json"})
+        r = server.client.put(
+            "/v1/collections/x/documents", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
         assert server.client.get("/v1/collections/x").json()["documents"] == 0
     finally:
@@ -67,7 +69,7 @@ def test_chunked_oversized_body_is_rejected(tmp_path):
 
 
 def _glosses(start: int, n: int) -> list[dict]:
-    rows = wordnet_glosses()[start:start + n]
+    rows = wordnet_glosses()[start : start + n]
     return [{"id": sid, "text": gloss, "metadata": {"pos": pos}} for sid, pos, _, gloss in rows]
 
 
@@ -87,8 +89,10 @@ def test_sigkill_right_after_acknowledgements_loses_nothing(tmp_path, snapshot_i
     deleted = acknowledged[:20]
     assert c.post("/v1/collections/kb/documents/delete", json={"ids": deleted}).json()["deleted"] == 20
     queries = ["a large animal", "a unit of measurement", "to move quickly", "a feeling of joy", "a kind of tree"]
-    before = [c.post("/v1/collections/kb/search", json={"query": q, "k": 10, "include": []}).json()["results"]
-              for q in queries]
+    before = [
+        c.post("/v1/collections/kb/search", json={"query": q, "k": 10, "include": []}).json()["results"]
+        for q in queries
+    ]
     assert server.kill(signal.SIGKILL) == -signal.SIGKILL
 
     restarted = Server(data).start()
@@ -99,8 +103,10 @@ def test_sigkill_right_after_acknowledgements_loses_nothing(tmp_path, snapshot_i
             assert c.get(f"/v1/collections/kb/documents/{doc_id}").status_code == 200
         for doc_id in deleted:
             assert c.get(f"/v1/collections/kb/documents/{doc_id}").status_code == 404
-        after = [c.post("/v1/collections/kb/search", json={"query": q, "k": 10, "include": []}).json()["results"]
-                 for q in queries]
+        after = [
+            c.post("/v1/collections/kb/search", json={"query": q, "k": 10, "include": []}).json()["results"]
+            for q in queries
+        ]
         assert [[h["id"] for h in r] for r in after] == [[h["id"] for h in r] for r in before]
         for a, b in zip(after, before):
             assert [h["score"] for h in a] == pytest.approx([h["score"] for h in b], abs=1e-5)
@@ -214,7 +220,9 @@ def test_a_client_that_disconnects_stops_its_work(tmp_path):
             time.sleep(0.1)
         assert c.get("/v1/collections/t").json()["documents"] == 0
         assert c.post("/v1/collections/t/search", json={"query": "a quick search", "k": 1}).status_code == 200
-        encoded = [line for line in c.get("/metrics").text.splitlines() if line.startswith("vecnest_encoder_texts_total")]
+        encoded = [
+            line for line in c.get("/metrics").text.splitlines() if line.startswith("vecnest_encoder_texts_total")
+        ]
         assert sum(float(line.split()[-1]) for line in encoded) < 500, encoded
     finally:
         server.stop()

@@ -24,8 +24,9 @@ def small_disk(tmp_path):
     mnt = tmp_path / "disk"
     mnt.mkdir()
     try:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], capture_output=True, text=True
+        )
     except OSError as exc:
         pytest.skip(f"cannot mount a tmpfs for storage-fault tests: {exc}")
     if r.returncode != 0:
@@ -52,8 +53,9 @@ def docs(prefix: str, n: int, dim: int, seed: int) -> list[NewDocument]:
 
 
 def test_a_full_disk_refuses_writes_cleanly_in_the_vector_file_and_in_sqlite(small_disk):
-    m = Manifest(name="c", dim=1024, metric="cosine", hnsw=HnswParams(m=8, ef_construction=32),
-                 created_at="2026-01-01T00:00:00")
+    m = Manifest(
+        name="c", dim=1024, metric="cosine", hnsw=HnswParams(m=8, ef_construction=32), created_at="2026-01-01T00:00:00"
+    )
     os.makedirs(small_disk / "c")
     c = Collection.create(str(small_disk / "c"), m)  # a 1024-row vector file: 4 MiB
     c.upsert(docs("a", 1000, 1024, 0))
@@ -106,7 +108,7 @@ def test_the_server_answers_507_on_a_full_disk_serves_reads_recovers_and_restart
             r, batch = write(f"{tag}{i}")
             if r.status_code == 507:
                 assert r.json()["error"]["code"] == "insufficient_storage"
-                for d in batch[:: 50]:  # nothing of the refused batch was applied
+                for d in batch[::50]:  # nothing of the refused batch was applied
                     assert server.client.get(f"/v1/collections/v/documents/{d['id']}").status_code == 404
                 return
             assert r.status_code == 200, r.text
@@ -158,7 +160,10 @@ def test_a_read_only_data_directory_starts_ready_and_names_its_collections(small
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     server = Server(data, env=ENV).start()
     try:
-        assert server.client.post("/v1/collections/v/search", json={"vector": [1, 0, 0, 0]}).json()["results"][0]["id"] == "a"
+        assert (
+            server.client.post("/v1/collections/v/search", json={"vector": [1, 0, 0, 0]}).json()["results"][0]["id"]
+            == "a"
+        )
     finally:
         server.stop()
 
@@ -169,8 +174,9 @@ def test_too_few_file_descriptors_at_start_up_is_a_clear_reason(tmp_path):
     try:
         for i in range(12):
             server.client.post("/v1/collections", json={"name": f"c{i:02d}", "dim": 4})
-            server.client.put(f"/v1/collections/c{i:02d}/documents",
-                              json={"documents": [{"id": "a", "vector": [1, 0, 0, 0]}]})
+            server.client.put(
+                f"/v1/collections/c{i:02d}/documents", json={"documents": [{"id": "a", "vector": [1, 0, 0, 0]}]}
+            )
     finally:
         server.stop()
     limit = 64

@@ -82,11 +82,13 @@ def test_bad_documents_change_nothing(store):
 
 
 def test_filters_match_scalars_lists_and_types(store):
-    store.put([
-        doc(1, lang="en", year=2020, draft=True, tags=["a", "b"]),
-        doc(2, lang="en", year=2021.0, draft=False, tags=["b"]),
-        doc(3, lang="fr", year=2020, nested={"x": 1}),
-    ])
+    store.put(
+        [
+            doc(1, lang="en", year=2020, draft=True, tags=["a", "b"]),
+            doc(2, lang="en", year=2021.0, draft=False, tags=["b"]),
+            doc(3, lang="fr", year=2020, nested={"x": 1}),
+        ]
+    )
     labels = {store.get(f"d{i}").label: f"d{i}" for i in (1, 2, 3)}
 
     def ids(f):

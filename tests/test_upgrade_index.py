@@ -13,13 +13,21 @@ from index.vectors import normalize
 
 
 def manifest(name: str, dim: int) -> Manifest:
-    return Manifest(name=name, dim=dim, metric="cosine", hnsw=HnswParams(m=16, ef_construction=100, ef_search=200),
-                    created_at="test", encoder={"model": "old", "dim": dim})
+    return Manifest(
+        name=name,
+        dim=dim,
+        metric="cosine",
+        hnsw=HnswParams(m=16, ef_construction=100, ef_search=200),
+        created_at="test",
+        encoder={"model": "old", "dim": dim},
+    )
 
 
 def docs(ids, X, texts=None):
-    return [NewDocument(id=i, vector=x, text=(texts or {}).get(i, f"text {i}"), metadata={"n": n})
-            for n, (i, x) in enumerate(zip(ids, X))]
+    return [
+        NewDocument(id=i, vector=x, text=(texts or {}).get(i, f"text {i}"), metadata={"n": n})
+        for n, (i, x) in enumerate(zip(ids, X))
+    ]
 
 
 @pytest.fixture
@@ -38,8 +46,9 @@ def clustered(n: int, d: int, seed: int) -> np.ndarray:
 def test_sync_plan_finds_missing_stale_and_deleted_documents(catalog):
     source = catalog.create(manifest("kb", 8))
     home = catalog.home("kb")
-    shadow = up.create_generation(home, "gen-x", manifest("kb", 4).replace(encoder={"model": "new", "dim": 4}),
-                                  catalog.options)
+    shadow = up.create_generation(
+        home, "gen-x", manifest("kb", 4).replace(encoder={"model": "new", "dim": 4}), catalog.options
+    )
     X = clustered(10, 8, 0)
     ids = [f"d{i}" for i in range(10)]
     source.upsert(docs(ids, X))
@@ -50,8 +59,12 @@ def test_sync_plan_finds_missing_stale_and_deleted_documents(catalog):
     plan = up.plan_sync(source, shadow)
     assert sorted(u[0] for u in plan.upserts) == ["d2", "d6", "d7", "d8", "d9"]
     assert plan.deletes == ["gone"] and plan.done == 5 and plan.source_seq == source.last_seq()
-    shadow.upsert([NewDocument(id=i, vector=np.ones(4, np.float32), text=t, metadata=__import__("json").loads(m))
-                   for i, t, m in plan.upserts])
+    shadow.upsert(
+        [
+            NewDocument(id=i, vector=np.ones(4, np.float32), text=t, metadata=__import__("json").loads(m))
+            for i, t, m in plan.upserts
+        ]
+    )
     shadow.delete(plan.deletes)
     assert up.plan_sync(source, shadow).empty
 
@@ -113,8 +126,9 @@ def test_swap_generations_is_persistent_and_old_generation_files_can_be_removed(
 def test_records_reconcile_with_the_pointer(catalog):
     source = catalog.create(manifest("kb", 4))
     home = up.home_of(source)
-    record = up.new_record(source, {"model": "new", "dim": 4}, sample=10, holdout=0.2, seed=0, min_cosine=0.8,
-                           min_recall=0.8).moved(up.BACKFILLING)
+    record = up.new_record(
+        source, {"model": "new", "dim": 4}, sample=10, holdout=0.2, seed=0, min_cosine=0.8, min_recall=0.8
+    ).moved(up.BACKFILLING)
     assert record.old_generation == "." and record.new_generation == f"gen-{record.id}"
     up.save_record(home, record)
     assert up.load_records(home) == [record]

@@ -19,19 +19,23 @@ FAST = {"VECNEST_UPGRADE_BATCH_SIZE": "32", "VECNEST_UPGRADE_POLL_S": "0.1", "VE
 def models(tmp_path_factory):
     """A compatible new model (MiniLM + a fixed noisy rotation) and an incompatible one (5 layers)."""
     root = tmp_path_factory.mktemp("models")
-    return {"rotated": rotated_minilm(str(root / "rotated"), seed=2, noise=0.5),
-            "shallow": shallow_minilm(str(root / "shallow"), layers=5)}
+    return {
+        "rotated": rotated_minilm(str(root / "rotated"), seed=2, noise=0.5),
+        "shallow": shallow_minilm(str(root / "shallow"), layers=5),
+    }
 
 
 def glosses(start: int, n: int) -> list[dict]:
-    rows = wordnet_glosses()[start:start + n]
+    rows = wordnet_glosses()[start : start + n]
     return [{"id": sid, "text": f"{lemmas}: {gloss}", "metadata": {"pos": pos}} for sid, pos, lemmas, gloss in rows]
 
 
 def fill(c, name: str, docs: list[dict], **config) -> None:
     assert c.post("/v1/collections", json={"name": name, **config}).status_code == 201
     for start in range(0, len(docs), 500):
-        assert c.put(f"/v1/collections/{name}/documents", json={"documents": docs[start:start + 500]}).status_code == 200
+        assert (
+            c.put(f"/v1/collections/{name}/documents", json={"documents": docs[start : start + 500]}).status_code == 200
+        )
 
 
 def wait_for(c, name: str, upgrade_id: str, until, timeout: float = 300.0) -> dict:
@@ -63,8 +67,9 @@ class Searcher(threading.Thread):
         i = 0
         while not self.stop.is_set():
             try:
-                r = self.c.post(f"/v1/collections/{self.name}/search", json={"query": self.queries[i % len(self.queries)],
-                                                                             "k": 5})
+                r = self.c.post(
+                    f"/v1/collections/{self.name}/search", json={"query": self.queries[i % len(self.queries)], "k": 5}
+                )
             except Exception:  # the server went away: the test has failed already
                 return
             self.statuses.append(r.status_code)
@@ -186,9 +191,11 @@ def test_gate_abort_force_and_bad_requests(settings, models):
     docs = glosses(3000, 300)
     with app_client(settings) as c:
         fill(c, "kb", docs)
-        bad = [({"model": "/nonexistent/model"}, 422, "unknown_model"),
-               ({"model": "all-MiniLM-L6-v2"}, 422, "same_model"),
-               ({"model": models["shallow"], "holdout": 1.5}, 422, None)]
+        bad = [
+            ({"model": "/nonexistent/model"}, 422, "unknown_model"),
+            ({"model": "all-MiniLM-L6-v2"}, 422, "same_model"),
+            ({"model": models["shallow"], "holdout": 1.5}, 422, None),
+        ]
         for body, status, code in bad:
             r = c.post("/v1/collections/kb/upgrades", json=body)
             assert r.status_code == status, r.text
@@ -234,8 +241,13 @@ def test_gate_abort_force_and_bad_requests(settings, models):
         assert top_id(c, "kb", docs[250]["text"]) == docs[250]["id"]
 
 
-@pytest.mark.parametrize("point, state", [("upgrade.before_swap", "backfilling"),  # pointer not yet flipped
-                                          ("upgrade.after_swap", "cut_over")])  # flipped, record not yet saved
+@pytest.mark.parametrize(
+    "point, state",
+    [
+        ("upgrade.before_swap", "backfilling"),  # pointer not yet flipped
+        ("upgrade.after_swap", "cut_over"),
+    ],
+)  # flipped, record not yet saved
 def test_a_crash_during_cut_over_leaves_one_consistent_generation(tmp_path, models, point, state):
     data = tmp_path / "data"
     docs = glosses(3000, 300)

@@ -17,13 +17,16 @@ def test_as_matrix_accepts_one_vector_or_a_batch_and_copies():
     assert X[0, 0] == 1  # input untouched
 
 
-@pytest.mark.parametrize("bad, code", [
-    ([1.0, 2.0], "wrong_dimension"),
-    ([1.0, float("nan"), 2.0], "non_finite"),
-    ([1.0, float("inf"), 2.0], "non_finite"),
-    ([[1.0, 2.0, 3.0], [1.0]], "invalid_vector"),
-    (["a", "b", "c"], "invalid_vector"),
-])
+@pytest.mark.parametrize(
+    "bad, code",
+    [
+        ([1.0, 2.0], "wrong_dimension"),
+        ([1.0, float("nan"), 2.0], "non_finite"),
+        ([1.0, float("inf"), 2.0], "non_finite"),
+        ([[1.0, 2.0, 3.0], [1.0]], "invalid_vector"),
+        (["a", "b", "c"], "invalid_vector"),
+    ],
+)
 def test_as_matrix_rejects(bad, code):
     with pytest.raises(Invalid) as err:
         as_matrix(bad, 3)

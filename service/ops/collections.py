@@ -31,11 +31,17 @@ async def create(engine: Engine, req: schemas.CollectionCreate) -> schemas.Colle
     dim = encoder.dim if encoder else req.dim
     dims = check_dims(req.dims, dim)
     manifest = Manifest(
-        name=req.name, dim=dim, metric=req.metric, hnsw=_hnsw(engine, req.hnsw),
+        name=req.name,
+        dim=dim,
+        metric=req.metric,
+        hnsw=_hnsw(engine, req.hnsw),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        dims=dims, elasticizer=_elasticizer(req.elasticizer, encoder, dim), rerank_factor=req.rerank_factor,
-        encoder={"model": model, "dim": dim, "layers": req.layers,
-                 "matryoshka_dims": encoder.matryoshka_dims} if encoder else None,
+        dims=dims,
+        elasticizer=_elasticizer(req.elasticizer, encoder, dim),
+        rerank_factor=req.rerank_factor,
+        encoder={"model": model, "dim": dim, "layers": req.layers, "matryoshka_dims": encoder.matryoshka_dims}
+        if encoder
+        else None,
         recall=recall_policy(req, RecallPolicy()),
     )
     collection = await engine.run(catalog.create, manifest)
@@ -50,26 +56,40 @@ async def _create_multivector(engine: Engine, req: schemas.CollectionCreate) -> 
     if "metric" in req.model_fields_set and req.metric != "cosine":
         dense_only.append("metric")
     if dense_only:
-        raise Invalid(f"{', '.join(dense_only)} apply to dense collections; a multi-vector collection scores unit "
-                      f"tokens by MaxSim (set multivector.token_dim for token matrices without a model)",
-                      code="multivector_collection")
+        raise Invalid(
+            f"{', '.join(dense_only)} apply to dense collections; a multi-vector collection scores unit "
+            f"tokens by MaxSim (set multivector.token_dim for token matrices without a model)",
+            code="multivector_collection",
+        )
     encoder = None
     model = req.model or engine.settings.default_model
     if req.model is not None or mv.token_dim is None:
         encoder = await engine.load_encoder(model)
         if mv.token_dim is not None and mv.token_dim != encoder.dim:
-            raise Invalid(f"token_dim {mv.token_dim} does not match model {model!r} ({encoder.dim} dims)",
-                          code="wrong_dimension")
+            raise Invalid(
+                f"token_dim {mv.token_dim} does not match model {model!r} ({encoder.dim} dims)", code="wrong_dimension"
+            )
         encoder.check_layers(req.layers)
     elif req.layers is not None:
         raise Invalid("layers needs a model; this collection holds token matrices only", code="invalid_layers")
     token_dim = encoder.dim if encoder else mv.token_dim
-    config = MultiVectorConfig(token_dim=token_dim, repetitions=mv.repetitions, simhash_bits=mv.simhash_bits,
-                               projection_dim=mv.projection_dim, final_dim=mv.final_dim, seed=mv.seed,
-                               fill_empty=mv.fill_empty, max_tokens=mv.max_tokens).check()
+    config = MultiVectorConfig(
+        token_dim=token_dim,
+        repetitions=mv.repetitions,
+        simhash_bits=mv.simhash_bits,
+        projection_dim=mv.projection_dim,
+        final_dim=mv.final_dim,
+        seed=mv.seed,
+        fill_empty=mv.fill_empty,
+        max_tokens=mv.max_tokens,
+    ).check()
     manifest = Manifest(
-        name=req.name, dim=config.dim, metric="ip", hnsw=_hnsw(engine, req.hnsw),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), multivector=config,
+        name=req.name,
+        dim=config.dim,
+        metric="ip",
+        hnsw=_hnsw(engine, req.hnsw),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        multivector=config,
         encoder={"model": model, "dim": token_dim, "layers": req.layers, "tokens": True} if encoder else None,
         recall=recall_policy(req, RecallPolicy()),
     )
@@ -99,8 +119,11 @@ async def update(engine: Engine, name: str, req: schemas.CollectionUpdate) -> sc
 
 def _hnsw(engine: Engine, h: schemas.HnswConfig | None) -> HnswParams:
     s, h = engine.settings, h or schemas.HnswConfig()
-    return HnswParams(m=h.m or s.hnsw_m, ef_construction=h.ef_construction or s.hnsw_ef_construction,
-                      ef_search=h.ef_search or s.hnsw_ef_search)
+    return HnswParams(
+        m=h.m or s.hnsw_m,
+        ef_construction=h.ef_construction or s.hnsw_ef_construction,
+        ef_search=h.ef_search or s.hnsw_ef_search,
+    )
 
 
 def _elasticizer(cfg: schemas.ElasticizerConfig | None, encoder, dim: int) -> Elasticizer:
@@ -115,17 +138,28 @@ def info(collection: Collection, engine: Engine) -> schemas.CollectionInfo:
     m, stats = collection.manifest, collection.stats()
     encoder = m.encoder or {}
     return schemas.CollectionInfo(
-        name=m.name, model=encoder.get("model"), layers=encoder.get("layers"), dim=m.dim, dims=collection.dims,
-        metric=m.metric, hnsw={"m": m.hnsw.m, "ef_construction": m.hnsw.ef_construction, "ef_search": m.hnsw.ef_search},
-        elasticizer=vars(m.elasticizer), rotation=vars(m.rotation) if m.rotation else None,
+        name=m.name,
+        model=encoder.get("model"),
+        layers=encoder.get("layers"),
+        dim=m.dim,
+        dims=collection.dims,
+        metric=m.metric,
+        hnsw={"m": m.hnsw.m, "ef_construction": m.hnsw.ef_construction, "ef_search": m.hnsw.ef_search},
+        elasticizer=vars(m.elasticizer),
+        rotation=vars(m.rotation) if m.rotation else None,
         rerank_factors={str(d): collection.rerank_factor(d) for d in collection.dims if d < m.dim},
-        created_at=m.created_at, documents=stats["documents"],
+        created_at=m.created_at,
+        documents=stats["documents"],
         index={k: v for k, v in stats.items() if k != "documents"},
         multivector=m.multivector.to_json() if m.multivector else None,
-        recall={"target_recall": m.recall.target, "sample_rate": engine.recall.rate(collection),
-                "ef_min": m.recall.ef_min, "ef_max": m.recall.ef_max,
-                "ef_search": {collection.index_name(d): collection.ef_search(d) for d in collection.dims},
-                **engine.recall.summary(collection)},
+        recall={
+            "target_recall": m.recall.target,
+            "sample_rate": engine.recall.rate(collection),
+            "ef_min": m.recall.ef_min,
+            "ef_max": m.recall.ef_max,
+            "ef_search": {collection.index_name(d): collection.ef_search(d) for d in collection.dims},
+            **engine.recall.summary(collection),
+        },
     )
 
 
@@ -133,7 +167,10 @@ def list_all(engine: Engine) -> schemas.CollectionList:
     catalog = engine.require_ready()
     return schemas.CollectionList(
         collections=[info(c, engine) for c in engine.collections()],
-        failed=[schemas.FailedCollection(name=name, reason=reason) for name, reason in sorted(catalog.failed().items())])
+        failed=[
+            schemas.FailedCollection(name=name, reason=reason) for name, reason in sorted(catalog.failed().items())
+        ],
+    )
 
 
 def describe(engine: Engine, name: str) -> schemas.CollectionInfo:
@@ -154,14 +191,19 @@ async def refit(engine: Engine, name: str, req: schemas.RefitRequest) -> schemas
     """Fit the PCA rotation on the collection's own vectors now and rebuild its low-dim graphs."""
     collection = engine.collection(name)
     if collection.manifest.multivector is not None:
-        raise Invalid(f"collection {name!r} holds multi-vector documents; rotations apply to dense vectors",
-                      code="multivector_collection")
+        raise Invalid(
+            f"collection {name!r} holds multi-vector documents; rotations apply to dense vectors",
+            code="multivector_collection",
+        )
     if min(collection.dims) == collection.manifest.dim:
-        raise Invalid(f"collection {name!r} indexes only its full dim; declare lower dims to use a rotation",
-                      code="no_low_dims")
+        raise Invalid(
+            f"collection {name!r} indexes only its full dim; declare lower dims to use a rotation", code="no_low_dims"
+        )
     if collection.manifest.elasticizer.kind != "pca":
-        raise Invalid(f"collection {name!r} truncates natively (elasticizer {collection.manifest.elasticizer.kind!r})",
-                      code="no_elasticizer")
+        raise Invalid(
+            f"collection {name!r} truncates natively (elasticizer {collection.manifest.elasticizer.kind!r})",
+            code="no_elasticizer",
+        )
     start = time.perf_counter()
     record = await engine.run(collection.fit_rotation, req.sample, req.seed)
     return schemas.RefitResponse(rotation=vars(record), took_ms=(time.perf_counter() - start) * 1e3)

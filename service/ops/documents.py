@@ -23,8 +23,11 @@ async def upsert(engine: Engine, name: str, docs: list[schemas.DocumentIn]) -> s
         collection = engine.collection(name)
         check_documents(engine.settings, collection, docs)
         if engine.upgrades.live(name) is not None and any(d.text is None for d in docs):
-            raise Conflict(f"collection {name!r} is being upgraded to a new model: every document needs text so the "
-                           f"other model can embed it too", code="upgrade_in_progress")
+            raise Conflict(
+                f"collection {name!r} is being upgraded to a new model: every document needs text so the "
+                f"other model can embed it too",
+                code="upgrade_in_progress",
+            )
         if isinstance(collection, MultiVectorCollection):
             new, truncated = await _multivector_documents(engine, collection, docs)
         else:
@@ -43,27 +46,33 @@ def _cut(encoder, docs: list[schemas.DocumentIn], embedded: list[int]) -> list[s
     return [docs[i].id for i in embedded if len(docs[i].text) > encoder.max_chars]
 
 
-async def _dense_documents(engine: Engine, collection: Collection, docs: list[schemas.DocumentIn]
-                           ) -> tuple[list[NewDocument], list[str]]:
+async def _dense_documents(
+    engine: Engine, collection: Collection, docs: list[schemas.DocumentIn]
+) -> tuple[list[NewDocument], list[str]]:
     to_embed = [i for i, d in enumerate(docs) if d.vector is None]
     vectors: list[Any] = [d.vector for d in docs]
     truncated: list[str] = []
     if to_embed:
         encoder = engine.encoder_for(collection)
         if encoder is None:
-            raise Invalid(f"collection {collection.name!r} has no model: send a vector with every document",
-                          code="vector_required")
+            raise Invalid(
+                f"collection {collection.name!r} has no model: send a vector with every document",
+                code="vector_required",
+            )
         layers = collection.manifest.encoder.get("layers")
         X = await engine.encode(collection.name, encoder, [docs[i].text for i in to_embed], "document", layers)
         for i, x in zip(to_embed, X):
             vectors[i] = x
         truncated = _cut(encoder, docs, to_embed)
-    return [NewDocument(id=d.id, vector=np.asarray(v, np.float32), text=d.text, metadata=d.metadata or {})
-            for d, v in zip(docs, vectors)], truncated
+    return [
+        NewDocument(id=d.id, vector=np.asarray(v, np.float32), text=d.text, metadata=d.metadata or {})
+        for d, v in zip(docs, vectors)
+    ], truncated
 
 
-async def _multivector_documents(engine: Engine, collection: MultiVectorCollection,
-                                 docs: list[schemas.DocumentIn]) -> tuple[list[NewDocument], list[str]]:
+async def _multivector_documents(
+    engine: Engine, collection: MultiVectorCollection, docs: list[schemas.DocumentIn]
+) -> tuple[list[NewDocument], list[str]]:
     """Token matrices as given, or every token of the text embedded by the collection's model."""
     token_dim = collection.config.token_dim
     tokens: list[Any] = [token_matrix(d, token_dim, f"document {d.id[:80]!r}") for d in docs]
@@ -72,23 +81,28 @@ async def _multivector_documents(engine: Engine, collection: MultiVectorCollecti
     if to_embed:
         encoder = engine.encoder_for(collection)
         if encoder is None:
-            raise Invalid(f"collection {collection.name!r} has no model: send vectors (a token matrix) with every "
-                          f"document", code="vector_required")
+            raise Invalid(
+                f"collection {collection.name!r} has no model: send vectors (a token matrix) with every document",
+                code="vector_required",
+            )
         layers = collection.manifest.encoder.get("layers")
         T = await engine.encode_tokens(collection.name, encoder, [docs[i].text for i in to_embed], "document", layers)
         for i, t in zip(to_embed, T):
             tokens[i] = t
         truncated = _cut(encoder, docs, to_embed)
-    return [NewDocument(id=d.id, vector=None, text=d.text, metadata=d.metadata or {}, tokens=t)
-            for d, t in zip(docs, tokens)], truncated
+    return [
+        NewDocument(id=d.id, vector=None, text=d.text, metadata=d.metadata or {}, tokens=t)
+        for d, t in zip(docs, tokens)
+    ], truncated
 
 
 def check_documents(s: Settings, collection: Collection, docs: list[schemas.DocumentIn]) -> None:
     if not docs:
         raise Invalid("documents must not be empty", code="empty_batch")
     if len(docs) > s.max_batch_documents:
-        raise Invalid(f"{len(docs)} documents in one request; the limit is {s.max_batch_documents}",
-                      code="too_many_documents")
+        raise Invalid(
+            f"{len(docs)} documents in one request; the limit is {s.max_batch_documents}", code="too_many_documents"
+        )
     check_texts(s, ((f"document {d.id[:80]!r}", d.text) for d in docs if d.text is not None))
     for d in docs:
         where = f"document {d.id[:80]!r}"
@@ -98,18 +112,27 @@ def check_documents(s: Settings, collection: Collection, docs: list[schemas.Docu
             raise Invalid(f"{where}: text is empty", code="empty_text")
         if isinstance(collection, MultiVectorCollection):
             if d.vector is not None:
-                raise Invalid(f"{where}: collection {collection.name!r} holds multi-vector documents; send "
-                              f"vectors (a token matrix) or text, not vector", code="multivector_collection")
+                raise Invalid(
+                    f"{where}: collection {collection.name!r} holds multi-vector documents; send "
+                    f"vectors (a token matrix) or text, not vector",
+                    code="multivector_collection",
+                )
             if d.text is None and not has_tokens(d):
                 raise Invalid(f"{where}: give text, vectors (a token matrix), or both", code="missing_content")
         elif has_tokens(d):
-            raise Invalid(f"{where}: collection {collection.name!r} holds one vector per document; vectors and "
-                          f"vectors_b64 are for multi-vector collections", code="dense_collection")
+            raise Invalid(
+                f"{where}: collection {collection.name!r} holds one vector per document; vectors and "
+                f"vectors_b64 are for multi-vector collections",
+                code="dense_collection",
+            )
         elif d.text is None and d.vector is None:
             raise Invalid(f"{where}: give text, vector, or both", code="missing_content")
         if d.vector is not None and len(d.vector) != collection.manifest.dim:
-            raise Invalid(f"{where}: vector has {len(d.vector)} dimensions; collection {collection.name!r} "
-                          f"expects {collection.manifest.dim}", code="wrong_dimension")
+            raise Invalid(
+                f"{where}: vector has {len(d.vector)} dimensions; collection {collection.name!r} "
+                f"expects {collection.manifest.dim}",
+                code="wrong_dimension",
+            )
         if d.metadata:
             check_metadata(d.metadata, where)
         if d.metadata and _json_bytes(d.metadata) > s.max_metadata_bytes:
@@ -125,23 +148,31 @@ async def get(engine: Engine, name: str, doc_id: str, include_vector: bool) -> s
             raise
         doc = await engine.run(engine.collection(name).get, doc_id)  # an upgrade retired that generation
     if doc.tokens is not None:
-        return schemas.DocumentOut(id=doc.id, text=doc.text, metadata=doc.metadata or {},
-                                   vectors=doc.tokens.tolist() if include_vector else None)
-    return schemas.DocumentOut(id=doc.id, text=doc.text, metadata=doc.metadata or {},
-                               vector=doc.vector.tolist() if include_vector else None)
+        return schemas.DocumentOut(
+            id=doc.id,
+            text=doc.text,
+            metadata=doc.metadata or {},
+            vectors=doc.tokens.tolist() if include_vector else None,
+        )
+    return schemas.DocumentOut(
+        id=doc.id, text=doc.text, metadata=doc.metadata or {}, vector=doc.vector.tolist() if include_vector else None
+    )
 
 
 async def delete(engine: Engine, name: str, ids: list[str]) -> schemas.DeleteResponse:
     engine.collection(name)
     if len(ids) > engine.settings.max_batch_documents:
-        raise Invalid(f"{len(ids)} ids in one request; the limit is {engine.settings.max_batch_documents}",
-                      code="too_many_documents")
+        raise Invalid(
+            f"{len(ids)} ids in one request; the limit is {engine.settings.max_batch_documents}",
+            code="too_many_documents",
+        )
     async with engine.upgrades.write_gate(name):
         result = await engine.run(engine.collection(name).delete, ids)
     engine.metrics.observe_stages(name, "", result.timings)
     deleted = set(result.ids)
-    return schemas.DeleteResponse(deleted=len(deleted), ids=result.ids,
-                                  not_found=[i for i in dict.fromkeys(ids) if i not in deleted])
+    return schemas.DeleteResponse(
+        deleted=len(deleted), ids=result.ids, not_found=[i for i in dict.fromkeys(ids) if i not in deleted]
+    )
 
 
 def _json_bytes(value: Any) -> int:

@@ -19,8 +19,10 @@ async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndar
     if not texts:
         raise Invalid("input must not be empty", code="empty_input")
     if len(texts) > engine.settings.max_batch_documents:
-        raise Invalid(f"{len(texts)} inputs in one request; the limit is {engine.settings.max_batch_documents}",
-                      code="too_many_inputs")
+        raise Invalid(
+            f"{len(texts)} inputs in one request; the limit is {engine.settings.max_batch_documents}",
+            code="too_many_inputs",
+        )
     if any(not t.strip() for t in texts):
         raise Invalid("input contains an empty string", code="empty_text")
     check_texts(engine.settings, ((f"input {i}", t) for i, t in enumerate(texts)))
@@ -28,14 +30,19 @@ async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndar
     if req.collection is not None:
         collection = engine.collection(req.collection)
         if collection.manifest.multivector is not None:
-            raise Invalid(f"collection {req.collection!r} embeds every token (multi-vector); /v1/embeddings returns "
-                          f"one vector per input", code="multivector_collection")
+            raise Invalid(
+                f"collection {req.collection!r} embeds every token (multi-vector); /v1/embeddings returns "
+                f"one vector per input",
+                code="multivector_collection",
+            )
         encoder = engine.encoder_for(collection)
         if encoder is None:
             raise Invalid(f"collection {req.collection!r} has no model", code="vector_required")
         if req.model is not None and req.model != collection.manifest.encoder["model"]:
-            raise Invalid(f"collection {req.collection!r} uses model {collection.manifest.encoder['model']!r}, "
-                          f"not {req.model!r}", code="unknown_model")
+            raise Invalid(
+                f"collection {req.collection!r} uses model {collection.manifest.encoder['model']!r}, not {req.model!r}",
+                code="unknown_model",
+            )
         model, rotation, label = collection.manifest.encoder["model"], collection.rotation, collection.name
         layers = layers or collection.manifest.encoder.get("layers")
     else:

@@ -19,12 +19,17 @@ def check_texts(s: Settings, texts: Iterable[tuple[str, str]]) -> None:
     total = 0
     for where, text in texts:
         if len(text) > s.max_text_chars:
-            raise Invalid(f"{where}: text has {len(text)} characters; the limit is {s.max_text_chars} "
-                          f"(VECNEST_MAX_TEXT_CHARS)", code="text_too_long")
+            raise Invalid(
+                f"{where}: text has {len(text)} characters; the limit is {s.max_text_chars} (VECNEST_MAX_TEXT_CHARS)",
+                code="text_too_long",
+            )
         total += len(text)
     if total > s.max_request_chars:
-        raise Invalid(f"the request carries {total} characters of text; the limit is {s.max_request_chars} "
-                      f"(VECNEST_MAX_REQUEST_CHARS): split it", code="request_too_large")
+        raise Invalid(
+            f"the request carries {total} characters of text; the limit is {s.max_request_chars} "
+            f"(VECNEST_MAX_REQUEST_CHARS): split it",
+            code="request_too_large",
+        )
 
 
 def check_shortlists(s: Settings, shortlists: list[int]) -> None:
@@ -32,12 +37,17 @@ def check_shortlists(s: Settings, shortlists: list[int]) -> None:
     for i, n in enumerate(shortlists):
         if n > s.max_candidates:
             where = f"search {i}" if len(shortlists) > 1 else "the search"
-            raise Invalid(f"{where} would re-rank {n} candidates (k · rerank_factor, or candidates); the limit is "
-                          f"{s.max_candidates} (VECNEST_MAX_CANDIDATES)", code="too_many_candidates")
+            raise Invalid(
+                f"{where} would re-rank {n} candidates (k · rerank_factor, or candidates); the limit is "
+                f"{s.max_candidates} (VECNEST_MAX_CANDIDATES)",
+                code="too_many_candidates",
+            )
     if sum(shortlists) > s.max_request_candidates:
-        raise Invalid(f"the batch would re-rank {sum(shortlists)} candidates in all; the limit is "
-                      f"{s.max_request_candidates} (VECNEST_MAX_REQUEST_CANDIDATES): split it",
-                      code="too_many_candidates")
+        raise Invalid(
+            f"the batch would re-rank {sum(shortlists)} candidates in all; the limit is "
+            f"{s.max_request_candidates} (VECNEST_MAX_REQUEST_CANDIDATES): split it",
+            code="too_many_candidates",
+        )
 
 
 class ResponseBudget:
@@ -51,6 +61,8 @@ class ResponseBudget:
     def spend(self, nbytes: int) -> None:
         self.spent += nbytes
         if self.spent > self.limit:
-            raise Invalid(f"the results would carry more than {self.limit} bytes of text, metadata and vectors "
-                          f"(VECNEST_MAX_RESPONSE_BYTES): ask for fewer results or include less",
-                          code="response_too_large")
+            raise Invalid(
+                f"the results would carry more than {self.limit} bytes of text, metadata and vectors "
+                f"(VECNEST_MAX_RESPONSE_BYTES): ask for fewer results or include less",
+                code="response_too_large",
+            )

@@ -27,6 +27,9 @@ def token_matrix(body: schemas.TokensIn, token_dim: int, what: str) -> np.ndarra
     dtype = np.dtype("<f4" if body.dtype == "float32" else "<f2")
     row = dtype.itemsize * token_dim
     if not raw or len(raw) % row:
-        raise Invalid(f"{what}: vectors_b64 holds {len(raw)} bytes, not a whole number of {token_dim}-dim "
-                      f"{body.dtype} tokens ({row} bytes each)", code="wrong_dimension")
+        raise Invalid(
+            f"{what}: vectors_b64 holds {len(raw)} bytes, not a whole number of {token_dim}-dim "
+            f"{body.dtype} tokens ({row} bytes each)",
+            code="wrong_dimension",
+        )
     return np.frombuffer(raw, dtype).reshape(-1, token_dim).astype(np.float32)

@@ -8,8 +8,7 @@ from service.ops import collections as ops
 from service.ops import recall as recall_ops
 from service.routes import ERRORS, JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=ERRORS,
-                   route_class=JsonRoute)
+router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=ERRORS, route_class=JsonRoute)
 
 
 @router.post("", status_code=201, response_model=schemas.CollectionInfo)

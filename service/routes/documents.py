@@ -8,8 +8,9 @@ from service.engine import Engine
 from service.ops import documents as ops
 from service.routes import ERRORS, JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"], responses=ERRORS,
-                   route_class=JsonRoute)
+router = APIRouter(
+    prefix="/v1/collections/{name}/documents", tags=["documents"], responses=ERRORS, route_class=JsonRoute
+)
 
 
 @router.put("", response_model=schemas.UpsertResponse, response_model_exclude_none=True)
@@ -26,8 +27,9 @@ async def delete_documents(name: str, body: schemas.DeleteRequest, engine: Engin
 
 
 @router.get("/{doc_id}", response_model=schemas.DocumentOut, response_model_exclude_none=True)
-async def get_document(name: str, doc_id: str, include_vector: bool = Query(False),
-                       engine: Engine = Depends(get_engine)):
+async def get_document(
+    name: str, doc_id: str, include_vector: bool = Query(False), engine: Engine = Depends(get_engine)
+):
     return await ops.get(engine, name, doc_id, include_vector)
 
 

@@ -9,8 +9,7 @@ from service.engine import Engine
 from service.ops.embeddings import embed
 from service.routes import ERRORS, JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1", tags=["embeddings"], responses=ERRORS,
-                   route_class=JsonRoute)
+router = APIRouter(prefix="/v1", tags=["embeddings"], responses=ERRORS, route_class=JsonRoute)
 
 
 @router.post("/embeddings", response_model=schemas.EmbeddingsResponse, response_model_exclude_none=True)
@@ -26,4 +25,7 @@ async def create_embeddings(body: schemas.EmbeddingsRequest, engine: Engine = De
         data = X.tolist()
     return schemas.EmbeddingsResponse(
         data=[schemas.Embedding(index=i, embedding=e) for i, e in enumerate(data)],
-        model=model, usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens), truncated=truncated or None)
+        model=model,
+        usage=schemas.Usage(prompt_tokens=tokens, total_tokens=tokens),
+        truncated=truncated or None,
+    )

@@ -16,8 +16,7 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Collections are loaded and replayed (503 before)",
-            responses={503: ERRORS[503]})
+@router.get("/readyz", summary="Collections are loaded and replayed (503 before)", responses={503: ERRORS[503]})
 async def readyz(engine: Engine = Depends(get_engine)) -> JSONResponse:
     """200 once start-up is done, with the collections that could not be opened (`failed`:
     name → reason); 503 while loading, or with the reason start-up could not complete."""

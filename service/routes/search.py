@@ -9,8 +9,7 @@ from service.engine import Engine
 from service.ops import search as ops
 from service.routes import ERRORS, JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], responses=ERRORS,
-                   route_class=JsonRoute)
+router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], responses=ERRORS, route_class=JsonRoute)
 
 
 @router.post("/search", response_model=schemas.SearchResponse, response_model_exclude_none=True)

@@ -7,8 +7,7 @@ from service import schemas
 from service.engine import Engine
 from service.routes import ERRORS, JsonRoute, get_engine
 
-router = APIRouter(prefix="/v1/collections/{name}/upgrades", tags=["upgrades"], responses=ERRORS,
-                   route_class=JsonRoute)
+router = APIRouter(prefix="/v1/collections/{name}/upgrades", tags=["upgrades"], responses=ERRORS, route_class=JsonRoute)
 
 
 @router.post("", status_code=202, response_model=schemas.UpgradeInfo)
@@ -18,8 +17,15 @@ async def start_upgrade(name: str, body: schemas.UpgradeCreate, engine: Engine =
     it on a held-out part (the gate); if it passes, new-model queries are served at once through
     the map. Then every document is re-embedded into new indexes; cut over when it caught up."""
     engine.require_ready()
-    return await engine.upgrades.start(name, body.model, sample=body.sample, holdout=body.holdout, seed=body.seed,
-                                       min_cosine=body.min_cosine, min_recall=body.min_recall)
+    return await engine.upgrades.start(
+        name,
+        body.model,
+        sample=body.sample,
+        holdout=body.holdout,
+        seed=body.seed,
+        min_cosine=body.min_cosine,
+        min_recall=body.min_recall,
+    )
 
 
 @router.get("", response_model=schemas.UpgradeList)
@@ -34,8 +40,9 @@ async def get_upgrade(name: str, upgrade_id: str, engine: Engine = Depends(get_e
 
 
 @router.post("/{upgrade_id}/cutover", response_model=schemas.UpgradeInfo)
-async def cut_over(name: str, upgrade_id: str, body: schemas.CutOverRequest | None = None,
-                   engine: Engine = Depends(get_engine)):
+async def cut_over(
+    name: str, upgrade_id: str, body: schemas.CutOverRequest | None = None, engine: Engine = Depends(get_engine)
+):
     """Serve the new generation (atomically). Searches already running finish on the old one."""
     return await engine.upgrades.cut_over(name, upgrade_id, force=(body or schemas.CutOverRequest()).force)
 
