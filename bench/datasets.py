@@ -5,10 +5,9 @@ Set VECNEST_SHARED_DATA to read it from elsewhere.
 
 import csv
 import gzip
-import io
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ def _jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-@lru_cache(maxsize=None)
+@cache
 def scifact_corpus() -> tuple[dict, ...]:
     """5,183 abstracts: dicts with `_id`, `title`, `text`."""
     return tuple(_jsonl(shared_path("scifact", "corpus.jsonl.gz")))
@@ -42,12 +41,12 @@ def scifact_text(doc: dict) -> str:
     return f"{doc.get('title', '')} {doc['text']}".strip()
 
 
-@lru_cache(maxsize=None)
+@cache
 def scifact_queries() -> dict[str, str]:
     return {q["_id"]: q["text"] for q in _jsonl(shared_path("scifact", "queries.jsonl.gz"))}
 
 
-@lru_cache(maxsize=None)
+@cache
 def scifact_qrels(split: str = "test") -> dict[str, dict[str, int]]:
     """query id → {corpus id: relevance}."""
     qrels: dict[str, dict[str, int]] = {}
@@ -57,7 +56,7 @@ def scifact_qrels(split: str = "test") -> dict[str, dict[str, int]]:
     return qrels
 
 
-@lru_cache(maxsize=None)
+@cache
 def wordnet_glosses() -> tuple[tuple[str, str, str, str], ...]:
     """117,659 `(synset_id, pos, lemmas, gloss)` rows of WordNet 3.0."""
     with gzip.open(shared_path("wordnet", "wordnet_glosses.tsv.gz"), "rt", encoding="utf-8") as f:

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text  # noqa: E402
-from bench.embed import cached, embed_http  # noqa: E402
-from bench.evaluate import ndcg_at_k  # noqa: E402
-from bench.harness import Server  # noqa: E402
+from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
+from bench.embed import cached, embed_http
+from bench.evaluate import ndcg_at_k
+from bench.harness import Server
 
 DIMS = [32, 64, 96, 128, 192, 256, 384]
 
@@ -111,7 +111,7 @@ def main() -> int:
 
     full = results["minilm"][384]["funnel"]
     print(
-        f"\nSciFact (5,183 docs, 300 test queries) through HTTP; nDCG@10; funnel latency per query (vector in, k=10)\n"
+        "\nSciFact (5,183 docs, 300 test queries) through HTTP; nDCG@10; funnel latency per query (vector in, k=10)\n"
     )
     print("| dim | plain prefix | PCA prefix | funnel (PCA + full rerank) | funnel p50 ms | p99 ms |")
     print("|---|---|---|---|---|---|")

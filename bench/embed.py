@@ -2,8 +2,8 @@
 
 import base64
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import numpy as np

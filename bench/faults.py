@@ -28,12 +28,12 @@ from bench.chaos import (
     Ledger,
     churn_a_collection,
     create_collections,
-    run_until,  # noqa: E402
+    run_until,
     use_the_churned_collection,
     verify,
 )
-from bench.datasets import wordnet_glosses  # noqa: E402
-from bench.harness import Server  # noqa: E402
+from bench.datasets import wordnet_glosses
+from bench.harness import Server
 
 ENV = {
     "VECNEST_SNAPSHOT_INTERVAL_S": "0.3",

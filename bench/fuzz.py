@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import REPO, Server  # noqa: E402
+from bench.harness import REPO, Server
 
 CONFIG = REPO / "bench" / "schemathesis.toml"
 

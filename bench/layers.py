@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text  # noqa: E402
-from bench.embed import cached  # noqa: E402
-from bench.evaluate import ndcg_at_k  # noqa: E402
-from index.elastic import DimView, fit_pca_rotation  # noqa: E402
+from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
+from bench.embed import cached
+from bench.evaluate import ndcg_at_k
+from index.elastic import DimView, fit_pca_rotation
 
 DIMS = [64, 128, 384]
 
@@ -45,12 +45,18 @@ def main() -> int:
     queries = [scifact_queries()[q] for q in qids]
     rows = []
     for L in [int(x) for x in args.layers.split(",")]:
-        layers = None if L == encoder.num_layers else L
+        layers = None if encoder.num_layers == L else L
         X = cached(
-            "scifact-corpus", f"{encoder.path}|layers={L}", texts, lambda t: encoder.encode(t, "document", layers)
+            "scifact-corpus",
+            f"{encoder.path}|layers={L}",
+            texts,
+            lambda t, layers=layers: encoder.encode(t, "document", layers),
         )
         Q = cached(
-            "scifact-test-queries", f"{encoder.path}|layers={L}", queries, lambda t: encoder.encode(t, "query", layers)
+            "scifact-test-queries",
+            f"{encoder.path}|layers={L}",
+            queries,
+            lambda t, layers=layers: encoder.encode(t, "query", layers),
         )
         R = fit_pca_rotation(X).rotation
         quality = {}

@@ -27,13 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text, wordnet_glosses  # noqa: E402
-from bench.embed import CACHE, cached  # noqa: E402
-from bench.evaluate import ndcg_at_k  # noqa: E402
-from index import Catalog, HnswParams, Manifest, NewDocument  # noqa: E402
-from index.fde import FdeEncoder, MultiVectorConfig  # noqa: E402
-from index.hnsw import HnswIndex  # noqa: E402
-from index.maxsim import TokenBatch  # noqa: E402
+from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text, wordnet_glosses
+from bench.embed import CACHE, cached
+from bench.evaluate import ndcg_at_k
+from index import Catalog, HnswParams, Manifest, NewDocument
+from index.fde import FdeEncoder, MultiVectorConfig
+from index.hnsw import HnswIndex
+from index.maxsim import TokenBatch
 
 NS = [50, 100, 200, 300]
 

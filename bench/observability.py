@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import wordnet_glosses  # noqa: E402
-from bench.harness import Prometheus, Server  # noqa: E402
-from bench.wordnet_dims import embeddings  # noqa: E402
+from bench.datasets import wordnet_glosses
+from bench.harness import Prometheus, Server
+from bench.wordnet_dims import embeddings
 
 TARGETS = (0.90, 0.95, 0.99)
 SWEEP = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1000)
@@ -147,13 +147,13 @@ def panels(prometheus: Prometheus, window: str) -> dict:
     """The dashboard's key panels, as instant queries over the last `window`."""
 
     def by(expr: str, *labels: str) -> dict:
-        return {tuple(s["metric"].get(l, "") for l in labels): float(s["value"][1]) for s in prometheus.series(expr)}
+        return {tuple(s["metric"].get(k, "") for k in labels): float(s["value"][1]) for s in prometheus.series(expr)}
 
     c = f'collection="{NAME}"'
-    q = lambda p, m, by_, where: (
-        f"histogram_quantile({p}, sum by (le, {by_}) "  # noqa: E731
-        f"(rate({m}_bucket{{{where}}}[{window}])))"
-    )
+
+    def q(p, m, by_, where):
+        return f"histogram_quantile({p}, sum by (le, {by_}) (rate({m}_bucket{{{where}}}[{window}])))"
+
     return {
         "recall": by(f"vecnest_recall_estimate{{{c}}}", "index", "stage", "source"),
         "ef_search": by(f"vecnest_ef_search{{{c}}}", "index"),
@@ -245,7 +245,7 @@ def report(results: dict) -> None:
         print(f"\nConvergence, target {target} (time s: ef / rolling estimate of the graph stage)")
         trace = r["trace"]
         step = max(1, len(trace) // 12)
-        print("  " + ", ".join(f"{p['t']:.0f}: {p['ef']}/{p['estimate']}" for p in trace[::step] + [trace[-1]]))
+        print("  " + ", ".join(f"{p['t']:.0f}: {p['ef']}/{p['estimate']}" for p in [*trace[::step], trace[-1]]))
     print("\n## Estimator overhead (client-side ms per search, same run; text = encode + search)\n")
     print("| sample rate | text p50 | text p99 | vector p50 | vector p99 |")
     print("|---|---|---|---|---|")

@@ -22,19 +22,20 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.chaos import Ledger, Worker, create_collections  # noqa: E402
-from bench.datasets import wordnet_glosses  # noqa: E402
-from bench.harness import Server  # noqa: E402
+from bench.chaos import Ledger, Worker, create_collections
+from bench.datasets import wordnet_glosses
+from bench.harness import Server
 
 
 def rss_mb(pid: int) -> tuple[float, float, float]:
     """(resident, of which anonymous, of which file-backed: pages of the memory-mapped vector
     files and SQLite databases, which the kernel reclaims under pressure) in MB."""
     fields = {}
-    for line in open(f"/proc/{pid}/status"):
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-            fields[key] = int(value.split()[0]) / 1024
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                fields[key] = int(value.split()[0]) / 1024
     return (
         fields.get("VmRSS", 0.0),
         fields.get("RssAnon", 0.0),

@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text  # noqa: E402
-from bench.embed import cached  # noqa: E402
-from bench.evaluate import ndcg_at_k, recall_at_k  # noqa: E402
-from bench.harness import Server  # noqa: E402
-from index import Collection, HnswParams, Manifest, NewDocument  # noqa: E402
-from index import upgrade as up  # noqa: E402
-from index.procrustes import ScoreCalibration, map_queries  # noqa: E402
+from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
+from bench.embed import cached
+from bench.evaluate import ndcg_at_k, recall_at_k
+from bench.harness import Server
+from index import Collection, HnswParams, Manifest, NewDocument
+from index import upgrade as up
+from index.procrustes import ScoreCalibration, map_queries
 
 OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_NEW = OUT / "minilm-scifact-mrl"
@@ -209,7 +209,7 @@ def main() -> int:
         f"orthogonality error {f['orthogonality_error']:.1e}; SVD {f['fit_seconds'] * 1e3:.1f} ms, "
         f"fit + evaluation {result['fit_and_evaluate_s']:.2f} s; calibration {result['calibration']}"
     )
-    print(f"\n| run | nDCG@10 | Recall@10 |\n|---|---|---|")
+    print("\n| run | nDCG@10 | Recall@10 |\n|---|---|---|")
     for name, row in result["table"].items():
         print(f"| {name} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} |")
     t = result["table"]

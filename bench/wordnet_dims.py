@@ -24,11 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import wordnet_glosses  # noqa: E402
-from bench.embed import cached  # noqa: E402
-from bench.evaluate import overlap_at_k  # noqa: E402
-from index import Collection, HnswParams, Manifest, NewDocument  # noqa: E402
-from index.manifest import Elasticizer  # noqa: E402
+from bench.datasets import wordnet_glosses
+from bench.embed import cached
+from bench.evaluate import overlap_at_k
+from index import Collection, HnswParams, Manifest, NewDocument
+from index.manifest import Elasticizer
 
 DIMS = [32, 64, 96, 128, 192, 256, 384]
 TARGET = 0.95

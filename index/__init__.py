@@ -8,8 +8,8 @@ from index.catalog import Catalog, check_name
 from index.collection import Collection, CollectionOptions, SearchResult, WriteResult
 from index.errors import Conflict, Invalid, NotFound, NotReady, Overloaded, TooLarge, VecnestError
 from index.exact import ExactIndex
-from index.hnsw import HnswIndex, HnswParams
 from index.fde import FdeEncoder, MultiVectorConfig
+from index.hnsw import HnswIndex, HnswParams
 from index.manifest import Manifest, Snapshot
 from index.multivector import MultiVectorCollection
 from index.protocols import Hits, VectorIndex
@@ -18,30 +18,30 @@ from index.store import NewDocument, Store, StoredDocument
 
 __all__ = [
     "Catalog",
-    "check_name",
     "Collection",
     "CollectionOptions",
-    "SearchResult",
-    "WriteResult",
     "Conflict",
+    "ExactIndex",
+    "FdeEncoder",
+    "Hits",
+    "HnswIndex",
+    "HnswParams",
     "Invalid",
+    "Manifest",
+    "Match",
+    "MultiVectorCollection",
+    "MultiVectorConfig",
+    "NewDocument",
     "NotFound",
     "NotReady",
     "Overloaded",
-    "TooLarge",
-    "VecnestError",
-    "ExactIndex",
-    "HnswIndex",
-    "HnswParams",
-    "Manifest",
+    "SearchResult",
     "Snapshot",
-    "Hits",
-    "VectorIndex",
-    "Match",
-    "NewDocument",
     "Store",
     "StoredDocument",
-    "FdeEncoder",
-    "MultiVectorConfig",
-    "MultiVectorCollection",
+    "TooLarge",
+    "VecnestError",
+    "VectorIndex",
+    "WriteResult",
+    "check_name",
 ]

@@ -25,7 +25,7 @@ import re
 import shutil
 import threading
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions
 from index.errors import Conflict, Invalid, NotFound, NotReady
@@ -248,7 +248,7 @@ def describe_open_error(exc: BaseException, path: str | None = None) -> str:
     cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
     if path is not None and _read_only(path):
         return f"the data directory is on a read-only filesystem ({type(exc).__name__}: {exc})"
-    emfile = isinstance(cause, OSError) and cause.errno == errno.EMFILE or "too many open files" in str(exc).lower()
+    emfile = (isinstance(cause, OSError) and cause.errno == errno.EMFILE) or "too many open files" in str(exc).lower()
     if emfile or ("unable to open database file" in str(exc) and near_fd_limit()):
         return (
             f"too many open files: raise the process limit (ulimit -n, now {fd_limit()}); each collection "

@@ -15,9 +15,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from index.manifest import Manifest, RecallPolicy, Rotation, Snapshot, read_mani
 from index.recall import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.rotation import fit_from_store, load_rotation, save_rotation
 from index.scoring import Match, exact_search, hydrate, label_scores, rerank_exact, rerank_hits
-from index.store import NewDocument, StoredDocument, Store, storage_errors
+from index.store import NewDocument, Store, StoredDocument, storage_errors
 from index.vectorfile import CRC_SUFFIX, VectorFile
 from index.vectors import as_matrix, prepare
 

@@ -1,7 +1,7 @@
 """Brute-force `VectorIndex`: the test oracle, the recall ground truth and the exact fallback."""
 
 import threading
-from typing import Collection
+from collections.abc import Collection
 
 import numpy as np
 

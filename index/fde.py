@@ -12,8 +12,9 @@ Pure numpy and seeded. Each set is encoded on its own, vectorised over its token
 Python loops): an FDE is a function of its own token set, never of the batch it arrives in.
 """
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 

@@ -17,8 +17,8 @@ import json
 import math
 import os
 import zlib
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from typing import Collection
 
 import hnswlib
 import numpy as np

@@ -8,7 +8,7 @@ store and swaps it in while the old one serves.
 import os
 import shutil
 import uuid
-from typing import Collection as Labels
+from collections.abc import Collection as Labels
 
 import numpy as np
 

@@ -5,7 +5,7 @@ matrices are concatenated and one matrix product gives every (query token, docum
 score; a segmented max per document and a sum over query tokens finish it.
 """
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ def ball_carve(Q: np.ndarray, threshold: float = 0.7) -> np.ndarray:
     Returns `(c, d)`, the SUM of each cluster: Chamfer against it approximates the full query
     with c ≤ m rows. One vectorised step per cluster, never per token pair."""
     Q = np.asarray(Q, np.float32)
-    close = (Q @ Q.T) > threshold  # (m, m)
+    close = threshold < (Q @ Q.T)  # (m, m)
     free = np.ones(len(Q), bool)
     clusters = []
     while free.any():

@@ -9,18 +9,19 @@ candidates and re-ranks them by exact Chamfer over their stored tokens.
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions, SearchResult, WriteResult
+from index.elastic import sample_labels
 from index.errors import Invalid
 from index.fde import FdeEncoder
 from index.filters import parse_filter
 from index.manifest import Elasticizer, Manifest, read_manifest
 from index.maxsim import TokenBatch, ball_carve
-from index.elastic import sample_labels
 from index.protocols import Hits
 from index.recall import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.scoring import Match, exact_search, hydrate, label_scores
@@ -244,17 +245,17 @@ class MultiVectorCollection(Collection):
         with self._reading():
             labels = sample_labels(self._store.live_labels(), n, seed)
             tokens = self._store.tokens(labels.tolist())
-        return [tokens[l].astype(np.float32) for l in labels.tolist() if l in tokens]
+        return [tokens[label].astype(np.float32) for label in labels.tolist() if label in tokens]
 
     def _rerank(self, Qs: list[np.ndarray], candidates: Hits, k: int) -> Hits:
         """Exact Chamfer of each query against its own candidates (one store read for all)."""
         tokens = self._store.tokens(np.unique(candidates.labels[candidates.labels >= 0]).tolist())
         out = Hits.empty(len(Qs), k)
         for i, Q in enumerate(Qs):  # per query, never per token
-            labels = np.asarray([l for l in candidates.labels[i].tolist() if l in tokens], np.int64)
+            labels = np.asarray([label for label in candidates.labels[i].tolist() if label in tokens], np.int64)
             if not len(labels):
                 continue
-            S = TokenBatch([tokens[l] for l in labels.tolist()]).chamfer(Q)
+            S = TokenBatch([tokens[label] for label in labels.tolist()]).chamfer(Q)
             pos, best = top_k(S[None, :], k)
             out.labels[i, : pos.shape[1]] = labels[pos[0]]
             out.scores[i, : pos.shape[1]] = best[0]

@@ -1,7 +1,8 @@
 """The small interfaces that the rest of `index/` composes: `VectorIndex` and its `Hits`."""
 
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Collection, Protocol
+from typing import Protocol
 
 import numpy as np
 

@@ -7,9 +7,10 @@ above a target.
 """
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from statistics import fmean, pstdev
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -121,7 +122,7 @@ class EfController:
     @property
     def converged(self) -> bool:
         return self.high == self.ef and (
-            self.low is not None and self._close(self.low, self.high) or self.ef == self.ef_min
+            (self.low is not None and self._close(self.low, self.high)) or self.ef == self.ef_min
         )
 
     @property

@@ -6,8 +6,8 @@ new readers so a stream of searches cannot starve it.
 """
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class RWLock:

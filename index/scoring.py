@@ -4,8 +4,9 @@ Both read the full-dim vectors (the `VectorFile` mirror of the store), so final 
 depend on what a graph kept (a truncated prefix, a rotated copy); hydration reads the store.
 """
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -15,9 +15,10 @@ import errno
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -260,33 +261,31 @@ class Store:
 
     def delete(self, ids: Sequence[str]) -> tuple[int, np.ndarray, list[str]]:
         """Tombstone the live documents among `ids`. Returns `(seq, labels, deleted ids)`."""
-        with self._write_lock:
-            with self._transaction() as conn:
-                found = self._select_in(conn, "SELECT label, id FROM documents WHERE deleted = 0 AND id IN ({})", ids)
-                if not found:
-                    return self._last_seq(conn), np.zeros(0, np.int64), []
-                seq = self._next_seq(conn)
-                labels = [label for label, _ in found]
-                conn.executemany(
-                    "UPDATE documents SET deleted = 1, seq = ?, text = NULL, metadata = '{}', vector = NULL "
-                    "WHERE label = ?",
-                    [(seq, label) for label in labels],
-                )
-                conn.executemany("DELETE FROM fields WHERE label = ?", [(label,) for label in labels])
-                if self.token_dim:
-                    conn.executemany("DELETE FROM tokens WHERE label = ?", [(label,) for label in labels])
+        with self._write_lock, self._transaction() as conn:
+            found = self._select_in(conn, "SELECT label, id FROM documents WHERE deleted = 0 AND id IN ({})", ids)
+            if not found:
+                return self._last_seq(conn), np.zeros(0, np.int64), []
+            seq = self._next_seq(conn)
+            labels = [label for label, _ in found]
+            conn.executemany(
+                "UPDATE documents SET deleted = 1, seq = ?, text = NULL, metadata = '{}', vector = NULL "
+                "WHERE label = ?",
+                [(seq, label) for label in labels],
+            )
+            conn.executemany("DELETE FROM fields WHERE label = ?", [(label,) for label in labels])
+            if self.token_dim:
+                conn.executemany("DELETE FROM tokens WHERE label = ?", [(label,) for label in labels])
         return seq, np.asarray(labels, np.int64), [doc_id for _, doc_id in found]
 
     def purge_tombstones(self, up_to_seq: int) -> int:
         """Forget tombstones no index snapshot needs any more (seq ≤ `up_to_seq`); their labels
         become free for new documents (every graph already holds them as deleted)."""
-        with self._write_lock:
-            with self._transaction() as conn:
-                conn.execute(
-                    "INSERT OR IGNORE INTO free_labels SELECT label FROM documents WHERE deleted = 1 AND seq <= ?",
-                    (up_to_seq,),
-                )
-                return conn.execute("DELETE FROM documents WHERE deleted = 1 AND seq <= ?", (up_to_seq,)).rowcount
+        with self._write_lock, self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO free_labels SELECT label FROM documents WHERE deleted = 1 AND seq <= ?",
+                (up_to_seq,),
+            )
+            return conn.execute("DELETE FROM documents WHERE deleted = 1 AND seq <= ?", (up_to_seq,)).rowcount
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

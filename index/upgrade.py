@@ -286,7 +286,7 @@ class MapFit:
 def split_sample(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Row indices `(fit, heldout)` of a sample of `n`: a seeded `holdout` share held out (≥ 1 each)."""
     order = np.random.default_rng(seed).permutation(n)
-    held = min(max(1, int(round(holdout * n))), n - 1)
+    held = min(max(1, round(holdout * n)), n - 1)
     return np.sort(order[held:]), np.sort(order[:held])
 
 
@@ -319,8 +319,8 @@ def fit_map(
     cross = np.take_along_axis(mapped @ X_old[fit].T, cols, 1)
     calibration = fit_calibration(cross, same)
     figures = {
-        "n_fit": int(len(fit)),
-        "n_heldout": int(len(held)),
+        "n_fit": len(fit),
+        "n_heldout": len(held),
         "d_new": int(W.shape[0]),
         "d_old": int(W.shape[1]),
         "mean_cosine": float(cosines.mean()),

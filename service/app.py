@@ -9,8 +9,8 @@ locked or unreadable) is logged with its reason, shown by `/readyz`, and handed 
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Callable
 
 from fastapi import FastAPI
 

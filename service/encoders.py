@@ -12,9 +12,10 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -191,7 +192,7 @@ class EncoderRegistry:
     def resolve(self, name: str | None) -> ModelRef:
         name = name or self._settings.default_model
         aliases = {DEFAULT_MODEL: _bundled_minilm_dir(), **self._settings.models}
-        if name in aliases and aliases[name]:
+        if aliases.get(name):
             return ModelRef(name, os.path.abspath(aliases[name]))
         if self._settings.allow_model_paths and os.path.isabs(name) and os.path.isdir(name):
             if not os.path.exists(os.path.join(name, "modules.json")) and not os.path.exists(

@@ -9,7 +9,8 @@ in `service/ops/`.
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool

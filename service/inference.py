@@ -22,8 +22,9 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -227,13 +228,13 @@ class InferenceQueue:
             result = fn()
         except BaseException as exc:  # hand the failure to every waiter; the thread lives on
             for job in batch:
-                _resolve(job.future, lambda f: f.set_exception(exc))
+                _resolve(job.future, error=exc)
             return None
         offset = 0
         for job in batch:
             part = result if len(batch) == 1 else result[offset : offset + len(job.texts)]
             offset += len(job.texts or ())
-            _resolve(job.future, lambda f: f.set_result(part))
+            _resolve(job.future, result=part)
         return result
 
 
@@ -258,8 +259,11 @@ def _start(job: _Job) -> bool:
     return job.future.set_running_or_notify_cancel()
 
 
-def _resolve(future: concurrent.futures.Future, set_it: Callable[[concurrent.futures.Future], None]) -> None:
+def _resolve(future: concurrent.futures.Future, result: Any = None, error: BaseException | None = None) -> None:
     try:
-        set_it(future)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
     except concurrent.futures.InvalidStateError:  # cancelled meanwhile: nobody is waiting
         pass

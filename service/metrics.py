@@ -6,7 +6,7 @@ ids or text. `index=""` marks what belongs to no single graph (encoding, the sto
 reach every graph).
 """
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily

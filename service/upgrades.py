@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from index import Collection, MultiVectorCollection, NewDocument
+from index import upgrade as up
 from index.errors import Conflict, Invalid, NotFound
 from index.faults import fault_point
 from index.procrustes import ScoreCalibration
-from index import upgrade as up
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class LiveUpgrade:
     shadow_encoder: Any
     new_encoder: Any
     W: np.ndarray | None = None
-    calibration: ScoreCalibration = ScoreCalibration()
+    calibration: ScoreCalibration = field(default_factory=ScoreCalibration)
     sync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task | None = None
     epoch: int = 0  # bumped when the roles flip: a plan made before is void

@@ -11,9 +11,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.datasets import scifact_corpus, scifact_qrels, wordnet_glosses  # noqa: E402
-from service.encoders import EncoderRegistry, SentenceTransformerEncoder  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from bench.datasets import scifact_corpus, scifact_qrels, wordnet_glosses
+from service.encoders import EncoderRegistry, SentenceTransformerEncoder
+from service.settings import Settings
 
 
 @pytest.fixture(scope="session")

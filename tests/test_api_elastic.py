@@ -166,7 +166,7 @@ def test_a_declared_matryoshka_model_truncates_natively(client, tmp_path, minilm
 
 
 def test_auto_fit_and_restart_keep_dims_and_rotation(tmp_path, glosses):
-    texts, X = glosses
+    _, X = glosses
     settings = Settings(data_dir=tmp_path / "data", snapshot_interval_s=3600)
     with app_client(settings) as client:
         client.post("/v1/collections", json={"name": "auto", "dims": [64, 384], "elasticizer": {"fit_at": 300}})

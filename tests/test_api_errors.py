@@ -122,12 +122,12 @@ def test_bad_documents(client, coll, docs, code):
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e999"])
 def test_non_finite_vectors(client, coll, literal):
     vector = ", ".join(["0.1"] * 383 + [literal])
-    body = '{"documents": [{"id": "nan", "vector": [%s]}]}' % vector
+    body = f'{{"documents": [{{"id": "nan", "vector": [{vector}]}}]}}'
     r = client.put(f"/v1/collections/{coll}/documents", content=body, headers={"content-type": "application/json"})
     error(r, 422, "invalid_request")
     r = client.post(
         f"/v1/collections/{coll}/search",
-        content='{"vector": [%s]}' % vector,
+        content=f'{{"vector": [{vector}]}}',
         headers={"content-type": "application/json"},
     )
     error(r, 422, "invalid_request")

@@ -8,8 +8,8 @@ import pytest
 
 from service.settings import Settings
 from tests.conftest import unique_name
-from tests.test_api import TEXTS
 from tests.helpers import app_client
+from tests.test_api import TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,10 @@ def test_bad_input_gets_clear_4xx_and_changes_nothing(settings, minilm):
     with app_client(settings) as client:
         assert client.post("/v1/collections", json={"name": mv, "multivector": {"max_tokens": 8}}).status_code == 201
         assert client.post("/v1/collections", json={"name": dense}).status_code == 201
-        put = lambda name, *docs: client.put(f"/v1/collections/{name}/documents", json={"documents": list(docs)})
+
+        def put(name, *docs):
+            return client.put(f"/v1/collections/{name}/documents", json={"documents": list(docs)})
+
         assert put(mv, {"id": "ok", "text": "hello world"}).status_code == 200
         cases = [
             ({"id": "x", "vectors": [[0.1] * 384, [0.1] * 10]}, "invalid_tokens"),  # ragged

@@ -155,7 +155,7 @@ def test_missing_or_corrupt_snapshot_rebuilds_from_the_store(loaded):
 
 
 def test_rebuild_drops_deleted_slots_and_keeps_concurrent_writes(tmp_path, glosses):
-    texts, X = glosses
+    _, X = glosses
     c = make_collection(tmp_path / "r", rebuild_min_deleted=10)
     c.upsert(docs_from(X[:2000]))
     c.delete([f"d{i}" for i in range(600)])

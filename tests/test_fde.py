@@ -61,7 +61,7 @@ def test_d2_an_fde_does_not_depend_on_the_batch_it_is_encoded_in(rng):
     for i, s in enumerate(sets):
         assert np.array_equal(together[i], fde.documents([s])[0])
     shuffled = [sets[i] for i in (5, 2, 0, 4, 1, 3)]
-    assert np.array_equal(fde.documents(shuffled + [unit(rng, 300)])[:6], together[[5, 2, 0, 4, 1, 3]])
+    assert np.array_equal(fde.documents([*shuffled, unit(rng, 300)])[:6], together[[5, 2, 0, 4, 1, 3]])
     assert np.array_equal(fde.queries(sets)[3], fde.queries([sets[3]])[0])
 
 

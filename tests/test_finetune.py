@@ -34,7 +34,9 @@ def test_read_pairs_rejects_bad_files(tmp_path):
         '{"query": "q"}\n{"query": "r", "positive": "s"}\n': "expected a JSON object",
         '{"query": " ", "positive": "p"}\n{"query": "r", "positive": "s"}\n': "non-empty",
         '{"query": "q", "positive": "p"}\n': "at least 2 pairs",
-        '{"query": "q", "positive": "p", "negative": "n"}\n{"query": "r", "positive": "s"}\n': "every pair has a negative",
+        '{"query": "q", "positive": "p", "negative": "n"}\n{"query": "r", "positive": "s"}\n': (
+            "every pair has a negative"
+        ),
     }
     for text, message in cases.items():
         path = tmp_path / "p.jsonl"

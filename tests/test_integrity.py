@@ -50,7 +50,7 @@ def test_large_finite_cosine_vectors_are_normalised_safely_and_every_write_is_se
     c.upsert(docs(range(4), X))
     assert not c.needs_rebuild and len(c) == 4
     hits = c.search(np.array([[1, 1, 0, 0]], np.float32), 4)
-    assert [m.id for m in hits.matches[0]][0] == "0" and hits.matches[0][0].score == pytest.approx(1.0, abs=1e-6)
+    assert hits.matches[0][0].id == "0" and hits.matches[0][0].score == pytest.approx(1.0, abs=1e-6)
     assert {m.id for m in hits.matches[0]} == {"0", "1", "2", "3"}
     c = open_again(c)
     assert len(c) == 4 and c.search(np.array([[0, 0, 0, 1]], np.float32), 1).matches[0][0].id == "3"
@@ -139,7 +139,7 @@ def test_snapshots_never_overwrite_the_files_the_manifest_names(tmp_path):
     c.snapshot(force=True)  # same seq: it used to write the same name over the live file
     second = c.manifest.snapshot.files["4"]
     assert first != second and c.manifest.snapshot.applied_seq == 1
-    on_disk = json.load(open(tmp_path / MANIFEST_FILE))["snapshot"]["files"]["4"]
+    on_disk = json.loads((tmp_path / MANIFEST_FILE).read_text())["snapshot"]["files"]["4"]
     assert on_disk == second and sorted(os.listdir(tmp_path / SNAPSHOT_DIR)) == sorted([second, second + ".json"])
     c = open_again(c)
     assert c.search(np.array([[1, 0, 0, 0]], np.float32), 1).matches[0][0].id == "a"

@@ -44,9 +44,8 @@ def stack(tmp_path_factory):
             "`apt-get install prometheus` when it has root); this test needs a real Prometheus"
         )
     tmp = tmp_path_factory.mktemp("stack")
-    with Server(tmp / "data") as server:
-        with Prometheus(tmp / "prometheus", [f"127.0.0.1:{server.port}"]) as prometheus:
-            yield server, prometheus
+    with Server(tmp / "data") as server, Prometheus(tmp / "prometheus", [f"127.0.0.1:{server.port}"]) as prometheus:
+        yield server, prometheus
 
 
 def traffic(client) -> None:
@@ -79,7 +78,7 @@ def traffic(client) -> None:
     )
     docs = [{"id": f"t{i}", "vectors": glove[i * 20 : (i + 1) * 20].tolist()} for i in range(100)]
     ok(client.put("/v1/collections/tokens/documents", json={"documents": docs}))
-    for round_ in range(2):  # two rounds a few scrapes apart, so rates are not zero
+    for _ in range(2):  # two rounds a few scrapes apart, so rates are not zero
         for t in texts[200:240]:
             ok(client.post("/v1/collections/glosses/search", json={"query": t, "k": 5, "dim": 64}))
             ok(client.post("/v1/collections/glosses/search", json={"query": t, "k": 5}))
@@ -117,10 +116,13 @@ def test_every_dashboard_expression_returns_series(stack):
 
 def test_scraped_recall_and_ef_figures_are_sane(stack):
     server, prometheus = stack
-    by_key = lambda expr: {
-        tuple(s["metric"].get(k, "") for k in ("index", "stage")): float(s["value"][1])  # noqa: E731
-        for s in prometheus.series(expr)
-    }
+
+    def by_key(expr):
+        return {
+            tuple(s["metric"].get(k, "") for k in ("index", "stage")): float(s["value"][1])
+            for s in prometheus.series(expr)
+        }
+
     live = by_key('vecnest_recall_estimate{collection="glosses",source="live"}')
     assert set(live) == {("64", "index"), ("64", "final"), ("384", "index"), ("384", "final")}
     assert all(0.5 <= v <= 1.0 for v in live.values()), live

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from index import Collection, HnswParams, Manifest, NewDocument
-from index.errors import Invalid
+from index.errors import Invalid, NotFound
 from index.manifest import Elasticizer
 from index.vectors import scores
 
@@ -126,7 +126,7 @@ def machine(metric: str):
                 if i in self.oracle:
                     assert np.array_equal(self.c.get(i).vector, _prepared(self.oracle[i], metric))
                 else:
-                    with pytest.raises(Exception):
+                    with pytest.raises(NotFound):
                         self.c.get(i)
 
     return IndexMachine

@@ -65,7 +65,7 @@ def test_labels_are_reused_only_after_their_tombstone_is_purged(store):
     _, reused = store.put([doc(3), doc(4)])  # a purged label goes to the first new document
     assert reused[0] == first[0] and reused[1] not in first
     # churn: labels (and what they size) follow the documents, not the number of writes
-    for round in range(20):
+    for _ in range(20):
         store.put([doc(i) for i in range(10, 20)])
         store.delete([f"d{i}" for i in range(10, 20)])
         store.purge_tombstones(store.last_seq())
@@ -115,6 +115,6 @@ def test_reopen_keeps_everything(tmp_path):
     s = Store(path, 4)
     assert s.count() == 49 and s.last_seq() == 2
     assert len(s.filter_labels(parse_filter({"k": 1}))) == 24
-    labels, X = next(s.iter_vectors())
+    _, X = next(s.iter_vectors())
     assert X.shape == (49, 4)
     s.close()

@@ -54,7 +54,7 @@ def test_sync_plan_finds_missing_stale_and_deleted_documents(catalog):
     source.upsert(docs(ids, X))
     plan = up.plan_sync(source, shadow)
     assert [u[0] for u in plan.upserts] == ids and plan.deletes == [] and plan.done == 0 and plan.total == 10
-    shadow.upsert(docs(ids[:6] + ["gone"], clustered(7, 4, 1)))
+    shadow.upsert(docs([*ids[:6], "gone"], clustered(7, 4, 1)))
     source.upsert(docs(["d2"], X[2:3], {"d2": "changed"}))  # stale in the shadow now
     plan = up.plan_sync(source, shadow)
     assert sorted(u[0] for u in plan.upserts) == ["d2", "d6", "d7", "d8", "d9"]

@@ -126,7 +126,7 @@ def test_upgrade_end_to_end_with_traffic_then_rollback(tmp_path, models):
         index = described["index"]  # one slot per document ever backfilled: none twice
         assert index["index_slots"] - index["deleted_slots"] == 799 and index["index_slots"] <= 800
         assert described["dims"] == [96, 384]
-        for d in docs[590:610] + [changed]:
+        for d in [*docs[590:610], changed]:
             assert top_id(c, "kb", d["text"]) == d["id"]
             assert top_id(c, "kb", d["text"], dim=96) == d["id"]
         assert c.get(f"/v1/collections/kb/documents/{docs[6]['id']}").status_code == 404

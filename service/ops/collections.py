@@ -2,7 +2,7 @@
 drop, refit."""
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from index import Collection, HnswParams, Manifest
 from index.elastic import MAX_ROTATION_DIM, check_dims
@@ -35,7 +35,7 @@ async def create(engine: Engine, req: schemas.CollectionCreate) -> schemas.Colle
         dim=dim,
         metric=req.metric,
         hnsw=_hnsw(engine, req.hnsw),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         dims=dims,
         elasticizer=_elasticizer(req.elasticizer, encoder, dim),
         rerank_factor=req.rerank_factor,
@@ -88,7 +88,7 @@ async def _create_multivector(engine: Engine, req: schemas.CollectionCreate) -> 
         dim=config.dim,
         metric="ip",
         hnsw=_hnsw(engine, req.hnsw),
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         multivector=config,
         encoder={"model": model, "dim": token_dim, "layers": req.layers, "tokens": True} if encoder else None,
         recall=recall_policy(req, RecallPolicy()),
@@ -130,7 +130,7 @@ def _elasticizer(cfg: schemas.ElasticizerConfig | None, encoder, dim: int) -> El
     cfg = cfg or schemas.ElasticizerConfig()
     kind = cfg.kind
     if kind == "auto":  # a Matryoshka-trained model truncates natively; anything else gets PCA
-        kind = "none" if encoder is not None and encoder.matryoshka_dims or dim > MAX_ROTATION_DIM else "pca"
+        kind = "none" if (encoder is not None and encoder.matryoshka_dims) or dim > MAX_ROTATION_DIM else "pca"
     return Elasticizer(kind=kind, sample=cfg.sample, seed=cfg.seed, fit_at=cfg.fit_at)
 
 

@@ -8,9 +8,9 @@ import numpy as np
 
 from index import Collection, MultiVectorCollection, NewDocument
 from index.errors import Conflict, Invalid, NotFound
+from index.filters import check_metadata
 from service import schemas
 from service.engine import Engine
-from index.filters import check_metadata
 from service.ops.limits import check_texts
 from service.ops.tokens import has_tokens, token_matrix
 from service.settings import Settings

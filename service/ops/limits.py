@@ -8,7 +8,7 @@ and the setting that raises it; nothing is computed before the check.
 - responses: the text, metadata and vectors of a search response stay under `max_response_bytes`.
 """
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from index.errors import Invalid
 from service.settings import Settings

@@ -1,7 +1,8 @@
 """HTTP routes: validate, call one `Engine` method, shape the response."""
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
