@@ -29,7 +29,16 @@ from collections.abc import Callable
 
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions
 from index.errors import Conflict, Invalid, NotFound, NotReady
-from index.files import FDS_PER_COLLECTION, fd_headroom, fd_limit, fds_in_use, fsync_path, near_fd_limit
+from index.files import (
+    FDS_PER_COLLECTION,
+    fd_headroom,
+    fd_limit,
+    fds_in_use,
+    fsync_path,
+    json_bytes,
+    near_fd_limit,
+    write_atomic,
+)
 from index.manifest import Manifest
 from index.multivector import collection_class, open_collection
 from index.store import storage_errors
@@ -50,14 +59,8 @@ def active_generation(home: str) -> str:
 
 
 def set_active_generation(home: str, generation: str) -> None:
-    """Point the collection at `generation`, atomically (write, fsync, rename, fsync the dir)."""
-    tmp = os.path.join(home, CURRENT_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"generation": generation}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(home, CURRENT_FILE))
-    fsync_path(home)
+    """Point the collection at `generation`, atomically."""
+    write_atomic(os.path.join(home, CURRENT_FILE), json_bytes({"generation": generation}))
 
 
 def check_name(name: str) -> str:

@@ -1,13 +1,33 @@
-"""Brute-force `VectorIndex`: the test oracle, the recall ground truth and the exact fallback."""
+"""Exact search: `exact_top_k`, the one brute-force searcher every exact path uses (the vector
+file scan, hnswlib's fallback, the test oracle), and `ExactIndex`, a brute-force `VectorIndex`."""
 
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Iterable
+from collections.abc import Set as LabelSet
 
 import numpy as np
 
 from index.errors import Invalid
 from index.protocols import Hits
-from index.vectors import as_matrix, check_metric, index_rows, scores, top_k
+from index.vectors import as_matrix, check_metric, index_rows, scores
+
+
+def exact_top_k(
+    Q: np.ndarray,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    k: int,
+    metric: str,
+    view: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Hits:
+    """Top-k of queries `Q (nq, d)` over rows streamed as `(labels (n,), rows (n, D))` chunks,
+    keeping a running top-k (memory: one chunk). `view` maps the rows into the queries' space
+    (a rotated, truncated prefix); without it rows and queries share a space. Both sides must
+    be `prepare`d for `metric`. Ties go to the earlier row."""
+    best = Hits.empty(len(Q), 0)
+    for labels, X in chunks:
+        if len(labels):
+            best = best.merged(labels, scores(Q, view(X) if view is not None else X, metric), k)
+    return best.padded(k)
 
 
 class ExactIndex:
@@ -65,21 +85,16 @@ class ExactIndex:
                     self._labels[row] = moved
                     self._row_of[moved] = row
 
-    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None) -> Hits:
+    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: LabelSet | None = None) -> Hits:
         """Exact top-k; `ef` is accepted for the contract and ignored."""
         Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         with self._lock:
             n = len(self._row_of)
-            X, labels = self._X[:n], self._labels[:n]
-            if allowed is not None:
-                mask = np.isin(labels, np.fromiter(allowed, np.int64, len(allowed)))
-                X, labels = X[mask], labels[mask]
-            S = scores(Q, X, self.metric)
-        pos, best = top_k(S, k)
-        hits = Hits.empty(len(Q), k)
-        hits.labels[:, : pos.shape[1]] = labels[pos]
-        hits.scores[:, : pos.shape[1]] = best
-        return hits
+            X, labels = self._X[:n].copy(), self._labels[:n].copy()
+        if allowed is not None:
+            mask = np.isin(labels, np.fromiter(allowed, np.int64, len(allowed)))
+            X, labels = X[mask], labels[mask]
+        return exact_top_k(Q, [(labels, X)], k, self.metric)
 
     def vectors(self, labels: np.ndarray) -> np.ndarray:
         """The stored rows `(n, dim)` for `labels`; raises KeyError for an unknown label."""

@@ -1,8 +1,42 @@
-"""Durable file writes (fsync a file or a directory entry by path) and the process's budget of
-file descriptors."""
+"""Files: durable writes (the one atomic-write helper, fsync by path), checksums, and the
+process's budget of file descriptors."""
 
+import hashlib
+import io
+import json
 import os
 import resource
+from typing import Any
+
+import numpy as np
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Replace `path` with `data` so that a reader (or a crash) sees the old file or the new one,
+    never a torn one: write a temporary file, fsync it, rename it over `path`, fsync the directory."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_path(os.path.dirname(path) or ".")
+
+
+def json_bytes(value: Any) -> bytes:
+    """`value` as indented, key-sorted JSON: what every JSON file vecnest writes holds."""
+    return json.dumps(value, indent=2, sort_keys=True).encode()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """`array` in the .npy format (float32, C order)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, np.float32))
+    return buffer.getvalue()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def fsync_path(path: str) -> None:

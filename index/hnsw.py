@@ -17,15 +17,15 @@ import json
 import math
 import os
 import zlib
-from collections.abc import Collection
+from collections.abc import Set as LabelSet
 from dataclasses import asdict, dataclass
 
 import hnswlib
 import numpy as np
 
 from index.errors import Invalid
-from index.exact import ExactIndex
-from index.files import fsync_path
+from index.exact import exact_top_k
+from index.files import fsync_path, json_bytes, write_atomic
 from index.protocols import Hits
 from index.rwlock import RWLock
 from index.vectors import as_matrix, check_metric, index_rows
@@ -148,7 +148,7 @@ class HnswIndex:
                 self._deleted.add(label)
 
     # -- reads --------------------------------------------------------------------------------
-    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None) -> Hits:
+    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: LabelSet | None = None) -> Hits:
         """Approximate top-k with search breadth `max(ef, k)` (default ef: `params.ef_search`)."""
         Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         if allowed is not None and not isinstance(allowed, (set, frozenset)):
@@ -175,13 +175,13 @@ class HnswIndex:
         hits.scores[:, :k_eff] = self._to_scores(dist[:, :k_eff])
         return hits
 
-    def exact_search(self, Q: np.ndarray, k: int, allowed: Collection[int] | None = None) -> Hits:
+    def exact_search(self, Q: np.ndarray, k: int, allowed: LabelSet | None = None) -> Hits:
         """Brute force over this index's own vectors (the graph is not used)."""
         Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         with self._lock.read():
             return self._exact_locked(Q, k, allowed)
 
-    def _exact_locked(self, Q: np.ndarray, k: int, allowed: Collection[int] | None) -> Hits:
+    def _exact_locked(self, Q: np.ndarray, k: int, allowed: LabelSet | None) -> Hits:
         labels = np.asarray(self._index.get_ids_list(), np.int64)
         keep = ~np.isin(labels, np.fromiter(self._deleted, np.int64, len(self._deleted)))
         if allowed is not None:
@@ -190,7 +190,7 @@ class HnswIndex:
         if len(labels) == 0:
             return Hits.empty(len(Q), k)
         X = np.asarray(self._index.get_items(labels), np.float32)
-        return ExactIndex.from_vectors(labels, X, self.metric).search(Q, k)
+        return exact_top_k(Q, [(labels, X)], k, self.metric)
 
     def _to_scores(self, dist: np.ndarray) -> np.ndarray:
         if self.metric == "l2":  # hnswlib's l2 is the squared distance
@@ -217,10 +217,7 @@ class HnswIndex:
         if size < expected:
             raise OSError(28, f"hnswlib wrote {size} of at least {expected} bytes to {path} (disk full?)")
         sidecar.update(bytes=size, crc32=_file_crc(path))
-        with open(path + ".json", "w") as f:
-            json.dump(sidecar, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_atomic(path + ".json", json_bytes(sidecar))
 
     @classmethod
     def load(cls, path: str) -> "HnswIndex":

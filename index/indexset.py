@@ -8,7 +8,7 @@ store and swaps it in while the old one serves.
 import os
 import shutil
 import uuid
-from collections.abc import Collection as Labels
+from collections.abc import Set as LabelSet
 
 import numpy as np
 
@@ -79,7 +79,7 @@ class IndexSet:
     def default_dim(self) -> int:
         return max(self.indexes)
 
-    def search(self, dim: int, Qv: np.ndarray, k: int, ef: int | None, allowed: Labels[int] | None) -> Hits:
+    def search(self, dim: int, Qv: np.ndarray, k: int, ef: int | None, allowed: LabelSet | None) -> Hits:
         """Search the graph of `dim` with queries already in its view `(nq, dim)`."""
         return self.indexes[dim].search(Qv, k, ef=ef, allowed=allowed)
 

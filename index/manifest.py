@@ -7,13 +7,12 @@ collection's query defaults (ef_search, rerank_factor).
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from index.errors import Invalid
 from index.fde import MultiVectorConfig
-from index.files import fsync_path
+from index.files import json_bytes, write_atomic
 from index.hnsw import HnswParams
 
 FORMAT = 1
@@ -124,13 +123,7 @@ class Manifest:
 
 
 def write_manifest(path: str, manifest: Manifest) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest.to_json(), f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_path(os.path.dirname(path) or ".")
+    write_atomic(path, json_bytes(manifest.to_json()))
 
 
 def read_manifest(path: str) -> Manifest:

@@ -1,6 +1,6 @@
 """The small interfaces that the rest of `index/` composes: `VectorIndex` and its `Hits`."""
 
-from collections.abc import Collection
+from collections.abc import Set as LabelSet
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,7 +57,7 @@ class VectorIndex(Protocol):
     def delete(self, labels: np.ndarray) -> None:
         """Remove labels; labels that are absent are ignored."""
 
-    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: Collection[int] | None = None) -> Hits:
+    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: LabelSet | None = None) -> Hits:
         """Top-k of queries `Q (nq, dim)`, optionally restricted to the `allowed` labels."""
 
     def __len__(self) -> int:

@@ -1,13 +1,13 @@
 """Persisting the PCA rotation: fit on a sample of the store, save as a verified .npy file."""
 
-import hashlib
+import io
 import logging
 import os
 
 import numpy as np
 
 from index.elastic import PcaFit, pca_from_moment, sample_labels, second_moment
-from index.files import fsync_path
+from index.files import npy_bytes, sha256_hex, write_atomic
 from index.manifest import Manifest, Rotation
 from index.store import Store
 from index.vectorfile import VectorFile
@@ -24,14 +24,11 @@ def fit_from_store(store: Store, vectors: VectorFile, sample: int, seed: int) ->
 
 
 def save_rotation(folder: str, fit: PcaFit, seed: int, seq: int, dims: list[int]) -> Rotation:
-    """Write the fitted matrix as `rotation-<sha>.npy` (fsynced) and return its manifest record."""
-    tmp = os.path.join(folder, ".rotation.tmp.npy")
-    np.save(tmp, fit.rotation)
-    digest = _sha256(tmp)
+    """Write the fitted matrix as `rotation-<sha>.npy` (atomically) and return its manifest record."""
+    data = npy_bytes(fit.rotation)
+    digest = sha256_hex(data)
     name = f"rotation-{digest[:16]}.npy"
-    os.replace(tmp, os.path.join(folder, name))
-    fsync_path(os.path.join(folder, name))
-    fsync_path(folder)
+    write_atomic(os.path.join(folder, name), data)
     return Rotation(
         file=name,
         sha256=digest,
@@ -49,9 +46,11 @@ def load_rotation(folder: str, manifest: Manifest) -> np.ndarray | None:
         return None
     path = os.path.join(folder, record.file)
     try:
-        if _sha256(path) != record.sha256:
+        with open(path, "rb") as f:
+            data = f.read()
+        if sha256_hex(data) != record.sha256:
             raise ValueError("checksum mismatch")
-        R = np.load(path)
+        R = np.load(io.BytesIO(data))
         if R.shape != (manifest.dim, manifest.dim):
             raise ValueError(f"shape {R.shape}")
     except (OSError, ValueError) as exc:
@@ -64,11 +63,3 @@ def load_rotation(folder: str, manifest: Manifest) -> np.ndarray | None:
         )
         return None
     return np.ascontiguousarray(R, np.float32)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from index.exact import exact_top_k
 from index.protocols import Hits
 from index.store import Store
 from index.vectorfile import VectorFile
-from index.vectors import candidate_scores, scores, top_k
+from index.vectors import candidate_scores, top_k
 
 
 @dataclass(frozen=True)
@@ -36,23 +37,14 @@ def exact_search(
     labels: np.ndarray | None = None,
     view: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Hits:
-    """Brute-force top-k of `Q (nq, d)` over the live documents (or only `labels`).
-
-    `view` maps stored `(n, D)` vectors into the queries' space (a truncated, rotated prefix);
-    without it the queries are full-dim. Works chunk by chunk with a running top-k.
-    """
+    """Brute-force top-k of `Q (nq, d)` over the live documents of the vector file (or only
+    `labels`), through `exact_top_k`. `view` maps stored `(n, D)` vectors into the queries'
+    space (a truncated, rotated prefix); without it the queries are full-dim."""
     if labels is None:
         source = vectors.chunks()
     else:
         source = (vectors.gather(labels[s : s + 32768]) for s in range(0, len(labels), 32768))
-    best = Hits.empty(len(Q), 0)
-    for chunk_labels, X in source:
-        if len(chunk_labels) == 0:
-            continue
-        if view is not None:
-            X = view(X)
-        best = best.merged(chunk_labels, scores(Q, X, metric), k)
-    return best.padded(k)
+    return exact_top_k(Q, source, k, metric, view)
 
 
 def rerank_exact(

@@ -15,6 +15,7 @@ document twice. The service does the embedding (models live there); this module 
 one.
 """
 
+import io
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ import numpy as np
 from index.catalog import active_generation
 from index.collection import COLLECTION_FILES, Collection, SearchResult
 from index.errors import Invalid
-from index.files import fsync_path
+from index.files import fsync_path, json_bytes, npy_bytes, sha256_hex, write_atomic
 from index.manifest import Elasticizer, Manifest
 from index.procrustes import ScoreCalibration, fit_calibration, fit_orthogonal_map, map_queries, orthogonality_error
 from index.scoring import Match
@@ -133,13 +134,7 @@ def home_of(collection: Collection) -> str:
 def save_record(home: str, record: UpgradeRecord) -> None:
     folder = os.path.join(home, UPGRADES_DIR)
     os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{record.id}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(record.to_json(), f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-    fsync_path(folder)
+    write_atomic(os.path.join(folder, f"{record.id}.json"), json_bytes(record.to_json()))
 
 
 def load_records(home: str) -> list[UpgradeRecord]:
@@ -173,29 +168,19 @@ def reconcile(home: str, record: UpgradeRecord) -> UpgradeRecord:
 
 def save_map(home: str, record_id: str, W: np.ndarray) -> str:
     """Write the map as `<home>/upgrades/<id>.map.npy`; returns its sha256."""
-    import hashlib
-
-    path = os.path.join(home, UPGRADES_DIR, f"{record_id}.map.npy")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        np.save(f, np.ascontiguousarray(W, np.float32))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    os.makedirs(os.path.join(home, UPGRADES_DIR), exist_ok=True)
+    data = npy_bytes(W)
+    write_atomic(os.path.join(home, UPGRADES_DIR, f"{record_id}.map.npy"), data)
+    return sha256_hex(data)
 
 
 def load_map(home: str, record: UpgradeRecord) -> np.ndarray:
-    import hashlib
-
     path = os.path.join(home, UPGRADES_DIR, f"{record.id}.map.npy")
     with open(path, "rb") as f:
-        raw = f.read()
-    if hashlib.sha256(raw).hexdigest() != record.map_sha256:
+        data = f.read()
+    if sha256_hex(data) != record.map_sha256:
         raise Invalid(f"upgrade {record.id}: map file {path} does not match its checksum")
-    with open(path, "rb") as f:
-        return np.load(f)
+    return np.load(io.BytesIO(data))
 
 
 # -- generations -------------------------------------------------------------------------------
