@@ -1,47 +1,94 @@
 """vecnest's pure library: stores, indexes and collections (numpy, hnswlib, sqlite3 only).
 
 Nothing here imports the service, FastAPI, pydantic-settings or torch: use it from a notebook,
-a benchmark or a backfill job as well as from the server.
+a benchmark or a backfill job as well as from the server. This module is the interface: the
+service imports from here and nowhere else in `index`.
+
+- the seam: `CollectionBackend`, `CatalogBackend`, `Query`, `Filter`, `SearchResult`,
+  `WriteResult` (`index.backend`), implemented by `Catalog` and `Collection`;
+- documents and facts: `NewDocument`, `StoredDocument`, `Match`, `Manifest` and its parts;
+- recall measurement: `RecallProbe`, `StageRecall`, `EfController`;
+- encoder upgrades: the `upgrades` module (records, generations, sync plans, the map);
+- errors: `VecnestError` and its classes, which the service maps to HTTP statuses.
 """
 
+from index import encoder_upgrade as upgrades
+from index.backend import CatalogBackend, CollectionBackend, Query, SearchResult, WriteResult
 from index.catalog import Catalog, check_name
-from index.collection import Collection, CollectionOptions, SearchResult, WriteResult
-from index.errors import Conflict, Invalid, NotFound, NotReady, Overloaded, TooLarge, VecnestError
+from index.collection import DEFAULT_CANDIDATES, Collection, CollectionOptions
+from index.elastic import MAX_ROTATION_DIM, DimView, check_dims, fit_pca_rotation, sample_labels
+from index.errors import (
+    Conflict,
+    InsufficientStorage,
+    Invalid,
+    NotFound,
+    NotReady,
+    Overloaded,
+    ReadOnly,
+    TooLarge,
+    VecnestError,
+)
 from index.exact import ExactIndex
+from index.faults import fault_point
 from index.fde import FdeEncoder, MultiVectorConfig
+from index.filters import Filter, check_metadata
 from index.hnsw import HnswIndex, HnswParams
-from index.manifest import Manifest, Snapshot
-from index.multivector import MultiVectorCollection
+from index.manifest import Elasticizer, Manifest, RecallPolicy, Snapshot
+from index.procrustes import ScoreCalibration
 from index.protocols import Hits, VectorIndex
+from index.recall_oracle import INDEX_STAGE, EfController, RecallProbe, StageRecall
 from index.scoring import Match
 from index.store import NewDocument, Store, StoredDocument
+from index.vectors import check_metric
 
 __all__ = [
+    "DEFAULT_CANDIDATES",
+    "INDEX_STAGE",
+    "MAX_ROTATION_DIM",
     "Catalog",
+    "CatalogBackend",
     "Collection",
+    "CollectionBackend",
     "CollectionOptions",
     "Conflict",
+    "DimView",
+    "EfController",
+    "Elasticizer",
     "ExactIndex",
     "FdeEncoder",
+    "Filter",
     "Hits",
     "HnswIndex",
     "HnswParams",
+    "InsufficientStorage",
     "Invalid",
     "Manifest",
     "Match",
-    "MultiVectorCollection",
     "MultiVectorConfig",
     "NewDocument",
     "NotFound",
     "NotReady",
     "Overloaded",
+    "Query",
+    "ReadOnly",
+    "RecallPolicy",
+    "RecallProbe",
+    "ScoreCalibration",
     "SearchResult",
     "Snapshot",
+    "StageRecall",
     "Store",
     "StoredDocument",
     "TooLarge",
     "VecnestError",
     "VectorIndex",
     "WriteResult",
+    "check_dims",
+    "check_metadata",
+    "check_metric",
     "check_name",
+    "fault_point",
+    "fit_pca_rotation",
+    "sample_labels",
+    "upgrades",
 ]

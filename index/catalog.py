@@ -27,7 +27,7 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from index.collection import MANIFEST_FILE, Collection, CollectionOptions
+from index.collection import MANIFEST_FILE, Collection, CollectionOptions, open_collection
 from index.errors import Conflict, Invalid, NotFound, NotReady
 from index.files import (
     FDS_PER_COLLECTION,
@@ -40,7 +40,6 @@ from index.files import (
     write_atomic,
 )
 from index.manifest import Manifest
-from index.multivector import collection_class, open_collection
 from index.store import storage_errors
 
 log = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ class Catalog:
             try:
                 with storage_errors():
                     os.makedirs(staging)
-                    collection_class(manifest).create(staging, manifest, self.options).close()
+                    Collection.create(staging, manifest, self.options).close()
                     os.rename(staging, os.path.join(self._root, name))
                     fsync_path(self._root)
             except BaseException:

@@ -68,7 +68,7 @@ class PcaFit:
 MAX_ROTATION_DIM = 4096
 
 
-def second_moment(chunks) -> tuple[np.ndarray, int]:
+def second_moment(chunks) -> tuple[np.ndarray | None, int]:
     """`(XᵀX (D, D) float64, n)` accumulated over chunks `(n_i, D)`: memory O(D²), never O(n·D)."""
     C, n = None, 0
     for X in chunks:

@@ -1,4 +1,4 @@
-"""Named crash points for the fault harness (tests/test_faults.py, bench/faults.py).
+"""Named crash points for the fault harness (tests/e2e/test_faults.py, bench/faults.py).
 
 `fault_point(name, where)` kills the whole process with SIGKILL, exactly as `kill -9` would,
 when the environment variable `VECNEST_CRASH_AT` names that point: `snapshot.after_graphs`

@@ -14,7 +14,7 @@ Python loops): an FDE is a function of its own token set, never of the batch it 
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -31,6 +31,12 @@ class MultiVectorConfig:
     Output dim = repetitions · 2^simhash_bits · projection_dim (token_dim when
     projection_dim is None, the identity), or final_dim after a Count-Sketch.
     """
+
+    # Bounds of the parameters: `check` enforces them, the API schema shows them.
+    MAX_TOKEN_DIM: ClassVar[int] = 4096
+    MAX_REPETITIONS: ClassVar[int] = 128
+    MAX_SIMHASH_BITS: ClassVar[int] = 10
+    MAX_TOKENS_LIMIT: ClassVar[int] = 8192  # the largest per-document token limit a collection may set
 
     token_dim: int
     repetitions: int = 20
@@ -61,12 +67,12 @@ class MultiVectorConfig:
         def bad(msg: str) -> Invalid:
             return Invalid(f"multivector: {msg}", code="invalid_multivector")
 
-        if not 1 <= self.token_dim <= 4096:
-            raise bad(f"token_dim {self.token_dim} must be in 1..4096")
-        if not 1 <= self.repetitions <= 128:
-            raise bad(f"repetitions {self.repetitions} must be in 1..128")
-        if not 0 <= self.simhash_bits <= 10:
-            raise bad(f"simhash_bits {self.simhash_bits} must be in 0..10")
+        if not 1 <= self.token_dim <= self.MAX_TOKEN_DIM:
+            raise bad(f"token_dim {self.token_dim} must be in 1..{self.MAX_TOKEN_DIM}")
+        if not 1 <= self.repetitions <= self.MAX_REPETITIONS:
+            raise bad(f"repetitions {self.repetitions} must be in 1..{self.MAX_REPETITIONS}")
+        if not 0 <= self.simhash_bits <= self.MAX_SIMHASH_BITS:
+            raise bad(f"simhash_bits {self.simhash_bits} must be in 0..{self.MAX_SIMHASH_BITS}")
         if self.projection_dim is not None and not 1 <= self.projection_dim <= self.token_dim:
             raise bad(f"projection_dim {self.projection_dim} must be in 1..token_dim ({self.token_dim})")
         if self.final_dim is not None and not 1 <= self.final_dim < self.raw_dim:
@@ -76,8 +82,8 @@ class MultiVectorConfig:
                 f"the FDE would have {self.dim} dims; the limit is {MAX_FDE_DIM} (use final_dim or fewer "
                 f"repetitions, bits or projection dims)"
             )
-        if not 1 <= self.max_tokens <= 8192:
-            raise bad(f"max_tokens {self.max_tokens} must be in 1..8192")
+        if not 1 <= self.max_tokens <= self.MAX_TOKENS_LIMIT:
+            raise bad(f"max_tokens {self.max_tokens} must be in 1..{self.MAX_TOKENS_LIMIT}")
         if self.seed < 0:
             raise bad("seed must be ≥ 0")
         return self

@@ -9,6 +9,7 @@ booleans only equal booleans. Filters cross the storage seam as these plain valu
 """
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from index.errors import Invalid
@@ -41,7 +42,7 @@ def check_metadata(metadata: Any, what: str = "metadata") -> None:
     `MAX_METADATA_DEPTH`. Iterative: a hostile depth cannot exhaust the Python stack here."""
     if not isinstance(metadata, dict):
         raise Invalid(f"{what}: metadata must be a JSON object", code="invalid_metadata")
-    stack = [(metadata, 1)]
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_METADATA_DEPTH:
@@ -68,23 +69,45 @@ def metadata_fields(metadata: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return rows
 
 
-def parse_filter(filter: dict[str, Any] | None) -> list[tuple[str, str, Any]]:
+@dataclass(frozen=True)
+class Filter:
+    """Metadata equality conditions, ANDed: `{key: value}` as data, validated once. A backend
+    translates them (the embedded one into the labels its field table matches); they cross the
+    collection seam as values, never as sets of internal labels."""
+
+    equals: tuple[tuple[str, Any], ...]  # (key, value): value a string, number, boolean or null
+
+    @classmethod
+    def parse(cls, value: "Filter | dict[str, Any] | None") -> "Filter | None":
+        """A validated filter from its JSON form (None or {} for none); Invalid names the problem."""
+        if value is None or isinstance(value, Filter):
+            return value or None
+        if not isinstance(value, dict):
+            raise Invalid("filter must be an object of {key: value} equality conditions", code="invalid_filter")
+        if len(value) > MAX_CONDITIONS:
+            raise Invalid(f"a filter may have at most {MAX_CONDITIONS} conditions", code="invalid_filter")
+        for key, item in value.items():
+            if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
+                raise Invalid(f"filter keys must be 1–{MAX_KEY_LENGTH} characters", code="invalid_filter")
+            if scalar_field(item) is None:
+                raise Invalid(
+                    f"filter value for {key!r} must be a string, number, boolean or null; got {type(item).__name__}",
+                    code="invalid_filter",
+                )
+        return cls(tuple(value.items())) if value else None
+
+    def __bool__(self) -> bool:
+        return bool(self.equals)
+
+    def conditions(self) -> list[tuple[str, str, Any]]:
+        """`(key, kind, value)` rows as the store's field table holds them."""
+        return [(key, *scalar_field(value)) for key, value in self.equals]  # type: ignore[misc]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.equals)
+
+
+def parse_filter(filter: "Filter | dict[str, Any] | None") -> list[tuple[str, str, Any]]:
     """Validate a filter and return its `(key, kind, value)` conditions (ANDed)."""
-    if not filter:
-        return []
-    if not isinstance(filter, dict):
-        raise Invalid("filter must be an object of {key: value} equality conditions", code="invalid_filter")
-    if len(filter) > MAX_CONDITIONS:
-        raise Invalid(f"a filter may have at most {MAX_CONDITIONS} conditions", code="invalid_filter")
-    conditions = []
-    for key, value in filter.items():
-        if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-            raise Invalid(f"filter keys must be 1–{MAX_KEY_LENGTH} characters", code="invalid_filter")
-        field = scalar_field(value)
-        if field is None:
-            raise Invalid(
-                f"filter value for {key!r} must be a string, number, boolean or null; got {type(value).__name__}",
-                code="invalid_filter",
-            )
-        conditions.append((key, *field))
-    return conditions
+    parsed = Filter.parse(filter)
+    return parsed.conditions() if parsed else []

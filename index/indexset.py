@@ -13,7 +13,7 @@ from collections.abc import Set as LabelSet
 import numpy as np
 
 from index.elastic import DimView
-from index.errors import InsufficientStorage
+from index.errors import InsufficientStorage, Invalid
 from index.hnsw import CorruptSnapshot, HnswIndex, HnswParams
 from index.protocols import Hits
 from index.vectorfile import VectorFile
@@ -51,7 +51,7 @@ class IndexSet:
             indexes[d] = index
         return cls(views, indexes)
 
-    def fill_from(self, vectors: VectorFile, skip: set[int] = frozenset()) -> None:
+    def fill_from(self, vectors: VectorFile, skip: LabelSet = frozenset()) -> None:
         """Add every live full-dim vector to each graph not in `skip` (those are already full)."""
         targets = {d: i for d, i in self.indexes.items() if d not in skip}
         if targets:
@@ -74,6 +74,13 @@ class IndexSet:
     @property
     def dims(self) -> list[int]:
         return sorted(self.indexes)
+
+    def require(self, dim: int, collection: str) -> None:
+        """Invalid unless `dim` has a graph: the one home of that rule."""
+        if dim not in self.indexes:
+            raise Invalid(
+                f"dim {dim} is not indexed in collection {collection!r}; valid dims: {self.dims}", code="invalid_dim"
+            )
 
     @property
     def default_dim(self) -> int:

@@ -68,7 +68,7 @@ class NewDocument:
     `tokens` is the `(n, token_dim)` float16 token matrix of a multi-vector document."""
 
     id: str
-    vector: np.ndarray
+    vector: np.ndarray | None  # None only while a document's text is still to be embedded
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     tokens: np.ndarray | None = None
@@ -133,7 +133,7 @@ class Store:
                 self._writer.close()
                 raise
         self._write_lock = threading.Lock()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[sqlite3.Connection | None] = []  # None: a slot being connected
         self._idle_readers: list[sqlite3.Connection] = []
         self._pool = threading.Condition(threading.Lock())
         self._closed = False
@@ -381,6 +381,23 @@ class Store:
             rows = self._select_in(conn, f"SELECT {cols} FROM documents WHERE deleted = 0 AND label IN ({{}})", labels)
         return {row[0]: self._document(row, text, metadata) for row in rows}
 
+    def scroll(self, after: str | None, limit: int) -> list[StoredDocument]:
+        """Up to `limit` live documents with ids sorting after `after` (all when None), in id
+        order, with text, metadata, vector and tokens. Paging by id, not by offset, is stable
+        under concurrent writes: a document written between pages is seen exactly when its id
+        sorts after the cursor."""
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT label, id, vector, text, metadata FROM documents"
+                " WHERE deleted = 0 AND id > ? ORDER BY id LIMIT ?",
+                ("" if after is None else after, limit),
+            ).fetchall()
+        docs = [self._document(row, True, True) for row in rows]
+        if self.token_dim and docs:
+            found = self.tokens([d.label for d in docs])
+            docs = [replace(d, tokens=found.get(d.label)) for d in docs]
+        return docs
+
     def vectors(self, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """`(labels (m,) sorted, vectors (m, dim))` of the live documents among `labels`."""
         with self._read() as conn:
@@ -461,6 +478,7 @@ class Store:
         return len(tokens), tokens.tobytes()
 
     def _tokens(self, count: int, blob: bytes) -> np.ndarray:
+        assert self.token_dim is not None
         return np.frombuffer(blob, "<f2").reshape(count, self.token_dim)
 
     def _vector(self, blob: bytes) -> np.ndarray:

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from index.backend import Query, SearchResult
 from index.catalog import active_generation
-from index.collection import COLLECTION_FILES, Collection, SearchResult
+from index.collection import COLLECTION_FILES, Collection
 from index.errors import Invalid
 from index.files import fsync_path, json_bytes, npy_bytes, sha256_hex, write_atomic
 from index.manifest import Elasticizer, Manifest
@@ -205,6 +206,11 @@ def new_generation_manifest(old: Manifest, model: dict[str, Any], dim: int, matr
     )
 
 
+def open_generation(path: str, options) -> Collection:
+    """Open a generation's collection (the shadow an upgrade keeps in sync)."""
+    return Collection.open(path, options)
+
+
 def create_generation(home: str, generation: str, manifest: Manifest, options) -> Collection:
     """Create (or, after a crash, reopen) the collection directory of `generation`."""
     path = os.path.join(home, generation)
@@ -319,8 +325,8 @@ def fit_map(
 
 def _relative_recall(old: Collection, mapped: np.ndarray, old_queries: np.ndarray, ids: list[str], k: int) -> float:
     """Mean |top-k(mapped) ∩ top-k(old)| / k over the queries, each query's own id excluded."""
-    got = old.search(mapped, k + 1)
-    want = old.search(old_queries, k + 1)
+    got = old.search(Query(mapped, k + 1))
+    want = old.search(Query(old_queries, k + 1))
     overlaps = []
     for own, g, w in zip(ids, got.matches, want.matches):
         truth = [m.id for m in w if m.id != own][:k]
@@ -348,19 +354,9 @@ def gate(figures: dict[str, Any], min_cosine: float, min_recall: float, k: int =
 
 # -- searches while mixed ----------------------------------------------------------------------
 def mixed_search(
-    source: Collection,
-    shadow: Collection,
-    W: np.ndarray,
-    calibration: ScoreCalibration,
-    Q_new: np.ndarray,
-    k: int,
-    *,
-    dim: int | None = None,
-    include: tuple[str, ...] = (),
-    probe: bool = False,
-    **options: Any,
+    source: Collection, shadow: Collection, W: np.ndarray, calibration: ScoreCalibration, query: Query
 ) -> SearchResult:
-    """Top-k for new-model queries `Q_new (nq, d_new)` while the shadow is half backfilled.
+    """Top-k for new-model queries (`query.queries (nq, d_new)`) while the shadow is half backfilled.
 
     The source (every document, old vectors) is searched with the mapped queries; the shadow
     (backfilled documents, new vectors) with the queries as they are. A shadow hit counts only
@@ -368,9 +364,11 @@ def mixed_search(
     score; every other candidate gets its mapped score calibrated onto the new→new scale, so the
     two kinds rank on one scale (the mixed-gallery pitfall of algorithms.md §3.3 step 4).
     """
-    old = source.search(map_queries(Q_new, W), k, dim=dim, include=include, probe=probe, **options)
-    new_dim = dim if dim in shadow.dims else None
-    new = shadow.search(Q_new, k, dim=new_dim, include=tuple(i for i in include if i != "vector"), **options)
+    k, include = query.k, query.include
+    old = source.search(replace(query, queries=map_queries(query.queries, W)))
+    new_dim = query.dim if query.dim in shadow.dims else None
+    shadow_include = tuple(i for i in include if i != "vector")
+    new = shadow.search(replace(query, dim=new_dim, include=shadow_include, probe=False))
     shadow_ids = sorted({m.id for ms in new.matches for m in ms})
     in_sync = _in_sync(source, shadow, shadow_ids)
     merged = []

@@ -1,0 +1,204 @@
+"""Dense collections: one full-dim vector per document, a graph per Matryoshka dim.
+
+A search picks a dim's graph (its view: the rotated, truncated prefix) and, below full dim,
+runs a funnel: shortlist `k · rerank_factor` candidates, re-score them exactly at full dim from
+the vector file. Filters that leave few documents, and searches that ask, are exact.
+"""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from index.backend import Query, SearchResult
+from index.elastic import MAX_ROTATION_DIM, DimView, check_dims, sample_labels
+from index.errors import Invalid
+from index.manifest import Manifest
+from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
+from index.scoring import exact_search, hydrate, label_scores, rerank_exact, rerank_hits
+from index.store import NewDocument, StoredDocument
+from index.vectors import as_matrix, prepare
+
+from .state import CollectionState, default_rerank_factor
+
+
+@dataclass(frozen=True)
+class _DenseQueries:
+    """What a dense probe's exact re-run needs: full-dim queries, the dim's view and its queries."""
+
+    full: np.ndarray  # (nq, D), prepared
+    view: DimView
+    in_view: np.ndarray  # (nq, dim)
+    rerank: bool
+
+
+class DenseScoring:
+    kind = "dense"
+    supports_rotation = True
+
+    # -- creation -------------------------------------------------------------------------------
+    @staticmethod
+    def validate(manifest: Manifest) -> Manifest:
+        """The manifest a new dense collection is created with (dims checked and sorted)."""
+        manifest = manifest.replace(dims=check_dims(manifest.dims, manifest.dim), rotation=None, snapshot=None)
+        _check_rerank_factor(manifest.rerank_factor)
+        if (
+            manifest.elasticizer.kind == "pca"
+            and manifest.dim > MAX_ROTATION_DIM
+            and min(manifest.indexed_dims) < manifest.dim
+        ):
+            raise Invalid(
+                f"a PCA elasticizer needs at most {MAX_ROTATION_DIM} dims (these vectors have {manifest.dim}); "
+                f'use elasticizer kind "none"',
+                code="rotation_too_large",
+            )
+        return manifest
+
+    def __init__(self, manifest: Manifest):
+        self._dim, self._metric = manifest.dim, manifest.metric
+
+    # -- documents ------------------------------------------------------------------------------
+    def prepare(self, docs: Sequence[NewDocument]) -> tuple[list[NewDocument], np.ndarray, dict[str, float]]:
+        """Validated documents and their index vectors `(n, D)` (unit rows for cosine)."""
+        for d in docs:  # per document first, so that an error names it
+            if d.vector is None:
+                raise Invalid(f"document {d.id[:80]!r} has no vector", code="missing_content")
+            if len(d.vector) != self._dim or getattr(d.vector, "ndim", 1) != 1:
+                raise Invalid(
+                    f"document {d.id[:80]!r}: vector has {len(d.vector)} dimensions; the collection expects "
+                    f"{self._dim}",
+                    code="wrong_dimension",
+                )
+        X = prepare(as_matrix([d.vector for d in docs], self._dim), self._metric)
+        return [replace(doc, vector=x) for doc, x in zip(docs, X)], X, {}
+
+    def present(self, doc: StoredDocument) -> StoredDocument:
+        return doc
+
+    # -- searches -------------------------------------------------------------------------------
+    def index_name(self, dim: int) -> str:
+        return str(dim)
+
+    def check(self, s: CollectionState, query: Query) -> None:
+        """Everything about a query but its vectors: k, the dim, the funnel, no token options."""
+        if query.k < 1:
+            raise Invalid("k must be at least 1")
+        if query.candidates is not None or query.ball_carving is not None:
+            raise Invalid(
+                f"collection {s.name!r} holds one vector per document; candidates and ball_carving are for "
+                f"multi-vector collections",
+                code="dense_collection",
+            )
+        if query.dim is not None:
+            s.indexes.require(query.dim, s.name)
+        _check_rerank_factor(query.rerank_factor)
+        if query.queries is not None:
+            prepare(as_matrix(query.queries, self._dim, "query vector"), self._metric, "query vector")
+
+    def shortlist(self, s: CollectionState, query: Query) -> int:
+        """How many candidates the search re-ranks: `k · rerank_factor` in a low-dim funnel, else k."""
+        dim = query.dim or s.indexes.default_dim
+        if query.rerank and dim < self._dim:
+            return query.k * (query.rerank_factor or s.manifest.rerank_factor or default_rerank_factor(dim, self._dim))
+        return query.k
+
+    def search(self, s: CollectionState, query: Query) -> SearchResult:
+        """Top-k documents for each full-dim query vector `(nq, D)` (see the module docstring);
+        `rerank=False` returns the candidates with the scores of their own dim."""
+        self.check(s, query)
+        indexes = s.indexes  # a rebuild may swap it; this search finishes on the one it saw
+        dim = query.dim or indexes.default_dim
+        view = indexes.views[dim]
+        Q = prepare(as_matrix(query.queries, self._dim, "query vector"), self._metric, "query vector")
+        Qv = view.apply(Q)
+        # Every array below is sized by what exists, never by what was asked for.
+        k = min(query.k, max(len(indexes), 1))
+        shortlist = min(self.shortlist(s, replace(query, k=k)), max(len(indexes), k))
+        ef_setting = query.ef if query.ef is not None else s.ef_search(dim)
+        timings: dict[str, float] = {}
+        with s.reading():
+            allowed = None
+            if query.filter:
+                t0 = time.perf_counter()
+                allowed = s.store.filter_labels(query.filter.conditions())
+                timings["filter"] = time.perf_counter() - t0
+            exact = query.exact or (allowed is not None and len(allowed) <= s.exact_filter_limit())
+            t0 = time.perf_counter()
+            if exact:
+                hits = exact_search(
+                    s.vectors, Qv, shortlist, self._metric, allowed, None if view.is_full else view.apply
+                )
+            else:
+                labels = None if allowed is None else frozenset(allowed.tolist())
+                hits = indexes.search(dim, Qv, shortlist, ef_setting, labels)
+            t1 = time.perf_counter()
+            if query.rerank:
+                matches = rerank_exact(s.store, s.vectors, Q, hits, k, self._metric, query.include)
+            else:
+                matches = hydrate(s.store, hits, query.include)
+            t2 = time.perf_counter()
+        timings.update({"exact_search" if exact else "index_search": t1 - t0, "rerank": t2 - t1})
+        probe = None
+        if query.probe and not exact:
+            probe = RecallProbe(
+                self.index_name(dim),
+                dim,
+                k,
+                shortlist,
+                max(ef_setting, shortlist),
+                ef_setting,
+                query.ef is not None,
+                hits,
+                allowed,
+                _DenseQueries(Q, view, Qv, query.rerank),
+            )
+        return SearchResult(
+            matches, "exact" if exact else "hnsw", dim, shortlist, timings, 0 if exact else ef_setting, probe
+        )
+
+    # -- recall ---------------------------------------------------------------------------------
+    def evaluate_recall(self, s: CollectionState, probe: RecallProbe) -> list[StageRecall]:
+        """Re-run a sampled search by brute force over the full-dim vector file and compare.
+
+        Index stage: the graph's shortlist against the exact top-shortlist in the dim's view.
+        Final stage: the results returned (the shortlist re-ranked at full dim, or its first k
+        without re-ranking) against the exact full-dim top-k. At full dim they coincide.
+        Documents written since the search count as the oracle sees them now.
+        """
+        q: _DenseQueries = probe.payload
+        in_view = None if q.view.is_full else q.view.apply
+        with s.reading():
+            truth = exact_search(s.vectors, q.in_view, probe.shortlist, self._metric, probe.allowed, in_view)
+            found = label_scores(s.vectors, q.in_view, probe.found.labels, self._metric, in_view)
+            index = per_query_recall(found, truth)
+            if q.view.is_full:
+                final = index
+            else:
+                returned = (
+                    rerank_hits(s.vectors, q.full, probe.found, probe.k, self._metric).labels
+                    if q.rerank
+                    else probe.found.labels[:, : probe.k]
+                )
+                truth = exact_search(s.vectors, q.full, probe.k, self._metric, probe.allowed)
+                final = per_query_recall(label_scores(s.vectors, q.full, returned, self._metric), truth)
+        return [
+            StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
+            StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist),
+        ]
+
+    def sample_queries(self, s: CollectionState, n: int, seed: int) -> np.ndarray:
+        """`(m, D)` stored vectors of a deterministic sample of `m <= n` live documents."""
+        with s.reading():
+            labels = sample_labels(s.store.live_labels(), n, seed)
+            return s.vectors.gather(labels)[1]
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+def _check_rerank_factor(value: int | None) -> None:
+    """A funnel re-scores `k · rerank_factor` candidates: fewer than k would drop results."""
+    if value is not None and value < 1:
+        raise Invalid("rerank_factor must be at least 1", code="invalid_rerank_factor")
