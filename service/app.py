@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service import __version__, openapi
+from service.encoders import EncoderLoader
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.maintenance import Maintenance
@@ -26,13 +27,19 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    on_fatal: Callable[[str], None] | None = None,
+    encoder_loader: EncoderLoader | None = None,
+) -> FastAPI:
+    """The app. `encoder_loader` turns a resolved model into an encoder (default:
+    sentence-transformers); tests pass a model-free one where the model is not the point."""
     settings = settings or Settings()
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        engine = Engine(settings, metrics)
+        engine = Engine(settings, metrics, encoder_loader)
         app.state.engine = engine
         maintenance = Maintenance(engine, settings.snapshot_interval_s)
 

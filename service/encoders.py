@@ -12,14 +12,14 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
 
-from index.errors import Invalid
+from index import Invalid
 from service.settings import DEFAULT_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,19 @@ class Encoder(Protocol):
         """Tokens the model reads for `texts` (after its truncation)."""
 
 
+def check_layers(encoder: Encoder, layers: int | None) -> None:
+    """`layers` (None: all) is a depth `encoder` can run at."""
+    if layers is None:
+        return
+    if encoder.num_layers is None:
+        raise Invalid(f"model {encoder.id!r} does not support choosing layers", code="invalid_layers")
+    if not 1 <= layers <= encoder.num_layers:
+        raise Invalid(
+            f"layers={layers} is out of range: model {encoder.id!r} has {encoder.num_layers} layers",
+            code="invalid_layers",
+        )
+
+
 class SentenceTransformerEncoder:
     """A sentence-transformers model on the CPU (or `device`). Call only from one thread."""
 
@@ -76,19 +89,8 @@ class SentenceTransformerEncoder:
     def _cut(self, texts: Sequence[str]) -> list[str]:
         return [t[: self.max_chars] for t in texts]
 
-    def check_layers(self, layers: int | None) -> None:
-        if layers is None:
-            return
-        if self.num_layers is None:
-            raise Invalid(f"model {self.id!r} does not support choosing layers", code="invalid_layers")
-        if not 1 <= layers <= self.num_layers:
-            raise Invalid(
-                f"layers={layers} is out of range: model {self.id!r} has {self.num_layers} layers",
-                code="invalid_layers",
-            )
-
     def encode(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> np.ndarray:
-        self.check_layers(layers)
+        check_layers(self, layers)
         with self._first_layers(layers):
             X = self._model.encode(
                 self._cut(texts),
@@ -103,7 +105,7 @@ class SentenceTransformerEncoder:
     def encode_tokens(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> list[np.ndarray]:
         import torch
 
-        self.check_layers(layers)
+        check_layers(self, layers)
         prompt = self._prompts.get(kind) or ""
         texts = self._cut(texts)
         tokenizer = self._model.tokenizer
@@ -181,11 +183,17 @@ class ModelRef:
     path: str  # the directory it resolves to on this machine
 
 
+EncoderLoader = Callable[[ModelRef], Encoder]
+
+
 class EncoderRegistry:
     """Resolves model names to directories and keeps one loaded encoder per directory."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, loader: EncoderLoader | None = None):
         self._settings = settings
+        # How a resolved model becomes an encoder: sentence-transformers, unless the composition
+        # root passes another (tests pass a model-free one).
+        self._loader = loader or self._sentence_transformer
         self._loaded: dict[str, Encoder] = {}
         self._lock = threading.Lock()
 
@@ -210,9 +218,7 @@ class EncoderRegistry:
             encoder = self._loaded.get(ref.path)
             if encoder is None:
                 try:
-                    encoder = SentenceTransformerEncoder(
-                        ref.name, ref.path, self._settings.device, self._settings.encode_batch_size
-                    )
+                    encoder = self._loader(ref)
                 except Exception as exc:  # a broken model directory fails in many ways (bad JSON, missing weights)
                     log.warning("cannot load model %s from %s", ref.name, ref.path, exc_info=True)
                     raise Invalid(
@@ -221,6 +227,9 @@ class EncoderRegistry:
                     ) from None
                 self._loaded[ref.path] = encoder
             return encoder
+
+    def _sentence_transformer(self, ref: ModelRef) -> Encoder:
+        return SentenceTransformerEncoder(ref.name, ref.path, self._settings.device, self._settings.encode_batch_size)
 
     def loaded(self) -> list[Encoder]:
         with self._lock:

@@ -204,7 +204,7 @@ def _with_pca_rotation(model, texts: list[str] | None, seed: int):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize
 
-    from index.elastic import fit_pca_rotation, sample_labels
+    from index import fit_pca_rotation, sample_labels
 
     dim = model.get_embedding_dimension()
     if texts is None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import Overloaded
+from index import Overloaded
 from service.encoders import Encoder, Kind
 
 log = logging.getLogger(__name__)

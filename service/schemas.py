@@ -4,6 +4,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from index import Elasticizer, MultiVectorConfig, RecallPolicy
+
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 Include = Literal["text", "metadata", "vector"]
 FiniteFloat = float  # finiteness is enforced by `allow_inf_nan=False` on the models below
@@ -37,22 +39,40 @@ class ElasticizerConfig(_Body):
         'truncate as is (Matryoshka-trained models); "auto": none for declared Matryoshka models, '
         "else pca",
     )
-    sample: int = Field(20000, ge=16, le=1_000_000, description="vectors sampled for the fit")
-    seed: int = Field(0, ge=0)
-    fit_at: int = Field(1000, ge=1, description="fit by itself once the collection holds this many documents")
+    sample: int = Field(Elasticizer.sample, ge=16, le=1_000_000, description="vectors sampled for the fit")
+    seed: int = Field(Elasticizer.seed, ge=0)
+    fit_at: int = Field(
+        Elasticizer.fit_at, ge=1, description="fit by itself once the collection holds this many documents"
+    )
 
 
 class MultiVectorIn(_Body):
     """MUVERA FDE parameters, frozen at creation (defaults: the paper's (20, 5, 16) → 10240 dims)."""
 
-    token_dim: int | None = Field(None, ge=1, le=4096, description="token embedding dim (default: the model's)")
-    repetitions: int = Field(20, ge=1, le=128)
-    simhash_bits: int = Field(5, ge=0, le=10, description="2^bits buckets per repetition")
-    projection_dim: int | None = Field(16, ge=1, description="inner projection dim; null: identity (token_dim)")
+    token_dim: int | None = Field(
+        None, ge=1, le=MultiVectorConfig.MAX_TOKEN_DIM, description="token embedding dim (default: the model's)"
+    )
+    repetitions: int = Field(MultiVectorConfig.repetitions, ge=1, le=MultiVectorConfig.MAX_REPETITIONS)
+    simhash_bits: int = Field(
+        MultiVectorConfig.simhash_bits,
+        ge=0,
+        le=MultiVectorConfig.MAX_SIMHASH_BITS,
+        description="2^bits buckets per repetition",
+    )
+    projection_dim: int | None = Field(
+        MultiVectorConfig.projection_dim, ge=1, description="inner projection dim; null: identity (token_dim)"
+    )
     final_dim: int | None = Field(None, ge=1, description="optional Count-Sketch to this many dims")
-    seed: int = Field(42, ge=0)
-    fill_empty: bool = Field(True, description="fill empty document buckets with the nearest token")
-    max_tokens: int = Field(512, ge=1, le=8192, description="token limit per document and query")
+    seed: int = Field(MultiVectorConfig.seed, ge=0)
+    fill_empty: bool = Field(
+        MultiVectorConfig.fill_empty, description="fill empty document buckets with the nearest token"
+    )
+    max_tokens: int = Field(
+        MultiVectorConfig.max_tokens,
+        ge=1,
+        le=MultiVectorConfig.MAX_TOKENS_LIMIT,
+        description="token limit per document and query",
+    )
 
 
 class RecallPolicyIn(_Body):
@@ -67,8 +87,12 @@ class RecallPolicyIn(_Body):
     recall_sample_rate: float | None = Field(
         None, ge=0, le=1, description="share of searches re-run exactly in the background (default: the server's)"
     )
-    ef_min: int | None = Field(None, ge=1, le=10000, description="lower bound for the tuned ef (default 10)")
-    ef_max: int | None = Field(None, ge=1, le=10000, description="upper bound for the tuned ef (default 1000)")
+    ef_min: int | None = Field(
+        None, ge=1, le=10000, description=f"lower bound for the tuned ef (default {RecallPolicy.ef_min})"
+    )
+    ef_max: int | None = Field(
+        None, ge=1, le=10000, description=f"upper bound for the tuned ef (default {RecallPolicy.ef_max})"
+    )
 
 
 class CollectionUpdate(RecallPolicyIn):
@@ -372,18 +396,52 @@ class CutOverRequest(_Body):
     )
 
 
+class UpgradeGate(BaseModel):
+    passed: bool
+    reason: str
+
+
+class UpgradeEvent(BaseModel):
+    state: str
+    at: float = Field(..., description="unix time")
+
+
+class UpgradeProgress(BaseModel):
+    """The sync of a live upgrade: the new generation before cut-over, the previous one after."""
+
+    done: int
+    total: int
+    caught_up: bool
+    rate_docs_per_s: float
+    embedded: int
+    eta_s: float | None
+    syncing: Literal["new generation", "previous generation (for rollback)"]
+
+
 class UpgradeInfo(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """An encoder upgrade: its record (as persisted) and, while it is live, its progress."""
 
     id: str
     collection: str
-    state: str
-    model: dict[str, Any]
+    state: Literal["fitting", "backfilling", "cut_over", "finalized", "rolled_back", "aborted", "failed"]
+    model: dict[str, Any] = Field(..., description="the new encoder (model, dim, layers, matryoshka_dims)")
     previous_model: dict[str, Any]
-    fit: dict[str, Any] | None = None
-    gate: dict[str, Any] | None = None
-    progress: dict[str, Any] | None = None
+    old_generation: str
+    new_generation: str
+    created_at: float
+    updated_at: float
+    sample: int
+    holdout: float
+    seed: int
+    min_cosine: float
+    min_recall: float
+    fit: dict[str, Any] | None = Field(None, description="figures of the map's fit and held-out evaluation")
+    gate: UpgradeGate | None = None
+    calibration: dict[str, float] | None = None
+    map_sha256: str | None = None
     error: str | None = None
+    history: list[UpgradeEvent] = Field(default_factory=list)
+    progress: UpgradeProgress | None = None
 
 
 class UpgradeList(BaseModel):

@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index import CollectionOptions, HnswParams
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -64,16 +66,16 @@ class Settings(BaseSettings):
     )
 
     # index defaults for new collections
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 100
+    hnsw_m: int = HnswParams.m
+    hnsw_ef_construction: int = HnswParams.ef_construction
+    hnsw_ef_search: int = HnswParams.ef_search
 
     # durability and maintenance
-    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = CollectionOptions.synchronous  # type: ignore[assignment]
     snapshot_interval_s: float = Field(30.0, gt=0, description="how often changed indexes are saved")
-    rebuild_deleted_fraction: float = Field(0.2, gt=0, le=1)
-    exact_filter_fraction: float = Field(0.02, ge=0, le=1)
-    exact_filter_min: int = Field(512, ge=0)
+    rebuild_deleted_fraction: float = Field(CollectionOptions.rebuild_deleted_fraction, gt=0, le=1)
+    exact_filter_fraction: float = Field(CollectionOptions.exact_filter_fraction, ge=0, le=1)
+    exact_filter_min: int = Field(CollectionOptions.exact_filter_min, ge=0)
 
     # online recall estimation (per-collection overrides: recall_sample_rate, target_recall)
     recall_sample_rate: float = Field(

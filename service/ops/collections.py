@@ -1,101 +1,130 @@
 """Collections: create (dense with Matryoshka dims, elasticizer, layers; or multi-vector), describe,
-drop, refit."""
+update the recall policy, drop, refit.
+
+One create path for both kinds: the request is checked for its kind, the model (if any) is
+loaded and checked against the dims given, and a `Manifest` is built; the index's one factory
+validates it and makes the collection.
+"""
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
-from index import Collection, HnswParams, Manifest
-from index.elastic import MAX_ROTATION_DIM, check_dims
-from index.errors import Invalid
-from index.fde import MultiVectorConfig
-from index.manifest import Elasticizer, RecallPolicy
-from index.vectors import check_metric
+from index import (
+    MAX_ROTATION_DIM,
+    Elasticizer,
+    HnswParams,
+    Invalid,
+    Manifest,
+    MultiVectorConfig,
+    RecallPolicy,
+    check_metric,
+)
 from service import schemas
+from service.async_collection import AsyncCollection
+from service.encoders import Encoder, check_layers
 from service.engine import Engine
+
+# Fields a multi-vector collection refuses (it scores unit tokens by MaxSim through one FDE graph).
+_DENSE_ONLY = ("dim", "dims", "elasticizer", "rerank_factor")
 
 
 async def create(engine: Engine, req: schemas.CollectionCreate) -> schemas.CollectionInfo:
-    catalog = engine.require_ready()
+    engine.require_ready()
     check_metric(req.metric)
-    if req.multivector is not None:
-        return await _create_multivector(engine, req)
-    encoder = None
+    multivector = req.multivector is not None
+    if multivector:
+        wrong = [f for f in _DENSE_ONLY if getattr(req, f) is not None]
+        if "metric" in req.model_fields_set and req.metric != "cosine":
+            wrong.append("metric")
+        if wrong:
+            raise Invalid(
+                f"{', '.join(wrong)} apply to dense collections; a multi-vector collection scores unit "
+                f"tokens by MaxSim (set multivector.token_dim for token matrices without a model)",
+                code="multivector_collection",
+            )
+    dim_field = "token_dim" if multivector else "dim"
+    given_dim = req.multivector.token_dim if req.multivector is not None else req.dim
+    encoder = await _encoder(engine, req, given_dim, dim_field)
+    dim = encoder.dim if encoder is not None else given_dim
+    assert dim is not None
+    manifest = (
+        _multivector_manifest(engine, req, encoder, dim) if multivector else _dense_manifest(engine, req, encoder, dim)
+    )
+    collection = await engine.create_collection(manifest)
+    engine.embedder.attach(collection.backend, encoder)
+    return info(collection, engine)
+
+
+async def _encoder(engine: Engine, req: schemas.CollectionCreate, given_dim: int | None, field: str) -> Encoder | None:
+    """The collection's model: the one named, or the default when no dim is given; None for a
+    collection of vectors (or token matrices) only."""
+    if req.model is None and given_dim is not None:
+        if req.layers is not None:
+            what = "token matrices" if req.multivector is not None else "vectors"
+            raise Invalid(f"layers needs a model; this collection holds {what} only", code="invalid_layers")
+        return None
     model = req.model or engine.settings.default_model
-    if req.model is not None or req.dim is None:
-        encoder = await engine.load_encoder(model)
-        if req.dim is not None and req.dim != encoder.dim:
-            raise Invalid(f"dim {req.dim} does not match model {model!r} ({encoder.dim} dims)", code="wrong_dimension")
-        encoder.check_layers(req.layers)
-    elif req.layers is not None:
-        raise Invalid("layers needs a model; this collection holds vectors only", code="invalid_layers")
-    dim = encoder.dim if encoder else req.dim
-    dims = check_dims(req.dims, dim)
-    manifest = Manifest(
+    encoder = await engine.embedder.load(model)
+    if given_dim is not None and given_dim != encoder.dim:
+        raise Invalid(
+            f"{field} {given_dim} does not match model {model!r} ({encoder.dim} dims)", code="wrong_dimension"
+        )
+    check_layers(encoder, req.layers)
+    return encoder
+
+
+def _encoder_info(engine: Engine, req: schemas.CollectionCreate, encoder: Encoder | None) -> dict[str, Any] | None:
+    if encoder is None:
+        return None
+    info: dict[str, Any] = {
+        "model": req.model or engine.settings.default_model,
+        "dim": encoder.dim,
+        "layers": req.layers,
+    }
+    if req.multivector is not None:
+        info["tokens"] = True
+    else:
+        info["matryoshka_dims"] = encoder.matryoshka_dims
+    return info
+
+
+def _dense_manifest(engine: Engine, req: schemas.CollectionCreate, encoder: Encoder | None, dim: int) -> Manifest:
+    return Manifest(
         name=req.name,
         dim=dim,
         metric=req.metric,
         hnsw=_hnsw(engine, req.hnsw),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        dims=dims,
+        created_at=_now(),
+        dims=req.dims,
         elasticizer=_elasticizer(req.elasticizer, encoder, dim),
         rerank_factor=req.rerank_factor,
-        encoder={"model": model, "dim": dim, "layers": req.layers, "matryoshka_dims": encoder.matryoshka_dims}
-        if encoder
-        else None,
+        encoder=_encoder_info(engine, req, encoder),
         recall=recall_policy(req, RecallPolicy()),
     )
-    collection = await engine.run(catalog.create, manifest)
-    engine.attach_encoder(collection, encoder)
-    return info(collection, engine)
 
 
-async def _create_multivector(engine: Engine, req: schemas.CollectionCreate) -> schemas.CollectionInfo:
+def _multivector_manifest(
+    engine: Engine, req: schemas.CollectionCreate, encoder: Encoder | None, token_dim: int
+) -> Manifest:
     """Token-set documents: the FDE is indexed, MaxSim re-ranks. Text is embedded token by token."""
     mv = req.multivector
-    dense_only = [f for f in ("dim", "dims", "elasticizer", "rerank_factor") if getattr(req, f) is not None]
-    if "metric" in req.model_fields_set and req.metric != "cosine":
-        dense_only.append("metric")
-    if dense_only:
-        raise Invalid(
-            f"{', '.join(dense_only)} apply to dense collections; a multi-vector collection scores unit "
-            f"tokens by MaxSim (set multivector.token_dim for token matrices without a model)",
-            code="multivector_collection",
-        )
-    encoder = None
-    model = req.model or engine.settings.default_model
-    if req.model is not None or mv.token_dim is None:
-        encoder = await engine.load_encoder(model)
-        if mv.token_dim is not None and mv.token_dim != encoder.dim:
-            raise Invalid(
-                f"token_dim {mv.token_dim} does not match model {model!r} ({encoder.dim} dims)", code="wrong_dimension"
-            )
-        encoder.check_layers(req.layers)
-    elif req.layers is not None:
-        raise Invalid("layers needs a model; this collection holds token matrices only", code="invalid_layers")
-    token_dim = encoder.dim if encoder else mv.token_dim
-    config = MultiVectorConfig(
-        token_dim=token_dim,
-        repetitions=mv.repetitions,
-        simhash_bits=mv.simhash_bits,
-        projection_dim=mv.projection_dim,
-        final_dim=mv.final_dim,
-        seed=mv.seed,
-        fill_empty=mv.fill_empty,
-        max_tokens=mv.max_tokens,
-    ).check()
-    manifest = Manifest(
+    assert mv is not None
+    config = MultiVectorConfig(**{**mv.model_dump(), "token_dim": token_dim}).check()
+    return Manifest(
         name=req.name,
         dim=config.dim,
         metric="ip",
         hnsw=_hnsw(engine, req.hnsw),
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        created_at=_now(),
         multivector=config,
-        encoder={"model": model, "dim": token_dim, "layers": req.layers, "tokens": True} if encoder else None,
+        encoder=_encoder_info(engine, req, encoder),
         recall=recall_policy(req, RecallPolicy()),
     )
-    collection = await engine.run(engine.require_ready().create, manifest)
-    engine.attach_encoder(collection, encoder)
-    return info(collection, engine)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def recall_policy(req: schemas.RecallPolicyIn, current: RecallPolicy) -> RecallPolicy:
@@ -113,7 +142,7 @@ def recall_policy(req: schemas.RecallPolicyIn, current: RecallPolicy) -> RecallP
 async def update(engine: Engine, name: str, req: schemas.CollectionUpdate) -> schemas.CollectionInfo:
     """Change the recall policy; it is saved at once and the controller follows it."""
     collection = engine.collection(name)
-    await engine.run(collection.set_recall_policy, recall_policy(req, collection.recall_policy))
+    await collection.set_recall_policy(recall_policy(req, collection.recall_policy))
     return info(collection, engine)
 
 
@@ -126,7 +155,7 @@ def _hnsw(engine: Engine, h: schemas.HnswConfig | None) -> HnswParams:
     )
 
 
-def _elasticizer(cfg: schemas.ElasticizerConfig | None, encoder, dim: int) -> Elasticizer:
+def _elasticizer(cfg: schemas.ElasticizerConfig | None, encoder: Encoder | None, dim: int) -> Elasticizer:
     cfg = cfg or schemas.ElasticizerConfig()
     kind = cfg.kind
     if kind == "auto":  # a Matryoshka-trained model truncates natively; anything else gets PCA
@@ -134,9 +163,10 @@ def _elasticizer(cfg: schemas.ElasticizerConfig | None, encoder, dim: int) -> El
     return Elasticizer(kind=kind, sample=cfg.sample, seed=cfg.seed, fit_at=cfg.fit_at)
 
 
-def info(collection: Collection, engine: Engine) -> schemas.CollectionInfo:
+def info(collection: AsyncCollection, engine: Engine) -> schemas.CollectionInfo:
     m, stats = collection.manifest, collection.stats()
     encoder = m.encoder or {}
+    backend = collection.backend
     return schemas.CollectionInfo(
         name=m.name,
         model=encoder.get("model"),
@@ -154,11 +184,11 @@ def info(collection: Collection, engine: Engine) -> schemas.CollectionInfo:
         multivector=m.multivector.to_json() if m.multivector else None,
         recall={
             "target_recall": m.recall.target,
-            "sample_rate": engine.recall.rate(collection),
+            "sample_rate": engine.recall.rate(backend),
             "ef_min": m.recall.ef_min,
             "ef_max": m.recall.ef_max,
             "ef_search": {collection.index_name(d): collection.ef_search(d) for d in collection.dims},
-            **engine.recall.summary(collection),
+            **engine.recall.summary(backend),
         },
     )
 
@@ -166,7 +196,7 @@ def info(collection: Collection, engine: Engine) -> schemas.CollectionInfo:
 def list_all(engine: Engine) -> schemas.CollectionList:
     catalog = engine.require_ready()
     return schemas.CollectionList(
-        collections=[info(c, engine) for c in engine.collections()],
+        collections=[info(AsyncCollection(c), engine) for c in engine.collections()],
         failed=[
             schemas.FailedCollection(name=name, reason=reason) for name, reason in sorted(catalog.failed().items())
         ],
@@ -178,32 +208,12 @@ def describe(engine: Engine, name: str) -> schemas.CollectionInfo:
 
 
 async def drop(engine: Engine, name: str) -> None:
-    """Drop a collection, serving or failed (one that could not be opened has no upgrade to stop)."""
-    catalog = engine.require_ready()
-    if name not in catalog.failed():
-        engine.collection(name)  # 404 before touching any upgrade
-        await engine.upgrades.forget(name)
-    await engine.run(catalog.drop, name)
-    engine.detach(name)
+    await engine.drop_collection(name)
 
 
 async def refit(engine: Engine, name: str, req: schemas.RefitRequest) -> schemas.RefitResponse:
     """Fit the PCA rotation on the collection's own vectors now and rebuild its low-dim graphs."""
     collection = engine.collection(name)
-    if collection.manifest.multivector is not None:
-        raise Invalid(
-            f"collection {name!r} holds multi-vector documents; rotations apply to dense vectors",
-            code="multivector_collection",
-        )
-    if min(collection.dims) == collection.manifest.dim:
-        raise Invalid(
-            f"collection {name!r} indexes only its full dim; declare lower dims to use a rotation", code="no_low_dims"
-        )
-    if collection.manifest.elasticizer.kind != "pca":
-        raise Invalid(
-            f"collection {name!r} truncates natively (elasticizer {collection.manifest.elasticizer.kind!r})",
-            code="no_elasticizer",
-        )
     start = time.perf_counter()
-    record = await engine.run(collection.fit_rotation, req.sample, req.seed)
+    record = await collection.fit_rotation(req.sample, req.seed)
     return schemas.RefitResponse(rotation=vars(record), took_ms=(time.perf_counter() - start) * 1e3)

@@ -1,6 +1,7 @@
 """Request limits that need the settings, one home each. Every breach is a 422 naming the limit
 and the setting that raises it; nothing is computed before the check.
 
+- counts: documents (or ids, or inputs) per request, searches per batch, k;
 - text: each text (document, query, embeddings input) at most `max_text_chars`, and all of a
   request's texts together at most `max_request_chars`;
 - shortlists: one search re-ranks at most `max_candidates` (`k · rerank_factor`, or a
@@ -10,8 +11,19 @@ and the setting that raises it; nothing is computed before the check.
 
 from collections.abc import Iterable
 
-from index.errors import Invalid
+from index import Invalid
 from service.settings import Settings
+
+
+def check_count(n: int, limit: int, what: str, code: str) -> None:
+    """`what` is plural: "documents", "searches", "inputs", "ids"."""
+    if n > limit:
+        raise Invalid(f"{n} {what} in one request; the limit is {limit}", code=code)
+
+
+def check_k(s: Settings, k: int) -> None:
+    if k > s.max_k:
+        raise Invalid(f"k={k} exceeds the limit of {s.max_k}", code="k_too_large")
 
 
 def check_texts(s: Settings, texts: Iterable[tuple[str, str]]) -> None:

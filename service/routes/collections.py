@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, Response
 from service import schemas
 from service.engine import Engine
 from service.ops import collections as ops
-from service.ops import recall as recall_ops
+from service.ops import measure_recall as recall_ops
 from service.routes import ERRORS, JsonRoute, get_engine
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=ERRORS, route_class=JsonRoute)

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from index.errors import NotFound
+from index import NotFound
 from service import schemas
 from service.engine import Engine
 from service.ops import documents as ops

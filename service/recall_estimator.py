@@ -3,7 +3,7 @@
 A search is sampled with the collection's rate (default a few percent) and hands its
 `RecallProbe` to `submit`, which never blocks: the queue is bounded and a full queue drops the
 sample (counted). One background thread takes probes, asks the collection for the exact
-answer (`Collection.evaluate_recall`), and records per-query recall per index and stage, a
+answer (`CollectionBackend.evaluate_recall`), and records per-query recall per index and stage, a
 rolling mean, and the ef and candidate counts used. For collections with `target_recall`, the
 index-stage recall of live searches at the collection's own ef feeds an `EfController` per
 graph, whose decisions become the graph's default ef.
@@ -18,9 +18,7 @@ from collections import deque
 from statistics import fmean
 from typing import Any
 
-from index import Collection
-from index.errors import NotFound
-from index.recall import INDEX_STAGE, EfController, RecallProbe, StageRecall
+from index import INDEX_STAGE, CollectionBackend, EfController, NotFound, RecallProbe, StageRecall
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -47,7 +45,7 @@ class RecallEstimator:
         self._rest_factor = 1.0 / max_busy - 1.0
         self.controller_window = controller_window
         self._rolling_size = rolling
-        self._queue: queue.Queue[tuple[Collection, RecallProbe] | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[tuple[CollectionBackend, RecallProbe] | None] = queue.Queue(maxsize=queue_size)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # guards the dictionaries below (worker vs request threads)
         self._recalls: dict[tuple[str, str, str, str], deque[float]] = {}  # (collection, index, stage, source)
@@ -76,15 +74,15 @@ class RecallEstimator:
         self._thread = None
 
     # -- the request path: decide and hand over, never wait -----------------------------------
-    def rate(self, collection: Collection) -> float:
+    def rate(self, collection: CollectionBackend) -> float:
         policy_rate = collection.recall_policy.sample_rate
         return self.sample_rate if policy_rate is None else policy_rate
 
-    def should_sample(self, collection: Collection) -> bool:
+    def should_sample(self, collection: CollectionBackend) -> bool:
         rate = self.rate(collection)
         return rate > 0 and self._rng.random() < rate
 
-    def submit(self, collection: Collection, probe: RecallProbe) -> bool:
+    def submit(self, collection: CollectionBackend, probe: RecallProbe) -> bool:
         """Queue a probe for its exact re-run; False (and counted as dropped) when the queue is full."""
         try:
             self._queue.put_nowait((collection, probe))
@@ -106,7 +104,7 @@ class RecallEstimator:
         return done.wait(timeout)
 
     # -- measuring ----------------------------------------------------------------------------
-    def evaluate(self, collection: Collection, probe: RecallProbe, source: str) -> list[StageRecall]:
+    def evaluate(self, collection: CollectionBackend, probe: RecallProbe, source: str) -> list[StageRecall]:
         """Re-run `probe` exactly now (on the caller's thread) and record the result."""
         stages = collection.evaluate_recall(probe)
         self._record(collection, probe, stages, source)
@@ -132,7 +130,9 @@ class RecallEstimator:
             finally:
                 self._queue.task_done()
 
-    def _record(self, collection: Collection, probe: RecallProbe, stages: list[StageRecall], source: str) -> None:
+    def _record(
+        self, collection: CollectionBackend, probe: RecallProbe, stages: list[StageRecall], source: str
+    ) -> None:
         name, m = collection.name, self.metrics
         m.recall_samples.labels(name, "evaluated").inc(probe.queries)
         with self._lock:
@@ -154,7 +154,7 @@ class RecallEstimator:
                 index_stage = next(s for s in stages if s.stage == INDEX_STAGE)
                 self._steer(collection, probe, index_stage.values)
 
-    def _steer(self, collection: Collection, probe: RecallProbe, recalls: list[float]) -> None:
+    def _steer(self, collection: CollectionBackend, probe: RecallProbe, recalls: list[float]) -> None:
         """Feed the graph's controller; apply its new ef. Holds `_lock`."""
         policy, key = collection.recall_policy, (collection.name, probe.dim)
         if policy.target is None:
@@ -187,7 +187,7 @@ class RecallEstimator:
             collection.set_ef_search(probe.dim, new_ef)
 
     # -- reading ------------------------------------------------------------------------------
-    def summary(self, collection: Collection) -> dict[str, Any]:
+    def summary(self, collection: CollectionBackend) -> dict[str, Any]:
         """Rolling estimates and controller state of one collection, for its description."""
         name = collection.name
         with self._lock:

@@ -1,0 +1,137 @@
+"""`Embedder`: the models, the inference thread they run on, and which model each collection uses.
+
+Every model call goes through the one inference thread (`service/inference.py`). A collection's
+encoder is attached when it is opened or created; a collection whose model cannot be loaded any
+more is marked unavailable for text (its vectors still serve). `embed` is the one place that
+turns texts into what a collection indexes: a vector per text for dense collections, a token
+matrix per text for multi-vector ones.
+"""
+
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+
+from index import CollectionBackend, Invalid, NotReady
+from service.encoders import Encoder, EncoderLoader, EncoderRegistry, Kind, check_layers
+from service.inference import EncodeStats, InferenceQueue
+from service.metrics import Metrics
+from service.request_kinds import request_kind
+from service.settings import Settings
+
+
+class Embedder:
+    def __init__(self, settings: Settings, metrics: Metrics, loader: EncoderLoader | None = None):
+        self.metrics = metrics
+        self.registry = EncoderRegistry(settings, loader)
+        self.inference = InferenceQueue(
+            settings.encode_queue_size,
+            settings.encode_batch_size,
+            self._on_batch,
+            settings.torch_threads,
+            settings.encode_queue_texts,
+        )
+        # A collection (a generation, during an upgrade) → its encoder; forgotten with the object.
+        self._of: weakref.WeakKeyDictionary[CollectionBackend, Encoder] = weakref.WeakKeyDictionary()
+        self._unavailable: dict[str, str] = {}  # collection name → why it cannot encode text
+
+    def start(self) -> None:
+        self.inference.start()
+
+    def stop(self) -> None:
+        self.inference.stop()
+
+    # -- models -------------------------------------------------------------------------------
+    async def load(self, model: str | None, expected_dim: int | None = None) -> Encoder:
+        """The encoder of `model` (an alias or a directory; None: the default), loaded once."""
+        ref = self.registry.resolve(model)
+        encoder = await self.inference.call(lambda: self.registry.load(ref))
+        if expected_dim is not None and encoder.dim != expected_dim:
+            raise Invalid(
+                f"model {ref.name!r} now produces {encoder.dim}-dim vectors but the collection holds "
+                f"{expected_dim}-dim ones; restore the model or recreate the collection",
+                code="model_mismatch",
+            )
+        return encoder
+
+    def same_model(self, a: str, b: str) -> bool:
+        """Whether two model names (aliases or directories) resolve to the same model."""
+        return a == b or self.registry.resolve(a).path == self.registry.resolve(b).path
+
+    # -- which collection uses which ----------------------------------------------------------
+    def attach(self, collection: CollectionBackend, encoder: Encoder | None) -> None:
+        if encoder is not None:
+            self._of[collection] = encoder
+
+    def mark_unavailable(self, name: str, reason: str) -> None:
+        self._unavailable[name] = reason
+
+    def forget(self, name: str) -> None:
+        """A dropped collection's name may be reused by a new collection with a working model."""
+        self._unavailable.pop(name, None)
+
+    def of(self, collection: CollectionBackend) -> Encoder | None:
+        """The collection's encoder; None for collections of vectors (or token matrices) only."""
+        if collection.name in self._unavailable:
+            raise NotReady(
+                f"collection {collection.name!r} cannot encode text: {self._unavailable[collection.name]}",
+                code="encoder_unavailable",
+            )
+        return self._of.get(collection)
+
+    # -- encoding -----------------------------------------------------------------------------
+    async def embed(
+        self,
+        label: str,
+        encoder: Encoder,
+        texts: list[str],
+        kind: Kind,
+        layers: int | None = None,
+        tokens: bool = False,
+    ) -> Any:
+        """`(n, dim)` vectors, or with `tokens` one `(n_i, dim)` token matrix per text, computed
+        on the inference thread; `label` names the collection in the metrics."""
+        if layers is not None:
+            check_layers(encoder, layers)
+        t0 = time.perf_counter()
+        encode = self.inference.encode_tokens if tokens else self.inference.encode
+        out = await encode(encoder, texts, kind, layers)
+        self.metrics.stage_seconds.labels(label, "", "encode").observe(time.perf_counter() - t0)
+        return out
+
+    async def embed_for(
+        self,
+        collection: CollectionBackend,
+        texts: list[str],
+        kind: Kind,
+        layers: int | None = None,
+        encoder: Encoder | None = None,
+    ) -> np.ndarray | list[np.ndarray]:
+        """Texts as `collection` indexes them: vectors `(n, D)`, or token matrices for a
+        multi-vector collection. `encoder` defaults to the collection's own; `layers` to its
+        configured ones. Invalid when the collection has no model."""
+        encoder = encoder or self.of(collection)
+        if encoder is None:
+            raise Invalid(
+                f"collection {collection.name!r} has no model: send {request_kind(collection).alternative}",
+                code="vector_required",
+            )
+        info = collection.manifest.encoder or {}
+        layers = layers or info.get("layers")
+        return await self.embed(
+            collection.name, encoder, texts, kind, layers, tokens=request_kind(collection).embeds_tokens
+        )
+
+    async def count_tokens(self, encoder: Encoder, texts: list[str]) -> int:
+        """How many tokens the model reads of `texts` (its tokenizer runs on the inference thread)."""
+        return await self.inference.call(lambda: encoder.count_tokens(texts))
+
+    def _on_batch(self, stats: EncodeStats) -> None:
+        m = self.metrics
+        m.encode_batch_texts.labels(stats.model).observe(stats.texts)
+        m.encode_batch_requests.labels(stats.model).observe(stats.requests)
+        m.encoded_texts.labels(stats.model).inc(stats.texts)
+        for wait in stats.queue_wait_s:
+            m.stage_seconds.labels("", "", "queue_wait").observe(wait)
+        m.encode_queue_depth.set(self.inference.depth)

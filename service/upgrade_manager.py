@@ -1,0 +1,578 @@
+"""`UpgradeManager`: encoder upgrades as background tasks, one live upgrade per collection, and
+`serving(name, use)`: the one place that knows a collection may change generation under a use case.
+
+A task per live upgrade runs on the event loop: it fits the map (embedding a sample with the
+new model), then keeps the shadow generation in sync with the serving one, batch by batch,
+through the shared inference thread and with a duty cycle so user encodes keep their latency.
+Cut-over and rollback take the collection's write gate (writes wait, searches do not) and the
+upgrade's sync lock, finish the sync, and flip `current.json`. The model-free parts (records,
+plans, the map, mixed searches) are `index.upgrades`.
+
+Its dependencies are passed in and narrow: the catalog (generations live in it), the embedder
+(models and the inference thread), the metrics, a callback that forgets a collection's recall
+measurements, and the settings.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from index import (
+    Catalog,
+    Conflict,
+    Invalid,
+    NewDocument,
+    NotFound,
+    Query,
+    ScoreCalibration,
+    SearchResult,
+    fault_point,
+    upgrades,
+)
+from service.async_collection import AsyncCollection
+from service.embedder import Embedder
+from service.encoders import Encoder
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Retired(Exception):
+    """The generation a use case started on stopped serving meanwhile (a cut-over, rollback or
+    finalize): `serving` runs the use case again on the one that serves now."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How a text search is answered while an upgrade is before its cut-over."""
+
+    upgrade: str
+    state: str
+    queries: str  # "mapped": new model through the map; "previous_model": the gate did not pass
+    reason: str
+
+
+@dataclass
+class LiveUpgrade:
+    """A running upgrade: its record, the generation kept in sync (the shadow) and its encoder."""
+
+    record: upgrades.UpgradeRecord
+    home: str
+    shadow: AsyncCollection
+    shadow_encoder: Encoder
+    new_encoder: Encoder
+    W: np.ndarray | None = None
+    calibration: ScoreCalibration = field(default_factory=ScoreCalibration)
+    sync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    task: asyncio.Task | None = None
+    epoch: int = 0  # bumped when the roles flip: a plan made before is void
+    done: int = 0
+    total: int = 0
+    synced_seq: int = -1  # the serving generation's last seq the shadow fully reflects
+    rate: float = 0.0  # documents re-embedded per second (moving average)
+    embedded: int = 0
+
+    @property
+    def caught_up(self) -> bool:
+        """The last plan was applied in full (see `UpgradeManager.caught_up` for "and nothing since")."""
+        return self.synced_seq >= 0 and self.done >= self.total
+
+
+class UpgradeManager:
+    def __init__(
+        self,
+        catalog: Callable[[], Catalog],
+        embedder: Embedder,
+        metrics: Metrics,
+        forget_recall: Callable[[str], None],
+        settings: Settings,
+    ):
+        self._catalog = catalog  # the catalog exists once start-up has opened it
+        self._embedder = embedder
+        self._metrics = metrics
+        self._forget_recall = forget_recall
+        self.settings = settings
+        self._live: dict[str, LiveUpgrade] = {}
+        self._gates: dict[str, asyncio.Lock] = {}
+
+    # -- the serving generation ---------------------------------------------------------------
+    def collection(self, name: str) -> AsyncCollection:
+        """The generation of `name` that serves now."""
+        return AsyncCollection(self._catalog().get(name))
+
+    async def serving(self, name: str, use: Callable[[AsyncCollection], Awaitable[T]]) -> T:
+        """Run `use` on the generation of `name` that serves; if an upgrade retires it meanwhile
+        (its store closes under the use case, or the use case raises `Retired`), run `use` again on
+        the generation that serves now."""
+        for _ in range(3):
+            collection = self.collection(name)
+            try:
+                return await use(collection)
+            except (Retired, NotFound) as exc:
+                if isinstance(exc, NotFound) and exc.code != "collection_not_found":
+                    raise
+                if self.collection(name).backend is collection.backend:
+                    if isinstance(exc, Retired):
+                        continue
+                    raise
+        raise Conflict(f"collection {name!r} changed generation while this request ran; retry", code="retry")
+
+    def write_gate(self, name: str) -> asyncio.Lock:
+        """Writes to `name` hold this while they write to the serving generation, so a cut-over
+        (which holds it too) never lets a write land on a retired generation."""
+        return self._gates.setdefault(name, asyncio.Lock())
+
+    async def write(self, collection: AsyncCollection, docs: list[NewDocument]):
+        """Write `docs` (embedded for `collection`) under the gate; `Retired` if it no longer serves."""
+        async with self.write_gate(collection.name):
+            if self.collection(collection.name).backend is not collection.backend:
+                raise Retired()
+            if self._live.get(collection.name) is not None and any(d.text is None for d in docs):
+                raise Conflict(
+                    f"collection {collection.name!r} is being upgraded to a new model: every document needs text "
+                    f"so the other model can embed it too",
+                    code="upgrade_in_progress",
+                )
+            return await collection.upsert(docs)
+
+    async def delete(self, collection: AsyncCollection, ids: list[str]):
+        async with self.write_gate(collection.name):
+            if self.collection(collection.name).backend is not collection.backend:
+                raise Retired()
+            return await collection.delete(ids)
+
+    # -- searches during an upgrade -----------------------------------------------------------
+    def serving_info(self, collection: AsyncCollection) -> Serving | None:
+        """How text queries are served while an upgrade of `collection` is before its cut-over."""
+        live = self._live.get(collection.name)
+        if live is None or live.record.state not in (upgrades.FITTING, upgrades.BACKFILLING):
+            return None
+        if live.shadow.backend is collection.backend:
+            return None
+        record = live.record
+        if record.serves_mapped and live.W is not None:
+            return Serving(record.id, record.state, "mapped", record.gate["reason"])
+        reason = (
+            record.gate["reason"] if record.gate else "the map is still being fitted: queries use the previous model"
+        )
+        return Serving(record.id, record.state, "previous_model", reason)
+
+    def new_encoder(self, name: str) -> Encoder:
+        live = self._live[name]
+        return live.new_encoder
+
+    async def mixed_search(self, collection: AsyncCollection, query: Query) -> SearchResult:
+        """New-model queries (`query.queries`) through the map, merged with the backfilled part."""
+        live = self._live[collection.name]
+        assert live.W is not None
+        return await run_in_threadpool(
+            upgrades.mixed_search, collection.backend, live.shadow.backend, live.W, live.calibration, query
+        )
+
+    # -- what exists --------------------------------------------------------------------------
+    def live(self, name: str) -> LiveUpgrade | None:
+        return self._live.get(name)
+
+    def progress(self, name: str) -> tuple[int, float]:
+        """(1 while an upgrade is live else 0, the sync's done/total or 1.0)."""
+        live = self._live.get(name)
+        if live is None:
+            return 0, 1.0
+        return 1, (live.done / live.total if live.total else (1.0 if live.caught_up else 0.0))
+
+    async def records(self, name: str) -> list[tuple[upgrades.UpgradeRecord, dict[str, Any] | None]]:
+        home = upgrades.home_of(self.collection(name).backend)
+        records = await run_in_threadpool(upgrades.load_records, home)
+        return [(r, await self._progress_of(r)) for r in records]
+
+    async def get(self, name: str, upgrade_id: str) -> tuple[upgrades.UpgradeRecord, dict[str, Any] | None]:
+        record = await self._record(name, upgrade_id)
+        return record, await self._progress_of(record)
+
+    async def _record(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
+        live = self._live.get(name)
+        if live is not None and live.record.id == upgrade_id:
+            return live.record
+        for record in await run_in_threadpool(upgrades.load_records, upgrades.home_of(self.collection(name).backend)):
+            if record.id == upgrade_id:
+                return record
+        raise NotFound(f"upgrade {upgrade_id!r} of collection {name!r} not found", code="upgrade_not_found")
+
+    async def caught_up(self, name: str, live: LiveUpgrade) -> bool:
+        """The shadow reflects every write the serving generation has (a cheap seq comparison)."""
+        return live.caught_up and await self.collection(name).last_seq() == live.synced_seq
+
+    async def _progress_of(self, record: upgrades.UpgradeRecord) -> dict[str, Any] | None:
+        live = self._live.get(record.collection)
+        if live is None or live.record.id != record.id:
+            return None
+        remaining = live.total - live.done
+        done = await self.caught_up(record.collection, live)
+        return {
+            "done": live.done,
+            "total": live.total,
+            "caught_up": done,
+            "rate_docs_per_s": round(live.rate, 2),
+            "embedded": live.embedded,
+            "eta_s": round(remaining / live.rate, 1) if live.rate > 0 and remaining else (0.0 if done else None),
+            "syncing": "new generation" if record.state != upgrades.CUT_OVER else "previous generation (for rollback)",
+        }
+
+    # -- start --------------------------------------------------------------------------------
+    async def start(
+        self,
+        name: str,
+        model: str,
+        *,
+        sample: int | None = None,
+        holdout: float | None = None,
+        seed: int = 0,
+        min_cosine: float | None = None,
+        min_recall: float | None = None,
+    ) -> upgrades.UpgradeRecord:
+        s = self.settings
+        async with self.write_gate(name):
+            source = self.collection(name)
+            current = source.manifest.encoder
+            if source.kind != "dense" or current is None:
+                what = "multi-vector (token) documents" if source.kind != "dense" else "vectors only"
+                raise Invalid(
+                    f"collection {name!r} holds {what}; upgrades re-embed dense text collections with a dense model",
+                    code="unsupported_upgrade",
+                )
+            if name in self._live:
+                raise Conflict(
+                    f"upgrade {self._live[name].record.id} of collection {name!r} is still "
+                    f"{self._live[name].record.state}; finalize, roll back or abort it first",
+                    code="upgrade_in_progress",
+                )
+            ref = self._embedder.registry.resolve(model)
+            if self._embedder.same_model(ref.name, current["model"]):
+                raise Invalid(f"collection {name!r} already uses model {model!r}", code="same_model")
+            new_encoder = await self._embedder.load(model)
+            contents = await source.contents()
+            missing = [doc_id for doc_id, (text, _) in contents.items() if text is None]
+            if missing:
+                raise Invalid(
+                    f"{len(missing)} documents have no text to re-embed (e.g. {missing[0]!r}); give them "
+                    f"text or delete them before upgrading",
+                    code="documents_without_text",
+                )
+            model_info = {
+                "model": ref.name,
+                "dim": new_encoder.dim,
+                "layers": None,
+                "matryoshka_dims": new_encoder.matryoshka_dims,
+            }
+            record = upgrades.new_record(
+                source.backend,
+                model_info,
+                sample=sample or s.upgrade_sample,
+                holdout=holdout or s.upgrade_holdout,
+                seed=seed,
+                min_cosine=s.upgrade_min_cosine if min_cosine is None else min_cosine,
+                min_recall=s.upgrade_min_recall if min_recall is None else min_recall,
+            )
+            home = upgrades.home_of(source.backend)
+            manifest = upgrades.new_generation_manifest(
+                source.manifest, model_info, new_encoder.dim, bool(new_encoder.matryoshka_dims)
+            )
+            shadow = await run_in_threadpool(
+                upgrades.create_generation, home, record.new_generation, manifest, self._catalog().options
+            )
+            await run_in_threadpool(upgrades.save_record, home, record)
+            live = LiveUpgrade(record, home, AsyncCollection(shadow), new_encoder, new_encoder, total=len(contents))
+            self._live[name] = live
+            live.task = asyncio.create_task(self._run(name, live))
+        return record
+
+    async def resume_all(self, names: list[str]) -> None:
+        """At start-up: reconcile every record with `current.json`, clean up what a crash left,
+        and restart the live upgrades where they stopped (their plans are recomputed)."""
+        for name in names:
+            collection = self.collection(name)
+            home = upgrades.home_of(collection.backend)
+            try:
+                records = await run_in_threadpool(upgrades.load_records, home)
+            except ValueError as exc:  # which generation must be kept in sync is unknown: do not guess
+                reason = f"{exc}; repair or delete that file and restart, or drop the collection"
+                log.error("collection %s is marked failed: %s", name, reason)
+                await run_in_threadpool(self._catalog().mark_failed, name, reason)
+                continue
+            for record in records:
+                try:
+                    await self._resume(collection, home, record)
+                except Exception as exc:
+                    log.exception("upgrade %s of %s cannot resume", record.id, name)
+                    try:
+                        failed = record.moved(upgrades.FAILED, error=f"cannot resume: {exc}")
+                        await run_in_threadpool(upgrades.save_record, home, failed)
+                    except Exception:
+                        log.exception("cannot record that upgrade %s of %s failed", record.id, name)
+
+    async def _resume(self, collection: AsyncCollection, home: str, record: upgrades.UpgradeRecord) -> None:
+        fixed = upgrades.reconcile(home, record)
+        if fixed is not record:
+            await run_in_threadpool(upgrades.save_record, home, fixed)
+            record = fixed
+        if record.state in (upgrades.ABORTED, upgrades.ROLLED_BACK):  # a crash may have left the new generation
+            await run_in_threadpool(upgrades.remove_generation, home, record.new_generation)
+        if not record.live:
+            return
+        new_encoder = await self._embedder.load(record.model["model"], record.model["dim"])
+        if record.state == upgrades.CUT_OVER:
+            shadow_dir, shadow_encoder = (
+                record.old_generation,
+                await self._embedder.load(record.previous_model["model"]),
+            )
+            self._embedder.attach(collection.backend, new_encoder)
+        else:
+            shadow_dir, shadow_encoder = record.new_generation, new_encoder
+        path = os.path.normpath(os.path.join(home, shadow_dir))
+        shadow = await run_in_threadpool(upgrades.open_generation, path, self._catalog().options)
+        live = LiveUpgrade(record, home, AsyncCollection(shadow), shadow_encoder, new_encoder)
+        if record.map_sha256:
+            live.W = await run_in_threadpool(upgrades.load_map, home, record)
+            live.calibration = ScoreCalibration(**(record.calibration or {}))
+        self._live[collection.name] = live
+        live.task = asyncio.create_task(self._run(collection.name, live))
+        log.info("upgrade %s of %s resumed in state %s", record.id, collection.name, record.state)
+
+    # -- the background task ------------------------------------------------------------------
+    async def _run(self, name: str, live: LiveUpgrade) -> None:
+        try:
+            if live.record.state == upgrades.FITTING:
+                await self._fit(name, live)
+            while True:
+                if not await self._sync_step(name, live, throttle=True):
+                    await asyncio.sleep(self.settings.upgrade_poll_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("upgrade %s of %s failed", live.record.id, name)
+            live.record = live.record.moved(upgrades.FAILED, error=f"{type(exc).__name__}: {exc}")
+            await run_in_threadpool(upgrades.save_record, live.home, live.record)
+            self._live.pop(name, None)
+            if live.record.old_generation != upgrades.active_generation_of(live.shadow.backend):
+                await run_in_threadpool(self._discard_shadow, live)
+
+    async def _fit(self, name: str, live: LiveUpgrade) -> None:
+        """Embed a sample with the new model, fit and evaluate the map, apply the gate. The
+        sample's new vectors are written to the new generation: the fit's work is not wasted."""
+        record = live.record
+        source = self.collection(name)
+        docs = await source.sample_documents(record.sample, record.seed)
+        t0 = time.perf_counter()
+        X_new = await self._embed(name, live.new_encoder, [d.text or "" for d in docs], throttle=True)
+        embed_s = time.perf_counter() - t0
+        if len(docs) < 10:
+            fit: dict[str, Any] = {"n_fit": len(docs), "reason": "too few documents"}
+            verdict = {
+                "passed": False,
+                "reason": f"{len(docs)} documents are too few to fit a map (need 10): "
+                f"queries keep using the previous model until cut-over",
+            }
+        else:
+            X_old = np.stack([d.vector for d in docs])
+            fit_rows, held_rows = upgrades.split_sample(len(docs), record.holdout, record.seed)
+            result = await run_in_threadpool(
+                upgrades.fit_map, X_new, X_old, held_rows, fit_rows, source.backend, [docs[i].id for i in held_rows]
+            )
+            fit = {**result.figures, "embed_seconds": embed_s, "sample_docs_per_s": len(docs) / max(embed_s, 1e-9)}
+            verdict = upgrades.gate(result.figures, record.min_cosine, record.min_recall)
+            live.W, live.calibration = result.W, result.calibration
+            sha = await run_in_threadpool(upgrades.save_map, live.home, record.id, result.W)
+            record = replace(record, map_sha256=sha, calibration=vars(result.calibration))
+        await self._write_shadow(live, docs, X_new)
+        live.record = record.moved(upgrades.BACKFILLING, fit=fit, gate=verdict)
+        await run_in_threadpool(upgrades.save_record, live.home, live.record)
+        log.info("upgrade %s of %s fitted: %s; gate %s", record.id, name, fit, verdict)
+
+    async def _sync_step(self, name: str, live: LiveUpgrade, throttle: bool) -> bool:
+        """Plan once and apply the plan in batches. False when there was nothing to do."""
+        source = self.collection(name)
+        if live.caught_up and await source.last_seq() == live.synced_seq:
+            return False
+        epoch = live.epoch
+        plan = await run_in_threadpool(upgrades.plan_sync, source.backend, live.shadow.backend)
+        live.total, live.done = plan.total, plan.done
+        batch = self.settings.upgrade_batch_size
+        for start in range(0, len(plan.upserts), batch):
+            async with live.sync_lock:
+                if live.epoch != epoch:  # cut over or rolled back meanwhile: plan again
+                    return True
+                await self._apply(name, live, plan.upserts[start : start + batch], throttle)
+        async with live.sync_lock:
+            if live.epoch != epoch:
+                return True
+            if plan.deletes:
+                await live.shadow.delete(plan.deletes)
+            live.synced_seq = plan.source_seq
+        if live.shadow.backend.needs_snapshot and plan.upserts:
+            await live.shadow.snapshot()
+        return True
+
+    async def _apply(
+        self, name: str, live: LiveUpgrade, items: list[tuple[str, str | None, str]], throttle: bool
+    ) -> None:
+        texts = [(doc_id, text, meta) for doc_id, text, meta in items if text is not None]  # live: text required
+        if not texts:
+            return
+        t0 = time.perf_counter()
+        X = await self._embed(name, live.shadow_encoder, [text for _, text, _ in texts], throttle=False)
+        docs = [
+            NewDocument(id=doc_id, vector=x, text=text, metadata=json.loads(meta))
+            for (doc_id, text, meta), x in zip(texts, X)
+        ]
+        await live.shadow.upsert(docs)
+        fault_point("upgrade.after_backfill_batch", name)
+        if live.shadow.backend.wants_rotation_fit:
+            await live.shadow.fit_rotation()
+        busy = time.perf_counter() - t0
+        live.done += len(docs)
+        live.embedded += len(docs)
+        live.rate = len(docs) / busy if live.rate == 0 else 0.8 * live.rate + 0.2 * len(docs) / busy
+        self._metrics.backfilled.labels(name).inc(len(docs))
+        if throttle:
+            await asyncio.sleep(busy * (1 / self.settings.upgrade_max_busy - 1))
+
+    async def _embed(self, name: str, encoder: Encoder, texts: list[str], throttle: bool) -> np.ndarray:
+        """Encode in batches through the shared inference thread (never one long call)."""
+        out = []
+        batch = self.settings.upgrade_batch_size
+        for start in range(0, len(texts), batch):
+            t0 = time.perf_counter()
+            out.append(await self._embedder.embed(name, encoder, texts[start : start + batch], "document"))
+            if throttle:
+                await asyncio.sleep((time.perf_counter() - t0) * (1 / self.settings.upgrade_max_busy - 1))
+        return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
+
+    async def _write_shadow(self, live: LiveUpgrade, docs, X: np.ndarray) -> None:
+        new = [NewDocument(id=d.id, vector=x, text=d.text, metadata=d.metadata or {}) for d, x in zip(docs, X)]
+        for start in range(0, len(new), 1000):
+            await live.shadow.upsert(new[start : start + 1000])
+
+    # -- cut-over, rollback, finalize, abort ---------------------------------------------------
+    async def cut_over(self, name: str, upgrade_id: str, force: bool = False) -> upgrades.UpgradeRecord:
+        """Make the new generation serve. Unless `force`, the backfill must have caught up; with
+        it, writes wait while the rest is re-embedded. Either way no document is left behind."""
+        live = await self._require_live(name, upgrade_id, (upgrades.BACKFILLING,), "cut over")
+        if not force and not await self.caught_up(name, live):
+            raise Conflict(
+                f"backfill of upgrade {upgrade_id} is at {live.done}/{live.total} documents; wait for it "
+                f"or cut over with force=true (writes then wait until it is done)",
+                code="backfill_incomplete",
+            )
+        await self._flip(name, live, to_shadow_state=upgrades.CUT_OVER)
+        return live.record
+
+    async def rollback(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
+        """Serve the previous generation again (kept in sync since the cut-over); the new one is deleted."""
+        live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "roll back")
+        await self._flip(name, live, to_shadow_state=upgrades.ROLLED_BACK)
+        await self._end(name, live)
+        return live.record
+
+    async def finalize(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
+        """Delete the previous generation: the upgrade can no longer be rolled back."""
+        live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "finalize")
+        async with live.sync_lock:
+            live.record = live.record.moved(upgrades.FINALIZED)
+            await run_in_threadpool(upgrades.save_record, live.home, live.record)
+        await self._end(name, live)
+        return live.record
+
+    async def abort(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
+        """Stop an upgrade before cut-over and delete its new generation; nothing else changes."""
+        live = await self._require_live(name, upgrade_id, (upgrades.FITTING, upgrades.BACKFILLING), "abort")
+        async with live.sync_lock:
+            live.record = live.record.moved(upgrades.ABORTED)
+            await run_in_threadpool(upgrades.save_record, live.home, live.record)
+        await self._end(name, live)
+        return live.record
+
+    async def _flip(self, name: str, live: LiveUpgrade, to_shadow_state: str) -> None:
+        """Under the write gate and the sync lock: sync the shadow completely, then swap it in."""
+        async with self.write_gate(name), live.sync_lock:
+            source = self.collection(name)
+            batch = self.settings.upgrade_batch_size
+            while True:  # writes are held, so this converges; searches go on meanwhile
+                plan = await run_in_threadpool(upgrades.plan_sync, source.backend, live.shadow.backend)
+                if plan.empty:
+                    break
+                for start in range(0, len(plan.upserts), batch):
+                    await self._apply(name, live, plan.upserts[start : start + batch], False)
+                if plan.deletes:
+                    await live.shadow.delete(plan.deletes)
+            await live.shadow.snapshot()
+            self._embedder.attach(live.shadow.backend, live.shadow_encoder)
+            fault_point("upgrade.before_swap", name)
+            retired = await run_in_threadpool(self._catalog().swap, name, live.shadow.backend)
+            fault_point("upgrade.after_swap", name)  # current.json is flipped, the record not yet: reconcile fixes it
+            live.record = live.record.moved(to_shadow_state)
+            await run_in_threadpool(upgrades.save_record, live.home, live.record)
+            previous_encoder = self._embedder.of(retired)
+            assert previous_encoder is not None
+            live.shadow, live.shadow_encoder = AsyncCollection(retired), previous_encoder
+            live.epoch += 1
+            live.synced_seq, live.done, live.total = -1, plan.total, plan.total
+            self._forget_recall(name)
+        log.info("upgrade %s of %s: %s", live.record.id, name, to_shadow_state)
+
+    async def _end(self, name: str, live: LiveUpgrade) -> None:
+        """The upgrade is over: stop its task and delete the generation it was keeping in sync."""
+        if self._live.get(name) is live:
+            del self._live[name]
+        await self._cancel(live)
+        await run_in_threadpool(self._discard_shadow, live)
+
+    def _discard_shadow(self, live: LiveUpgrade) -> None:
+        generation = upgrades.active_generation_of(live.shadow.backend)
+        live.shadow.backend.close()
+        upgrades.remove_generation(live.home, generation)
+
+    async def _require_live(self, name: str, upgrade_id: str, states: tuple[str, ...], action: str) -> LiveUpgrade:
+        record = await self._record(name, upgrade_id)
+        live = self._live.get(name)
+        if live is None or live.record.id != upgrade_id or record.state not in states:
+            raise Conflict(f"cannot {action} upgrade {upgrade_id}: it is {record.state}", code="invalid_upgrade_state")
+        return live
+
+    async def _cancel(self, live: LiveUpgrade) -> None:
+        task = live.task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def forget(self, name: str) -> None:
+        """The collection is being dropped: stop its upgrade and close the shadow (files go with it)."""
+        live = self._live.pop(name, None)
+        if live is not None:
+            await self._cancel(live)
+            await live.shadow.close()
+        self._gates.pop(name, None)
+
+    async def stop(self) -> None:
+        """Shutdown: stop the tasks, snapshot and close the shadows; they resume next start."""
+        for name, live in list(self._live.items()):
+            await self._cancel(live)
+            try:
+                await live.shadow.snapshot()
+            except Exception:
+                log.exception("snapshot of the shadow generation of %s failed; it replays next start", name)
+            await live.shadow.close()
+        self._live.clear()
