@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
-from bench.evaluate import ndcg_at_k, recall_at_k
-from bench.harness import Server
+from tests.support.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
+from tests.support.evaluate import ndcg_at_k, recall_at_k
+from tests.support.server import Server
 
 PUBLISHED_NDCG10 = 0.645  # all-MiniLM-L6-v2 on SciFact, MTEB
 

@@ -23,10 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
 from bench.embed import cached, embed_http
-from bench.evaluate import ndcg_at_k
-from bench.harness import Server
+from tests.support.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
+from tests.support.evaluate import ndcg_at_k
+from tests.support.server import Server
 
 DIMS = [32, 64, 96, 128, 192, 256, 384]
 

@@ -1,11 +1,11 @@
 """The fault harness, long version: kill -9 a real server over and over while clients write,
-delete and search (bench/chaos.py), at named crash points and at random moments, during
+delete and search (tests/support/chaos.py), at named crash points and at random moments, during
 snapshots, graph rebuilds, PCA refits, multi-vector ingest and an encoder upgrade's backfill;
 then a bounded run of parallel writes, searches, refits and collection drops.
 
     python bench/faults.py --kills 24 --concurrency-s 120
 
-After every restart it checks (bench/chaos.py `verify`): every acknowledged upsert and delete
+After every restart it checks (tests/support/chaos.py `verify`): every acknowledged upsert and delete
 is reflected, no batch is half-applied, exact searches equal the oracle over the acknowledged
 state, graph searches find ≥ 90% of it, start-up succeeds with no failed collection. The text
 collection under upgrade is checked too: every acknowledged text is there, and the upgrade
@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.chaos import (
+from tests.support.chaos import (
     Ledger,
     churn_a_collection,
     create_collections,
@@ -32,8 +32,8 @@ from bench.chaos import (
     use_the_churned_collection,
     verify,
 )
-from bench.datasets import wordnet_glosses
-from bench.harness import Server
+from tests.support.datasets import wordnet_glosses
+from tests.support.server import Server
 
 ENV = {
     "VECNEST_SNAPSHOT_INTERVAL_S": "0.3",
@@ -98,7 +98,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     pick = random.Random(args.seed)
-    from tests.models import rotated_minilm
+    from tests.support.models import rotated_minilm
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -1,7 +1,7 @@
 """Fuzz vecnest's HTTP API with Schemathesis, from its own OpenAPI schema, on a real server.
 
     python bench/fuzz.py                  # the full pass: every check, every phase, stateful links
-    python bench/fuzz.py --examples 20    # a smaller one (tests/test_fuzz.py runs this)
+    python bench/fuzz.py --examples 20    # a smaller one (tests/e2e/test_fuzz.py runs this)
 
 Every operation gets up to `--examples` generated cases per phase (coverage, fuzzing, and a
 stateful phase that follows the schema's links, so document and upgrade operations reach real
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import REPO, Server
+from tests.support.server import REPO, Server
 
 CONFIG = REPO / "bench" / "schemathesis.toml"
 
@@ -30,8 +30,8 @@ def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None) -
     """Run Schemathesis against a fresh server; returns cases, failures and the server's log.
 
     The server knows a second model, "minilm-rotated" (MiniLM and a fixed rotation, built from
-    the bundled model; tests/models.py), which the hooks offer to upgrade requests."""
-    from tests.models import rotated_minilm
+    the bundled model; tests/support/models.py), which the hooks offer to upgrade requests."""
+    from tests.support.models import rotated_minilm
 
     second = rotated_minilm(str(workdir / "minilm-rotated"), seed=1, noise=0.3)
     server = Server(

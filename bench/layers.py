@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
 from bench.embed import cached
-from bench.evaluate import ndcg_at_k
 from index.elastic import DimView, fit_pca_rotation
+from tests.support.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
+from tests.support.evaluate import ndcg_at_k
 
 DIMS = [64, 128, 384]
 

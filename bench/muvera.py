@@ -27,13 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text, wordnet_glosses
 from bench.embed import CACHE, cached
-from bench.evaluate import ndcg_at_k
-from index import Catalog, HnswParams, Manifest, NewDocument
+from index import Catalog, HnswParams, Manifest, NewDocument, Query
 from index.fde import FdeEncoder, MultiVectorConfig
 from index.hnsw import HnswIndex
 from index.maxsim import TokenBatch
+from tests.support.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text, wordnet_glosses
+from tests.support.evaluate import ndcg_at_k
 
 NS = [50, 100, 200, 300]
 
@@ -177,7 +177,7 @@ def wordnet(args, encoder) -> dict:
             lat, found = [], []
             for q in q_sets:
                 t0 = time.perf_counter()
-                result = collection.search_tokens([q], 10, candidates=n)
+                result = collection.search(Query([q], 10, candidates=n))
                 lat.append(time.perf_counter() - t0)
                 found.append([int(m.id) for m in result.matches[0]])
             recall = coverage(truth, np.array([f + [-1] * (10 - len(f)) for f in found]), 10)

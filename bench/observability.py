@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import wordnet_glosses
-from bench.harness import Prometheus, Server
 from bench.wordnet_dims import embeddings
+from tests.support.datasets import wordnet_glosses
+from tests.support.server import Prometheus, Server
 
 TARGETS = (0.90, 0.95, 0.99)
 SWEEP = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1000)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
+from tests.support.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
 
 
 def pairs() -> list[dict]:

@@ -4,7 +4,7 @@
 
 The load keeps the data's size steady (every writer cycles through a fixed pool of ids), so
 memory should level off: vector upserts, deletes and searches on dense, l2 and multi-vector
-collections (bench/chaos.py workers), text upserts and text searches with the model, snapshots
+collections (tests/support/chaos.py workers), text upserts and text searches with the model, snapshots
 every second, rebuilds and PCA refits. Prints RSS every `--every` seconds and the growth after
 the warm-up: the median of the last `--window` minutes against the median of the first
 `--window` minutes after the warm-up (a single sample may catch a batch's transient tensors).
@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.chaos import Ledger, Worker, create_collections
-from bench.datasets import wordnet_glosses
-from bench.harness import Server
+from tests.support.chaos import Ledger, Worker, create_collections
+from tests.support.datasets import wordnet_glosses
+from tests.support.server import Server
 
 
 def rss_mb(pid: int) -> tuple[float, float, float]:

@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import Server
+from tests.support.server import Server
 
 
 def body(mb: float, dim: int, seed: int) -> bytes:

@@ -32,13 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
 from bench.embed import cached
-from bench.evaluate import ndcg_at_k, recall_at_k
-from bench.harness import Server
-from index import Collection, HnswParams, Manifest, NewDocument
-from index import upgrade as up
+from index import Collection, HnswParams, Manifest, NewDocument, Query, upgrades
 from index.procrustes import ScoreCalibration, map_queries
+from tests.support.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
+from tests.support.evaluate import ndcg_at_k, recall_at_k
+from tests.support.server import Server
 
 OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_NEW = OUT / "minilm-scifact-mrl"
@@ -90,16 +89,20 @@ def quality(new_model: str) -> dict:
         full = make_collection(root, "new", ids, X_new)
         half_rows = np.sort(np.random.default_rng(0).permutation(len(ids))[: len(ids) // 2])
         half = make_collection(root, "half", [ids[i] for i in half_rows], X_new[half_rows])
-        fit_rows, held_rows = up.split_sample(len(ids), 0.2, 0)
+        fit_rows, held_rows = upgrades.split_sample(len(ids), 0.2, 0)
         t0 = time.perf_counter()
-        fit = up.fit_map(X_new, X_old, held_rows, fit_rows, old, [ids[i] for i in held_rows])
+        fit = upgrades.fit_map(X_new, X_old, held_rows, fit_rows, old, [ids[i] for i in held_rows])
         fit_s = time.perf_counter() - t0
         runs = {
-            "old→old": run_of(old.search(Q_old, 10), qids),
-            "new→old (map, no backfill)": run_of(old.search(map_queries(Q_new, fit.W), 10), qids),
-            "mixed 50% (calibrated)": run_of(up.mixed_search(old, half, fit.W, fit.calibration, Q_new, 10), qids),
-            "mixed 50% (uncalibrated)": run_of(up.mixed_search(old, half, fit.W, ScoreCalibration(), Q_new, 10), qids),
-            "new→new (full backfill)": run_of(full.search(Q_new, 10), qids),
+            "old→old": run_of(old.search(Query(Q_old, 10)), qids),
+            "new→old (map, no backfill)": run_of(old.search(Query(map_queries(Q_new, fit.W), 10)), qids),
+            "mixed 50% (calibrated)": run_of(
+                upgrades.mixed_search(old, half, fit.W, fit.calibration, Query(Q_new, 10)), qids
+            ),
+            "mixed 50% (uncalibrated)": run_of(
+                upgrades.mixed_search(old, half, fit.W, ScoreCalibration(), Q_new, 10), qids
+            ),
+            "new→new (full backfill)": run_of(full.search(Query(Q_new, 10)), qids),
         }
         overhead = map_overhead(old, half, fit, Q_new)
     table = {
@@ -118,7 +121,7 @@ def quality(new_model: str) -> dict:
     }
 
 
-def map_overhead(old: Collection, half: Collection, fit: up.MapFit, Q_new: np.ndarray) -> dict:
+def map_overhead(old: Collection, half: Collection, fit: upgrades.MapFit, Q_new: np.ndarray) -> dict:
     """Per single query, median over the test queries: the map alone (µs), and search latency
     plain (new→old through the map) vs mixed (both indexes, merged)."""
 
@@ -133,9 +136,9 @@ def map_overhead(old: Collection, half: Collection, fit: up.MapFit, Q_new: np.nd
 
     return {
         "map_us": median_us(lambda q: map_queries(q, fit.W), reps=100),
-        "old_search_us": median_us(lambda q: old.search(q, 10)),  # the same index without the map
-        "mapped_search_us": median_us(lambda q: old.search(map_queries(q, fit.W), 10)),
-        "mixed_search_us": median_us(lambda q: up.mixed_search(old, half, fit.W, fit.calibration, q, 10)),
+        "old_search_us": median_us(lambda q: old.search(Query(q, 10))),  # the same index without the map
+        "mapped_search_us": median_us(lambda q: old.search(Query(map_queries(q, fit.W), 10))),
+        "mixed_search_us": median_us(lambda q: upgrades.mixed_search(old, half, fit.W, fit.calibration, Query(q, 10))),
     }
 
 

@@ -24,11 +24,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.datasets import wordnet_glosses
 from bench.embed import cached
-from bench.evaluate import overlap_at_k
-from index import Collection, HnswParams, Manifest, NewDocument
+from index import Collection, HnswParams, Manifest, NewDocument, Query
 from index.manifest import Elasticizer
+from tests.support.datasets import wordnet_glosses
+from tests.support.evaluate import overlap_at_k
 
 DIMS = [32, 64, 96, 128, 192, 256, 384]
 TARGET = 0.95
@@ -69,25 +69,25 @@ def build(path: str, ids: list[str], X: np.ndarray) -> tuple[Collection, float]:
 
 
 def recall(c: Collection, Q: np.ndarray, truth: list[list[str]], dim: int, ef: int, factor: int | None) -> float:
-    res = c.search(Q, 10, dim=dim, ef=ef, rerank_factor=factor)
+    res = c.search(Query(Q, 10, dim=dim, ef=ef, rerank_factor=factor))
     return overlap_at_k([[m.id for m in row] for row in res.matches], truth, 10)
 
 
 def qps(c: Collection, Q: np.ndarray, dim: int, ef: int, factor: int | None) -> float:
     for q in Q[:50]:  # warm-up
-        c.search(q, 10, dim=dim, ef=ef, rerank_factor=factor)
+        c.search(Query(q, 10, dim=dim, ef=ef, rerank_factor=factor))
     start = time.perf_counter()
     for q in Q:
-        c.search(q, 10, dim=dim, ef=ef, rerank_factor=factor)
+        c.search(Query(q, 10, dim=dim, ef=ef, rerank_factor=factor))
     return len(Q) / (time.perf_counter() - start)
 
 
 def batch_qps(c: Collection, Q: np.ndarray, dim: int, ef: int, factor: int | None) -> float:
     """Throughput with all queries in one call: the graph runs on every core, the re-rank is
     vectorised, and per-call overhead is amortised."""
-    c.search(Q[:100], 10, dim=dim, ef=ef, rerank_factor=factor)
+    c.search(Query(Q[:100], 10, dim=dim, ef=ef, rerank_factor=factor))
     start = time.perf_counter()
-    c.search(Q, 10, dim=dim, ef=ef, rerank_factor=factor)
+    c.search(Query(Q, 10, dim=dim, ef=ef, rerank_factor=factor))
     return len(Q) / (time.perf_counter() - start)
 
 

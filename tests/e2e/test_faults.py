@@ -1,0 +1,66 @@
+"""The fault harness, fast version (bench/faults.py is the long one): a real server is killed
+(SIGKILL) while clients upsert, delete and search, at named crash points and at random moments;
+after every restart, every acknowledged write is there, no batch is half-applied, exact searches
+equal the oracle over the acknowledged state, and start-up never fails."""
+
+import pytest
+
+from tests.support.chaos import Ledger, create_collections, run_until, verify
+from tests.support.server import Server
+
+ENV = {
+    "VECNEST_SNAPSHOT_INTERVAL_S": "0.3",
+    "VECNEST_RECALL_SAMPLE_RATE": "0.2",
+    "VECNEST_REBUILD_DELETED_FRACTION": "0.1",
+}
+
+
+def restart_and_verify(data, ledger, touched, seed):
+    server = Server(data, env=ENV).start()  # raises if start-up fails
+    try:
+        report = verify(server.client, ledger, touched, seed=seed)
+        log = server.log.read_text()
+    finally:
+        server.stop()
+    assert "Traceback" not in log, log[-3000:]
+    assert not ledger.server_errors, ledger.server_errors[:5]
+    return report
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "write.after_commit@mv:3",  # multi-vector ingest: committed, not yet in the graph
+        "write.after_commit@dense:5",
+        "snapshot.after_graphs@dense:2",  # graph files written, manifest not yet pointing at them
+        "snapshot.after_manifest@flat",  # manifest switched, tombstones not yet purged
+        "rebuild.before_swap",  # a rebuild after many deletes, built but not swapped in
+        "rotation.after_save@dense",  # a PCA refit: rotation file saved, graphs not rebuilt
+    ],
+)
+def test_a_crash_at_each_named_point_loses_nothing(tmp_path, point):
+    data = tmp_path / "data"
+    ledger = Ledger()
+    server = Server(data, env={**ENV, "VECNEST_CRASH_AT": point}).start()
+    create_collections(server.client)
+    touched, died = run_until(server, ledger, workers=3, seconds=90, seed=hash(point) % 1000)
+    assert died and server.proc.wait(30) == -9, f"crash point {point} was never reached"
+    assert ledger.acked["upsert"] > 0
+    report = restart_and_verify(data, ledger, touched, seed=1)
+    assert report["documents_checked"] > 0
+
+
+def test_random_kills_while_writing_lose_nothing(tmp_path):
+    data = tmp_path / "data"
+    ledger = Ledger()
+    server = Server(data, env=ENV).start()
+    create_collections(server.client)
+    touched = {}
+    for round, after in enumerate([2.5, 4.0, 1.5]):
+        if round:
+            server = Server(data, env=ENV).start()
+        more, died = run_until(server, ledger, workers=4, seconds=30, seed=round, kill_after=after)
+        assert died
+        touched = {c: touched.get(c, set()) | ids for c, ids in more.items()}
+        restart_and_verify(data, ledger, touched, seed=round)
+    assert ledger.acked["upsert"] > 30 and ledger.acked["delete"] > 5

@@ -1,0 +1,72 @@
+"""What needs the real model: its own truncation, its token embeddings under MUVERA, and the
+cached vectors the index tests use (tests/data) still being what it computes."""
+
+import random
+
+import numpy as np
+
+from index import DimView, FdeEncoder, MultiVectorConfig, Query
+from index.maxsim import chamfer
+from service.settings import Settings
+from tests.index.test_multivector import fill, ids, make, truth
+from tests.support import vectors
+from tests.support.app import app_client
+from tests.support.datasets import wordnet_glosses
+
+
+def test_cached_gloss_vectors_are_what_the_model_computes(minilm):
+    texts, X = vectors.glosses()
+    rows = random.Random(0).sample(range(len(texts)), 64)
+    fresh = minilm.encode([texts[i] for i in rows], "document")
+    cosines = np.einsum("ij,ij->i", fresh, X[rows])
+    assert cosines.min() > 0.999, cosines.min()  # float16 storage, nothing else
+
+
+def test_prefix_view_equals_the_models_own_truncation(minilm):
+    texts = ["A small dog plays in the garden.", "Quantum computers use qubits.", "Bread needs yeast to rise."]
+    full = minilm.encode(texts, "document")
+    for d in (32, 64, 128, 256):
+        theirs = minilm._model.encode(texts, truncate_dim=d, normalize_embeddings=True, convert_to_numpy=True)
+        ours = DimView(d, 384, "cosine").apply(full)
+        assert ours.shape == (3, d)
+        assert np.abs(ours - theirs).max() <= 1e-5
+
+
+def spearman(a, b):
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_fde_inner_products_track_chamfer_on_minilm_tokens(minilm, scifact_subset):
+    docs = minilm.encode_tokens([f"{d['title']} {d['text']}" for d in scifact_subset[:300]], "document")
+    queries = minilm.encode_tokens([d["title"] for d in scifact_subset[300:330]], "query")
+    fde = FdeEncoder(MultiVectorConfig(token_dim=minilm.dim))
+    F, Fq = fde.documents(docs), fde.queries(queries)
+    rho = [spearman(fde_row, chamfer(q, docs)) for q, fde_row in zip(queries, Fq @ F.T)]
+    print(f"mean Spearman rho {np.mean(rho):.3f}")
+    assert np.mean(rho) >= 0.7, rho
+    # The estimate runs low in absolute terms on 200-token abstracts (a query token meets its
+    # bucket's centroid, not its best match), so only the ranking is asserted.
+
+
+def test_fde_candidates_reranked_by_maxsim_match_brute_force_on_minilm_tokens(tmp_path, minilm):
+    rows = random.Random(3).sample(wordnet_glosses(), 1560)
+    texts = [f"{lemmas}: {gloss}" for _, _, lemmas, gloss in rows]
+    docs, queries = minilm.encode_tokens(texts[:1500], "document"), minilm.encode_tokens(texts[1500:], "query")
+    catalog, collection = make(tmp_path)
+    fill(collection, docs)
+    expected = truth(queries, docs)
+    found = ids(collection.search(Query(queries, 10, candidates=100)))
+    assert np.mean([len(set(f) & e) / 10 for f, e in zip(found, expected)]) >= 0.9
+    catalog.close()
+
+
+def test_a_broken_model_directory_is_a_422_and_the_default_model_loads(tmp_path):
+    model = tmp_path / "broken-model"
+    model.mkdir()
+    (model / "modules.json").write_text("{not json")
+    with app_client(Settings(data_dir=tmp_path / "data")) as client:
+        r = client.post("/v1/collections", json={"name": "broken", "model": str(model)})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "model_load_failed"
+        r = client.post("/v1/collections", json={"name": "fine"})
+        assert r.status_code == 201 and r.json()["model"] == "all-MiniLM-L6-v2" and r.json()["dim"] == 384

@@ -1,0 +1,147 @@
+"""Recall measurement and the ef controller, in the index package (no service).
+
+The estimator's numbers are checked against an oracle written here with plain numpy on real
+GloVe vectors, a hard set for HNSW, so recall at small ef is well below 1.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from index import Collection, HnswParams, Manifest, NewDocument, Query
+from index.protocols import Hits
+from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, EfController, per_query_recall
+from tests.support.datasets import read_vecs, shared_path
+
+
+@pytest.fixture(scope="module")
+def glove() -> tuple[np.ndarray, np.ndarray]:
+    """20,000 GloVe base vectors and 200 of the benchmark's queries, both unit-normalised."""
+    folder = shared_path("glove-6B-50d-100k")
+    X = read_vecs(folder / "glove-6B-50d-100k_base.fvecs.gz", "float32")[:20000]
+    Q = read_vecs(folder / "glove-6B-50d-100k_query.fvecs.gz", "float32")[:200]
+    return X / np.linalg.norm(X, axis=1, keepdims=True), Q / np.linalg.norm(Q, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def glove_collection(tmp_path_factory, glove) -> Collection:
+    X, _ = glove
+    manifest = Manifest(
+        name="glove",
+        dim=50,
+        metric="cosine",
+        hnsw=HnswParams(m=6, ef_construction=40, ef_search=10),
+        created_at="now",
+        dims=[16, 50],
+    )
+    collection = Collection.create(str(tmp_path_factory.mktemp("glove")), manifest)
+    for s in range(0, len(X), 5000):
+        collection.upsert([NewDocument(id=str(i), vector=X[i]) for i in range(s, min(s + 5000, len(X)))])
+    return collection
+
+
+def oracle_recall(X: np.ndarray, Q: np.ndarray, returned_ids: list[list[str]], k: int) -> np.ndarray:
+    """Per-query recall@k of returned ids against numpy brute force (cosine) over `X`."""
+    S = Q @ X.T
+    out = []
+    for i, ids in enumerate(returned_ids):
+        kth = np.sort(S[i])[-k]
+        out.append(sum(S[i, int(d)] >= kth - 1e-5 for d in ids) / k)
+    return np.array(out)
+
+
+def test_per_query_recall_counts_ties_at_the_cut_off_and_skips_empty_truth():
+    truth = Hits(np.array([[1, 2, 3], [-1, -1, -1]]), np.array([[0.9, 0.8, 0.7], [-np.inf] * 3], np.float32))
+    # query 0 returned label 1, a different document tied with the 3rd (0.7), and a miss
+    found = np.array([[0.9, 0.7, 0.1], [0.5, 0.4, 0.3]], np.float32)
+    r = per_query_recall(found, truth)
+    assert r[0] == pytest.approx(2 / 3) and math.isnan(r[1])
+
+
+def test_estimated_recall_equals_an_independent_oracle(glove_collection, glove):
+    X, Q = glove
+    for dim, ef in ((50, 10), (50, 40), (16, 10)):
+        result = glove_collection.search(Query(Q, 10, dim=dim, ef=ef, probe=True))
+        stages = {s.stage: s for s in glove_collection.evaluate_recall(result.probe)}
+        returned = [[m.id for m in row] for row in result.matches]
+        expected = oracle_recall(X, Q, returned, 10)
+        assert np.allclose(stages[FINAL_STAGE].recall, expected), dim
+        assert result.probe.ef == max(ef, result.candidates) and stages[INDEX_STAGE].k == result.candidates
+    # the oracle must be able to fail: at ef=10 on GloVe, HNSW misses a real share of neighbours
+    low = glove_collection.search(Query(Q, 10, ef=10, probe=True))
+    high = glove_collection.search(Query(Q, 10, ef=200, probe=True))
+    mean = lambda r: np.nanmean(glove_collection.evaluate_recall(r.probe)[1].recall)  # noqa: E731
+    assert mean(low) < 0.9 < mean(high)
+
+
+def test_probe_respects_filters_and_exact_search_is_not_probed(glove_collection, glove):
+    _, Q = glove
+    assert glove_collection.search(Query(Q[:5], 10, exact=True, probe=True)).probe is None
+    assert glove_collection.search(Query(Q[:5], 10)).probe is None
+
+
+def test_tuned_ef_is_the_default_and_survives_a_reopen(tmp_path, glove):
+    X, Q = glove
+    manifest = Manifest(name="t", dim=50, metric="cosine", hnsw=HnswParams(m=8, ef_search=100), created_at="now")
+    c = Collection.create(str(tmp_path / "t"), manifest)
+    c.upsert([NewDocument(id=str(i), vector=X[i]) for i in range(2000)])
+    assert c.search(Query(Q[:3], 5)).ef == 100
+    c.set_ef_search(50, 33)
+    assert c.search(Query(Q[:3], 5)).ef == 33 and c.search(Query(Q[:3], 5, ef=70)).ef == 70
+    assert c.needs_snapshot
+    c.snapshot()
+    c.close()
+    again = Collection.open(str(tmp_path / "t"))
+    assert again.ef_search(50) == 33 and not again.needs_snapshot
+
+
+class _Curve:
+    """Synthetic recall-vs-ef: a per-query recall@10 drawn around 1 - exp(-ef / scale)."""
+
+    def __init__(self, scale: float, seed: int = 0):
+        self.scale, self.rng = scale, np.random.default_rng(seed)
+
+    def mean(self, ef: int) -> float:
+        return 1.0 - math.exp(-ef / self.scale)
+
+    def draw(self, ef: int, n: int) -> list[float]:
+        return list(self.rng.binomial(10, self.mean(ef), n) / 10)
+
+
+def _run(controller: EfController, curve: _Curve, windows: int) -> list[int]:
+    trace = []
+    for _ in range(windows):
+        controller.observe(controller.ef, curve.draw(controller.ef, controller.window))
+        trace.append(controller.ef)
+    return trace
+
+
+@pytest.mark.parametrize("target", [0.9, 0.95, 0.99])
+def test_controller_converges_to_the_smallest_ef_meeting_the_target(target):
+    curve = _Curve(scale=30)
+    needed = math.ceil(-30 * math.log(1 - target))  # 70, 90, 139
+    c = EfController(target, ef=100, ef_min=10, ef_max=1000, window=200)
+    trace = _run(c, curve, 40)
+    settled = trace[-10:]
+    # holds the target (within the window's noise) and costs at most ~15% more ef than needed
+    assert min(settled) >= needed * 0.93 and max(settled) <= needed * 1.2, (needed, trace)
+    assert c.last_mean >= target - 0.01
+
+
+def test_controller_follows_data_that_gets_harder_and_saturates_at_its_bound():
+    curve = _Curve(scale=20)
+    c = EfController(0.95, ef=100, ef_min=10, ef_max=400, window=200)
+    _run(c, curve, 30)
+    easy = c.ef
+    curve.scale = 60  # e.g. many near-duplicates inserted: the same ef now finds less
+    _run(c, curve, 30)
+    assert c.ef > 2 * easy and curve.mean(c.ef) >= 0.94
+    curve.scale = 1000  # out of reach within the bounds
+    _run(c, curve, 10)
+    assert c.ef == 400 and c.saturated
+
+
+def test_controller_ignores_measurements_from_an_older_ef():
+    c = EfController(0.95, ef=100, ef_min=10, ef_max=1000, window=10)
+    assert c.observe(50, [0.0] * 100) is None and c.ef == 100

@@ -1,0 +1,200 @@
+"""Online recall estimation over HTTP: the estimate agrees with an offline exact computation,
+the ef controller holds a target, on-demand probes, bounded queueing, and bad input → 4xx.
+
+Data: real GloVe vectors (50-d, a hard set for HNSW), in a vector-only collection built with
+a small graph so that recall at low ef is clearly below 1.
+"""
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from index import Query
+from index.errors import Invalid
+from tests.support import unique_name
+from tests.support.app import app_client
+from tests.support.datasets import read_vecs, shared_path
+
+N_DOCS = 20000
+
+
+@pytest.fixture(scope="module")
+def glove():
+    folder = shared_path("glove-6B-50d-100k")
+    X = read_vecs(folder / "glove-6B-50d-100k_base.fvecs.gz", "float32")[:N_DOCS]
+    Q = read_vecs(folder / "glove-6B-50d-100k_query.fvecs.gz", "float32")[:600]
+    return X / np.linalg.norm(X, axis=1, keepdims=True), Q / np.linalg.norm(Q, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from service.settings import Settings
+
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("recall") / "data",
+        snapshot_interval_s=3600,
+        recall_controller_window=100,
+        recall_queue_size=4096,
+        recall_max_busy=1.0,
+    )
+    with app_client(settings, fake=True) as c:
+        yield c
+
+
+def make_collection(client, X, **policy) -> str:
+    name = unique_name()
+    body = {
+        "name": name,
+        "dim": 50,
+        "dims": [16, 50],
+        "hnsw": {"m": 6, "ef_construction": 40, "ef_search": 12},
+        **policy,
+    }
+    assert client.post("/v1/collections", json=body).status_code == 201, body
+    for s in range(0, len(X), 1000):
+        docs = [{"id": str(i), "vector": X[i].tolist()} for i in range(s, min(s + 1000, len(X)))]
+        assert client.put(f"/v1/collections/{name}/documents", json={"documents": docs}).status_code == 200
+    return name
+
+
+def exact_recall(X: np.ndarray, q: np.ndarray, ids: list[str], k: int) -> float:
+    s = X @ q
+    kth = np.sort(s)[-k]
+    return sum(s[int(i)] >= kth - 1e-5 for i in ids) / k
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    m = re.search(rf"^{name}{{{re.escape(want)}}} (\S+)$", text, re.M)
+    assert m, f"{name}{{{want}}} not exported"
+    return float(m.group(1))
+
+
+def drain(client) -> None:
+    assert client.app.state.engine.recall.wait_idle(120)
+
+
+@pytest.fixture(scope="module")
+def sampled(client, glove):
+    """400 live searches at dim 50 with half of them sampled, and what each returned."""
+    X, Q = glove
+    name = make_collection(client, X, recall_sample_rate=0.5)
+    returned = []
+    for q in Q[:400]:
+        r = client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10})
+        returned.append([h["id"] for h in r.json()["results"]])
+    drain(client)
+    return name, returned
+
+
+def test_estimate_agrees_with_offline_exact_recall(client, glove, sampled):
+    X, Q = glove
+    name, returned = sampled
+    offline = np.array([exact_recall(X, q, ids, 10) for q, ids in zip(Q, returned)])
+    text = client.get("/metrics").text
+    labels = dict(collection=name, index="50", stage="final", source="live")
+    n = metric_value(text, "vecnest_recall_count", **labels)
+    estimate = metric_value(text, "vecnest_recall_sum", **labels) / n
+    assert 150 <= n <= 250  # about half of 400
+    # the sampled mean is an unbiased estimate of the mean over all 400 queries: within 3 standard errors
+    stderr = offline.std() / math.sqrt(n) * math.sqrt(1 - n / len(offline))
+    assert abs(estimate - offline.mean()) <= 3 * stderr + 1e-9, (estimate, offline.mean(), stderr)
+    assert offline.mean() < 0.95  # the graph is small on purpose: a wrong estimator would show
+    rolling = client.get(f"/v1/collections/{name}").json()["recall"]["estimates"]["50"]["live"]["final"]
+    assert rolling["queries"] == min(int(n), 256)
+
+
+def test_on_demand_probe_measures_every_graph_and_is_exported(client, glove, sampled):
+    name, _ = sampled
+    low = client.post(f"/v1/collections/{name}/recall", json={"queries": 200, "k": 10, "ef": 10}).json()
+    high = client.post(f"/v1/collections/{name}/recall", json={"queries": 200, "k": 10, "ef": 300}).json()
+    stages = {(s["index"], s["stage"]): s for s in low["stages"]}
+    assert set(stages) == {("16", "index"), ("16", "final"), ("50", "index"), ("50", "final")}
+    assert stages[("50", "final")]["candidates"] == 10 and stages[("16", "final")]["candidates"] > 10
+    hi = {(s["index"], s["stage"]): s["recall"] for s in high["stages"]}
+    assert stages[("50", "final")]["recall"] < hi[("50", "final")] and hi[("50", "final")] > 0.97
+    text = client.get("/metrics").text
+    assert metric_value(text, "vecnest_recall_count", collection=name, index="16", stage="index", source="probe") == 400
+    one = client.post(f"/v1/collections/{name}/recall", json={"queries": 20, "dim": 16, "seed": 3}).json()
+    assert {s["index"] for s in one["stages"]} == {"16"} and one["queries"] == 20
+
+
+def test_controller_holds_the_target_at_a_lower_ef_than_a_stricter_target(client, glove):
+    X, Q = glove
+    name = make_collection(client, X, target_recall=0.9, recall_sample_rate=1.0, ef_min=10, ef_max=400)
+    for _ in range(4):
+        for q in Q[:500]:
+            client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10})
+        drain(client)  # measurements of an older ef are ignored: let the controller catch up
+    info = client.get(f"/v1/collections/{name}").json()["recall"]
+    ef = info["ef_search"]["50"]
+    assert info["target_recall"] == 0.9 and info["controllers"]["50"]["ef"] == ef
+    # offline, on the same traffic: the target holds at the tuned ef, and not at 0.6 x that ef
+    offline = {}
+    for e in (ef, int(ef * 0.6)):
+        r = [
+            client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10, "ef": e}).json()
+            for q in Q[:500]
+        ]
+        offline[e] = np.mean([exact_recall(X, q, [h["id"] for h in x["results"]], 10) for q, x in zip(Q, r)])
+    assert offline[ef] >= 0.885 and offline[int(ef * 0.6)] < 0.9 and ef < 400, (ef, offline)
+    # a stricter target needs more ef; clearing the target restores the default
+    r = client.patch(f"/v1/collections/{name}", json={"target_recall": 0.99})
+    assert r.status_code == 200 and r.json()["recall"]["target_recall"] == 0.99
+    for _ in range(3):
+        for q in Q[:500]:
+            client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), "k": 10})
+        drain(client)
+    assert client.get(f"/v1/collections/{name}").json()["recall"]["ef_search"]["50"] > ef
+    r = client.patch(f"/v1/collections/{name}", json={"target_recall": None})
+    assert r.json()["recall"]["ef_search"] == {"16": 12, "50": 12}
+
+
+def test_a_full_queue_drops_samples_instead_of_waiting(client, glove, sampled):
+    name, _ = sampled
+    engine = client.app.state.engine
+    collection = engine.collection(name).backend
+    from service.recall_estimator import RecallEstimator
+
+    estimator = RecallEstimator(engine.metrics, 1.0, queue_size=2)  # not started: nothing drains it
+    probes = [collection.search(Query(glove[1][i : i + 1], 10, probe=True)).probe for i in range(3)]
+    assert [estimator.submit(collection, p) for p in probes] == [True, True, False]
+    text = client.get("/metrics").text
+    assert metric_value(text, "vecnest_recall_samples_total", collection=name, outcome="dropped") >= 1
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"target_recall": 1.5}, None),
+        ({"recall_sample_rate": -0.1}, None),
+        ({"ef_min": 50, "ef_max": 20}, "invalid_ef_bounds"),
+        ({"bogus": 1}, None),
+    ],
+)
+def test_bad_policy_is_rejected_and_changes_nothing(client, sampled, body, code):
+    name, _ = sampled
+    before = client.get(f"/v1/collections/{name}").json()["recall"]
+    r = client.patch(f"/v1/collections/{name}", json=body)
+    assert r.status_code == 422 and (code is None or r.json()["error"]["code"] == code)
+    after = client.get(f"/v1/collections/{name}").json()["recall"]
+    assert {k: after[k] for k in ("target_recall", "sample_rate", "ef_min", "ef_max")} == {
+        k: before[k] for k in ("target_recall", "sample_rate", "ef_min", "ef_max")
+    }
+
+
+def test_bad_probe_requests_are_4xx(client, sampled):
+    name, _ = sampled
+    assert client.post(f"/v1/collections/{name}/recall", json={"dim": 7}).json()["error"]["code"] == "invalid_dim"
+    assert client.post(f"/v1/collections/{name}/recall", json={"candidates": 5}).status_code == 422
+    assert client.post(f"/v1/collections/{name}/recall", json={"queries": 0}).status_code == 422
+    assert client.post("/v1/collections/nope/recall", json={}).status_code == 404
+    empty = unique_name()
+    client.post("/v1/collections", json={"name": empty, "dim": 4})
+    assert client.post(f"/v1/collections/{empty}/recall", json={}).json()["error"]["code"] == "empty_collection"
+    with pytest.raises(Invalid):
+        from index.manifest import RecallPolicy
+
+        RecallPolicy(target=0.0).check()

@@ -1,0 +1,112 @@
+"""Static checks of the deployment files: they must agree with each other and with the code."""
+
+import json
+import re
+import runpy
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from compose_spec import PyCompose
+
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARDS = sorted((REPO / "deploy/grafana/dashboards").glob("*.json"))
+
+
+def test_compose_file_is_valid_compose_spec():
+    """The compose_spec parser (a full Compose Specification implementation) accepts the file,
+    and rejects a file with one mistake in it, so this check can fail."""
+    text = (REPO / "docker-compose.yml").read_text()
+    assert PyCompose.from_yaml(text).service_names() == ["vecnest", "prometheus", "grafana"]
+    with pytest.raises(ValueError):
+        PyCompose.from_yaml(text.replace("stop_grace_period:", "stop_grace_periods:"))
+
+
+def test_compose_services_reference_real_files_and_ports():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"vecnest", "prometheus", "grafana"} <= set(services)
+    assert (REPO / services["vecnest"]["build"] / "Dockerfile").exists()
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (REPO / source).exists(), source
+            else:
+                assert source in compose["volumes"], source
+    prometheus = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = prometheus["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == ["vecnest:8000"]
+    ports = [p for service in services.values() for p in service.get("ports", [])]
+    assert len(ports) == len(set(ports)) and all(p.startswith("127.0.0.1:") for p in ports)
+    env = services["vecnest"]["environment"]
+    assert set(env) <= {f"VECNEST_{name.upper()}" for name in Settings.model_fields}
+    # Grafana reads the provisioning that points at the Prometheus service and the dashboards folder
+    datasource = yaml.safe_load((REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    (ds,) = datasource["datasources"]
+    assert ds["url"] == "http://prometheus:9090" and ds["uid"] == "vecnest-prometheus"
+    provider = yaml.safe_load((REPO / "deploy/grafana/provisioning/dashboards/vecnest.yml").read_text())
+    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
+    assert mounts["./deploy/grafana/dashboards"] == provider["providers"][0]["options"]["path"]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboard_validates_and_uses_the_provisioned_datasource(path):
+    dashboard = json.loads(path.read_text())
+    schema = json.loads((REPO / "tests/schemas/grafana-dashboard.schema.json").read_text())
+    jsonschema.validate(dashboard, schema)
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    for p in panels:
+        if p["type"] == "row":
+            continue
+        assert p["datasource"]["uid"] == "vecnest-prometheus", p["title"]
+        assert len({t["refId"] for t in p["targets"]}) == len(p["targets"])
+        for t in p["targets"]:
+            used = set(re.findall(r"\$(\w+)", t["expr"])) - {"__rate_interval", "__interval", "__range"}
+            assert used <= variables, (p["title"], used)
+    broken = {**dashboard, "panels": [{**panels[1], "gridPos": {"h": 8, "w": 30, "x": 0, "y": 0}}]}
+    with pytest.raises(jsonschema.ValidationError):  # the schema can fail
+        jsonschema.validate(broken, schema)
+
+
+def test_dashboard_json_is_what_the_generator_writes():
+    generated = runpy.run_path(str(REPO / "deploy/grafana/dashboard.py"))["dashboard"]()
+    assert json.loads((REPO / "deploy/grafana/dashboards/vecnest.json").read_text()) == generated
+
+
+def test_dockerfile_pins_cpu_torch_runs_non_root_and_checks_health():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "torch==2.13.0" in dockerfile and "-c constraints.txt" in dockerfile
+    # the container is healthy once ready: a server whose collections are still loading (or that could
+    # not start) is not
+    assert (
+        "USER vecnest" in dockerfile
+        and "HEALTHCHECK" in dockerfile
+        and 'CMD ["vecnest", "health", "--ready"]' in dockerfile
+    )
+    assert "VECNEST_PORT=8000" in dockerfile and "VECNEST_DATA_DIR=/data" in dockerfile
+    constraints = (REPO / "constraints.txt").read_text().splitlines()
+    assert "torch==2.13.0" in constraints
+
+
+def test_env_variables_in_readme_are_real_settings():
+    readme = (REPO / "README.md").read_text()
+    fields = {f"VECNEST_{name.upper()}" for name in Settings.model_fields} | {"VECNEST_SHARED_DATA"}  # bench/tests
+    mentioned = set(re.findall(r"`(VECNEST_[A-Z_]+)`", readme))
+    assert mentioned and mentioned <= fields, mentioned - fields
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = [
+        line
+        for line in (REPO / ".ci/run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
+    assert ci == ["make test"] and "\nmake test\n" in readme
