@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test bench fuzz faults soak clean prometheus
+.PHONY: install run test test-fast lint bench fuzz faults soak clean prometheus
 
 install: $(STAMP)
 
@@ -20,10 +20,21 @@ $(STAMP): pyproject.toml constraints.txt
 run: $(STAMP)
 	$(BIN)/vecnest serve --host 127.0.0.1 --port 8000 --data-dir ./data
 
-test: $(STAMP) prometheus
+# Everything: lint, format check, a type check of the pure package, then the whole pyramid
+# (tests/index, tests/service, and the slow tests/e2e on the real model and real servers).
+test: $(STAMP) prometheus lint
 	$(BIN)/python -m pytest
 
-# tests/test_prometheus.py scrapes a test server with a real Prometheus: Debian's package. It is
+# The inner loop: tests/index and tests/service, no real model, no server process (about a minute).
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy index
+
+# tests/e2e/test_prometheus.py scrapes a test server with a real Prometheus: Debian's package. It is
 # installed here when missing and apt can run (root, or passwordless sudo); otherwise that test
 # skips and says why.
 prometheus:
@@ -32,7 +43,7 @@ prometheus:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -q >/dev/null 2>&1 && \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; } || \
-	  echo "warning: could not install Debian's prometheus; tests/test_prometheus.py will skip"; }
+	  echo "warning: could not install Debian's prometheus; tests/e2e/test_prometheus.py will skip"; }
 
 bench: $(STAMP)
 	$(BIN)/python bench/beir.py
