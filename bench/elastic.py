@@ -101,7 +101,8 @@ def main() -> int:
     qrels = scifact_qrels("test")
     qids = list(qrels)
     queries = [scifact_queries()[q] for q in qids]
-    with Server(Path(tempfile.mkdtemp(prefix="vecnest-elastic-")) / "data") as server:
+    env = {"VECNEST_ALLOW_MODEL_PATHS": "true"}  # the fine-tuned model is named by its path
+    with Server(Path(tempfile.mkdtemp(prefix="vecnest-elastic-")) / "data", env=env) as server:
         results = {"minilm": evaluate_model(server.client, "minilm", None, "both", ids, texts, qids, queries, qrels)}
         if args.finetuned:
             model = str(Path(args.finetuned).resolve())

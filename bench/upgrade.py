@@ -147,7 +147,11 @@ def throughput(new_model: str, n_docs: int, max_busy: float) -> dict:
     corpus = scifact_corpus()[:n_docs]
     docs = [{"id": d["_id"], "text": scifact_text(d)} for d in corpus]
     with tempfile.TemporaryDirectory() as root:
-        env = {"VECNEST_UPGRADE_MAX_BUSY": str(max_busy), "VECNEST_UPGRADE_POLL_S": "0.05"}
+        env = {
+            "VECNEST_ALLOW_MODEL_PATHS": "true",
+            "VECNEST_UPGRADE_MAX_BUSY": str(max_busy),
+            "VECNEST_UPGRADE_POLL_S": "0.05",
+        }
         with Server(Path(root) / "data", env=env) as server:
             c = server.client
             c.post("/v1/collections", json={"name": "sf"}).raise_for_status()

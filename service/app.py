@@ -12,15 +12,16 @@ import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from service import __version__, openapi
+from service import __version__, auth, openapi
 from service.encoders import EncoderLoader
 from service.engine import Engine
 from service.errors import install_error_handlers
 from service.maintenance import Maintenance
 from service.metrics import Metrics
-from service.middleware import BodySizeLimit, RequestMetrics
+from service.middleware import BodySizeLimit, Guard, RequestMetrics
 from service.routes import collections, documents, embeddings, health, search, upgrades
 from service.settings import Settings
 
@@ -36,11 +37,20 @@ def create_app(
     sentence-transformers); tests pass a model-free one where the model is not the point."""
     settings = settings or Settings()
     metrics = Metrics()
+    keys = auth.KeyRing(settings.api_keys, settings.key_rate_limit)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine = Engine(settings, metrics, encoder_loader)
         app.state.engine = engine
+        if keys.enabled:
+            log.info("API keys: %d configured; every route but /healthz and /readyz needs one", len(settings.api_keys))
+        else:
+            log.warning(
+                "no API keys configured: vecnest is UNAUTHENTICATED; whoever reaches %s:%d is admin",
+                settings.host,
+                settings.port,
+            )
         maintenance = Maintenance(engine, settings.snapshot_interval_s)
 
         def started(task: asyncio.Task) -> None:
@@ -74,9 +84,19 @@ def create_app(
     )
     openapi.install(app, settings)
     install_error_handlers(app, metrics)
-    for module in (health, collections, documents, search, embeddings, upgrades):
-        app.include_router(module.router)
-    # Outermost last: metrics see every response, including the 413s of the size limit.
+    routers = [module.router for module in (health, collections, documents, search, embeddings, upgrades)]
+    auth.check_rules(route.name for router in routers for route in router.routes)  # type: ignore[attr-defined]
+    for router in routers:
+        app.include_router(router, dependencies=[Depends(auth.authorize)])
+    # Outermost last: the guard refuses before a body is read; metrics see every response.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(Guard, settings=settings, keys=keys, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["authorization", "api-key", "content-type"],
+        )
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

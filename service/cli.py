@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default 8000; env VECNEST_PORT)")
     serve.add_argument("--data-dir", help="where collections live (default ./data; env VECNEST_DATA_DIR)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (env VECNEST_TLS_CERT)")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert (env VECNEST_TLS_KEY)")
     health = commands.add_parser("health", help="exit 0 when the local server answers /healthz (or /readyz)")
     health.add_argument("--port", type=int, help="default: env VECNEST_PORT, else 8000")
     health.add_argument("--ready", action="store_true", help="require readiness, not just liveness")
@@ -63,14 +65,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def health_command(args: argparse.Namespace) -> int:
     """Probe the server on this host, as a container health check does (stdlib only: fast)."""
+    import ssl
     import urllib.request
 
     host = os.environ.get("VECNEST_HOST", "127.0.0.1")
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     port = args.port or int(os.environ.get("VECNEST_PORT", "8000"))
-    url = f"http://{host}:{port}/{'readyz' if args.ready else 'healthz'}"
+    tls = bool(os.environ.get("VECNEST_TLS_CERT"))
+    url = f"{'https' if tls else 'http'}://{host}:{port}/{'readyz' if args.ready else 'healthz'}"
+    # The server probing itself on this host: its certificate may be self-signed or name another host.
+    context = ssl._create_unverified_context() if tls else None
     try:
-        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+        with urllib.request.urlopen(url, timeout=args.timeout, context=context) as response:
             ok = response.status == 200
     except OSError as exc:  # refused, timed out, or an HTTP error status
         print(f"vecnest: {url}: {exc}", file=sys.stderr)
@@ -85,6 +91,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.app import create_app
+    from service.auth import unauthenticated_exposure
     from service.settings import Settings
 
     overrides = {
@@ -94,6 +101,8 @@ def serve_command(args: argparse.Namespace) -> int:
             "port": args.port,
             "data_dir": args.data_dir,
             "log_level": args.log_level,
+            "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key,
         }.items()
         if v is not None
     }
@@ -101,6 +110,10 @@ def serve_command(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     except ValidationError as exc:
         print(f"vecnest: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    exposed = unauthenticated_exposure(settings)
+    if exposed is not None:
+        print(f"vecnest: refusing to start: {exposed}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_open_files_limit()
@@ -116,6 +129,8 @@ def serve_command(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
     server = uvicorn.Server(config)
     server.run()

@@ -76,7 +76,9 @@ class SentenceTransformerEncoder:
 
         self.id = name
         self.path = path
-        self._model = SentenceTransformer(path, device=device, local_files_only=True)
+        # Never run code shipped in a model directory (sentence-transformers >= 6 and torch >= 2.6
+        # load weights without unpickling arbitrary objects; pyproject's floors keep it so).
+        self._model = SentenceTransformer(path, device=device, local_files_only=True, trust_remote_code=False)
         dim_of = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         self.dim = int(dim_of())
         self._batch_size = batch_size
@@ -198,19 +200,44 @@ class EncoderRegistry:
         self._lock = threading.Lock()
 
     def resolve(self, name: str | None) -> ModelRef:
+        """A model name as a directory on this machine: a configured alias, a folder under one
+        of `model_dirs` (by its name, or by a path inside the root), or, only with
+        `allow_model_paths`, any absolute directory. Anything else is refused with the same
+        code and message whether or not the path exists, so requests cannot probe the disk."""
         name = name or self._settings.default_model
         aliases = {DEFAULT_MODEL: _bundled_minilm_dir(), **self._settings.models}
         if aliases.get(name):
             return ModelRef(name, os.path.abspath(aliases[name]))
-        if self._settings.allow_model_paths and os.path.isabs(name) and os.path.isdir(name):
-            if not os.path.exists(os.path.join(name, "modules.json")) and not os.path.exists(
-                os.path.join(name, "config.json")
+        path = self._allowed_directory(name)
+        if path is not None and os.path.isdir(path):
+            if not os.path.exists(os.path.join(path, "modules.json")) and not os.path.exists(
+                os.path.join(path, "config.json")
             ):
                 raise Invalid(f"{name} is not a sentence-transformers model directory", code="unknown_model")
-            return ModelRef(name, os.path.abspath(name))
+            return ModelRef(name, path)
         known = ", ".join(sorted(k for k, v in aliases.items() if v))
-        hint = " or an absolute path to a local model directory" if self._settings.allow_model_paths else ""
-        raise Invalid(f"unknown model {name!r}; use one of: {known}{hint}", code="unknown_model")
+        hints = [f"one of: {known}"]
+        if self._settings.model_dirs:
+            hints.append("a model folder under the configured model_dirs")
+        if self._settings.allow_model_paths:
+            hints.append("an absolute path to a local model directory")
+        raise Invalid(f"unknown model {name!r}; use {' or '.join(hints)}", code="unknown_model")
+
+    def _allowed_directory(self, name: str) -> str | None:
+        """Where `name` may point (real path, links resolved), or None when it may not."""
+        roots = [os.path.realpath(r) for r in self._settings.model_dirs]
+        if os.path.isabs(name):
+            real = os.path.realpath(name)
+            if self._settings.allow_model_paths or any(_inside(real, root) for root in roots):
+                return real
+            return None
+        if name in ("", ".", "..") or "/" in name or "\\" in name:
+            return None
+        for root in roots:
+            real = os.path.realpath(os.path.join(root, name))
+            if _inside(real, root) and os.path.isdir(real):
+                return real
+        return None
 
     def load(self, ref: ModelRef) -> Encoder:
         """Load (once) and return the encoder; call on the inference thread."""
@@ -234,6 +261,10 @@ class EncoderRegistry:
     def loaded(self) -> list[Encoder]:
         with self._lock:
             return list(self._loaded.values())
+
+
+def _inside(path: str, root: str) -> bool:
+    return path != root and os.path.commonpath([path, root]) == root
 
 
 def _bundled_minilm_dir() -> str | None:

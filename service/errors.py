@@ -23,11 +23,13 @@ from index import (
     TooLarge,
     VecnestError,
 )
+from service.auth import Forbidden
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 STATUS = {
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     Invalid: 422,

@@ -112,8 +112,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
             raise SystemExit(f"--resume needs the same settings as the interrupted run; it used {saved}")
 
     torch.manual_seed(cfg.seed)
-    base = EncoderRegistry(Settings()).resolve(cfg.base)
-    model = SentenceTransformer(base.path, device="cpu", local_files_only=True)
+    base = EncoderRegistry(Settings(allow_model_paths=True)).resolve(cfg.base)  # the operator names it
+    model = SentenceTransformer(base.path, device="cpu", local_files_only=True, trust_remote_code=False)
     model.max_seq_length = cfg.max_seq_length
     rows = read_pairs(cfg.pairs)
     if cfg.init == "pca" and not resume:
@@ -190,7 +190,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> Path:
             indent=2,
         )
     )
-    print(f"wrote {out}: serve it with model={str(out.resolve())!r} (declared Matryoshka dims {dims})", flush=True)
+    print(
+        f"wrote {out} (declared Matryoshka dims {dims}): serve it with model={out.resolve().name!r} and "
+        f"VECNEST_MODEL_DIRS='{json.dumps([str(out.resolve().parent)])}', or as an alias in VECNEST_MODELS",
+        flush=True,
+    )
     return out
 
 

@@ -1,12 +1,18 @@
-"""Plain ASGI middlewares: the request-body size limit (413), dropping work whose client has
-gone, and request metrics."""
+"""Plain ASGI middlewares: the guard (Host, origin, content type, API key, rate limit), the
+request-body size limit (413), dropping work whose client has gone, and request metrics."""
 
 import asyncio
 import json
+import logging
 import re
 import time
+from urllib.parse import urlsplit
 
+from service.auth import PRINCIPAL, KeyRing, presented_key
 from service.metrics import Metrics
+from service.settings import LOOPBACK_HOSTS, Settings
+
+log = logging.getLogger(__name__)
 
 # Requests whose work (mostly encoding) is worth abandoning when the client disconnects. State
 # changes (collections, upgrades) always run to the end, whoever is still listening.
@@ -80,21 +86,120 @@ class BodySizeLimit:
 
     async def _reject(self, send) -> None:
         self.metrics.errors.labels("body_too_large").inc()
-        payload = json.dumps(
-            {"error": {"code": "body_too_large", "message": f"request body exceeds {self.max_bytes} bytes"}}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await send_error(send, 413, "body_too_large", f"request body exceeds {self.max_bytes} bytes", close=True)
+
+
+async def send_error(
+    send, status: int, code: str, message: str, headers: dict[str, str] | None = None, close: bool = False
+) -> None:
+    """An error response in the API's one shape, `{"error": {"code", "message"}}`, from a middleware."""
+    payload = json.dumps({"error": {"code": code, "message": message}}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    if close:
+        raw.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+_DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+_OPEN = ("/healthz", "/readyz")
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class Guard:
+    """What every request passes before any handler runs (and before its body is read):
+
+    1. its `Host` is one the server answers to (400): a DNS-rebinding page names its own host;
+    2. a browser `Origin` is the server's own or a configured CORS origin (403): no cross-site
+       POST from a web page, even one without a body;
+    3. a body is `application/json` (415): browsers send `text/plain` and forms without a preflight;
+    4. the API key is a configured one (401), unless the path is open (health; metrics and docs
+       when configured public) or no keys are configured (loopback only);
+    5. the key's rate limit has room (429 with Retry-After).
+
+    The caller's `Principal` goes into the scope for the routes' authorization (`service.auth`).
+    """
+
+    def __init__(self, app, settings: Settings, keys: KeyRing, metrics: Metrics):
+        self.app = app
+        self.keys = keys
+        self.metrics = metrics
+        hosts = {settings.host, *LOOPBACK_HOSTS, *settings.allowed_hosts}
+        self.any_host = "*" in hosts
+        self.hosts = {h.lower().strip("[]") for h in hosts}
+        self.origins = set(settings.cors_origins)
+        self.open = set(_OPEN)
+        if settings.public_metrics:
+            self.open.add("/metrics")
+        if settings.public_docs:
+            self.open.update(_DOCS)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            status, code, message, extra = refusal
+            self.metrics.errors.labels(code).inc()
+            return await send_error(send, status, code, message, extra)
+        return await self.app(scope, receive, send)
+
+    def _refusal(self, scope, headers: dict[bytes, bytes]) -> tuple[int, str, str, dict[str, str] | None] | None:
+        host = _hostname(headers.get(b"host", b"").decode("latin-1"))
+        if not self.any_host and host not in self.hosts:
+            return 400, "invalid_host", f"this server does not answer to host {host!r}", None
+        origin = headers.get(b"origin")
+        if origin is not None and not self._allowed_origin(origin.decode("latin-1")):
+            return 403, "cross_origin", "requests from this browser origin are not allowed (see cors_origins)", None
+        method, path = scope.get("method", ""), scope.get("path", "")
+        if method in _BODY_METHODS and _has_body(headers):
+            media = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+            if media != "application/json":
+                return 415, "unsupported_media_type", "request bodies must be application/json", None
+        if not self.keys.enabled or path in self.open:
+            return None
+        presented = presented_key(headers)
+        principal = self.keys.authenticate(presented) if presented else None
+        if principal is None:
+            log.info("401 %s %s: %s", method, path, "unknown API key" if presented else "no API key")
+            return (
+                401,
+                "unauthorized",
+                "a valid API key is required: Authorization: Bearer <key>, or api-key: <key>",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        scope[PRINCIPAL] = principal
+        wait = self.keys.retry_after(principal)
+        if wait > 0:
+            return (
+                429,
+                "rate_limited",
+                f"key {principal.id} is over its rate limit; retry after {wait:.2f} s",
+                {"Retry-After": str(max(1, round(wait + 0.499)))},
+            )
+        return None
+
+    def _allowed_origin(self, origin: str) -> bool:
+        if origin in self.origins or "*" in self.origins:
+            return True
+        return self.any_host or _hostname(urlsplit(origin).netloc) in self.hosts
+
+
+def _hostname(netloc: str) -> str:
+    """`host` of `host:port`, `[v6]:port`, `[v6]` or `host`, lower-cased, brackets dropped."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        return netloc[1 : netloc.find("]")] if "]" in netloc else netloc
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def _has_body(headers: dict[bytes, bytes]) -> bool:
+    length = headers.get(b"content-length")
+    if length is not None:
+        return length.strip() not in (b"", b"0")
+    return b"transfer-encoding" in headers
 
 
 class RequestMetrics:

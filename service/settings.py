@@ -4,15 +4,32 @@ Built once by the caller (CLI, tests) and passed to `create_app`; nothing reads 
 Nested values use `__`, e.g. `VECNEST_MODELS='{"e5": "/models/e5-small"}'`.
 """
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from index import CollectionOptions, HnswParams
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+Role = Literal["read", "write", "admin"]
+
+
+class ApiKey(BaseModel):
+    """One API key. `admin` may do everything; `write` documents, search, embeddings and recall
+    probes; `read` search, get, embeddings and collection info. `collections` limits the key
+    to those collections (absent: all). `name` is what logs show (default: a hash prefix)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: SecretStr = Field(..., min_length=16, description="the secret; at least 16 characters")
+    role: Role
+    collections: list[str] | None = None
+    name: str | None = Field(None, max_length=64)
+    rate_limit: float | None = Field(None, gt=0, description="requests per second (default: key_rate_limit)")
 
 
 class Settings(BaseSettings):
@@ -23,13 +40,33 @@ class Settings(BaseSettings):
     port: int = 8000
     data_dir: Path = Path("data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+
+    # security: who may call, from where (README "Security")
+    api_keys: list[ApiKey] = Field(default_factory=list, description="JSON list of keys; none: loopback only")
+    api_keys_file: Path | None = Field(None, description="a JSON file holding the same list (read at start-up)")
+    allow_unauthenticated: bool = Field(
+        False, description="serve a non-loopback address without keys (behind a proxy that authenticates)"
+    )
+    public_metrics: bool = Field(False, description="/metrics without a key (when keys are configured)")
+    public_docs: bool = Field(False, description="/docs, /redoc and /openapi.json without a key")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description='Host headers accepted besides the listen address and localhost forms; ["*"]: any',
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed by CORS (off: none)")
+    key_rate_limit: float | None = Field(None, gt=0, description="requests per second per key (none: unlimited)")
 
     # encoders
     default_model: str = DEFAULT_MODEL
     models: dict[str, str] = Field(
         default_factory=dict, description="model alias → local sentence-transformers directory"
     )
-    allow_model_paths: bool = Field(True, description="a request may name a local model directory by path")
+    model_dirs: list[Path] = Field(
+        default_factory=list, description="directories whose model folders requests may name (by name or path)"
+    )
+    allow_model_paths: bool = Field(False, description="a request may name any local model directory by path")
     device: str = "cpu"
     torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's choice)")
     encode_batch_size: int = Field(64, ge=1, description="most texts encoded in one model call")
@@ -100,3 +137,19 @@ class Settings(BaseSettings):
     upgrade_batch_size: int = Field(32, ge=1, description="documents re-embedded per backfill step")
     upgrade_max_busy: float = Field(0.5, gt=0, le=1, description="most of the encoder's time the backfill may take")
     upgrade_poll_s: float = Field(0.5, gt=0, description="how often a caught-up backfill looks for new writes")
+
+    @model_validator(mode="after")
+    def _keys_from_file(self) -> "Settings":
+        if self.api_keys_file is not None:
+            try:
+                loaded = json.loads(self.api_keys_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"api_keys_file {self.api_keys_file}: {exc}") from None
+            self.api_keys = [*self.api_keys, *(ApiKey.model_validate(k) for k in loaded)]
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS

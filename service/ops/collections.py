@@ -7,6 +7,7 @@ validates it and makes the collection.
 """
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -193,12 +194,16 @@ def info(collection: AsyncCollection, engine: Engine) -> schemas.CollectionInfo:
     )
 
 
-def list_all(engine: Engine) -> schemas.CollectionList:
+def list_all(engine: Engine, visible: Callable[[str], bool] = lambda name: True) -> schemas.CollectionList:
+    """Every collection (and every one that failed to open) for which `visible(name)` holds:
+    a key limited to some collections sees only those."""
     catalog = engine.require_ready()
     return schemas.CollectionList(
-        collections=[info(AsyncCollection(c), engine) for c in engine.collections()],
+        collections=[info(AsyncCollection(c), engine) for c in engine.collections() if visible(c.name)],
         failed=[
-            schemas.FailedCollection(name=name, reason=reason) for name, reason in sorted(catalog.failed().items())
+            schemas.FailedCollection(name=name, reason=reason)
+            for name, reason in sorted(catalog.failed().items())
+            if visible(name)
         ],
     )
 

@@ -12,11 +12,15 @@ from service import schemas
 from service.engine import Engine
 
 _MEANING = {
+    400: "the Host header is not one this server answers to",
+    401: "no API key, or not a valid one: send Authorization: Bearer <key> or api-key: <key>",
+    403: "the key's role or collections do not allow this, or a browser origin that is not allowed",
     404: "unknown collection, document or upgrade",
     409: "conflict with the current state (an existing name, an upgrade in progress, a limit reached)",
     413: "request body too large",
+    415: "a request body that is not application/json",
     422: "invalid request: the message and code say which rule",
-    429: "the encoder queue is full: retry after Retry-After seconds",
+    429: "the encoder queue is full, or the key is over its rate limit: retry after Retry-After seconds",
     503: "not ready, or the collection could not be opened (the message says why)",
     507: "the disk is full: nothing was written",
 }

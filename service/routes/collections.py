@@ -1,8 +1,9 @@
 """Collections: create, list, describe, drop, refit the elasticizer."""
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 
 from service import schemas
+from service.auth import principal_of
 from service.engine import Engine
 from service.ops import collections as ops
 from service.ops import measure_recall as recall_ops
@@ -20,8 +21,9 @@ async def create_collection(body: schemas.CollectionCreate, engine: Engine = Dep
 
 
 @router.get("", response_model=schemas.CollectionList)
-async def list_collections(engine: Engine = Depends(get_engine)):
-    return ops.list_all(engine)
+async def list_collections(request: Request, engine: Engine = Depends(get_engine)):
+    """Every collection the key may use, and those that failed to open (with the reason)."""
+    return ops.list_all(engine, principal_of(request).may_use)
 
 
 @router.get("/{name}", response_model=schemas.CollectionInfo)

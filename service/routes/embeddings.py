@@ -2,9 +2,10 @@
 
 import base64
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from service import schemas
+from service.auth import require_collection
 from service.engine import Engine
 from service.ops.embeddings import embed
 from service.routes import ERRORS, JsonRoute, get_engine
@@ -13,11 +14,13 @@ router = APIRouter(prefix="/v1", tags=["embeddings"], responses=ERRORS, route_cl
 
 
 @router.post("/embeddings", response_model=schemas.EmbeddingsResponse, response_model_exclude_none=True)
-async def create_embeddings(body: schemas.EmbeddingsRequest, engine: Engine = Depends(get_engine)):
+async def create_embeddings(request: Request, body: schemas.EmbeddingsRequest, engine: Engine = Depends(get_engine)):
     """Embed `input` (a string or a list of strings) with `model` (default: the server's
     default model). `encoding_format="base64"` returns little-endian float32 bytes, as the
     OpenAI clients expect; `dimensions` truncates and re-normalises (in the rotated space of
     `collection`, when given, so the vectors match its Matryoshka indexes)."""
+    if body.collection is not None:
+        require_collection(request, body.collection)
     X, model, tokens, truncated = await embed(engine, body)
     if body.encoding_format == "base64":
         data = [base64.b64encode(x.astype("<f4").tobytes()).decode() for x in X]

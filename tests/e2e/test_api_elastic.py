@@ -15,7 +15,9 @@ from tests.support.evaluate import overlap_at_k
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
-    return Settings(data_dir=tmp_path_factory.mktemp("elastic") / "data", snapshot_interval_s=3600)
+    return Settings(
+        data_dir=tmp_path_factory.mktemp("elastic") / "data", snapshot_interval_s=3600, allow_model_paths=True
+    )
 
 
 @pytest.fixture(scope="module")

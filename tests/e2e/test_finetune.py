@@ -77,7 +77,7 @@ def test_a_tiny_run_writes_a_servable_matryoshka_model(pairs_file, tmp_path):
     card = json.loads((out / "vecnest.json").read_text())
     assert card["matryoshka_dims"] == [384, 64] and card["init"] == "pca" and card["pairs"] == 48
     assert not (out / ".checkpoint").exists()
-    registry = EncoderRegistry(Settings())
+    registry = EncoderRegistry(Settings(allow_model_paths=True))
     encoder = registry.load(registry.resolve(str(out)))
     assert encoder.matryoshka_dims == [64, 384] and encoder.dim == 384
     X = encoder.encode(["a domesticated carnivorous mammal", "a musical instrument"], "document")
@@ -134,6 +134,6 @@ def test_2d_training_runs(pairs_file, tmp_path):
     r = run_finetune("--pairs", pairs_file, "--out", out, "--2d", *TINY)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out / "vecnest.json").read_text())["layers_2d"] is True
-    registry = EncoderRegistry(Settings())
+    registry = EncoderRegistry(Settings(allow_model_paths=True))
     encoder = registry.load(registry.resolve(str(out)))
     assert encoder.encode(["a test"], "query", layers=2).shape == (1, 384)

@@ -1,7 +1,10 @@
 """What needs the real model: its own truncation, its token embeddings under MUVERA, and the
 cached vectors the index tests use (tests/data) still being what it computes."""
 
+import json
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 
@@ -65,8 +68,29 @@ def test_a_broken_model_directory_is_a_422_and_the_default_model_loads(tmp_path)
     model = tmp_path / "broken-model"
     model.mkdir()
     (model / "modules.json").write_text("{not json")
-    with app_client(Settings(data_dir=tmp_path / "data")) as client:
-        r = client.post("/v1/collections", json={"name": "broken", "model": str(model)})
+    with app_client(Settings(data_dir=tmp_path / "data", model_dirs=[tmp_path])) as client:
+        r = client.post("/v1/collections", json={"name": "broken", "model": "broken-model"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "model_load_failed"
         r = client.post("/v1/collections", json={"name": "fine"})
         assert r.status_code == 201 and r.json()["model"] == "all-MiniLM-L6-v2" and r.json()["dim"] == 384
+
+
+def test_a_model_folder_that_ships_code_is_refused_without_running_it(tmp_path, minilm):
+    """sentence-transformers refuses a module class from the folder itself unless
+    trust_remote_code, which vecnest never passes: the code is not run and the request is a 422."""
+    folder = tmp_path / "models" / "trojan"
+    folder.mkdir(parents=True)
+    for entry in os.listdir(minilm.path):
+        if entry != "modules.json":
+            os.symlink(os.path.join(minilm.path, entry), folder / entry)
+    modules = json.loads((Path(minilm.path) / "modules.json").read_text())
+    modules[-1]["type"] = "trojan_module.Module"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    marker = tmp_path / "ran"
+    (folder / "trojan_module.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom sentence_transformers.models import Normalize as Module\n"
+    )
+    with app_client(Settings(data_dir=tmp_path / "data", model_dirs=[tmp_path / "models"])) as client:
+        r = client.post("/v1/collections", json={"name": "t", "model": "trojan"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "model_load_failed", r.text
+    assert not marker.exists()

@@ -145,7 +145,7 @@ def test_not_ready_until_collections_are_loaded(tmp_path, monkeypatch):
         return original(self)
 
     monkeypatch.setattr(Engine, "_open_catalog", slow_open)
-    with TestClient(create_app(Settings(data_dir=tmp_path / "data"))) as client:
+    with TestClient(create_app(Settings(data_dir=tmp_path / "data")), base_url="http://127.0.0.1") as client:
         assert client.get("/healthz").status_code == 200
         r = client.get("/readyz")
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"

@@ -13,7 +13,12 @@ from tests.support.datasets import wordnet_glosses
 from tests.support.models import rotated_minilm, shallow_minilm
 from tests.support.server import Server
 
-FAST = {"VECNEST_UPGRADE_BATCH_SIZE": "32", "VECNEST_UPGRADE_POLL_S": "0.1", "VECNEST_SNAPSHOT_INTERVAL_S": "3600"}
+FAST = {
+    "VECNEST_ALLOW_MODEL_PATHS": "true",  # the test models live in temporary folders
+    "VECNEST_UPGRADE_BATCH_SIZE": "32",
+    "VECNEST_UPGRADE_POLL_S": "0.1",
+    "VECNEST_SNAPSHOT_INTERVAL_S": "3600",
+}
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +194,7 @@ def test_kill_during_backfill_resumes_to_the_right_count(tmp_path, models):
 def test_gate_abort_force_and_bad_requests(settings, models):
     settings.upgrade_max_busy = 0.05  # a slow backfill, so the cut-over comes before it is done
     settings.upgrade_batch_size = 8
+    settings.allow_model_paths = True
     docs = glosses(3000, 300)
     with app_client(settings) as c:
         fill(c, "kb", docs)

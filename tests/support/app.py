@@ -21,6 +21,6 @@ def app_client(settings: Settings, fake: bool = False):
     """A client of the app, ready before the first request; `fake`: no model is loaded, every
     model is a `FakeEncoder`."""
     app = create_app(settings, encoder_loader=fake_loader if fake else None)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         wait_ready(client.get)
         yield client

@@ -37,10 +37,21 @@ def wait_ready(get, timeout: float = 300.0, alive=lambda: True) -> None:
 class Server:
     """`python -m service serve` on a free loopback port, with its own data directory."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, log: Path | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
+        log_level: str = "warning",
+    ):
+        """`tls`: (certificate, key) PEM files: the server speaks HTTPS and the client trusts
+        that certificate."""
         self.data_dir = Path(data_dir)
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.log_level = log_level
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log = log or self.data_dir.parent / f"server-{self.port}.log"
@@ -60,13 +71,15 @@ class Server:
             "--data-dir",
             str(self.data_dir),
             "--log-level",
-            "warning",
+            self.log_level,
         ]
+        if self.tls is not None:
+            cmd += ["--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec
             )
-        self.client = httpx.Client(base_url=self.url, timeout=120)
+        self.client = httpx.Client(base_url=self.url, timeout=120, verify=str(self.tls[0]) if self.tls else True)
         if wait:
             wait_ready(self.client.get, alive=lambda: self.proc.poll() is None)
         return self
