@@ -90,6 +90,8 @@ class Manifest:
     # Multi-vector collections: the frozen FDE parameters; `dim` is then the FDE's dim.
     multivector: MultiVectorConfig | None = None
     recall: RecallPolicy = RecallPolicy()
+    # Opaque to index/: the service's per-collection request limits (name → maximum).
+    limits: dict[str, int] = field(default_factory=dict)
     # ef per indexed dim (str) as the recall controller last set it; absent: hnsw.ef_search.
     tuned_ef: dict[str, int] = field(default_factory=dict)
     snapshot: Snapshot | None = None

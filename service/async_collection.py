@@ -110,6 +110,9 @@ class AsyncCollection:
     async def set_recall_policy(self, policy: RecallPolicy) -> None:
         await run_in_threadpool(self.backend.set_recall_policy, policy)
 
+    async def set_limits(self, limits: dict[str, int]) -> None:
+        await run_in_threadpool(self.backend.set_limits, limits)
+
     async def fit_rotation(self, sample: int | None = None, seed: int | None = None):
         return await run_in_threadpool(self.backend.fit_rotation, sample, seed)
 

@@ -95,9 +95,24 @@ class RecallPolicyIn(_Body):
     )
 
 
+class CollectionLimits(_Body):
+    """Strict limits of one collection (admin only), enforced before any work, on top of the
+    server's own: the lower of the two applies. Absent: the server's limit."""
+
+    max_k: int | None = Field(None, ge=1, description="largest k of a search or recall probe")
+    max_ef: int | None = Field(None, ge=1, description="largest ef a search may ask for")
+    max_batch_documents: int | None = Field(None, ge=1, description="documents (or ids) per request")
+    max_batch_queries: int | None = Field(None, ge=1, description="searches per batch request")
+    max_text_chars: int | None = Field(None, ge=1, description="longest document or query text")
+    max_metadata_bytes: int | None = Field(None, ge=2, description="largest metadata object (JSON bytes)")
+
+
 class CollectionUpdate(RecallPolicyIn):
-    """`PATCH /v1/collections/{name}`: change the recall policy; fields left out keep their value,
-    an explicit null clears `target_recall` or `recall_sample_rate`."""
+    """`PATCH /v1/collections/{name}`: change the recall policy or the limits; fields left out
+    keep their value, an explicit null clears `target_recall` or `recall_sample_rate`; `limits`
+    replaces every limit of the collection (`{}` removes them)."""
+
+    limits: CollectionLimits | None = None
 
 
 class CollectionCreate(RecallPolicyIn):
@@ -119,6 +134,7 @@ class CollectionCreate(RecallPolicyIn):
     layers: int | None = Field(None, ge=1, description="encode with the model's first `layers` layers only")
     hnsw: HnswConfig | None = None
     multivector: MultiVectorIn | None = Field(None, description="multi-vector (token set) documents searched by MaxSim")
+    limits: CollectionLimits | None = Field(None, description="strict per-collection request limits")
 
 
 class CollectionInfo(BaseModel):
@@ -137,6 +153,7 @@ class CollectionInfo(BaseModel):
     index: dict[str, Any]
     multivector: dict[str, Any] | None = None
     recall: dict[str, Any] = Field(default_factory=dict, description="policy, ef per graph, rolling estimates")
+    limits: dict[str, int] = Field(default_factory=dict, description="the collection's own strict limits")
 
 
 class RecallRequest(_Body):

@@ -120,6 +120,9 @@ class Collection:
     def set_recall_policy(self, policy: RecallPolicy) -> None:
         self._upkeep.set_recall_policy(policy)
 
+    def set_limits(self, limits: dict[str, int]) -> None:
+        self._upkeep.set_limits(limits)
+
     def stats(self) -> dict[str, Any]:
         s = self._state
         snapshot = s.manifest.snapshot

@@ -109,6 +109,13 @@ class Upkeep:
                 s.tuned_ef = {d: min(max(e, policy.ef_min), policy.ef_max) for d, e in s.tuned_ef.items()}
             s.save_manifest(s.manifest.replace(recall=policy))
 
+    def set_limits(self, limits: dict[str, int]) -> None:
+        """Replace the per-collection request limits the service keeps in the manifest (saved at once)."""
+        s = self._s
+        with s.maintenance, s.write_mutex:
+            s.check_open()
+            s.save_manifest(s.manifest.replace(limits=dict(limits)))
+
     def set_ef_search(self, dim: int, ef: int) -> None:
         """Set the default ef of one graph (the recall controller does); saved with the next snapshot."""
         s = self._s

@@ -102,6 +102,7 @@ def _dense_manifest(engine: Engine, req: schemas.CollectionCreate, encoder: Enco
         rerank_factor=req.rerank_factor,
         encoder=_encoder_info(engine, req, encoder),
         recall=recall_policy(req, RecallPolicy()),
+        limits=_limits(req.limits),
     )
 
 
@@ -121,7 +122,12 @@ def _multivector_manifest(
         multivector=config,
         encoder=_encoder_info(engine, req, encoder),
         recall=recall_policy(req, RecallPolicy()),
+        limits=_limits(req.limits),
     )
+
+
+def _limits(req: schemas.CollectionLimits | None) -> dict[str, int]:
+    return {k: v for k, v in req.model_dump().items() if v is not None} if req is not None else {}
 
 
 def _now() -> str:
@@ -141,9 +147,13 @@ def recall_policy(req: schemas.RecallPolicyIn, current: RecallPolicy) -> RecallP
 
 
 async def update(engine: Engine, name: str, req: schemas.CollectionUpdate) -> schemas.CollectionInfo:
-    """Change the recall policy; it is saved at once and the controller follows it."""
+    """Change the recall policy (the controller follows it) and, when given, replace the limits;
+    both are saved at once."""
     collection = engine.collection(name)
-    await collection.set_recall_policy(recall_policy(req, collection.recall_policy))
+    policy = recall_policy(req, collection.recall_policy)  # validated before anything is saved
+    if req.limits is not None:
+        await collection.set_limits(_limits(req.limits))
+    await collection.set_recall_policy(policy)
     return info(collection, engine)
 
 
@@ -191,6 +201,7 @@ def info(collection: AsyncCollection, engine: Engine) -> schemas.CollectionInfo:
             "ef_search": {collection.index_name(d): collection.ef_search(d) for d in collection.dims},
             **engine.recall.summary(backend),
         },
+        limits=m.limits,
     )
 
 

@@ -14,17 +14,14 @@ from index import Invalid, NewDocument, check_metadata
 from service import schemas
 from service.async_collection import AsyncCollection
 from service.engine import Engine
-from service.ops.limits import check_count, check_texts
+from service.ops.limits import check_count, check_texts, for_collection
 from service.request_kinds import request_kind
 from service.settings import Settings
 
 
 async def upsert(engine: Engine, name: str, docs: list[schemas.DocumentIn]) -> schemas.UpsertResponse:
-    s = engine.settings
     if not docs:
         raise Invalid("documents must not be empty", code="empty_batch")
-    check_count(len(docs), s.max_batch_documents, "documents", "too_many_documents")
-    check_texts(s, ((f"document {d.id[:80]!r}", d.text) for d in docs if d.text is not None))
     # Embedded outside the write gate (encoding is the slow part), written inside it; if an upgrade
     # cut over meanwhile, `serving` embeds again for the model that serves now.
     return await engine.upgrades.serving(name, lambda collection: _upsert(engine, collection, docs))
@@ -33,7 +30,10 @@ async def upsert(engine: Engine, name: str, docs: list[schemas.DocumentIn]) -> s
 async def _upsert(
     engine: Engine, collection: AsyncCollection, docs: list[schemas.DocumentIn]
 ) -> schemas.UpsertResponse:
-    new = [to_document(engine.settings, collection, d) for d in docs]
+    s = for_collection(engine.settings, collection)
+    check_count(len(docs), s.max_batch_documents, "documents", "too_many_documents")
+    check_texts(s, ((f"document {d.id[:80]!r}", d.text) for d in docs if d.text is not None))
+    new = [to_document(s, collection, d) for d in docs]
     collection.check_documents(new)  # what was given, before any text is embedded
     field = request_kind(collection).content
     to_embed = [i for i, d in enumerate(new) if getattr(d, field) is None]
@@ -77,8 +77,13 @@ async def get(engine: Engine, name: str, doc_id: str, include_vector: bool) -> s
 
 
 async def delete(engine: Engine, name: str, ids: list[str]) -> schemas.DeleteResponse:
-    check_count(len(ids), engine.settings.max_batch_documents, "ids", "too_many_documents")
-    result = await engine.upgrades.serving(name, lambda collection: engine.upgrades.delete(collection, ids))
+
+    async def delete_ids(collection: AsyncCollection):
+        limit = for_collection(engine.settings, collection).max_batch_documents
+        check_count(len(ids), limit, "ids", "too_many_documents")
+        return await engine.upgrades.delete(collection, ids)
+
+    result = await engine.upgrades.serving(name, delete_ids)
     engine.metrics.observe_stages(name, "", result.timings)
     deleted = set(result.ids)
     return schemas.DeleteResponse(

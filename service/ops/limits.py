@@ -10,9 +10,27 @@ and the setting that raises it; nothing is computed before the check.
 """
 
 from collections.abc import Iterable
+from typing import Any
 
 from index import Invalid
 from service.settings import Settings
+
+# The collection limits (`CollectionLimits`) that tighten a server setting of the same name.
+_TIGHTENING = ("max_k", "max_batch_documents", "max_batch_queries", "max_text_chars", "max_metadata_bytes")
+
+
+def for_collection(s: Settings, collection: Any) -> Settings:
+    """The limits that apply to requests on `collection`: the server's, each tightened by the
+    collection's own strict limit of the same name when it sets one (the lower wins)."""
+    own = collection.manifest.limits
+    tighter = {k: min(getattr(s, k), own[k]) for k in _TIGHTENING if k in own}
+    return s.model_copy(update=tighter) if tighter else s
+
+
+def check_ef(collection: Any, ef: int | None) -> None:
+    limit = collection.manifest.limits.get("max_ef")
+    if ef is not None and limit is not None and ef > limit:
+        raise Invalid(f"ef={ef} exceeds collection {collection.name!r}'s limit of {limit}", code="ef_too_large")
 
 
 def check_count(n: int, limit: int, what: str, code: str) -> None:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from index import Invalid, Query, StageRecall
 from service import schemas
 from service.engine import Engine
-from service.ops.limits import check_k
+from service.ops.limits import check_ef, check_k, for_collection
 from service.recall_estimator import PROBE
 from service.request_kinds import request_kind
 
@@ -25,7 +25,8 @@ async def measure(engine: Engine, name: str, req: schemas.RecallRequest) -> sche
             f"{limit} queries",
             code="too_many_queries",
         )
-    check_k(engine.settings, req.k)
+    check_k(for_collection(engine.settings, collection), req.k)
+    check_ef(collection, req.ef)
     # One query per graph measured, validated by the collection before any work (dims, candidates).
     options = Query(k=req.k, ef=req.ef, filter=req.filter, candidates=req.candidates, probe=True)
     dims = shape.probe_dims(collection, req.dim)

@@ -15,8 +15,17 @@ from index import Invalid, Query, SearchResult
 from service import schemas
 from service.async_collection import AsyncCollection
 from service.engine import Engine
-from service.ops.limits import ResponseBudget, check_count, check_k, check_shortlists, check_texts
+from service.ops.limits import (
+    ResponseBudget,
+    check_count,
+    check_ef,
+    check_k,
+    check_shortlists,
+    check_texts,
+    for_collection,
+)
 from service.request_kinds import request_kind
+from service.settings import Settings
 from service.upgrade_manager import Serving
 
 
@@ -27,10 +36,10 @@ async def search(engine: Engine, name: str, requests: list[schemas.SearchRequest
 async def _search(
     engine: Engine, collection: AsyncCollection, requests: list[schemas.SearchRequest]
 ) -> list[schemas.SearchResponse]:
-    s = engine.settings
+    s = for_collection(engine.settings, collection)
     check_count(len(requests), s.max_batch_queries, "searches", "too_many_queries")
     check_texts(s, ((f"search {i} query", r.query) for i, r in enumerate(requests) if r.query is not None))
-    queries = [to_query(engine, collection, r) for r in requests]
+    queries = [to_query(s, collection, r) for r in requests]
     check_shortlists(s, [collection.shortlist(q) for q in queries])
     started = time.perf_counter()
     serving = engine.upgrades.serving_info(collection)
@@ -62,7 +71,7 @@ async def _search(
     return responses
 
 
-def to_query(engine: Engine, collection: AsyncCollection, r: schemas.SearchRequest) -> Query:
+def to_query(s: Settings, collection: AsyncCollection, r: schemas.SearchRequest) -> Query:
     """The request as an `index.Query` (its vectors or tokens, when given; its text is embedded
     later), after every check: what this kind of collection accepts, k, and the collection's own
     rules (dims, funnel, candidates, the vectors' shape)."""
@@ -74,7 +83,8 @@ def to_query(engine: Engine, collection: AsyncCollection, r: schemas.SearchReque
         raise Invalid("query text is empty", code="empty_text")
     if r.layers is not None and given is not None:
         raise Invalid("layers applies to text queries only", code="invalid_layers")
-    check_k(engine.settings, r.k)
+    check_k(s, r.k)
+    check_ef(collection, r.ef)
     query = Query(
         queries=None if given is None else shape.one(given),
         k=r.k,

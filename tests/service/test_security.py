@@ -261,3 +261,34 @@ def test_models_only_by_alias_or_under_a_model_root(settings, tmp_path):
         assert len(messages) == 1  # the same answer whether the path exists or not
     with app_client(settings.model_copy(update={"allow_model_paths": True}), fake=True) as client:
         assert client.post("/v1/collections", json={"name": "d", "model": str(outside)}).status_code == 201
+
+
+def test_strict_collection_limits_apply_before_any_work_and_survive_restart(settings):
+    limits = {"max_k": 5, "max_ef": 50, "max_batch_documents": 2, "max_batch_queries": 2, "max_text_chars": 40}
+    with app_client(settings, fake=True) as client:
+        r = client.post("/v1/collections", json={"name": "strict", "limits": {**limits, "max_metadata_bytes": 20}})
+        assert r.status_code == 201 and r.json()["limits"]["max_k"] == 5
+        client.post("/v1/collections", json={"name": "loose"})
+        docs = [{"id": "a", "text": "a short text"}, {"id": "b", "text": "another one"}]
+        assert client.put("/v1/collections/strict/documents", json={"documents": docs}).status_code == 200
+        refused = [
+            ("put", "/documents", {"documents": [*docs, {"id": "c", "text": "x"}]}, "too_many_documents"),
+            ("put", "/documents", {"documents": [{"id": "c", "text": "x" * 41}]}, "text_too_long"),
+            ("put", "/documents", {"documents": [{"id": "c", "text": "x", "metadata": {"k": "x" * 20}}]}, None),
+            ("post", "/search", {"query": "text", "k": 6}, "k_too_large"),
+            ("post", "/search", {"query": "text", "k": 3, "ef": 51}, "ef_too_large"),
+            ("post", "/search/batch", {"searches": [{"query": "a"}] * 3}, "too_many_queries"),
+            ("post", "/recall", {"k": 6}, "k_too_large"),
+        ]
+        for method, path, body, code in refused:
+            r = getattr(client, method)(f"/v1/collections/strict{path}", json=body)
+            assert r.status_code == 422, (path, body, r.text)
+            assert code is None or r.json()["error"]["code"] == code, r.text
+        assert client.get("/v1/collections/strict").json()["documents"] == 2  # nothing was written
+        assert client.post("/v1/collections/loose/search", json={"query": "text", "k": 6}).status_code == 200
+        r = client.patch("/v1/collections/strict", json={"limits": {"max_k": 8}})
+        assert r.status_code == 200 and r.json()["limits"] == {"max_k": 8}
+    with app_client(settings, fake=True) as client:  # the limits are part of the collection, kept on disk
+        assert client.get("/v1/collections/strict").json()["limits"] == {"max_k": 8}
+        assert client.post("/v1/collections/strict/search", json={"query": "text", "k": 9}).status_code == 422
+        assert client.post("/v1/collections/strict/search", json={"query": "text", "k": 8}).status_code == 200
