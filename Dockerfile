@@ -1,6 +1,7 @@
 # vecnest: CPU-only image with the default model (all-MiniLM-L6-v2) baked in; runs as non-root.
 #   docker build -t vecnest .
-#   docker run -p 8000:8000 -v vecnest-data:/data vecnest
+#   docker run -p 127.0.0.1:8000:8000 -v vecnest-data:/data -e VECNEST_API_KEYS='[{"key": "<secret>", "role": "admin"}]' vecnest
+# (it listens on 0.0.0.0 inside, so it refuses to start without a key: README "Security")
 # BASE and TORCH_INDEX are arguments so the image can also be built without a registry: from
 # a Debian base made by debootstrap (python3 + python3-venv) and a local wheel folder
 # (PIP_FIND_LINKS); README.md "Containers" shows the podman commands.

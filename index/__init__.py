@@ -8,12 +8,14 @@ service imports from here and nowhere else in `index`.
   `WriteResult` (`index.backend`), implemented by `Catalog` and `Collection`;
 - documents and facts: `NewDocument`, `StoredDocument`, `Match`, `Manifest` and its parts;
 - recall measurement: `RecallProbe`, `StageRecall`, `EfController`;
+- backups: `create_archive` and `BackupInfo` (`index.backup`; `Catalog.restore` restores);
 - encoder upgrades: the `upgrades` module (records, generations, sync plans, the map);
 - errors: `VecnestError` and its classes, which the service maps to HTTP statuses.
 """
 
 from index import encoder_upgrade as upgrades
 from index.backend import CatalogBackend, CollectionBackend, Query, SearchResult, WriteResult
+from index.backup import BackupInfo, archive_file, create_archive, list_archives, remove_archive
 from index.catalog import Catalog, check_name
 from index.collection import DEFAULT_CANDIDATES, Collection, CollectionOptions
 from index.elastic import MAX_ROTATION_DIM, DimView, check_dims, fit_pca_rotation, sample_labels
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULT_CANDIDATES",
     "INDEX_STAGE",
     "MAX_ROTATION_DIM",
+    "BackupInfo",
     "Catalog",
     "CatalogBackend",
     "Collection",
@@ -83,12 +86,16 @@ __all__ = [
     "VecnestError",
     "VectorIndex",
     "WriteResult",
+    "archive_file",
     "check_dims",
     "check_metadata",
     "check_metric",
     "check_name",
+    "create_archive",
     "fault_point",
     "fit_pca_rotation",
+    "list_archives",
+    "remove_archive",
     "sample_labels",
     "upgrades",
 ]

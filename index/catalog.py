@@ -27,6 +27,7 @@ import threading
 import uuid
 from collections.abc import Callable
 
+from index.backup import BackupInfo, unpack
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions, open_collection
 from index.errors import Conflict, Invalid, NotFound, NotReady
 from index.files import (
@@ -45,6 +46,7 @@ from index.store import storage_errors
 log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+BACKUP_DIR = "backups"  # <data_dir>/backups/<name>/<id>.tar: outside the collections' own folders
 CURRENT_FILE = "current.json"
 
 
@@ -151,6 +153,61 @@ class Catalog:
     def home(self, name: str) -> str:
         """The directory holding every generation of collection `name`."""
         return os.path.join(self._root, check_name(name))
+
+    def backup_dir(self, name: str) -> str:
+        """Where the backups of collection `name` are kept (outside its home, so they outlive a drop)."""
+        return os.path.join(self.data_dir, BACKUP_DIR, check_name(name))
+
+    def restore(self, archive: str, name: str | None = None, replace: bool = False) -> tuple[Collection, BackupInfo]:
+        """Recreate a collection from a backup archive, under `name` (default: the archive's).
+        The archive is unpacked, verified and opened (its store replayed) beside the live
+        collections first; only then is an existing collection of that name (with `replace`)
+        swapped out for it. A bad archive, or a name taken without `replace`, changes nothing."""
+        staging = os.path.join(self._root, f".restore-{uuid.uuid4().hex[:8]}")
+        try:
+            with storage_errors():
+                info, manifest = unpack(archive, staging, name)
+                name = check_name(manifest.name)
+                open_collection(staging, self.options).close()  # it opens: replays, rebuilds its vector file
+            with self._lock:
+                if name in self._busy:
+                    raise Conflict(f"collection {name!r} is being created or dropped", code="collection_busy")
+                exists = name in self._collections or name in self._failed
+                if exists and not replace:
+                    raise Conflict(f"collection {name!r} already exists", code="collection_exists")
+                count = len(self._collections) + len(self._failed) + len(self._busy)
+                if not exists and self.max_collections is not None and count >= self.max_collections:
+                    raise Conflict(
+                        f"this server holds its limit of {self.max_collections} collections", code="collection_limit"
+                    )
+                self._busy.add(name)
+                previous = self._collections.pop(name, None)
+                self._failed.pop(name, None)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        home, trash = os.path.join(self._root, name), os.path.join(self._root, f".trash-{name}-{uuid.uuid4().hex[:8]}")
+        try:
+            if previous is not None:
+                previous.close()
+            with storage_errors():
+                if os.path.exists(home):
+                    os.rename(home, trash)
+                os.rename(staging, home)
+                fsync_path(self._root)
+            collection = open_collection(home, self.options)
+            with self._lock:
+                self._collections[name] = collection
+        except BaseException as exc:
+            with self._lock:
+                self._failed[name] = f"could not be restored: {describe_open_error(exc)}"
+            raise
+        finally:
+            with self._lock:
+                self._busy.discard(name)
+            shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+        return collection, info
 
     def swap(self, name: str, collection: Collection) -> Collection:
         """Make `collection` (a generation inside the home of `name`) the one that serves; returns

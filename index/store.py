@@ -381,6 +381,21 @@ class Store:
             rows = self._select_in(conn, f"SELECT {cols} FROM documents WHERE deleted = 0 AND label IN ({{}})", labels)
         return {row[0]: self._document(row, text, metadata) for row in rows}
 
+    def backup_to(self, path: str) -> tuple[int, int]:
+        """Copy the store to a new SQLite file at `path` with SQLite's online backup API, in one
+        step (one read transaction: a consistent state while writers go on, as WAL allows).
+        Returns `(last seq, live documents)` of the copy."""
+        dest = sqlite3.connect(path)
+        try:
+            with storage_errors(), self._read() as conn:
+                conn.backup(dest)
+            seq = self._last_seq(dest)
+            documents = dest.execute("SELECT count(*) FROM documents WHERE deleted = 0").fetchone()[0]
+            dest.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        finally:
+            dest.close()
+        return seq, documents
+
     def scroll(self, after: str | None, limit: int) -> list[StoredDocument]:
         """Up to `limit` live documents with ids sorting after `after` (all when None), in id
         order, with text, metadata, vector and tokens. Paging by id, not by offset, is stable

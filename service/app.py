@@ -22,7 +22,7 @@ from service.errors import install_error_handlers
 from service.maintenance import Maintenance
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, Guard, RequestMetrics
-from service.routes import collections, documents, embeddings, health, search, upgrades
+from service.routes import collections, documents, embeddings, health, search, snapshots, upgrades
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,16 @@ def create_app(
     )
     openapi.install(app, settings)
     install_error_handlers(app, metrics)
-    routers = [module.router for module in (health, collections, documents, search, embeddings, upgrades)]
+    modules = (health, collections, documents, search, embeddings, upgrades, snapshots)
+    routers = [module.router for module in modules]
     auth.check_rules(route.name for router in routers for route in router.routes)  # type: ignore[attr-defined]
     for router in routers:
         app.include_router(router, dependencies=[Depends(auth.authorize)])
     # Outermost last: the guard refuses before a body is read; metrics see every response.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
-    app.add_middleware(Guard, settings=settings, keys=keys, metrics=metrics)
+    # An archive upload streams to disk under its own limit (max_archive_bytes), not into memory.
+    unbuffered = {snapshots.RESTORE_UPLOAD_PATH}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics, unbuffered=unbuffered)
+    app.add_middleware(Guard, settings=settings, keys=keys, metrics=metrics, archives=unbuffered)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -92,6 +92,13 @@ RULES: dict[str, Rule] = {
     "roll_back": Rule("admin", collection=True),
     "finalize": Rule("admin", collection=True),
     "abort": Rule("admin", collection=True),
+    # backups (a restore replaces a collection; an archive holds every document)
+    "create_snapshot": Rule("admin", collection=True),
+    "list_snapshots": Rule("admin", collection=True),
+    "download_snapshot": Rule("admin", collection=True),
+    "delete_snapshot": Rule("admin", collection=True),
+    "restore_snapshot": Rule("admin", collection=True),
+    "restore_upload": Rule("admin"),
 }
 
 

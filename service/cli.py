@@ -24,6 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     health.add_argument("--port", type=int, help="default: env VECNEST_PORT, else 8000")
     health.add_argument("--ready", action="store_true", help="require readiness, not just liveness")
     health.add_argument("--timeout", type=float, default=2.0)
+    backup = commands.add_parser(
+        "backup",
+        help="archive every collection of a data directory (the server must be stopped; "
+        "while it runs, use POST /v1/collections/{name}/snapshots)",
+    )
+    backup.add_argument("out", help="folder for the archives (one <collection>-<id>.tar each)")
+    backup.add_argument("--data-dir", default=os.environ.get("VECNEST_DATA_DIR", "data"))
+    restore = commands.add_parser(
+        "restore", help="recreate a collection from an archive in a data directory (the server must be stopped)"
+    )
+    restore.add_argument("archive", help="a .tar made by vecnest backup or downloaded from the snapshots API")
+    restore.add_argument("--data-dir", default=os.environ.get("VECNEST_DATA_DIR", "data"))
+    restore.add_argument("--collection", help="restore under this name (default: the archive's)")
+    restore.add_argument("--replace", action="store_true", help="replace an existing collection of that name")
     tune = commands.add_parser(
         "finetune",
         help="fine-tune a model into a Matryoshka model (CPU)",
@@ -54,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_command(args)
     if args.command == "health":
         return health_command(args)
+    if args.command in ("backup", "restore"):
+        return backup_command(args)
     if args.command == "finetune":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -82,6 +98,38 @@ def health_command(args: argparse.Namespace) -> int:
         print(f"vecnest: {url}: {exc}", file=sys.stderr)
         return 1
     return 0 if ok else 1
+
+
+def backup_command(args: argparse.Namespace) -> int:
+    """`vecnest backup` / `vecnest restore` on a data directory no server holds (its lock says)."""
+    from datetime import UTC, datetime
+
+    from index import Catalog, VecnestError, create_archive
+
+    try:
+        catalog = Catalog(args.data_dir)
+    except VecnestError as exc:
+        print(f"vecnest: {exc.message}; stop the server, or use the snapshots API while it runs", file=sys.stderr)
+        return 1
+    try:
+        if args.command == "restore":
+            collection, info = catalog.restore(args.archive, args.collection, args.replace)
+            print(f"restored {collection.name!r}: {info.documents} documents as of seq {info.seq}")
+            return 0
+        catalog.open_all()
+        now = datetime.now(UTC)
+        for name in catalog.names():
+            backup_id = f"{name}-{now:%Y%m%dT%H%M%SZ}"
+            info = create_archive(catalog.get(name), args.out, backup_id, now.isoformat())
+            print(f"{args.out}/{backup_id}.tar: {info.documents} documents, seq {info.seq}, {info.bytes} bytes")
+        for name, reason in catalog.failed().items():
+            print(f"vecnest: collection {name!r} was not backed up: {reason}", file=sys.stderr)
+        return 1 if catalog.failed() else 0
+    except VecnestError as exc:
+        print(f"vecnest: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        catalog.close()
 
 
 def serve_command(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
 
-from index import Catalog, CollectionBackend, CollectionOptions, Invalid, Manifest, NotFound, NotReady
+from index import Catalog, CollectionBackend, CollectionOptions, Conflict, Invalid, Manifest, NotFound, NotReady
 from service.async_collection import AsyncCollection
 from service.embedder import Embedder
 from service.encoders import EncoderLoader
@@ -160,6 +160,30 @@ class Engine:
         self.embedder.forget(name)
         self.recall.reset(name)
         self.metrics.forget_collection(name)
+
+    async def restore_collection(self, archive: str, name: str | None, replace: bool) -> AsyncCollection:
+        """Recreate a collection from a backup archive (see `Catalog.restore`); with `replace`,
+        the collection of that name is swapped for it. Refused while that collection upgrades
+        its encoder (its live generation would be thrown away)."""
+        catalog = self.require_ready()
+        if name is not None and self.upgrades.progress(name)[0]:
+            raise Conflict(
+                f"collection {name!r} has an encoder upgrade in progress: finish or abort it before restoring",
+                code="upgrade_in_progress",
+            )
+        if name is not None and name in catalog.names():
+            await self.upgrades.forget(name)
+        collection, _ = await run_in_threadpool(catalog.restore, archive, name, replace)
+        self.embedder.forget(collection.name)
+        self.recall.reset(collection.name)
+        info = collection.manifest.encoder
+        if info is not None:
+            try:
+                self.embedder.attach(collection, await self.embedder.load(info["model"], info["dim"]))
+            except Invalid as exc:
+                log.error("collection %s cannot encode text: %s", collection.name, exc.message)
+                self.embedder.mark_unavailable(collection.name, exc.message)
+        return AsyncCollection(collection)
 
     def stats(self, collection: CollectionBackend) -> dict[str, Any]:
         """`collection.stats()` plus the service's view: its recall target and upgrade state

@@ -33,13 +33,14 @@ class BodySizeLimit:
     stops after the chunk being encoded, instead of encoding for nobody.
     """
 
-    def __init__(self, app, max_bytes: int, metrics: Metrics):
+    def __init__(self, app, max_bytes: int, metrics: Metrics, unbuffered: set[str] = frozenset()):  # type: ignore[assignment]
         self.app = app
         self.max_bytes = max_bytes
         self.metrics = metrics
+        self.unbuffered = unbuffered  # paths whose handler streams the body under its own limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in self.unbuffered:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -105,6 +106,7 @@ async def send_error(
 _DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 _OPEN = ("/healthz", "/readyz")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
+_ARCHIVE_TYPES = {"application/x-tar", "application/octet-stream"}
 
 
 class Guard:
@@ -113,16 +115,25 @@ class Guard:
     1. its `Host` is one the server answers to (400): a DNS-rebinding page names its own host;
     2. a browser `Origin` is the server's own or a configured CORS origin (403): no cross-site
        POST from a web page, even one without a body;
-    3. a body is `application/json` (415): browsers send `text/plain` and forms without a preflight;
-    4. the API key is a configured one (401), unless the path is open (health; metrics and docs
+    3. the API key is a configured one (401), unless the path is open (health; metrics and docs
        when configured public) or no keys are configured (loopback only);
+    4. a body is `application/json` (415): browsers send `text/plain` and forms without a
+       preflight (the archive upload of a restore is `application/x-tar`);
     5. the key's rate limit has room (429 with Retry-After).
 
     The caller's `Principal` goes into the scope for the routes' authorization (`service.auth`).
     """
 
-    def __init__(self, app, settings: Settings, keys: KeyRing, metrics: Metrics):
+    def __init__(
+        self,
+        app,
+        settings: Settings,
+        keys: KeyRing,
+        metrics: Metrics,
+        archives: set[str] = frozenset(),  # type: ignore[assignment]
+    ):
         self.app = app
+        self.archives = archives  # paths whose body is a backup archive, not JSON
         self.keys = keys
         self.metrics = metrics
         hosts = {settings.host, *LOOPBACK_HOSTS, *settings.allowed_hosts}
@@ -154,25 +165,28 @@ class Guard:
         if origin is not None and not self._allowed_origin(origin.decode("latin-1")):
             return 403, "cross_origin", "requests from this browser origin are not allowed (see cors_origins)", None
         method, path = scope.get("method", ""), scope.get("path", "")
+        principal = None
+        if self.keys.enabled and path not in self.open:
+            presented = presented_key(headers)
+            principal = self.keys.authenticate(presented) if presented else None
+            if principal is None:
+                log.info("401 %s %s: %s", method, path, "unknown API key" if presented else "no API key")
+                return (
+                    401,
+                    "unauthorized",
+                    "a valid API key is required: Authorization: Bearer <key>, or api-key: <key>",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+            scope[PRINCIPAL] = principal
         if method in _BODY_METHODS and _has_body(headers):
             media = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
-            if media != "application/json":
+            if path in self.archives:
+                if media not in _ARCHIVE_TYPES:
+                    return 415, "unsupported_media_type", "send the archive as application/x-tar", None
+            elif media != "application/json":
                 return 415, "unsupported_media_type", "request bodies must be application/json", None
-        if not self.keys.enabled or path in self.open:
-            return None
-        presented = presented_key(headers)
-        principal = self.keys.authenticate(presented) if presented else None
-        if principal is None:
-            log.info("401 %s %s: %s", method, path, "unknown API key" if presented else "no API key")
-            return (
-                401,
-                "unauthorized",
-                "a valid API key is required: Authorization: Bearer <key>, or api-key: <key>",
-                {"WWW-Authenticate": "Bearer"},
-            )
-        scope[PRINCIPAL] = principal
-        wait = self.keys.retry_after(principal)
-        if wait > 0:
+        wait = self.keys.retry_after(principal) if principal is not None else 0.0
+        if principal is not None and wait > 0:
             return (
                 429,
                 "rate_limited",

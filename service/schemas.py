@@ -95,6 +95,22 @@ class RecallPolicyIn(_Body):
     )
 
 
+class SnapshotInfo(BaseModel):
+    """A backup archive of one collection: consistent as of the store's write `seq`."""
+
+    id: str
+    collection: str
+    seq: int = Field(description="the last write the archive holds")
+    documents: int
+    created_at: str
+    bytes: int
+    sha256: str = Field(description="SHA-256 of the archive file, as downloaded")
+
+
+class SnapshotList(BaseModel):
+    snapshots: list[SnapshotInfo]
+
+
 class CollectionLimits(_Body):
     """Strict limits of one collection (admin only), enforced before any work, on top of the
     server's own: the lower of the two applies. Absent: the server's limit."""

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     max_id_length: int = Field(512, ge=1)
     max_text_chars: int = Field(100_000, ge=1, description="longest text of a document, query or embeddings input")
     max_request_chars: int = Field(4_000_000, ge=1, description="characters of text in one request")
+    max_archive_bytes: int = Field(
+        64 * 1024**3, ge=1024, description="largest backup archive a restore upload may send (streamed to disk)"
+    )
     max_collections: int = Field(
         1000,
         ge=1,

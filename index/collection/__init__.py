@@ -123,6 +123,10 @@ class Collection:
     def set_limits(self, limits: dict[str, int]) -> None:
         self._upkeep.set_limits(limits)
 
+    def export(self, folder: str) -> tuple[int, int]:
+        """A consistent copy of this collection in the new `folder`: `(seq, live documents)` it holds."""
+        return self._upkeep.export(folder)
+
     def stats(self) -> dict[str, Any]:
         s = self._state
         snapshot = s.manifest.snapshot

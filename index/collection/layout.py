@@ -8,8 +8,11 @@
 """
 
 import os
+import shutil
+from collections.abc import Callable
 from contextlib import suppress
 
+from index.files import json_bytes
 from index.manifest import Manifest, read_manifest
 from index.vectorfile import CRC_SUFFIX
 
@@ -61,3 +64,28 @@ def file_size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def export_files(
+    folder: str, manifest: Manifest, source: str, store_backup: Callable[[str], tuple[int, int]]
+) -> tuple[int, int]:
+    """Fill `folder` with a consistent copy of the collection at `source` described by
+    `manifest` (the one in effect): its snapshot and rotation files, then the store through
+    `store_backup(path) -> (seq, documents)`. The caller holds the collection's maintenance
+    lock, so no snapshot, rebuild or purge changes these files meanwhile."""
+    os.makedirs(os.path.join(folder, SNAPSHOT_DIR))
+    os.makedirs(os.path.join(folder, ROTATION_DIR))
+    names = []
+    if manifest.snapshot is not None:
+        names += [
+            os.path.join(SNAPSHOT_DIR, f) for name in manifest.snapshot.files.values() for f in (name, name + ".json")
+        ]
+    if manifest.rotation is not None:
+        names.append(os.path.join(ROTATION_DIR, manifest.rotation.file))
+    for name in names:
+        if os.path.exists(os.path.join(source, name)):  # a sidecar may predate its format
+            shutil.copyfile(os.path.join(source, name), os.path.join(folder, name))
+    with open(os.path.join(folder, MANIFEST_FILE), "wb") as f:
+        f.write(json_bytes(manifest.to_json()))
+    # After the graph files: the store's seq is then >= the snapshot's, so opening replays forward.
+    return store_backup(os.path.join(folder, STORE_FILE))

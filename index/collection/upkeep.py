@@ -16,7 +16,7 @@ from index.manifest import Manifest, RecallPolicy, Rotation, Snapshot
 from index.rotation import fit_from_store, save_rotation
 from index.store import storage_errors
 
-from .layout import ROTATION_DIR, SNAPSHOT_DIR, remove_stale_files
+from .layout import ROTATION_DIR, SNAPSHOT_DIR, export_files, remove_stale_files
 from .state import CollectionState, views_of
 
 
@@ -108,6 +108,15 @@ class Upkeep:
             else:
                 s.tuned_ef = {d: min(max(e, policy.ef_min), policy.ef_max) for d, e in s.tuned_ef.items()}
             s.save_manifest(s.manifest.replace(recall=policy))
+
+    def export(self, folder: str) -> tuple[int, int]:
+        """A consistent copy of the collection in `folder` (see `index.backup`): graph and
+        rotation files as the manifest names them, then the store. Writes go on meanwhile;
+        snapshots, rebuilds and refits wait (they would replace or purge what is being copied)."""
+        s = self._s
+        with s.maintenance:
+            s.check_open()
+            return export_files(folder, s.manifest, s.path, s.store.backup_to)
 
     def set_limits(self, limits: dict[str, int]) -> None:
         """Replace the per-collection request limits the service keeps in the manifest (saved at once)."""

@@ -25,3 +25,28 @@ def test_bad_flags_and_settings_fail_clearly(tmp_path):
     assert r.returncode == 2 and "invalid int value" in r.stderr
     r = run(str(SCRIPT), "serve", "--data-dir", str(tmp_path), env={"VECNEST_MAX_K": "0", "PATH": "/usr/bin"})
     assert r.returncode == 2 and "max_k" in r.stderr
+
+
+def test_backup_and_restore_commands_round_trip_a_data_directory(tmp_path, glosses):
+    from index import Catalog, HnswParams, Manifest, NewDocument, Query
+
+    _, X = glosses
+    source = Catalog(str(tmp_path / "a"))
+    c = source.create(Manifest(name="kb", dim=384, metric="cosine", hnsw=HnswParams(), created_at="t"))
+    c.upsert([NewDocument(id=f"d{i}", vector=X[i]) for i in range(500)])
+    expected = [[m.id for m in row] for row in c.search(Query(X[2900:2910], 5)).matches]
+    r = run(str(SCRIPT), "backup", str(tmp_path / "out"), "--data-dir", str(tmp_path / "a"))
+    assert r.returncode == 1 and "in use by another process" in r.stderr  # a running server holds it
+    source.close()
+    r = run(str(SCRIPT), "backup", str(tmp_path / "out"), "--data-dir", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    (archive,) = (tmp_path / "out").glob("kb-*.tar")
+    r = run(str(SCRIPT), "restore", str(archive), "--data-dir", str(tmp_path / "b"), "--collection", "copy")
+    assert r.returncode == 0 and "500 documents" in r.stdout, r.stderr
+    target = Catalog(str(tmp_path / "b"))
+    target.open_all()
+    assert [[m.id for m in row] for row in target.get("copy").search(Query(X[2900:2910], 5)).matches] == expected
+    target.close()
+    archive.write_bytes(archive.read_bytes()[:1000])
+    r = run(str(SCRIPT), "restore", str(archive), "--data-dir", str(tmp_path / "b"), "--collection", "copy2")
+    assert r.returncode == 1 and "not a valid vecnest backup archive" in r.stderr

@@ -110,3 +110,19 @@ def test_ci_runs_exactly_the_readme_test_command():
         if line and not line.startswith(("#", "set ", "cd "))
     ]
     assert ci == ["make test"] and "\nmake test\n" in readme
+
+
+def test_compose_requires_an_admin_key_and_a_grafana_password(monkeypatch):
+    from service.auth import unauthenticated_exposure
+
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    env = services["vecnest"]["environment"]
+    assert "${VECNEST_ADMIN_KEY:?" in env["VECNEST_API_KEYS"]  # compose stops when it is not set
+    secret = "compose-admin-key-0123456789"
+    for key, value in env.items():  # as compose substitutes them, in the container's settings
+        monkeypatch.setenv(key, re.sub(r"\$\{VECNEST_ADMIN_KEY:\?[^}]*\}", secret, str(value)))
+    monkeypatch.setenv("VECNEST_HOST", "0.0.0.0")  # the Dockerfile's
+    settings = Settings()
+    assert [(k.role, k.key.get_secret_value()) for k in settings.api_keys] == [("admin", secret)]
+    assert unauthenticated_exposure(settings) is None and "vecnest" in settings.allowed_hosts

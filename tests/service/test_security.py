@@ -47,6 +47,12 @@ EXPECTED = {
     "roll_back": ("admin", True),
     "finalize": ("admin", True),
     "abort": ("admin", True),
+    "create_snapshot": ("admin", True),
+    "list_snapshots": ("admin", True),
+    "download_snapshot": ("admin", True),
+    "delete_snapshot": ("admin", True),
+    "restore_snapshot": ("admin", True),
+    "restore_upload": ("admin", False),
 }
 RANK = {"read": 0, "write": 1, "admin": 2}
 
@@ -91,8 +97,10 @@ def guarded(tmp_path_factory):
 
 def call(client, method: str, template: str, collection: str, headers: dict[str, str]):
     path = template.replace("{name}", collection).replace("{doc_id}", "d1").replace("{upgrade_id}", "u1")
+    path = path.replace("{snapshot_id}", "s1")
     body = {"input": "a test", "collection": collection} if path == "/v1/embeddings" else {}
-    kwargs = {"json": body} if method in ("POST", "PUT", "PATCH") else {}
+    json_body = method in ("POST", "PUT", "PATCH") and path != "/v1/snapshots/restore"  # that one takes a tar
+    kwargs = {"json": body} if json_body else {}
     return client.request(method, path, headers=headers, **kwargs)
 
 

@@ -1,0 +1,86 @@
+"""Backups of collections: create (while writes go on), list, download, delete, restore in
+place, and restore an uploaded archive under any name.
+
+Archives live in `<data_dir>/backups/<collection>/` (`Catalog.backup_dir`), outside the
+collection's own folder, so a dropped collection can be restored. The archive format, its
+checks and its files are `index.backup`'s.
+"""
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from starlette.concurrency import run_in_threadpool
+
+from index import Invalid, NotFound, TooLarge, archive_file, check_name, create_archive, list_archives, remove_archive
+from service import schemas
+from service.engine import Engine
+from service.ops.collections import info as collection_info
+
+
+async def create(engine: Engine, name: str) -> schemas.SnapshotInfo:
+    collection = engine.collection(name)
+    folder = engine.require_ready().backup_dir(name)
+    now = datetime.now(UTC)
+    backup_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    made = await run_in_threadpool(create_archive, collection.backend, folder, backup_id, now.isoformat())
+    return schemas.SnapshotInfo(**made.to_json())
+
+
+def list_all(engine: Engine, name: str) -> schemas.SnapshotList:
+    found = list_archives(engine.require_ready().backup_dir(name))
+    return schemas.SnapshotList(snapshots=[schemas.SnapshotInfo(**b.to_json()) for b in found])
+
+
+def archive_path(engine: Engine, name: str, snapshot_id: str) -> str:
+    """The archive file of a backup; NotFound for an unknown (or malformed) id."""
+    path = archive_file(engine.require_ready().backup_dir(name), snapshot_id)
+    if path is None:
+        raise NotFound(f"collection {name!r} has no snapshot {snapshot_id!r}", code="snapshot_not_found")
+    return path
+
+
+def delete(engine: Engine, name: str, snapshot_id: str) -> None:
+    if not remove_archive(engine.require_ready().backup_dir(name), snapshot_id):
+        raise NotFound(f"collection {name!r} has no snapshot {snapshot_id!r}", code="snapshot_not_found")
+
+
+async def restore(engine: Engine, name: str, snapshot_id: str) -> schemas.CollectionInfo:
+    """Put collection `name` back exactly as it was at the snapshot's seq (replacing it, or
+    recreating it after a drop)."""
+    collection = await engine.restore_collection(archive_path(engine, name, snapshot_id), name, replace=True)
+    return collection_info(collection, engine)
+
+
+async def restore_upload(
+    engine: Engine, name: str | None, body: AsyncIterator[bytes], replace: bool
+) -> schemas.CollectionInfo:
+    """Restore an uploaded archive (streamed to disk, at most `max_archive_bytes`) as `name`
+    (default: the name inside the archive)."""
+    if name is not None:
+        check_name(name)
+    elif replace:
+        raise Invalid("replace needs the collection to replace: give ?collection=NAME", code="invalid_request")
+    catalog = engine.require_ready()
+    uploads = os.path.join(catalog.data_dir, "backups", ".uploads")
+    os.makedirs(uploads, exist_ok=True)
+    path = os.path.join(uploads, f"{uuid.uuid4().hex}.tar")
+    limit = engine.settings.max_archive_bytes
+    try:
+        size = 0
+        with open(path, "wb") as out:
+            async for chunk in body:
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(
+                        f"the archive exceeds {limit} bytes (VECNEST_MAX_ARCHIVE_BYTES)", code="body_too_large"
+                    )
+                await run_in_threadpool(out.write, chunk)
+        if size == 0:
+            raise Invalid("send the archive as the request body", code="invalid_archive")
+        collection = await engine.restore_collection(path, name, replace=replace)
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+    return collection_info(collection, engine)

@@ -1,0 +1,74 @@
+"""Backups ("snapshots" in the API, as in Qdrant): create, list, download, delete, restore in
+place; and restore an uploaded archive, here or on another server."""
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from service import schemas
+from service.engine import Engine
+from service.ops import backups as ops
+from service.routes import ERRORS, JsonRoute, get_engine
+
+RESTORE_UPLOAD_PATH = "/v1/snapshots/restore"  # the one route whose body is not JSON (an archive)
+
+router = APIRouter(tags=["snapshots"], responses=ERRORS, route_class=JsonRoute)
+
+
+@router.post("/v1/collections/{name}/snapshots", status_code=201, response_model=schemas.SnapshotInfo)
+async def create_snapshot(name: str, engine: Engine = Depends(get_engine)):
+    """A consistent archive of the collection as of one write (`seq`), taken while writes go on:
+    the store through SQLite's online backup, with the graph snapshot and rotation it names.
+    Kept under the data directory, outside the collection's folder (it survives a drop)."""
+    return await ops.create(engine, name)
+
+
+@router.get("/v1/collections/{name}/snapshots", response_model=schemas.SnapshotList)
+async def list_snapshots(name: str, engine: Engine = Depends(get_engine)):
+    return ops.list_all(engine, name)
+
+
+@router.get(
+    "/v1/collections/{name}/snapshots/{snapshot_id}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/x-tar": {}}, "description": "the archive"}},
+)
+async def download_snapshot(name: str, snapshot_id: str, engine: Engine = Depends(get_engine)):
+    path = ops.archive_path(engine, name, snapshot_id)
+    return FileResponse(path, media_type="application/x-tar", filename=f"{name}-{snapshot_id}.tar")
+
+
+@router.delete("/v1/collections/{name}/snapshots/{snapshot_id}", status_code=204)
+async def delete_snapshot(name: str, snapshot_id: str, engine: Engine = Depends(get_engine)):
+    ops.delete(engine, name, snapshot_id)
+    return Response(status_code=204)
+
+
+@router.post("/v1/collections/{name}/snapshots/{snapshot_id}/restore", response_model=schemas.CollectionInfo)
+async def restore_snapshot(name: str, snapshot_id: str, engine: Engine = Depends(get_engine)):
+    """Put the collection back exactly as it was at the snapshot's seq (it replaces the current
+    one, or recreates a dropped one). Refused (409) during an encoder upgrade."""
+    return await ops.restore(engine, name, snapshot_id)
+
+
+@router.post(
+    RESTORE_UPLOAD_PATH,
+    status_code=201,
+    response_model=schemas.CollectionInfo,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def restore_upload(
+    request: Request,
+    collection: str | None = Query(None, description="restore under this name (default: the archive's)"),
+    replace: bool = Query(False, description="replace an existing collection of that name"),
+    engine: Engine = Depends(get_engine),
+):
+    """Recreate a collection from an archive downloaded from any vecnest server (the request
+    body, `application/x-tar`, streamed to disk). The archive is verified (every file's
+    checksum, the manifest, SQLite's integrity check) before anything changes: a corrupt or
+    truncated one is a 422 that changes nothing."""
+    return await ops.restore_upload(engine, collection, request.stream(), replace)

@@ -1,0 +1,90 @@
+"""Backups over the API: snapshot → drop → restore in place, and download → upload to another
+server, answer the same searches; a corrupt upload is a 422 that changes nothing."""
+
+import hashlib
+import time
+
+import numpy as np
+
+from service.settings import Settings
+from tests.support.app import app_client
+
+ADMIN = {"Authorization": "Bearer backup-admin-key-0123456789"}
+KEYS = [{"key": "backup-admin-key-0123456789", "role": "admin"}, {"key": "backup-reader-key-012345", "role": "read"}]
+
+
+def searches(client, name: str, Q: np.ndarray) -> list:
+    out = []
+    for body in ({"k": 10}, {"k": 10, "dim": 64}, {"k": 10, "exact": True, "filter": {"part": 1}}):
+        for q in Q:
+            r = client.post(f"/v1/collections/{name}/search", json={"vector": q.tolist(), **body}, headers=ADMIN)
+            assert r.status_code == 200, r.text
+            out.append([(h["id"], round(h["score"], 5)) for h in r.json()["results"]])
+    return out
+
+
+def test_snapshot_drop_restore_and_upload_elsewhere(tmp_path, glosses):
+    texts, X = glosses
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, api_keys=KEYS)
+    Q = X[2900:2930]
+    with app_client(settings, fake=True) as a:
+        assert a.post("/v1/collections", json={"name": "kb", "dim": 384, "dims": [64, 384]}, headers=ADMIN).status_code
+        for s in range(0, 2800, 700):
+            docs = [
+                {"id": f"g{i}", "vector": X[i].tolist(), "text": texts[i], "metadata": {"part": i % 3}}
+                for i in range(s, s + 700)
+            ]
+            assert a.put("/v1/collections/kb/documents", json={"documents": docs}, headers=ADMIN).status_code == 200
+        before = searches(a, "kb", Q)
+        started = time.perf_counter()
+        r = a.post("/v1/collections/kb/snapshots", headers=ADMIN)
+        took_snapshot = time.perf_counter() - started
+        assert r.status_code == 201, r.text
+        snap = r.json()
+        assert snap["documents"] == 2800 and snap["collection"] == "kb" and snap["seq"] >= 4
+        assert a.post("/v1/collections/kb/snapshots", headers={"api-key": KEYS[1]["key"]}).status_code == 403
+        listed = a.get("/v1/collections/kb/snapshots", headers=ADMIN).json()["snapshots"]
+        assert [s["id"] for s in listed] == [snap["id"]]
+        archive = a.get(f"/v1/collections/kb/snapshots/{snap['id']}", headers=ADMIN)
+        assert archive.status_code == 200 and archive.headers["content-type"] == "application/x-tar"
+        assert len(archive.content) == snap["bytes"] and hashlib.sha256(archive.content).hexdigest() == snap["sha256"]
+
+        # later writes, then a drop: the restore brings back the state at the snapshot's seq
+        a.put(
+            "/v1/collections/kb/documents",
+            json={"documents": [{"id": "late", "vector": X[2950].tolist()}]},
+            headers=ADMIN,
+        )
+        assert a.delete("/v1/collections/kb", headers=ADMIN).status_code == 204
+        started = time.perf_counter()
+        r = a.post(f"/v1/collections/kb/snapshots/{snap['id']}/restore", headers=ADMIN)
+        took_restore = time.perf_counter() - started
+        assert r.status_code == 200 and r.json()["documents"] == 2800, r.text
+        assert a.get("/v1/collections/kb/documents/late", headers=ADMIN).status_code == 404
+        assert a.get("/v1/collections/kb/documents/g5", headers=ADMIN).json()["text"] == texts[5]
+        assert searches(a, "kb", Q) == before
+        unknown = a.post("/v1/collections/kb/snapshots/20260101T000000Z-00000000/restore", headers=ADMIN)
+        assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "snapshot_not_found"
+    print(
+        f"\nbackup figures: {snap['documents']} documents, archive {snap['bytes'] / 1e6:.1f} MB, "
+        f"snapshot {took_snapshot:.2f} s, restore in place {took_restore:.2f} s"
+    )
+
+    other = Settings(data_dir=tmp_path / "b", snapshot_interval_s=3600, api_keys=KEYS)
+    with app_client(other, fake=True) as b:
+        upload = {**ADMIN, "Content-Type": "application/x-tar"}
+        damaged = bytearray(archive.content)
+        damaged[len(damaged) // 2] ^= 0x01
+        for bad in (bytes(damaged), archive.content[: len(archive.content) // 2], b""):
+            r = b.post("/v1/snapshots/restore?collection=kb2", content=bad, headers=upload)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_archive", r.text
+        assert b.get("/v1/collections", headers=ADMIN).json() == {"collections": [], "failed": []}
+        r = b.post("/v1/snapshots/restore?collection=kb2", content=archive.content, headers={**ADMIN})
+        assert r.status_code == 415  # an archive is not JSON, and not untyped either
+        r = b.post("/v1/snapshots/restore?collection=kb2", content=archive.content, headers=upload)
+        assert r.status_code == 201 and r.json()["name"] == "kb2" and r.json()["documents"] == 2800, r.text
+        assert searches(b, "kb2", Q) == before
+        r = b.post("/v1/snapshots/restore?collection=kb2", content=archive.content, headers=upload)
+        assert r.status_code == 409  # the name is taken: replace=true swaps it
+        r = b.post("/v1/snapshots/restore?collection=kb2&replace=true", content=archive.content, headers=upload)
+        assert r.status_code == 201
