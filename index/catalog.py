@@ -168,7 +168,11 @@ class Catalog:
             with storage_errors():
                 info, manifest = unpack(archive, staging, name)
                 name = check_name(manifest.name)
-                open_collection(staging, self.options).close()  # it opens: replays, rebuilds its vector file
+                staged = open_collection(staging, self.options)  # it opens: replays, rebuilds its vector file
+                try:
+                    staged.snapshot()  # what the replay added, so the final open does not redo it
+                finally:
+                    staged.close()
             with self._lock:
                 if name in self._busy:
                     raise Conflict(f"collection {name!r} is being created or dropped", code="collection_busy")

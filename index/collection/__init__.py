@@ -124,7 +124,10 @@ class Collection:
         self._upkeep.set_limits(limits)
 
     def export(self, folder: str) -> tuple[int, int]:
-        """A consistent copy of this collection in the new `folder`: `(seq, live documents)` it holds."""
+        """A consistent copy of this collection in the new `folder`: `(seq, live documents)` it holds.
+        The graphs are saved first when they changed, so a restore loads them instead of
+        re-adding every write since the last periodic snapshot."""
+        self._upkeep.snapshot(False, True)
         return self._upkeep.export(folder)
 
     def stats(self) -> dict[str, Any]:
