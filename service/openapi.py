@@ -17,9 +17,24 @@ def install(app: FastAPI, settings: Settings) -> None:
             schema = build()
             _limits(schema["components"]["schemas"], settings)
             _links(schema["paths"])
+            if settings.api_keys:
+                _security(schema)
         return app.openapi_schema
 
     app.openapi = openapi
+
+
+def _security(schema: dict[str, Any]) -> None:
+    """With keys configured: both ways of sending one, required by every operation but the
+    health checks (so /docs offers "Authorize")."""
+    schema["components"]["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "api-key"},
+    }
+    for path, operations in schema["paths"].items():
+        if path not in ("/healthz", "/readyz"):
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
 
 
 def _limits(models: dict[str, Any], s: Settings) -> None:

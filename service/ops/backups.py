@@ -19,9 +19,18 @@ from service.engine import Engine
 from service.ops.collections import info as collection_info
 
 
+def _folder(engine: Engine, name: str) -> str:
+    """Where the backups of `name` live; a name no collection could have has none (404)."""
+    catalog = engine.require_ready()
+    try:
+        return catalog.backup_dir(name)
+    except Invalid:
+        raise NotFound(f"collection {name!r} has no snapshots", code="snapshot_not_found") from None
+
+
 async def create(engine: Engine, name: str) -> schemas.SnapshotInfo:
     collection = engine.collection(name)
-    folder = engine.require_ready().backup_dir(name)
+    folder = _folder(engine, name)
     now = datetime.now(UTC)
     backup_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     made = await run_in_threadpool(create_archive, collection.backend, folder, backup_id, now.isoformat())
@@ -29,20 +38,20 @@ async def create(engine: Engine, name: str) -> schemas.SnapshotInfo:
 
 
 def list_all(engine: Engine, name: str) -> schemas.SnapshotList:
-    found = list_archives(engine.require_ready().backup_dir(name))
+    found = list_archives(_folder(engine, name))
     return schemas.SnapshotList(snapshots=[schemas.SnapshotInfo(**b.to_json()) for b in found])
 
 
 def archive_path(engine: Engine, name: str, snapshot_id: str) -> str:
     """The archive file of a backup; NotFound for an unknown (or malformed) id."""
-    path = archive_file(engine.require_ready().backup_dir(name), snapshot_id)
+    path = archive_file(_folder(engine, name), snapshot_id)
     if path is None:
         raise NotFound(f"collection {name!r} has no snapshot {snapshot_id!r}", code="snapshot_not_found")
     return path
 
 
 def delete(engine: Engine, name: str, snapshot_id: str) -> None:
-    if not remove_archive(engine.require_ready().backup_dir(name), snapshot_id):
+    if not remove_archive(_folder(engine, name), snapshot_id):
         raise NotFound(f"collection {name!r} has no snapshot {snapshot_id!r}", code="snapshot_not_found")
 
 

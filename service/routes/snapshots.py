@@ -57,13 +57,16 @@ async def restore_snapshot(name: str, snapshot_id: str, engine: Engine = Depends
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the archive; sent as application/x-tar or application/octet-stream",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
         }
     },
 )
 async def restore_upload(
     request: Request,
-    collection: str | None = Query(None, description="restore under this name (default: the archive's)"),
+    collection: str | None = Query(
+        None, pattern=schemas.NAME_PATTERN, description="restore under this name (default: the archive's)"
+    ),
     replace: bool = Query(False, description="replace an existing collection of that name"),
     engine: Engine = Depends(get_engine),
 ):

@@ -300,3 +300,11 @@ def test_strict_collection_limits_apply_before_any_work_and_survive_restart(sett
         assert client.get("/v1/collections/strict").json()["limits"] == {"max_k": 8}
         assert client.post("/v1/collections/strict/search", json={"query": "text", "k": 9}).status_code == 422
         assert client.post("/v1/collections/strict/search", json={"query": "text", "k": 8}).status_code == 200
+
+
+def test_the_schema_declares_the_keys_when_there_are_keys(settings):
+    schema = create_app(key_settings(settings)).openapi()
+    assert set(schema["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert schema["paths"]["/v1/collections"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert "security" not in schema["paths"]["/healthz"]["get"]
+    assert "securitySchemes" not in create_app(settings).openapi()["components"]
