@@ -171,9 +171,8 @@ class Engine:
                 f"collection {name!r} has an encoder upgrade in progress: finish or abort it before restoring",
                 code="upgrade_in_progress",
             )
-        if name is not None and name in catalog.names():
-            await self.upgrades.forget(name)
         collection, _ = await run_in_threadpool(catalog.restore, archive, name, replace)
+        await self.upgrades.forget(collection.name)  # nothing live (checked above); its records went with the home
         self.embedder.forget(collection.name)
         self.recall.reset(collection.name)
         info = collection.manifest.encoder

@@ -90,3 +90,21 @@ def test_snapshot_drop_restore_and_upload_elsewhere(tmp_path, glosses):
         assert r.status_code == 409  # the name is taken: replace=true swaps it
         r = b.post("/v1/snapshots/restore?collection=kb2&replace=true", content=archive.content, headers=upload)
         assert r.status_code == 201
+
+
+def test_a_restore_in_place_waits_for_an_encoder_upgrade_to_end(tmp_path):
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other": str(tmp_path)})
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(200)]
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        snap = c.post("/v1/collections/kb/snapshots").json()
+        upgrade = c.post("/v1/collections/kb/upgrades", json={"model": "other", "sample": 100})
+        assert upgrade.status_code == 202, upgrade.text
+        r = c.post(f"/v1/collections/kb/snapshots/{snap['id']}/restore")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "upgrade_in_progress"
+        assert c.post(f"/v1/collections/kb/upgrades/{upgrade.json()['id']}/abort").status_code == 200
+        r = c.post(f"/v1/collections/kb/snapshots/{snap['id']}/restore")
+        assert r.status_code == 200 and r.json()["documents"] == 200, r.text
+        hit = c.post("/v1/collections/kb/search", json={"query": "document number 5 about topic 5", "k": 1})
+        assert hit.json()["results"][0]["id"] == "d5"
