@@ -1,4 +1,4 @@
-"""HTTP routes: validate, call one `Engine` method, shape the response."""
+"""HTTP routes: validate, call one use case (`service/ops/`), shape the response."""
 
 import json
 from collections.abc import Callable
