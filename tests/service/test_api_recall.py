@@ -121,6 +121,7 @@ def test_on_demand_probe_measures_every_graph_and_is_exported(client, glove, sam
     assert {s["index"] for s in one["stages"]} == {"16"} and one["queries"] == 20
 
 
+@pytest.mark.slow  # ~22 s of controller convergence: in `make test`, not in the one-minute inner loop
 def test_controller_holds_the_target_at_a_lower_ef_than_a_stricter_target(client, glove):
     X, Q = glove
     name = make_collection(client, X, target_recall=0.9, recall_sample_rate=1.0, ef_min=10, ef_max=400)
