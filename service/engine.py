@@ -56,10 +56,11 @@ class Engine:
         with its reason and the others serve; only a data directory that cannot be opened at
         all (locked by another process, unreadable) fails the start, with that reason."""
         if self.settings.blas_threads is not None:
-            # numpy's OpenBLAS only (torch sizes its own pool): with two threads, a background exact
-            # re-run made single-text encodes 4x slower here; one thread, plus the worker's duty
-            # cycle, keeps them within 25%.
-            threadpool_limits(limits={"openblas": self.settings.blas_threads})
+            # numpy's BLAS only: torch's own pool is OpenMP (libgomp), which user_api="blas" leaves
+            # alone. With two threads, a background exact re-run made single-text encodes 4x slower
+            # here; one thread, plus the worker's duty cycle, keeps them within 25%. (Keyed by
+            # {"openblas": n}, as before, the limit matched no library and did nothing.)
+            threadpool_limits(limits=self.settings.blas_threads, user_api="blas")
         self.embedder.start()
         self.recall.start()
         self.catalog = await run_in_threadpool(self._open_catalog)

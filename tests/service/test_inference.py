@@ -72,3 +72,17 @@ def test_the_queue_is_bounded_by_texts_and_skips_waiters_that_are_gone():
         assert "gone" not in encoder.seen and encoder.seen.count("a") == 6 and "b" not in encoder.seen
     finally:
         queue.stop()
+
+
+def test_blas_threads_really_limits_numpys_blas_and_not_torchs_pool(settings):
+    from threadpoolctl import threadpool_info
+
+    from tests.support.app import app_client
+
+    def pools(api: str) -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == api]
+
+    openmp_before = pools("openmp")
+    with app_client(settings.model_copy(update={"blas_threads": 1}), fake=True):
+        assert pools("blas") and set(pools("blas")) == {1}  # threadpoolctl's own report
+        assert pools("openmp") == openmp_before
