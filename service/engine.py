@@ -107,6 +107,7 @@ class Engine:
 
     async def stop(self) -> None:
         self.ready = False
+        gc.unfreeze()  # a process that builds another app (tests, an embedded client) gets it back
         await self.upgrades.stop()
         self.recall.stop()
         if self.catalog is not None:
