@@ -203,8 +203,9 @@ class Catalog:
             with self._lock:
                 self._collections[name] = collection
         except BaseException as exc:
-            with self._lock:
-                self._failed[name] = f"could not be restored: {describe_open_error(exc)}"
+            if not self._put_back(name, home, trash):
+                with self._lock:
+                    self._failed[name] = f"could not be restored: {describe_open_error(exc)}"
             raise
         finally:
             with self._lock:
@@ -212,6 +213,22 @@ class Catalog:
             shutil.rmtree(trash, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
         return collection, info
+
+    def _put_back(self, name: str, home: str, trash: str) -> bool:
+        """After a restore failed before the archive took its place: the previous collection
+        back in its home and serving. False when there is nothing to put back, or it fails."""
+        if os.path.exists(home) or not os.path.exists(trash):
+            return False
+        try:
+            os.rename(trash, home)
+            fsync_path(self._root)
+            collection = open_collection(home, self.options)
+        except Exception:
+            log.exception("collection %s: the previous version could not be put back after a failed restore", name)
+            return False
+        with self._lock:
+            self._collections[name] = collection
+        return True
 
     def swap(self, name: str, collection: Collection) -> Collection:
         """Make `collection` (a generation inside the home of `name`) the one that serves; returns

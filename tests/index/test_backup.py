@@ -150,3 +150,28 @@ def test_a_damaged_archive_is_refused_and_changes_nothing(tmp_path, glosses, dam
     assert catalog.get("kb") is c and len(c) == 700 and answers(c, X[2500:2520]) == before
     assert sorted(os.listdir(tmp_path / "data" / "collections")) == ["kb"]  # no staging left behind
     catalog.close()
+
+
+def test_a_restore_that_fails_midway_puts_the_previous_collection_back(tmp_path, glosses, monkeypatch):
+    _, X = glosses
+    catalog = Catalog(str(tmp_path / "data"))
+    c = catalog.create(manifest("kb", X.shape[1]))
+    c.upsert(docs(X[:300], 0))
+    create_archive(c, str(tmp_path), "b1", "now")
+    c.upsert(docs(X[300:400], 300))
+    real_rename = os.rename
+
+    def failing_rename(src, dst):  # the archive's folder cannot take the collection's place
+        if ".restore-" in str(src):
+            raise OSError(5, "Input/output error")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError):
+        catalog.restore(str(tmp_path / "b1.tar"), replace=True)
+    monkeypatch.setattr(os, "rename", real_rename)
+    back = catalog.get("kb")
+    assert len(back) == 400 and back.get("d350").id == "d350"  # the previous state, serving
+    assert "kb" not in catalog.failed()
+    assert sorted(os.listdir(tmp_path / "data" / "collections")) == ["kb"]
+    catalog.close()
