@@ -113,7 +113,7 @@ def principal_of(request: Request) -> Principal:
     return request.scope.get(PRINCIPAL, ANONYMOUS)
 
 
-def authorize(request: Request) -> None:
+async def authorize(request: Request) -> None:
     """FastAPI dependency of every API route: the route's rule against the caller's key."""
     route = request.scope.get("route")
     rule = RULES[route.name] if route is not None else Rule("admin")

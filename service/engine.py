@@ -25,6 +25,7 @@ from service.embedder import Embedder
 from service.encoders import EncoderLoader
 from service.metrics import Metrics
 from service.recall_estimator import RecallEstimator
+from service.search_batcher import SearchBatcher
 from service.settings import Settings
 from service.upgrade_manager import UpgradeManager
 
@@ -43,6 +44,11 @@ class Engine:
             settings.recall_queue_size,
             settings.recall_controller_window,
             settings.recall_max_busy,
+        )
+        self.searches = SearchBatcher(
+            settings.search_workers,
+            settings.search_batch_rows,
+            lambda requests, rows: metrics.search_batch_requests.observe(requests),
         )
         self.upgrades = UpgradeManager(self._opened_catalog, self.embedder, metrics, self.recall.reset, settings)
         self.ready = False
@@ -64,6 +70,7 @@ class Engine:
             threadpool_limits(limits=self.settings.blas_threads, user_api="blas")
         self.embedder.start()
         self.recall.start()
+        self.searches.start()
         self.catalog = await run_in_threadpool(self._open_catalog)
         try:
             await self.embedder.load(self.settings.default_model)
@@ -109,6 +116,7 @@ class Engine:
         self.ready = False
         gc.unfreeze()  # a process that builds another app (tests, an embedded client) gets it back
         await self.upgrades.stop()
+        await run_in_threadpool(self.searches.stop)
         self.recall.stop()
         if self.catalog is not None:
             await run_in_threadpool(self._snapshot_and_close)

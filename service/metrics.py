@@ -70,6 +70,12 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.search_batch_requests = Histogram(
+            "vecnest_search_batch_requests",
+            "Search requests merged into one backend call (concurrent searches batched).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
         self.encode_batch_requests = Histogram(
             "vecnest_encoder_batch_requests",
             "Requests merged into one model call.",

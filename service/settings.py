@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     exact_filter_fraction: float = Field(CollectionOptions.exact_filter_fraction, ge=0, le=1)
     exact_filter_min: int = Field(CollectionOptions.exact_filter_min, ge=0)
 
+    # concurrent searches of one collection run as one backend call (service/search_batcher.py)
+    search_workers: int = Field(1, ge=1, le=64, description="threads that run (batched) searches")
+    search_batch_rows: int = Field(256, ge=1, description="most query rows merged into one search call")
+
     # online recall estimation (per-collection overrides: recall_sample_rate, target_recall)
     recall_sample_rate: float = Field(
         0.03, ge=0, le=1, description="share of searches re-run exactly in the background"

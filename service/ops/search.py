@@ -59,7 +59,7 @@ async def _search(
         if through_map:
             result = await engine.upgrades.mixed_search(collection, query)
         else:
-            result = await collection.search(query)
+            result = await engine.searches.search(collection.backend, query, request_kind(collection).stack)
         took = (time.perf_counter() - t0) * 1e3 / len(idx)
         _record(engine, collection, result, len(idx), through_map)
         budget.spend(

@@ -28,7 +28,7 @@ _MEANING = {
 ERRORS = {status: {"model": schemas.ErrorResponse, "description": meaning} for status, meaning in _MEANING.items()}
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
