@@ -19,10 +19,11 @@ from service import __version__, auth, openapi
 from service.encoders import EncoderLoader
 from service.engine import Engine
 from service.errors import install_error_handlers
+from service.hot_path import HotPath, hot
 from service.maintenance import Maintenance
 from service.metrics import Metrics
 from service.middleware import BodySizeLimit, Guard, RequestMetrics
-from service.routes import collections, documents, embeddings, health, search, snapshots, upgrades
+from service.routes import collections, documents, embeddings, get_engine, health, search, snapshots, upgrades
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ def create_app(
     for router in routers:
         app.include_router(router, dependencies=[Depends(auth.authorize)])
     # Outermost last: the guard refuses before a body is read; metrics see every response.
+    # Searches skip FastAPI's per-request machinery (service/hot_path.py), not the checks above it.
+    searches = [hot(route, get_engine) for route in search.router.routes]  # type: ignore[arg-type]
+    app.add_middleware(HotPath, routes=searches, engine=lambda: app.state.engine, metrics=metrics)
     # An archive upload streams to disk under its own limit (max_archive_bytes), not into memory.
     unbuffered = {snapshots.RESTORE_UPLOAD_PATH}
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics, unbuffered=unbuffered)

@@ -116,24 +116,32 @@ def principal_of(request: Request) -> Principal:
 async def authorize(request: Request) -> None:
     """FastAPI dependency of every API route: the route's rule against the caller's key."""
     route = request.scope.get("route")
-    rule = RULES[route.name] if route is not None else Rule("admin")
+    permit(request.scope, route.name if route is not None else None, request.path_params.get("name", ""))
+
+
+def permit(scope: dict, route_name: str | None, collection: str) -> None:
+    """The rule of `route_name` (unknown: admin only) against the caller in `scope`: raises
+    Forbidden when the key's role or collections do not allow it. `collection` is the path's
+    collection name, for rules that limit collections."""
+    rule = RULES[route_name] if route_name is not None else Rule("admin")
     if rule.role is None:
         return
-    principal = principal_of(request)
+    principal = scope.get(PRINCIPAL, ANONYMOUS)
     if not principal.has(rule.role):
-        _forbid(request, principal, f"this operation needs the {rule.role} role; the key has {principal.role}")
-    if rule.collection:
-        require_collection(request, request.path_params.get("name", ""))
+        _forbid(scope, principal, f"this operation needs the {rule.role} role; the key has {principal.role}")
+    if rule.collection and not principal.may_use(collection):
+        _forbid(scope, principal, f"the key may not use collection {collection!r}")
 
 
 def require_collection(request: Request, name: str) -> None:
     principal = principal_of(request)
     if not principal.may_use(name):
-        _forbid(request, principal, f"the key may not use collection {name!r}")
+        _forbid(request.scope, principal, f"the key may not use collection {name!r}")
 
 
-def _forbid(request: Request, principal: Principal, message: str) -> None:
-    log.warning("403 %s %s: key %s (%s): %s", request.method, request.url.path, principal.id, principal.role, message)
+def _forbid(scope: dict, principal: Principal, message: str) -> None:
+    method, path = scope.get("method"), scope.get("path")
+    log.warning("403 %s %s: key %s (%s): %s", method, path, principal.id, principal.role, message)
     raise Forbidden(message)
 
 

@@ -50,12 +50,22 @@ def error_response(
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+def domain_error_response(exc: VecnestError, metrics: Metrics | None = None) -> JSONResponse:
+    status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
+    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Overloaded) else None
+    return error_response(status, exc.code, exc.message, metrics, headers)
+
+
+def unexpected_error_response(exc: Exception, method: str, path: str, metrics: Metrics | None = None) -> JSONResponse:
+    """A 500 that says nothing about internals; the log has the traceback."""
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return error_response(500, "internal", "internal error; the server log has the details", metrics)
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(VecnestError)
     async def domain_error(request: Request, exc: VecnestError) -> JSONResponse:
-        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
-        headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Overloaded) else None
-        return error_response(status, exc.code, exc.message, metrics, headers)
+        return domain_error_response(exc, metrics)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -71,8 +81,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal", "internal error; the server log has the details", metrics)
+        return unexpected_error_response(exc, request.method, request.url.path, metrics)
 
 
 def _allowed_methods(request: Request) -> list[str]:

@@ -1,0 +1,121 @@
+"""The hot path (service/hot_path.py) answers searches exactly as FastAPI's own routes do: the
+same bodies (None fields left out, metadata and vectors as stored), the same errors; and it is
+what serves them (its requests skip FastAPI's dependency solving)."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.settings import Settings
+from tests.support import TEXTS, unique_name
+from tests.support.app import fake_loader
+from tests.support.server import wait_ready
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    app = create_app(Settings(data_dir=tmp_path_factory.mktemp("hot") / "data"), encoder_loader=fake_loader)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        wait_ready(client.get)
+        yield app, client
+
+
+def fastapi_only(app):
+    """The FastAPI app without the middlewares (and so without the hot path): its router."""
+    from fastapi.middleware.asyncexitstack import AsyncExitStackMiddleware
+
+    router = AsyncExitStackMiddleware(app.router)
+
+    async def asgi(scope, receive, send):
+        scope["app"] = app
+        await router(scope, receive, send)
+
+    return asgi
+
+
+def without_took(body):
+    if isinstance(body, dict):
+        return {k: without_took(v) for k, v in body.items() if k != "took_ms"}
+    if isinstance(body, list):
+        return [without_took(v) for v in body]
+    return body
+
+
+async def post_both(app, client, path, body):
+    hot = client.post(path, json=body)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fastapi_only(app)), base_url="http://x") as plain:
+        reference = await plain.post(path, json=body)
+    return hot, reference
+
+
+def test_searches_answer_as_fastapi_routes_do(app):
+    app, client = app
+    name = unique_name()
+    assert client.post("/v1/collections", json={"name": name, "dims": [64, 384]}).status_code == 201
+    docs = [
+        {"id": k, "text": v, "metadata": {"topic": k, "none": None, "nested": {"a": [1, None]}}}
+        for k, v in TEXTS.items()
+    ]
+    assert client.put(f"/v1/collections/{name}/documents", json={"documents": docs}).status_code == 200
+    vector = client.post("/v1/embeddings", json={"input": "a cat", "model": "all-MiniLM-L6-v2"}).json()
+    vector = vector["data"][0]["embedding"]
+    bodies = [
+        {"query": "a cat sat on the mat"},
+        {"query": "space", "k": 2, "include": ["vector"]},
+        {"vector": vector, "k": 3, "dim": 64, "include": ["text", "metadata", "vector"]},
+        {"vector": vector, "include": [], "exact": True, "filter": {"topic": "cat"}},
+    ]
+    for body in bodies:
+        hot, reference = asyncio.run(post_both(app, client, f"/v1/collections/{name}/search", body))
+        assert hot.status_code == reference.status_code == 200
+        assert without_took(hot.json()) == without_took(reference.json()), body
+        assert hot.headers["content-type"] == "application/json"
+    batch = {"searches": bodies}
+    hot, reference = asyncio.run(post_both(app, client, f"/v1/collections/{name}/search/batch", batch))
+    assert hot.status_code == reference.status_code == 200
+    assert without_took(hot.json()) == without_took(reference.json())
+
+
+def test_search_errors_keep_their_shape(app):
+    _, client = app
+    name = unique_name()
+    assert client.post("/v1/collections", json={"name": name}).status_code == 201
+    cases = [
+        ({"query": "x", "k": 0}, 422, "invalid_request"),  # body validation: FastAPI's own 422
+        ({"query": "x", "unknown": 1}, 422, "invalid_request"),
+        ({"vector": [0.1] * 5}, 422, "wrong_dimension"),  # the collection's rule
+        ({"query": "x", "dim": 7}, 422, None),
+    ]
+    for body, status, code in cases:
+        r = client.post(f"/v1/collections/{name}/search", json=body)
+        assert r.status_code == status, (body, r.text)
+        assert set(r.json()) == {"error"} and (code is None or r.json()["error"]["code"] == code)
+    r = client.post("/v1/collections/nope/search", json={"query": "x"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "collection_not_found"
+    headers = {"content-type": "application/json"}
+    r = client.post(f"/v1/collections/{name}/search", content=b"{not json", headers=headers)
+    assert r.status_code == 422 and "error" in r.json()
+
+
+def test_the_hot_path_serves_searches(app, monkeypatch):
+    """A search does not reach FastAPI's dependency solver; another route does."""
+    from fastapi import routing
+
+    solved = []
+    original = routing.solve_dependencies
+
+    async def counting(*args, **kwargs):
+        solved.append(1)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(routing, "solve_dependencies", counting)
+    app, client = app
+    name = unique_name()
+    assert client.post("/v1/collections", json={"name": name}).status_code == 201
+    assert len(solved) == 1
+    r = client.post(f"/v1/collections/{name}/search", json={"query": "x"})
+    assert r.status_code == 200 and len(solved) == 1
