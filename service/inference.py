@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import logging
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from index import Overloaded
+from service.cpu import FreeCores
 from service.encoders import Encoder, Kind
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,9 @@ class InferenceQueue:
         self._count_lock = threading.Lock()
         self._max_batch = max_batch_texts
         self._on_batch = on_batch
-        self._torch_threads = torch_threads
+        self._torch_threads = torch_threads  # None: follow the free cores (service/cpu.py)
+        self._free_cores = FreeCores()
+        self.threads = 0  # torch's intra-op threads now (0: not set yet)
         self._held: deque[_Job] = deque()  # jobs taken while batching that did not fit the batch
         self._thread: threading.Thread | None = None
 
@@ -175,11 +179,18 @@ class InferenceQueue:
             self._pending_texts -= texts
 
     # -- the inference thread -----------------------------------------------------------------
-    def _run(self) -> None:
-        if self._torch_threads:
-            import torch
+    def _set_threads(self) -> None:
+        """torch's intra-op threads: as configured, or as many as other processes leave cores."""
+        torch = sys.modules.get("torch")  # not loaded: no encoder uses it (a model-free encoder)
+        if torch is None:
+            return
+        threads = self._torch_threads or self._free_cores.threads(self._free_cores.cores)
+        if threads != self.threads:
+            torch.set_num_threads(threads)
+            log.info("torch intra-op threads: %d (%.1f cores free)", threads, self._free_cores.free())
+            self.threads = threads
 
-            torch.set_num_threads(self._torch_threads)
+    def _run(self) -> None:
         trim = _HeapTrim()
         while True:
             job = self._held.popleft() if self._held else self._queue.get()
@@ -206,6 +217,7 @@ class InferenceQueue:
                     n += len(job.texts)
             else:
                 self._held.append(job)
+        self._set_threads()
         start = time.perf_counter()
         texts = [t for job in batch for t in job.texts]
         encode = first.encoder.encode_tokens if first.tokens else first.encoder.encode

@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     )
     allow_model_paths: bool = Field(False, description="a request may name any local model directory by path")
     device: str = "cpu"
-    torch_threads: int | None = Field(None, description="torch intra-op threads (default: torch's choice)")
+    torch_threads: int | None = Field(
+        None, description="torch intra-op threads (default: the cores other processes leave free, checked each second)"
+    )
     encode_batch_size: int = Field(64, ge=1, description="most texts encoded in one model call")
     encode_queue_size: int = Field(256, ge=1, description="pending encode requests before 429")
     encode_queue_texts: int = Field(8192, ge=1, description="pending texts (all requests together) before 429")
