@@ -120,8 +120,19 @@ def storage_errors() -> Iterator[None]:
 
 
 class Store:
-    def __init__(self, path: str, dim: int, synchronous: str = "FULL", token_dim: int | None = None):
+    def __init__(
+        self,
+        path: str,
+        dim: int,
+        synchronous: str = "FULL",
+        token_dim: int | None = None,
+        mmap_bytes: int = 0,
+    ):
+        """`mmap_bytes`: how much of the file each connection maps (reads without a syscall per
+        page); bounded (0: none), because every pooled connection maps the file again and the
+        resident set counts the pages it touched once per mapping."""
         self.path = path
+        self._mmap_bytes = int(mmap_bytes)
         self.dim = int(dim)
         self.token_dim = token_dim  # set: every document carries a token matrix
         self._synchronous = synchronous
@@ -144,7 +155,7 @@ class Store:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA mmap_size=4294967296")  # reads without a syscall per page (clamped by SQLite)
+        conn.execute(f"PRAGMA mmap_size={self._mmap_bytes}")
         return conn
 
     @contextmanager

@@ -6,7 +6,9 @@
 - `upgrades`: live encoder upgrades, and `serving(name, use)`, the one place that knows a
   collection may change generation while a use case runs.
 
-Start-up opens every collection and loads the models they need before going ready. Model calls
+Start-up opens every collection and loads the models they need before going ready; the default
+model waits for the first collection or request that needs it (a server of vectors only never
+imports torch), unless `preload_default_model`. Model calls
 go through the inference thread; index and store work runs on the thread pool (`AsyncCollection`),
 so the event loop never blocks and encoding never holds an index lock. The use cases themselves
 live in `service/ops/`.
@@ -72,10 +74,11 @@ class Engine:
         self.recall.start()
         self.searches.start()
         self.catalog = await run_in_threadpool(self._open_catalog)
-        try:
-            await self.embedder.load(self.settings.default_model)
-        except (Invalid, OSError) as exc:  # collections of vectors only still work without it
-            log.error("default model unavailable: %s", getattr(exc, "message", exc))
+        if self.settings.preload_default_model:
+            try:
+                await self.embedder.load(self.settings.default_model)
+            except (Invalid, OSError) as exc:  # collections of vectors only still work without it
+                log.error("default model unavailable: %s", getattr(exc, "message", exc))
         for collection in self.collections():
             info = collection.manifest.encoder
             if info is None:
@@ -107,6 +110,7 @@ class Engine:
             exact_filter_fraction=s.exact_filter_fraction,
             exact_filter_min=s.exact_filter_min,
             synchronous=s.sqlite_synchronous,
+            sqlite_mmap_bytes=s.sqlite_mmap_mb << 20,
         )
         catalog = Catalog(str(s.data_dir), options, max_collections=s.max_collections)
         catalog.open_all()

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     )
     allow_model_paths: bool = Field(False, description="a request may name any local model directory by path")
     device: str = "cpu"
+    preload_default_model: bool = Field(
+        False, description="load the default model at start-up, not when a collection or request first needs it"
+    )
     torch_threads: int | None = Field(
         None, description="torch intra-op threads (default: the cores other processes leave free, checked each second)"
     )
@@ -114,6 +117,9 @@ class Settings(BaseSettings):
 
     # durability and maintenance
     sqlite_synchronous: Literal["FULL", "NORMAL"] = CollectionOptions.synchronous  # type: ignore[assignment]
+    sqlite_mmap_mb: int = Field(
+        CollectionOptions.sqlite_mmap_bytes >> 20, ge=0, description="MiB of a store each SQLite connection maps"
+    )
     snapshot_interval_s: float = Field(30.0, gt=0, description="how often changed indexes are saved")
     rebuild_deleted_fraction: float = Field(CollectionOptions.rebuild_deleted_fraction, gt=0, le=1)
     exact_filter_fraction: float = Field(CollectionOptions.exact_filter_fraction, ge=0, le=1)

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 def make_store(path: str, manifest: Manifest, options: CollectionOptions) -> Store:
     token_dim = manifest.multivector.token_dim if manifest.multivector else None
-    return Store(os.path.join(path, STORE_FILE), manifest.dim, options.synchronous, token_dim)
+    store_path = os.path.join(path, STORE_FILE)
+    return Store(store_path, manifest.dim, options.synchronous, token_dim, options.sqlite_mmap_bytes)
 
 
 def create_state(path: str, manifest: Manifest, options: CollectionOptions) -> CollectionState:

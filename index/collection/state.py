@@ -37,6 +37,10 @@ class CollectionOptions:
     exact_filter_fraction: float = 0.02  # filters allowing at most this share of docs go exact
     exact_filter_min: int = 512  # ... or at most this many documents
     synchronous: str = "FULL"  # SQLite fsync policy: FULL survives power loss, not just a crash
+    # Of the store file, per connection: 0 reads through SQLite's page cache. Measured on a 20k x
+    # 384-d vector server after 2,000 searches: RSS 263 MiB with 64 MiB maps, 186 MiB without
+    # (each pooled connection maps the file again); searches read a few rows each.
+    sqlite_mmap_bytes: int = 0
 
 
 def default_rerank_factor(dim: int, full_dim: int) -> int:
