@@ -256,7 +256,7 @@ class EncoderRegistry:
             return encoder
 
     def _sentence_transformer(self, ref: ModelRef) -> Encoder:
-        return SentenceTransformerEncoder(ref.name, ref.path, self._settings.device, self._settings.encode_batch_size)
+        return SentenceTransformerEncoder(ref.name, ref.path, self._settings.device, self._settings.model_batch_size)
 
     def loaded(self) -> list[Encoder]:
         with self._lock:
