@@ -225,6 +225,11 @@ class Vecnest:
     def set_ef(self, ef: int) -> None:
         pass  # per request
 
+    def sampling(self, collection: str, rate: float | None) -> None:
+        """The collection's recall sampling rate (None: the server's default)."""
+        r = self.client.patch(f"/v1/collections/{collection}", json={"recall_sample_rate": rate})
+        r.raise_for_status()
+
     def stop(self) -> None:
         self.server.stop()
 
@@ -351,6 +356,8 @@ def hnsw_limits(X: np.ndarray, Q: np.ndarray, truth: np.ndarray, target: float) 
 
 
 def encoder_limits(texts: list[str], queries: list[str]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """The encoder alone, as the server configures it: one query per call; 32 queries per call
+    (a busy server's batch); the corpus 1,000 texts per call (the largest upsert)."""
     from service.encoders import EncoderRegistry
     from service.settings import Settings
 
@@ -365,7 +372,7 @@ def encoder_limits(texts: list[str], queries: list[str]) -> tuple[dict, np.ndarr
     Q = np.concatenate([encoder.encode(queries[s : s + 32], "query") for s in range(0, len(queries), 32)])
     batched_queries = len(queries) / (time.perf_counter() - start)
     start = time.perf_counter()
-    X = np.concatenate([encoder.encode(texts[s : s + 64], "document") for s in range(0, len(texts), 64)])
+    X = np.concatenate([encoder.encode(texts[s : s + 1000], "document") for s in range(0, len(texts), 1000)])
     corpus = len(texts) / (time.perf_counter() - start)
     del encoder, registry
     limits = {"one": one, "batched_queries": batched_queries, "corpus": corpus}
@@ -412,7 +419,7 @@ def main() -> None:
     truth = exact_top10(X, Q)
     row("encoder, one query per call", "limit", rate=enc["one"])
     row("encoder, 32 queries per call", "limit", rate=enc["batched_queries"])
-    row("encoder, corpus in 64s", "limit", rate=enc["corpus"])
+    row("encoder, corpus 1000 per call", "limit", rate=enc["corpus"])
     lim = hnsw_limits(X, Q, truth, args.target_recall)
     row("hnswlib single query", "limit", rate=lim["single"], recall=lim["recall"], ef=lim["ef"])
     row("hnswlib batched, 2 threads", "limit", rate=lim["batched"], recall=lim["recall"])
@@ -437,6 +444,11 @@ def main() -> None:
                 requests = [system.vector_request(q, ef) for q in Q]
                 row(f"vector search k=10, c={conc}", system.name, recall=got, **load.run(system.url, requests, conc))
         ef, got = efs["vecnest"]
+        vec.sampling("vec", 0.0)
+        for conc in (1, 8):
+            requests = [vec.vector_request(q, ef) for q in Q]
+            row(f"vector search c={conc}, sampling off", "vecnest", recall=got, **load.run(vec.url, requests, conc))
+        vec.sampling("vec", None)
         batches = [vec.batch_request(Q[s : s + 100], ef) for s in range(0, len(Q), 100)]
         figures = load.run(vec.url, batches, 2)
         row("batch endpoint, 100/request (q/s), c=2", "vecnest", recall=got, rate=figures["rate"] * 100)
@@ -453,9 +465,13 @@ def main() -> None:
             ef = efs["vecnest"][0]
             for system in text_systems:
                 got = recall([system.ids(system.text_request(q, ef)) for q in queries], truth)
+                requests = [system.text_request(q, ef) for q in queries]
                 for conc in args.concurrency:
-                    requests = [system.text_request(q, ef) for q in queries]
                     row(f"text search k=10, c={conc}", system.name, recall=got, **load.run(system.url, requests, conc))
+                if system is vec:
+                    vec.sampling("text", 0.0)
+                    row("text search c=8, sampling off", "vecnest", recall=got, **load.run(vec.url, requests, 8))
+                    vec.sampling("text", None)
                 if args.busy_core:
                     spinner = busy_loop()
                     try:
@@ -484,6 +500,7 @@ def report(rows: list[tuple[str, str, dict]], enc: dict, lim: dict) -> None:
         "text search k=10, c=8": enc["batched_queries"],
         "text search k=10, c=32": enc["batched_queries"],
         "text ingest, 100/request": enc["corpus"],
+        "text search c=8, one core busy": enc["batched_queries"],
         "vector ingest, 100/request": lim["add"],
     }
     print(f"\n{'operation':<40} {'vecnest':>16} {'peer':>24} {'ratio':>6} {'limit':>8} {'/limit':>7}")
