@@ -90,8 +90,10 @@ class Catalog:
         cannot be opened is marked failed with its reason; the others open regardless."""
         for name in sorted(os.listdir(self._root)):
             path = os.path.join(self._root, name)
-            if name.startswith("."):  # staging or trash left by a crash
+            if name.startswith((".restore-", ".trash-", ".new-")):  # staging or trash left by a crash
                 shutil.rmtree(path, ignore_errors=True)
+                continue
+            if name.startswith("."):  # the lock, the service's model cache: not collections
                 continue
             if not NAME_PATTERN.match(name) or not os.path.isdir(path):
                 log.warning("ignoring %s in %s: not a collection", name, self._root)

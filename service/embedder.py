@@ -57,7 +57,8 @@ class Embedder:
 
     def same_model(self, a: str, b: str) -> bool:
         """Whether two model names (aliases or directories) resolve to the same model."""
-        return a == b or self.registry.resolve(a).path == self.registry.resolve(b).path
+        ra, rb = self.registry.resolve(a), self.registry.resolve(b)
+        return a == b or (ra.path, ra.runtime) == (rb.path, rb.runtime)
 
     # -- which collection uses which ----------------------------------------------------------
     def attach(self, collection: CollectionBackend, encoder: Encoder | None) -> None:

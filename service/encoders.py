@@ -183,6 +183,10 @@ def _declared_matryoshka_dims(path: str, dim: int) -> list[int] | None:
 class ModelRef:
     name: str  # what the caller wrote and the manifest keeps
     path: str  # the directory it resolves to on this machine
+    runtime: str | None = None  # None: sentence-transformers on torch; "onnx-int8" (service/onnx_encoder.py)
+
+
+RUNTIMES = ("onnx-int8",)  # a model name may end in "@<runtime>"
 
 
 EncoderLoader = Callable[[ModelRef], Encoder]
@@ -205,6 +209,9 @@ class EncoderRegistry:
         `allow_model_paths`, any absolute directory. Anything else is refused with the same
         code and message whether or not the path exists, so requests cannot probe the disk."""
         name = name or self._settings.default_model
+        base, _, runtime = name.rpartition("@")
+        if base and runtime in RUNTIMES:
+            return ModelRef(name, self.resolve(base).path, runtime)
         aliases = {DEFAULT_MODEL: _bundled_minilm_dir(), **self._settings.models}
         if aliases.get(name):
             return ModelRef(name, os.path.abspath(aliases[name]))
@@ -242,20 +249,28 @@ class EncoderRegistry:
     def load(self, ref: ModelRef) -> Encoder:
         """Load (once) and return the encoder; call on the inference thread."""
         with self._lock:
-            encoder = self._loaded.get(ref.path)
+            key = f"{ref.path}@{ref.runtime}"
+            encoder = self._loaded.get(key)
             if encoder is None:
                 try:
                     encoder = self._loader(ref)
+                except Invalid:  # refused with its own reason (a runtime the model cannot use)
+                    raise
                 except Exception as exc:  # a broken model directory fails in many ways (bad JSON, missing weights)
                     log.warning("cannot load model %s from %s", ref.name, ref.path, exc_info=True)
                     raise Invalid(
                         f"cannot load model {ref.name!r}: {type(exc).__name__}: {str(exc)[:300]}",
                         code="model_load_failed",
                     ) from None
-                self._loaded[ref.path] = encoder
+                self._loaded[key] = encoder
             return encoder
 
     def _sentence_transformer(self, ref: ModelRef) -> Encoder:
+        if ref.runtime == "onnx-int8":
+            from service.onnx_encoder import OnnxInt8Encoder
+
+            cache = str(self._settings.model_cache())
+            return OnnxInt8Encoder(ref.name, ref.path, cache, self._settings.model_batch_size)
         return SentenceTransformerEncoder(ref.name, ref.path, self._settings.device, self._settings.model_batch_size)
 
     def loaded(self) -> list[Encoder]:

@@ -72,6 +72,12 @@ async def _encoder(engine: Engine, req: schemas.CollectionCreate, given_dim: int
             f"{field} {given_dim} does not match model {model!r} ({encoder.dim} dims)", code="wrong_dimension"
         )
     check_layers(encoder, req.layers)
+    if req.multivector is not None and not getattr(encoder, "gives_tokens", True):
+        raise Invalid(
+            f"model {model!r} gives one vector per text; a multi-vector collection needs token embeddings "
+            f"(use the model without its runtime suffix)",
+            code="runtime_unsupported",
+        )
     return encoder
 
 

@@ -47,10 +47,12 @@ def test_reopen_and_lock(tmp_path):
         Catalog(str(tmp_path))  # a second process (or instance) may not open the same directory
     catalog.close()
     os.makedirs(tmp_path / "collections" / ".new-half-made")  # a crash during create
+    os.makedirs(tmp_path / "collections" / ".someone-elses")  # not the catalog's: left alone
     again = Catalog(str(tmp_path))
     again.open_all()
     assert again.names() == ["keep"] and len(again.get("keep")) == 1
     assert not os.path.exists(tmp_path / "collections" / ".new-half-made")
+    assert os.path.isdir(tmp_path / "collections" / ".someone-elses")
     again.close()
 
 
