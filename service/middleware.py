@@ -70,20 +70,29 @@ class BodySizeLimit:
 
         if after_body is None:
             return await self.app(scope, replay, send)
-        handler = asyncio.ensure_future(self.app(scope, replay, send))
+        # The handler runs in this task; a disconnect arriving first cancels it (one task for
+        # the receive, none for the handler: the hot path's per-request cost).
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        def on_after_body(done: asyncio.Future) -> None:
+            nonlocal gone
+            if not done.cancelled() and done.exception() is None:
+                gone = True
+                task.cancel()
+
+        after_body.add_done_callback(on_after_body)
         try:
-            await asyncio.wait((handler, after_body), return_when=asyncio.FIRST_COMPLETED)
-            if handler.done():
-                return handler.result()
+            return await self.app(scope, replay, send)
+        except asyncio.CancelledError:
+            if not gone:  # cancelled from outside (shutdown): not ours to swallow
+                raise
+            task.uncancel()
             self.metrics.errors.labels("client_disconnected").inc()  # the client left first
         finally:
+            after_body.remove_done_callback(on_after_body)
             after_body.cancel()
-            if not handler.done():  # stop working for nobody (or we are being cancelled)
-                handler.cancel()
-                try:
-                    await handler
-                except asyncio.CancelledError:
-                    pass
 
     async def _reject(self, send) -> None:
         self.metrics.errors.labels("body_too_large").inc()

@@ -82,7 +82,13 @@ class DenseScoring:
         return str(dim)
 
     def check(self, s: CollectionState, query: Query) -> None:
-        """Everything about a query but its vectors: k, the dim, the funnel, no token options."""
+        """Everything about a query: k, the dim, the funnel, no token options, and its vectors
+        when given."""
+        self._check_options(s, query)
+        if query.queries is not None:
+            prepare(as_matrix(query.queries, self._dim, "query vector"), self._metric, "query vector")
+
+    def _check_options(self, s: CollectionState, query: Query) -> None:
         if query.k < 1:
             raise Invalid("k must be at least 1")
         if query.candidates is not None or query.ball_carving is not None:
@@ -94,8 +100,6 @@ class DenseScoring:
         if query.dim is not None:
             s.indexes.require(query.dim, s.name)
         _check_rerank_factor(query.rerank_factor)
-        if query.queries is not None:
-            prepare(as_matrix(query.queries, self._dim, "query vector"), self._metric, "query vector")
 
     def shortlist(self, s: CollectionState, query: Query) -> int:
         """How many candidates the search re-ranks: `k · rerank_factor` in a low-dim funnel, else k."""
@@ -107,7 +111,7 @@ class DenseScoring:
     def search(self, s: CollectionState, query: Query) -> SearchResult:
         """Top-k documents for each full-dim query vector `(nq, D)` (see the module docstring);
         `rerank=False` returns the candidates with the scores of their own dim."""
-        self.check(s, query)
+        self._check_options(s, query)  # the vectors are checked as they are prepared, below
         indexes = s.indexes  # a rebuild may swap it; this search finishes on the one it saw
         dim = query.dim or indexes.default_dim
         view = indexes.views[dim]
@@ -134,7 +138,10 @@ class DenseScoring:
                 labels = None if allowed is None else frozenset(allowed.tolist())
                 hits = indexes.search(dim, Qv, shortlist, ef_setting, labels)
             t1 = time.perf_counter()
-            if query.rerank:
+            # At full dim the candidates were scored on the stored vectors themselves (the graph
+            # holds them; exact search reads them): those scores are the exact ones, to float
+            # rounding, and re-scoring them would only cost a gather per search.
+            if query.rerank and not view.is_full:
                 matches = rerank_exact(s.store, s.vectors, Q, hits, k, self._metric, query.include)
             else:
                 matches = hydrate(s.store, hits, query.include)
