@@ -4,6 +4,7 @@ truncated archive is refused and changes nothing."""
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -94,6 +95,8 @@ def test_a_backup_under_concurrent_writes_is_the_acknowledged_writes_up_to_its_s
 
     thread = threading.Thread(target=writer)
     thread.start()
+    while len(acknowledged) < 12 and thread.is_alive():  # writes are under way (on a busy machine too)
+        time.sleep(0.01)
     archives = []
     for n in range(3):
         archives.append(create_archive(c, str(tmp_path), f"b{n}", "now"))
