@@ -43,6 +43,7 @@ class Settings(BaseSettings):
         None, description="where converted models are kept (ONNX int8); default <data_dir>/.model-cache"
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(False, description="log every request (uvicorn's access log): off, it costs the hot path")
     tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
 
