@@ -31,6 +31,7 @@ class Embedder:
             self._on_batch,
             settings.torch_threads,
             settings.encode_queue_texts,
+            settings.encode_batch_wait_ms / 1000,
         )
         # A collection (a generation, during an upgrade) → its encoder; forgotten with the object.
         self._of: weakref.WeakKeyDictionary[CollectionBackend, Encoder] = weakref.WeakKeyDictionary()

@@ -73,6 +73,7 @@ class InferenceQueue:
         on_batch: Callable[[EncodeStats], None] | None = None,
         torch_threads: int | None = None,
         max_pending_texts: int = 8192,
+        batch_wait_s: float = 0.0,
     ):
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._max_pending = max_pending
@@ -80,6 +81,10 @@ class InferenceQueue:
         self._pending_texts = 0  # texts of the encode jobs queued or running
         self._count_lock = threading.Lock()
         self._max_batch = max_batch_texts
+        # Under load (the last model call merged several requests), a call waits up to this long
+        # for as many to join it: closed-loop clients come back a few ms after their answer.
+        self._batch_wait_s = batch_wait_s
+        self._last_requests = 0
         self._on_batch = on_batch
         self._torch_threads = torch_threads  # None: follow the free cores (service/cpu.py)
         self._free_cores = FreeCores()
@@ -206,9 +211,14 @@ class InferenceQueue:
 
     def _encode_batch(self, first: _Job) -> None:
         batch, n = [first], len(first.texts)
-        while n < self._max_batch:  # merge whatever else is already waiting for this encoder
+        # Merge whatever else waits for this encoder; under load, wait (up to batch_wait_s) until
+        # as many requests have joined as the last call merged, then take what is there.
+        expected = self._last_requests if self._last_requests > 1 else 0
+        deadline = time.perf_counter() + self._batch_wait_s
+        while n < self._max_batch:
             try:
-                job = self._queue.get_nowait()
+                left = deadline - time.perf_counter() if len(batch) < expected else 0.0
+                job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is not None and job.call is None and job.group == first.group:
@@ -217,6 +227,9 @@ class InferenceQueue:
                     n += len(job.texts)
             else:
                 self._held.append(job)
+                if job is None:  # stopping: no more waiting
+                    break
+        self._last_requests = len(batch)
         self._set_threads()
         start = time.perf_counter()
         texts = [t for job in batch for t in job.texts]

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # Forward passes of at most this many texts (of similar length: each call sorts its texts).
     # Measured here on MiniLM (glosses, 2 threads): 16 texts per pass 210/s, 64 per pass 153/s.
     model_batch_size: int = Field(16, ge=1, description="texts per forward pass within a model call")
+    encode_batch_wait_ms: float = Field(
+        0.0, ge=0, le=100, description="under load, how long a model call waits for more requests to join it"
+    )
     encode_queue_size: int = Field(256, ge=1, description="pending encode requests before 429")
     encode_queue_texts: int = Field(8192, ge=1, description="pending texts (all requests together) before 429")
 

@@ -86,3 +86,42 @@ def test_blas_threads_really_limits_numpys_blas_and_not_torchs_pool(settings):
     with app_client(settings.model_copy(update={"blas_threads": 1}), fake=True):
         assert pools("blas") and set(pools("blas")) == {1}  # threadpoolctl's own report
         assert pools("openmp") == openmp_before
+
+
+class _CallsEncoder(_CountingEncoder):
+    """Records the texts of each model call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts, kind="query", layers=None):
+        self.calls.append(list(texts))
+        return super().encode(texts, kind, layers)
+
+
+def test_under_load_a_model_call_waits_for_requests_to_join_it():
+    """With `batch_wait_s`, a call after a merged one waits for more requests; a call after a
+    lone one does not wait at all (a single client never pays the wait)."""
+    encoder = _CallsEncoder()
+    queue = InferenceQueue(batch_wait_s=60.0)  # long: the test must not depend on timing
+    queue.start()
+
+    async def scenario():
+        alone = await asyncio.wait_for(queue.encode(encoder, ["alone"]), timeout=30)  # no load: no wait
+        assert alone.shape == (1, 4) and encoder.calls == [["alone"]]
+        queue._last_requests = 2  # as after a model call that merged two requests
+        first = asyncio.ensure_future(queue.encode(encoder, ["first"]))
+        await asyncio.sleep(0.2)  # the call waits for company...
+        assert len(encoder.calls) == 1
+        second = asyncio.ensure_future(queue.encode(encoder, ["second"]))
+        await asyncio.wait_for(asyncio.gather(first, second), timeout=30)  # ...and runs once it has come
+        return encoder.calls
+
+    try:
+        calls = asyncio.run(scenario())
+    finally:
+        queue._batch_wait_s = 0.0
+        queue.stop()
+    # The waiting call ran as soon as as many requests had joined as the last call merged.
+    assert calls[1] == ["first", "second"]
