@@ -15,7 +15,6 @@ request by request, so an error reaches only the request that caused it. A waite
 """
 
 import asyncio
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -25,8 +24,6 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from index import CollectionBackend, Query, SearchResult
-
-log = logging.getLogger(__name__)
 
 Stack = Callable[[list[Any]], Any]  # several queries' rows as one `Query.queries`
 
@@ -111,7 +108,7 @@ class SearchBatcher:
 
     def _take(self) -> list[_Waiting]:
         """Waiting searches, oldest first, up to `max_rows` rows (at least one search)."""
-        batch, rows = [self._waiting.popleft()], 0
+        batch = [self._waiting.popleft()]
         rows = batch[0].rows
         while self._waiting and rows + self._waiting[0].rows <= self.max_rows:
             rows += self._waiting[0].rows
