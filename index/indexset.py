@@ -7,8 +7,10 @@ store and swaps it in while the old one serves.
 
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Set as LabelSet
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -60,11 +62,22 @@ class IndexSet:
                     index.add(labels, self.views[d].apply(X), num_threads=-1)  # bulk: every core
 
     # -- writes: full-dim prepared vectors in, each graph gets its view --------------------------
-    def add(self, labels: np.ndarray, X: np.ndarray, threads: int = 1) -> None:
-        """Insert in label order on one thread by default: hnswlib's multi-threaded insert order
-        varies run to run, and replaying writes after a crash must rebuild the same graph."""
-        for d, index in self.indexes.items():
-            index.add(labels, self.views[d].apply(X), num_threads=threads)
+    def add(self, labels: np.ndarray, X: np.ndarray) -> None:
+        """Insert into every graph, each in label order on one thread: hnswlib's multi-threaded
+        insert order varies run to run, and replaying writes after a crash must rebuild the same
+        graphs (same answers after a kill as before it). The graphs of an elastic collection are
+        independent, so they fill side by side (hnswlib releases the GIL), largest first."""
+        dims = sorted(self.indexes, reverse=True)
+        if len(dims) == 1 or len(labels) < _PARALLEL_MIN_ROWS:
+            for d in dims:
+                self._add_one(d, labels, X)
+            return
+        jobs = [_graph_pool().submit(self._add_one, d, labels, X) for d in dims]
+        for job in jobs:
+            job.result()  # every graph is done (or the first error is raised) before returning
+
+    def _add_one(self, d: int, labels: np.ndarray, X: np.ndarray) -> None:
+        self.indexes[d].add(labels, self.views[d].apply(X), num_threads=1)
 
     def delete(self, labels: np.ndarray) -> None:
         for index in self.indexes.values():
@@ -142,3 +155,19 @@ class IndexSet:
                         os.remove(path)
             raise
         return files
+
+
+# Below this many rows a write is a few milliseconds: handing it to other threads costs more.
+_PARALLEL_MIN_ROWS = 16
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _graph_pool() -> ThreadPoolExecutor:
+    """One small pool for the whole process, one thread per core, shared by every collection
+    (a write holds its collection's write mutex, so one collection uses at most its graph count)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="vecnest-graph-add")
+        return _pool
