@@ -7,6 +7,7 @@ turns texts into what a collection indexes: a vector per text for dense collecti
 matrix per text for multi-vector ones.
 """
 
+import asyncio
 import time
 import weakref
 from typing import Any
@@ -126,8 +127,9 @@ class Embedder:
         )
 
     async def count_tokens(self, encoder: Encoder, texts: list[str]) -> int:
-        """How many tokens the model reads of `texts` (its tokenizer runs on the inference thread)."""
-        return await self.inference.call(lambda: encoder.count_tokens(texts))
+        """How many tokens the model reads of `texts` (on the encoder's tokenizer thread: the model
+        thread does not wait for it)."""
+        return await asyncio.to_thread(encoder.count_tokens, texts)
 
     def _on_batch(self, stats: EncodeStats) -> None:
         m = self.metrics

@@ -8,6 +8,7 @@ A model directory may declare itself Matryoshka-trained in a `vecnest.json` file
 (`{"matryoshka_dims": [...]}`, written by `vecnest finetune`): its prefixes truncate natively.
 """
 
+import functools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import numpy as np
 
 from index import Invalid
 from service.settings import DEFAULT_MODEL, Settings
+from service.tokenize_ahead import TokenizeAhead
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ _LAYER_PATHS = ("encoder.layer", "transformer.layer", "encoder.layers", "layers"
 
 
 class Encoder(Protocol):
+    """`encode` and `encode_tokens` run on the one inference thread; `count_tokens` may run on
+    any thread (it must not wait for the model)."""
+
     id: str  # the model name collections record in their manifest
     dim: int
     max_chars: int  # characters of a text the model can read; longer texts are cut before tokenising
@@ -68,7 +73,8 @@ def check_layers(encoder: Encoder, layers: int | None) -> None:
 
 
 class SentenceTransformerEncoder:
-    """A sentence-transformers model on the CPU (or `device`). Call only from one thread."""
+    """A sentence-transformers model on the CPU (or `device`). `encode*` from one thread only;
+    its tokenizer runs on a helper thread of its own (service/tokenize_ahead.py)."""
 
     def __init__(self, name: str, path: str, device: str = "cpu", batch_size: int = 64):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -87,48 +93,49 @@ class SentenceTransformerEncoder:
         self.num_layers = len(getattr(*self._layer_slot)) if self._layer_slot else None
         self.matryoshka_dims = _declared_matryoshka_dims(path, self.dim)
         self.max_chars = CHARS_PER_TOKEN * int(self._model.max_seq_length or 512)
+        self._model.eval()
+        self._tokenize = TokenizeAhead()
 
     def _cut(self, texts: Sequence[str]) -> list[str]:
         return [t[: self.max_chars] for t in texts]
 
     def encode(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> np.ndarray:
+        import torch
+
         check_layers(self, layers)
-        with self._first_layers(layers):
-            X = self._model.encode(
-                self._cut(texts),
-                batch_size=self._batch_size,
-                prompt_name=kind if self._prompts.get(kind) else None,  # e.g. e5's "query: " prefix
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
-        return np.ascontiguousarray(X, dtype=np.float32)
+        texts = self._cut(texts)
+        prepare = functools.partial(self._model.preprocess, prompt=self._prompts.get(kind) or None)  # e5's "query: "
+        out = np.empty((len(texts), self.dim), np.float32)
+        with self._first_layers(layers), torch.inference_mode():
+            for positions, features in self._tokenize.chunks(texts, self._batch_size, prepare):
+                embedded = self._model(self._on_device(features))["sentence_embedding"]
+                out[positions] = torch.nn.functional.normalize(embedded.float(), dim=1).cpu().numpy()
+        return out
 
     def encode_tokens(self, texts: Sequence[str], kind: Kind = "query", layers: int | None = None) -> list[np.ndarray]:
         import torch
 
         check_layers(self, layers)
         prompt = self._prompts.get(kind) or ""
-        texts = self._cut(texts)
-        tokenizer = self._model.tokenizer
-        special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths batch together: less padding
+        texts = [prompt + t for t in self._cut(texts)]
+        special = torch.tensor(sorted(set(self._model.tokenizer.all_special_ids)))
         out: list[np.ndarray | None] = [None] * len(texts)
         with self._first_layers(layers), torch.inference_mode():
-            for start in range(0, len(texts), self._batch_size):
-                idx = order[start : start + self._batch_size]
-                prepare = getattr(self._model, "preprocess", None) or self._model.tokenize  # renamed in v6
-                features = prepare([prompt + texts[i] for i in idx])
-                features = {
-                    k: v.to(self._model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
-                }
+            for positions, features in self._tokenize.chunks(texts, self._batch_size, self._model.preprocess):
+                features = self._on_device(features)
                 hidden = self._model[0](features)["token_embeddings"]  # (b, L, dim): the transformer module only
                 keep = features["attention_mask"].bool() & ~torch.isin(features["input_ids"], special.to(hidden.device))
                 hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).cpu().numpy()
                 keep = keep.cpu().numpy()
-                for row, i in enumerate(idx):
+                for row, i in enumerate(positions):
                     out[i] = np.ascontiguousarray(hidden[row][keep[row]], dtype=np.float32)
-        return out
+        return out  # type: ignore[return-value]  # every position was filled
+
+    def _on_device(self, features: dict) -> dict:
+        import torch
+
+        device = self._model.device
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
     @contextmanager
     def _first_layers(self, layers: int | None) -> Iterator[None]:
@@ -149,7 +156,10 @@ class SentenceTransformerEncoder:
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         limit = self._model.max_seq_length
-        ids = self._model.tokenizer(self._cut(texts), add_special_tokens=True, truncation=True, max_length=limit)
+        tokenize = self._model.tokenizer
+        ids = self._tokenize.run(
+            lambda: tokenize(self._cut(texts), add_special_tokens=True, truncation=True, max_length=limit)
+        )
         return sum(len(row) for row in ids["input_ids"])
 
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from index import Invalid
+from service.tokenize_ahead import TokenizeAhead
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class OnnxInt8Encoder:
         self._tokenizer = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
         self._tokenizer.enable_truncation(max_len)
         self._tokenizer.no_padding()
+        self._tokenize = TokenizeAhead()
         self._batch_size = batch_size
         onnx_path = _int8_model(path, cache_dir)
         options = onnxruntime.SessionOptions()
@@ -87,15 +89,13 @@ class OnnxInt8Encoder:
         """`(n, dim)` float32 unit rows; texts of similar length run together (less padding)."""
         if layers is not None:
             raise Invalid(f"model {self.id!r} does not support choosing layers", code="invalid_layers")
-        encodings = self._tokenizer.encode_batch([t[: self.max_chars] for t in texts])
-        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+        texts = [t[: self.max_chars] for t in texts]
         out = None
-        for start in range(0, len(order), self._batch_size):
-            idx = order[start : start + self._batch_size]
-            vectors = self._run([encodings[i] for i in idx])
+        for positions, encodings in self._tokenize.chunks(texts, self._batch_size, self._tokenizer.encode_batch):
+            vectors = self._run(encodings)
             if out is None:
                 out = np.empty((len(texts), vectors.shape[1]), np.float32)
-            out[idx] = vectors
+            out[positions] = vectors
         return out if out is not None else np.zeros((0, self.dim), np.float32)
 
     def _run(self, encodings: list) -> np.ndarray:
@@ -128,7 +128,8 @@ class OnnxInt8Encoder:
         )
 
     def count_tokens(self, texts: Sequence[str]) -> int:
-        return sum(len(e.ids) for e in self._tokenizer.encode_batch([t[: self.max_chars] for t in texts]))
+        encodings = self._tokenize.run(self._tokenizer.encode_batch, [t[: self.max_chars] for t in texts])
+        return sum(len(e.ids) for e in encodings)
 
 
 def _read_json(path: str, name: str) -> dict | list:
