@@ -91,9 +91,12 @@ def create_app(
     for router in routers:
         app.include_router(router, dependencies=[Depends(auth.authorize)])
     # Outermost last: the guard refuses before a body is read; metrics see every response.
-    # Searches skip FastAPI's per-request machinery (service/hot_path.py), not the checks above it.
-    searches = [hot(route, get_engine) for route in search.router.routes]  # type: ignore[arg-type]
-    app.add_middleware(HotPath, routes=searches, engine=lambda: app.state.engine, metrics=metrics)
+    # Searches and upserts skip FastAPI's per-request machinery (service/hot_path.py), not the
+    # checks above it.
+    loaded = [*search.router.routes, documents.upsert_route()]
+    app.add_middleware(
+        HotPath, routes=[hot(r, get_engine) for r in loaded], engine=lambda: app.state.engine, metrics=metrics
+    )
     # An archive upload streams to disk under its own limit (max_archive_bytes), not into memory.
     unbuffered = {snapshots.RESTORE_UPLOAD_PATH}
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, metrics=metrics, unbuffered=unbuffered)

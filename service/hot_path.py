@@ -1,5 +1,5 @@
-"""`HotPath`: the few routes that carry the load (searches), served without FastAPI's
-per-request machinery.
+"""`HotPath`: the few routes that carry the load (searches and upserts), served without
+FastAPI's per-request machinery.
 
 FastAPI matches a request against every route, solves its dependencies, validates the body,
 runs the endpoint, then validates and serialises its return value again: measured here, about

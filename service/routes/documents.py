@@ -1,6 +1,7 @@
 """Documents: upsert in batches, get, delete one or many."""
 
 from fastapi import APIRouter, Depends, Query, Response
+from fastapi.routing import APIRoute
 
 from index import NotFound
 from service import schemas
@@ -18,6 +19,12 @@ async def upsert_documents(name: str, body: schemas.UpsertRequest, engine: Engin
     """Insert or replace documents by id, all or nothing. Text is embedded by the collection's
     model unless a vector is given. Acknowledged only after the write is committed."""
     return await ops.upsert(engine, name, body.documents)
+
+
+def upsert_route() -> APIRoute:
+    """The upsert route, which the hot path serves (service/hot_path.py)."""
+    (route,) = [r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is upsert_documents]
+    return route
 
 
 @router.post("/delete", response_model=schemas.DeleteResponse)

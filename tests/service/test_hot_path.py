@@ -1,6 +1,6 @@
-"""The hot path (service/hot_path.py) answers searches exactly as FastAPI's own routes do: the
-same bodies (None fields left out, metadata and vectors as stored), the same errors; and it is
-what serves them (its requests skip FastAPI's dependency solving)."""
+"""The hot path (service/hot_path.py) answers searches and upserts exactly as FastAPI's own
+routes do: the same bodies (None fields left out, metadata and vectors as stored), the same
+errors; and it is what serves them (its requests skip FastAPI's dependency solving)."""
 
 import asyncio
 
@@ -45,10 +45,10 @@ def without_took(body):
     return body
 
 
-async def post_both(app, client, path, body):
-    hot = client.post(path, json=body)
+async def post_both(app, client, path, body, method="POST"):
+    hot = client.request(method, path, json=body)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fastapi_only(app)), base_url="http://x") as plain:
-        reference = await plain.post(path, json=body)
+        reference = await plain.request(method, path, json=body)
     return hot, reference
 
 
@@ -119,3 +119,37 @@ def test_the_hot_path_serves_searches(app, monkeypatch):
     assert len(solved) == 1
     r = client.post(f"/v1/collections/{name}/search", json={"query": "x"})
     assert r.status_code == 200 and len(solved) == 1
+    r = client.put(f"/v1/collections/{name}/documents", json={"documents": [{"id": "a", "text": "x"}]})
+    assert r.status_code == 200 and len(solved) == 1
+    assert client.get(f"/v1/collections/{name}").status_code == 200 and len(solved) == 2
+
+
+def test_upserts_answer_as_the_fastapi_route_does(app):
+    app, client = app
+    name = unique_name()
+    assert client.post("/v1/collections", json={"name": name}).status_code == 201
+    path = f"/v1/collections/{name}/documents"
+    long_text = "word " * 2000  # longer than the model reads: reported in `truncated`
+    bodies = [
+        {"documents": [{"id": k, "text": v, "metadata": {"topic": k}} for k, v in TEXTS.items()]},
+        {"documents": [{"id": "long", "text": long_text}]},
+        {"documents": [{"id": "v", "vector": [0.5] * 384}]},
+    ]
+    for body in bodies:  # upserts are idempotent: both answers describe the same write
+        hot, reference = asyncio.run(post_both(app, client, path, body, method="PUT"))
+        assert hot.status_code == reference.status_code == 200, hot.text
+        assert hot.json() == reference.json()
+    assert client.get(f"/v1/collections/{name}").json()["documents"] == len(TEXTS) + 2
+    cases = [
+        ({"documents": []}, "invalid_request"),  # body validation: FastAPI's own 422
+        ({"documents": [{"id": "x", "text": "a", "unknown": 1}]}, "invalid_request"),
+        ({"documents": [{"id": "x", "vector": [0.1] * 5}]}, "wrong_dimension"),  # the collection's rule
+        ({"documents": [{"id": "x", "text": "a"}, {"id": "x", "text": "b"}]}, "duplicate_id"),
+    ]
+    for body, code in cases:
+        r = client.put(path, json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert set(r.json()) == {"error"} and r.json()["error"]["code"] == code
+    assert client.get(f"/v1/collections/{name}").json()["documents"] == len(TEXTS) + 2  # nothing changed
+    r = client.put("/v1/collections/nope/documents", json=bodies[0])
+    assert r.status_code == 404 and r.json()["error"]["code"] == "collection_not_found"
