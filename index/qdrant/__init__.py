@@ -1,0 +1,8 @@
+"""vecnest on Qdrant (architecture.md §6): the collection seam implemented over a Qdrant server,
+cluster or qdrant-client's local mode, for stateless vecnest replicas. Needs the `qdrant` extra
+(`pip install -e '.[qdrant]'`); nothing else in `index/` imports this package."""
+
+from .catalog import QdrantCatalog, qdrant_name
+from .collection import QdrantDenseCollection, point_id
+
+__all__ = ["QdrantCatalog", "QdrantDenseCollection", "point_id", "qdrant_name"]

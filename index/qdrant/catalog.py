@@ -1,0 +1,96 @@
+"""The collections of a deployment on Qdrant: each one's manifest lives in Qdrant itself.
+
+Manifests are points of one Qdrant collection, `vecnest.manifests` (no vectors; the manifest
+JSON in the payload), so every vecnest replica reads the same facts and keeps no local state.
+A collection's documents live in `vecnest.<name>` (see collection.py).
+"""
+
+import json
+from typing import Any
+
+from index.catalog import check_name
+from index.collection.dense import DenseScoring
+from index.errors import Conflict, Invalid, NotFound
+from index.manifest import Manifest
+
+from .collection import QdrantDenseCollection, backend_errors, point_id
+from .fields import FIELDS
+
+MANIFESTS = "vecnest.manifests"
+
+
+def qdrant_name(name: str) -> str:
+    return f"vecnest.{name}"
+
+
+class QdrantCatalog:
+    """`client`: a `qdrant_client.QdrantClient` (a server or cluster URL, or local mode)."""
+
+    def __init__(self, client: Any, write_ordering: str = "strong"):
+        self._client = client
+        self._ordering = write_ordering
+        with backend_errors("open the catalog"):
+            if not self._client.collection_exists(MANIFESTS):
+                self._client.create_collection(MANIFESTS, vectors_config={})
+
+    def create(self, manifest: Manifest) -> QdrantDenseCollection:
+        from qdrant_client import models
+
+        check_name(manifest.name)
+        if manifest.multivector is not None:
+            raise Invalid("multi-vector collections are not on the Qdrant backend yet", code="backend_unsupported")
+        manifest = DenseScoring.validate(manifest)
+        with backend_errors(f"create {manifest.name!r}"):
+            if self._read(manifest.name) is not None:
+                raise Conflict(f"collection {manifest.name!r} already exists", code="collection_exists")
+            qname = qdrant_name(manifest.name)
+            if self._client.collection_exists(qname):  # left by a create that failed half-way
+                self._client.delete_collection(qname)
+            self._client.create_collection(qname, vectors_config=QdrantDenseCollection.vectors_config(manifest))
+            self._client.create_payload_index(qname, FIELDS, models.PayloadSchemaType.KEYWORD, wait=True)
+            self._write(manifest)  # last: a collection exists once its manifest does
+        return self._open(manifest)
+
+    def get(self, name: str) -> QdrantDenseCollection:
+        with backend_errors(f"open {name!r}"):
+            manifest = self._read(name)
+        if manifest is None:
+            raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+        return self._open(manifest)
+
+    def drop(self, name: str) -> None:
+        from qdrant_client import models
+
+        with backend_errors(f"drop {name!r}"):
+            if self._read(name) is None:
+                raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+            # The manifest goes first: a drop that fails half-way leaves data no one serves,
+            # which the next create of that name clears, never a manifest without data.
+            self._client.delete(MANIFESTS, models.PointIdsList(points=[point_id(name)]), wait=True)
+            self._client.delete_collection(qdrant_name(name))
+
+    def names(self) -> list[str]:
+        with backend_errors("list collections"):
+            names, offset = [], None
+            while True:
+                points, offset = self._client.scroll(MANIFESTS, limit=256, offset=offset, with_payload=["name"])
+                names += [p.payload["name"] for p in points]
+                if offset is None:
+                    return sorted(names)
+
+    def _open(self, manifest: Manifest) -> QdrantDenseCollection:
+        return QdrantDenseCollection(self._client, qdrant_name(manifest.name), manifest, self._ordering)
+
+    def _read(self, name: str) -> Manifest | None:
+        found = self._client.retrieve(MANIFESTS, [point_id(name)], with_payload=True)
+        return Manifest.from_json(json.loads(found[0].payload["manifest"])) if found else None
+
+    def _write(self, manifest: Manifest) -> None:
+        from qdrant_client import models
+
+        point = models.PointStruct(
+            id=point_id(manifest.name),
+            vector={},
+            payload={"name": manifest.name, "manifest": json.dumps(manifest.to_json())},
+        )
+        self._client.upsert(MANIFESTS, [point], wait=True, ordering=models.WriteOrdering(self._ordering))

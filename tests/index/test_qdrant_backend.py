@@ -1,0 +1,254 @@
+"""The Qdrant backend's dense data path (index/qdrant) against the embedded one: the same
+documents in, the same answers out. Qdrant runs in qdrant-client's local mode here (in-process,
+brute force; a server or cluster speaks the same API), so graph search there is exact: recall
+against the exact oracle is checked, approximate-search quality is the embedded tests' job.
+
+One contract, two backends: every test below takes `backend`, an (embedded, or Qdrant) factory."""
+
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from index import Collection, HnswParams, Manifest, NewDocument, Query
+from index.errors import Conflict, Invalid, NotFound
+
+qdrant_client = pytest.importorskip("qdrant_client", reason="the qdrant extra is part of the test install")
+from index.qdrant import QdrantCatalog  # noqa: E402  (after the importorskip)
+
+DIMS = [64, 384]
+
+
+def manifest(name="c", dims=DIMS, metric="cosine") -> Manifest:
+    return Manifest(name=name, dim=384, metric=metric, hnsw=HnswParams(), created_at="2026-01-01T00:00:00", dims=dims)
+
+
+def metadata(i: int) -> dict:
+    """Every kind of filterable value, and the traps: 1 == 1.0, True != 1, dotted keys, lists, null."""
+    return {
+        "parity": i % 2,  # an int ...
+        "third": float(i % 3),  # ... and a float that equals an int
+        "flag": i % 5 == 0,
+        "tag": ["a", "b"][i % 2],
+        "tags": [f"t{i % 4}", f"t{i % 7}"],
+        "a.b": i % 3,  # a key with a dot: one key, not a path
+        "maybe": None if i % 6 == 0 else i,
+        "nested": {"x": i},  # stored, not filterable
+    }
+
+
+def docs(X, start=0):
+    return [
+        NewDocument(id=f"d{start + i}", vector=x, text=f"text {start + i}", metadata=metadata(start + i))
+        for i, x in enumerate(X)
+    ]
+
+
+@pytest.fixture(params=["embedded", "qdrant"])
+def backend(request, tmp_path):
+    """A factory: `make(manifest)` → a new collection on this backend."""
+    if request.param == "embedded":
+        made = []
+
+        def make(m: Manifest):
+            c = Collection.create(str(tmp_path / m.name), m)
+            made.append(c)
+            return c
+
+        yield make
+        for c in made:
+            c.close()
+    else:
+        client = qdrant_client.QdrantClient(location=":memory:")
+        catalog = QdrantCatalog(client)
+        yield catalog.create
+        client.close()
+
+
+@pytest.fixture
+def loaded(backend, glosses):
+    _, X = glosses
+    c = backend(manifest())
+    c.upsert(docs(X[:600]))
+    return c, X
+
+
+def ids(result) -> list[list[str]]:
+    return [[m.id for m in row] for row in result.matches]
+
+
+def test_documents_in_and_out(loaded):
+    c, X = loaded
+    assert len(c) == 600
+    doc = c.get("d7")
+    assert doc.id == "d7" and doc.text == "text 7" and doc.metadata == metadata(7)
+    assert np.allclose(doc.vector, X[7] / np.linalg.norm(X[7]), atol=1e-6)
+    c.upsert(docs(X[:10]))  # a retried write changes nothing
+    assert len(c) == 600
+    c.upsert([NewDocument(id="d7", vector=X[900], text="new", metadata={"k": 1})])  # replaced whole
+    doc = c.get("d7")
+    assert doc.text == "new" and doc.metadata == {"k": 1}
+    assert c.search(Query(X[900][None], 1)).matches[0][0].id == "d7"
+    assert sorted(c.delete(["d1", "d2", "missing", "d1"]).ids) == ["d1", "d2"]
+    assert len(c) == 598
+    with pytest.raises(NotFound):
+        c.get("d1")
+    assert "d1" not in ids(c.search(Query(X[1][None], 5, exact=True)))[0]
+
+
+def test_bad_documents_and_queries_change_nothing(loaded):
+    c, X = loaded
+    bad = [
+        [NewDocument(id="x", vector=X[0][:10])],  # wrong dimension
+        [NewDocument(id="x", vector=np.full(384, np.nan, np.float32))],
+        [NewDocument(id="x", vector=np.zeros(384, np.float32))],  # no direction under cosine
+        [NewDocument(id="x", vector=X[0]), NewDocument(id="x", vector=X[1])],  # duplicate id
+    ]
+    for batch in bad:
+        with pytest.raises(Invalid):
+            c.check_documents(batch)
+        with pytest.raises(Invalid):
+            c.upsert(batch)
+    assert len(c) == 600
+    for query in (Query(X[:1], 0), Query(X[:1], 5, dim=96), Query(X[:1, :10], 5), Query(X[:1], 5, candidates=3)):
+        with pytest.raises(Invalid):
+            c.check(query)
+
+
+FILTERS = [
+    {"parity": 1},
+    {"parity": 1.0},  # 1 == 1.0
+    {"third": 2},  # an int matches a float that equals it
+    {"flag": True},
+    {"flag": 1},  # True is not 1
+    {"tag": "a", "parity": 0},
+    {"tag": "a", "parity": 1},  # nothing
+    {"tags": "t3"},  # a list contains it
+    {"a.b": 2},  # a dotted key is one key
+    {"maybe": None},
+    {"nested": 3},  # objects are not filterable: nothing
+    {"absent": "x"},
+]
+
+
+def test_filters_mean_the_same_on_both_backends(loaded, glosses):
+    c, X = loaded
+    for f in FILTERS:
+        expected = {f"d{i}" for i in range(600) if _matches(metadata(i), f)}
+        found = ids(c.search(Query(X[700][None], 600, exact=True, filter=f)))[0]
+        assert set(found) == expected, f
+        graph = ids(c.search(Query(X[700][None], 10, filter=f)))[0]
+        assert set(graph) <= expected and len(graph) == min(10, len(expected)), f
+
+
+def _matches(meta: dict, f: dict) -> bool:
+    """The filter rule of index/filters.py, written out: equality on top-level scalars, numbers
+    numerically, booleans only booleans, a list when it contains the value."""
+
+    def equal(a, b):
+        if isinstance(a, bool) or isinstance(b, bool):
+            return isinstance(a, bool) and isinstance(b, bool) and a == b
+        if a is None or b is None:
+            return a is None and b is None
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return math.isclose(a, b, rel_tol=0, abs_tol=0)
+        return type(a) is type(b) and a == b
+
+    for key, value in f.items():
+        if key not in meta or isinstance(meta[key], dict):
+            return False
+        items = meta[key] if isinstance(meta[key], list) else [meta[key]]
+        if not any(equal(item, value) for item in items):
+            return False
+    return True
+
+
+def exact_oracle(X, Q, k, dim=None):
+    """Top-k by cosine over the prefixes `dim` (re-normalised), as the embedded views."""
+    V = X[:, :dim] if dim else X
+    V = V / np.linalg.norm(V, axis=1, keepdims=True)
+    W = Q[:, :dim] if dim else Q
+    W = W / np.linalg.norm(W, axis=1, keepdims=True)
+    return np.argsort(-(W @ V.T), axis=1, kind="stable")[:, :k]
+
+
+def test_searches_route_by_dim_and_rescore_at_full_dim(loaded):
+    c, X = loaded
+    Q = X[2000:2040]
+    truth = exact_oracle(X[:600], Q, 10)
+    full = c.search(Query(Q, 10))
+    assert full.dim == 384
+    recall = np.mean([len({f"d{j}" for j in t} & set(r)) / 10 for t, r in zip(truth, ids(full))])
+    assert recall >= 0.95
+    exact = c.search(Query(Q, 10, exact=True))
+    assert ids(exact) == [[f"d{j}" for j in t] for t in truth]
+    scores = np.array([[m.score for m in row] for row in exact.matches])
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    Xn = X[:600] / np.linalg.norm(X[:600], axis=1, keepdims=True)
+    assert np.allclose(scores, np.take_along_axis(Qn @ Xn.T, truth, axis=1), atol=1e-5)
+    # the 64-d funnel: the exact 64-d shortlist re-scored at full dim, as the embedded funnel does
+    funnel = c.search(Query(Q, 10, dim=64, exact=True, rerank_factor=4))
+    shortlist = exact_oracle(X[:600], Q, 40, dim=64)
+    for row, short, q in zip(funnel.matches, shortlist, Qn):
+        rescored = sorted(short.tolist(), key=lambda j: -float(Xn[j] @ q))[:10]
+        assert [m.id for m in row] == [f"d{j}" for j in rescored]
+    assert funnel.dim == 64 and funnel.candidates == 40
+    # rerank=False keeps the 64-d scores: its order is the 64-d order
+    low = c.search(Query(Q, 10, dim=64, exact=True, rerank=False))
+    assert ids(low) == [[f"d{j}" for j in t] for t in exact_oracle(X[:600], Q, 10, dim=64)]
+
+
+def test_vectors_and_fields_come_back_when_asked(loaded):
+    c, X = loaded
+    row = c.search(Query(X[5][None], 1, include=("text", "metadata", "vector"))).matches[0][0]
+    assert row.id == "d5" and row.text == "text 5" and row.metadata == metadata(5)
+    assert np.allclose(row.vector, X[5] / np.linalg.norm(X[5]), atol=1e-6)
+    bare = c.search(Query(X[5][None], 1)).matches[0][0]
+    assert bare.text is None and bare.metadata is None and bare.vector is None
+
+
+def test_l2_scores_are_minus_the_distance(backend, glosses):
+    _, X = glosses
+    c = backend(manifest("l2", dims=[384], metric="l2"))
+    c.upsert(docs(X[:50]))
+    top = c.search(Query(X[60][None], 3, exact=True)).matches[0]
+    d = np.linalg.norm(X[:50] - X[60], axis=1)
+    assert [m.id for m in top] == [f"d{j}" for j in np.argsort(d)[:3]]
+    assert np.allclose([m.score for m in top], -np.sort(d)[:3], atol=1e-4)
+
+
+def test_the_catalog_keeps_manifests_in_qdrant(tmp_path, glosses):
+    """A second client on the same storage (another replica) sees the same collections: the
+    replica itself keeps nothing."""
+    _, X = glosses
+    path = str(tmp_path / "qdrant")
+    first = qdrant_client.QdrantClient(path=path)
+    catalog = QdrantCatalog(first)
+    c = catalog.create(manifest("one"))
+    c.upsert(docs(X[:20]))
+    catalog.create(manifest("two", dims=[384]))
+    with pytest.raises(Conflict):
+        catalog.create(manifest("one"))
+    with pytest.raises(Invalid):
+        catalog.create(manifest("bad/name"))
+    first.close()  # local mode locks its folder: one process at a time
+    second = qdrant_client.QdrantClient(path=path)
+    again = QdrantCatalog(second)
+    assert again.names() == ["one", "two"]
+    one = again.get("one")
+    assert one.manifest == c.manifest and len(one) == 20 and one.dims == [64, 384]
+    again.drop("two")
+    assert again.names() == ["one"]
+    with pytest.raises(NotFound):
+        again.get("two")
+    with pytest.raises(NotFound):
+        again.drop("two")
+    second.close()
+
+
+def test_importing_index_does_not_import_qdrant():
+    import subprocess
+
+    code = "import sys, index; assert 'qdrant_client' not in sys.modules and 'index.qdrant' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
