@@ -10,7 +10,7 @@ from typing import Any
 
 from index.catalog import check_name
 from index.collection.dense import DenseScoring
-from index.errors import Conflict, Invalid, NotFound
+from index.errors import Conflict, Invalid, NotFound, NotReady
 from index.manifest import Manifest
 
 from .collection import QdrantDenseCollection, backend_errors, point_id
@@ -29,6 +29,7 @@ class QdrantCatalog:
     def __init__(self, client: Any, write_ordering: str = "strong"):
         self._client = client
         self._ordering = write_ordering
+        self._failed: dict[str, str] = {}
         with backend_errors("open the catalog"):
             if not self._client.collection_exists(MANIFESTS):
                 self._client.create_collection(MANIFESTS, vectors_config={})
@@ -52,6 +53,11 @@ class QdrantCatalog:
         return self._open(manifest)
 
     def get(self, name: str) -> QdrantDenseCollection:
+        if name in self._failed:
+            raise NotReady(
+                f"collection {name!r} could not be opened: {self._failed[name]}; drop it (DELETE) or repair it",
+                code="collection_unavailable",
+            )
         with backend_errors(f"open {name!r}"):
             manifest = self._read(name)
         if manifest is None:
@@ -62,12 +68,13 @@ class QdrantCatalog:
         from qdrant_client import models
 
         with backend_errors(f"drop {name!r}"):
-            if self._read(name) is None:
+            if not self._client.retrieve(MANIFESTS, [point_id(name)]):  # unread: a failed one drops too
                 raise NotFound(f"collection {name!r} not found", code="collection_not_found")
             # The manifest goes first: a drop that fails half-way leaves data no one serves,
             # which the next create of that name clears, never a manifest without data.
             self._client.delete(MANIFESTS, models.PointIdsList(points=[point_id(name)]), wait=True)
             self._client.delete_collection(qdrant_name(name))
+        self._failed.pop(name, None)
 
     def names(self) -> list[str]:
         with backend_errors("list collections"):
@@ -76,14 +83,45 @@ class QdrantCatalog:
                 points, offset = self._client.scroll(MANIFESTS, limit=256, offset=offset, with_payload=["name"])
                 names += [p.payload["name"] for p in points]
                 if offset is None:
-                    return sorted(names)
+                    return sorted(n for n in names if n not in self._failed)
+
+    def failed(self) -> dict[str, str]:
+        """Collections listed but not servable (name → reason): a manifest this version cannot
+        read, or one marked failed since."""
+        return dict(self._failed)
+
+    def mark_failed(self, name: str, reason: str) -> None:
+        self._failed[name] = reason
+
+    def backup_dir(self, name: str) -> str:
+        raise Invalid(
+            "backup archives are not available on the Qdrant backend: use Qdrant's snapshots",
+            code="backend_unsupported",
+        )
+
+    def restore(self, archive: str, name: str | None = None, replace: bool = False) -> tuple[Any, Any]:
+        raise Invalid(
+            "backup archives are not available on the Qdrant backend: use Qdrant's snapshots",
+            code="backend_unsupported",
+        )
+
+    def close(self) -> None:
+        self._client.close()
 
     def _open(self, manifest: Manifest) -> QdrantDenseCollection:
-        return QdrantDenseCollection(self._client, qdrant_name(manifest.name), manifest, self._ordering)
+        return QdrantDenseCollection(self._client, qdrant_name(manifest.name), manifest, self._write, self._ordering)
 
     def _read(self, name: str) -> Manifest | None:
         found = self._client.retrieve(MANIFESTS, [point_id(name)], with_payload=True)
-        return Manifest.from_json(json.loads(found[0].payload["manifest"])) if found else None
+        if not found:
+            return None
+        try:
+            return Manifest.from_json(json.loads(found[0].payload["manifest"]))
+        except (Invalid, KeyError, TypeError, ValueError) as exc:  # written by another version, or damaged
+            self._failed[name] = f"its manifest cannot be read: {exc}"
+            raise NotReady(
+                f"collection {name!r} could not be opened: {self._failed[name]}", code="collection_unavailable"
+            ) from None
 
     def _write(self, manifest: Manifest) -> None:
         from qdrant_client import models

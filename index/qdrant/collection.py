@@ -20,10 +20,13 @@ an acknowledged upsert is durable as Qdrant defines it. Backend failures (timeou
 become `NotReady` (503), never an unexpected error.
 """
 
+import json
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +36,9 @@ from index.collection.dense import DenseScoring
 from index.collection.state import default_rerank_factor, views_of
 from index.collection.writes import check_batch
 from index.errors import Invalid, NotFound, NotReady, VecnestError
-from index.manifest import Manifest
+from index.manifest import Manifest, RecallPolicy, Rotation
+from index.protocols import Hits
+from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.scoring import Match
 from index.store import NewDocument, StoredDocument
 from index.vectors import as_matrix, prepare
@@ -69,13 +74,23 @@ def backend_errors(what: str) -> Iterator[None]:
 class QdrantDenseCollection:
     kind = "dense"
 
-    def __init__(self, client: Any, qdrant_name: str, manifest: Manifest, write_ordering: str = "strong"):
+    def __init__(
+        self,
+        client: Any,
+        qdrant_name: str,
+        manifest: Manifest,
+        save_manifest: Callable[[Manifest], None],
+        write_ordering: str = "strong",
+    ):
+        """`save_manifest` stores a changed manifest where every replica reads it (the catalog)."""
         self._client = client
         self._qname = qdrant_name
         self._manifest = manifest
+        self._save_manifest = save_manifest
         self._scoring = DenseScoring(manifest)
         self._views = views_of(manifest, None)  # PCA rotations: not on this backend yet (plain prefixes)
         self._ordering = write_ordering
+        self._lock = threading.Lock()  # manifest changes: read, change, save, one at a time
 
     @staticmethod
     def vectors_config(manifest: Manifest) -> dict[str, Any]:
@@ -109,13 +124,69 @@ class QdrantDenseCollection:
             return int(self._client.count(self._qname, exact=True).count)
 
     def index_name(self, dim: int) -> str:
-        return vector_name(dim)
+        return str(dim)  # as the embedded backend names its graphs (metrics, stats, recall)
 
     def rerank_factor(self, dim: int) -> int:
         return self._manifest.rerank_factor or default_rerank_factor(dim, self._manifest.dim)
 
     def ef_search(self, dim: int) -> int:
         return int(self._manifest.tuned_ef.get(str(dim), self._manifest.hnsw.ef_search))
+
+    def stats(self) -> dict[str, Any]:
+        with backend_errors(f"describe {self.name!r}"):
+            info = self._client.get_collection(self._qname)
+        return {
+            "documents": len(self),
+            "backend": "qdrant",
+            "qdrant_status": str(getattr(info.status, "value", info.status)),
+            "indexes": {self.index_name(d): {"ef_search": self.ef_search(d)} for d in self.dims},
+        }
+
+    # -- settings kept in the manifest (stored in Qdrant: every replica reads them) ----------
+    @property
+    def recall_policy(self) -> RecallPolicy:
+        return self._manifest.recall
+
+    def set_ef_search(self, dim: int, ef: int) -> None:
+        if dim not in self._views:
+            raise Invalid(f"collection {self.name!r} has no index for dim {dim}", code="invalid_dim")
+        self._change(lambda m: m.replace(tuned_ef={**m.tuned_ef, str(dim): int(ef)}))
+
+    def set_recall_policy(self, policy: RecallPolicy) -> None:
+        self._change(lambda m: m.replace(recall=policy))
+
+    def set_limits(self, limits: dict[str, int]) -> None:
+        self._change(lambda m: m.replace(limits=dict(limits)))
+
+    def _change(self, change: Callable[[Manifest], Manifest]) -> None:
+        with self._lock:
+            manifest = change(self._manifest)
+            with backend_errors(f"update {self.name!r}"):
+                self._save_manifest(manifest)
+            self._manifest = manifest
+
+    # -- upkeep: Qdrant's own (it persists, optimises and rebuilds its graphs itself) ----------
+    needs_snapshot = False
+    needs_rebuild = False
+    wants_rotation_fit = False
+
+    def snapshot(self, force: bool = False, wait: bool = True) -> bool:
+        return False  # an acknowledged write is already durable in Qdrant: nothing to save here
+
+    def rebuild(self) -> None:
+        return None  # Qdrant's optimizer vacuums deleted points and rebuilds its segments itself
+
+    def fit_rotation(self, sample: int | None = None, seed: int | None = None) -> Rotation:
+        raise _unsupported("PCA rotations")
+
+    def export(self, folder: str) -> tuple[int, int]:
+        raise _unsupported("backup archives (use Qdrant's snapshots)")
+
+    def last_seq(self) -> int:
+        raise _unsupported("encoder upgrades")
+
+    def close(self) -> None:
+        return None  # the client belongs to the catalog
 
     # -- documents --------------------------------------------------------------------------
     def check_documents(self, docs: Sequence[NewDocument]) -> None:
@@ -191,6 +262,41 @@ class QdrantDenseCollection:
                 with_vectors=[vector_name(self._manifest.dim)],
             )
         return [self._document(p, vector=True) for p in points], (str(next_offset) if next_offset else None)
+
+    def contents(self, ids: Sequence[str] | None = None) -> dict[str, tuple[str | None, str]]:
+        """`id → (text, metadata JSON)` of documents (all, or those among `ids`)."""
+        if ids is not None:
+            with backend_errors(f"read {self.name!r}"):
+                points = self._client.retrieve(self._qname, [point_id(i) for i in ids], with_payload=True)
+        else:
+            points, cursor = [], None
+            while True:
+                page, cursor = self.scroll(cursor, 1024)
+                points += page
+                if cursor is None:
+                    break
+            return {d.id: (d.text, json.dumps(d.metadata or {})) for d in points}
+        docs = [self._document(p, vector=False) for p in points]
+        return {d.id: (d.text, json.dumps(d.metadata or {})) for d in docs}
+
+    def sample_documents(self, n: int, seed: int = 0) -> list[StoredDocument]:
+        """About `n` documents from a seed-chosen point of the id space onwards (wrapping round):
+        point ids are hashes of the caller's ids, so this is a deterministic, unordered sample."""
+        start = str(uuid.uuid5(_ID_NAMESPACE, f"sample-{seed}"))
+        full = [vector_name(self._manifest.dim)]
+        with backend_errors(f"sample {self.name!r}"):
+            points, _ = self._client.scroll(self._qname, limit=n, offset=start, with_payload=True, with_vectors=full)
+            if len(points) < n:  # wrap round to the start of the id space
+                more, _ = self._client.scroll(self._qname, limit=n - len(points), with_payload=True, with_vectors=full)
+                seen = {p.id for p in points}
+                points += [p for p in more if p.id not in seen]
+        return [self._document(p, vector=True) for p in points]
+
+    def sample_queries(self, n: int, seed: int = 0) -> np.ndarray:
+        docs = self.sample_documents(n, seed)
+        if not docs:
+            return np.zeros((0, self._manifest.dim), np.float32)
+        return np.stack([d.vector for d in docs if d.vector is not None]).astype(np.float32)
 
     def _document(self, point: Any, vector: bool) -> StoredDocument:
         payload = point.payload or {}
@@ -281,6 +387,33 @@ class QdrantDenseCollection:
         elapsed = time.perf_counter() - t0
         sign = -1.0 if m.metric == "l2" else 1.0  # Qdrant gives l2 distances; vecnest, higher is better
         matches = [[self._match(p, sign, query.include) for p in answer.points] for answer in answers]
+        probe = None
+        if query.probe and not query.exact and (query.rerank or dim == m.dim):
+            final = _scores([[x.score for x in row] for row in matches], query.k)
+            if funnel:  # the shortlist the prefetch saw, for the index stage (sampled searches only)
+                shortlists = [
+                    models.QueryRequest(
+                        query=Qv[i].tolist(), using=vector_name(dim), limit=shortlist, filter=flt, params=params
+                    )
+                    for i in range(len(Q))
+                ]
+                with backend_errors(f"search {self.name!r}"):
+                    found = self._client.query_batch_points(self._qname, shortlists)
+                index = _scores([[sign * p.score for p in a.points] for a in found], shortlist)
+            else:
+                index = final
+            probe = RecallProbe(
+                self.index_name(dim),
+                dim,
+                query.k,
+                shortlist,
+                max(ef, shortlist),
+                ef,
+                query.ef is not None,
+                Hits(np.where(np.isfinite(index), 0, -1), index),
+                None,
+                _Probe(Q, Qv, dim, funnel, flt, final),
+            )
         return SearchResult(
             matches=matches,
             strategy="exact" if query.exact else "hnsw",
@@ -288,7 +421,39 @@ class QdrantDenseCollection:
             candidates=shortlist,
             timings={"index_search": elapsed},
             ef=0 if query.exact else max(ef, shortlist),
+            probe=probe,
         )
+
+    def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
+        """Re-run a sampled search exactly (Qdrant's `exact=true`) and compare, stage by stage:
+        the shortlist against the exact top-shortlist in the dim's view, the results against the
+        exact full-dim top-k (at full dim the two coincide). Scores of returned documents are
+        exact already: Qdrant scores the stored vectors themselves."""
+        from qdrant_client import models
+
+        q: _Probe = probe.payload
+        m = self._manifest
+        sign = -1.0 if m.metric == "l2" else 1.0
+        exact = models.SearchParams(exact=True)
+
+        def truth(Qx: np.ndarray, using: int, limit: int) -> Hits:
+            requests = [
+                models.QueryRequest(
+                    query=row.tolist(), using=vector_name(using), limit=limit, filter=q.filter, params=exact
+                )
+                for row in Qx
+            ]
+            with backend_errors(f"measure recall of {self.name!r}"):
+                answers = self._client.query_batch_points(self._qname, requests)
+            scores = _scores([[sign * p.score for p in a.points] for a in answers], limit)
+            return Hits(np.where(np.isfinite(scores), 0, -1), scores)
+
+        index = per_query_recall(probe.found.scores, truth(q.in_view, q.dim, probe.shortlist))
+        final = per_query_recall(q.final, truth(q.full, m.dim, probe.k)) if q.funnel else index
+        return [
+            StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
+            StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist),
+        ]
 
     def _match(self, point: Any, sign: float, include: tuple[str, ...]) -> Match:
         payload = point.payload or {}
@@ -302,3 +467,27 @@ class QdrantDenseCollection:
             metadata=(payload.get("metadata") or {}) if "metadata" in include else None,
             vector=vector,
         )
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """What the exact re-run of a sampled search needs."""
+
+    full: np.ndarray  # (nq, D) prepared queries
+    in_view: np.ndarray  # (nq, dim) the same in the dim's view
+    dim: int
+    funnel: bool
+    filter: Any  # the Qdrant filter, or None
+    final: np.ndarray  # (nq, k) exact full-dim scores of the results returned; -inf pads
+
+
+def _scores(rows: list[list[float]], width: int) -> np.ndarray:
+    """`(len(rows), width)` float32, each row's scores then -inf."""
+    out = np.full((len(rows), width), -np.inf, np.float32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row[:width]
+    return out
+
+
+def _unsupported(what: str) -> Invalid:
+    return Invalid(f"{what}: not available on the Qdrant backend yet", code="backend_unsupported")

@@ -252,3 +252,62 @@ def test_importing_index_does_not_import_qdrant():
 
     code = "import sys, index; assert 'qdrant_client' not in sys.modules and 'index.qdrant' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sampled_searches_measure_their_recall(loaded):
+    """A sampled search re-run exactly: the index stage and the final results, each against its
+    oracle. The 64-d funnel's final recall is what a plain 64-d prefix allows (no rotation is
+    fitted on 600 documents), so it is compared with that oracle, not with 1."""
+    c, X = loaded
+    Q = X[2000:2008]
+    Xn = X[:600] / np.linalg.norm(X[:600], axis=1, keepdims=True)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    truth = exact_oracle(X[:600], Q, 10)
+    for dim in DIMS:
+        result = c.search(Query(Q, 10, dim=dim, probe=True))
+        assert result.probe is not None and result.probe.dim == dim
+        stages = {s.stage: s for s in c.evaluate_recall(result.probe)}
+        assert set(stages) == {"index", "final"}
+        assert stages["final"].k == 10 and stages["index"].k == result.candidates
+        assert np.nanmean(stages["index"].recall) >= 0.95
+        shortlist = exact_oracle(X[:600], Q, result.candidates, dim=dim)
+        funnel = [sorted(s.tolist(), key=lambda j: -float(Xn[j] @ q))[:10] for s, q in zip(shortlist, Qn)]
+        oracle = np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(funnel, truth)])
+        assert abs(np.nanmean(stages["final"].recall) - oracle) <= 0.05, (dim, oracle)
+        assert dim < 384 or oracle == 1.0
+
+
+def test_samples_are_deterministic_and_settings_are_kept(loaded):
+    c, _ = loaded
+    first, again = c.sample_queries(50, seed=3), c.sample_queries(50, seed=3)
+    assert first.shape == (50, 384) and np.array_equal(first, again)
+    assert not np.array_equal(first, c.sample_queries(50, seed=4))
+    assert len({d.id for d in c.sample_documents(600, seed=1)}) == 600  # wraps round: every document
+    c.set_ef_search(64, 77)
+    assert c.ef_search(64) == 77
+    with pytest.raises(Invalid):
+        c.set_ef_search(96, 10)
+
+
+def test_settings_reach_every_replica(tmp_path, glosses):
+    path = str(tmp_path / "qdrant")
+    client = qdrant_client.QdrantClient(path=path)
+    QdrantCatalog(client).create(manifest("one")).set_ef_search(384, 55)
+    client.close()
+    client = qdrant_client.QdrantClient(path=path)
+    assert QdrantCatalog(client).get("one").ef_search(384) == 55
+    client.close()
+
+
+def test_an_unreachable_backend_is_a_clean_503():
+    import socket
+
+    from index.errors import NotReady
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = qdrant_client.QdrantClient(url=f"http://127.0.0.1:{port}", timeout=2)
+    with pytest.raises(NotReady) as failure:
+        QdrantCatalog(client)
+    assert failure.value.code == "backend_unavailable"
