@@ -43,6 +43,38 @@ from index.scoring import Match
 from index.store import NewDocument, Store, StoredDocument
 from index.vectors import check_metric
 
+
+def open_qdrant_catalog(
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+    path: str | None = None,
+    timeout_s: float = 10.0,
+    write_ordering: str = "strong",
+) -> CatalogBackend:
+    """The collections on Qdrant (index/qdrant): a server or cluster at `url`, or qdrant-client's
+    local mode at `path` (a folder, or ":memory:"). Imported only here, when chosen."""
+    try:
+        import qdrant_client
+    except ImportError:
+        raise Invalid(
+            "the Qdrant backend needs qdrant-client: pip install -e '.[qdrant]'", code="backend_missing"
+        ) from None
+    from index.qdrant import QdrantCatalog
+
+    if (url is None) == (path is None):
+        raise Invalid("the Qdrant backend needs exactly one of a url and a path", code="invalid_backend")
+    if url is not None:
+        client = qdrant_client.QdrantClient(url=url, api_key=api_key, timeout=int(max(1, timeout_s)))
+    else:
+        client = (
+            qdrant_client.QdrantClient(location=":memory:")
+            if path == ":memory:"
+            else qdrant_client.QdrantClient(path=path)
+        )
+    return QdrantCatalog(client, write_ordering)
+
+
 __all__ = [
     "DEFAULT_CANDIDATES",
     "INDEX_STAGE",
@@ -95,6 +127,7 @@ __all__ = [
     "fault_point",
     "fit_pca_rotation",
     "list_archives",
+    "open_qdrant_catalog",
     "remove_archive",
     "sample_labels",
     "upgrades",

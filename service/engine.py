@@ -21,7 +21,18 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
 
-from index import Catalog, CollectionBackend, CollectionOptions, Conflict, Invalid, Manifest, NotFound, NotReady
+from index import (
+    Catalog,
+    CatalogBackend,
+    CollectionBackend,
+    CollectionOptions,
+    Conflict,
+    Invalid,
+    Manifest,
+    NotFound,
+    NotReady,
+    open_qdrant_catalog,
+)
 from service.async_collection import AsyncCollection
 from service.embedder import Embedder
 from service.encoders import EncoderLoader
@@ -39,7 +50,7 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.embedder = Embedder(settings, metrics, encoder_loader)
-        self.catalog: Catalog | None = None
+        self.catalog: CatalogBackend | None = None
         self.recall = RecallEstimator(
             metrics,
             settings.recall_sample_rate,
@@ -88,7 +99,8 @@ class Engine:
             except Invalid as exc:
                 log.error("collection %s cannot encode text: %s", collection.name, exc.message)
                 self.embedder.mark_unavailable(collection.name, exc.message)
-        await self.upgrades.resume_all(self.catalog.names())
+        if self.settings.backend == "embedded":  # upgrade records are files of the embedded backend
+            await self.upgrades.resume_all(self.catalog.names())
         # What start-up loaded (models, collections, their caches) lives as long as the process:
         # move it out of the collector's reach, so a full collection walks only what requests
         # allocate instead of millions of long-lived objects (bench/search_latency.py: p99 at c=32).
@@ -103,7 +115,7 @@ class Engine:
             f"; {len(failed)} failed: {', '.join(sorted(failed))}" if failed else "",
         )
 
-    def _open_catalog(self) -> Catalog:
+    def _open_catalog(self) -> CatalogBackend:
         s = self.settings
         options = CollectionOptions(
             rebuild_deleted_fraction=s.rebuild_deleted_fraction,
@@ -112,9 +124,23 @@ class Engine:
             synchronous=s.sqlite_synchronous,
             sqlite_mmap_bytes=s.sqlite_mmap_mb << 20,
         )
+        if s.backend == "qdrant":
+            return open_qdrant_catalog(
+                url=s.qdrant_url,
+                api_key=s.qdrant_api_key,
+                path=s.qdrant_path,
+                timeout_s=s.qdrant_timeout_s,
+                write_ordering=s.qdrant_write_ordering,
+            )
         catalog = Catalog(str(s.data_dir), options, max_collections=s.max_collections)
         catalog.open_all()
         return catalog
+
+    def require_embedded(self, what: str) -> None:
+        """`what` works on the embedded backend only (it keeps files under data_dir)."""
+        if self.settings.backend != "embedded":
+            backend = self.settings.backend
+            raise Invalid(f"{what}: not available on the {backend} backend yet", code="backend_unsupported")
 
     async def stop(self) -> None:
         self.ready = False
@@ -136,14 +162,14 @@ class Engine:
         self.catalog.close()
 
     # -- collections --------------------------------------------------------------------------
-    def require_ready(self) -> Catalog:
+    def require_ready(self) -> CatalogBackend:
         if self.fatal is not None:
             raise NotReady(f"vecnest could not start: {self.fatal}", code="start_failed")
         if not self.ready or self.catalog is None:
             raise NotReady("vecnest is still loading collections; retry shortly")
         return self.catalog
 
-    def _opened_catalog(self) -> Catalog:
+    def _opened_catalog(self) -> CatalogBackend:
         """The catalog once start-up has opened it (upgrades resume before the server is ready)."""
         if self.catalog is None:
             raise NotReady("vecnest is still loading collections; retry shortly")

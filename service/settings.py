@@ -42,6 +42,20 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="where converted models are kept (ONNX int8); default <data_dir>/.model-cache"
     )
+    # storage: the embedded default, or collections kept in Qdrant (README "Scaling out")
+    backend: Literal["embedded", "qdrant"] = Field(
+        "embedded",
+        description="embedded: SQLite + hnswlib under data_dir; qdrant: a Qdrant server, cluster or local mode",
+    )
+    qdrant_url: str | None = Field(None, description="backend=qdrant: the server or cluster, e.g. http://qdrant:6333")
+    qdrant_api_key: str | None = Field(None, description="backend=qdrant: Qdrant's API key")
+    qdrant_path: str | None = Field(
+        None, description='backend=qdrant: qdrant-client local mode instead of a server: a folder, or ":memory:"'
+    )
+    qdrant_timeout_s: float = Field(10.0, gt=0, description="backend=qdrant: how long one Qdrant call may take")
+    qdrant_write_ordering: Literal["weak", "medium", "strong"] = Field(
+        "strong", description="backend=qdrant: Qdrant's write ordering for every write (acknowledged after wait=true)"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = Field(False, description="log every request (uvicorn's access log): off, it costs the hot path")
     tls_cert: Path | None = Field(None, description="PEM certificate (chain): serve HTTPS")
@@ -174,6 +188,8 @@ class Settings(BaseSettings):
             self.api_keys = [*self.api_keys, *(ApiKey.model_validate(k) for k in loaded)]
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if self.backend == "qdrant" and (self.qdrant_url is None) == (self.qdrant_path is None):
+            raise ValueError("backend=qdrant needs exactly one of qdrant_url and qdrant_path")
         return self
 
     def model_cache(self) -> Path:

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from index import (
     Catalog,
+    CatalogBackend,
     Conflict,
     Invalid,
     NewDocument,
@@ -91,7 +92,7 @@ class LiveUpgrade:
 class UpgradeManager:
     def __init__(
         self,
-        catalog: Callable[[], Catalog],
+        catalog: Callable[[], CatalogBackend],
         embedder: Embedder,
         metrics: Metrics,
         forget_recall: Callable[[str], None],
@@ -104,6 +105,13 @@ class UpgradeManager:
         self.settings = settings
         self._live: dict[str, LiveUpgrade] = {}
         self._gates: dict[str, asyncio.Lock] = {}
+
+    def _embedded(self) -> Catalog:
+        """The catalog as the embedded one: generations are folders of its collections (the
+        upgrade routes answer 422 on another backend, see routes.embedded_only)."""
+        catalog = self._catalog()
+        assert isinstance(catalog, Catalog), "encoder upgrades run on the embedded backend only"
+        return catalog
 
     # -- the serving generation ---------------------------------------------------------------
     def collection(self, name: str) -> AsyncCollection:
@@ -288,7 +296,7 @@ class UpgradeManager:
                 source.manifest, model_info, new_encoder.dim, bool(new_encoder.matryoshka_dims)
             )
             shadow = await run_in_threadpool(
-                upgrades.create_generation, home, record.new_generation, manifest, self._catalog().options
+                upgrades.create_generation, home, record.new_generation, manifest, self._embedded().options
             )
             await run_in_threadpool(upgrades.save_record, home, record)
             live = LiveUpgrade(record, home, AsyncCollection(shadow), new_encoder, new_encoder, total=len(contents))
@@ -339,7 +347,7 @@ class UpgradeManager:
         else:
             shadow_dir, shadow_encoder = record.new_generation, new_encoder
         path = os.path.normpath(os.path.join(home, shadow_dir))
-        shadow = await run_in_threadpool(upgrades.open_generation, path, self._catalog().options)
+        shadow = await run_in_threadpool(upgrades.open_generation, path, self._embedded().options)
         live = LiveUpgrade(record, home, AsyncCollection(shadow), shadow_encoder, new_encoder)
         if record.map_sha256:
             live.W = await run_in_threadpool(upgrades.load_map, home, record)
@@ -517,7 +525,7 @@ class UpgradeManager:
             await live.shadow.snapshot()
             self._embedder.attach(live.shadow.backend, live.shadow_encoder)
             fault_point("upgrade.before_swap", name)
-            retired = await run_in_threadpool(self._catalog().swap, name, live.shadow.backend)
+            retired = await run_in_threadpool(self._embedded().swap, name, live.shadow.backend)
             fault_point("upgrade.after_swap", name)  # current.json is flipped, the record not yet: reconcile fixes it
             live.record = live.record.moved(to_shadow_state)
             await run_in_threadpool(upgrades.save_record, live.home, live.record)

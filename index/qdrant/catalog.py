@@ -6,6 +6,7 @@ A collection's documents live in `vecnest.<name>` (see collection.py).
 """
 
 import json
+import threading
 from typing import Any
 
 from index.catalog import check_name
@@ -30,6 +31,11 @@ class QdrantCatalog:
         self._client = client
         self._ordering = write_ordering
         self._failed: dict[str, str] = {}
+        # One object per collection and process, as the embedded catalog keeps: the service
+        # attaches its encoder and recall state to the object. (A manifest another replica
+        # changes is read again when this object is dropped and re-opened.)
+        self._open_collections: dict[str, QdrantDenseCollection] = {}
+        self._lock = threading.Lock()
         with backend_errors("open the catalog"):
             if not self._client.collection_exists(MANIFESTS):
                 self._client.create_collection(MANIFESTS, vectors_config={})
@@ -58,6 +64,10 @@ class QdrantCatalog:
                 f"collection {name!r} could not be opened: {self._failed[name]}; drop it (DELETE) or repair it",
                 code="collection_unavailable",
             )
+        with self._lock:
+            collection = self._open_collections.get(name)
+        if collection is not None:
+            return collection
         with backend_errors(f"open {name!r}"):
             manifest = self._read(name)
         if manifest is None:
@@ -74,6 +84,8 @@ class QdrantCatalog:
             # which the next create of that name clears, never a manifest without data.
             self._client.delete(MANIFESTS, models.PointIdsList(points=[point_id(name)]), wait=True)
             self._client.delete_collection(qdrant_name(name))
+        with self._lock:
+            self._open_collections.pop(name, None)
         self._failed.pop(name, None)
 
     def names(self) -> list[str]:
@@ -109,7 +121,14 @@ class QdrantCatalog:
         self._client.close()
 
     def _open(self, manifest: Manifest) -> QdrantDenseCollection:
-        return QdrantDenseCollection(self._client, qdrant_name(manifest.name), manifest, self._write, self._ordering)
+        with self._lock:
+            collection = self._open_collections.get(manifest.name)
+            if collection is None:
+                collection = QdrantDenseCollection(
+                    self._client, qdrant_name(manifest.name), manifest, self._write, self._ordering
+                )
+                self._open_collections[manifest.name] = collection
+            return collection
 
     def _read(self, name: str) -> Manifest | None:
         found = self._client.retrieve(MANIFESTS, [point_id(name)], with_payload=True)

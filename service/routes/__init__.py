@@ -32,6 +32,16 @@ async def get_engine(request: Request) -> Engine:
     return request.app.state.engine
 
 
+def embedded_only(what: str) -> Callable:
+    """A router dependency: `what` needs the embedded backend (files under data_dir), so on
+    another backend each of its routes answers one clear 422 instead of failing inside."""
+
+    async def require_embedded(request: Request) -> None:
+        request.app.state.engine.require_embedded(what)
+
+    return require_embedded
+
+
 class JsonRoute(APIRoute):
     """An APIRoute that validates its JSON body straight from the bytes with pydantic's own
     parser: one pass instead of `json.loads` then validation of the dicts, about 3× faster on

@@ -7,11 +7,16 @@ from fastapi.responses import FileResponse
 from service import schemas
 from service.engine import Engine
 from service.ops import backups as ops
-from service.routes import ERRORS, JsonRoute, get_engine
+from service.routes import ERRORS, JsonRoute, embedded_only, get_engine
 
 RESTORE_UPLOAD_PATH = "/v1/snapshots/restore"  # the one route whose body is not JSON (an archive)
 
-router = APIRouter(tags=["snapshots"], responses=ERRORS, route_class=JsonRoute)
+router = APIRouter(
+    tags=["snapshots"],
+    responses=ERRORS,
+    route_class=JsonRoute,
+    dependencies=[Depends(embedded_only("backup archives (on Qdrant, use Qdrant's snapshots)"))],
+)
 
 
 @router.post("/v1/collections/{name}/snapshots", status_code=201, response_model=schemas.SnapshotInfo)

@@ -1,0 +1,119 @@
+"""vecnest with `backend=qdrant` (qdrant-client's local mode, in memory): the same HTTP API and
+answers as on the embedded backend for dense collections; what this backend does not do yet
+answers one clear 422 (`backend_unsupported`), never a 500."""
+
+import numpy as np
+import pytest
+
+from service.settings import Settings
+from tests.support import TEXTS, unique_name
+from tests.support.app import app_client
+
+pytest.importorskip("qdrant_client", reason="the qdrant extra is part of the test install")
+
+
+@pytest.fixture(scope="module")
+def clients(tmp_path_factory):
+    """One app per backend, the same settings otherwise."""
+    embedded = Settings(data_dir=tmp_path_factory.mktemp("embedded") / "data", snapshot_interval_s=3600)
+    qdrant = Settings(data_dir=tmp_path_factory.mktemp("qdrant") / "data", backend="qdrant", qdrant_path=":memory:")
+    with app_client(embedded, fake=True) as a, app_client(qdrant, fake=True) as b:
+        yield a, b
+
+
+def both(clients, method, path, **kwargs):
+    """The same request to each backend: (embedded response, qdrant response)."""
+    return tuple(c.request(method, path, **kwargs) for c in clients)
+
+
+def test_the_same_answers_as_the_embedded_backend(clients):
+    name = unique_name()
+    for r in both(
+        clients, "POST", "/v1/collections", json={"name": name, "dims": [64, 384], "elasticizer": {"kind": "none"}}
+    ):
+        assert r.status_code == 201, r.text
+    docs = [
+        {"id": k, "text": v, "metadata": {"topic": k, "n": i, "even": i % 2 == 0}}
+        for i, (k, v) in enumerate(TEXTS.items())
+    ]
+    for r in both(clients, "PUT", f"/v1/collections/{name}/documents", json={"documents": docs}):
+        assert r.status_code == 200 and r.json()["upserted"] == len(TEXTS), r.text
+    searches = [
+        {"query": "a cat sat on the mat", "k": 3, "exact": True},
+        {"query": "space", "k": 5, "exact": True, "include": ["text", "metadata"]},
+        {"query": "space", "k": 5, "dim": 64, "exact": True, "rerank_factor": 5},
+        {"query": "anything", "k": 5, "exact": True, "filter": {"even": True}},
+        {"query": "anything", "k": 5, "exact": True, "filter": {"n": 2.0}},
+    ]
+    for body in searches:
+        embedded, qdrant = both(clients, "POST", f"/v1/collections/{name}/search", json=body)
+        assert embedded.status_code == qdrant.status_code == 200, qdrant.text
+        a, b = embedded.json()["results"], qdrant.json()["results"]
+        assert [h["id"] for h in a] == [h["id"] for h in b], body
+        assert np.allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-5)
+        assert [h.get("metadata") for h in a] == [h.get("metadata") for h in b]
+        assert [h.get("text") for h in a] == [h.get("text") for h in b]
+    embedded, qdrant = both(clients, "GET", f"/v1/collections/{name}/documents/cat?include_vector=true")
+    assert qdrant.status_code == 200 and qdrant.json()["text"] == embedded.json()["text"]
+    assert np.allclose(qdrant.json()["vector"], embedded.json()["vector"], atol=1e-6)
+    for r in both(clients, "POST", f"/v1/collections/{name}/documents/delete", json={"ids": ["cat", "nope"]}):
+        assert r.status_code == 200 and r.json()["deleted"] == 1 and r.json()["not_found"] == ["nope"]
+    for r in both(clients, "GET", f"/v1/collections/{name}"):
+        assert r.status_code == 200 and r.json()["documents"] == len(TEXTS) - 1
+    for r in both(clients, "GET", f"/v1/collections/{name}/documents/cat"):
+        assert r.status_code == 404 and r.json()["error"]["code"] == "document_not_found"
+    for r in both(clients, "DELETE", f"/v1/collections/{name}"):
+        assert r.status_code == 204
+    for r in both(clients, "GET", f"/v1/collections/{name}"):
+        assert r.status_code == 404
+
+
+def test_bad_requests_are_the_same_4xx(clients):
+    name = unique_name()
+    for r in both(clients, "POST", "/v1/collections", json={"name": name}):
+        assert r.status_code == 201
+    bad = [
+        ("PUT", "documents", {"documents": [{"id": "x", "vector": [0.1] * 5}]}, "wrong_dimension"),
+        ("POST", "search", {"vector": [0.0] * 384}, None),
+        ("POST", "search", {"query": "x", "dim": 7}, None),
+        ("POST", "search", {"query": "x", "candidates": 5}, "dense_collection"),
+    ]
+    for method, path, body, code in bad:
+        embedded, qdrant = both(clients, method, f"/v1/collections/{name}/{path}", json=body)
+        assert embedded.status_code == qdrant.status_code == 422, (body, qdrant.text)
+        assert code is None or qdrant.json()["error"]["code"] == embedded.json()["error"]["code"] == code
+    for r in both(clients, "POST", "/v1/collections", json={"name": name}):
+        assert r.status_code == 409
+
+
+def test_what_the_qdrant_backend_does_not_do_yet_is_a_clear_422(clients):
+    _, qdrant = clients
+    name = unique_name()
+    assert qdrant.post("/v1/collections", json={"name": name}).status_code == 201
+    refused = [
+        qdrant.post(f"/v1/collections/{name}/upgrades", json={"model": "all-MiniLM-L6-v2"}),
+        qdrant.get(f"/v1/collections/{name}/upgrades"),
+        qdrant.post(f"/v1/collections/{name}/snapshots"),
+        qdrant.get(f"/v1/collections/{name}/snapshots"),
+        qdrant.post("/v1/collections", json={"name": unique_name(), "multivector": {}}),
+    ]
+    for r in refused:
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] == "backend_unsupported"
+
+
+def test_ef_and_recall_settings_and_measurements(clients):
+    _, qdrant = clients
+    name = unique_name()
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    assert qdrant.post("/v1/collections", json={"name": name, "dim": 16}).status_code == 201
+    docs = [{"id": str(i), "vector": x.tolist()} for i, x in enumerate(X)]
+    assert qdrant.put(f"/v1/collections/{name}/documents", json={"documents": docs}).status_code == 200
+    r = qdrant.patch(f"/v1/collections/{name}", json={"target_recall": 0.9, "recall_sample_rate": 0.5})
+    assert r.status_code == 200, r.text
+    assert qdrant.get(f"/v1/collections/{name}").json()["recall"]["target_recall"] == 0.9
+    r = qdrant.post(f"/v1/collections/{name}/recall", json={"queries": 20})
+    assert r.status_code == 200, r.text
+    top = qdrant.post(f"/v1/collections/{name}/search", json={"vector": X[7].tolist(), "k": 1}).json()
+    assert top["results"][0]["id"] == "7"
