@@ -1,5 +1,6 @@
 """The `vecnest` command: `vecnest serve --host H --port P --data-dir D`, `vecnest health` (the
-container health check) and `vecnest finetune`.
+container health check), `vecnest backup` / `restore`, `vecnest migrate` (into the Qdrant
+backend) and `vecnest finetune`.
 
 Flags override `VECNEST_*` environment variables, which override the defaults.
 """
@@ -38,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("--data-dir", default=os.environ.get("VECNEST_DATA_DIR", "data"))
     restore.add_argument("--collection", help="restore under this name (default: the archive's)")
     restore.add_argument("--replace", action="store_true", help="replace an existing collection of that name")
+    move = commands.add_parser(
+        "migrate",
+        help="copy a collection of a data directory into the Qdrant backend, resumably (the server must be stopped)",
+    )
+    move.add_argument("collection", help="the collection to copy (its name stays)")
+    move.add_argument("--data-dir", default=os.environ.get("VECNEST_DATA_DIR", "data"))
+    move.add_argument("--to-url", help="the Qdrant server or cluster (default: env VECNEST_QDRANT_URL)")
+    move.add_argument("--to-path", help="qdrant-client local mode folder instead (default: env VECNEST_QDRANT_PATH)")
+    move.add_argument("--api-key", help="Qdrant's API key (default: env VECNEST_QDRANT_API_KEY)")
+    move.add_argument("--batch", type=int, default=256, help="documents per write")
     tune = commands.add_parser(
         "finetune",
         help="fine-tune a model into a Matryoshka model (CPU)",
@@ -68,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return serve_command(args)
     if args.command == "health":
         return health_command(args)
+    if args.command == "migrate":
+        from service.migrate import migrate_command
+
+        return migrate_command(args)
     if args.command in ("backup", "restore"):
         return backup_command(args)
     if args.command == "finetune":
