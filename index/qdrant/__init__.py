@@ -3,6 +3,7 @@ cluster or qdrant-client's local mode, for stateless vecnest replicas. Needs the
 (`pip install -e '.[qdrant]'`); nothing else in `index/` imports this package."""
 
 from .catalog import QdrantCatalog, qdrant_name
-from .collection import QdrantDenseCollection, point_id
+from .collection import QdrantCollection
+from .common import point_id
 
-__all__ = ["QdrantCatalog", "QdrantDenseCollection", "point_id", "qdrant_name"]
+__all__ = ["QdrantCatalog", "QdrantCollection", "point_id", "qdrant_name"]

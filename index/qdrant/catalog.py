@@ -10,11 +10,11 @@ import threading
 from typing import Any
 
 from index.catalog import check_name
-from index.collection.dense import DenseScoring
 from index.errors import Conflict, Invalid, NotFound, NotReady
 from index.manifest import Manifest
 
-from .collection import QdrantDenseCollection, backend_errors, point_id
+from .collection import QdrantCollection, scoring_for
+from .common import backend_errors, point_id
 from .fields import FIELDS
 
 MANIFESTS = "vecnest.manifests"
@@ -34,31 +34,29 @@ class QdrantCatalog:
         # One object per collection and process, as the embedded catalog keeps: the service
         # attaches its encoder and recall state to the object. (A manifest another replica
         # changes is read again when this object is dropped and re-opened.)
-        self._open_collections: dict[str, QdrantDenseCollection] = {}
+        self._open_collections: dict[str, QdrantCollection] = {}
         self._lock = threading.Lock()
         with backend_errors("open the catalog"):
             if not self._client.collection_exists(MANIFESTS):
                 self._client.create_collection(MANIFESTS, vectors_config={})
 
-    def create(self, manifest: Manifest) -> QdrantDenseCollection:
+    def create(self, manifest: Manifest) -> QdrantCollection:
         from qdrant_client import models
 
         check_name(manifest.name)
-        if manifest.multivector is not None:
-            raise Invalid("multi-vector collections are not on the Qdrant backend yet", code="backend_unsupported")
-        manifest = DenseScoring.validate(manifest)
+        manifest = scoring_for(manifest).validate(manifest)
         with backend_errors(f"create {manifest.name!r}"):
             if self._read(manifest.name) is not None:
                 raise Conflict(f"collection {manifest.name!r} already exists", code="collection_exists")
             qname = qdrant_name(manifest.name)
             if self._client.collection_exists(qname):  # left by a create that failed half-way
                 self._client.delete_collection(qname)
-            self._client.create_collection(qname, vectors_config=QdrantDenseCollection.vectors_config(manifest))
+            self._client.create_collection(qname, vectors_config=scoring_for(manifest).vectors_config(manifest))
             self._client.create_payload_index(qname, FIELDS, models.PayloadSchemaType.KEYWORD, wait=True)
             self._write(manifest)  # last: a collection exists once its manifest does
         return self._open(manifest)
 
-    def get(self, name: str) -> QdrantDenseCollection:
+    def get(self, name: str) -> QdrantCollection:
         if name in self._failed:
             raise NotReady(
                 f"collection {name!r} could not be opened: {self._failed[name]}; drop it (DELETE) or repair it",
@@ -120,11 +118,11 @@ class QdrantCatalog:
     def close(self) -> None:
         self._client.close()
 
-    def _open(self, manifest: Manifest) -> QdrantDenseCollection:
+    def _open(self, manifest: Manifest) -> QdrantCollection:
         with self._lock:
             collection = self._open_collections.get(manifest.name)
             if collection is None:
-                collection = QdrantDenseCollection(
+                collection = QdrantCollection(
                     self._client, qdrant_name(manifest.name), manifest, self._write, self._ordering
                 )
                 self._open_collections[manifest.name] = collection

@@ -311,3 +311,68 @@ def test_an_unreachable_backend_is_a_clean_503():
     with pytest.raises(NotReady) as failure:
         QdrantCatalog(client)
     assert failure.value.code == "backend_unavailable"
+
+
+# -- multi-vector collections: the FDE shortlist re-ranked by MaxSim, on both backends ---------
+@pytest.fixture(scope="module")
+def token_sets():
+    """600 WordNet glosses as token matrices (model-free FakeEncoder), 20 held-out queries."""
+    import random
+
+    from tests.support.datasets import wordnet_glosses
+    from tests.support.fake_encoder import FakeEncoder
+
+    rows = random.Random(5).sample(wordnet_glosses(), 620)
+    texts = [f"{lemmas}: {gloss}" for _, _, lemmas, gloss in rows]
+    encoder = FakeEncoder(dim=64)
+    return encoder.encode_tokens(texts[:600], "document"), encoder.encode_tokens(texts[600:], "query")
+
+
+@pytest.fixture
+def token_collection(backend, token_sets):
+    from index.fde import MultiVectorConfig
+
+    docs, queries = token_sets
+    m = Manifest(
+        name="mv", dim=0, metric="ip", hnsw=HnswParams(), created_at="t", multivector=MultiVectorConfig(token_dim=64)
+    )
+    c = backend(m)
+    c.upsert([NewDocument(id=f"d{i}", vector=None, tokens=t, metadata={"part": i % 3}) for i, t in enumerate(docs)])
+    return c, docs, queries
+
+
+def test_multivector_searches_are_maxsim_over_stored_tokens(token_collection):
+    from index.maxsim import chamfer
+
+    c, docs, queries = token_collection
+    assert c.kind == "multivector" and len(c) == 600
+    stored = [t.astype(np.float16).astype(np.float32) for t in docs]  # what both backends keep
+    for f in (None, {"part": 1}):
+        allowed = [i for i in range(600) if f is None or i % 3 == 1]
+        exact = c.search(Query(queries, 10, exact=True, filter=f))
+        for q, row in zip(queries, exact.matches):
+            s = chamfer(q, [stored[i] for i in allowed])
+            best = np.argsort(-s, kind="stable")[:10]
+            assert [m.id for m in row] == [f"d{allowed[j]}" for j in best]
+            assert np.allclose([m.score for m in row], s[best], atol=1e-3)
+    shortlisted = c.search(Query(queries, 10, candidates=600))  # every document a candidate: exact again
+    assert ids(shortlisted) == ids(c.search(Query(queries, 10, exact=True)))
+    default = c.search(Query(queries, 10))  # 100 FDE candidates
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids(default), ids(shortlisted))])
+    assert recall >= 0.8
+    doc = c.get("d3")
+    assert doc.vector is None and np.allclose(doc.tokens, stored[3], atol=1e-3)
+    with pytest.raises(Invalid):
+        c.check(Query(queries, 10, dim=64))
+    with pytest.raises(Invalid):
+        c.upsert([NewDocument(id="x", vector=None, tokens=np.zeros((3, 64), np.float32))])
+
+
+def test_multivector_recall_probes(token_collection):
+    c, _, queries = token_collection
+    result = c.search(Query(queries, 10, probe=True))
+    stages = {s.stage: s for s in c.evaluate_recall(result.probe)}
+    assert np.nanmean(stages["index"].recall) >= 0.95 and np.nanmean(stages["final"].recall) >= 0.8
+    assert stages["index"].index == "fde" and stages["final"].k == 10
+    sample = c.sample_queries(5, seed=1)
+    assert len(sample) == 5 and all(t.ndim == 2 and t.shape[1] == 64 for t in sample)

@@ -68,6 +68,23 @@ def test_the_same_answers_as_the_embedded_backend(clients):
         assert r.status_code == 404
 
 
+def test_multivector_collections_answer_the_same(clients):
+    name = unique_name()
+    for r in both(clients, "POST", "/v1/collections", json={"name": name, "multivector": {}}):
+        assert r.status_code == 201, r.text
+    docs = [{"id": k, "text": v, "metadata": {"topic": k}} for k, v in TEXTS.items()]
+    for r in both(clients, "PUT", f"/v1/collections/{name}/documents", json={"documents": docs}):
+        assert r.status_code == 200, r.text
+    for body in ({"query": "a cat sat on the mat", "k": 3}, {"query": "space", "k": 5, "exact": True}):
+        embedded, qdrant = both(clients, "POST", f"/v1/collections/{name}/search", json=body)
+        assert embedded.status_code == qdrant.status_code == 200, qdrant.text
+        a, b = embedded.json()["results"], qdrant.json()["results"]
+        assert [h["id"] for h in a] == [h["id"] for h in b], body
+        assert np.allclose([h["score"] for h in a], [h["score"] for h in b], atol=1e-3)
+    embedded, qdrant = both(clients, "GET", f"/v1/collections/{name}/documents/cat?include_vector=true")
+    assert qdrant.status_code == 200 and np.allclose(qdrant.json()["vectors"], embedded.json()["vectors"], atol=1e-3)
+
+
 def test_bad_requests_are_the_same_4xx(clients):
     name = unique_name()
     for r in both(clients, "POST", "/v1/collections", json={"name": name}):
@@ -95,7 +112,6 @@ def test_what_the_qdrant_backend_does_not_do_yet_is_a_clear_422(clients):
         qdrant.get(f"/v1/collections/{name}/upgrades"),
         qdrant.post(f"/v1/collections/{name}/snapshots"),
         qdrant.get(f"/v1/collections/{name}/snapshots"),
-        qdrant.post("/v1/collections", json={"name": unique_name(), "multivector": {}}),
     ]
     for r in refused:
         assert r.status_code == 422, r.text
