@@ -7,6 +7,7 @@ A collection's documents live in `vecnest.<name>` (see collection.py).
 
 import json
 import threading
+import time
 from typing import Any
 
 from index.catalog import check_name
@@ -27,8 +28,12 @@ def qdrant_name(name: str) -> str:
 class QdrantCatalog:
     """`client`: a `qdrant_client.QdrantClient` (a server or cluster URL, or local mode)."""
 
-    def __init__(self, client: Any, write_ordering: str = "strong"):
+    def __init__(self, client: Any, write_ordering: str = "strong", refresh_s: float = 5.0):
+        """`refresh_s`: how old a served manifest may get before it is read again, so that what
+        another replica changes (ef per dim, recall policy, limits, a drop) reaches this one."""
         self._client = client
+        self._refresh_s = refresh_s
+        self._read_at: dict[str, float] = {}
         self._ordering = write_ordering
         self._failed: dict[str, str] = {}
         # One object per collection and process, as the embedded catalog keeps: the service
@@ -64,12 +69,20 @@ class QdrantCatalog:
             )
         with self._lock:
             collection = self._open_collections.get(name)
-        if collection is not None:
+            fresh = time.monotonic() - self._read_at.get(name, 0.0) < self._refresh_s
+        if collection is not None and fresh:
             return collection
         with backend_errors(f"open {name!r}"):
             manifest = self._read(name)
         if manifest is None:
+            with self._lock:
+                self._open_collections.pop(name, None)
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+        if collection is not None:
+            collection.reload(manifest)
+            with self._lock:
+                self._read_at[name] = time.monotonic()
+            return collection
         return self._open(manifest)
 
     def drop(self, name: str) -> None:
@@ -126,6 +139,7 @@ class QdrantCatalog:
                     self._client, qdrant_name(manifest.name), manifest, self._write, self._ordering
                 )
                 self._open_collections[manifest.name] = collection
+            self._read_at[manifest.name] = time.monotonic()
             return collection
 
     def _read(self, name: str) -> Manifest | None:

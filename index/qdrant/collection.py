@@ -120,6 +120,17 @@ class QdrantCollection:
     def set_limits(self, limits: dict[str, int]) -> None:
         self._change(lambda m: m.replace(limits=dict(limits)))
 
+    def reload(self, manifest: Manifest) -> None:
+        """The manifest as another replica left it: its settings (ef per dim, recall policy,
+        limits) take effect here; what shapes the stored vectors (dims, metric) never changes."""
+        with self._lock:
+            if (manifest.dim, manifest.metric, manifest.indexed_dims) == (
+                self._manifest.dim,
+                self._manifest.metric,
+                self._manifest.indexed_dims,
+            ):
+                self._manifest = manifest
+
     def _change(self, change: Callable[[Manifest], Manifest]) -> None:
         with self._lock:
             manifest = change(self._manifest)

@@ -376,3 +376,21 @@ def test_multivector_recall_probes(token_collection):
     assert stages["index"].index == "fde" and stages["final"].k == 10
     sample = c.sample_queries(5, seed=1)
     assert len(sample) == 5 and all(t.ndim == 2 and t.shape[1] == 64 for t in sample)
+
+
+def test_a_replica_sees_what_another_changed(glosses):
+    """Two catalogs over one Qdrant (two vecnest replicas): a setting one of them changes, and a
+    drop, reach the other once its manifest is older than `refresh_s`."""
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    one, two = QdrantCatalog(client, refresh_s=0.0), QdrantCatalog(client, refresh_s=0.0)
+    c = one.create(manifest("shared"))
+    c.upsert(docs(X[:20]))
+    seen = two.get("shared")
+    assert len(seen) == 20 and seen.ef_search(384) == 100
+    one.get("shared").set_ef_search(384, 321)
+    assert two.get("shared").ef_search(384) == 321 and two.get("shared") is seen
+    one.drop("shared")
+    with pytest.raises(NotFound):
+        two.get("shared")
+    client.close()
