@@ -52,7 +52,8 @@ def create_app(
                 settings.host,
                 settings.port,
             )
-        maintenance = Maintenance(engine, settings.snapshot_interval_s)
+        probes = settings.recall_probe_interval_s if settings.role == "maintenance" else None
+        maintenance = Maintenance(engine, settings.snapshot_interval_s, recall_probe_interval_s=probes)
 
         def started(task: asyncio.Task) -> None:
             if task.cancelled():

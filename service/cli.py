@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (env VECNEST_TLS_CERT)")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert (env VECNEST_TLS_KEY)")
+    serve.add_argument(
+        "--role",
+        choices=["all", "serve", "maintenance"],
+        help="with backend=qdrant: serve (a stateless replica) or maintenance (the one process that steers ef); "
+        "default all (env VECNEST_ROLE)",
+    )
     health = commands.add_parser("health", help="exit 0 when the local server answers /healthz (or /readyz)")
     health.add_argument("--port", type=int, help="default: env VECNEST_PORT, else 8000")
     health.add_argument("--ready", action="store_true", help="require readiness, not just liveness")
@@ -166,6 +172,7 @@ def serve_command(args: argparse.Namespace) -> int:
             "log_level": args.log_level,
             "tls_cert": args.tls_cert,
             "tls_key": args.tls_key,
+            "role": args.role,
         }.items()
         if v is not None
     }

@@ -57,6 +57,7 @@ class Engine:
             settings.recall_queue_size,
             settings.recall_controller_window,
             settings.recall_max_busy,
+            steer=settings.role != "serve",
         )
         self.searches = SearchBatcher(
             settings.search_workers,

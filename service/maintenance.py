@@ -20,8 +20,16 @@ MAX_BACKOFF_S = 300.0
 
 
 class Maintenance:
-    def __init__(self, engine, snapshot_interval_s: float, tick_s: float = 1.0):
+    def __init__(
+        self, engine, snapshot_interval_s: float, tick_s: float = 1.0, recall_probe_interval_s: float | None = None
+    ):
+        """`recall_probe_interval_s` (the maintenance role): how often each collection with a
+        recall target is measured with its own stored documents as queries, to steer its ef
+        when the searches that would be sampled run on other processes (None: never)."""
         self._engine = engine
+        self._probe_interval = recall_probe_interval_s
+        self._last_probe: dict[str, float] = {}
+        self._probe_round = 0
         self._interval = snapshot_interval_s
         self._tick = min(tick_s, snapshot_interval_s)
         self._stop = threading.Event()
@@ -65,6 +73,29 @@ class Maintenance:
         due = time.monotonic() - self._last_snapshot.get(name, 0.0) >= self._interval
         if due and collection.needs_snapshot:
             self._attempt(collection, "snapshot")
+        probe_due = self._probe_interval is not None and collection.recall_policy.target is not None
+        if probe_due and time.monotonic() - self._last_probe.get(name, 0.0) >= self._probe_interval:
+            self._last_probe[name] = time.monotonic()
+            self._probe_recall(collection)
+
+    def _probe_recall(self, collection) -> None:
+        """Search each graph of `collection` with a fresh sample of its stored documents at the
+        current ef, as live searches, and hand the probes to the recall estimator (its ef
+        controller steers from them as from sampled traffic)."""
+        from index import Query
+
+        self._probe_round += 1
+        try:
+            queries = collection.sample_queries(self._engine.settings.recall_probe_queries, seed=self._probe_round)
+            if len(queries) == 0:
+                return
+            dims = collection.dims if collection.kind == "dense" else [None]
+            for dim in dims:
+                result = collection.search(Query(queries, k=10, dim=dim, probe=True))
+                if result.probe is not None:
+                    self._engine.recall.submit(collection, result.probe)
+        except Exception as exc:
+            log.warning("recall probe of collection %s failed: %s", collection.name, exc)
 
     def _attempt(self, collection, job: str) -> None:
         name = collection.name

@@ -36,8 +36,12 @@ class RecallEstimator:
         max_busy: float = 0.25,
         rolling: int = 256,
         seed: int | None = None,
+        steer: bool = True,
     ):
+        """`steer`: apply the controllers' ef changes (False on a serving replica: one maintenance
+        process steers, and every replica reads the ef it sets)."""
         self.metrics = metrics
+        self._steering = steer
         self.sample_rate = sample_rate
         # The worker rests (busy time) x (1/max_busy - 1) after each re-run, so it never takes more
         # than this share of one core from searches and the encoder; the bounded queue absorbs
@@ -150,7 +154,7 @@ class RecallEstimator:
             breadth.extend([(probe.ef, probe.shortlist)] * probe.queries)
             m.recall_ef.labels(name, probe.index, source).set(fmean(e for e, _ in breadth))
             m.recall_candidates.labels(name, probe.index, source).set(fmean(c for _, c in breadth))
-            if source == LIVE and not probe.pinned:
+            if source == LIVE and not probe.pinned and self._steering:
                 index_stage = next(s for s in stages if s.stage == INDEX_STAGE)
                 self._steer(collection, probe, index_stage.values)
 

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
         None, description='backend=qdrant: qdrant-client local mode instead of a server: a folder, or ":memory:"'
     )
     qdrant_timeout_s: float = Field(10.0, gt=0, description="backend=qdrant: how long one Qdrant call may take")
+    role: Literal["all", "serve", "maintenance"] = Field(
+        "all",
+        description="backend=qdrant with several processes: serve (answers requests, changes no setting) or "
+        "maintenance (the one process that steers ef to recall targets); all: one process does both",
+    )
+    recall_probe_interval_s: float = Field(
+        10.0, gt=0, description="role=maintenance: how often each collection with a recall target is measured"
+    )
+    recall_probe_queries: int = Field(
+        32, ge=1, le=1000, description="role=maintenance: stored documents per measurement"
+    )
     qdrant_write_ordering: Literal["weak", "medium", "strong"] = Field(
         "strong", description="backend=qdrant: Qdrant's write ordering for every write (acknowledged after wait=true)"
     )
@@ -188,6 +199,10 @@ class Settings(BaseSettings):
             self.api_keys = [*self.api_keys, *(ApiKey.model_validate(k) for k in loaded)]
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
+        if self.role != "all" and self.backend == "embedded":
+            raise ValueError(
+                "role serve or maintenance needs a shared backend (backend=qdrant): one process owns data_dir"
+            )
         if self.backend == "qdrant" and (self.qdrant_url is None) == (self.qdrant_path is None):
             raise ValueError("backend=qdrant needs exactly one of qdrant_url and qdrant_path")
         return self

@@ -1,0 +1,71 @@
+"""Roles on a shared backend: serving replicas measure recall but change no setting; the one
+maintenance process measures each collection with a recall target by itself (its stored
+documents as queries) and steers ef, and the serving replicas read the ef it set."""
+
+import time
+
+import numpy as np
+import pytest
+
+from service.settings import Settings
+from tests.support.app import app_client
+
+qdrant_client = pytest.importorskip("qdrant_client", reason="the qdrant extra is part of the test install")
+
+
+def test_roles_need_a_shared_backend(tmp_path):
+    with pytest.raises(ValueError):
+        Settings(data_dir=tmp_path, role="serve")
+    assert (
+        Settings(data_dir=tmp_path, role="maintenance", backend="qdrant", qdrant_path=":memory:").role == "maintenance"
+    )
+
+
+def test_the_maintenance_process_steers_and_replicas_follow(tmp_path, monkeypatch):
+    """qdrant-client's local mode is one process: both roles run here over one in-memory
+    Qdrant (the catalogs are separate, as in two processes; only the client is shared)."""
+    import index
+
+    client = qdrant_client.QdrantClient(location=":memory:")
+    close = client.close
+    monkeypatch.setattr(client, "close", lambda: None)  # each app closes its catalog: not the shared client
+    real = index.open_qdrant_catalog
+
+    def shared(**kwargs):
+        from index.qdrant import QdrantCatalog
+
+        return QdrantCatalog(client, refresh_s=0.0)
+
+    monkeypatch.setattr("service.engine.open_qdrant_catalog", shared)
+    common = dict(
+        backend="qdrant",
+        qdrant_path=":memory:",
+        recall_sample_rate=1.0,
+        recall_max_busy=1.0,
+        recall_controller_window=5,
+    )
+    serving = Settings(data_dir=tmp_path / "a", role="serve", **common)
+    maintenance = Settings(data_dir=tmp_path / "b", role="maintenance", recall_probe_interval_s=0.05, **common)
+    X = np.random.default_rng(0).standard_normal((400, 16)).astype(np.float32)
+    with app_client(serving, fake=True) as replica:
+        r = replica.post("/v1/collections", json={"name": "c", "dim": 16, "hnsw": {"ef_search": 200}})
+        assert r.status_code == 201
+        docs = [{"id": str(i), "vector": x.tolist()} for i, x in enumerate(X)]
+        assert replica.put("/v1/collections/c/documents", json={"documents": docs}).status_code == 200
+        patch = {"target_recall": 0.5, "ef_min": 10, "ef_max": 200}
+        assert replica.patch("/v1/collections/c", json=patch).status_code == 200
+        for x in X[:30]:  # sampled and measured on the replica, which must not steer
+            assert replica.post("/v1/collections/c/search", json={"vector": x.tolist(), "k": 10}).status_code == 200
+        assert replica.app.state.engine.recall.wait_idle(60)
+        assert replica.get("/v1/collections/c").json()["recall"]["ef_search"]["16"] == 200
+        with app_client(maintenance, fake=True) as steward:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ef = steward.get("/v1/collections/c").json()["recall"]["ef_search"]["16"]
+                if ef < 200:
+                    break
+                time.sleep(0.1)
+            assert ef < 200  # local mode is exact: every measurement says 1.0, so ef goes down
+        assert replica.get("/v1/collections/c").json()["recall"]["ef_search"]["16"] == ef
+    close()
+    assert real is index.open_qdrant_catalog
