@@ -51,6 +51,9 @@ def open_qdrant_catalog(
     path: str | None = None,
     timeout_s: float = 10.0,
     write_ordering: str = "strong",
+    shards: int = 1,
+    replication_factor: int = 1,
+    write_consistency: int = 1,
 ) -> CatalogBackend:
     """The collections on Qdrant (index/qdrant): a server or cluster at `url`, or qdrant-client's
     local mode at `path` (a folder, or ":memory:"). Imported only here, when chosen."""
@@ -72,7 +75,12 @@ def open_qdrant_catalog(
             if path == ":memory:"
             else qdrant_client.QdrantClient(path=path)
         )
-    return QdrantCatalog(client, write_ordering)
+    layout = {
+        "shard_number": shards,
+        "replication_factor": replication_factor,
+        "write_consistency_factor": write_consistency,
+    }
+    return QdrantCatalog(client, write_ordering, collection_layout=layout)
 
 
 __all__ = [

@@ -132,6 +132,9 @@ class Engine:
                 path=s.qdrant_path,
                 timeout_s=s.qdrant_timeout_s,
                 write_ordering=s.qdrant_write_ordering,
+                shards=s.qdrant_shards,
+                replication_factor=s.qdrant_replication_factor,
+                write_consistency=s.qdrant_write_consistency,
             )
         catalog = Catalog(str(s.data_dir), options, max_collections=s.max_collections)
         catalog.open_all()

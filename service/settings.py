@@ -53,6 +53,13 @@ class Settings(BaseSettings):
         None, description='backend=qdrant: qdrant-client local mode instead of a server: a folder, or ":memory:"'
     )
     qdrant_timeout_s: float = Field(10.0, gt=0, description="backend=qdrant: how long one Qdrant call may take")
+    qdrant_shards: int = Field(1, ge=1, description="backend=qdrant: shards of each new collection")
+    qdrant_replication_factor: int = Field(
+        1, ge=1, description="backend=qdrant: copies of each shard (2 or more for a cluster that survives a node)"
+    )
+    qdrant_write_consistency: int = Field(
+        1, ge=1, description="backend=qdrant: replicas that must apply a write before it is acknowledged"
+    )
     role: Literal["all", "serve", "maintenance"] = Field(
         "all",
         description="backend=qdrant with several processes: serve (answers requests, changes no setting) or "
@@ -203,6 +210,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "role serve or maintenance needs a shared backend (backend=qdrant): one process owns data_dir"
             )
+        if self.qdrant_write_consistency > self.qdrant_replication_factor:
+            raise ValueError("qdrant_write_consistency cannot exceed qdrant_replication_factor")
         if self.backend == "qdrant" and (self.qdrant_url is None) == (self.qdrant_path is None):
             raise ValueError("backend=qdrant needs exactly one of qdrant_url and qdrant_path")
         return self

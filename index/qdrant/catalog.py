@@ -28,10 +28,19 @@ def qdrant_name(name: str) -> str:
 class QdrantCatalog:
     """`client`: a `qdrant_client.QdrantClient` (a server or cluster URL, or local mode)."""
 
-    def __init__(self, client: Any, write_ordering: str = "strong", refresh_s: float = 5.0):
+    def __init__(
+        self,
+        client: Any,
+        write_ordering: str = "strong",
+        refresh_s: float = 5.0,
+        collection_layout: dict[str, int] | None = None,
+    ):
         """`refresh_s`: how old a served manifest may get before it is read again, so that what
-        another replica changes (ef per dim, recall policy, limits, a drop) reaches this one."""
+        another replica changes (ef per dim, recall policy, limits, a drop) reaches this one.
+        `collection_layout`: Qdrant's `shard_number`, `replication_factor` and
+        `write_consistency_factor` for new collections (a server or cluster; local mode has one copy)."""
         self._client = client
+        self._layout = dict(collection_layout or {})
         self._refresh_s = refresh_s
         self._read_at: dict[str, float] = {}
         self._ordering = write_ordering
@@ -56,7 +65,9 @@ class QdrantCatalog:
             qname = qdrant_name(manifest.name)
             if self._client.collection_exists(qname):  # left by a create that failed half-way
                 self._client.delete_collection(qname)
-            self._client.create_collection(qname, vectors_config=scoring_for(manifest).vectors_config(manifest))
+            self._client.create_collection(
+                qname, vectors_config=scoring_for(manifest).vectors_config(manifest), **self._layout
+            )
             self._client.create_payload_index(qname, FIELDS, models.PayloadSchemaType.KEYWORD, wait=True)
             self._write(manifest)  # last: a collection exists once its manifest does
         return self._open(manifest)

@@ -1,6 +1,7 @@
 """Static checks of the deployment files: they must agree with each other and with the code."""
 
 import json
+import os
 import re
 import runpy
 from pathlib import Path
@@ -126,3 +127,94 @@ def test_compose_requires_an_admin_key_and_a_grafana_password(monkeypatch):
     settings = Settings()
     assert [(k.role, k.key.get_secret_value()) for k in settings.api_keys] == [("admin", secret)]
     assert unauthenticated_exposure(settings) is None and "vecnest" in settings.allowed_hosts
+
+
+# -- past one machine: deploy/scale-out (compose) and deploy/kubernetes ---------------------------
+SCALE_OUT = REPO / "deploy/scale-out/docker-compose.yml"
+
+
+def _settings_from(env: dict, monkeypatch) -> Settings:
+    """The settings a container gets from `env`, secrets substituted as compose or Kubernetes would."""
+    for key in list(os.environ):
+        if key.startswith("VECNEST_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, re.sub(r"\$\{(\w+):\?[^}]*\}", "secret-value-0123456789abcdef", str(value)))
+    monkeypatch.setenv("VECNEST_HOST", "0.0.0.0")  # the Dockerfile's
+    return Settings()
+
+
+def test_scale_out_compose_file(monkeypatch):
+    text = SCALE_OUT.read_text()
+    compose = PyCompose.from_yaml(text)
+    assert sorted(compose.service_names()) == sorted(
+        ["qdrant-1", "qdrant-2", "qdrant-3", "vecnest-1", "vecnest-2", "vecnest-maintenance", "prometheus", "grafana"]
+    )
+    with pytest.raises(ValueError):
+        PyCompose.from_yaml(text.replace("restart: unless-stopped", "restarts: unless-stopped", 1))
+    services = yaml.safe_load(text)["services"]
+    roles = {}
+    for name in ("vecnest-1", "vecnest-2", "vecnest-maintenance"):
+        env = services[name]["environment"]
+        assert set(env) <= {f"VECNEST_{n.upper()}" for n in Settings.model_fields}
+        settings = _settings_from(env, monkeypatch)
+        assert settings.backend == "qdrant" and settings.qdrant_url == "http://qdrant-1:6333"
+        assert settings.qdrant_write_consistency <= settings.qdrant_replication_factor <= 3
+        roles[name] = settings.role
+    assert roles == {"vecnest-1": "serve", "vecnest-2": "serve", "vecnest-maintenance": "maintenance"}
+    prometheus = yaml.safe_load((REPO / "deploy/scale-out/prometheus.yml").read_text())
+    targets = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert sorted(targets) == sorted(f"{name}:8000" for name in roles)
+    for service in services.values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (SCALE_OUT.parent / source).exists() if source.startswith(".") else True, source
+
+
+def _manifests() -> list[dict]:
+    docs = []
+    for path in sorted((REPO / "deploy/kubernetes").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_kubernetes_manifests_validate_against_the_kubernetes_schema():
+    import kubernetes_validate
+
+    docs = _manifests()
+    assert {d["kind"] for d in docs} == {"Service", "StatefulSet", "Deployment", "ConfigMap"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+    broken = json.loads(json.dumps(next(d for d in docs if d["kind"] == "Deployment")))
+    broken["spec"]["template"]["spec"]["containers"][0]["envFrom"] = [{"configMap": {"name": "x"}}]
+    with pytest.raises(kubernetes_validate.ValidationError):  # the check can fail
+        kubernetes_validate.validate(broken, "1.30.0", strict=True)
+
+
+def test_kubernetes_topology_is_consistent(monkeypatch):
+    docs = _manifests()
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    workloads = by_kind["Deployment"] + by_kind["StatefulSet"]
+    for w in workloads:  # every selector selects its own pods
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        assert w["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    for service in by_kind["Service"]:
+        assert any(
+            service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+            for w in workloads
+        ), service["metadata"]["name"]
+    (qdrant,) = by_kind["StatefulSet"]
+    (config,) = by_kind["ConfigMap"]
+    deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
+    maintenance = deployments["vecnest-maintenance"]
+    assert maintenance["spec"]["replicas"] == 1 and maintenance["spec"]["strategy"]["type"] == "Recreate"
+    assert deployments["vecnest"]["spec"]["replicas"] >= 2
+    for name, role in (("vecnest", "serve"), ("vecnest-maintenance", "maintenance")):
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == ["vecnest", "serve", "--role", role]
+        env = {**config["data"], **{e["name"]: "secret-from-the-secret-0123456789" for e in container["env"]}}
+        settings = _settings_from({k: v for k, v in env.items() if k != "VECNEST_API_KEYS"}, monkeypatch)
+        assert settings.backend == "qdrant" and settings.qdrant_url == "http://qdrant:6333"
+        assert settings.qdrant_write_consistency <= settings.qdrant_replication_factor <= qdrant["spec"]["replicas"]
