@@ -189,8 +189,13 @@ class Engine:
         catalog = self.catalog
         if catalog is None:
             return []
+        try:
+            names = catalog.names()
+        except NotReady as exc:  # the backend is unreachable (Qdrant): nothing to walk now
+            log.warning("cannot list collections: %s", exc.message)
+            return []
         out = []
-        for name in catalog.names():
+        for name in names:
             try:
                 out.append(catalog.get(name))
             except (NotFound, NotReady):  # dropped or failed meanwhile

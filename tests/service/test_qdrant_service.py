@@ -2,12 +2,16 @@
 answers as on the embedded backend for dense collections; what this backend does not do yet
 answers one clear 422 (`backend_unsupported`), never a 500."""
 
+import time
+
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from service.app import create_app
 from service.settings import Settings
 from tests.support import TEXTS, unique_name
-from tests.support.app import app_client
+from tests.support.app import app_client, fake_loader
 
 pytest.importorskip("qdrant_client", reason="the qdrant extra is part of the test install")
 
@@ -133,3 +137,35 @@ def test_ef_and_recall_settings_and_measurements(clients):
     assert r.status_code == 200, r.text
     top = qdrant.post(f"/v1/collections/{name}/search", json={"vector": X[7].tolist(), "k": 1}).json()
     assert top["results"][0]["id"] == "7"
+
+
+def test_a_failing_backend_is_a_503_never_a_500(tmp_path):
+    """Qdrant gone after start-up (here: its client closed under the service): every request that
+    needs it answers 503 backend_unavailable; an unreachable Qdrant at start-up leaves the
+    server not ready, with the reason."""
+    settings = Settings(data_dir=tmp_path / "data", backend="qdrant", qdrant_path=":memory:")
+    with app_client(settings, fake=True) as client:
+        assert client.post("/v1/collections", json={"name": "c", "dim": 4}).status_code == 201
+        catalog = client.app.state.engine.catalog
+        catalog._client.close()
+        for method, path, body in [
+            ("PUT", "/v1/collections/c/documents", {"documents": [{"id": "a", "vector": [1, 0, 0, 0]}]}),
+            ("POST", "/v1/collections/c/search", {"vector": [1, 0, 0, 0]}),
+            ("GET", "/v1/collections/c/documents/a", None),
+            ("POST", "/v1/collections", {"name": "d", "dim": 4}),
+        ]:
+            r = client.request(method, path, json=body)
+            assert r.status_code == 503, (path, r.text)
+            assert r.json()["error"]["code"] == "backend_unavailable"
+    unreachable = Settings(
+        data_dir=tmp_path / "other", backend="qdrant", qdrant_url="http://127.0.0.1:9", qdrant_timeout_s=2
+    )
+    app = create_app(unreachable, encoder_loader=fake_loader)
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 60
+        while app.state.engine.fatal is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = client.get("/readyz")
+        assert r.status_code == 503 and "Qdrant" in r.text, r.text
+        r = client.get("/v1/collections")
+        assert r.status_code == 503 and r.json()["error"]["code"] == "start_failed"
