@@ -21,7 +21,7 @@ from index.backend import Query
 from index.collection.dense import DenseScoring
 from index.collection.state import default_rerank_factor, views_of
 from index.errors import Invalid
-from index.manifest import Manifest
+from index.manifest import Elasticizer, Manifest
 from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.store import NewDocument
 from index.vectors import as_matrix, prepare
@@ -55,7 +55,9 @@ class DenseOnQdrant:
 
     @staticmethod
     def validate(manifest: Manifest) -> Manifest:
-        return DenseScoring.validate(manifest)
+        """As on the embedded backend, except that low dims are plain prefixes: no PCA rotation
+        is fitted here yet, and the manifest says so (elasticizer "none")."""
+        return DenseScoring.validate(manifest.replace(elasticizer=Elasticizer(kind="none")))
 
     @staticmethod
     def vectors_config(manifest: Manifest) -> dict[str, Any]:

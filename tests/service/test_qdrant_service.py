@@ -110,7 +110,8 @@ def test_bad_requests_are_the_same_4xx(clients):
 def test_what_the_qdrant_backend_does_not_do_yet_is_a_clear_422(clients):
     _, qdrant = clients
     name = unique_name()
-    assert qdrant.post("/v1/collections", json={"name": name}).status_code == 201
+    r = qdrant.post("/v1/collections", json={"name": name, "dims": [64, 384]})
+    assert r.status_code == 201 and r.json()["elasticizer"]["kind"] == "none"  # plain prefixes, said plainly
     refused = [
         qdrant.post(f"/v1/collections/{name}/upgrades", json={"model": "all-MiniLM-L6-v2"}),
         qdrant.get(f"/v1/collections/{name}/upgrades"),
