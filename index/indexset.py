@@ -21,6 +21,13 @@ from index.protocols import Hits
 from index.vectorfile import VectorFile
 
 
+def require_dim(dim: int, dims: list[int], collection: str) -> None:
+    """Invalid unless `dim` is one of a collection's indexed `dims`: the one home of that rule,
+    whatever stores the indexes (the embedded graphs, Qdrant's named vectors)."""
+    if dim not in dims:
+        raise Invalid(f"dim {dim} is not indexed in collection {collection!r}; valid dims: {dims}", code="invalid_dim")
+
+
 class IndexSet:
     def __init__(self, views: dict[int, DimView], indexes: dict[int, HnswIndex]):
         assert views.keys() == indexes.keys()
@@ -89,11 +96,8 @@ class IndexSet:
         return sorted(self.indexes)
 
     def require(self, dim: int, collection: str) -> None:
-        """Invalid unless `dim` has a graph: the one home of that rule."""
-        if dim not in self.indexes:
-            raise Invalid(
-                f"dim {dim} is not indexed in collection {collection!r}; valid dims: {self.dims}", code="invalid_dim"
-            )
+        """Invalid unless `dim` has a graph."""
+        require_dim(dim, self.dims, collection)
 
     @property
     def default_dim(self) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 from index.backend import Query, SearchResult
 from index.elastic import MAX_ROTATION_DIM, DimView, check_dims, sample_labels
 from index.errors import Invalid
+from index.indexset import require_dim
 from index.manifest import Manifest
 from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.scoring import exact_search, hydrate, label_scores, rerank_exact, rerank_hits
@@ -89,17 +90,7 @@ class DenseScoring:
             prepare(as_matrix(query.queries, self._dim, "query vector"), self._metric, "query vector")
 
     def _check_options(self, s: CollectionState, query: Query) -> None:
-        if query.k < 1:
-            raise Invalid("k must be at least 1")
-        if query.candidates is not None or query.ball_carving is not None:
-            raise Invalid(
-                f"collection {s.name!r} holds one vector per document; candidates and ball_carving are for "
-                f"multi-vector collections",
-                code="dense_collection",
-            )
-        if query.dim is not None:
-            s.indexes.require(query.dim, s.name)
-        _check_rerank_factor(query.rerank_factor)
+        check_dense_options(s.name, query, s.indexes.dims)
 
     def shortlist(self, s: CollectionState, query: Query) -> int:
         """How many candidates the search re-ranks: `k · rerank_factor` in a low-dim funnel, else k."""
@@ -203,6 +194,21 @@ class DenseScoring:
 
     def stats(self) -> dict[str, Any]:
         return {}
+
+
+def check_dense_options(name: str, query: Query, dims: list[int]) -> None:
+    """A dense search's options (not its vectors), against a collection's indexed `dims`."""
+    if query.k < 1:
+        raise Invalid("k must be at least 1")
+    if query.candidates is not None or query.ball_carving is not None:
+        raise Invalid(
+            f"collection {name!r} holds one vector per document; candidates and ball_carving are for "
+            f"multi-vector collections",
+            code="dense_collection",
+        )
+    if query.dim is not None:
+        require_dim(query.dim, dims, name)
+    _check_rerank_factor(query.rerank_factor)
 
 
 def _check_rerank_factor(value: int | None) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from index.backend import Query, SearchResult, WriteResult
 from index.collection.writes import check_batch
 from index.errors import Invalid, NotFound
+from index.indexset import require_dim
 from index.manifest import Manifest, RecallPolicy, Rotation
 from index.recall_oracle import RecallProbe, StageRecall
 from index.scoring import Match
@@ -110,8 +111,7 @@ class QdrantCollection:
         return self._manifest.recall
 
     def set_ef_search(self, dim: int, ef: int) -> None:
-        if dim not in self.dims:
-            raise Invalid(f"collection {self.name!r} has no index for dim {dim}", code="invalid_dim")
+        require_dim(dim, self.dims, self.name)
         self._change(lambda m: m.replace(tuned_ef={**m.tuned_ef, str(dim): int(ef)}))
 
     def set_recall_policy(self, policy: RecallPolicy) -> None:

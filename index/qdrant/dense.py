@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 
 from index.backend import Query
-from index.collection.dense import DenseScoring
+from index.collection.dense import DenseScoring, check_dense_options
 from index.collection.state import default_rerank_factor, views_of
-from index.errors import Invalid
 from index.manifest import Elasticizer, Manifest
 from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.store import NewDocument
@@ -108,20 +107,7 @@ class DenseOnQdrant:
         return self._m.rerank_factor or default_rerank_factor(dim, self._m.dim)
 
     def check(self, name: str, query: Query) -> None:
-        if query.k < 1:
-            raise Invalid("k must be at least 1")
-        if query.candidates is not None or query.ball_carving is not None:
-            raise Invalid(
-                f"collection {name!r} holds one vector per document; candidates and ball_carving are for "
-                f"multi-vector collections",
-                code="dense_collection",
-            )
-        if query.dim is not None and query.dim not in self._views:
-            raise Invalid(
-                f"collection {name!r} has no index for dim {query.dim}; indexed dims: {self.dims}", code="invalid_dim"
-            )
-        if query.rerank_factor is not None and query.rerank_factor < 1:
-            raise Invalid("rerank_factor must be at least 1", code="invalid_rerank_factor")
+        check_dense_options(name, query, self.dims)
         if query.queries is not None:
             self._queries(query)
 
