@@ -44,6 +44,22 @@ from index.store import NewDocument, Store, StoredDocument
 from index.vectors import check_metric
 
 
+def open_milvus_catalog(*, uri: str, token: str | None = None, timeout_s: float = 10.0) -> CatalogBackend:
+    """The collections on Milvus (index/milvus): a Milvus server or cluster, or milvus-lite's
+    server, at `uri` (e.g. http://127.0.0.1:19530). Imported only here, when chosen."""
+    try:
+        import pymilvus
+    except ImportError:
+        raise Invalid("the Milvus backend needs pymilvus: pip install -e '.[milvus]'", code="backend_missing") from None
+    from index.milvus import MilvusCatalog
+
+    try:
+        client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+    except Exception as exc:  # unreachable at start-up: the service reports it as not ready
+        raise NotReady(f"the Milvus backend at {uri} is unreachable: {exc}", code="backend_unavailable") from exc
+    return MilvusCatalog(client)
+
+
 def open_qdrant_catalog(
     *,
     url: str | None = None,
@@ -135,6 +151,7 @@ __all__ = [
     "fault_point",
     "fit_pca_rotation",
     "list_archives",
+    "open_milvus_catalog",
     "open_qdrant_catalog",
     "remove_archive",
     "sample_labels",

@@ -31,6 +31,7 @@ from index import (
     Manifest,
     NotFound,
     NotReady,
+    open_milvus_catalog,
     open_qdrant_catalog,
 )
 from service.async_collection import AsyncCollection
@@ -136,6 +137,8 @@ class Engine:
                 replication_factor=s.qdrant_replication_factor,
                 write_consistency=s.qdrant_write_consistency,
             )
+        if s.backend == "milvus":
+            return open_milvus_catalog(uri=str(s.milvus_uri), token=s.milvus_token, timeout_s=s.milvus_timeout_s)
         catalog = Catalog(str(s.data_dir), options, max_collections=s.max_collections)
         catalog.open_all()
         return catalog

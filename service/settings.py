@@ -42,10 +42,11 @@ class Settings(BaseSettings):
     model_cache_dir: Path | None = Field(
         None, description="where converted models are kept (ONNX int8); default <data_dir>/.model-cache"
     )
-    # storage: the embedded default, or collections kept in Qdrant (README "Scaling out")
-    backend: Literal["embedded", "qdrant"] = Field(
+    # storage: the embedded default, or collections kept in a shared engine (README "Scaling out")
+    backend: Literal["embedded", "qdrant", "milvus"] = Field(
         "embedded",
-        description="embedded: SQLite + hnswlib under data_dir; qdrant: a Qdrant server, cluster or local mode",
+        description="embedded: SQLite + hnswlib under data_dir; qdrant: a Qdrant server, cluster or local mode; "
+        "milvus: a Milvus server or milvus-lite's server (dense collections only)",
     )
     qdrant_url: str | None = Field(None, description="backend=qdrant: the server or cluster, e.g. http://qdrant:6333")
     qdrant_api_key: str | None = Field(None, description="backend=qdrant: Qdrant's API key")
@@ -60,9 +61,13 @@ class Settings(BaseSettings):
     qdrant_write_consistency: int = Field(
         1, ge=1, description="backend=qdrant: replicas that must apply a write before it is acknowledged"
     )
+    milvus_uri: str | None = Field(None, description="backend=milvus: the server, e.g. http://milvus:19530")
+    milvus_token: str | None = Field(None, description="backend=milvus: Milvus's token (user:password or API key)")
+    milvus_timeout_s: float = Field(10.0, gt=0, description="backend=milvus: how long one Milvus call may take")
     role: Literal["all", "serve", "maintenance"] = Field(
         "all",
-        description="backend=qdrant with several processes: serve (answers requests, changes no setting) or "
+        description="a shared backend (qdrant server, milvus) with several processes: serve (answers requests, "
+        "changes no setting) or "
         "maintenance (the one process that steers ef to recall targets); all: one process does both",
     )
     recall_probe_interval_s: float = Field(
@@ -208,12 +213,14 @@ class Settings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together")
         if self.role != "all" and self.backend == "embedded":
             raise ValueError(
-                "role serve or maintenance needs a shared backend (backend=qdrant): one process owns data_dir"
+                "role serve or maintenance needs a shared backend (backend=qdrant or milvus): one process owns data_dir"
             )
         if self.qdrant_write_consistency > self.qdrant_replication_factor:
             raise ValueError("qdrant_write_consistency cannot exceed qdrant_replication_factor")
         if self.backend == "qdrant" and (self.qdrant_url is None) == (self.qdrant_path is None):
             raise ValueError("backend=qdrant needs exactly one of qdrant_url and qdrant_path")
+        if self.backend == "milvus" and not self.milvus_uri:
+            raise ValueError("backend=milvus needs milvus_uri")
         return self
 
     def model_cache(self) -> Path:

@@ -1,9 +1,11 @@
-"""The Qdrant backend's dense data path (index/qdrant) against the embedded one: the same
+"""The shared backends' data path (index/qdrant, index/milvus) against the embedded one: the same
 documents in, the same answers out. Qdrant runs in qdrant-client's local mode here (in-process,
-brute force; a server or cluster speaks the same API), so graph search there is exact: recall
-against the exact oracle is checked, approximate-search quality is the embedded tests' job.
+brute force; a server or cluster speaks the same API), so graph search there is exact; Milvus is
+milvus-lite's gRPC server in a child process (HNSW on faiss). Recall against the exact oracle is
+checked; approximate-search quality is the embedded tests' job.
 
-One contract, two backends: every test below takes `backend`, an (embedded, or Qdrant) factory."""
+One contract, three backends: every test below takes `backend`, a factory for one of them
+(Milvus stores dense collections only: the multi-vector tests check that it refuses them)."""
 
 import math
 import sys
@@ -13,6 +15,7 @@ import pytest
 
 from index import Collection, HnswParams, Manifest, NewDocument, Query
 from index.errors import Conflict, Invalid, NotFound
+from tests.support.milvus import MilvusServer
 
 qdrant_client = pytest.importorskip("qdrant_client", reason="the qdrant extra is part of the test install")
 from index.qdrant import QdrantCatalog  # noqa: E402  (after the importorskip)
@@ -45,7 +48,16 @@ def docs(X, start=0):
     ]
 
 
-@pytest.fixture(params=["embedded", "qdrant"])
+@pytest.fixture(scope="module")
+def milvus(tmp_path_factory):
+    """One milvus-lite server for the module; each test gets a fresh catalog (collections dropped)."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is part of the test install")
+    server = MilvusServer(tmp_path_factory.mktemp("milvus")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["embedded", "qdrant", "milvus"])
 def backend(request, tmp_path):
     """A factory: `make(manifest)` → a new collection on this backend."""
     if request.param == "embedded":
@@ -59,11 +71,19 @@ def backend(request, tmp_path):
         yield make
         for c in made:
             c.close()
-    else:
+    elif request.param == "qdrant":
         client = qdrant_client.QdrantClient(location=":memory:")
         catalog = QdrantCatalog(client)
         yield catalog.create
         client.close()
+    else:
+        from index import open_milvus_catalog
+
+        catalog = open_milvus_catalog(uri=request.getfixturevalue("milvus").uri)
+        yield catalog.create
+        for name in catalog.names():
+            catalog.drop(name)
+        catalog.close()
 
 
 @pytest.fixture
@@ -247,10 +267,11 @@ def test_the_catalog_keeps_manifests_in_qdrant(tmp_path, glosses):
     second.close()
 
 
-def test_importing_index_does_not_import_qdrant():
+def test_importing_index_does_not_import_the_shared_backends():
     import subprocess
 
-    code = "import sys, index; assert 'qdrant_client' not in sys.modules and 'index.qdrant' not in sys.modules"
+    engines = "{'qdrant_client', 'index.qdrant', 'pymilvus', 'index.milvus'}"
+    code = f"import sys, index; assert not {engines} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -328,15 +349,23 @@ def token_sets():
     return encoder.encode_tokens(texts[:600], "document"), encoder.encode_tokens(texts[600:], "query")
 
 
-@pytest.fixture
-def token_collection(backend, token_sets):
+def token_manifest() -> Manifest:
     from index.fde import MultiVectorConfig
 
-    docs, queries = token_sets
-    m = Manifest(
+    return Manifest(
         name="mv", dim=0, metric="ip", hnsw=HnswParams(), created_at="t", multivector=MultiVectorConfig(token_dim=64)
     )
-    c = backend(m)
+
+
+@pytest.fixture
+def token_collection(backend, token_sets, request):
+    if request.node.callspec.params["backend"] == "milvus":
+        with pytest.raises(Invalid) as refused:
+            backend(token_manifest())
+        assert refused.value.code == "backend_unsupported"
+        pytest.skip("Milvus stores dense collections only (refused with backend_unsupported, checked above)")
+    docs, queries = token_sets
+    c = backend(token_manifest())
     c.upsert([NewDocument(id=f"d{i}", vector=None, tokens=t, metadata={"part": i % 3}) for i, t in enumerate(docs)])
     return c, docs, queries
 
