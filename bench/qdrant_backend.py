@@ -1,11 +1,14 @@
-"""The Qdrant backend (qdrant-client's local mode) beside the embedded backend, in process, on the
-same vectors: write rate, search latency and recall@10 against exact search.
+"""The shared backends beside the embedded one on the same vectors: the Qdrant backend
+(qdrant-client's local mode, in process) and the Milvus backend (milvus-lite's gRPC server, a
+child process): write rate, search latency and recall@10 against exact search.
 
     python bench/qdrant_backend.py [--docs 20000] [--queries 200]
 
 The caveat that decides how to read it: local mode keeps points in Python and searches by brute
 force (no HNSW, no payload indexes), so its latency grows with the collection and says nothing
-about a Qdrant server's; it is the correctness reference of the backend, not its speed. Vectors:
+about a Qdrant server's; it is the correctness reference of the backend, not its speed.
+milvus-lite is a pure-Python Milvus with faiss HNSW per segment, over gRPC on loopback: its
+figures include the network hop and the server's Python, not a Milvus cluster's. Vectors:
 `--docs` WordNet glosses embedded by MiniLM (bench/peers.py's cache when it is there, else the
 3,000 cached in tests/data), queries held out from the same set.
 """
@@ -20,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.peers import CACHE
-from index import Catalog, HnswParams, Manifest, NewDocument, Query, open_qdrant_catalog
+from index import Catalog, HnswParams, Manifest, NewDocument, Query, open_milvus_catalog, open_qdrant_catalog
 from index.manifest import Elasticizer
 
 
@@ -50,9 +53,13 @@ def main() -> None:
         elasticizer=Elasticizer(kind="none"),
     )
     work = Path(tempfile.mkdtemp(prefix="vecnest-qdrant-bench-"))
+    from tests.support.milvus import MilvusServer
+
+    milvus = MilvusServer(work / "milvus").start()
     backends = {
         "embedded": Catalog(str(work / "embedded")),
         "qdrant local": open_qdrant_catalog(path=str(work / "qdrant")),
+        "milvus-lite": open_milvus_catalog(uri=milvus.uri),
     }
     rows = []
     for name, catalog in backends.items():
@@ -82,6 +89,7 @@ def main() -> None:
             recall = np.mean([len(set(f) & set(t.tolist())) / 10 for f, t in zip(found, exact)])
             rows.append((name, label, rate, np.percentile(latencies, 50), np.percentile(latencies, 99), recall))
         catalog.close()
+    milvus.stop()
     print(f"\n{'backend':<14} {'search':<13} {'writes/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'recall@10':>10}")
     for name, label, rate, p50, p99, recall in rows:
         print(f"{name:<14} {label:<13} {rate:>9.0f} {p50:>8.2f} {p99:>8.2f} {recall:>10.3f}")

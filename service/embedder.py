@@ -1,8 +1,9 @@
 """`Embedder`: the models, the inference thread they run on, and which model each collection uses.
 
 Every model call goes through the one inference thread (`service/inference.py`). A collection's
-encoder is attached when it is opened or created; a collection whose model cannot be loaded any
-more is marked unavailable for text (its vectors still serve). `embed` is the one place that
+encoder is attached when it is opened or created (on a shared backend: when first used); a
+collection whose model cannot be loaded any more is marked unavailable for text (its vectors
+still serve). `embed` is the one place that
 turns texts into what a collection indexes: a vector per text for dense collections, a token
 matrix per text for multi-vector ones.
 """
@@ -67,6 +68,23 @@ class Embedder:
         if encoder is not None:
             self._of[collection] = encoder
 
+    async def encoder_of(self, collection: CollectionBackend) -> Encoder | None:
+        """The collection's encoder, loaded and attached on first use when its manifest names one
+        that is not attached yet: a collection another replica created on a shared backend, or
+        one opened at start-up. A model that cannot be loaded marks the collection unavailable
+        for text (NotReady), its vectors still serve."""
+        encoder = self.of(collection)
+        info = collection.manifest.encoder
+        if encoder is not None or info is None:
+            return encoder
+        try:
+            encoder = await self.load(info["model"], info["dim"])
+        except Invalid as exc:
+            self.mark_unavailable(collection.name, exc.message)
+            return self.of(collection)  # raises NotReady with the reason
+        self.attach(collection, encoder)
+        return encoder
+
     def mark_unavailable(self, name: str, reason: str) -> None:
         self._unavailable[name] = reason
 
@@ -114,7 +132,7 @@ class Embedder:
         """Texts as `collection` indexes them: vectors `(n, D)`, or token matrices for a
         multi-vector collection. `encoder` defaults to the collection's own; `layers` to its
         configured ones. Invalid when the collection has no model."""
-        encoder = encoder or self.of(collection)
+        encoder = encoder or await self.encoder_of(collection)
         if encoder is None:
             raise Invalid(
                 f"collection {collection.name!r} has no model: send {request_kind(collection).alternative}",

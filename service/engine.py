@@ -93,14 +93,7 @@ class Engine:
             except (Invalid, OSError) as exc:  # collections of vectors only still work without it
                 log.error("default model unavailable: %s", getattr(exc, "message", exc))
         for collection in self.collections():
-            info = collection.manifest.encoder
-            if info is None:
-                continue
-            try:
-                self.embedder.attach(collection, await self.embedder.load(info["model"], info["dim"]))
-            except Invalid as exc:
-                log.error("collection %s cannot encode text: %s", collection.name, exc.message)
-                self.embedder.mark_unavailable(collection.name, exc.message)
+            await self._attach_encoder(collection)
         if self.settings.backend == "embedded":  # upgrade records are files of the embedded backend
             await self.upgrades.resume_all(self.catalog.names())
         # What start-up loaded (models, collections, their caches) lives as long as the process:
@@ -233,14 +226,15 @@ class Engine:
         await self.upgrades.forget(collection.name)  # nothing live (checked above); its records went with the home
         self.embedder.forget(collection.name)
         self.recall.reset(collection.name)
-        info = collection.manifest.encoder
-        if info is not None:
-            try:
-                self.embedder.attach(collection, await self.embedder.load(info["model"], info["dim"]))
-            except Invalid as exc:
-                log.error("collection %s cannot encode text: %s", collection.name, exc.message)
-                self.embedder.mark_unavailable(collection.name, exc.message)
+        await self._attach_encoder(collection)
         return AsyncCollection(collection)
+
+    async def _attach_encoder(self, collection: CollectionBackend) -> None:
+        """Load the collection's model now; one that cannot load leaves it serving vectors only."""
+        try:
+            await self.embedder.encoder_of(collection)
+        except NotReady as exc:
+            log.error("collection %s cannot encode text: %s", collection.name, exc.message)
 
     def stats(self, collection: CollectionBackend) -> dict[str, Any]:
         """`collection.stats()` plus the service's view: its recall target and upgrade state

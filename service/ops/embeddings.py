@@ -31,7 +31,7 @@ async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndar
                 f"one vector per input",
                 code="multivector_collection",
             )
-        encoder = engine.embedder.of(collection.backend)
+        encoder = await engine.embedder.encoder_of(collection.backend)
         if encoder is None:
             raise Invalid(f"collection {req.collection!r} has no model", code="vector_required")
         info = collection.manifest.encoder or {}
