@@ -4,7 +4,7 @@ Nothing here imports the service, FastAPI, pydantic-settings or torch: use it fr
 a benchmark or a backfill job as well as from the server. This module is the interface: the
 service imports from here and nowhere else in `index`.
 
-- the seam: `CollectionBackend`, `CatalogBackend`, `Query`, `Filter`, `SearchResult`,
+- the seam: `CollectionBackend`, `CatalogBackend`, `Generations`, `Query`, `Filter`, `SearchResult`,
   `WriteResult` (`index.backend`), implemented by `Catalog` and `Collection`;
 - documents and facts: `NewDocument`, `StoredDocument`, `Match`, `Manifest` and its parts;
 - recall measurement: `RecallProbe`, `StageRecall`, `EfController`;
@@ -14,7 +14,7 @@ service imports from here and nowhere else in `index`.
 """
 
 from index import encoder_upgrade as upgrades
-from index.backend import CatalogBackend, CollectionBackend, Query, SearchResult, WriteResult
+from index.backend import CatalogBackend, CollectionBackend, Generations, Query, SearchResult, WriteResult
 from index.backup import BackupInfo, archive_file, create_archive, list_archives, remove_archive
 from index.catalog import Catalog, check_name
 from index.collection import DEFAULT_CANDIDATES, Collection, CollectionOptions
@@ -44,20 +44,22 @@ from index.store import NewDocument, Store, StoredDocument
 from index.vectors import check_metric
 
 
-def open_milvus_catalog(*, uri: str, token: str | None = None, timeout_s: float = 10.0) -> CatalogBackend:
+def open_milvus_catalog(
+    *, uri: str, token: str | None = None, timeout_s: float = 10.0, refresh_s: float = 5.0
+) -> CatalogBackend:
     """The collections on Milvus (index/milvus): a Milvus server or cluster, or milvus-lite's
     server, at `uri` (e.g. http://127.0.0.1:19530). Imported only here, when chosen."""
     try:
         import pymilvus
     except ImportError:
         raise Invalid("the Milvus backend needs pymilvus: pip install -e '.[milvus]'", code="backend_missing") from None
-    from index.milvus import MilvusCatalog
+    from index.milvus import milvus_catalog
 
     try:
         client = pymilvus.MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
     except Exception as exc:  # unreachable at start-up: the service reports it as not ready
         raise NotReady(f"the Milvus backend at {uri} is unreachable: {exc}", code="backend_unavailable") from exc
-    return MilvusCatalog(client)
+    return milvus_catalog(client, refresh_s)
 
 
 def open_qdrant_catalog(
@@ -70,6 +72,7 @@ def open_qdrant_catalog(
     shards: int = 1,
     replication_factor: int = 1,
     write_consistency: int = 1,
+    refresh_s: float = 5.0,
 ) -> CatalogBackend:
     """The collections on Qdrant (index/qdrant): a server or cluster at `url`, or qdrant-client's
     local mode at `path` (a folder, or ":memory:"). Imported only here, when chosen."""
@@ -79,7 +82,7 @@ def open_qdrant_catalog(
         raise Invalid(
             "the Qdrant backend needs qdrant-client: pip install -e '.[qdrant]'", code="backend_missing"
         ) from None
-    from index.qdrant import QdrantCatalog
+    from index.qdrant import qdrant_catalog
 
     if (url is None) == (path is None):
         raise Invalid("the Qdrant backend needs exactly one of a url and a path", code="invalid_backend")
@@ -96,7 +99,7 @@ def open_qdrant_catalog(
         "replication_factor": replication_factor,
         "write_consistency_factor": write_consistency,
     }
-    return QdrantCatalog(client, write_ordering, collection_layout=layout)
+    return qdrant_catalog(client, write_ordering, refresh_s, collection_layout=layout)
 
 
 __all__ = [
@@ -116,6 +119,7 @@ __all__ = [
     "ExactIndex",
     "FdeEncoder",
     "Filter",
+    "Generations",
     "Hits",
     "HnswIndex",
     "HnswParams",

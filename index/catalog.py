@@ -232,6 +232,13 @@ class Catalog:
             self._collections[name] = collection
         return True
 
+    def generations(self, name: str):
+        """The generations of `name` (folders of its home) and its upgrade records."""
+        from index.encoder_upgrade import FileGenerations  # it builds on this module
+
+        self.get(name)  # 404 for an unknown collection
+        return FileGenerations(self.home(name), self.options)
+
     def swap(self, name: str, collection: Collection) -> Collection:
         """Make `collection` (a generation inside the home of `name`) the one that serves; returns
         the one it replaces. Requests already holding the old object finish on it."""

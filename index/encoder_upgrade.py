@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from index.backend import Query, SearchResult
+from index.backend import CollectionBackend, Query, SearchResult
 from index.catalog import active_generation
 from index.collection import COLLECTION_FILES, Collection
-from index.errors import Invalid
+from index.errors import Invalid, NotFound
 from index.files import fsync_path, json_bytes, npy_bytes, sha256_hex, write_atomic
 from index.manifest import Elasticizer, Manifest
 from index.procrustes import ScoreCalibration, fit_calibration, fit_orthogonal_map, map_queries, orthogonality_error
@@ -90,7 +90,8 @@ class UpgradeRecord:
 
 
 def new_record(
-    collection: Collection,
+    collection: CollectionBackend,
+    old_generation: str,
     model: dict[str, Any],
     *,
     sample: int,
@@ -101,14 +102,13 @@ def new_record(
 ) -> UpgradeRecord:
     upgrade_id = uuid.uuid4().hex[:12]
     now = time.time()
-    old = os.path.relpath(collection.path, home_of(collection))
     return UpgradeRecord(
         id=upgrade_id,
         collection=collection.name,
         state=FITTING,
         model=model,
         previous_model=dict(collection.manifest.encoder or {}),
-        old_generation=old,
+        old_generation=old_generation,
         new_generation=f"gen-{upgrade_id}",
         created_at=now,
         updated_at=now,
@@ -156,10 +156,10 @@ def load_records(home: str) -> list[UpgradeRecord]:
     return sorted(records, key=lambda r: r.created_at)
 
 
-def reconcile(home: str, record: UpgradeRecord) -> UpgradeRecord:
-    """Make a record agree with `current.json`, the one source of truth for which generation
-    serves: a crash between the pointer's rename and the record's write leaves them apart."""
-    active = active_generation(home)
+def reconcile(active: str, record: UpgradeRecord) -> UpgradeRecord:
+    """Make a record agree with the generation that serves (`active`, the one source of truth:
+    `current.json`, or the shared engine's collection entry): a crash between the switch and the
+    record's write leaves them apart."""
     if record.state in (FITTING, BACKFILLING) and active == record.new_generation:
         return record.moved(CUT_OVER)
     if record.state == CUT_OVER and active == record.old_generation:
@@ -182,6 +182,49 @@ def load_map(home: str, record: UpgradeRecord) -> np.ndarray:
     if sha256_hex(data) != record.map_sha256:
         raise Invalid(f"upgrade {record.id}: map file {path} does not match its checksum")
     return np.load(io.BytesIO(data))
+
+
+class FileGenerations:
+    """`Generations` of an embedded collection: folders under its home (`.` is the home itself,
+    `gen-<id>` a folder in it), `current.json` naming the one that serves, records and maps as
+    files in `<home>/upgrades/`."""
+
+    def __init__(self, home: str, options):
+        self.home = home
+        self._options = options
+
+    def __repr__(self) -> str:
+        return f"FileGenerations({self.home!r})"
+
+    def generation_of(self, collection: Collection) -> str:
+        return active_generation_of(collection)
+
+    def active(self) -> str:
+        return active_generation(self.home)
+
+    def create(self, generation: str, manifest: Manifest) -> Collection:
+        return create_generation(self.home, generation, manifest, self._options)
+
+    def open(self, generation: str) -> Collection:
+        path = os.path.normpath(os.path.join(self.home, generation))
+        if not os.path.exists(os.path.join(path, "manifest.json")):
+            raise NotFound(f"generation {generation} not found in {self.home}", code="generation_not_found")
+        return open_generation(path, self._options)
+
+    def remove(self, generation: str) -> None:
+        remove_generation(self.home, generation)
+
+    def records(self) -> list[UpgradeRecord]:
+        return load_records(self.home)
+
+    def save_record(self, record: UpgradeRecord) -> None:
+        save_record(self.home, record)
+
+    def save_map(self, record_id: str, W: np.ndarray) -> str:
+        return save_map(self.home, record_id, W)
+
+    def load_map(self, record: UpgradeRecord) -> np.ndarray:
+        return load_map(self.home, record)
 
 
 # -- generations -------------------------------------------------------------------------------
@@ -244,7 +287,7 @@ class SyncPlan:
     upserts: list[tuple[str, str | None, str]]  # (id, text, metadata JSON), in the source's label order
     deletes: list[str]
     total: int  # live documents in the source
-    source_seq: int  # the source's last write when planned: a newer one means plan again
+    source_seq: int | None  # the source's last write when planned (a newer one means plan again); None: no sequence
 
     @property
     def done(self) -> int:

@@ -92,7 +92,7 @@ class AsyncCollection:
     async def contents(self, ids: Sequence[str] | None = None) -> dict[str, tuple[str | None, str]]:
         return await run_in_threadpool(self.backend.contents, ids)
 
-    async def last_seq(self) -> int:
+    async def last_seq(self) -> int | None:
         return await run_in_threadpool(self.backend.last_seq)
 
     async def search(self, query: Query) -> SearchResult:

@@ -94,7 +94,7 @@ class Engine:
                 log.error("default model unavailable: %s", getattr(exc, "message", exc))
         for collection in self.collections():
             await self._attach_encoder(collection)
-        if self.settings.backend == "embedded":  # upgrade records are files of the embedded backend
+        if self.settings.role != "serve":  # serving replicas follow the upgrades the maintenance process runs
             await self.upgrades.resume_all(self.catalog.names())
         # What start-up loaded (models, collections, their caches) lives as long as the process:
         # move it out of the collector's reach, so a full collection walks only what requests
@@ -129,9 +129,15 @@ class Engine:
                 shards=s.qdrant_shards,
                 replication_factor=s.qdrant_replication_factor,
                 write_consistency=s.qdrant_write_consistency,
+                refresh_s=s.manifest_refresh_s,
             )
         if s.backend == "milvus":
-            return open_milvus_catalog(uri=str(s.milvus_uri), token=s.milvus_token, timeout_s=s.milvus_timeout_s)
+            return open_milvus_catalog(
+                uri=str(s.milvus_uri),
+                token=s.milvus_token,
+                timeout_s=s.milvus_timeout_s,
+                refresh_s=s.manifest_refresh_s,
+            )
         catalog = Catalog(str(s.data_dir), options, max_collections=s.max_collections)
         catalog.open_all()
         return catalog

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     qdrant_write_consistency: int = Field(
         1, ge=1, description="backend=qdrant: replicas that must apply a write before it is acknowledged"
     )
+    manifest_refresh_s: float = Field(
+        5.0, gt=0, description="shared backend: how old a process's copy of a collection's manifest may get"
+    )
     milvus_uri: str | None = Field(None, description="backend=milvus: the server, e.g. http://milvus:19530")
     milvus_token: str | None = Field(None, description="backend=milvus: Milvus's token (user:password or API key)")
     milvus_timeout_s: float = Field(10.0, gt=0, description="backend=milvus: how long one Milvus call may take")
@@ -200,6 +203,21 @@ class Settings(BaseSettings):
     upgrade_batch_size: int = Field(32, ge=1, description="documents re-embedded per backfill step")
     upgrade_max_busy: float = Field(0.5, gt=0, le=1, description="most of the encoder's time the backfill may take")
     upgrade_poll_s: float = Field(0.5, gt=0, description="how often a caught-up backfill looks for new writes")
+    upgrade_shared_poll_s: float = Field(
+        10.0,
+        gt=0,
+        description="shared backend: how often a caught-up backfill compares both generations in full (writes "
+        "land in both during an upgrade; the comparison repairs any that failed half-way)",
+    )
+    upgrade_settle_s: float = Field(
+        15.0,
+        ge=0,
+        description="shared backend: how long every replica is given to notice an upgrade's new state before a "
+        "cut-over or a generation's removal (replicas read it every upgrade_follow_s)",
+    )
+    upgrade_follow_s: float = Field(
+        5.0, gt=0, description="shared backend, serving replicas: how often they read the upgrades of a collection"
+    )
 
     @model_validator(mode="after")
     def _keys_from_file(self) -> "Settings":
@@ -219,6 +237,10 @@ class Settings(BaseSettings):
             raise ValueError("qdrant_write_consistency cannot exceed qdrant_replication_factor")
         if self.backend == "qdrant" and (self.qdrant_url is None) == (self.qdrant_path is None):
             raise ValueError("backend=qdrant needs exactly one of qdrant_url and qdrant_path")
+        if self.backend != "embedded" and self.upgrade_settle_s < self.upgrade_follow_s + self.manifest_refresh_s:
+            raise ValueError(
+                "upgrade_settle_s must cover upgrade_follow_s + manifest_refresh_s: replicas need that long"
+            )
         if self.backend == "milvus" and not self.milvus_uri:
             raise ValueError("backend=milvus needs milvus_uri")
         return self

@@ -16,7 +16,6 @@ measurements, and the settings.
 import asyncio
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -26,9 +25,9 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from index import (
-    Catalog,
     CatalogBackend,
     Conflict,
+    Generations,
     Invalid,
     NewDocument,
     NotFound,
@@ -68,7 +67,7 @@ class LiveUpgrade:
     """A running upgrade: its record, the generation kept in sync (the shadow) and its encoder."""
 
     record: upgrades.UpgradeRecord
-    home: str
+    gens: Generations
     shadow: AsyncCollection
     shadow_encoder: Encoder
     new_encoder: Encoder
@@ -79,14 +78,17 @@ class LiveUpgrade:
     epoch: int = 0  # bumped when the roles flip: a plan made before is void
     done: int = 0
     total: int = 0
-    synced_seq: int = -1  # the serving generation's last seq the shadow fully reflects
+    synced: bool = False  # the last plan was applied in full
+    synced_seq: int | None = None  # the serving generation's last seq then (None: a shared engine has none)
+    planned_at: float = 0.0  # monotonic time of the last plan
     rate: float = 0.0  # documents re-embedded per second (moving average)
     embedded: int = 0
+    follower: bool = False  # a serving replica's view of an upgrade the maintenance process runs
 
     @property
     def caught_up(self) -> bool:
         """The last plan was applied in full (see `UpgradeManager.caught_up` for "and nothing since")."""
-        return self.synced_seq >= 0 and self.done >= self.total
+        return self.synced and self.done >= self.total
 
 
 class UpgradeManager:
@@ -105,13 +107,26 @@ class UpgradeManager:
         self.settings = settings
         self._live: dict[str, LiveUpgrade] = {}
         self._gates: dict[str, asyncio.Lock] = {}
+        self._followed_at: dict[str, float] = {}  # serving replicas: when each collection's upgrades were read
+        self._discarding: set[asyncio.Task] = set()
 
-    def _embedded(self) -> Catalog:
-        """The catalog as the embedded one: generations are folders of its collections (the
-        upgrade routes answer 422 on another backend, see routes.embedded_only)."""
-        catalog = self._catalog()
-        assert isinstance(catalog, Catalog), "encoder upgrades run on the embedded backend only"
-        return catalog
+    @property
+    def _shared(self) -> bool:
+        """Collections live in a shared engine: other vecnest processes may write them too."""
+        return self.settings.backend != "embedded"
+
+    def _generations(self, name: str) -> Generations:
+        return self._catalog().generations(name)
+
+    def _require_owner(self, action: str) -> None:
+        """Upgrades run in one process: on a shared backend, the maintenance process (or a
+        single process with role all); serving replicas follow them."""
+        if self.settings.role == "serve":
+            raise Conflict(
+                f"cannot {action} here: encoder upgrades run on the maintenance process (VECNEST_ROLE=maintenance); "
+                f"send this request to it",
+                code="maintenance_only",
+            )
 
     # -- the serving generation ---------------------------------------------------------------
     def collection(self, name: str) -> AsyncCollection:
@@ -122,6 +137,8 @@ class UpgradeManager:
         """Run `use` on the generation of `name` that serves; if an upgrade retires it meanwhile
         (its store closes under the use case, or the use case raises `Retired`), run `use` again on
         the generation that serves now."""
+        if self._shared and self.settings.role == "serve":
+            await self._follow(name)
         for _ in range(3):
             collection = self.collection(name)
             try:
@@ -145,19 +162,32 @@ class UpgradeManager:
         async with self.write_gate(collection.name):
             if self.collection(collection.name).backend is not collection.backend:
                 raise Retired()
-            if self._live.get(collection.name) is not None and any(d.text is None for d in docs):
+            live = self._live.get(collection.name)
+            if live is not None and any(d.text is None for d in docs):
                 raise Conflict(
                     f"collection {collection.name!r} is being upgraded to a new model: every document needs text "
                     f"so the other model can embed it too",
                     code="upgrade_in_progress",
                 )
-            return await collection.upsert(docs)
+            result = await collection.upsert(docs)
+            if self._shared and live is not None and live.shadow.backend is not collection.backend:
+                # Other processes write this collection too, so no sequence tells the sync what
+                # changed: every write lands in both generations before it is acknowledged.
+                X = await self._embed(collection.name, live.shadow_encoder, [d.text or "" for d in docs], False)
+                await live.shadow.upsert(
+                    [NewDocument(id=d.id, vector=x, text=d.text, metadata=d.metadata or {}) for d, x in zip(docs, X)]
+                )
+            return result
 
     async def delete(self, collection: AsyncCollection, ids: list[str]):
         async with self.write_gate(collection.name):
             if self.collection(collection.name).backend is not collection.backend:
                 raise Retired()
-            return await collection.delete(ids)
+            result = await collection.delete(ids)
+            live = self._live.get(collection.name)
+            if self._shared and live is not None and live.shadow.backend is not collection.backend:
+                await live.shadow.delete(ids)
+            return result
 
     # -- searches during an upgrade -----------------------------------------------------------
     def serving_info(self, collection: AsyncCollection) -> Serving | None:
@@ -199,8 +229,8 @@ class UpgradeManager:
         return 1, (live.done / live.total if live.total else (1.0 if live.caught_up else 0.0))
 
     async def records(self, name: str) -> list[tuple[upgrades.UpgradeRecord, dict[str, Any] | None]]:
-        home = upgrades.home_of(self.collection(name).backend)
-        records = await run_in_threadpool(upgrades.load_records, home)
+        gens = await run_in_threadpool(self._generations, name)
+        records = await run_in_threadpool(gens.records)
         return [(r, await self._progress_of(r)) for r in records]
 
     async def get(self, name: str, upgrade_id: str) -> tuple[upgrades.UpgradeRecord, dict[str, Any] | None]:
@@ -211,18 +241,20 @@ class UpgradeManager:
         live = self._live.get(name)
         if live is not None and live.record.id == upgrade_id:
             return live.record
-        for record in await run_in_threadpool(upgrades.load_records, upgrades.home_of(self.collection(name).backend)):
+        gens = await run_in_threadpool(self._generations, name)
+        for record in await run_in_threadpool(gens.records):
             if record.id == upgrade_id:
                 return record
         raise NotFound(f"upgrade {upgrade_id!r} of collection {name!r} not found", code="upgrade_not_found")
 
     async def caught_up(self, name: str, live: LiveUpgrade) -> bool:
         """The shadow reflects every write the serving generation has (a cheap seq comparison)."""
-        return live.caught_up and await self.collection(name).last_seq() == live.synced_seq
+        seq = await self.collection(name).last_seq()
+        return live.caught_up and (seq is None or seq == live.synced_seq)
 
     async def _progress_of(self, record: upgrades.UpgradeRecord) -> dict[str, Any] | None:
         live = self._live.get(record.collection)
-        if live is None or live.record.id != record.id:
+        if live is None or live.record.id != record.id or live.follower:
             return None
         remaining = live.total - live.done
         done = await self.caught_up(record.collection, live)
@@ -249,6 +281,7 @@ class UpgradeManager:
         min_recall: float | None = None,
     ) -> upgrades.UpgradeRecord:
         s = self.settings
+        self._require_owner("start an upgrade")
         async with self.write_gate(name):
             source = self.collection(name)
             current = source.manifest.encoder
@@ -282,8 +315,10 @@ class UpgradeManager:
                 "layers": None,
                 "matryoshka_dims": new_encoder.matryoshka_dims,
             }
+            gens = await run_in_threadpool(self._generations, name)
             record = upgrades.new_record(
                 source.backend,
+                gens.generation_of(source.backend),
                 model_info,
                 sample=sample or s.upgrade_sample,
                 holdout=holdout or s.upgrade_holdout,
@@ -291,27 +326,24 @@ class UpgradeManager:
                 min_cosine=s.upgrade_min_cosine if min_cosine is None else min_cosine,
                 min_recall=s.upgrade_min_recall if min_recall is None else min_recall,
             )
-            home = upgrades.home_of(source.backend)
             manifest = upgrades.new_generation_manifest(
                 source.manifest, model_info, new_encoder.dim, bool(new_encoder.matryoshka_dims)
             )
-            shadow = await run_in_threadpool(
-                upgrades.create_generation, home, record.new_generation, manifest, self._embedded().options
-            )
-            await run_in_threadpool(upgrades.save_record, home, record)
-            live = LiveUpgrade(record, home, AsyncCollection(shadow), new_encoder, new_encoder, total=len(contents))
+            shadow = await run_in_threadpool(gens.create, record.new_generation, manifest)
+            await run_in_threadpool(gens.save_record, record)
+            live = LiveUpgrade(record, gens, AsyncCollection(shadow), new_encoder, new_encoder, total=len(contents))
             self._live[name] = live
             live.task = asyncio.create_task(self._run(name, live))
         return record
 
     async def resume_all(self, names: list[str]) -> None:
-        """At start-up: reconcile every record with `current.json`, clean up what a crash left,
-        and restart the live upgrades where they stopped (their plans are recomputed)."""
+        """At start-up: reconcile every record with the generation that serves, clean up what a
+        crash left, and restart the live upgrades where they stopped (their plans are recomputed)."""
         for name in names:
             collection = self.collection(name)
-            home = upgrades.home_of(collection.backend)
+            gens = await run_in_threadpool(self._generations, name)
             try:
-                records = await run_in_threadpool(upgrades.load_records, home)
+                records = await run_in_threadpool(gens.records)
             except ValueError as exc:  # which generation must be kept in sync is unknown: do not guess
                 reason = f"{exc}; repair or delete that file and restart, or drop the collection"
                 log.error("collection %s is marked failed: %s", name, reason)
@@ -319,22 +351,26 @@ class UpgradeManager:
                 continue
             for record in records:
                 try:
-                    await self._resume(collection, home, record)
+                    await self._resume(collection, gens, record)
                 except Exception as exc:
                     log.exception("upgrade %s of %s cannot resume", record.id, name)
                     try:
                         failed = record.moved(upgrades.FAILED, error=f"cannot resume: {exc}")
-                        await run_in_threadpool(upgrades.save_record, home, failed)
+                        await run_in_threadpool(gens.save_record, failed)
                     except Exception:
                         log.exception("cannot record that upgrade %s of %s failed", record.id, name)
 
-    async def _resume(self, collection: AsyncCollection, home: str, record: upgrades.UpgradeRecord) -> None:
-        fixed = upgrades.reconcile(home, record)
+    async def _resume(self, collection: AsyncCollection, gens: Generations, record: upgrades.UpgradeRecord) -> None:
+        active = await run_in_threadpool(gens.active)
+        fixed = upgrades.reconcile(active, record)
         if fixed is not record:
-            await run_in_threadpool(upgrades.save_record, home, fixed)
+            await run_in_threadpool(gens.save_record, fixed)
             record = fixed
-        if record.state in (upgrades.ABORTED, upgrades.ROLLED_BACK):  # a crash may have left the new generation
-            await run_in_threadpool(upgrades.remove_generation, home, record.new_generation)
+        # A crash may have left the generation the upgrade's end was deleting.
+        if record.state in (upgrades.ABORTED, upgrades.ROLLED_BACK) and record.new_generation != active:
+            await run_in_threadpool(gens.remove, record.new_generation)
+        if record.state == upgrades.FINALIZED and self._shared and record.old_generation != active:
+            await run_in_threadpool(gens.remove, record.old_generation)
         if not record.live:
             return
         new_encoder = await self._embedder.load(record.model["model"], record.model["dim"])
@@ -346,15 +382,51 @@ class UpgradeManager:
             self._embedder.attach(collection.backend, new_encoder)
         else:
             shadow_dir, shadow_encoder = record.new_generation, new_encoder
-        path = os.path.normpath(os.path.join(home, shadow_dir))
-        shadow = await run_in_threadpool(upgrades.open_generation, path, self._embedded().options)
-        live = LiveUpgrade(record, home, AsyncCollection(shadow), shadow_encoder, new_encoder)
+        shadow = await run_in_threadpool(gens.open, shadow_dir)
+        live = LiveUpgrade(record, gens, AsyncCollection(shadow), shadow_encoder, new_encoder)
         if record.map_sha256:
-            live.W = await run_in_threadpool(upgrades.load_map, home, record)
+            live.W = await run_in_threadpool(gens.load_map, record)
             live.calibration = ScoreCalibration(**(record.calibration or {}))
         self._live[collection.name] = live
         live.task = asyncio.create_task(self._run(collection.name, live))
         log.info("upgrade %s of %s resumed in state %s", record.id, collection.name, record.state)
+
+    # -- serving replicas: following an upgrade another process runs --------------------------
+    async def _follow(self, name: str) -> None:
+        """Read the upgrade records of `name` (at most every `upgrade_follow_s`) and mirror the
+        live one: its shadow generation and encoders (every write then lands in both
+        generations) and its map (new-model queries are served through it, as on the process
+        that runs the upgrade)."""
+        now = time.monotonic()
+        if now - self._followed_at.get(name, -1e9) < self.settings.upgrade_follow_s:
+            return
+        self._followed_at[name] = now
+        try:
+            gens = await run_in_threadpool(self._generations, name)
+            records = await run_in_threadpool(gens.records)
+        except (NotFound, ValueError):
+            return  # an unknown collection answers 404 where it is used; an unreadable record is the owner's to report
+        record = next((r for r in reversed(records) if r.live), None)
+        held = self._live.get(name)
+        if record is None:
+            if held is not None:
+                del self._live[name]
+            return
+        if held is not None and held.record.id == record.id and held.record.state == record.state:
+            held.record = record
+            return
+        new_encoder = await self._embedder.load(record.model["model"], record.model["dim"])
+        if record.state == upgrades.CUT_OVER:
+            shadow_generation = record.old_generation
+            shadow_encoder = await self._embedder.load(record.previous_model["model"], record.previous_model["dim"])
+        else:
+            shadow_generation, shadow_encoder = record.new_generation, new_encoder
+        shadow = await run_in_threadpool(gens.open, shadow_generation)
+        live = LiveUpgrade(record, gens, AsyncCollection(shadow), shadow_encoder, new_encoder, follower=True)
+        if record.map_sha256:
+            live.W = await run_in_threadpool(gens.load_map, record)
+            live.calibration = ScoreCalibration(**(record.calibration or {}))
+        self._live[name] = live
 
     # -- the background task ------------------------------------------------------------------
     async def _run(self, name: str, live: LiveUpgrade) -> None:
@@ -369,10 +441,10 @@ class UpgradeManager:
         except Exception as exc:
             log.exception("upgrade %s of %s failed", live.record.id, name)
             live.record = live.record.moved(upgrades.FAILED, error=f"{type(exc).__name__}: {exc}")
-            await run_in_threadpool(upgrades.save_record, live.home, live.record)
+            await run_in_threadpool(live.gens.save_record, live.record)
             self._live.pop(name, None)
-            if live.record.old_generation != upgrades.active_generation_of(live.shadow.backend):
-                await run_in_threadpool(self._discard_shadow, live)
+            if live.record.old_generation != live.gens.generation_of(live.shadow.backend):
+                await self._discard_shadow(live)
 
     async def _fit(self, name: str, live: LiveUpgrade) -> None:
         """Embed a sample with the new model, fit and evaluate the map, apply the gate. The
@@ -399,19 +471,24 @@ class UpgradeManager:
             fit = {**result.figures, "embed_seconds": embed_s, "sample_docs_per_s": len(docs) / max(embed_s, 1e-9)}
             verdict = upgrades.gate(result.figures, record.min_cosine, record.min_recall)
             live.W, live.calibration = result.W, result.calibration
-            sha = await run_in_threadpool(upgrades.save_map, live.home, record.id, result.W)
+            sha = await run_in_threadpool(live.gens.save_map, record.id, result.W)
             record = replace(record, map_sha256=sha, calibration=vars(result.calibration))
         await self._write_shadow(live, docs, X_new)
         live.record = record.moved(upgrades.BACKFILLING, fit=fit, gate=verdict)
-        await run_in_threadpool(upgrades.save_record, live.home, live.record)
+        await run_in_threadpool(live.gens.save_record, live.record)
         log.info("upgrade %s of %s fitted: %s; gate %s", record.id, name, fit, verdict)
 
     async def _sync_step(self, name: str, live: LiveUpgrade, throttle: bool) -> bool:
         """Plan once and apply the plan in batches. False when there was nothing to do."""
         source = self.collection(name)
-        if live.caught_up and await source.last_seq() == live.synced_seq:
-            return False
+        if live.caught_up:
+            seq = await source.last_seq()
+            if seq is not None and seq == live.synced_seq:
+                return False
+            if seq is None and time.monotonic() - live.planned_at < self.settings.upgrade_shared_poll_s:
+                return False  # writes reach both generations; a full comparison now and then repairs the rest
         epoch = live.epoch
+        live.planned_at = time.monotonic()
         plan = await run_in_threadpool(upgrades.plan_sync, source.backend, live.shadow.backend)
         live.total, live.done = plan.total, plan.done
         batch = self.settings.upgrade_batch_size
@@ -425,7 +502,7 @@ class UpgradeManager:
                 return True
             if plan.deletes:
                 await live.shadow.delete(plan.deletes)
-            live.synced_seq = plan.source_seq
+            live.synced, live.synced_seq = True, plan.source_seq
         if live.shadow.backend.needs_snapshot and plan.upserts:
             await live.shadow.snapshot()
         return True
@@ -474,6 +551,7 @@ class UpgradeManager:
     async def cut_over(self, name: str, upgrade_id: str, force: bool = False) -> upgrades.UpgradeRecord:
         """Make the new generation serve. Unless `force`, the backfill must have caught up; with
         it, writes wait while the rest is re-embedded. Either way no document is left behind."""
+        self._require_owner("cut over")
         live = await self._require_live(name, upgrade_id, (upgrades.BACKFILLING,), "cut over")
         if not force and not await self.caught_up(name, live):
             raise Conflict(
@@ -486,6 +564,7 @@ class UpgradeManager:
 
     async def rollback(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
         """Serve the previous generation again (kept in sync since the cut-over); the new one is deleted."""
+        self._require_owner("roll back")
         live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "roll back")
         await self._flip(name, live, to_shadow_state=upgrades.ROLLED_BACK)
         await self._end(name, live)
@@ -493,24 +572,29 @@ class UpgradeManager:
 
     async def finalize(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
         """Delete the previous generation: the upgrade can no longer be rolled back."""
+        self._require_owner("finalize")
         live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "finalize")
         async with live.sync_lock:
             live.record = live.record.moved(upgrades.FINALIZED)
-            await run_in_threadpool(upgrades.save_record, live.home, live.record)
+            await run_in_threadpool(live.gens.save_record, live.record)
         await self._end(name, live)
         return live.record
 
     async def abort(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
         """Stop an upgrade before cut-over and delete its new generation; nothing else changes."""
+        self._require_owner("abort")
         live = await self._require_live(name, upgrade_id, (upgrades.FITTING, upgrades.BACKFILLING), "abort")
         async with live.sync_lock:
             live.record = live.record.moved(upgrades.ABORTED)
-            await run_in_threadpool(upgrades.save_record, live.home, live.record)
+            await run_in_threadpool(live.gens.save_record, live.record)
         await self._end(name, live)
         return live.record
 
     async def _flip(self, name: str, live: LiveUpgrade, to_shadow_state: str) -> None:
-        """Under the write gate and the sync lock: sync the shadow completely, then swap it in."""
+        """Under the write gate and the sync lock: sync the shadow completely, then swap it in.
+        On a shared backend, first give every replica time to see the upgrade (they then write
+        both generations), so no write lands on one generation only once the roles flip."""
+        await self._settle(live.record.created_at)
         async with self.write_gate(name), live.sync_lock:
             source = self.collection(name)
             batch = self.settings.upgrade_batch_size
@@ -523,17 +607,17 @@ class UpgradeManager:
                 if plan.deletes:
                     await live.shadow.delete(plan.deletes)
             await live.shadow.snapshot()
+            previous_encoder = await self._embedder.encoder_of(source.backend)  # before anything flips
+            assert previous_encoder is not None  # upgrades are of text collections
             self._embedder.attach(live.shadow.backend, live.shadow_encoder)
             fault_point("upgrade.before_swap", name)
-            retired = await run_in_threadpool(self._embedded().swap, name, live.shadow.backend)
-            fault_point("upgrade.after_swap", name)  # current.json is flipped, the record not yet: reconcile fixes it
+            retired = await run_in_threadpool(self._catalog().swap, name, live.shadow.backend)
+            fault_point("upgrade.after_swap", name)  # the pointer is flipped, the record not yet: reconcile fixes it
             live.record = live.record.moved(to_shadow_state)
-            await run_in_threadpool(upgrades.save_record, live.home, live.record)
-            previous_encoder = self._embedder.of(retired)
-            assert previous_encoder is not None
+            await run_in_threadpool(live.gens.save_record, live.record)
             live.shadow, live.shadow_encoder = AsyncCollection(retired), previous_encoder
             live.epoch += 1
-            live.synced_seq, live.done, live.total = -1, plan.total, plan.total
+            live.synced, live.synced_seq, live.done, live.total = False, None, plan.total, plan.total
             self._forget_recall(name)
         log.info("upgrade %s of %s: %s", live.record.id, name, to_shadow_state)
 
@@ -542,12 +626,31 @@ class UpgradeManager:
         if self._live.get(name) is live:
             del self._live[name]
         await self._cancel(live)
-        await run_in_threadpool(self._discard_shadow, live)
+        if self._shared:  # replicas may still write the shadow until they see the upgrade end
+            task = asyncio.create_task(self._discard_shadow(live, settle=True))
+            self._discarding.add(task)
+            task.add_done_callback(self._discarding.discard)
+        else:
+            await self._discard_shadow(live)
 
-    def _discard_shadow(self, live: LiveUpgrade) -> None:
-        generation = upgrades.active_generation_of(live.shadow.backend)
-        live.shadow.backend.close()
-        upgrades.remove_generation(live.home, generation)
+    async def _discard_shadow(self, live: LiveUpgrade, settle: bool = False) -> None:
+        """Delete the generation the upgrade kept in sync (after the settle time, on a shared backend)."""
+        if settle:
+            await self._settle(live.record.updated_at)
+        generation = live.gens.generation_of(live.shadow.backend)
+        try:
+            await live.shadow.close()
+            await run_in_threadpool(live.gens.remove, generation)
+        except Exception:  # the next start-up removes it (_resume), from the record
+            log.exception("generation %s of %s could not be removed", generation, live.record.collection)
+
+    async def _settle(self, since: float) -> None:
+        """On a shared backend: wait until `upgrade_settle_s` have passed since `since` (wall
+        clock), the time every replica is given to notice an upgrade's new state."""
+        if self._shared:
+            wait = self.settings.upgrade_settle_s - (time.time() - since)
+            if wait > 0:
+                await asyncio.sleep(wait)
 
     async def _require_live(self, name: str, upgrade_id: str, states: tuple[str, ...], action: str) -> LiveUpgrade:
         record = await self._record(name, upgrade_id)

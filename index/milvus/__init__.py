@@ -2,7 +2,7 @@
 dense collections, a second shared backend for stateless replicas. Needs the `milvus` extra
 (`pip install -e '.[milvus]'`); nothing else in `index/` imports this package."""
 
-from .catalog import MilvusCatalog, physical_name
+from .catalog import MilvusEngine, milvus_catalog, physical_name
 from .collection import MilvusCollection, pk_of
 
-__all__ = ["MilvusCatalog", "MilvusCollection", "physical_name", "pk_of"]
+__all__ = ["MilvusCollection", "MilvusEngine", "milvus_catalog", "physical_name", "pk_of"]

@@ -6,14 +6,13 @@ from fastapi import APIRouter, Depends
 from service import schemas
 from service.engine import Engine
 from service.ops import upgrades as ops
-from service.routes import ERRORS, JsonRoute, embedded_only, get_engine
+from service.routes import ERRORS, JsonRoute, get_engine
 
 router = APIRouter(
     prefix="/v1/collections/{name}/upgrades",
     tags=["upgrades"],
     responses=ERRORS,
     route_class=JsonRoute,
-    dependencies=[Depends(embedded_only("encoder upgrades"))],
 )
 
 

@@ -7,6 +7,7 @@ checked; approximate-search quality is the embedded tests' job.
 One contract, three backends: every test below takes `backend`, a factory for one of them
 (Milvus stores dense collections only: the multi-vector tests check that it refuses them)."""
 
+import dataclasses
 import math
 import sys
 
@@ -18,7 +19,7 @@ from index.errors import Conflict, Invalid, NotFound
 from tests.support.milvus import MilvusServer
 
 qdrant_client = pytest.importorskip("qdrant_client", reason="the qdrant extra is part of the test install")
-from index.qdrant import QdrantCatalog  # noqa: E402  (after the importorskip)
+from index.qdrant import qdrant_catalog  # noqa: E402  (after the importorskip)
 
 DIMS = [64, 384]
 
@@ -73,7 +74,7 @@ def backend(request, tmp_path):
             c.close()
     elif request.param == "qdrant":
         client = qdrant_client.QdrantClient(location=":memory:")
-        catalog = QdrantCatalog(client)
+        catalog = qdrant_catalog(client)
         yield catalog.create
         client.close()
     else:
@@ -244,7 +245,7 @@ def test_the_catalog_keeps_manifests_in_qdrant(tmp_path, glosses):
     _, X = glosses
     path = str(tmp_path / "qdrant")
     first = qdrant_client.QdrantClient(path=path)
-    catalog = QdrantCatalog(first)
+    catalog = qdrant_catalog(first)
     c = catalog.create(manifest("one"))
     c.upsert(docs(X[:20]))
     catalog.create(manifest("two", dims=[384]))
@@ -254,7 +255,7 @@ def test_the_catalog_keeps_manifests_in_qdrant(tmp_path, glosses):
         catalog.create(manifest("bad/name"))
     first.close()  # local mode locks its folder: one process at a time
     second = qdrant_client.QdrantClient(path=path)
-    again = QdrantCatalog(second)
+    again = qdrant_catalog(second)
     assert again.names() == ["one", "two"]
     one = again.get("one")
     assert one.manifest == c.manifest and len(one) == 20 and one.dims == [64, 384]
@@ -313,10 +314,10 @@ def test_samples_are_deterministic_and_settings_are_kept(loaded):
 def test_settings_reach_every_replica(tmp_path, glosses):
     path = str(tmp_path / "qdrant")
     client = qdrant_client.QdrantClient(path=path)
-    QdrantCatalog(client).create(manifest("one")).set_ef_search(384, 55)
+    qdrant_catalog(client).create(manifest("one")).set_ef_search(384, 55)
     client.close()
     client = qdrant_client.QdrantClient(path=path)
-    assert QdrantCatalog(client).get("one").ef_search(384) == 55
+    assert qdrant_catalog(client).get("one").ef_search(384) == 55
     client.close()
 
 
@@ -330,7 +331,7 @@ def test_an_unreachable_backend_is_a_clean_503():
         port = s.getsockname()[1]
     client = qdrant_client.QdrantClient(url=f"http://127.0.0.1:{port}", timeout=2)
     with pytest.raises(NotReady) as failure:
-        QdrantCatalog(client)
+        qdrant_catalog(client)
     assert failure.value.code == "backend_unavailable"
 
 
@@ -412,7 +413,7 @@ def test_a_replica_sees_what_another_changed(glosses):
     drop, reach the other once its manifest is older than `refresh_s`."""
     _, X = glosses
     client = qdrant_client.QdrantClient(location=":memory:")
-    one, two = QdrantCatalog(client, refresh_s=0.0), QdrantCatalog(client, refresh_s=0.0)
+    one, two = qdrant_catalog(client, refresh_s=0.0), qdrant_catalog(client, refresh_s=0.0)
     c = one.create(manifest("shared"))
     c.upsert(docs(X[:20]))
     seen = two.get("shared")
@@ -423,3 +424,67 @@ def test_a_replica_sees_what_another_changed(glosses):
     with pytest.raises(NotFound):
         two.get("shared")
     client.close()
+
+
+# -- generations and upgrade records (what an encoder upgrade stores), on every backend -------
+@pytest.fixture(params=["embedded", "qdrant", "milvus"])
+def catalogs(request, tmp_path):
+    """`(catalog, replica)`: a catalog, and a factory of a second catalog over the same storage
+    (another vecnest process; None for the embedded backend, which one process owns)."""
+    from index import Catalog
+
+    if request.param == "embedded":
+        catalog = Catalog(str(tmp_path / "data"))
+        yield catalog, None
+    elif request.param == "qdrant":
+        client = qdrant_client.QdrantClient(location=":memory:")
+        catalog = qdrant_catalog(client, refresh_s=0.0)
+        yield catalog, lambda: qdrant_catalog(client, refresh_s=0.0)
+    else:
+        from index import open_milvus_catalog
+
+        uri = request.getfixturevalue("milvus").uri
+        catalog = open_milvus_catalog(uri=uri)
+        yield catalog, lambda: open_milvus_catalog(uri=uri)
+        for name in catalog.names():
+            catalog.drop(name)
+    catalog.close()
+
+
+def test_generations_switch_serving_for_every_replica_and_records_persist(catalogs, glosses):
+    from index import encoder_upgrade as upgrades
+
+    catalog, replica = catalogs
+    _, X = glosses
+    source = catalog.create(manifest("kb"))
+    source.upsert(docs(X[:20]))
+    gens = catalog.generations("kb")
+    assert gens.active() == "." and gens.generation_of(source) == "."
+    record = upgrades.new_record(
+        source, ".", {"model": "new", "dim": 384}, sample=10, holdout=0.2, seed=0, min_cosine=0.8, min_recall=0.8
+    )
+    W = np.random.default_rng(0).standard_normal((384, 384)).astype(np.float32)
+    record = dataclasses.replace(record, map_sha256=gens.save_map(record.id, W))
+    gens.save_record(record)
+    assert gens.records() == [record] and np.array_equal(gens.load_map(record), W)
+    shadow = gens.create(record.new_generation, manifest("kb", dims=[384]))
+    shadow.upsert(docs(X[100:105], start=100))
+    assert len(shadow) == 5 and len(catalog.get("kb")) == 20  # the shadow does not serve yet
+    assert gens.open(record.new_generation).dims == [384]
+    retired = catalog.swap("kb", shadow)
+    assert retired is source and catalog.get("kb") is shadow and gens.active() == record.new_generation
+    shadow.set_ef_search(384, 66)  # a setting of the serving generation
+    if replica is not None:  # another process sees the cut-over, and the setting
+        other = replica()
+        assert len(other.get("kb")) == 5 and other.get("kb").ef_search(384) == 66
+        assert other.generations("kb").records() == [record]
+    assert upgrades.reconcile(gens.active(), record).state == upgrades.CUT_OVER
+    catalog.swap("kb", retired)  # a rollback
+    assert gens.active() == "." and len(catalog.get("kb")) == 20
+    gens.remove(record.new_generation)
+    with pytest.raises(NotFound):
+        gens.open(record.new_generation)
+    catalog.drop("kb")
+    assert catalog.names() == []
+    with pytest.raises(NotFound):
+        catalog.generations("kb")

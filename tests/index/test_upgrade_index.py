@@ -124,19 +124,26 @@ def test_swap_generations_is_persistent_and_old_generation_files_can_be_removed(
 
 def test_records_reconcile_with_the_pointer(catalog):
     source = catalog.create(manifest("kb", 4))
-    home = upgrades.home_of(source)
+    gens = catalog.generations("kb")
     record = upgrades.new_record(
-        source, {"model": "new", "dim": 4}, sample=10, holdout=0.2, seed=0, min_cosine=0.8, min_recall=0.8
+        source,
+        gens.generation_of(source),
+        {"model": "new", "dim": 4},
+        sample=10,
+        holdout=0.2,
+        seed=0,
+        min_cosine=0.8,
+        min_recall=0.8,
     ).moved(upgrades.BACKFILLING)
     assert record.old_generation == "." and record.new_generation == f"gen-{record.id}"
-    upgrades.save_record(home, record)
-    assert upgrades.load_records(home) == [record]
-    assert upgrades.reconcile(home, record) is record
-    shadow = upgrades.create_generation(home, record.new_generation, manifest("kb", 4), catalog.options)
+    gens.save_record(record)
+    assert gens.records() == [record]
+    assert upgrades.reconcile(gens.active(), record) is record
+    shadow = gens.create(record.new_generation, manifest("kb", 4))
     catalog.swap("kb", shadow)  # crashed after the pointer moved, before the record said so
-    assert upgrades.reconcile(home, record).state == upgrades.CUT_OVER
+    assert upgrades.reconcile(gens.active(), record).state == upgrades.CUT_OVER
     catalog.swap("kb", source)  # ... and after a rollback's pointer move
-    assert upgrades.reconcile(home, record.moved(upgrades.CUT_OVER)).state == upgrades.ROLLED_BACK
+    assert upgrades.reconcile(gens.active(), record.moved(upgrades.CUT_OVER)).state == upgrades.ROLLED_BACK
 
 
 def test_new_generation_manifest_keeps_settings_and_drops_dims_above_the_new_model():

@@ -113,8 +113,6 @@ def test_what_the_qdrant_backend_does_not_do_yet_is_a_clear_422(clients):
     r = qdrant.post("/v1/collections", json={"name": name, "dims": [64, 384]})
     assert r.status_code == 201 and r.json()["elasticizer"]["kind"] == "none"  # plain prefixes, said plainly
     refused = [
-        qdrant.post(f"/v1/collections/{name}/upgrades", json={"model": "all-MiniLM-L6-v2"}),
-        qdrant.get(f"/v1/collections/{name}/upgrades"),
         qdrant.post(f"/v1/collections/{name}/snapshots"),
         qdrant.get(f"/v1/collections/{name}/snapshots"),
     ]
@@ -148,7 +146,7 @@ def test_a_failing_backend_is_a_503_never_a_500(tmp_path):
     with app_client(settings, fake=True) as client:
         assert client.post("/v1/collections", json={"name": "c", "dim": 4}).status_code == 201
         catalog = client.app.state.engine.catalog
-        catalog._client.close()
+        catalog.engine._client.close()
         for method, path, body in [
             ("PUT", "/v1/collections/c/documents", {"documents": [{"id": "a", "vector": [1, 0, 0, 0]}]}),
             ("POST", "/v1/collections/c/search", {"vector": [1, 0, 0, 0]}),

@@ -32,9 +32,9 @@ def test_the_maintenance_process_steers_and_replicas_follow(tmp_path, monkeypatc
     real = index.open_qdrant_catalog
 
     def shared(**kwargs):
-        from index.qdrant import QdrantCatalog
+        from index.qdrant import qdrant_catalog
 
-        return QdrantCatalog(client, refresh_s=0.0)
+        return qdrant_catalog(client, refresh_s=0.0)
 
     monkeypatch.setattr("service.engine.open_qdrant_catalog", shared)
     common = dict(

@@ -1,0 +1,353 @@
+"""The catalog of a shared engine (Qdrant, Milvus): collections, their generations and their
+upgrade records, all kept in the engine, so every vecnest replica reads the same facts and keeps
+no local state. The engine-specific parts are small (`SharedEngine`: a key → JSON table and
+physical collections); the rules live here once, for every engine.
+
+What is stored, as entries of the engine's meta table (each a small JSON object):
+- `collection` entries, one per collection: the manifest of the generation that serves, and
+  which generation that is (`"."` until an encoder upgrade cuts over, then `gen-<id>`);
+- `generation` entries: the manifest of every other generation (an upgrade's shadow, or the
+  retired one kept for rollback);
+- `upgrade` entries: upgrade records (index.encoder_upgrade), and `map` entries: the fitted map
+  of an upgrade, in chunks (engines cap the size of one value).
+
+A collection's generation `g` is stored in the engine's physical collection
+`engine.physical(name, g)`. Cut-over is one write: the `collection` entry names the new
+generation. Replicas re-read an entry once the copy they hold is `refresh_s` old, so what one
+process changes (settings, a drop, a cut-over) reaches every other within that.
+"""
+
+import base64
+import hashlib
+import io
+import json
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from index.backend import CollectionBackend
+from index.catalog import check_name
+from index.errors import Conflict, Invalid, NotFound, NotReady
+from index.manifest import Manifest
+
+ACTIVE = "."  # the generation a collection is created with
+_CHUNK = 45_000  # base64 characters per map entry: under Milvus's 64 KiB JSON values
+
+
+class MetaTable(Protocol):
+    """The engine's small key → JSON object table. Values carry `kind` and `collection`."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+    def put(self, key: str, value: dict[str, Any]) -> None: ...
+    def delete(self, keys: list[str]) -> None: ...
+    def find(self, kind: str, collection: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class SharedEngine(Protocol):
+    """What one engine gives the shared catalog."""
+
+    name: str  # "Qdrant", "Milvus": in messages
+
+    @property
+    def meta(self) -> MetaTable: ...
+
+    def errors(self, what: str) -> Any: ...  # a context manager: the engine's failures as NotReady
+    def validate(self, manifest: Manifest) -> Manifest: ...
+    def physical(self, name: str, generation: str) -> str: ...
+    def exists(self, physical: str) -> bool: ...
+    def create(self, physical: str, manifest: Manifest) -> None: ...
+    def drop(self, physical: str) -> None: ...
+    def open(self, physical: str, manifest: Manifest, save: Callable[[Manifest], None]) -> CollectionBackend: ...
+    def close(self) -> None: ...
+
+
+def _key(kind: str, name: str, part: str = "") -> str:
+    return f"{kind}:{name}" + (f":{part}" if part else "")
+
+
+class SharedCatalog:
+    """`CatalogBackend` over a `SharedEngine`, with `generations(name)` and `swap` for upgrades."""
+
+    def __init__(self, engine: SharedEngine, refresh_s: float = 5.0):
+        """`refresh_s`: how old a served manifest may get before it is read again."""
+        self.engine = engine
+        self._refresh_s = refresh_s
+        self._failed: dict[str, str] = {}
+        # name → (generation, collection object, read at): one object per collection and process,
+        # as the embedded catalog keeps (the service attaches its encoder and recall state to it).
+        self._open: dict[str, tuple[str, CollectionBackend, float]] = {}
+        # Each collection object's generation, and whether its settings go to the `collection`
+        # entry (it serves) or to its `generation` entry; a cut-over re-binds both.
+        self._bound: weakref.WeakKeyDictionary[CollectionBackend, dict[str, Any]] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    # -- collections ----------------------------------------------------------------------------
+    def create(self, manifest: Manifest) -> CollectionBackend:
+        check_name(manifest.name)
+        manifest = self.engine.validate(manifest)
+        name = manifest.name
+        with self.engine.errors(f"create {name!r}"):
+            if self.engine.meta.get(_key("collection", name)) is not None:
+                raise Conflict(f"collection {name!r} already exists", code="collection_exists")
+            physical = self.engine.physical(name, ACTIVE)
+            if self.engine.exists(physical):  # left by a create (or drop) that failed half-way
+                self.engine.drop(physical)
+            self.engine.create(physical, manifest)
+            self._put_collection(name, ACTIVE, manifest)  # last: a collection exists once its entry does
+        return self._serve(name, ACTIVE, manifest)
+
+    def get(self, name: str) -> CollectionBackend:
+        if name in self._failed:
+            raise NotReady(
+                f"collection {name!r} could not be opened: {self._failed[name]}; drop it (DELETE) or repair it",
+                code="collection_unavailable",
+            )
+        with self._lock:
+            held = self._open.get(name)
+        if held is not None and time.monotonic() - held[2] < self._refresh_s:
+            return held[1]
+        with self.engine.errors(f"open {name!r}"):
+            entry = self.engine.meta.get(_key("collection", name))
+        if entry is None:
+            with self._lock:
+                self._open.pop(name, None)
+            raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+        generation, manifest = entry.get("generation", ACTIVE), self._manifest(name, entry)
+        if held is not None and held[0] == generation:
+            reload = getattr(held[1], "reload", None)
+            if reload is not None:
+                reload(manifest)  # settings another replica changed
+            with self._lock:
+                self._open[name] = (generation, held[1], time.monotonic())
+            return held[1]
+        return self._serve(name, generation, manifest)  # new, or another process cut over
+
+    def drop(self, name: str) -> None:
+        meta = self.engine.meta
+        with self.engine.errors(f"drop {name!r}"):
+            entry = meta.get(_key("collection", name))
+            if entry is None:
+                raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+            # The entry goes first: a drop that fails half-way leaves data no one serves, which
+            # the next create of that name clears, never an entry without data.
+            meta.delete([_key("collection", name)])
+            generations = {entry.get("generation", ACTIVE)} | {e["generation"] for e in meta.find("generation", name)}
+            for generation in generations:
+                if self.engine.exists(self.engine.physical(name, generation)):
+                    self.engine.drop(self.engine.physical(name, generation))
+            meta.delete([e["key"] for kind in ("generation", "upgrade", "map") for e in meta.find(kind, name)])
+        with self._lock:
+            self._open.pop(name, None)
+        self._failed.pop(name, None)
+
+    def names(self) -> list[str]:
+        with self.engine.errors("list collections"):
+            found = [e["collection"] for e in self.engine.meta.find("collection")]
+        return sorted(n for n in found if n not in self._failed)
+
+    def failed(self) -> dict[str, str]:
+        """Collections listed but not servable (name → reason): a manifest this version cannot
+        read, or one marked failed since."""
+        return dict(self._failed)
+
+    def mark_failed(self, name: str, reason: str) -> None:
+        self._failed[name] = reason
+
+    def backup_dir(self, name: str) -> str:
+        raise self._no_archives()
+
+    def restore(self, archive: str, name: str | None = None, replace: bool = False) -> tuple[Any, Any]:
+        raise self._no_archives()
+
+    def _no_archives(self) -> Invalid:
+        return Invalid(
+            f"backup archives are not available on the {self.engine.name} backend: use its own snapshots",
+            code="backend_unsupported",
+        )
+
+    def close(self) -> None:
+        self.engine.close()
+
+    # -- generations (encoder upgrades) ------------------------------------------------------
+    def generations(self, name: str) -> "SharedGenerations":
+        self.get(name)  # 404 for an unknown collection
+        return SharedGenerations(self, name)
+
+    def swap(self, name: str, collection: CollectionBackend) -> CollectionBackend:
+        """Make `collection` (a generation of `name`, see `SharedGenerations.open`) the one that
+        serves; returns the one it replaces. One write switches every replica (within refresh_s)."""
+        generation = self.generation_of(collection)
+        with self._lock:
+            held = self._open.get(name)
+        if held is None:
+            raise NotFound(f"collection {name!r} not found", code="collection_not_found")
+        previous_generation, previous, _ = held
+        meta = self.engine.meta
+        with self.engine.errors(f"cut over {name!r}"):
+            # The retired generation stays reopenable (for a rollback) before the switch.
+            self._put_generation(name, previous_generation, previous.manifest)
+            self._put_collection(name, generation, collection.manifest)
+            meta.delete([_key("generation", name, generation)])
+        self._bound[collection]["serving"] = True
+        self._bound[previous]["serving"] = False
+        with self._lock:
+            self._open[name] = (generation, collection, time.monotonic())
+        return previous
+
+    # -- entries --------------------------------------------------------------------------------
+    def _manifest(self, name: str, entry: dict[str, Any]) -> Manifest:
+        try:
+            return Manifest.from_json(json.loads(entry["manifest"]))
+        except (Invalid, KeyError, TypeError, ValueError) as exc:  # written by another version, or damaged
+            self._failed[name] = f"its manifest cannot be read: {exc}"
+            raise NotReady(
+                f"collection {name!r} could not be opened: {self._failed[name]}", code="collection_unavailable"
+            ) from None
+
+    def _put_collection(self, name: str, generation: str, manifest: Manifest) -> None:
+        value = {"kind": "collection", "collection": name, "generation": generation}
+        self.engine.meta.put(_key("collection", name), {**value, "manifest": json.dumps(manifest.to_json())})
+
+    def _put_generation(self, name: str, generation: str, manifest: Manifest) -> None:
+        value = {"kind": "generation", "collection": name, "generation": generation}
+        self.engine.meta.put(
+            _key("generation", name, generation), {**value, "manifest": json.dumps(manifest.to_json())}
+        )
+
+    def _serve(self, name: str, generation: str, manifest: Manifest) -> CollectionBackend:
+        with self._lock:
+            held = self._open.get(name)
+            if held is not None and held[0] == generation:
+                self._open[name] = (generation, held[1], time.monotonic())
+                return held[1]
+        collection = self._opened(name, generation, manifest, serving=True)
+        with self._lock:
+            self._open[name] = (generation, collection, time.monotonic())
+        return collection
+
+    def _opened(self, name: str, generation: str, manifest: Manifest, serving: bool) -> CollectionBackend:
+        """A collection object for one generation; its setting changes are saved to the entry
+        that describes it now (serving or not: a cut-over re-binds both)."""
+        binding: dict[str, Any] = {"generation": generation, "serving": serving}
+
+        def save(changed: Manifest) -> None:
+            if binding["serving"]:
+                self._put_collection(name, generation, changed)
+            else:
+                self._put_generation(name, generation, changed)
+
+        collection = self.engine.open(self.engine.physical(name, generation), manifest, save)
+        self._bound[collection] = binding
+        return collection
+
+    def generation_of(self, collection: CollectionBackend) -> str:
+        bound = self._bound.get(collection)
+        if bound is None:
+            raise Invalid(f"{collection.name!r} is not a collection of this catalog")
+        return bound["generation"]
+
+
+class SharedGenerations:
+    """`Generations` of one collection in a shared engine (see index.encoder_upgrade)."""
+
+    def __init__(self, catalog: SharedCatalog, name: str):
+        self._catalog = catalog
+        self._engine = catalog.engine
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"SharedGenerations({self.name!r})"
+
+    def generation_of(self, collection: CollectionBackend) -> str:
+        return self._catalog.generation_of(collection)
+
+    def active(self) -> str:
+        with self._engine.errors(f"read {self.name!r}"):
+            entry = self._engine.meta.get(_key("collection", self.name))
+        if entry is None:
+            raise NotFound(f"collection {self.name!r} not found", code="collection_not_found")
+        return entry.get("generation", ACTIVE)
+
+    def create(self, generation: str, manifest: Manifest) -> CollectionBackend:
+        """The generation's physical collection (emptied if a crash left one) and its entry."""
+        manifest = self._engine.validate(manifest)
+        physical = self._engine.physical(self.name, generation)
+        with self._engine.errors(f"create a generation of {self.name!r}"):
+            entry = self._engine.meta.get(_key("generation", self.name, generation))
+            if entry is not None and self._engine.exists(physical):
+                return self.open(generation)
+            if self._engine.exists(physical):
+                self._engine.drop(physical)
+            self._engine.create(physical, manifest)
+            self._catalog._put_generation(self.name, generation, manifest)
+        return self._catalog._opened(self.name, generation, manifest, serving=False)
+
+    def open(self, generation: str) -> CollectionBackend:
+        with self._engine.errors(f"open a generation of {self.name!r}"):
+            entry = self._engine.meta.get(_key("generation", self.name, generation))
+        if entry is None:
+            raise NotFound(
+                f"generation {generation} of collection {self.name!r} not found", code="generation_not_found"
+            )
+        manifest = self._catalog._manifest(self.name, entry)
+        return self._catalog._opened(self.name, generation, manifest, serving=False)
+
+    def remove(self, generation: str) -> None:
+        """Delete a generation that does not serve: its physical collection, then its entry."""
+        if generation == self.active():
+            raise Conflict(f"generation {generation} of {self.name!r} serves: it cannot be removed")
+        with self._engine.errors(f"remove a generation of {self.name!r}"):
+            physical = self._engine.physical(self.name, generation)
+            if self._engine.exists(physical):
+                self._engine.drop(physical)
+            self._engine.meta.delete([_key("generation", self.name, generation)])
+
+    # -- records and maps -----------------------------------------------------------------------
+    def records(self) -> list[Any]:
+        """Every upgrade record of the collection, oldest first."""
+        from index.encoder_upgrade import UpgradeRecord
+
+        with self._engine.errors(f"read the upgrades of {self.name!r}"):
+            found = self._engine.meta.find("upgrade", self.name)
+        try:
+            records = [UpgradeRecord(**json.loads(e["record"])) for e in found]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"an upgrade record of {self.name!r} is unreadable ({type(exc).__name__}: {exc})") from exc
+        return sorted(records, key=lambda r: r.created_at)
+
+    def save_record(self, record: Any) -> None:
+        value = {"kind": "upgrade", "collection": self.name, "record": json.dumps(record.to_json())}
+        with self._engine.errors(f"save an upgrade of {self.name!r}"):
+            self._engine.meta.put(_key("upgrade", self.name, record.id), value)
+
+    def save_map(self, record_id: str, W: np.ndarray) -> str:
+        """Store the map in chunks; returns the sha256 of its .npy bytes."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(W, np.float32))
+        data = buffer.getvalue()
+        text = base64.b64encode(data).decode("ascii")
+        chunks = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
+        with self._engine.errors(f"save a map of {self.name!r}"):
+            for i, chunk in enumerate(chunks):
+                value = {"kind": "map", "collection": self.name, "record": record_id, "part": i, "of": len(chunks)}
+                self._engine.meta.put(_key("map", self.name, f"{record_id}:{i}"), {**value, "data": chunk})
+        return hashlib.sha256(data).hexdigest()
+
+    def load_map(self, record: Any) -> np.ndarray:
+        with self._engine.errors(f"read a map of {self.name!r}"):
+            first = self._engine.meta.get(_key("map", self.name, f"{record.id}:0"))
+            if first is None:
+                raise Invalid(f"upgrade {record.id}: its map is missing")
+            parts = [first] + [
+                self._engine.meta.get(_key("map", self.name, f"{record.id}:{i}")) for i in range(1, first["of"])
+            ]
+        if any(p is None for p in parts):
+            raise Invalid(f"upgrade {record.id}: part of its map is missing")
+        data = base64.b64decode("".join(p["data"] for p in parts if p is not None))
+        if hashlib.sha256(data).hexdigest() != record.map_sha256:
+            raise Invalid(f"upgrade {record.id}: its stored map does not match its checksum")
+        return np.load(io.BytesIO(data))

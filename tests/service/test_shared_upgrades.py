@@ -1,0 +1,163 @@
+"""Encoder upgrades on a shared backend, over HTTP, with model-free encoders (the model is not
+the point here; tests/e2e/test_upgrades.py upgrades real models on the embedded backend).
+
+On a shared engine a collection's generations are collections of the engine, its upgrade
+records are entries in it, and cut-over is one write of the collection's entry. One process
+runs an upgrade (role all, or the maintenance process); serving replicas follow it: while it
+is live every write lands in both generations before it is acknowledged, new-model queries go
+through the map, and a cut-over or rollback reaches them within the refresh times."""
+
+import time
+
+import pytest
+
+from service.settings import Settings
+from tests.support.app import app_client
+from tests.support.milvus import MilvusServer
+
+pytest.importorskip("qdrant_client", reason="the qdrant extra is part of the test install")
+
+FAST = dict(  # replicas notice changes within 0.1 s here (seconds in production)
+    manifest_refresh_s=0.05,
+    upgrade_follow_s=0.05,
+    upgrade_settle_s=0.3,
+    upgrade_poll_s=0.05,
+    models={"new-model": "/models/new-model"},  # a FakeEncoder, like every model here
+)
+# Fake encoders of two names give the same vectors, but a map fitted on a small sample of 384-d
+# bag-of-words vectors generalises poorly (held-out texts hold words the fit never saw): a gate
+# this lenient passes, so the mapped path is the one exercised.
+LENIENT = {"min_cosine": 0.3, "min_recall": 0.3}
+WORDS = ["cat", "dog", "river", "mountain", "music", "physics", "bread", "garden", "winter", "ocean"]
+
+
+def texts(n: int, start: int = 0) -> list[dict]:
+    return [
+        {"id": f"d{i}", "text": f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]} note {i}", "metadata": {"i": i}}
+        for i in range(start, start + n)
+    ]
+
+
+def wait_for(condition, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def upgrade_state(client, name: str, upgrade_id: str) -> dict:
+    r = client.get(f"/v1/collections/{name}/upgrades/{upgrade_id}")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def caught_up(client, name: str, upgrade_id: str) -> bool:
+    info = upgrade_state(client, name, upgrade_id)
+    return info["state"] == "backfilling" and bool((info.get("progress") or {}).get("caught_up"))
+
+
+def test_an_upgrade_on_qdrant_end_to_end(tmp_path):
+    """One process (role all) over Qdrant: fit, backfill, mixed serving, cut-over, rollback,
+    then a second upgrade finalized; the engine is left with one generation."""
+    settings = Settings(data_dir=tmp_path / "data", backend="qdrant", qdrant_path=":memory:", **FAST)
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        assert c.put("/v1/collections/kb/documents", json={"documents": texts(300)}).status_code == 200
+        r = c.post("/v1/collections/kb/upgrades", json={"model": "new-model", "sample": 100, **LENIENT})
+        assert r.status_code == 202, r.text
+        upgrade = r.json()["id"]
+        wait_for(lambda: caught_up(c, "kb", upgrade), "the backfill")
+        info = upgrade_state(c, "kb", upgrade)
+        assert info["gate"]["passed"] and info["progress"]["total"] == 300
+        hit = c.post("/v1/collections/kb/search", json={"query": texts(1, 7)[0]["text"], "k": 3}).json()
+        assert hit["upgrade"]["queries"] == "mapped" and hit["results"][0]["id"] == "d7"
+        assert c.put("/v1/collections/kb/documents", json={"documents": texts(1, 300)}).status_code == 200
+        r = c.post(f"/v1/collections/kb/upgrades/{upgrade}/cutover")
+        assert r.status_code == 200 and r.json()["state"] == "cut_over", r.text
+        described = c.get("/v1/collections/kb").json()
+        assert described["model"] == "new-model" and described["documents"] == 301
+        assert c.post("/v1/collections/kb/search", json={"query": texts(1, 300)[0]["text"], "k": 1}).json()["results"][
+            0
+        ]["id"] == ("d300")
+        assert c.put("/v1/collections/kb/documents", json={"documents": texts(1, 301)}).status_code == 200
+        r = c.post(f"/v1/collections/kb/upgrades/{upgrade}/rollback")
+        assert r.status_code == 200 and r.json()["state"] == "rolled_back", r.text
+        described = c.get("/v1/collections/kb").json()
+        assert described["model"] == "all-MiniLM-L6-v2" and described["documents"] == 302  # the write after cut-over
+        second = c.post("/v1/collections/kb/upgrades", json={"model": "new-model", "sample": 50}).json()["id"]
+        wait_for(lambda: caught_up(c, "kb", second), "the second backfill")
+        assert c.post(f"/v1/collections/kb/upgrades/{second}/cutover").status_code == 200
+        assert c.post(f"/v1/collections/kb/upgrades/{second}/finalize").json()["state"] == "finalized"
+        client = c.app.state.engine.catalog.engine._client
+        wait_for(
+            lambda: (
+                sorted(x.name for x in client.get_collections().collections)
+                == ["vecnest.kb." + f"gen-{second}", "vecnest.manifests"]
+            ),
+            "the previous generations to be removed",
+        )
+        assert c.get("/v1/collections/kb").json()["documents"] == 302
+
+
+@pytest.fixture
+def replicas(tmp_path):
+    """A maintenance process and a serving replica over one milvus-lite server (both apps in
+    this process; the backend is a real separate server)."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is part of the test install")
+    server = MilvusServer(tmp_path / "milvus").start()
+    common = dict(backend="milvus", milvus_uri=server.uri, preload_default_model=False, **FAST)
+    # The maintenance process compares generations in full only every 1000 s here: what reaches
+    # the new generation meanwhile got there by the replica writing both.
+    maintenance = Settings(data_dir=tmp_path / "m", role="maintenance", upgrade_shared_poll_s=1000, **common)
+    serving = Settings(data_dir=tmp_path / "r", role="serve", **common)
+    try:
+        with app_client(maintenance, fake=True) as m, app_client(serving, fake=True) as r:
+            yield m, r
+    finally:
+        server.stop()
+
+
+def shadow_ids(m) -> set[str]:
+    live = m.app.state.engine.upgrades.live("kb")
+    return set(live.shadow.backend.contents())
+
+
+def test_serving_replicas_follow_an_upgrade_the_maintenance_process_runs(replicas):
+    m, r = replicas
+    assert r.post("/v1/collections", json={"name": "kb"}).status_code == 201
+    assert r.put("/v1/collections/kb/documents", json={"documents": texts(200)}).status_code == 200
+    refused = r.post("/v1/collections/kb/upgrades", json={"model": "new-model"})
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "maintenance_only"
+    upgrade = m.post("/v1/collections/kb/upgrades", json={"model": "new-model", "sample": 60, **LENIENT}).json()["id"]
+    wait_for(lambda: caught_up(m, "kb", upgrade), "the backfill")
+    assert [u["id"] for u in r.get("/v1/collections/kb/upgrades").json()["upgrades"]] == [upgrade]
+
+    # the replica serves new-model queries through the map, as the maintenance process does
+    hit = wait_for(
+        lambda: (r.post("/v1/collections/kb/search", json={"query": texts(1, 11)[0]["text"], "k": 3}).json() or {}).get(
+            "upgrade"
+        ),
+        "the replica to follow the upgrade",
+    )
+    assert hit["queries"] == "mapped" and hit["upgrade"] == upgrade
+    # its writes and deletes land in both generations at once (no full comparison runs here)
+    assert r.put("/v1/collections/kb/documents", json={"documents": texts(2, 500)}).status_code == 200
+    assert r.delete("/v1/collections/kb/documents/d3").status_code == 204
+    assert {"d500", "d501"} <= shadow_ids(m) and "d3" not in shadow_ids(m)
+
+    cut = m.post(f"/v1/collections/kb/upgrades/{upgrade}/cutover")
+    assert cut.status_code == 200, cut.text
+    wait_for(lambda: r.get("/v1/collections/kb").json()["model"] == "new-model", "the replica to see the cut-over")
+    assert r.get("/v1/collections/kb").json()["documents"] == 201
+    found = r.post("/v1/collections/kb/search", json={"query": texts(1, 501)[0]["text"], "k": 1}).json()["results"]
+    assert found[0]["id"] == "d501"
+    # after the cut-over the replica keeps the previous generation in step too (for a rollback)
+    wait_for(lambda: r.put("/v1/collections/kb/documents", json={"documents": texts(1, 600)}).status_code == 200, "w")
+    assert "d600" in shadow_ids(m)
+    assert m.post(f"/v1/collections/kb/upgrades/{upgrade}/rollback").status_code == 200
+    wait_for(lambda: r.get("/v1/collections/kb").json()["model"] == "all-MiniLM-L6-v2", "the replica to roll back")
+    assert r.get("/v1/collections/kb/documents/d600").status_code == 200
+    assert r.get("/v1/collections/kb").json()["documents"] == 202
