@@ -206,7 +206,7 @@ def test_kubernetes_topology_is_consistent(monkeypatch):
             for w in workloads
         ), service["metadata"]["name"]
     (qdrant,) = by_kind["StatefulSet"]
-    (config,) = by_kind["ConfigMap"]
+    (config,) = [c for c in by_kind["ConfigMap"] if c["metadata"]["name"] == "vecnest-config"]
     deployments = {d["metadata"]["name"]: d for d in by_kind["Deployment"]}
     maintenance = deployments["vecnest-maintenance"]
     assert maintenance["spec"]["replicas"] == 1 and maintenance["spec"]["strategy"]["type"] == "Recreate"
@@ -218,3 +218,31 @@ def test_kubernetes_topology_is_consistent(monkeypatch):
         settings = _settings_from({k: v for k, v in env.items() if k != "VECNEST_API_KEYS"}, monkeypatch)
         assert settings.backend == "qdrant" and settings.qdrant_url == "http://qdrant:6333"
         assert settings.qdrant_write_consistency <= settings.qdrant_replication_factor <= qdrant["spec"]["replicas"]
+
+
+def test_kubernetes_monitoring_finds_every_vecnest_pod_and_feeds_the_dashboard():
+    docs = _manifests()
+    named = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    headless = named[("Service", "vecnest-metrics")]["spec"]
+    assert headless["clusterIP"] == "None" and headless["selector"] == {"app": "vecnest"}
+    for deployment in ("vecnest", "vecnest-maintenance"):  # both roles are scraped
+        labels = named[("Deployment", deployment)]["spec"]["template"]["metadata"]["labels"]
+        assert headless["selector"].items() <= labels.items()
+    prometheus = yaml.safe_load(named[("ConfigMap", "prometheus-config")]["data"]["prometheus.yml"])
+    (sd,) = prometheus["scrape_configs"][0]["dns_sd_configs"]
+    assert sd["names"] == ["vecnest-metrics"] and sd["port"] == headless["ports"][0]["port"] == 8000
+    provisioning = named[("ConfigMap", "grafana-provisioning")]["data"]
+    (source,) = yaml.safe_load(provisioning["datasource.yml"])["datasources"]
+    assert source["url"] == "http://prometheus:9090" and ("Service", "prometheus") in named
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/vecnest.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dashboard["panels"] if isinstance(p.get("datasource"), dict)}
+    assert uids == {source["uid"]}
+    grafana = named[("Deployment", "grafana")]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in grafana["containers"][0]["volumeMounts"]}
+    home = next(
+        e["value"] for e in grafana["containers"][0]["env"] if e["name"] == "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"
+    )
+    assert home.startswith("/etc/grafana/dashboards/") and "/etc/grafana/dashboards" in mounts
+    # upgrade commands have a way to the maintenance process
+    maintenance = named[("Service", "vecnest-maintenance")]["spec"]["selector"]
+    assert maintenance == {"app": "vecnest", "role": "maintenance"}
