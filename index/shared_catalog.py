@@ -8,8 +8,8 @@ What is stored, as entries of the engine's meta table (each a small JSON object)
   which generation that is (`"."` until an encoder upgrade cuts over, then `gen-<id>`);
 - `generation` entries: the manifest of every other generation (an upgrade's shadow, or the
   retired one kept for rollback);
-- `upgrade` entries: upgrade records (index.encoder_upgrade), and `map` entries: the fitted map
-  of an upgrade, in chunks (engines cap the size of one value).
+- `upgrade` entries: upgrade records (index.encoder_upgrade), and `map` entries: blobs in
+  chunks (engines cap the size of one value): an upgrade's fitted map, a PCA rotation matrix.
 
 A collection's generation `g` is stored in the engine's physical collection
 `engine.physical(name, g)`. Cut-over is one write: the `collection` entry names the new
@@ -24,7 +24,6 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,6 +31,7 @@ import numpy as np
 from index.backend import CollectionBackend
 from index.catalog import check_name
 from index.errors import Conflict, Invalid, NotFound, NotReady
+from index.files import npy_bytes
 from index.manifest import Manifest
 
 ACTIVE = "."  # the generation a collection is created with
@@ -61,12 +61,60 @@ class SharedEngine(Protocol):
     def exists(self, physical: str) -> bool: ...
     def create(self, physical: str, manifest: Manifest) -> None: ...
     def drop(self, physical: str) -> None: ...
-    def open(self, physical: str, manifest: Manifest, save: Callable[[Manifest], None]) -> CollectionBackend: ...
+    def open(
+        self, physical: str, manifest: Manifest, store: "EntryStore", rotation: np.ndarray | None
+    ) -> CollectionBackend: ...
     def close(self) -> None: ...
 
 
 def _key(kind: str, name: str, part: str = "") -> str:
     return f"{kind}:{name}" + (f":{part}" if part else "")
+
+
+def put_blob(meta: MetaTable, name: str, label: str, data: bytes) -> str:
+    """Store `data` as `map` entries of collection `name` (chunked: engines cap one value's
+    size); returns the key to read it back with."""
+    key = _key("map", name, label)
+    text = base64.b64encode(data).decode("ascii")
+    chunks = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
+    for i, chunk in enumerate(chunks):
+        value = {"kind": "map", "collection": name, "part": i, "of": len(chunks), "data": chunk}
+        meta.put(key if i == 0 else f"{key}#{i}", value)
+    return key
+
+
+def get_blob(meta: MetaTable, key: str) -> bytes:
+    first = meta.get(key)
+    if first is None:
+        raise Invalid(f"{key} is missing from the catalog")
+    parts = [first] + [meta.get(f"{key}#{i}") for i in range(1, first["of"])]
+    if any(p is None for p in parts):
+        raise Invalid(f"part of {key} is missing from the catalog")
+    return base64.b64decode("".join(p["data"] for p in parts if p is not None))
+
+
+class EntryStore:
+    """What one collection object writes back to the catalog: its changed manifest (to the
+    `collection` entry while it serves, else to its `generation` entry; a cut-over re-binds)
+    and blobs (a rotation matrix)."""
+
+    def __init__(self, catalog: "SharedCatalog", name: str, generation: str, serving: bool):
+        self._catalog = catalog
+        self.name = name
+        self.generation = generation
+        self.serving = serving
+
+    def save(self, manifest: Manifest) -> None:
+        if self.serving:
+            self._catalog._put_collection(self.name, self.generation, manifest)
+        else:
+            self._catalog._put_generation(self.name, self.generation, manifest)
+
+    def put_blob(self, label: str, data: bytes) -> str:
+        return put_blob(self._catalog.engine.meta, self.name, f"{self.generation}:{label}", data)
+
+    def get_blob(self, key: str) -> bytes:
+        return get_blob(self._catalog.engine.meta, key)
 
 
 class SharedCatalog:
@@ -80,9 +128,8 @@ class SharedCatalog:
         # name → (generation, collection object, read at): one object per collection and process,
         # as the embedded catalog keeps (the service attaches its encoder and recall state to it).
         self._open: dict[str, tuple[str, CollectionBackend, float]] = {}
-        # Each collection object's generation, and whether its settings go to the `collection`
-        # entry (it serves) or to its `generation` entry; a cut-over re-binds both.
-        self._bound: weakref.WeakKeyDictionary[CollectionBackend, dict[str, Any]] = weakref.WeakKeyDictionary()
+        # Each collection object's store: its generation, and where its changes go.
+        self._bound: weakref.WeakKeyDictionary[CollectionBackend, EntryStore] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     # -- collections ----------------------------------------------------------------------------
@@ -117,14 +164,15 @@ class SharedCatalog:
                 self._open.pop(name, None)
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         generation, manifest = entry.get("generation", ACTIVE), self._manifest(name, entry)
-        if held is not None and held[0] == generation:
+        if held is not None and held[0] == generation and held[1].manifest.rotation == manifest.rotation:
             reload = getattr(held[1], "reload", None)
             if reload is not None:
                 reload(manifest)  # settings another replica changed
             with self._lock:
                 self._open[name] = (generation, held[1], time.monotonic())
             return held[1]
-        return self._serve(name, generation, manifest)  # new, or another process cut over
+        # New here, or another process cut over or fitted a rotation: a new object.
+        return self._serve(name, generation, manifest, fresh=held is not None)
 
     def drop(self, name: str) -> None:
         meta = self.engine.meta
@@ -192,8 +240,8 @@ class SharedCatalog:
             self._put_generation(name, previous_generation, previous.manifest)
             self._put_collection(name, generation, collection.manifest)
             meta.delete([_key("generation", name, generation)])
-        self._bound[collection]["serving"] = True
-        self._bound[previous]["serving"] = False
+        self._bound[collection].serving = True
+        self._bound[previous].serving = False
         with self._lock:
             self._open[name] = (generation, collection, time.monotonic())
         return previous
@@ -218,10 +266,10 @@ class SharedCatalog:
             _key("generation", name, generation), {**value, "manifest": json.dumps(manifest.to_json())}
         )
 
-    def _serve(self, name: str, generation: str, manifest: Manifest) -> CollectionBackend:
+    def _serve(self, name: str, generation: str, manifest: Manifest, fresh: bool = False) -> CollectionBackend:
         with self._lock:
             held = self._open.get(name)
-            if held is not None and held[0] == generation:
+            if held is not None and held[0] == generation and not fresh:
                 self._open[name] = (generation, held[1], time.monotonic())
                 return held[1]
         collection = self._opened(name, generation, manifest, serving=True)
@@ -230,25 +278,26 @@ class SharedCatalog:
         return collection
 
     def _opened(self, name: str, generation: str, manifest: Manifest, serving: bool) -> CollectionBackend:
-        """A collection object for one generation; its setting changes are saved to the entry
-        that describes it now (serving or not: a cut-over re-binds both)."""
-        binding: dict[str, Any] = {"generation": generation, "serving": serving}
-
-        def save(changed: Manifest) -> None:
-            if binding["serving"]:
-                self._put_collection(name, generation, changed)
-            else:
-                self._put_generation(name, generation, changed)
-
-        collection = self.engine.open(self.engine.physical(name, generation), manifest, save)
-        self._bound[collection] = binding
+        """A collection object for one generation, with its rotation matrix (when fitted)."""
+        store = EntryStore(self, name, generation, serving)
+        rotation = None
+        if manifest.rotation is not None:
+            with self.engine.errors(f"open {name!r}"):
+                data = store.get_blob(manifest.rotation.file)
+            if hashlib.sha256(data).hexdigest() != manifest.rotation.sha256:
+                raise NotReady(
+                    f"collection {name!r}: its rotation does not match its checksum", code="collection_unavailable"
+                )
+            rotation = np.load(io.BytesIO(data))
+        collection = self.engine.open(self.engine.physical(name, generation), manifest, store, rotation)
+        self._bound[collection] = store
         return collection
 
     def generation_of(self, collection: CollectionBackend) -> str:
         bound = self._bound.get(collection)
         if bound is None:
             raise Invalid(f"{collection.name!r} is not a collection of this catalog")
-        return bound["generation"]
+        return bound.generation
 
 
 class SharedGenerations:
@@ -325,29 +374,15 @@ class SharedGenerations:
             self._engine.meta.put(_key("upgrade", self.name, record.id), value)
 
     def save_map(self, record_id: str, W: np.ndarray) -> str:
-        """Store the map in chunks; returns the sha256 of its .npy bytes."""
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(W, np.float32))
-        data = buffer.getvalue()
-        text = base64.b64encode(data).decode("ascii")
-        chunks = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
+        """Store the map; returns the sha256 of its .npy bytes."""
+        data = npy_bytes(np.asarray(W, np.float32))
         with self._engine.errors(f"save a map of {self.name!r}"):
-            for i, chunk in enumerate(chunks):
-                value = {"kind": "map", "collection": self.name, "record": record_id, "part": i, "of": len(chunks)}
-                self._engine.meta.put(_key("map", self.name, f"{record_id}:{i}"), {**value, "data": chunk})
+            put_blob(self._engine.meta, self.name, f"map-{record_id}", data)
         return hashlib.sha256(data).hexdigest()
 
     def load_map(self, record: Any) -> np.ndarray:
         with self._engine.errors(f"read a map of {self.name!r}"):
-            first = self._engine.meta.get(_key("map", self.name, f"{record.id}:0"))
-            if first is None:
-                raise Invalid(f"upgrade {record.id}: its map is missing")
-            parts = [first] + [
-                self._engine.meta.get(_key("map", self.name, f"{record.id}:{i}")) for i in range(1, first["of"])
-            ]
-        if any(p is None for p in parts):
-            raise Invalid(f"upgrade {record.id}: part of its map is missing")
-        data = base64.b64decode("".join(p["data"] for p in parts if p is not None))
+            data = get_blob(self._engine.meta, _key("map", self.name, f"map-{record.id}"))
         if hashlib.sha256(data).hexdigest() != record.map_sha256:
             raise Invalid(f"upgrade {record.id}: its stored map does not match its checksum")
         return np.load(io.BytesIO(data))

@@ -53,7 +53,9 @@ def create_app(
                 settings.port,
             )
         probes = settings.recall_probe_interval_s if settings.role == "maintenance" else None
-        maintenance = Maintenance(engine, settings.snapshot_interval_s, recall_probe_interval_s=probes)
+        maintenance = Maintenance(
+            engine, settings.snapshot_interval_s, recall_probe_interval_s=probes, heavy_jobs=settings.role != "serve"
+        )
 
         def started(task: asyncio.Task) -> None:
             if task.cancelled():

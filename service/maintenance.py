@@ -21,12 +21,20 @@ MAX_BACKOFF_S = 300.0
 
 class Maintenance:
     def __init__(
-        self, engine, snapshot_interval_s: float, tick_s: float = 1.0, recall_probe_interval_s: float | None = None
+        self,
+        engine,
+        snapshot_interval_s: float,
+        tick_s: float = 1.0,
+        recall_probe_interval_s: float | None = None,
+        heavy_jobs: bool = True,
     ):
         """`recall_probe_interval_s` (the maintenance role): how often each collection with a
         recall target is measured with its own stored documents as queries, to steer its ef
-        when the searches that would be sampled run on other processes (None: never)."""
+        when the searches that would be sampled run on other processes (None: never).
+        `heavy_jobs`: rebuilds and rotation fits run here (not on serving replicas of a shared
+        backend: the maintenance process does them once for all)."""
         self._engine = engine
+        self._heavy_jobs = heavy_jobs
         self._probe_interval = recall_probe_interval_s
         self._last_probe: dict[str, float] = {}
         self._probe_round = 0
@@ -62,9 +70,15 @@ class Maintenance:
         with self._lock:
             if name in self._running or time.monotonic() < self._failures.get(name, (0, 0.0))[1]:
                 return
-        job = (
-            "fit the PCA rotation" if collection.wants_rotation_fit else "rebuild" if collection.needs_rebuild else None
-        )
+        job = None
+        if self._heavy_jobs:
+            job = (
+                "fit the PCA rotation"
+                if collection.wants_rotation_fit
+                else "rebuild"
+                if collection.needs_rebuild
+                else None
+            )
         if job is not None:
             with self._lock:
                 self._running.add(name)

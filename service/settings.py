@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from index import CollectionOptions, HnswParams
+from index import CollectionOptions, Conflict, HnswParams
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -244,6 +244,16 @@ class Settings(BaseSettings):
         if self.backend == "milvus" and not self.milvus_uri:
             raise ValueError("backend=milvus needs milvus_uri")
         return self
+
+    def require_maintenance(self, action: str) -> None:
+        """Upgrades and rotation fits run in one process: on a shared backend the maintenance
+        process (or a single process with role all); serving replicas follow what it does."""
+        if self.role == "serve":
+            raise Conflict(
+                f"cannot {action} here: this is a serving replica; it runs on the maintenance process "
+                f"(VECNEST_ROLE=maintenance): send this request to it",
+                code="maintenance_only",
+            )
 
     def model_cache(self) -> Path:
         return self.model_cache_dir or self.data_dir / ".model-cache"

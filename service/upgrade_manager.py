@@ -118,16 +118,6 @@ class UpgradeManager:
     def _generations(self, name: str) -> Generations:
         return self._catalog().generations(name)
 
-    def _require_owner(self, action: str) -> None:
-        """Upgrades run in one process: on a shared backend, the maintenance process (or a
-        single process with role all); serving replicas follow them."""
-        if self.settings.role == "serve":
-            raise Conflict(
-                f"cannot {action} here: encoder upgrades run on the maintenance process (VECNEST_ROLE=maintenance); "
-                f"send this request to it",
-                code="maintenance_only",
-            )
-
     # -- the serving generation ---------------------------------------------------------------
     def collection(self, name: str) -> AsyncCollection:
         """The generation of `name` that serves now."""
@@ -281,7 +271,7 @@ class UpgradeManager:
         min_recall: float | None = None,
     ) -> upgrades.UpgradeRecord:
         s = self.settings
-        self._require_owner("start an upgrade")
+        self.settings.require_maintenance("start an upgrade")
         async with self.write_gate(name):
             source = self.collection(name)
             current = source.manifest.encoder
@@ -551,7 +541,7 @@ class UpgradeManager:
     async def cut_over(self, name: str, upgrade_id: str, force: bool = False) -> upgrades.UpgradeRecord:
         """Make the new generation serve. Unless `force`, the backfill must have caught up; with
         it, writes wait while the rest is re-embedded. Either way no document is left behind."""
-        self._require_owner("cut over")
+        self.settings.require_maintenance("cut over")
         live = await self._require_live(name, upgrade_id, (upgrades.BACKFILLING,), "cut over")
         if not force and not await self.caught_up(name, live):
             raise Conflict(
@@ -564,7 +554,7 @@ class UpgradeManager:
 
     async def rollback(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
         """Serve the previous generation again (kept in sync since the cut-over); the new one is deleted."""
-        self._require_owner("roll back")
+        self.settings.require_maintenance("roll back")
         live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "roll back")
         await self._flip(name, live, to_shadow_state=upgrades.ROLLED_BACK)
         await self._end(name, live)
@@ -572,7 +562,7 @@ class UpgradeManager:
 
     async def finalize(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
         """Delete the previous generation: the upgrade can no longer be rolled back."""
-        self._require_owner("finalize")
+        self.settings.require_maintenance("finalize")
         live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "finalize")
         async with live.sync_lock:
             live.record = live.record.moved(upgrades.FINALIZED)
@@ -582,7 +572,7 @@ class UpgradeManager:
 
     async def abort(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
         """Stop an upgrade before cut-over and delete its new generation; nothing else changes."""
-        self._require_owner("abort")
+        self.settings.require_maintenance("abort")
         live = await self._require_live(name, upgrade_id, (upgrades.FITTING, upgrades.BACKFILLING), "abort")
         async with live.sync_lock:
             live.record = live.record.moved(upgrades.ABORTED)

@@ -4,11 +4,12 @@ field, so it carries a 2-d placeholder), and a collection's generation `g` is th
 collection `vecnest_c_<name in hex>` (`g` = ".") or that name with `_g_<g>` (Milvus names allow
 letters, digits and underscores only)."""
 
-from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from index.manifest import Manifest
-from index.shared_catalog import SharedCatalog
+from index.shared_catalog import EntryStore, SharedCatalog
 
 from .collection import MilvusCollection, backend_errors, schema_of
 
@@ -86,8 +87,11 @@ class MilvusEngine:
     def drop(self, physical: str) -> None:
         self._client.drop_collection(physical)
 
-    def open(self, physical: str, manifest: Manifest, save: Callable[[Manifest], None]) -> MilvusCollection:
-        return MilvusCollection(self._client, physical, manifest, save)
+    def open(
+        self, physical: str, manifest: Manifest, store: EntryStore, rotation: np.ndarray | None
+    ) -> MilvusCollection:
+        assert rotation is None  # validate() keeps Milvus collections without one
+        return MilvusCollection(self._client, physical, manifest, store)
 
     def close(self) -> None:
         self._client.close()

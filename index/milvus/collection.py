@@ -137,18 +137,22 @@ class _Probe:
 class MilvusCollection:
     kind = "dense"
 
-    def __init__(self, client: Any, physical: str, manifest: Manifest, save_manifest: Callable[[Manifest], None]):
-        """`save_manifest` stores a changed manifest where every replica reads it (the catalog)."""
+    def __init__(self, client: Any, physical: str, manifest: Manifest, store: Any):
+        """`store` (index.shared_catalog.EntryStore) saves a changed manifest where every replica
+        reads it."""
         self._client = client
         self._table = physical
         self._manifest = manifest
-        self._save_manifest = save_manifest
+        self._store = store
         self._validation = DenseScoring(manifest)
         self._views = views_of(manifest, None)  # low dims are plain prefixes here (no PCA rotation)
         self._lock = threading.Lock()
 
     @staticmethod
     def validate(manifest: Manifest) -> Manifest:
+        """Dense collections only; low dims are plain prefixes (a PCA rotation would need every
+        document's low-dim vectors rewritten in place, which milvus-lite cannot do without
+        rewriting whole rows under concurrent writers), and the manifest says so."""
         if manifest.multivector is not None:
             raise unsupported("multi-vector collections (Milvus has no MaxSim multivector)")
         return DenseScoring.validate(manifest.replace(elasticizer=Elasticizer(kind="none")))
@@ -220,7 +224,7 @@ class MilvusCollection:
         with self._lock:
             manifest = change(self._manifest)
             with backend_errors(f"update {self.name!r}"):
-                self._save_manifest(manifest)
+                self._store.save(manifest)
             self._manifest = manifest
 
     # -- upkeep: Milvus's own -------------------------------------------------------------------

@@ -3,11 +3,12 @@
 generation `g` is the Qdrant collection `vecnest.<name>` (`g` = ".") or `vecnest.<name>.<g>`
 (see collection.py for what one holds)."""
 
-from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from index.manifest import Manifest
-from index.shared_catalog import SharedCatalog
+from index.shared_catalog import EntryStore, SharedCatalog
 
 from .collection import QdrantCollection, scoring_for
 from .common import backend_errors, point_id
@@ -102,8 +103,10 @@ class QdrantEngine:
     def drop(self, physical: str) -> None:
         self._client.delete_collection(physical)
 
-    def open(self, physical: str, manifest: Manifest, save: Callable[[Manifest], None]) -> QdrantCollection:
-        return QdrantCollection(self._client, physical, manifest, save, self._ordering)
+    def open(
+        self, physical: str, manifest: Manifest, store: EntryStore, rotation: np.ndarray | None
+    ) -> QdrantCollection:
+        return QdrantCollection(self._client, physical, manifest, store, self._ordering, rotation)
 
     def close(self) -> None:
         self._client.close()

@@ -14,6 +14,7 @@ become `NotReady` (503), never an unexpected error. Qdrant persists, optimises a
 own indexes: there are no snapshots or rebuilds to run here.
 """
 
+import io
 import json
 import threading
 import time
@@ -25,7 +26,9 @@ import numpy as np
 
 from index.backend import Query, SearchResult, WriteResult
 from index.collection.writes import check_batch
+from index.elastic import pca_from_moment, second_moment
 from index.errors import Invalid, NotFound
+from index.files import npy_bytes, sha256_hex
 from index.indexset import require_dim
 from index.manifest import Manifest, RecallPolicy, Rotation
 from index.recall_oracle import RecallProbe, StageRecall
@@ -42,23 +45,35 @@ def scoring_for(manifest: Manifest) -> type[DenseOnQdrant] | type[TokensOnQdrant
     return TokensOnQdrant if manifest.multivector is not None else DenseOnQdrant
 
 
+ROT = "rot"  # the payload key naming the rotation a point's low-dim vectors were made with
+STALE_CHECK_S = 30.0  # how often `needs_rebuild` counts points made with another rotation
+
+
+def rotation_tag(manifest: Manifest) -> str:
+    return manifest.rotation.sha256[:16] if manifest.rotation is not None else ""
+
+
 class QdrantCollection:
     def __init__(
         self,
         client: Any,
         qdrant_name: str,
         manifest: Manifest,
-        save_manifest: Callable[[Manifest], None],
+        store: Any,
         write_ordering: str = "strong",
+        rotation: np.ndarray | None = None,
     ):
-        """`save_manifest` stores a changed manifest where every replica reads it (the catalog)."""
+        """`store` (index.shared_catalog.EntryStore) saves a changed manifest, and blobs, where
+        every replica reads them; `rotation`: the PCA rotation the manifest names, if fitted."""
         self._client = client
         self._qname = qdrant_name
         self._manifest = manifest
-        self._save_manifest = save_manifest
-        self._scoring: DenseOnQdrant | TokensOnQdrant = scoring_for(manifest)(manifest)
+        self._store = store
+        self._rotation = rotation
+        self._scoring: DenseOnQdrant | TokensOnQdrant = scoring_for(manifest)(manifest, rotation)
         self._ordering = write_ordering
         self._lock = threading.Lock()  # manifest changes: read, change, save, one at a time
+        self._stale_checked = (0.0, False)  # (monotonic time, points made with another rotation?)
 
     # -- facts ----------------------------------------------------------------------------------
     @property
@@ -79,7 +94,7 @@ class QdrantCollection:
 
     @property
     def rotation(self) -> np.ndarray | None:
-        return None
+        return self._rotation
 
     def __len__(self) -> int:
         with backend_errors(f"count {self.name!r}"):
@@ -135,22 +150,126 @@ class QdrantCollection:
         with self._lock:
             manifest = change(self._manifest)
             with backend_errors(f"update {self.name!r}"):
-                self._save_manifest(manifest)
+                self._store.save(manifest)
             self._manifest = manifest
 
-    # -- upkeep: Qdrant's own -------------------------------------------------------------------
+    # -- upkeep: Qdrant's own, and the PCA rotation ------------------------------------------
     needs_snapshot = False
-    needs_rebuild = False
-    wants_rotation_fit = False
 
     def snapshot(self, force: bool = False, wait: bool = True) -> bool:
         return False  # an acknowledged write is already durable in Qdrant: nothing to save here
 
+    @property
+    def wants_rotation_fit(self) -> bool:
+        """The PCA elasticizer has not fitted yet and enough documents exist to fit it."""
+        m = self._manifest
+        return (
+            self.kind == "dense"
+            and m.elasticizer.kind == "pca"
+            and m.rotation is None
+            and min(self.dims) < m.dim
+            and len(self) >= m.elasticizer.fit_at
+        )
+
+    @property
+    def needs_rebuild(self) -> bool:
+        """Some points' low-dim vectors were made with another rotation than the manifest's (a
+        replica still on the previous manifest wrote them): `rebuild` rewrites them. Qdrant's
+        optimizer vacuums deleted points by itself. Counted at most every STALE_CHECK_S."""
+        if self._manifest.rotation is None:
+            return False
+        checked_at, stale = self._stale_checked
+        if time.monotonic() - checked_at >= STALE_CHECK_S:
+            with backend_errors(f"count {self.name!r}"):
+                stale = self._client.count(self._qname, count_filter=self._stale_filter(), exact=True).count > 0
+            self._stale_checked = (time.monotonic(), stale)
+        return stale
+
     def rebuild(self) -> None:
-        return None  # Qdrant's optimizer vacuums deleted points and rebuilds its segments itself
+        """Rewrite the low-dim vectors of every point made with another rotation."""
+        self._rewrite_views()
+        self._stale_checked = (time.monotonic(), False)
 
     def fit_rotation(self, sample: int | None = None, seed: int | None = None) -> Rotation:
-        raise unsupported("PCA rotations")
+        """Fit the PCA rotation on a deterministic sample of stored full-dim vectors, keep the
+        matrix in the catalog and name it in the manifest (every replica switches to it when it
+        reads the manifest again), then rewrite every point's low-dim vectors. Full-dim vectors,
+        and so full-dim results and the funnel's exact re-scoring, never change. While points
+        are rewritten, a low-dim shortlist mixes the two rotations: recall dips briefly."""
+        if self.kind != "dense":
+            raise Invalid("multi-vector collections have no rotation", code="dense_collection")
+        m = self._manifest
+        if min(self.dims) == m.dim:
+            raise Invalid(f"collection {self.name!r} indexes its full dim only: nothing to rotate")
+        sample = sample or m.elasticizer.sample
+        seed = m.elasticizer.seed if seed is None else seed
+        X = self.sample_queries(sample, seed)
+        fit = pca_from_moment(*second_moment([X]))
+        data = npy_bytes(fit.rotation)
+        digest = sha256_hex(data)
+        with backend_errors(f"save the rotation of {self.name!r}"):
+            key = self._store.put_blob(f"rotation-{digest[:16]}", data)
+        record = Rotation(
+            file=key,
+            sha256=digest,
+            seed=seed,
+            n_fit=fit.n_fit,
+            fitted_seq=0,
+            energy={str(d): round(fit.energy(d), 6) for d in self.dims},
+        )
+        rotation = np.load(io.BytesIO(data))
+        with self._lock:
+            manifest = self._manifest.replace(rotation=record)
+            with backend_errors(f"update {self.name!r}"):
+                self._store.save(manifest)
+            self._manifest, self._rotation = manifest, rotation
+            self._scoring = scoring_for(manifest)(manifest, rotation)
+        self.rebuild()
+        return record
+
+    def _stale_filter(self):
+        from qdrant_client import models
+
+        tag = rotation_tag(self._manifest)
+        return models.Filter(must_not=[models.FieldCondition(key=ROT, match=models.MatchValue(value=tag))])
+
+    def _rewrite_views(self) -> None:
+        """Scroll the points made with another rotation and write their low-dim vectors anew."""
+        stored = self._scoring.stored
+        offset = None
+        while True:
+            with backend_errors(f"rewrite {self.name!r}"):
+                points, offset = self._client.scroll(
+                    self._qname, scroll_filter=self._stale_filter(), limit=256, offset=offset, with_vectors=[stored]
+                )
+            for _ in range(5):  # until no point changed under the rewrite
+                if not points:
+                    break
+                points = self._rewrite_batch(points)
+            if offset is None:
+                return
+
+    def _rewrite_batch(self, points: list[Any]) -> list[Any]:
+        """Write the low-dim vectors and the tag of `points` from their full-dim vectors. Only
+        vectors and the tag are written, never a whole point, so a concurrent write is not
+        undone; returns the points whose full-dim vector changed meanwhile (to redo)."""
+        from qdrant_client import models
+
+        assert isinstance(self._scoring, DenseOnQdrant)
+        stored, ordering = self._scoring.stored, models.WriteOrdering(self._ordering)
+        full = {p.id: np.asarray(p.vector[stored], np.float32) for p in points}
+        named = self._scoring.low_dim_vectors(np.stack(list(full.values())))
+        row = {pid: i for i, pid in enumerate(full)}
+        with backend_errors(f"rewrite {self.name!r}"):
+            ids = [p.id for p in self._client.retrieve(self._qname, list(full), with_payload=False)]  # not deleted
+            if not ids:
+                return []
+            vectors = [models.PointVectors(id=i, vector={k: V[row[i]].tolist() for k, V in named.items()}) for i in ids]
+            self._client.update_vectors(self._qname, vectors, wait=True, ordering=ordering)
+            tag = {ROT: rotation_tag(self._manifest)}
+            self._client.set_payload(self._qname, tag, points=ids, wait=True, ordering=ordering)
+            again = self._client.retrieve(self._qname, ids, with_vectors=[stored])
+        return [p for p in again if not np.array_equal(full[p.id], p.vector[stored])]
 
     def export(self, folder: str) -> tuple[int, int]:
         raise unsupported("backup archives (use Qdrant's snapshots)")
@@ -186,6 +305,7 @@ class QdrantCollection:
                     "text": doc.text,
                     "metadata": doc.metadata or {},
                     FIELDS: field_tokens(doc.metadata or {}),
+                    ROT: rotation_tag(self._manifest),
                 },
             )
             for doc, named in zip(docs, vectors)

@@ -20,7 +20,7 @@ import numpy as np
 from index.backend import Query
 from index.collection.dense import DenseScoring, check_dense_options
 from index.collection.state import default_rerank_factor, views_of
-from index.manifest import Elasticizer, Manifest
+from index.manifest import Manifest
 from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.store import NewDocument
 from index.vectors import as_matrix, prepare
@@ -46,17 +46,15 @@ class DenseOnQdrant:
     kind = "dense"
     returns_vectors = True  # `include: ["vector"]` gives the stored full-dim vector
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Manifest, rotation: np.ndarray | None = None):
         self._m = manifest
         self._validation = DenseScoring(manifest)
-        self._views = views_of(manifest, None)  # PCA rotations: not on this backend yet (plain prefixes)
+        self._views = views_of(manifest, rotation)
         self._sign = -1.0 if manifest.metric == "l2" else 1.0  # Qdrant gives l2 distances
 
     @staticmethod
     def validate(manifest: Manifest) -> Manifest:
-        """As on the embedded backend, except that low dims are plain prefixes: no PCA rotation
-        is fitted here yet, and the manifest says so (elasticizer "none")."""
-        return DenseScoring.validate(manifest.replace(elasticizer=Elasticizer(kind="none")))
+        return DenseScoring.validate(manifest)
 
     @staticmethod
     def vectors_config(manifest: Manifest) -> dict[str, Any]:
@@ -80,9 +78,12 @@ class DenseOnQdrant:
     def points(self, docs: Sequence[NewDocument]) -> tuple[list[NewDocument], list[dict[str, list]]]:
         """Validated documents and each one's named vectors."""
         docs, X, _ = self._validation.prepare(docs)
-        views = {d: view.apply(X) for d, view in self._views.items()}
-        views.setdefault(self._m.dim, X)
-        return docs, [{vector_name(d): V[i].tolist() for d, V in views.items()} for i in range(len(docs))]
+        views = {**self.low_dim_vectors(X), vector_name(self._m.dim): X}
+        return docs, [{name: V[i].tolist() for name, V in views.items()} for i in range(len(docs))]
+
+    def low_dim_vectors(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """The named vectors below full dim of prepared full-dim vectors `X (n, D)`."""
+        return {vector_name(d): view.apply(X) for d, view in self._views.items() if not view.is_full}
 
     def present(self, vectors: dict[str, Any]) -> dict[str, Any]:
         """A stored document's fields from its named vectors."""

@@ -40,7 +40,7 @@ class TokensOnQdrant:
     kind = "multivector"
     returns_vectors = False  # documents come back as token matrices, never as their FDE
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Manifest, rotation: Any = None):  # no rotation: the FDE is its own space
         self._m = manifest
         self._tokens = TokenScoring(manifest)  # the one home of token validation and the FDE
 

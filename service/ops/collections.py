@@ -235,6 +235,7 @@ async def drop(engine: Engine, name: str) -> None:
 
 async def refit(engine: Engine, name: str, req: schemas.RefitRequest) -> schemas.RefitResponse:
     """Fit the PCA rotation on the collection's own vectors now and rebuild its low-dim graphs."""
+    engine.settings.require_maintenance("refit the rotation")
     collection = engine.collection(name)
     start = time.perf_counter()
     record = await collection.fit_rotation(req.sample, req.seed)

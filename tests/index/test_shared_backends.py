@@ -488,3 +488,72 @@ def test_generations_switch_serving_for_every_replica_and_records_persist(catalo
     assert catalog.names() == []
     with pytest.raises(NotFound):
         catalog.generations("kb")
+
+
+# -- the PCA rotation: fitted, stored in the catalog, applied to every low-dim vector -----------
+def pca_manifest(name="pca") -> Manifest:
+    from index.manifest import Elasticizer
+
+    return manifest(name).replace(elasticizer=Elasticizer(kind="pca", fit_at=100))
+
+
+def test_a_pca_rotation_is_fitted_and_serves_the_funnel(backend, glosses, request):
+    from index.elastic import fit_pca_rotation
+
+    _, X = glosses
+    c = backend(pca_manifest())
+    if request.node.callspec.params["backend"] == "milvus":
+        assert c.manifest.elasticizer.kind == "none" and not c.wants_rotation_fit  # plain prefixes, said plainly
+        return
+    c.upsert(docs(X[:600]))
+    assert c.wants_rotation_fit
+    record = c.fit_rotation()
+    assert c.manifest.rotation == record and c.rotation is not None and not c.wants_rotation_fit
+    Xn = X[:600] / np.linalg.norm(X[:600], axis=1, keepdims=True)
+    expected = fit_pca_rotation(Xn).rotation[:, :64]
+    overlap = np.linalg.norm(c.rotation[:, :64].T @ expected) ** 2 / 64  # the same 64-d subspace
+    assert overlap >= 0.99, overlap
+    # the 64-d funnel: the exact shortlist in the rotated view, re-scored at full dim
+    Q = X[2000:2030]
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    R64 = c.rotation[:, :64]
+    V, W = Xn @ R64, Qn @ R64
+    V, W = V / np.linalg.norm(V, axis=1, keepdims=True), W / np.linalg.norm(W, axis=1, keepdims=True)
+    shortlist = np.argsort(-(W @ V.T), axis=1, kind="stable")[:, :40]
+    funnel = c.search(Query(Q, 10, dim=64, exact=True, rerank_factor=4))
+    agree = [
+        [m.id for m in row] == [f"d{j}" for j in sorted(short.tolist(), key=lambda j: -float(Xn[j] @ q))[:10]]
+        for row, short, q in zip(funnel.matches, shortlist, Qn)
+    ]
+    assert np.mean(agree) >= 0.95
+    # documents written after the fit are rotated too: each finds itself first in the 64-d view
+    c.upsert(docs(X[700:720], start=700))
+    own = c.search(Query(X[700:720], 1, dim=64, exact=True, rerank=False))
+    assert [row[0].id for row in own.matches] == [f"d{i}" for i in range(700, 720)]
+
+
+def test_points_a_lagging_replica_wrote_are_rewritten(glosses, monkeypatch):
+    """A replica that has not read the manifest since the rotation was fitted writes plain
+    prefixes; the maintenance process finds those points and rewrites their low-dim vectors."""
+    from index.elastic import DimView
+    from index.qdrant import collection as qdrant_collection
+    from index.qdrant import point_id, qdrant_name
+
+    monkeypatch.setattr(qdrant_collection, "STALE_CHECK_S", 0.0)
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    maintenance, lagging = qdrant_catalog(client, refresh_s=0.0), qdrant_catalog(client, refresh_s=3600.0)
+    maintenance.create(pca_manifest("c")).upsert(docs(X[:300]))
+    stale = lagging.get("c")
+    maintenance.get("c").fit_rotation()
+    stale.upsert(docs(X[400:420], start=400))  # still without the rotation
+    current = maintenance.get("c")
+    assert current.needs_rebuild
+    current.rebuild()
+    assert not current.needs_rebuild
+    view = DimView(64, 384, "cosine", current.rotation)
+    points = client.retrieve(qdrant_name("c"), [point_id(f"d{i}") for i in range(400, 420)], with_vectors=True)
+    for p in points:
+        full = np.asarray(p.vector["d384"], np.float32)
+        assert np.allclose(p.vector["d64"], view.apply(full[None])[0], atol=1e-5)
+    client.close()

@@ -107,11 +107,11 @@ def test_bad_requests_are_the_same_4xx(clients):
         assert r.status_code == 409
 
 
-def test_what_the_qdrant_backend_does_not_do_yet_is_a_clear_422(clients):
+def test_what_the_qdrant_backend_does_not_do_is_a_clear_422(clients):
     _, qdrant = clients
     name = unique_name()
     r = qdrant.post("/v1/collections", json={"name": name, "dims": [64, 384]})
-    assert r.status_code == 201 and r.json()["elasticizer"]["kind"] == "none"  # plain prefixes, said plainly
+    assert r.status_code == 201 and r.json()["elasticizer"]["kind"] == "pca"  # as on the embedded backend
     refused = [
         qdrant.post(f"/v1/collections/{name}/snapshots"),
         qdrant.get(f"/v1/collections/{name}/snapshots"),
@@ -168,3 +168,20 @@ def test_a_failing_backend_is_a_503_never_a_500(tmp_path):
         assert r.status_code == 503 and "Qdrant" in r.text, r.text
         r = client.get("/v1/collections")
         assert r.status_code == 503 and r.json()["error"]["code"] == "start_failed"
+
+
+def test_the_pca_rotation_is_fitted_by_the_maintenance_thread(clients):
+    _, qdrant = clients
+    name = unique_name()
+    body = {"name": name, "dims": [64, 384], "elasticizer": {"kind": "pca", "fit_at": 50}}
+    assert qdrant.post("/v1/collections", json=body).status_code == 201
+    docs = [{"id": f"t{i}", "text": f"{w} note {i}"} for i, w in enumerate(list(TEXTS.values()) * 10)]
+    assert qdrant.put(f"/v1/collections/{name}/documents", json={"documents": docs}).status_code == 200
+    deadline = time.monotonic() + 60
+    while qdrant.get(f"/v1/collections/{name}").json()["rotation"] is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    rotation = qdrant.get(f"/v1/collections/{name}").json()["rotation"]
+    assert rotation is not None and rotation["n_fit"] == len(docs) and 0.5 < rotation["energy"]["64"] <= 1.0
+    first = docs[3]
+    hit = qdrant.post(f"/v1/collections/{name}/search", json={"query": first["text"], "k": 1, "dim": 64}).json()
+    assert hit["results"][0]["id"] == first["id"]
