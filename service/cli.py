@@ -47,13 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("--replace", action="store_true", help="replace an existing collection of that name")
     move = commands.add_parser(
         "migrate",
-        help="copy a collection of a data directory into the Qdrant backend, resumably (the server must be stopped)",
+        help="copy a collection of a data directory into a shared backend (Qdrant, or Milvus), resumably "
+        "(the server must be stopped)",
     )
     move.add_argument("collection", help="the collection to copy (its name stays)")
     move.add_argument("--data-dir", default=os.environ.get("VECNEST_DATA_DIR", "data"))
     move.add_argument("--to-url", help="the Qdrant server or cluster (default: env VECNEST_QDRANT_URL)")
     move.add_argument("--to-path", help="qdrant-client local mode folder instead (default: env VECNEST_QDRANT_PATH)")
-    move.add_argument("--api-key", help="Qdrant's API key (default: env VECNEST_QDRANT_API_KEY)")
+    move.add_argument("--to-milvus", help="a Milvus server instead, e.g. http://milvus:19530 (dense collections)")
+    move.add_argument("--api-key", help="Qdrant's API key, or Milvus's token (default: env VECNEST_QDRANT_API_KEY)")
     move.add_argument("--batch", type=int, default=256, help="documents per write")
     tune = commands.add_parser(
         "finetune",

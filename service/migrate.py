@@ -1,13 +1,15 @@
-"""`vecnest migrate NAME`: copy an embedded collection into the Qdrant backend, resumably.
+"""`vecnest migrate NAME`: copy an embedded collection into a shared backend, resumably.
 
 The source is a collection of a data directory no server holds (the catalog's lock says so);
 the target is the Qdrant backend the `--to-url`/`--to-path` options (or `VECNEST_QDRANT_*`)
-name. Documents are streamed in id order, `--batch` at a time, with their stored vectors (no
-model runs), text and metadata; the target collection gets the source's manifest (model, dims,
-metric, HNSW settings, recall policy, limits). After every batch the id reached is saved in
-`<data_dir>/.migrate/<name>.json`, so an interrupted run goes on from there (upserts are
-idempotent: a batch copied twice is the same batch). Writes made to the source after the copy
-started are not followed: migrate while the service is stopped, then serve from Qdrant.
+name, or the Milvus backend at `--to-milvus`. Documents are streamed in id order, `--batch` at
+a time, with their stored vectors or token matrices (no model runs), text and metadata; the
+target collection gets the source's manifest (model, dims, metric, HNSW settings, recall
+policy, limits; a PCA rotation is fitted there again by the maintenance process). After every
+batch the id reached is saved in `<data_dir>/.migrate/<name>.json`, so an interrupted run goes
+on from there (upserts are idempotent: a batch copied twice is the same batch). Writes made to
+the source after the copy started are not followed: migrate while the service is stopped, then
+serve from the shared backend.
 """
 
 import json
@@ -16,7 +18,16 @@ import sys
 import time
 from typing import Any
 
-from index import Catalog, CollectionBackend, Invalid, NewDocument, NotFound, VecnestError, open_qdrant_catalog
+from index import (
+    Catalog,
+    CollectionBackend,
+    Invalid,
+    NewDocument,
+    NotFound,
+    VecnestError,
+    open_milvus_catalog,
+    open_qdrant_catalog,
+)
 
 
 def migrate(
@@ -26,22 +37,26 @@ def migrate(
     url: str | None = None,
     api_key: str | None = None,
     path: str | None = None,
+    milvus_uri: str | None = None,
     batch: int = 256,
     out: Any = None,
 ) -> int:
-    """Copy collection `name`; returns the number of documents the target holds. Progress goes
-    to `out` (default: standard error)."""
+    """Copy collection `name` to Qdrant (`url` or `path`) or Milvus (`milvus_uri`; `api_key` is
+    its token); returns the number of documents the target holds. Progress goes to `out`
+    (default: standard error)."""
     out = out or sys.stderr
     source_catalog = Catalog(data_dir)
-    target_catalog = open_qdrant_catalog(url=url, api_key=api_key, path=path)
+    if milvus_uri is not None:
+        backend, where = "Milvus", milvus_uri
+        target_catalog = open_milvus_catalog(uri=milvus_uri, token=api_key)
+    else:
+        backend, where = "Qdrant", url or path
+        target_catalog = open_qdrant_catalog(url=url, api_key=api_key, path=path)
     try:
         source_catalog.open_all()
         source = source_catalog.get(name)
-        if source.kind != "dense":
-            raise Invalid("multi-vector collections cannot move to the Qdrant backend yet", code="backend_unsupported")
-        target = _target(target_catalog, source)
+        target = _target(target_catalog, source, backend)
         progress_file = os.path.join(data_dir, ".migrate", f"{name}.json")
-        where = url or path
         cursor, copied = _progress(progress_file, where)
         total, start, since = len(source), time.perf_counter(), copied
         if cursor is not None:
@@ -50,7 +65,10 @@ def migrate(
             docs, next_cursor = source.scroll(cursor, batch)
             if docs:
                 target.upsert(
-                    [NewDocument(id=d.id, vector=d.vector, text=d.text, metadata=d.metadata or {}) for d in docs]
+                    [
+                        NewDocument(id=d.id, vector=d.vector, tokens=d.tokens, text=d.text, metadata=d.metadata or {})
+                        for d in docs
+                    ]
                 )
                 copied += len(docs)
                 cursor = docs[-1].id
@@ -61,7 +79,7 @@ def migrate(
             if next_cursor is None:
                 break
         held = len(target)
-        print(f"{name}: done, the Qdrant backend holds {held} documents (the source {total})", file=out)
+        print(f"{name}: done, the {backend} backend holds {held} documents (the source {total})", file=out)
         if os.path.exists(progress_file):
             os.remove(progress_file)
         return held
@@ -70,7 +88,7 @@ def migrate(
         target_catalog.close()
 
 
-def _target(catalog: Any, source: CollectionBackend) -> CollectionBackend:
+def _target(catalog: Any, source: CollectionBackend, backend: str) -> CollectionBackend:
     """The target collection: created from the source's manifest, or the one a run began."""
     m = source.manifest
     try:
@@ -80,7 +98,7 @@ def _target(catalog: Any, source: CollectionBackend) -> CollectionBackend:
     t = target.manifest
     if (t.dim, t.metric, t.indexed_dims, t.encoder) != (m.dim, m.metric, m.indexed_dims, m.encoder):
         raise Invalid(
-            f"the Qdrant backend already has a collection {m.name!r} that differs from this one "
+            f"the {backend} backend already has a collection {m.name!r} that differs from this one "
             f"(dim, metric, dims or model); drop it there or migrate under another name",
             code="collection_exists",
         )
@@ -116,6 +134,7 @@ def migrate_command(args) -> int:
             url=args.to_url or (None if args.to_path else os.environ.get("VECNEST_QDRANT_URL")),
             api_key=args.api_key or os.environ.get("VECNEST_QDRANT_API_KEY"),
             path=args.to_path or (None if args.to_url else os.environ.get("VECNEST_QDRANT_PATH")),
+            milvus_uri=args.to_milvus,
             batch=args.batch,
         )
         return 0

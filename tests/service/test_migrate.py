@@ -86,3 +86,53 @@ def test_the_command_line(tmp_path, source, capsys):
     assert "the Qdrant backend holds 700 documents (the source 700)" in capsys.readouterr().err
     assert main(["migrate", "nope", "--data-dir", str(data), "--to-path", target]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_to_milvus_and_a_multivector_collection_to_qdrant(tmp_path, source, capsys):
+    """The same command into the Milvus backend (milvus-lite's server); and a multi-vector
+    collection (token matrices) into Qdrant, answering as the source does."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is part of the test install")
+    from index import open_milvus_catalog
+    from index.fde import MultiVectorConfig
+    from tests.support.fake_encoder import FakeEncoder
+    from tests.support.milvus import MilvusServer
+
+    data, X = source
+    server = MilvusServer(tmp_path / "milvus").start()
+    try:
+        assert main(["migrate", "glosses", "--data-dir", str(data), "--to-milvus", server.uri]) == 0
+        assert "the Milvus backend holds 700 documents (the source 700)" in capsys.readouterr().err
+        embedded, milvus = Catalog(str(data)), open_milvus_catalog(uri=server.uri)
+        embedded.open_all()
+        query = Query(X[900:910], 10, exact=True)
+        left, right = embedded.get("glosses").search(query), milvus.get("glosses").search(query)
+        assert [[m.id for m in row] for row in left.matches] == [[m.id for m in row] for row in right.matches]
+        embedded.close()
+        milvus.close()
+    finally:
+        server.stop()
+
+    encoder = FakeEncoder(dim=32)
+    texts = [f"gloss number {i} about {['cats', 'rivers', 'music'][i % 3]}" for i in range(60)]
+    catalog = Catalog(str(data))
+    m = Manifest(
+        name="tokens",
+        dim=0,
+        metric="ip",
+        hnsw=HnswParams(),
+        created_at="t",
+        multivector=MultiVectorConfig(token_dim=32),
+    )
+    c = catalog.create(m)
+    c.upsert([NewDocument(id=f"t{i}", vector=None, tokens=t) for i, t in enumerate(encoder.encode_tokens(texts))])
+    catalog.close()
+    target = str(tmp_path / "qdrant")
+    assert main(["migrate", "tokens", "--data-dir", str(data), "--to-path", target]) == 0
+    embedded, qdrant = Catalog(str(data)), open_qdrant_catalog(path=target)
+    embedded.open_all()
+    queries = encoder.encode_tokens(["music gloss", "cats"], "query")
+    left = embedded.get("tokens").search(Query(queries, 5, exact=True))
+    right = qdrant.get("tokens").search(Query(queries, 5, exact=True))
+    assert [[m.id for m in row] for row in left.matches] == [[m.id for m in row] for row in right.matches]
+    embedded.close()
+    qdrant.close()
