@@ -153,7 +153,7 @@ FILTERS = [
 ]
 
 
-def test_filters_mean_the_same_on_both_backends(loaded, glosses):
+def test_filters_mean_the_same_on_every_backend(loaded, glosses):
     c, X = loaded
     for f in FILTERS:
         expected = {f"d{i}" for i in range(600) if _matches(metadata(i), f)}
@@ -333,6 +333,28 @@ def test_an_unreachable_backend_is_a_clean_503():
     with pytest.raises(NotReady) as failure:
         qdrant_catalog(client)
     assert failure.value.code == "backend_unavailable"
+
+
+def test_a_milvus_that_goes_away_is_a_clean_503(tmp_path, glosses):
+    """Unreachable at start, or stopped under a catalog: NotReady (503), within the timeout."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is part of the test install")
+    from index import open_milvus_catalog
+    from index.errors import NotReady
+    from tests.support.server import free_port
+
+    with pytest.raises(NotReady) as failure:
+        open_milvus_catalog(uri=f"http://127.0.0.1:{free_port()}", timeout_s=2)
+    assert failure.value.code == "backend_unavailable"
+    _, X = glosses
+    server = MilvusServer(tmp_path / "milvus").start()
+    catalog = open_milvus_catalog(uri=server.uri, timeout_s=2)
+    c = catalog.create(manifest("gone"))
+    c.upsert(docs(X[:10]))
+    server.stop()
+    for attempt in (lambda: c.search(Query(X[:1], 3)), lambda: c.upsert(docs(X[10:12])), lambda: len(c)):
+        with pytest.raises(NotReady) as failure:
+            attempt()
+        assert failure.value.code == "backend_unavailable"
 
 
 # -- multi-vector collections: the FDE shortlist re-ranked by MaxSim, on both backends ---------
