@@ -11,7 +11,8 @@ condition, ANDed. The rule keeps one home; the translation cannot drift from it.
 
 import json
 import math
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -63,3 +64,46 @@ def as_hits(S: np.ndarray) -> Hits:
     """Scores without labels (a shared engine has none to give): slot i is found where its score
     is finite. Recall compares scores (`per_query_recall`), so that is all a probe needs."""
     return Hits(np.where(np.isfinite(S), 0, -1).astype(np.int64), S)
+
+
+class ManifestKeeper:
+    """A shared-engine collection's manifest and the settings kept in it (ef per dim, recall
+    policy, limits), saved through the catalog's entry store so every replica reads them."""
+
+    def __init__(self, manifest: Any, store: Any, errors: Any):
+        """`store.save(manifest)` writes it where replicas read it; `errors(what)` maps the
+        engine's failures to NotReady."""
+        self.manifest = manifest
+        self._store = store
+        self._errors = errors
+        self._lock = threading.Lock()  # manifest changes: read, change, save, one at a time
+
+    def ef_search(self, dim: int) -> int:
+        return int(self.manifest.tuned_ef.get(str(dim), self.manifest.hnsw.ef_search))
+
+    def set_ef_search(self, dim: int, ef: int, dims: list[int]) -> None:
+        from index.indexset import require_dim
+
+        require_dim(dim, dims, self.manifest.name)
+        self.change(lambda m: m.replace(tuned_ef={**m.tuned_ef, str(dim): int(ef)}))
+
+    def change(self, change: Callable[[Any], Any]) -> Any:
+        """Apply `change` to the manifest, save it, and keep it; returns the new manifest."""
+        with self._lock:
+            manifest = change(self.manifest)
+            with self._errors(f"update {self.manifest.name!r}"):
+                self._store.save(manifest)
+            self.manifest = manifest
+            return manifest
+
+    def reload(self, manifest: Any) -> None:
+        """The manifest as another replica left it: its settings take effect here; what shapes
+        the stored vectors (dims, metric) never changes under an open collection."""
+        with self._lock:
+            same_shape = (manifest.dim, manifest.metric, manifest.indexed_dims) == (
+                self.manifest.dim,
+                self.manifest.metric,
+                self.manifest.indexed_dims,
+            )
+            if same_shape:
+                self.manifest = manifest

@@ -21,9 +21,8 @@ request for one is a clear 422. Writes are acknowledged once Milvus acknowledges
 import hashlib
 import json
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +35,10 @@ from index.collection.writes import check_batch
 from index.errors import Invalid, NotFound
 from index.exact import exact_top_k
 from index.filters import Filter
-from index.indexset import require_dim
 from index.manifest import Elasticizer, Manifest, RecallPolicy, Rotation
 from index.protocols import Hits
 from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
-from index.remote import as_hits, engine_errors, field_tokens, token, unsupported_on
+from index.remote import ManifestKeeper, as_hits, engine_errors, field_tokens, token, unsupported_on
 from index.remote import scores as padded_scores
 from index.scoring import Match
 from index.store import NewDocument, StoredDocument
@@ -142,11 +140,10 @@ class MilvusCollection:
         reads it."""
         self._client = client
         self._table = physical
-        self._manifest = manifest
+        self._keeper = ManifestKeeper(manifest, store, backend_errors)
         self._store = store
         self._validation = DenseScoring(manifest)
         self._views = views_of(manifest, None)  # low dims are plain prefixes here (no PCA rotation)
-        self._lock = threading.Lock()
 
     @staticmethod
     def validate(manifest: Manifest) -> Manifest:
@@ -164,7 +161,11 @@ class MilvusCollection:
 
     @property
     def manifest(self) -> Manifest:
-        return self._manifest
+        return self._keeper.manifest
+
+    @property
+    def _manifest(self) -> Manifest:
+        return self._keeper.manifest
 
     @property
     def dims(self) -> list[int]:
@@ -186,7 +187,7 @@ class MilvusCollection:
         return self._manifest.rerank_factor or default_rerank_factor(dim, self._manifest.dim)
 
     def ef_search(self, dim: int) -> int:
-        return int(self._manifest.tuned_ef.get(str(dim), self._manifest.hnsw.ef_search))
+        return self._keeper.ef_search(dim)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -201,31 +202,17 @@ class MilvusCollection:
         return self._manifest.recall
 
     def set_ef_search(self, dim: int, ef: int) -> None:
-        require_dim(dim, self.dims, self.name)
-        self._change(lambda m: m.replace(tuned_ef={**m.tuned_ef, str(dim): int(ef)}))
+        self._keeper.set_ef_search(dim, ef, self.dims)
 
     def set_recall_policy(self, policy: RecallPolicy) -> None:
-        self._change(lambda m: m.replace(recall=policy))
+        self._keeper.change(lambda m: m.replace(recall=policy))
 
     def set_limits(self, limits: dict[str, int]) -> None:
-        self._change(lambda m: m.replace(limits=dict(limits)))
+        self._keeper.change(lambda m: m.replace(limits=dict(limits)))
 
     def reload(self, manifest: Manifest) -> None:
-        """The manifest as another replica left it: its settings take effect here."""
-        with self._lock:
-            if (manifest.dim, manifest.metric, manifest.indexed_dims) == (
-                self._manifest.dim,
-                self._manifest.metric,
-                self._manifest.indexed_dims,
-            ):
-                self._manifest = manifest
-
-    def _change(self, change: Callable[[Manifest], Manifest]) -> None:
-        with self._lock:
-            manifest = change(self._manifest)
-            with backend_errors(f"update {self.name!r}"):
-                self._store.save(manifest)
-            self._manifest = manifest
+        """The manifest as another replica left it (see ManifestKeeper.reload)."""
+        self._keeper.reload(manifest)
 
     # -- upkeep: Milvus's own -------------------------------------------------------------------
     needs_snapshot = False

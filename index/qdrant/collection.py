@@ -16,10 +16,9 @@ own indexes: there are no snapshots or rebuilds to run here.
 
 import io
 import json
-import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -29,9 +28,9 @@ from index.collection.writes import check_batch
 from index.elastic import pca_from_moment, second_moment
 from index.errors import Invalid, NotFound
 from index.files import npy_bytes, sha256_hex
-from index.indexset import require_dim
 from index.manifest import Manifest, RecallPolicy, Rotation
 from index.recall_oracle import RecallProbe, StageRecall
+from index.remote import ManifestKeeper
 from index.scoring import Match
 from index.store import NewDocument, StoredDocument
 
@@ -67,12 +66,11 @@ class QdrantCollection:
         every replica reads them; `rotation`: the PCA rotation the manifest names, if fitted."""
         self._client = client
         self._qname = qdrant_name
-        self._manifest = manifest
+        self._keeper = ManifestKeeper(manifest, store, backend_errors)
         self._store = store
         self._rotation = rotation
         self._scoring: DenseOnQdrant | TokensOnQdrant = scoring_for(manifest)(manifest, rotation)
         self._ordering = write_ordering
-        self._lock = threading.Lock()  # manifest changes: read, change, save, one at a time
         self._stale_checked = (0.0, False)  # (monotonic time, points made with another rotation?)
 
     # -- facts ----------------------------------------------------------------------------------
@@ -86,7 +84,11 @@ class QdrantCollection:
 
     @property
     def manifest(self) -> Manifest:
-        return self._manifest
+        return self._keeper.manifest
+
+    @property
+    def _manifest(self) -> Manifest:
+        return self._keeper.manifest
 
     @property
     def dims(self) -> list[int]:
@@ -107,7 +109,7 @@ class QdrantCollection:
         return self._scoring.rerank_factor(dim)
 
     def ef_search(self, dim: int) -> int:
-        return int(self._manifest.tuned_ef.get(str(dim), self._manifest.hnsw.ef_search))
+        return self._keeper.ef_search(dim)
 
     def stats(self) -> dict[str, Any]:
         with backend_errors(f"describe {self.name!r}"):
@@ -126,32 +128,17 @@ class QdrantCollection:
         return self._manifest.recall
 
     def set_ef_search(self, dim: int, ef: int) -> None:
-        require_dim(dim, self.dims, self.name)
-        self._change(lambda m: m.replace(tuned_ef={**m.tuned_ef, str(dim): int(ef)}))
+        self._keeper.set_ef_search(dim, ef, self.dims)
 
     def set_recall_policy(self, policy: RecallPolicy) -> None:
-        self._change(lambda m: m.replace(recall=policy))
+        self._keeper.change(lambda m: m.replace(recall=policy))
 
     def set_limits(self, limits: dict[str, int]) -> None:
-        self._change(lambda m: m.replace(limits=dict(limits)))
+        self._keeper.change(lambda m: m.replace(limits=dict(limits)))
 
     def reload(self, manifest: Manifest) -> None:
-        """The manifest as another replica left it: its settings (ef per dim, recall policy,
-        limits) take effect here; what shapes the stored vectors (dims, metric) never changes."""
-        with self._lock:
-            if (manifest.dim, manifest.metric, manifest.indexed_dims) == (
-                self._manifest.dim,
-                self._manifest.metric,
-                self._manifest.indexed_dims,
-            ):
-                self._manifest = manifest
-
-    def _change(self, change: Callable[[Manifest], Manifest]) -> None:
-        with self._lock:
-            manifest = change(self._manifest)
-            with backend_errors(f"update {self.name!r}"):
-                self._store.save(manifest)
-            self._manifest = manifest
+        """The manifest as another replica left it (see ManifestKeeper.reload)."""
+        self._keeper.reload(manifest)
 
     # -- upkeep: Qdrant's own, and the PCA rotation ------------------------------------------
     needs_snapshot = False
@@ -218,12 +205,8 @@ class QdrantCollection:
             energy={str(d): round(fit.energy(d), 6) for d in self.dims},
         )
         rotation = np.load(io.BytesIO(data))
-        with self._lock:
-            manifest = self._manifest.replace(rotation=record)
-            with backend_errors(f"update {self.name!r}"):
-                self._store.save(manifest)
-            self._manifest, self._rotation = manifest, rotation
-            self._scoring = scoring_for(manifest)(manifest, rotation)
+        manifest = self._keeper.change(lambda m: m.replace(rotation=record))
+        self._rotation, self._scoring = rotation, scoring_for(manifest)(manifest, rotation)
         self.rebuild()
         return record
 
