@@ -91,7 +91,10 @@ def quality(new_model: str) -> dict:
         half = make_collection(root, "half", [ids[i] for i in half_rows], X_new[half_rows])
         fit_rows, held_rows = upgrades.split_sample(len(ids), 0.2, 0)
         t0 = time.perf_counter()
-        fit = upgrades.fit_map(X_new, X_old, held_rows, fit_rows, old, [ids[i] for i in held_rows])
+        fitted = upgrades.fit_map(
+            X_new, X_old, held_rows, fit_rows, old, [ids[i] for i in held_rows], kinds=("orthogonal",)
+        )
+        fit = fitted.maps["orthogonal"]
         fit_s = time.perf_counter() - t0
         runs = {
             "old→old": run_of(old.search(Query(Q_old, 10)), qids),
@@ -100,7 +103,7 @@ def quality(new_model: str) -> dict:
                 upgrades.mixed_search(old, half, fit.W, fit.calibration, Query(Q_new, 10)), qids
             ),
             "mixed 50% (uncalibrated)": run_of(
-                upgrades.mixed_search(old, half, fit.W, ScoreCalibration(), Q_new, 10), qids
+                upgrades.mixed_search(old, half, fit.W, ScoreCalibration(), Query(Q_new, 10)), qids
             ),
             "new→new (full backfill)": run_of(full.search(Query(Q_new, 10)), qids),
         }

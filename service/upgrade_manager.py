@@ -269,6 +269,8 @@ class UpgradeManager:
         seed: int = 0,
         min_cosine: float | None = None,
         min_recall: float | None = None,
+        maps: list[str] | None = None,
+        labelled: list[dict[str, Any]] | None = None,
     ) -> upgrades.UpgradeRecord:
         s = self.settings
         self.settings.require_maintenance("start an upgrade")
@@ -315,6 +317,8 @@ class UpgradeManager:
                 seed=seed,
                 min_cosine=s.upgrade_min_cosine if min_cosine is None else min_cosine,
                 min_recall=s.upgrade_min_recall if min_recall is None else min_recall,
+                map_kinds=list(dict.fromkeys(maps)) if maps else None,
+                labelled=labelled,
             )
             manifest = upgrades.new_generation_manifest(
                 source.manifest, model_info, new_encoder.dim, bool(new_encoder.matryoshka_dims)
@@ -455,18 +459,41 @@ class UpgradeManager:
         else:
             X_old = np.stack([d.vector for d in docs])
             fit_rows, held_rows = upgrades.split_sample(len(docs), record.holdout, record.seed)
+            labelled = await self._labelled(name, live, record)
             result = await run_in_threadpool(
-                upgrades.fit_map, X_new, X_old, held_rows, fit_rows, source.backend, [docs[i].id for i in held_rows]
+                lambda: upgrades.fit_map(
+                    X_new,
+                    X_old,
+                    held_rows,
+                    fit_rows,
+                    source.backend,
+                    [docs[i].id for i in held_rows],
+                    kinds=tuple(record.map_kinds),
+                    labelled=labelled,
+                    seed=record.seed,
+                )
             )
             fit = {**result.figures, "embed_seconds": embed_s, "sample_docs_per_s": len(docs) / max(embed_s, 1e-9)}
             verdict = upgrades.gate(result.figures, record.min_cosine, record.min_recall)
-            live.W, live.calibration = result.W, result.calibration
-            sha = await run_in_threadpool(live.gens.save_map, record.id, result.W)
-            record = replace(record, map_sha256=sha, calibration=vars(result.calibration))
+            chosen = result.maps[verdict["map"]]
+            live.W, live.calibration = chosen.W, chosen.calibration
+            sha = await run_in_threadpool(live.gens.save_map, record.id, chosen.W)
+            record = replace(record, map_sha256=sha, calibration=vars(chosen.calibration))
         await self._write_shadow(live, docs, X_new)
         live.record = record.moved(upgrades.BACKFILLING, fit=fit, gate=verdict)
         await run_in_threadpool(live.gens.save_record, live.record)
         log.info("upgrade %s of %s fitted: %s; gate %s", record.id, name, fit, verdict)
+
+    async def _labelled(self, name: str, live: LiveUpgrade, record: upgrades.UpgradeRecord):
+        """The upgrade's labelled queries embedded by both models (None without any)."""
+        if not record.labelled:
+            return None
+        texts = [q["query"] for q in record.labelled]
+        old_encoder = await self._embedder.encoder_of(self.collection(name).backend)
+        assert old_encoder is not None  # upgrades are of text collections
+        old = await self._embed(name, old_encoder, texts, throttle=True, kind="query")
+        new = await self._embed(name, live.new_encoder, texts, throttle=True, kind="query")
+        return upgrades.Labelled(old, new, [set(q["relevant"]) for q in record.labelled])
 
     async def _sync_step(self, name: str, live: LiveUpgrade, throttle: bool) -> bool:
         """Plan once and apply the plan in batches. False when there was nothing to do."""
@@ -521,13 +548,15 @@ class UpgradeManager:
         if throttle:
             await asyncio.sleep(busy * (1 / self.settings.upgrade_max_busy - 1))
 
-    async def _embed(self, name: str, encoder: Encoder, texts: list[str], throttle: bool) -> np.ndarray:
+    async def _embed(
+        self, name: str, encoder: Encoder, texts: list[str], throttle: bool, kind: str = "document"
+    ) -> np.ndarray:
         """Encode in batches through the shared inference thread (never one long call)."""
         out = []
         batch = self.settings.upgrade_batch_size
         for start in range(0, len(texts), batch):
             t0 = time.perf_counter()
-            out.append(await self._embedder.embed(name, encoder, texts[start : start + batch], "document"))
+            out.append(await self._embedder.embed(name, encoder, texts[start : start + batch], kind))
             if throttle:
                 await asyncio.sleep((time.perf_counter() - t0) * (1 / self.settings.upgrade_max_busy - 1))
         return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)

@@ -21,6 +21,8 @@ async def start(engine: Engine, name: str, req: schemas.UpgradeCreate) -> schema
         seed=req.seed,
         min_cosine=req.min_cosine,
         min_recall=req.min_recall,
+        maps=req.maps,
+        labelled=[q.model_dump() for q in req.labelled_queries] if req.labelled_queries else None,
     )
     return info(record)
 
@@ -56,6 +58,6 @@ async def abort(engine: Engine, name: str, upgrade_id: str) -> schemas.UpgradeIn
 
 
 def info(record: upgrades.UpgradeRecord, progress: dict[str, Any] | None = None) -> schemas.UpgradeInfo:
-    return schemas.UpgradeInfo(
-        **record.to_json(), progress=schemas.UpgradeProgress(**progress) if progress is not None else None
-    )
+    fields = record.to_json()
+    fields["labelled_queries"] = len(fields.pop("labelled") or [])
+    return schemas.UpgradeInfo(**fields, progress=schemas.UpgradeProgress(**progress) if progress is not None else None)

@@ -1,4 +1,4 @@
-"""Orthogonal Procrustes maps: recovery of known maps, orthogonality, the extra-dims layout,
+"""Maps between encoders: recovery of known maps by each family, orthogonality, the extra-dims layout,
 and the score calibration used while a gallery is half backfilled."""
 
 import numpy as np
@@ -106,3 +106,49 @@ def test_calibration_fits_a_line_and_falls_back_safely():
     falling = fit_calibration(x, -x)  # a negative slope would reverse the order: refuse it
     assert falling.scale == 1.0
     assert np.all(np.diff(falling(x)) > 0)
+
+
+def test_ridge_and_affine_maps_recover_what_a_rotation_cannot():
+    """A new space that is a general linear map of the old one plus an offset (as models with
+    different centres give): the least-squares families recover it, a rotation cannot."""
+    from index.procrustes import MAP_KINDS, fit_map_kind
+
+    rng = np.random.default_rng(3)
+    X_old = normalize(rng.standard_normal((4000, 24)))
+    A = rng.standard_normal((24, 32))  # not orthogonal: stretches some directions
+    X_new = normalize(X_old @ A + 0.8 * rng.standard_normal(32))  # and a common offset
+    fit, held = slice(0, 3000), slice(3000, None)
+    cosine = {}
+    for kind in MAP_KINDS:
+        W = fit_map_kind(kind, X_new[fit], X_old[fit])
+        assert W.shape == ((33, 24) if kind == "affine" else (32, 24))
+        cosine[kind] = float(np.einsum("ij,ij->i", map_queries(X_new[held], W), X_old[held]).mean())
+    assert min(cosine["affine"], cosine["ridge"]) > 0.99 > 0.8 > cosine["orthogonal"], cosine
+    with pytest.raises(ValueError):
+        fit_map_kind("mlp", X_new, X_old)
+
+
+def test_the_gate_serves_the_best_family_that_passes_and_the_labelled_criterion_decides():
+    from index.encoder_upgrade import gate, ndcg_at_k
+
+    figures = {
+        "maps": {
+            "orthogonal": {"mean_cosine": 0.73, "recall_at_10": 0.64, "labelled_ndcg_at_10": 0.60},
+            "ridge": {"mean_cosine": 0.84, "recall_at_10": 0.83, "labelled_ndcg_at_10": 0.66},
+            "affine": {"mean_cosine": 0.86, "recall_at_10": 0.82, "labelled_ndcg_at_10": 0.64},
+        }
+    }
+    by_thresholds = gate(figures, 0.8, 0.8)
+    assert by_thresholds["passed"] and by_thresholds["map"] == "ridge"  # the better recall of the two that pass
+    assert by_thresholds["maps"]["orthogonal"] != "passed" and by_thresholds["maps"]["affine"] == "passed"
+    labelled = gate({**figures, "labelled": {"queries": 50, "old_to_old_ndcg_at_10": 0.645}}, 0.99, 0.99)
+    assert labelled["passed"] and labelled["map"] == "ridge"  # the thresholds do not decide then
+    assert labelled["maps"] == {
+        "orthogonal": labelled["maps"]["orthogonal"],
+        "ridge": "passed",
+        "affine": "failed",
+    } or (labelled["maps"]["affine"] != "passed")
+    failed = gate({**figures, "labelled": {"queries": 50, "old_to_old_ndcg_at_10": 0.70}}, 0.0, 0.0)
+    assert not failed["passed"] and failed["map"] == "ridge" and "no map passed" in failed["reason"]
+    assert ndcg_at_k([["a", "b"], ["x"]], [{"a"}, {"y"}]) == pytest.approx(0.5)
+    assert ndcg_at_k([["b", "a"]], [{"a"}]) == pytest.approx(1 / np.log2(3))

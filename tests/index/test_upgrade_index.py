@@ -86,9 +86,15 @@ def test_mixed_search_with_an_exact_map_equals_the_old_results_and_ignores_stale
     Q_old = clustered(50, d, 4)
     Q_new = Q_old @ R.T
     plain = source.search(Query(Q_old, 10))
-    fit = upgrades.fit_map(X_new, X_old, np.arange(1500, n), np.arange(1500), source, ids[1500:])
+    fitted = upgrades.fit_map(X_new, X_old, np.arange(1500, n), np.arange(1500), source, ids[1500:])
+    assert set(fitted.maps) == {"orthogonal", "ridge", "affine"}
+    for family in fitted.maps.values():  # a pure rotation: every family recovers it
+        assert family.figures["mean_cosine"] > 0.999 and family.figures["recall_at_10"] > 0.98, family.kind
+    fit = fitted.maps["orthogonal"]
     assert fit.figures["mean_cosine"] > 0.9999 and fit.figures["recall_at_10"] > 0.99
     assert fit.calibration.scale == pytest.approx(1.0, abs=1e-3) and abs(fit.calibration.offset) < 1e-3
+    verdict = upgrades.gate(fitted.figures, 0.8, 0.8)
+    assert verdict["passed"] and verdict["map"] in fitted.maps and set(verdict["maps"].values()) == {"passed"}
     mixed = upgrades.mixed_search(source, shadow, W, fit.calibration, Query(Q_new, 10))
     for a, b in zip(plain.matches, mixed.matches):
         assert [m.id for m in a] == [m.id for m in b]

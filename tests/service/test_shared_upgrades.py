@@ -161,3 +161,32 @@ def test_serving_replicas_follow_an_upgrade_the_maintenance_process_runs(replica
     wait_for(lambda: r.get("/v1/collections/kb").json()["model"] == "all-MiniLM-L6-v2", "the replica to roll back")
     assert r.get("/v1/collections/kb/documents/d600").status_code == 200
     assert r.get("/v1/collections/kb").json()["documents"] == 202
+
+
+def test_the_gate_reports_every_map_family_and_the_labelled_queries(tmp_path):
+    """The upgrade request chooses the map families and may carry labelled queries; the record
+    reports each family's figures, the labelled bar and which family serves (embedded backend)."""
+    settings = Settings(data_dir=tmp_path / "data", **FAST)
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        assert c.put("/v1/collections/kb/documents", json={"documents": texts(200)}).status_code == 200
+        labelled = [{"query": texts(1, i)[0]["text"], "relevant": [f"d{i}"]} for i in range(0, 200, 10)]
+        body = {"model": "new-model", "sample": 150, "maps": ["orthogonal", "ridge"], "labelled_queries": labelled}
+        r = c.post("/v1/collections/kb/upgrades", json=body)
+        assert r.status_code == 202, r.text
+        assert r.json()["map_kinds"] == ["orthogonal", "ridge"] and r.json()["labelled_queries"] == 20
+        upgrade = r.json()["id"]
+        info = wait_for(
+            lambda: (lambda i: i if i["state"] == "backfilling" else None)(upgrade_state(c, "kb", upgrade)), "the fit"
+        )
+        assert set(info["fit"]["maps"]) == {"orthogonal", "ridge"}
+        bar = info["fit"]["labelled"]["old_to_old_ndcg_at_10"]
+        assert info["fit"]["labelled"]["queries"] == 20 and bar > 0.9  # each query is its document's own text
+        for family in info["fit"]["maps"].values():
+            assert 0 <= family["labelled_ndcg_at_10"] <= 1 and "mean_cosine" in family
+        gate = info["gate"]
+        assert gate["map"] in {"orthogonal", "ridge"} and set(gate["maps"]) == {"orthogonal", "ridge"}
+        best = max(info["fit"]["maps"].values(), key=lambda f: f["labelled_ndcg_at_10"])["labelled_ndcg_at_10"]
+        assert gate["passed"] == (best >= bar)  # the labelled criterion decided, not the thresholds
+        bad = c.post("/v1/collections/kb/upgrades", json={"model": "new-model", "maps": ["mlp"]})
+        assert bad.status_code == 422
