@@ -1,21 +1,25 @@
-"""Encoder upgrade benchmark on BEIR SciFact: is the new model, through the map, compatible?
+"""Encoder upgrade benchmark on BEIR SciFact (and STS Benchmark): is the new model, through a
+map, compatible, and how fast does the upgrade run?
 
-Old model: the default MiniLM. New model: a genuinely different one on disk (default: the
-Matryoshka fine-tune `vecnest finetune` wrote to bench/out/minilm-scifact-mrl, trained on
-SciFact *train* pairs; the test queries below are disjoint from them).
+Old model: the default MiniLM (384-d). New model (`--new`): a model alias or directory, e.g.
+`all-mpnet-base-v2` (768-d, another family; `pip install -e '.[mpnet]'`), or a fine-tune of
+MiniLM (`vecnest finetune` → bench/out/minilm-scifact-mrl). `--old` swaps the roles' start.
 
 Part 1 (the index library, in process): nDCG@10 and Recall@10 on the 300 test queries of
   old→old            old queries, old index
-  new→old (map)      new queries mapped into the old space, old index, no backfill
+  new→old (<family>) new queries mapped into the old space by each map family, no backfill
   new→new            new queries, fully backfilled new index
-  mixed 50%          new queries over the old index (mapped) + a half-backfilled new index,
-                     scores calibrated onto one scale (and, to show the pitfall, uncalibrated)
-plus the fit's time and figures and the map's query overhead.
+  mixed 25/50/75%    new queries over the old index (mapped by the gate's pick) + a partly
+                     backfilled new index, scores calibrated onto one scale (50%: also uncalibrated)
+with every family fitted on a sample of the corpus (`--sample`) and gated twice: by the
+thresholds, and by labelled queries (SciFact *train* claims, disjoint from the test ones).
+STS Benchmark (test): Spearman correlation with the gold scores of old-old, new-new and
+mapped new→old (cos(map(new(a)), old(b))) similarities.
 
-Part 2 (the server, over HTTP): backfill throughput of a real upgrade against the encoder's
-own batch throughput on the same texts, at the default duty cycle and at full speed.
+Part 2 (the server, over HTTP): the upgrade's sample embedding and backfill rates against the
+new model's own batched encode rate on the same texts, at full speed and the default duty cycle.
 
-    python bench/upgrade.py [--new PATH] [--docs 1000]
+    python bench/upgrade.py --new all-mpnet-base-v2 [--docs 1000] [--sample 2000]
 """
 
 import argparse
@@ -41,13 +45,15 @@ from tests.support.server import Server
 
 OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_NEW = OUT / "minilm-scifact-mrl"
+MODEL_CACHE = OUT / "model-cache"  # where packaged models (all-mpnet-base-v2) are unpacked
+MAP_FAMILIES = ("orthogonal", "ridge", "affine")
 
 
 def load_encoder(model: str | None):
     from service.encoders import EncoderRegistry
     from service.settings import Settings
 
-    registry = EncoderRegistry(Settings())
+    registry = EncoderRegistry(Settings(model_cache_dir=MODEL_CACHE, allow_model_paths=True))
     return registry.load(registry.resolve(model))
 
 
@@ -71,7 +77,7 @@ def run_of(result, qids: list[str]) -> dict[str, list[str]]:
     return {q: [m.id for m in ms] for q, ms in zip(qids, result.matches)}
 
 
-def quality(new_model: str) -> dict:
+def quality(new_model: str, old_model: str | None, sample: int) -> dict:
     corpus = scifact_corpus()
     ids = [d["_id"] for d in corpus]
     texts = [scifact_text(d) for d in corpus]
@@ -79,52 +85,97 @@ def quality(new_model: str) -> dict:
     queries = scifact_queries()
     qids = [q for q in qrels if q in queries]
     qtexts = [queries[q] for q in qids]
-    old_enc, new_enc = load_encoder(None), load_encoder(new_model)
+    old_enc, new_enc = load_encoder(old_model), load_encoder(new_model)
     X_old = cached("upgrade-corpus", "old:" + old_enc.path, texts, lambda t: old_enc.encode(t, "document"))
     X_new = cached("upgrade-corpus", "new:" + new_enc.path, texts, lambda t: new_enc.encode(t, "document"))
     Q_old = cached("upgrade-queries", "old:" + old_enc.path, qtexts, lambda t: old_enc.encode(t, "query"))
     Q_new = cached("upgrade-queries", "new:" + new_enc.path, qtexts, lambda t: new_enc.encode(t, "query"))
+    # labelled queries for the gate: SciFact train claims (disjoint from the test claims above)
+    train = scifact_qrels("train")
+    lqids = [q for q in train if q in queries][:200]
+    ltexts = [queries[q] for q in lqids]
+    L_old = cached("upgrade-queries", "old:" + old_enc.path, ltexts, lambda t: old_enc.encode(t, "query"))
+    L_new = cached("upgrade-queries", "new:" + new_enc.path, ltexts, lambda t: new_enc.encode(t, "query"))
+    labelled = upgrades.Labelled(L_old, L_new, [set(train[q]) for q in lqids])
+    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root:
         old = make_collection(root, "old", ids, X_old)
         full = make_collection(root, "new", ids, X_new)
-        half_rows = np.sort(np.random.default_rng(0).permutation(len(ids))[: len(ids) // 2])
-        half = make_collection(root, "half", [ids[i] for i in half_rows], X_new[half_rows])
-        fit_rows, held_rows = upgrades.split_sample(len(ids), 0.2, 0)
+        rows = rng.permutation(len(ids))[: min(sample, len(ids))]  # the upgrade's sample
+        fit_rows, held_rows = (rows[part] for part in upgrades.split_sample(len(rows), 0.2, 0))
         t0 = time.perf_counter()
         fitted = upgrades.fit_map(
-            X_new, X_old, held_rows, fit_rows, old, [ids[i] for i in held_rows], kinds=("orthogonal",)
+            X_new, X_old, held_rows, fit_rows, old, [ids[i] for i in held_rows], kinds=MAP_FAMILIES, labelled=labelled
         )
-        fit = fitted.maps["orthogonal"]
         fit_s = time.perf_counter() - t0
-        runs = {
-            "old→old": run_of(old.search(Query(Q_old, 10)), qids),
-            "new→old (map, no backfill)": run_of(old.search(Query(map_queries(Q_new, fit.W), 10)), qids),
-            "mixed 50% (calibrated)": run_of(
-                upgrades.mixed_search(old, half, fit.W, fit.calibration, Query(Q_new, 10)), qids
-            ),
-            "mixed 50% (uncalibrated)": run_of(
-                upgrades.mixed_search(old, half, fit.W, ScoreCalibration(), Query(Q_new, 10)), qids
-            ),
-            "new→new (full backfill)": run_of(full.search(Query(Q_new, 10)), qids),
-        }
-        overhead = map_overhead(old, half, fit, Q_new)
+        by_labels = upgrades.gate(fitted.figures, 0.8, 0.8)  # the figures carry the labelled bar: it decides
+        unlabelled = {k: v for k, v in fitted.figures.items() if k != "labelled"}
+        by_thresholds = upgrades.gate(unlabelled, 0.8, 0.8)
+        best = fitted.maps[by_labels["map"]]
+        runs = {"old→old": run_of(old.search(Query(Q_old, 10)), qids)}
+        for kind, m in fitted.maps.items():
+            runs[f"new→old ({kind} map, no backfill)"] = run_of(old.search(Query(map_queries(Q_new, m.W), 10)), qids)
+        for share in (0.25, 0.5, 0.75):
+            part = np.sort(rng.permutation(len(ids))[: int(share * len(ids))])
+            partial = make_collection(root, f"part{int(share * 100)}", [ids[i] for i in part], X_new[part])
+            label = f"mixed {int(share * 100)}% ({best.kind}, calibrated)"
+            runs[label] = run_of(upgrades.mixed_search(old, partial, best.W, best.calibration, Query(Q_new, 10)), qids)
+            if share == 0.5:
+                half = partial
+                runs[f"mixed 50% ({best.kind}, uncalibrated)"] = run_of(
+                    upgrades.mixed_search(old, half, best.W, ScoreCalibration(), Query(Q_new, 10)), qids
+                )
+        runs["new→new (full backfill)"] = run_of(full.search(Query(Q_new, 10)), qids)
+        overhead = map_overhead(old, half, best, Q_new)
     table = {
         name: {"ndcg@10": ndcg_at_k(run, qrels, 10), "recall@10": recall_at_k(run, qrels, 10)}
         for name, run in runs.items()
     }
     return {
+        "old_model": old_model or "all-MiniLM-L6-v2",
         "new_model": new_model,
         "docs": len(ids),
         "queries": len(qids),
-        "fit": fit.figures,
+        "fit": fitted.figures,
+        "gate_by_thresholds": by_thresholds,
+        "gate_by_labels": by_labels,
         "fit_and_evaluate_s": fit_s,
-        "calibration": vars(fit.calibration),
+        "calibration": vars(best.calibration),
         "table": table,
+        "sts": sts(old_enc, new_enc, fitted),
         "overhead": overhead,
     }
 
 
-def map_overhead(old: Collection, half: Collection, fit: upgrades.MapFit, Q_new: np.ndarray) -> dict:
+def sts(old_enc, new_enc, fitted: upgrades.MapFit) -> dict[str, float]:
+    """Spearman correlation with STS Benchmark (test) gold scores of each way to compare two
+    sentences: both by the old model, both by the new, and new(a) mapped against old(b)."""
+    import csv
+    import gzip
+
+    from scipy.stats import spearmanr
+
+    from tests.support.datasets import shared_path
+
+    with gzip.open(shared_path("stsbenchmark", "sts-test.csv.gz"), "rt") as f:
+        rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 7]
+    gold = np.array([float(r[4]) for r in rows])
+    a, b = [r[5] for r in rows], [r[6] for r in rows]
+    A_old = cached("sts-a", "old:" + old_enc.path, a, lambda t: old_enc.encode(t, "document"))
+    B_old = cached("sts-b", "old:" + old_enc.path, b, lambda t: old_enc.encode(t, "document"))
+    A_new = cached("sts-a", "new:" + new_enc.path, a, lambda t: new_enc.encode(t, "document"))
+    B_new = cached("sts-b", "new:" + new_enc.path, b, lambda t: new_enc.encode(t, "document"))
+
+    def rho(X, Y) -> float:
+        return float(spearmanr(np.einsum("ij,ij->i", X, Y), gold).statistic)
+
+    out = {"pairs": len(gold), "old-old": rho(A_old, B_old), "new-new": rho(A_new, B_new)}
+    for kind, m in fitted.maps.items():
+        out[f"new→old ({kind})"] = rho(map_queries(A_new, m.W), B_old)
+    return out
+
+
+def map_overhead(old: Collection, half: Collection, fit: upgrades.FittedMap, Q_new: np.ndarray) -> dict:
     """Per single query, median over the test queries: the map alone (µs), and search latency
     plain (new→old through the map) vs mixed (both indexes, merged)."""
 
@@ -152,6 +203,7 @@ def throughput(new_model: str, n_docs: int, max_busy: float) -> dict:
     with tempfile.TemporaryDirectory() as root:
         env = {
             "VECNEST_ALLOW_MODEL_PATHS": "true",
+            "VECNEST_MODEL_CACHE_DIR": str(MODEL_CACHE),
             "VECNEST_UPGRADE_MAX_BUSY": str(max_busy),
             "VECNEST_UPGRADE_POLL_S": "0.05",
         }
@@ -177,16 +229,17 @@ def throughput(new_model: str, n_docs: int, max_busy: float) -> dict:
                 time.sleep(0.05)
             t_end = time.perf_counter()
             backfilled = info["progress"]["embedded"] - embedded_at_fit
+    fit = info["fit"] or {}
     return {
         "max_busy": max_busy,
         "docs": n_docs,
         "sample": n_docs // 4,
+        "sample_docs_per_s": fit.get("sample_docs_per_s"),
         "fit_phase_s": t_fit - t_start,
         "backfill_docs": backfilled,
         "backfill_s": t_end - t_fit,
         "backfill_docs_per_s": backfilled / (t_end - t_fit),
         "gate": info["gate"],
-        "mean_cosine": info["fit"].get("mean_cosine"),
     }
 
 
@@ -202,48 +255,61 @@ def encoder_throughput(model: str, n_docs: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--new", default=str(DEFAULT_NEW), help="the new model's directory")
+    parser.add_argument("--new", default=str(DEFAULT_NEW), help="the new model: an alias or a directory")
+    parser.add_argument("--old", default=None, help="the old model (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--sample", type=int, default=2000, help="documents embedded by both models for the fit")
     parser.add_argument("--docs", type=int, default=1000, help="documents in the throughput runs")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
-    if not os.path.isdir(args.new):
-        print(f"{args.new} is missing: run `vecnest finetune` first (see README), or pass --new", file=sys.stderr)
+    new_model = os.path.abspath(args.new) if os.path.isdir(args.new) else args.new
+    try:
+        load_encoder(new_model)
+    except Exception as exc:
+        print(f"{args.new}: {exc}; run `vecnest finetune` first (see README), or pass --new", file=sys.stderr)
         return 2
-    new_model = os.path.abspath(args.new)
-    result = quality(new_model)
-    print(f"SciFact test: {result['queries']} queries, {result['docs']} documents; new model {new_model}")
+    result = quality(new_model, args.old, args.sample)
+    print(f"SciFact test: {result['queries']} queries, {result['docs']} documents; {result['old_model']} → {new_model}")
     f = result["fit"]
-    print(
-        f"fit: {f['n_fit']} pairs, held out {f['n_heldout']}: mean cosine {f['mean_cosine']:.4f} "
-        f"(p10 {f['p10_cosine']:.4f}), recall@10 vs old queries {f['recall_at_10']:.4f}, "
-        f"orthogonality error {f['orthogonality_error']:.1e}; SVD {f['fit_seconds'] * 1e3:.1f} ms, "
-        f"fit + evaluation {result['fit_and_evaluate_s']:.2f} s; calibration {result['calibration']}"
-    )
+    print(f"fit: {f['n_fit']} pairs, held out {f['n_heldout']} ({f['d_new']}-d → {f['d_old']}-d)")
+    print("\n| map | mean cosine | p10 cosine | recall@10 vs old queries | labelled nDCG@10 | fit ms |")
+    print("|---|---|---|---|---|---|")
+    for kind, m in f["maps"].items():
+        print(
+            f"| {kind} | {m['mean_cosine']:.4f} | {m['p10_cosine']:.4f} | {m['recall_at_10']:.4f} | "
+            f"{m['labelled_ndcg_at_10']:.4f} | {m['fit_seconds'] * 1e3:.0f} |"
+        )
+    print(f"| (old→old on the labelled queries) | | | | {f['labelled']['old_to_old_ndcg_at_10']:.4f} | |")
+    for label, verdict in (
+        ("thresholds 0.8/0.8", result["gate_by_thresholds"]),
+        ("labelled", result["gate_by_labels"]),
+    ):
+        print(
+            f"gate by {label}: {'passed' if verdict['passed'] else 'failed'}, map {verdict['map']}: {verdict['maps']}"
+        )
     print("\n| run | nDCG@10 | Recall@10 |\n|---|---|---|")
     for name, row in result["table"].items():
         print(f"| {name} | {row['ndcg@10']:.4f} | {row['recall@10']:.4f} |")
-    t = result["table"]
-    base, mapped, new = t["old→old"], t["new→old (map, no backfill)"], t["new→new (full backfill)"]
-    print(
-        f"\ncompatibility (new→old ≥ old→old, nDCG@10): {'holds' if mapped['ndcg@10'] >= base['ndcg@10'] else 'FAILS'}"
-        f" ({mapped['ndcg@10']:.4f} vs {base['ndcg@10']:.4f})"
-    )
-    print(f"new→old Recall@10 relative to new→new: {mapped['recall@10'] / new['recall@10']:.3f}")
+    print("\n| STS Benchmark test (Spearman) | ρ |\n|---|---|")
+    for name, value in result["sts"].items():
+        print(f"| {name} | {value:.4f} |" if name != "pairs" else f"| pairs | {value} |")
     o = result["overhead"]
     print(
-        f"query overhead: map {o['map_us']:.1f} µs; search old {o['old_search_us']:.0f} µs, mapped "
+        f"\nquery overhead: map {o['map_us']:.1f} µs; search old {o['old_search_us']:.0f} µs, mapped "
         f"{o['mapped_search_us']:.0f} µs, mixed {o['mixed_search_us']:.0f} µs (medians, one query each)"
     )
     if not args.skip_throughput:
-        runs = [throughput(new_model, args.docs, busy) for busy in (0.5, 1.0)]
         raw = encoder_throughput(new_model, args.docs)
-        print(f"\n| backfill (HTTP server, {args.docs} SciFact docs) | docs/s | vs encoder alone |\n|---|---|---|")
+        runs = [throughput(new_model, args.docs, busy) for busy in (1.0, 0.5)]
+        print(
+            f"\n| upgrade over HTTP ({args.docs} SciFact docs, sample {args.docs // 4}) | sample docs/s | "
+            f"backfill docs/s | backfill vs encoder alone |\n|---|---|---|---|"
+        )
         for r in runs:
             print(
-                f"| upgrade_max_busy={r['max_busy']} | {r['backfill_docs_per_s']:.1f} | "
+                f"| upgrade_max_busy={r['max_busy']} | {r['sample_docs_per_s']:.1f} | {r['backfill_docs_per_s']:.1f} | "
                 f"{r['backfill_docs_per_s'] / raw:.2f}x |"
             )
-        print(f"| encoder alone, batches of 32 | {raw:.1f} | 1.00x |")
+        print(f"| the new model alone, batches of 32 | {raw:.1f} | {raw:.1f} | 1.00x |")
         result["throughput"] = {"runs": runs, "encoder_docs_per_s": raw}
     OUT.mkdir(exist_ok=True)
     (OUT / "upgrade.json").write_text(json.dumps(result, indent=2))

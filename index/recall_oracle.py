@@ -47,6 +47,44 @@ class RecallProbe:
         return len(self.found.labels)
 
 
+def merge_probes(probes: list[RecallProbe], combine_payloads) -> list[RecallProbe]:
+    """Probes that differ only in their queries, merged into one per group (same index, k,
+    shortlist, ef, ef setting, pinned flag, no filter, and `combine_payloads` able to stack
+    their payloads: it returns None for payloads that cannot be), so one exact pass answers
+    them all: a brute-force re-run costs about the same for one query as for dozens, since it
+    reads every stored vector either way. Order within a group is kept; recall is per query,
+    so a merged probe's readings are exactly the readings of its parts."""
+    groups: dict[tuple, list[RecallProbe]] = {}
+    for i, p in enumerate(probes):
+        key: tuple = (p.index, p.dim, p.k, p.shortlist, p.ef, p.ef_setting, p.pinned, p.found.labels.shape[1])
+        if p.allowed is not None:
+            key += ("filtered", i)  # each filter has its own allowed set: measured alone
+        groups.setdefault(key, []).append(p)
+    out = []
+    for group in groups.values():
+        payload = combine_payloads([p.payload for p in group]) if len(group) > 1 else None
+        if payload is None:
+            out += group
+            continue
+        first = group[0]
+        found = Hits(np.concatenate([p.found.labels for p in group]), np.concatenate([p.found.scores for p in group]))
+        out.append(
+            RecallProbe(
+                first.index,
+                first.dim,
+                first.k,
+                first.shortlist,
+                first.ef,
+                first.ef_setting,
+                first.pinned,
+                found,
+                None,
+                payload,
+            )
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class StageRecall:
     """Per-query recall `(nq,)` of one stage of one probe (NaN where the oracle found nothing)."""

@@ -37,6 +37,7 @@ class RecallEstimator:
         rolling: int = 256,
         seed: int | None = None,
         steer: bool = True,
+        batch: int = 64,
     ):
         """`steer`: apply the controllers' ef changes (False on a serving replica: one maintenance
         process steers, and every replica reads the ef it sets)."""
@@ -48,6 +49,7 @@ class RecallEstimator:
         # bursts and drops the excess.
         self._rest_factor = 1.0 / max_busy - 1.0
         self.controller_window = controller_window
+        self._batch = batch  # probes taken from the queue at once, merged where one exact pass answers them
         self._rolling_size = rolling
         self._queue: queue.Queue[tuple[CollectionBackend, RecallProbe] | None] = queue.Queue(maxsize=queue_size)
         self._rng = random.Random(seed)
@@ -115,24 +117,45 @@ class RecallEstimator:
         return stages
 
     def _run(self) -> None:
+        """Take what is queued (up to `batch` probes), merge the probes one exact pass can answer
+        together (`CollectionBackend.merge_probes`), measure, then rest for the duty cycle."""
         while True:
-            item = self._queue.get()
+            items = [self._queue.get()]
+            while len(items) < self._batch and items[-1] is not None:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                if item is None:
-                    return
-                collection, probe = item
                 self.metrics.recall_queue_depth.set(self._queue.qsize())
                 started = time.perf_counter()
-                try:
-                    self.evaluate(collection, probe, LIVE)
-                except NotFound:  # dropped meanwhile
-                    pass
-                except Exception:
-                    self.metrics.recall_samples.labels(collection.name, "failed").inc(probe.queries)
-                    log.exception("recall measurement of a %s search failed", collection.name)
+                by_collection: dict[int, tuple[CollectionBackend, list[RecallProbe]]] = {}
+                for item in items:
+                    if item is not None:
+                        by_collection.setdefault(id(item[0]), (item[0], []))[1].append(item[1])
+                for collection, probes in by_collection.values():
+                    self._measure(collection, probes)
                 time.sleep((time.perf_counter() - started) * self._rest_factor)
+                if items[-1] is None:
+                    return
             finally:
-                self._queue.task_done()
+                for _ in items:
+                    self._queue.task_done()
+
+    def _measure(self, collection: CollectionBackend, probes: list[RecallProbe]) -> None:
+        try:
+            merged = collection.merge_probes(probes)
+        except Exception:
+            log.exception("merging recall probes of %s failed; measuring them one by one", collection.name)
+            merged = probes
+        for probe in merged:
+            try:
+                self.evaluate(collection, probe, LIVE)
+            except NotFound:  # dropped meanwhile
+                pass
+            except Exception:
+                self.metrics.recall_samples.labels(collection.name, "failed").inc(probe.queries)
+                log.exception("recall measurement of a %s search failed", collection.name)
 
     def _record(
         self, collection: CollectionBackend, probe: RecallProbe, stages: list[StageRecall], source: str

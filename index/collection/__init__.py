@@ -18,7 +18,7 @@ from index.backend import Query, SearchResult, WriteResult
 from index.elastic import sample_labels
 from index.errors import Invalid, NotFound
 from index.manifest import Manifest, RecallPolicy, Rotation
-from index.recall_oracle import RecallProbe, StageRecall
+from index.recall_oracle import RecallProbe, StageRecall, merge_probes
 from index.store import NewDocument, StoredDocument
 
 from .dense import DenseScoring
@@ -220,6 +220,11 @@ class Collection:
     def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
         """Re-run a sampled search exactly, off the request path, and compare stage by stage."""
         return self._scoring.evaluate_recall(self._state, probe)
+
+    def merge_probes(self, probes: list[RecallProbe]) -> list[RecallProbe]:
+        """Probes one exact pass can answer together, merged (see `index.recall_oracle.merge_probes`)."""
+        combine = getattr(self._scoring, "combine_payloads", None)
+        return merge_probes(probes, combine) if combine is not None else list(probes)
 
     def sample_queries(self, n: int, seed: int = 0) -> Any:
         """Stored vectors `(m, D)` (or token matrices) of a deterministic sample of `m <= n`

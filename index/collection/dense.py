@@ -186,6 +186,20 @@ class DenseScoring:
             StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist),
         ]
 
+    @staticmethod
+    def combine_payloads(payloads: list[_DenseQueries]) -> _DenseQueries | None:
+        """The payloads of probes on one graph stacked into one (None if their views or
+        re-rank flags differ: a rotation refit between two searches changes the view)."""
+        first = payloads[0]
+        if any(p.view is not first.view or p.rerank != first.rerank for p in payloads):
+            return None
+        return _DenseQueries(
+            np.concatenate([p.full for p in payloads]),
+            first.view,
+            np.concatenate([p.in_view for p in payloads]),
+            first.rerank,
+        )
+
     def sample_queries(self, s: CollectionState, n: int, seed: int) -> np.ndarray:
         """`(m, D)` stored vectors of a deterministic sample of `m <= n` live documents."""
         with s.reading():

@@ -443,6 +443,9 @@ class MilvusCollection:
             probe=probe,
         )
 
+    def merge_probes(self, probes: list[RecallProbe]) -> list[RecallProbe]:
+        return list(probes)  # each exact re-run is the engine's own batch request already
+
     def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
         """Re-run a sampled search exactly (a scan of the stored vectors) and compare, stage by stage."""
         q: _Probe = probe.payload

@@ -420,6 +420,9 @@ class QdrantCollection:
             probe=probe,
         )
 
+    def merge_probes(self, probes: list[RecallProbe]) -> list[RecallProbe]:
+        return list(probes)  # each exact re-run is the engine's own batch request already
+
     def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
         """Re-run a sampled search exactly (Qdrant's `exact=true`) and compare, stage by stage."""
         return self._scoring.evaluate_recall(self._run, probe)

@@ -75,6 +75,23 @@ def test_estimated_recall_equals_an_independent_oracle(glove_collection, glove):
     assert mean(low) < 0.9 < mean(high)
 
 
+def test_probes_merge_into_one_exact_pass_with_the_same_readings(glove_collection, glove):
+    """Single-query probes of one graph merge into one; its per-query recall is exactly what each
+    probe measured alone. Probes of other dims, another ef or another k stay apart."""
+    _, Q = glove
+    singles = [glove_collection.search(Query(Q[i : i + 1], 10, dim=16, probe=True)).probe for i in range(40)]
+    others = [
+        glove_collection.search(Query(Q[:2], 10, dim=50, probe=True)).probe,
+        glove_collection.search(Query(Q[:2], 10, dim=16, ef=77, probe=True)).probe,
+        glove_collection.search(Query(Q[:1], 5, dim=16, probe=True)).probe,
+    ]
+    merged = glove_collection.merge_probes(singles + others)
+    assert len(merged) == 4 and merged[0].queries == 40 and [p.queries for p in merged[1:]] == [2, 2, 1]
+    alone = np.concatenate([glove_collection.evaluate_recall(p)[1].recall for p in singles])
+    together = glove_collection.evaluate_recall(merged[0])[1].recall
+    assert np.array_equal(np.nan_to_num(alone, nan=-1), np.nan_to_num(together, nan=-1))
+
+
 def test_probe_respects_filters_and_exact_search_is_not_probed(glove_collection, glove):
     _, Q = glove
     assert glove_collection.search(Query(Q[:5], 10, exact=True, probe=True)).probe is None
