@@ -18,6 +18,7 @@ from index.backend import CatalogBackend, CollectionBackend, Generations, Query,
 from index.backup import BackupInfo, archive_file, create_archive, list_archives, remove_archive
 from index.catalog import Catalog, check_name
 from index.collection import DEFAULT_CANDIDATES, Collection, CollectionOptions
+from index.collection.state import RERANK_MAX
 from index.elastic import MAX_ROTATION_DIM, DimView, check_dims, fit_pca_rotation, sample_labels
 from index.errors import (
     Conflict,
@@ -38,7 +39,7 @@ from index.hnsw import HnswIndex, HnswParams
 from index.manifest import Elasticizer, Manifest, RecallPolicy, Snapshot
 from index.procrustes import ScoreCalibration
 from index.protocols import Hits, VectorIndex
-from index.recall_oracle import INDEX_STAGE, EfController, RecallProbe, StageRecall
+from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, EfController, RecallProbe, StageRecall
 from index.scoring import Match
 from index.store import NewDocument, Store, StoredDocument
 from index.vectors import check_metric
@@ -104,8 +105,10 @@ def open_qdrant_catalog(
 
 __all__ = [
     "DEFAULT_CANDIDATES",
+    "FINAL_STAGE",
     "INDEX_STAGE",
     "MAX_ROTATION_DIM",
+    "RERANK_MAX",
     "BackupInfo",
     "Catalog",
     "CatalogBackend",

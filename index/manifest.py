@@ -94,6 +94,8 @@ class Manifest:
     limits: dict[str, int] = field(default_factory=dict)
     # ef per indexed dim (str) as the recall controller last set it; absent: hnsw.ef_search.
     tuned_ef: dict[str, int] = field(default_factory=dict)
+    # str(dim) → the funnel's rerank factor the recall controller chose (a target on final recall)
+    tuned_rerank: dict[str, int] = field(default_factory=dict)
     snapshot: Snapshot | None = None
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)

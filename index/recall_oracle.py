@@ -41,6 +41,8 @@ class RecallProbe:
     found: Hits
     allowed: np.ndarray | None
     payload: Any = field(repr=False, default=None)
+    funnel: bool = False  # a low-dim shortlist re-ranked at full dim: its final recall follows the factor
+    rerank_pinned: bool = False  # the request pinned its own rerank factor
 
     @property
     def queries(self) -> int:
@@ -56,7 +58,18 @@ def merge_probes(probes: list[RecallProbe], combine_payloads) -> list[RecallProb
     so a merged probe's readings are exactly the readings of its parts."""
     groups: dict[tuple, list[RecallProbe]] = {}
     for i, p in enumerate(probes):
-        key: tuple = (p.index, p.dim, p.k, p.shortlist, p.ef, p.ef_setting, p.pinned, p.found.labels.shape[1])
+        key: tuple = (
+            p.index,
+            p.dim,
+            p.k,
+            p.shortlist,
+            p.ef,
+            p.ef_setting,
+            p.pinned,
+            p.funnel,
+            p.rerank_pinned,
+            p.found.labels.shape[1],
+        )
         if p.allowed is not None:
             key += ("filtered", i)  # each filter has its own allowed set: measured alone
         groups.setdefault(key, []).append(p)

@@ -70,12 +70,13 @@ class ManifestKeeper:
     """A shared-engine collection's manifest and the settings kept in it (ef per dim, recall
     policy, limits), saved through the catalog's entry store so every replica reads them."""
 
-    def __init__(self, manifest: Any, store: Any, errors: Any):
+    def __init__(self, manifest: Any, store: Any, errors: Any, on_change: Callable[[Any], None] | None = None):
         """`store.save(manifest)` writes it where replicas read it; `errors(what)` maps the
-        engine's failures to NotReady."""
+        engine's failures to NotReady; `on_change(manifest)` runs after every change."""
         self.manifest = manifest
         self._store = store
         self._errors = errors
+        self._on_change = on_change
         self._lock = threading.Lock()  # manifest changes: read, change, save, one at a time
 
     def ef_search(self, dim: int) -> int:
@@ -87,6 +88,25 @@ class ManifestKeeper:
         require_dim(dim, dims, self.manifest.name)
         self.change(lambda m: m.replace(tuned_ef={**m.tuned_ef, str(dim): int(ef)}))
 
+    def set_rerank_factor(self, dim: int, factor: int, dims: list[int]) -> None:
+        from index.indexset import require_dim
+
+        require_dim(dim, dims, self.manifest.name)
+        self.change(lambda m: m.replace(tuned_rerank={**m.tuned_rerank, str(dim): int(factor)}))
+
+    def set_recall_policy(self, policy: Any) -> None:
+        """As on the embedded backend: without a target the tuned values go; with one, tuned efs
+        are clamped to its bounds."""
+        policy.check()
+
+        def change(m: Any) -> Any:
+            if policy.target is None:
+                return m.replace(recall=policy, tuned_ef={}, tuned_rerank={})
+            clamped = {d: min(max(e, policy.ef_min), policy.ef_max) for d, e in m.tuned_ef.items()}
+            return m.replace(recall=policy, tuned_ef=clamped)
+
+        self.change(change)
+
     def change(self, change: Callable[[Any], Any]) -> Any:
         """Apply `change` to the manifest, save it, and keep it; returns the new manifest."""
         with self._lock:
@@ -94,7 +114,9 @@ class ManifestKeeper:
             with self._errors(f"update {self.manifest.name!r}"):
                 self._store.save(manifest)
             self.manifest = manifest
-            return manifest
+        if self._on_change is not None:
+            self._on_change(manifest)
+        return manifest
 
     def reload(self, manifest: Any) -> None:
         """The manifest as another replica left it: its settings take effect here; what shapes
@@ -105,5 +127,8 @@ class ManifestKeeper:
                 self.manifest.metric,
                 self.manifest.indexed_dims,
             )
-            if same_shape:
-                self.manifest = manifest
+            if not same_shape:
+                return
+            self.manifest = manifest
+        if self._on_change is not None:
+            self._on_change(manifest)

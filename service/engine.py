@@ -246,8 +246,11 @@ class Engine:
         """`collection.stats()` plus the service's view: its recall target and upgrade state
         (an upgrade is active until finalized or undone; progress is its sync's done/total)."""
         active, progress = self.upgrades.progress(collection.name)
+        m = collection.manifest
+        funnels = [d for d in collection.dims if d < m.dim] if collection.kind == "dense" else []
         return {
             **collection.stats(),
+            "rerank_factors": {collection.index_name(d): collection.rerank_factor(d) for d in funnels},
             "target_recall": collection.recall_policy.target,
             "upgrade_active": active,
             "backfill_progress": progress,

@@ -189,6 +189,11 @@ class _CollectionCollector(Collector):
         ef = family(
             "vecnest_ef_search", "Default ef per graph: the recall controller's, else the collection's.", "index"
         )
+        rerank = family(
+            "vecnest_rerank_factor",
+            "Funnel shortlist per result of a low-dim graph: the recall controller's, else the collection's.",
+            "index",
+        )
         target = family("vecnest_target_recall", "The recall target the ef controller holds (collections with one).")
         upgrading = family("vecnest_upgrade_active", "1 while an encoder upgrade (map + backfill) is in progress.")
         backfill = family(
@@ -206,6 +211,8 @@ class _CollectionCollector(Collector):
                 deleted.add_metric([name, index], i["deleted"])
                 graph_bytes.add_metric([name, index], i["bytes"])
                 ef.add_metric([name, index], i["ef_search"])
+            for index, factor in s["rerank_factors"].items():
+                rerank.add_metric([name, index], factor)
             if s["target_recall"] is not None:
                 target.add_metric([name], s["target_recall"])
             upgrading.add_metric([name], s["upgrade_active"])
@@ -220,6 +227,7 @@ class _CollectionCollector(Collector):
             deleted,
             graph_bytes,
             ef,
+            rerank,
             target,
             upgrading,
             backfill,

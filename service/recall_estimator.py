@@ -18,12 +18,22 @@ from collections import deque
 from statistics import fmean
 from typing import Any
 
-from index import INDEX_STAGE, CollectionBackend, EfController, NotFound, RecallProbe, StageRecall
+from index import (
+    FINAL_STAGE,
+    INDEX_STAGE,
+    RERANK_MAX,
+    CollectionBackend,
+    EfController,
+    NotFound,
+    RecallProbe,
+    StageRecall,
+)
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 LIVE, PROBE = "live", "probe"  # where a measurement came from (the `source` label)
+RERANK = "rerank"  # the controller of a funnel's rerank factor (beside each graph's ef controller)
 
 
 class RecallEstimator:
@@ -56,7 +66,8 @@ class RecallEstimator:
         self._lock = threading.Lock()  # guards the dictionaries below (worker vs request threads)
         self._recalls: dict[tuple[str, str, str, str], deque[float]] = {}  # (collection, index, stage, source)
         self._breadth: dict[tuple[str, str, str], deque[tuple[int, int]]] = {}  # → (ef, candidates)
-        self._controllers: dict[tuple[str, int], EfController] = {}
+        # (collection, dim) → the graph's ef controller; (collection, dim, RERANK) → its funnel's factor
+        self._controllers: dict[tuple, EfController] = {}
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -177,9 +188,13 @@ class RecallEstimator:
             breadth.extend([(probe.ef, probe.shortlist)] * probe.queries)
             m.recall_ef.labels(name, probe.index, source).set(fmean(e for e, _ in breadth))
             m.recall_candidates.labels(name, probe.index, source).set(fmean(c for _, c in breadth))
-            if source == LIVE and not probe.pinned and self._steering:
-                index_stage = next(s for s in stages if s.stage == INDEX_STAGE)
-                self._steer(collection, probe, index_stage.values)
+            if source == LIVE and self._steering:
+                if not probe.pinned:
+                    index_stage = next(s for s in stages if s.stage == INDEX_STAGE)
+                    self._steer(collection, probe, index_stage.values)
+                if probe.funnel and not probe.rerank_pinned:
+                    final_stage = next(s for s in stages if s.stage == FINAL_STAGE)
+                    self._steer_rerank(collection, probe, final_stage.values)
 
     def _steer(self, collection: CollectionBackend, probe: RecallProbe, recalls: list[float]) -> None:
         """Feed the graph's controller; apply its new ef. Holds `_lock`."""
@@ -213,6 +228,33 @@ class RecallEstimator:
             )
             collection.set_ef_search(probe.dim, new_ef)
 
+    def _steer_rerank(self, collection: CollectionBackend, probe: RecallProbe, recalls: list[float]) -> None:
+        """A funnel's final recall follows its shortlist (k · factor): a controller per dim finds
+        the smallest factor whose final recall holds the target, as the ef controller does for the
+        graph stage. Holds `_lock`."""
+        policy, key = collection.recall_policy, (collection.name, probe.dim, RERANK)
+        if policy.target is None:
+            self._controllers.pop(key, None)
+            return
+        factor = max(1, probe.shortlist // probe.k)
+        controller = self._controllers.get(key)
+        if controller is None or controller.target != policy.target:
+            controller = EfController(
+                policy.target, collection.rerank_factor(probe.dim), 1, RERANK_MAX, window=self.controller_window
+            )
+            self._controllers[key] = controller
+        new_factor = controller.observe(factor, recalls)
+        if new_factor is not None:
+            log.info(
+                "collection %s index %s: final recall %.3f (target %.3f) → rerank factor %d",
+                collection.name,
+                probe.index,
+                controller.last_mean,
+                policy.target,
+                new_factor,
+            )
+            collection.set_rerank_factor(probe.dim, new_factor)
+
     # -- reading ------------------------------------------------------------------------------
     def summary(self, collection: CollectionBackend) -> dict[str, Any]:
         """Rolling estimates and controller state of one collection, for its description."""
@@ -225,18 +267,21 @@ class RecallEstimator:
                         "recall": round(fmean(window), 4),
                         "queries": len(window),
                     }
-            controllers = {
-                collection.index_name(dim): {
-                    "ef": c.ef,
+            controllers: dict[str, dict[str, Any]] = {}
+            for key, c in self._controllers.items():
+                if key[0] != name:
+                    continue
+                state = {
                     "low": c.low,
                     "high": c.high,
                     "last_window_recall": c.last_mean,
                     "converged": c.converged,
                     "saturated": c.saturated,
                 }
-                for (c_name, dim), c in self._controllers.items()
-                if c_name == name
-            }
+                if len(key) == 3:  # a funnel's rerank factor, steered by its final recall
+                    controllers[f"{collection.index_name(key[1])}:rerank"] = {"rerank_factor": c.ef, **state}
+                else:
+                    controllers[collection.index_name(key[1])] = {"ef": c.ef, **state}
         return {"estimates": estimates, "controllers": controllers}
 
     def reset(self, name: str) -> None:

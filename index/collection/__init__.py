@@ -105,13 +105,16 @@ class Collection:
         return self._scoring.index_name(dim)
 
     def rerank_factor(self, dim: int) -> int:
-        return self.manifest.rerank_factor or default_rerank_factor(dim, self.manifest.dim)
+        return self._state.rerank_factor(dim)
 
     def ef_search(self, dim: int) -> int:
         return self._state.ef_search(dim)
 
     def set_ef_search(self, dim: int, ef: int) -> None:
         self._upkeep.set_ef_search(dim, ef)
+
+    def set_rerank_factor(self, dim: int, factor: int) -> None:
+        self._upkeep.set_rerank_factor(dim, factor)
 
     @property
     def recall_policy(self) -> RecallPolicy:

@@ -22,7 +22,7 @@ from index.scoring import exact_search, hydrate, label_scores, rerank_exact, rer
 from index.store import NewDocument, StoredDocument
 from index.vectors import as_matrix, prepare
 
-from .state import CollectionState, default_rerank_factor
+from .state import CollectionState
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class DenseScoring:
         """How many candidates the search re-ranks: `k · rerank_factor` in a low-dim funnel, else k."""
         dim = query.dim or s.indexes.default_dim
         if query.rerank and dim < self._dim:
-            return query.k * (query.rerank_factor or s.manifest.rerank_factor or default_rerank_factor(dim, self._dim))
+            return query.k * (query.rerank_factor or s.rerank_factor(dim))
         return query.k
 
     def search(self, s: CollectionState, query: Query) -> SearchResult:
@@ -151,6 +151,8 @@ class DenseScoring:
                 hits,
                 allowed,
                 _DenseQueries(Q, view, Qv, query.rerank),
+                funnel=query.rerank and not view.is_full,
+                rerank_pinned=query.rerank_factor is not None,
             )
         return SearchResult(
             matches, "exact" if exact else "hnsw", dim, shortlist, timings, 0 if exact else ef_setting, probe

@@ -50,6 +50,15 @@ def default_rerank_factor(dim: int, full_dim: int) -> int:
     return max(2, math.ceil(1.5 * full_dim / dim))
 
 
+RERANK_MAX = 64  # the largest funnel factor the recall controller tries
+
+
+def rerank_factor_of(manifest: Manifest, dim: int) -> int:
+    """The funnel factor of `dim` when a search does not pin one: the recall controller's, else
+    the collection's own, else sized per dim."""
+    return manifest.tuned_rerank.get(str(dim)) or manifest.rerank_factor or default_rerank_factor(dim, manifest.dim)
+
+
 def views_of(manifest: Manifest, rotation: np.ndarray | None) -> dict[int, DimView]:
     """How each indexed dim derives its vectors from the stored full-dim ones."""
     return {d: DimView(d, manifest.dim, manifest.metric, rotation) for d in manifest.indexed_dims}
@@ -80,6 +89,7 @@ class CollectionState:
         # ef per dim as the recall controller set it; saved in the manifest with the next snapshot.
         # Replaced, never mutated: a snapshot may be iterating it on another thread.
         self.tuned_ef = {int(d): e for d, e in manifest.tuned_ef.items() if int(d) in indexes.views}
+        self.tuned_rerank = {int(d): f for d, f in manifest.tuned_rerank.items() if int(d) in indexes.views}
         self.tuned_dirty = False
 
     @property
@@ -105,9 +115,16 @@ class CollectionState:
         """The ef a search of the `dim` graph uses when the request does not pin one."""
         return self.tuned_ef.get(dim, self.manifest.hnsw.ef_search)
 
+    def rerank_factor(self, dim: int) -> int:
+        """The funnel factor a search of the `dim` graph uses when the request does not pin one."""
+        return self.tuned_rerank.get(dim) or rerank_factor_of(self.manifest, dim)
+
     def save_manifest(self, manifest: Manifest) -> None:
-        """Write `manifest` with the current tuned efs (callers hold the write mutex)."""
-        self.manifest = manifest.replace(tuned_ef={str(d): e for d, e in sorted(self.tuned_ef.items())})
+        """Write `manifest` with the current tuned efs and factors (callers hold the write mutex)."""
+        self.manifest = manifest.replace(
+            tuned_ef={str(d): e for d, e in sorted(self.tuned_ef.items())},
+            tuned_rerank={str(d): f for d, f in sorted(self.tuned_rerank.items())},
+        )
         write_manifest(os.path.join(self.path, MANIFEST_FILE), self.manifest)
         self.tuned_dirty = False
 

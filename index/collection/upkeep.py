@@ -104,7 +104,7 @@ class Upkeep:
         with s.maintenance, s.write_mutex:
             s.check_open()
             if policy.target is None:
-                s.tuned_ef = {}
+                s.tuned_ef, s.tuned_rerank = {}, {}
             else:
                 s.tuned_ef = {d: min(max(e, policy.ef_min), policy.ef_max) for d, e in s.tuned_ef.items()}
             s.save_manifest(s.manifest.replace(recall=policy))
@@ -130,6 +130,13 @@ class Upkeep:
         s = self._s
         s.indexes.require(dim, s.name)
         s.tuned_ef = {**s.tuned_ef, dim: int(ef)}  # replaced, never mutated: a snapshot may be reading it
+        s.tuned_dirty = True
+
+    def set_rerank_factor(self, dim: int, factor: int) -> None:
+        """Set the default funnel factor of one dim (the recall controller does); saved with the next snapshot."""
+        s = self._s
+        s.indexes.require(dim, s.name)
+        s.tuned_rerank = {**s.tuned_rerank, dim: int(factor)}
         s.tuned_dirty = True
 
     # -- under the maintenance lock -------------------------------------------------------------

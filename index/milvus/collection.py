@@ -30,7 +30,7 @@ import numpy as np
 
 from index.backend import Query, SearchResult, WriteResult
 from index.collection.dense import DenseScoring, check_dense_options
-from index.collection.state import default_rerank_factor, views_of
+from index.collection.state import rerank_factor_of, views_of
 from index.collection.writes import check_batch
 from index.errors import Invalid, NotFound
 from index.exact import exact_top_k
@@ -184,7 +184,7 @@ class MilvusCollection:
         return str(dim)
 
     def rerank_factor(self, dim: int) -> int:
-        return self._manifest.rerank_factor or default_rerank_factor(dim, self._manifest.dim)
+        return rerank_factor_of(self._manifest, dim)
 
     def ef_search(self, dim: int) -> int:
         return self._keeper.ef_search(dim)
@@ -204,8 +204,11 @@ class MilvusCollection:
     def set_ef_search(self, dim: int, ef: int) -> None:
         self._keeper.set_ef_search(dim, ef, self.dims)
 
+    def set_rerank_factor(self, dim: int, factor: int) -> None:
+        self._keeper.set_rerank_factor(dim, factor, self.dims)
+
     def set_recall_policy(self, policy: RecallPolicy) -> None:
-        self._keeper.change(lambda m: m.replace(recall=policy))
+        self._keeper.set_recall_policy(policy)
 
     def set_limits(self, limits: dict[str, int]) -> None:
         self._keeper.change(lambda m: m.replace(limits=dict(limits)))
@@ -432,6 +435,8 @@ class MilvusCollection:
                 as_hits(index),
                 None,
                 _Probe(Q, Qv, dim, funnel, query.filter, final),
+                funnel=funnel,
+                rerank_pinned=query.rerank_factor is not None,
             )
         return SearchResult(
             matches=matches,

@@ -66,7 +66,9 @@ class QdrantCollection:
         every replica reads them; `rotation`: the PCA rotation the manifest names, if fitted."""
         self._client = client
         self._qname = qdrant_name
-        self._keeper = ManifestKeeper(manifest, store, backend_errors)
+        # A changed manifest (a tuned rerank factor, another replica's settings) re-makes the
+        # scoring strategy, which reads its query defaults from it.
+        self._keeper = ManifestKeeper(manifest, store, backend_errors, on_change=self._rescore)
         self._store = store
         self._rotation = rotation
         self._scoring: DenseOnQdrant | TokensOnQdrant = scoring_for(manifest)(manifest, rotation)
@@ -108,6 +110,9 @@ class QdrantCollection:
     def rerank_factor(self, dim: int) -> int:
         return self._scoring.rerank_factor(dim)
 
+    def _rescore(self, manifest: Manifest) -> None:
+        self._scoring = scoring_for(manifest)(manifest, self._rotation)
+
     def ef_search(self, dim: int) -> int:
         return self._keeper.ef_search(dim)
 
@@ -130,8 +135,11 @@ class QdrantCollection:
     def set_ef_search(self, dim: int, ef: int) -> None:
         self._keeper.set_ef_search(dim, ef, self.dims)
 
+    def set_rerank_factor(self, dim: int, factor: int) -> None:
+        self._keeper.set_rerank_factor(dim, factor, self.dims)
+
     def set_recall_policy(self, policy: RecallPolicy) -> None:
-        self._keeper.change(lambda m: m.replace(recall=policy))
+        self._keeper.set_recall_policy(policy)
 
     def set_limits(self, limits: dict[str, int]) -> None:
         self._keeper.change(lambda m: m.replace(limits=dict(limits)))

@@ -19,7 +19,7 @@ import numpy as np
 
 from index.backend import Query
 from index.collection.dense import DenseScoring, check_dense_options
-from index.collection.state import default_rerank_factor, views_of
+from index.collection.state import rerank_factor_of, views_of
 from index.manifest import Manifest
 from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
 from index.store import NewDocument
@@ -105,7 +105,7 @@ class DenseOnQdrant:
         return max(self._views)
 
     def rerank_factor(self, dim: int) -> int:
-        return self._m.rerank_factor or default_rerank_factor(dim, self._m.dim)
+        return rerank_factor_of(self._m, dim)
 
     def check(self, name: str, query: Query) -> None:
         check_dense_options(name, query, self.dims)
@@ -174,6 +174,8 @@ class DenseOnQdrant:
                 as_hits(index),
                 None,
                 _Probe(Q, Qv, dim, funnel, flt, final),
+                funnel=funnel,
+                rerank_pinned=query.rerank_factor is not None,
             )
         return answers, dim, shortlist, probe
 

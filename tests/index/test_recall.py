@@ -111,6 +111,26 @@ def test_tuned_ef_is_the_default_and_survives_a_reopen(tmp_path, glove):
     c.close()
     again = Collection.open(str(tmp_path / "t"))
     assert again.ef_search(50) == 33 and not again.needs_snapshot
+    again.close()
+
+
+def test_a_tuned_rerank_factor_is_the_default_and_survives_a_reopen(tmp_path, glove):
+    X, Q = glove
+    manifest = Manifest(
+        name="t", dim=50, metric="cosine", hnsw=HnswParams(m=8, ef_search=100), created_at="now", dims=[16, 50]
+    )
+    c = Collection.create(str(tmp_path / "t"), manifest)
+    c.upsert([NewDocument(id=str(i), vector=X[i]) for i in range(2000)])
+    assert c.rerank_factor(16) == 5 and c.search(Query(Q[:3], 5, dim=16)).candidates == 25
+    c.set_rerank_factor(16, 12)
+    assert c.search(Query(Q[:3], 5, dim=16)).candidates == 60 and c.needs_snapshot
+    c.snapshot()
+    c.close()
+    again = Collection.open(str(tmp_path / "t"))
+    assert again.rerank_factor(16) == 12 and again.manifest.tuned_rerank == {"16": 12}
+    again.set_recall_policy(again.recall_policy)  # no target: tuned values go back to the defaults
+    assert again.rerank_factor(16) == 5
+    again.close()
 
 
 class _Curve:

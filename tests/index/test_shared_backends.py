@@ -309,6 +309,11 @@ def test_samples_are_deterministic_and_settings_are_kept(loaded):
     assert c.ef_search(64) == 77
     with pytest.raises(Invalid):
         c.set_ef_search(96, 10)
+    c.set_rerank_factor(64, 9)  # the recall controller's choice for the funnel: the default now
+    assert c.rerank_factor(64) == 9 and c.search(Query(c.sample_queries(1, seed=5), 10, dim=64)).candidates == 90
+    assert c.search(Query(c.sample_queries(1, seed=5), 10, dim=64, rerank_factor=2)).candidates == 20
+    with pytest.raises(Invalid):
+        c.set_rerank_factor(96, 3)
 
 
 def test_settings_reach_every_replica(tmp_path, glosses):
