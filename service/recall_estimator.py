@@ -236,12 +236,10 @@ class RecallEstimator:
         if policy.target is None:
             self._controllers.pop(key, None)
             return
-        factor = max(1, probe.shortlist // probe.k)
+        factor = max(1, probe.shortlist // probe.k)  # a multi-vector search's candidates per result
         controller = self._controllers.get(key)
         if controller is None or controller.target != policy.target:
-            controller = EfController(
-                policy.target, collection.rerank_factor(probe.dim), 1, RERANK_MAX, window=self.controller_window
-            )
+            controller = EfController(policy.target, factor, 1, RERANK_MAX, window=self.controller_window)
             self._controllers[key] = controller
         new_factor = controller.observe(factor, recalls)
         if new_factor is not None:

@@ -29,6 +29,14 @@ from index.vectors import normalize, row_norms, top_k
 from .state import CollectionState
 
 DEFAULT_CANDIDATES = 100
+
+
+def default_candidates(tuned_factor: int | None, k: int) -> int:
+    """The FDE shortlist of a search that does not ask for one: k · the factor the recall
+    controller chose (a target on final recall), else DEFAULT_CANDIDATES."""
+    return k * tuned_factor if tuned_factor else DEFAULT_CANDIDATES
+
+
 FDE_INDEX = "fde"  # the graph's name in recall probes and metrics
 
 
@@ -153,7 +161,7 @@ class TokenScoring:
 
     def shortlist(self, s: CollectionState, query: Query) -> int:
         """How many FDE candidates the search re-ranks by MaxSim (at least k)."""
-        return max(query.k, query.candidates or DEFAULT_CANDIDATES)
+        return max(query.k, query.candidates or default_candidates(s.tuned_rerank.get(s.manifest.dim), query.k))
 
     def search(self, s: CollectionState, query: Query) -> SearchResult:
         """Top-k documents by Chamfer (MaxSim) for each query token matrix `(m_i, token_dim)`.
@@ -209,6 +217,8 @@ class TokenScoring:
                 found,
                 allowed,
                 _TokenQueries(scoring, F),
+                funnel=True,  # FDE candidates re-ranked by MaxSim: final recall follows their number
+                rerank_pinned=query.candidates is not None,
             )
         return SearchResult(
             matches,

@@ -17,7 +17,7 @@ from typing import Any, cast
 import numpy as np
 
 from index.backend import Query
-from index.collection.multivector import DEFAULT_CANDIDATES, FDE_INDEX, TokenScoring
+from index.collection.multivector import FDE_INDEX, TokenScoring, default_candidates
 from index.manifest import Manifest
 from index.maxsim import ball_carve
 from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
@@ -102,7 +102,8 @@ class TokensOnQdrant:
         self._tokens.check(cast(Any, SimpleNamespace(name=name)), query)
 
     def shortlist(self, query: Query) -> int:
-        return max(query.k, query.candidates or DEFAULT_CANDIDATES)
+        tuned = self._m.tuned_rerank.get(str(self._m.dim))
+        return max(query.k, query.candidates or default_candidates(tuned, query.k))
 
     def search(self, run: Runner, query: Query, ef: int, flt: Any, with_payload: list[str], with_vector: Any):
         from qdrant_client import models
@@ -144,6 +145,8 @@ class TokensOnQdrant:
                 as_hits(scores([[p.score for p in row] for row in found], n)),
                 None,
                 _Probe(scoring, F, flt, scores([[p.score for p in row] for row in answers], query.k)),
+                funnel=True,
+                rerank_pinned=query.candidates is not None,
             )
         return answers, self._m.dim, n, probe
 

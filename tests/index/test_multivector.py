@@ -142,3 +142,23 @@ def test_scroll_returns_token_matrices_not_fdes(tmp_path, gloss_tokens):
         assert d.vector is None
         assert np.allclose(d.tokens, sets[int(d.id[1:])], atol=1e-2)
     catalog.close()
+
+
+def test_a_tuned_candidate_factor_sizes_the_default_shortlist_and_its_probes_steer(tmp_path, gloss_tokens):
+    """The recall controller's choice for a multi-vector collection is a factor: the default
+    shortlist is k · factor; probes say whether the request pinned its candidates."""
+    docs, queries = gloss_tokens
+    catalog, collection = make(tmp_path)
+    fill(collection, docs[:300])
+    default = collection.search(Query(queries[:2], 10, probe=True))
+    assert default.candidates == 100 and default.probe.funnel and not default.probe.rerank_pinned
+    assert collection.search(Query(queries[:2], 10, candidates=50, probe=True)).probe.rerank_pinned
+    collection.set_rerank_factor(collection.manifest.dim, 25)
+    assert collection.search(Query(queries[:2], 10)).candidates == 250
+    assert collection.search(Query(queries[:2], 4)).candidates == 100
+    collection.snapshot()
+    catalog.close()
+    again = Catalog(str(tmp_path / "data"))
+    again.open_all()
+    assert again.get("mv").search(Query(queries[:2], 10)).candidates == 250
+    again.close()
