@@ -93,6 +93,8 @@ def merge_probes(probes: list[RecallProbe], combine_payloads) -> list[RecallProb
                 found,
                 None,
                 payload,
+                funnel=first.funnel,
+                rerank_pinned=first.rerank_pinned,
             )
         )
     return out

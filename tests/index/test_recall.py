@@ -87,6 +87,8 @@ def test_probes_merge_into_one_exact_pass_with_the_same_readings(glove_collectio
     ]
     merged = glove_collection.merge_probes(singles + others)
     assert len(merged) == 4 and merged[0].queries == 40 and [p.queries for p in merged[1:]] == [2, 2, 1]
+    # a merged funnel probe still feeds the funnel's rerank-factor controller
+    assert singles[0].funnel and merged[0].funnel and not merged[0].rerank_pinned
     alone = np.concatenate([glove_collection.evaluate_recall(p)[1].recall for p in singles])
     together = glove_collection.evaluate_recall(merged[0])[1].recall
     assert np.array_equal(np.nan_to_num(alone, nan=-1), np.nan_to_num(together, nan=-1))
