@@ -248,6 +248,13 @@ class TokenScoring:
             StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist),
         ]
 
+    @staticmethod
+    def combine_payloads(payloads: list[_TokenQueries]) -> _TokenQueries:
+        """The payloads of probes on the FDE graph as one: a brute-force MaxSim re-run streams
+        every stored token matrix from the store, so one pass for many queries costs about the
+        same as one for a single query."""
+        return _TokenQueries([q for p in payloads for q in p.scoring], np.concatenate([p.fdes for p in payloads]))
+
     def sample_queries(self, s: CollectionState, n: int, seed: int) -> list[np.ndarray]:
         """Stored token matrices `(n_i, token_dim)` of a deterministic sample of at most `n` live
         documents, to use as queries when measuring recall on demand."""

@@ -162,3 +162,23 @@ def test_a_tuned_candidate_factor_sizes_the_default_shortlist_and_its_probes_ste
     again.open_all()
     assert again.get("mv").search(Query(queries[:2], 10)).candidates == 250
     again.close()
+
+
+def test_probes_merge_into_one_brute_force_pass_with_the_same_readings(tmp_path, gloss_tokens):
+    """Sampled searches of a multi-vector collection merge like dense ones (one exact MaxSim pass
+    reads every token matrix once for all of them) and each query reads what it read alone."""
+    docs, queries = gloss_tokens
+    catalog, collection = make(tmp_path)
+    fill(collection, docs[:600])
+    singles = [collection.search(Query(queries[i : i + 1], 10, candidates=20, probe=True)).probe for i in range(12)]
+    pinned_other = collection.search(Query(queries[:2], 10, candidates=40, probe=True)).probe
+    merged = collection.merge_probes([*singles, pinned_other])
+    assert [p.queries for p in merged] == [12, 2] and merged[0].funnel and merged[0].rerank_pinned
+    alone = [collection.evaluate_recall(p) for p in singles]
+    together = collection.evaluate_recall(merged[0])
+    for stage in (0, 1):
+        one_by_one = np.concatenate([r[stage].recall for r in alone])
+        assert np.allclose(np.nan_to_num(one_by_one, nan=-1), np.nan_to_num(together[stage].recall, nan=-1))
+    # the readings can fail: 20 FDE candidates miss some of the true top 10
+    assert np.nanmean(together[1].recall) < 1.0
+    catalog.close()
