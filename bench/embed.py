@@ -28,12 +28,22 @@ def embed_http(client: httpx.Client, texts: list[str], batch: int = 64, **option
     return np.stack(out).astype(np.float32)
 
 
-def cached(name: str, key: str, texts: list[str], compute: Callable[[list[str]], np.ndarray]) -> np.ndarray:
-    """`compute(texts)`, remembered on disk by `name`, `key` (the model and options) and the texts."""
-    digest = hashlib.sha256((key + "\x00" + "\x00".join(texts)).encode()).hexdigest()[:16]
-    path = CACHE / f"{name}-{digest}.npy"
+def cached(
+    name: str, key: str, texts: list[str], compute: Callable[[list[str]], np.ndarray], aliases: tuple[str, ...] = ()
+) -> np.ndarray:
+    """`compute(texts)`, remembered on disk by `name`, `key` (the model and options) and the texts;
+    `aliases`: older keys of the same values, read when the key's own file is missing."""
+
+    def path_of(k: str) -> Path:
+        digest = hashlib.sha256((k + "\x00" + "\x00".join(texts)).encode()).hexdigest()[:16]
+        return CACHE / f"{name}-{digest}.npy"
+
+    path = path_of(key)
     if path.exists():
         return np.load(path)
+    for alias in aliases:
+        if path_of(alias).exists():
+            return np.load(path_of(alias))
     X = compute(texts)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, X)

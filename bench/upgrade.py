@@ -49,6 +49,13 @@ MODEL_CACHE = OUT / "model-cache"  # where packaged models (all-mpnet-base-v2) a
 MAP_FAMILIES = ("orthogonal", "ridge", "affine")
 
 
+def embedded(name: str, encoder, texts: list[str], kind: str) -> np.ndarray:
+    """`encoder.encode(texts, kind)`, cached by model whichever role (old or new) it plays, so
+    the reverse upgrade reuses the forward one's embeddings (earlier runs keyed them by role)."""
+    p = encoder.path
+    return cached(name, "model:" + p, texts, lambda t: encoder.encode(t, kind), aliases=("old:" + p, "new:" + p))
+
+
 def load_encoder(model: str | None):
     from service.encoders import EncoderRegistry
     from service.settings import Settings
@@ -86,16 +93,16 @@ def quality(new_model: str, old_model: str | None, sample: int) -> dict:
     qids = [q for q in qrels if q in queries]
     qtexts = [queries[q] for q in qids]
     old_enc, new_enc = load_encoder(old_model), load_encoder(new_model)
-    X_old = cached("upgrade-corpus", "old:" + old_enc.path, texts, lambda t: old_enc.encode(t, "document"))
-    X_new = cached("upgrade-corpus", "new:" + new_enc.path, texts, lambda t: new_enc.encode(t, "document"))
-    Q_old = cached("upgrade-queries", "old:" + old_enc.path, qtexts, lambda t: old_enc.encode(t, "query"))
-    Q_new = cached("upgrade-queries", "new:" + new_enc.path, qtexts, lambda t: new_enc.encode(t, "query"))
+    X_old = embedded("upgrade-corpus", old_enc, texts, "document")
+    X_new = embedded("upgrade-corpus", new_enc, texts, "document")
+    Q_old = embedded("upgrade-queries", old_enc, qtexts, "query")
+    Q_new = embedded("upgrade-queries", new_enc, qtexts, "query")
     # labelled queries for the gate: SciFact train claims (disjoint from the test claims above)
     train = scifact_qrels("train")
     lqids = [q for q in train if q in queries][:200]
     ltexts = [queries[q] for q in lqids]
-    L_old = cached("upgrade-queries", "old:" + old_enc.path, ltexts, lambda t: old_enc.encode(t, "query"))
-    L_new = cached("upgrade-queries", "new:" + new_enc.path, ltexts, lambda t: new_enc.encode(t, "query"))
+    L_old = embedded("upgrade-queries", old_enc, ltexts, "query")
+    L_new = embedded("upgrade-queries", new_enc, ltexts, "query")
     labelled = upgrades.Labelled(L_old, L_new, [set(train[q]) for q in lqids])
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root:
@@ -118,6 +125,9 @@ def quality(new_model: str, old_model: str | None, sample: int) -> dict:
         for share in (0.25, 0.5, 0.75):
             part = np.sort(rng.permutation(len(ids))[: int(share * len(ids))])
             partial = make_collection(root, f"part{int(share * 100)}", [ids[i] for i in part], X_new[part])
+            runs[f"mixed {int(share * 100)}% dual (old model → old index, new → backfilled; RRF)"] = dual_run(
+                old, partial, Q_old, Q_new, qids
+            )
             label = f"mixed {int(share * 100)}% ({best.kind}, calibrated)"
             runs[label] = run_of(upgrades.mixed_search(old, partial, best.W, best.calibration, Query(Q_new, 10)), qids)
             if share == 0.5:
@@ -126,7 +136,7 @@ def quality(new_model: str, old_model: str | None, sample: int) -> dict:
                     upgrades.mixed_search(old, half, best.W, ScoreCalibration(), Query(Q_new, 10)), qids
                 )
         runs["new→new (full backfill)"] = run_of(full.search(Query(Q_new, 10)), qids)
-        overhead = map_overhead(old, half, best, Q_new)
+        overhead = map_overhead(old, half, best, Q_old, Q_new)
     table = {
         name: {"ndcg@10": ndcg_at_k(run, qrels, 10), "recall@10": recall_at_k(run, qrels, 10)}
         for name, run in runs.items()
@@ -147,6 +157,17 @@ def quality(new_model: str, old_model: str | None, sample: int) -> dict:
     }
 
 
+def dual_run(old: Collection, partial: Collection, Q_old, Q_new, qids: list[str], depth: int = 100) -> dict:
+    """What serving with both models would find mid-backfill, no map: each query embedded by
+    the old model (searching the old index: every document) and by the new one (searching the
+    backfilled part), the two lists fused by reciprocal rank fusion."""
+    from index.hybrid import fuse
+
+    a, b = old.search(Query(Q_old, depth)), partial.search(Query(Q_new, depth))
+    fused = [fuse((x, y), (1.0, 1.0), 60, 10) for x, y in zip(a.matches, b.matches)]
+    return {q: [m.id for m in ms] for q, ms in zip(qids, fused)}
+
+
 def sts(old_enc, new_enc, fitted: upgrades.MapFit) -> dict[str, float]:
     """Spearman correlation with STS Benchmark (test) gold scores of each way to compare two
     sentences: both by the old model, both by the new, and new(a) mapped against old(b)."""
@@ -161,10 +182,10 @@ def sts(old_enc, new_enc, fitted: upgrades.MapFit) -> dict[str, float]:
         rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 7]
     gold = np.array([float(r[4]) for r in rows])
     a, b = [r[5] for r in rows], [r[6] for r in rows]
-    A_old = cached("sts-a", "old:" + old_enc.path, a, lambda t: old_enc.encode(t, "document"))
-    B_old = cached("sts-b", "old:" + old_enc.path, b, lambda t: old_enc.encode(t, "document"))
-    A_new = cached("sts-a", "new:" + new_enc.path, a, lambda t: new_enc.encode(t, "document"))
-    B_new = cached("sts-b", "new:" + new_enc.path, b, lambda t: new_enc.encode(t, "document"))
+    A_old = embedded("sts-a", old_enc, a, "document")
+    B_old = embedded("sts-b", old_enc, b, "document")
+    A_new = embedded("sts-a", new_enc, a, "document")
+    B_new = embedded("sts-b", new_enc, b, "document")
 
     def rho(X, Y) -> float:
         return float(spearmanr(np.einsum("ij,ij->i", X, Y), gold).statistic)
@@ -175,13 +196,15 @@ def sts(old_enc, new_enc, fitted: upgrades.MapFit) -> dict[str, float]:
     return out
 
 
-def map_overhead(old: Collection, half: Collection, fit: upgrades.FittedMap, Q_new: np.ndarray) -> dict:
+def map_overhead(
+    old: Collection, half: Collection, fit: upgrades.FittedMap, Q_old: np.ndarray, Q_new: np.ndarray
+) -> dict:
     """Per single query, median over the test queries: the map alone (µs), and search latency
     plain (new→old through the map) vs mixed (both indexes, merged)."""
 
-    def median_us(fn, reps=1):
+    def median_us(fn, reps=1, queries=Q_new):
         times = []
-        for q in Q_new:
+        for q in queries:
             t0 = time.perf_counter()
             for _ in range(reps):
                 fn(q[None, :])
@@ -190,7 +213,7 @@ def map_overhead(old: Collection, half: Collection, fit: upgrades.FittedMap, Q_n
 
     return {
         "map_us": median_us(lambda q: map_queries(q, fit.W), reps=100),
-        "old_search_us": median_us(lambda q: old.search(Query(q, 10))),  # the same index without the map
+        "old_search_us": median_us(lambda q: old.search(Query(q, 10)), queries=Q_old),  # old queries, no map
         "mapped_search_us": median_us(lambda q: old.search(Query(map_queries(q, fit.W), 10))),
         "mixed_search_us": median_us(lambda q: upgrades.mixed_search(old, half, fit.W, fit.calibration, Query(q, 10))),
     }
@@ -260,6 +283,7 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=2000, help="documents embedded by both models for the fit")
     parser.add_argument("--docs", type=int, default=1000, help="documents in the throughput runs")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--only-throughput", action="store_true", help="part 2 alone (part 1's figures are cached)")
     args = parser.parse_args()
     new_model = os.path.abspath(args.new) if os.path.isdir(args.new) else args.new
     try:
@@ -267,7 +291,33 @@ def main() -> int:
     except Exception as exc:
         print(f"{args.new}: {exc}; run `vecnest finetune` first (see README), or pass --new", file=sys.stderr)
         return 2
-    result = quality(new_model, args.old, args.sample)
+    if args.only_throughput:
+        result: dict = {}
+    else:
+        result = quality(new_model, args.old, args.sample)
+        report_quality(result, new_model)
+    if not args.skip_throughput:
+        raw = encoder_throughput(new_model, args.docs)
+        runs = [throughput(new_model, args.docs, busy) for busy in (1.0, 0.5)]
+        print(
+            f"\n| upgrade over HTTP ({args.docs} SciFact docs, sample {args.docs // 4}) | sample docs/s | "
+            f"backfill docs/s | backfill vs encoder alone |\n|---|---|---|---|"
+        )
+        for r in runs:
+            print(
+                f"| upgrade_max_busy={r['max_busy']} | {r['sample_docs_per_s']:.1f} | {r['backfill_docs_per_s']:.1f} | "
+                f"{r['backfill_docs_per_s'] / raw:.2f}x |"
+            )
+        print(f"| the new model alone, batches of 32 | {raw:.1f} | {raw:.1f} | 1.00x |")
+        result["throughput"] = {"runs": runs, "encoder_docs_per_s": raw}
+    OUT.mkdir(exist_ok=True)
+    (OUT / ("upgrade-throughput.json" if args.only_throughput else "upgrade.json")).write_text(
+        json.dumps(result, indent=2)
+    )
+    return 0
+
+
+def report_quality(result: dict, new_model: str) -> None:
     print(f"SciFact test: {result['queries']} queries, {result['docs']} documents; {result['old_model']} → {new_model}")
     f = result["fit"]
     print(f"fit: {f['n_fit']} pairs, held out {f['n_heldout']} ({f['d_new']}-d → {f['d_old']}-d)")
@@ -297,23 +347,6 @@ def main() -> int:
         f"\nquery overhead: map {o['map_us']:.1f} µs; search old {o['old_search_us']:.0f} µs, mapped "
         f"{o['mapped_search_us']:.0f} µs, mixed {o['mixed_search_us']:.0f} µs (medians, one query each)"
     )
-    if not args.skip_throughput:
-        raw = encoder_throughput(new_model, args.docs)
-        runs = [throughput(new_model, args.docs, busy) for busy in (1.0, 0.5)]
-        print(
-            f"\n| upgrade over HTTP ({args.docs} SciFact docs, sample {args.docs // 4}) | sample docs/s | "
-            f"backfill docs/s | backfill vs encoder alone |\n|---|---|---|---|"
-        )
-        for r in runs:
-            print(
-                f"| upgrade_max_busy={r['max_busy']} | {r['sample_docs_per_s']:.1f} | {r['backfill_docs_per_s']:.1f} | "
-                f"{r['backfill_docs_per_s'] / raw:.2f}x |"
-            )
-        print(f"| the new model alone, batches of 32 | {raw:.1f} | {raw:.1f} | 1.00x |")
-        result["throughput"] = {"runs": runs, "encoder_docs_per_s": raw}
-    OUT.mkdir(exist_ok=True)
-    (OUT / "upgrade.json").write_text(json.dumps(result, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,296 @@
+"""Recall targets for every stage: how fast the controllers converge, whether what they chose
+holds the target offline and is the cheapest setting that does, and what sampling costs text
+search.
+
+    python bench/recall_targets.py [--seconds 60] [--sample-rate 0.2] [--skip-multivector]
+
+A vecnest server (child process) holds the 117,659 WordNet glosses ("lemmas: gloss") minus 500
+held-out ones, embedded by all-MiniLM-L6-v2 (cached under bench/out/cache), in one collection
+with graphs at dims 96 and 384 (a PCA rotation fitted on the first 20,000), HNSW M=16,
+ef_construction=100. For each target (0.90, 0.95, 0.99) and each stage, it PATCHes
+`target_recall` and sends single searches for `--seconds`, reading the controllers every half
+second:
+- "384 graph": searches at dim 384; the ef controller steers ef from the graph's recall;
+- "96 funnel": searches at dim 96; the funnel's controller steers the rerank factor from the
+  final recall (and the ef controller the shortlist's ef);
+- "multi-vector": a MUVERA collection of the 5,183 SciFact abstracts (token matrices embedded by
+  the server), searched with SciFact claims; the controller steers the FDE shortlist (candidates
+  = k · factor) from the final MaxSim recall.
+Convergence time: from the PATCH until the controller is converged and stays so, with its
+window's recall within ±0.01 of the target or above. Then, offline on 250 other held-out
+queries: exact recall@10 of the final results at the chosen setting, and the smallest setting
+of a sweep that reaches the target (the oracle's answer). Last, text search (held-out glosses
+embedded by the server) at dim 384, one request at a time: p50/p99 latency with no sampling
+against the same traffic while the estimator samples 20% of searches for a 0.95 target.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.wordnet_dims import embeddings
+from tests.support.datasets import scifact_corpus, scifact_queries, scifact_text, wordnet_glosses
+from tests.support.server import Server
+
+TARGETS = (0.90, 0.95, 0.99)
+EF_SWEEP = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1000)
+FACTOR_SWEEP = tuple(range(1, 65))
+NAME, MV = "wordnet", "scifact_mv"
+HELD_OUT = 500
+
+
+def glosses(n_docs: int | None) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:
+    """`(doc texts, (n, 384) unit vectors, query texts, (500, 384) unit vectors)`: every WordNet
+    gloss (or the first `n_docs`), the last 500 held out as queries."""
+    texts = [f"{lemmas}: {gloss}" for _, _, lemmas, gloss in wordnet_glosses()]
+    if n_docs is not None:
+        texts = texts[:n_docs] + texts[-HELD_OUT:]
+    X = embeddings(texts).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    n = len(texts) - HELD_OUT
+    return texts[:n], X[:n], texts[n:], X[n:]
+
+
+def load(client, X: np.ndarray) -> None:
+    body = {
+        "name": NAME,
+        "dims": [96, 384],
+        "hnsw": {"m": 16, "ef_construction": 100},
+        "elasticizer": {"kind": "pca", "fit_at": min(20000, len(X))},
+        "recall_sample_rate": 0.0,
+    }
+    client.post("/v1/collections", json=body).raise_for_status()
+    for s in range(0, len(X), 1000):
+        docs = [{"id": str(i), "vector": X[i].tolist()} for i in range(s, min(s + 1000, len(X)))]
+        client.put(f"/v1/collections/{NAME}/documents", json={"documents": docs}).raise_for_status()
+    deadline = time.time() + 600
+    while client.get(f"/v1/collections/{NAME}").json()["rotation"] is None and time.time() < deadline:
+        time.sleep(1)
+
+
+def load_multivector(client) -> tuple[list[str], list[str]]:
+    """The SciFact abstracts as a MUVERA collection (the server embeds their tokens); returns
+    `(live claims, held-out claims)`, 250 each."""
+    client.post("/v1/collections", json={"name": MV, "multivector": {}, "recall_sample_rate": 0.0}).raise_for_status()
+    docs = [{"id": d["_id"], "text": scifact_text(d)} for d in scifact_corpus()]
+    for s in range(0, len(docs), 100):
+        client.put(f"/v1/collections/{MV}/documents", json={"documents": docs[s : s + 100]}).raise_for_status()
+    claims = sorted(scifact_queries().items())
+    texts = [t for _, t in claims]
+    return texts[:250], texts[250:500]
+
+
+def truth_of(X: np.ndarray, Q: np.ndarray) -> list[set[str]]:
+    pos = np.concatenate([np.argsort(-(Q[s : s + 50] @ X.T), axis=1)[:, :10] for s in range(0, len(Q), 50)])
+    return [{str(j) for j in row} for row in pos]
+
+
+def found(client, collection: str, bodies: list[dict], **options) -> list[set[str]]:
+    """The ids each search returns (batches of 50)."""
+    out = []
+    for s in range(0, len(bodies), 50):
+        searches = [{"k": 10, **b, **options} for b in bodies[s : s + 50]]
+        r = client.post(f"/v1/collections/{collection}/search/batch", json={"searches": searches}, timeout=600)
+        r.raise_for_status()
+        out += [{h["id"] for h in x["results"]} for x in r.json()["results"]]
+    return out
+
+
+def offline(client, collection: str, bodies: list[dict], truth: list[set[str]], **options) -> float:
+    """Recall@10 of the final results against `truth`."""
+    return sum(len(f & t) for f, t in zip(found(client, collection, bodies, **options), truth)) / (10 * len(truth))
+
+
+def cheapest(score, target: float, sweep) -> tuple[int, float]:
+    """The smallest setting of `sweep` whose offline recall `score(setting)` reaches `target`
+    (bisection: recall grows with the setting; the largest one if none does)."""
+    lo, hi = 0, len(sweep) - 1
+    best = (sweep[-1], score(sweep[-1]))
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        r = score(sweep[mid])
+        if r >= target:
+            best, hi = (sweep[mid], r), mid - 1
+        else:
+            lo = mid + 1
+    return best
+
+
+@dataclass
+class Stage:
+    name: str
+    collection: str
+    controller: str  # its key under recall.controllers
+    knob: str  # "ef" or "rerank_factor"
+    live: list[dict]  # search bodies sent while the controller learns
+    held: list[dict]  # search bodies of the offline check
+
+
+def phase(client, stage: Stage, target: float, seconds: float, sample_rate: float) -> dict:
+    url = f"/v1/collections/{stage.collection}"
+    client.patch(
+        url, json={"target_recall": target, "recall_sample_rate": sample_rate, "ef_min": 10, "ef_max": 1000}
+    ).raise_for_status()
+    start, next_read, i, converged_at, trace = time.perf_counter(), 0.0, 0, None, []
+    while (now := time.perf_counter() - start) < seconds:
+        client.post(f"{url}/search", json={"k": 10, **stage.live[i % len(stage.live)]}).raise_for_status()
+        i += 1
+        if now >= next_read:
+            c = client.get(url).json()["recall"]["controllers"].get(stage.controller, {})
+            ok = bool(c.get("converged")) and (c.get("last_window_recall") or 0) >= target - 0.01
+            converged_at = (converged_at or round(now, 1)) if ok else None
+            trace.append({"t": round(now, 1), stage.knob: c.get(stage.knob), "window": c.get("last_window_recall")})
+            next_read += 0.5
+    c = client.get(url).json()["recall"]["controllers"].get(stage.controller, {})
+    return {
+        "stage": stage.name,
+        "target": target,
+        "searches": i,
+        "converged_s": converged_at,
+        "chosen": c.get(stage.knob),
+        "trace": trace,
+    }
+
+
+def check_offline(client, stage: Stage, r: dict, truth: list[set[str]]) -> None:
+    """The chosen setting's offline recall, and the cheapest setting of a sweep that holds the
+    target (the graph's ef for the 384 graph; the factor, at the tuned ef, for the others)."""
+    target = r["target"]
+    if stage.knob == "ef":
+        r["offline"] = offline(client, stage.collection, stage.held, truth, ef=r["chosen"])
+        r["cheapest"] = cheapest(lambda e: offline(client, stage.collection, stage.held, truth, ef=e), target, EF_SWEEP)
+        return
+    described = client.get(f"/v1/collections/{stage.collection}").json()["recall"]["ef_search"]
+    ef = described.get(stage.controller.split(":")[0])
+
+    def at(factor: int | None) -> float:  # None: the collection's default (no controller yet)
+        if factor is None:
+            size = {}
+        else:
+            size = {"candidates": 10 * factor} if stage.collection == MV else {"rerank_factor": factor}
+        return offline(client, stage.collection, stage.held, truth, ef=ef, **size)
+
+    r["ef"] = ef
+    r["offline"] = at(r["chosen"])
+    r["cheapest"] = cheapest(at, target, FACTOR_SWEEP)
+
+
+def latency(client, bodies: list[dict], seconds: float) -> dict[str, float]:
+    """p50/p99 (ms) of single text searches, one at a time, for `seconds`."""
+    times, start, i = [], time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        t0 = time.perf_counter()
+        client.post(f"/v1/collections/{NAME}/search", json={"k": 10, **bodies[i % len(bodies)]}).raise_for_status()
+        times.append(time.perf_counter() - t0)
+        i += 1
+    ms = np.array(times) * 1e3
+    return {"searches": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def text_latency(client, texts: list[str], seconds: float, sample_rate: float) -> dict:
+    """Text search at dim 384 with no sampling, then with the estimator sampling for a 0.95
+    target (after the controller has settled, as steady traffic sees it), twice each, interleaved."""
+    bodies = [{"query": t, "dim": 384} for t in texts]
+    url = f"/v1/collections/{NAME}"
+    latency(client, bodies, 5)  # warm-up
+    runs: dict[str, list[dict]] = {"no sampling": [], "sampling": []}
+    for _ in range(2):
+        client.patch(url, json={"target_recall": None, "recall_sample_rate": 0.0}).raise_for_status()
+        runs["no sampling"].append(latency(client, bodies, seconds))
+        client.patch(url, json={"target_recall": 0.95, "recall_sample_rate": sample_rate}).raise_for_status()
+        runs["sampling"].append(latency(client, bodies, seconds))
+    return {
+        name: {
+            "searches": sum(r["searches"] for r in rs),
+            "p50_ms": float(np.median([r["p50_ms"] for r in rs])),
+            "p99_ms": float(np.mean([r["p99_ms"] for r in rs])),
+        }
+        for name, rs in runs.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=None, help="the first N glosses only (a smoke run)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="steady traffic per target and stage")
+    parser.add_argument("--mv-seconds", type=float, default=120.0, help="the same, multi-vector (dearer probes)")
+    parser.add_argument("--sample-rate", type=float, default=0.2)
+    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument("--skip-multivector", action="store_true")
+    args = parser.parse_args()
+    _, X, query_texts, Q = glosses(args.docs)
+    truth = truth_of(X, Q[250:])
+    rows, truths = [], {}
+    with tempfile.TemporaryDirectory() as root:
+        env = {"VECNEST_RECALL_QUEUE_SIZE": "4096", "VECNEST_SNAPSHOT_INTERVAL_S": "3600"}
+        with Server(Path(root) / "data", env=env) as server:
+            c = server.client
+            t0 = time.perf_counter()
+            load(c, X)
+            print(f"{len(X)} documents loaded and rotated in {time.perf_counter() - t0:.0f} s", flush=True)
+            live = [{"vector": q.tolist()} for q in Q[:250]]
+            held = [{"vector": q.tolist()} for q in Q[250:]]
+            stages = [
+                Stage("384 graph", NAME, "384", "ef", [{**b, "dim": 384} for b in live], held),
+                Stage(
+                    "96 funnel",
+                    NAME,
+                    "96:rerank",
+                    "rerank_factor",
+                    [{**b, "dim": 96} for b in live],
+                    [{**b, "dim": 96} for b in held],
+                ),
+            ]
+            truths = {NAME: truth}
+            if not args.skip_multivector:
+                t0 = time.perf_counter()
+                claims_live, claims_held = load_multivector(c)
+                mv_held = [{"query": t} for t in claims_held]
+                truths[MV] = found(c, MV, mv_held, exact=True)  # brute-force MaxSim over every document
+                print(f"multi-vector SciFact loaded in {time.perf_counter() - t0:.0f} s", flush=True)
+                stages.append(
+                    Stage(
+                        "multi-vector", MV, "fde:rerank", "rerank_factor", [{"query": t} for t in claims_live], mv_held
+                    )
+                )
+            for stage in stages:
+                for target in TARGETS:
+                    seconds = args.mv_seconds if stage.collection == MV else args.seconds
+                    r = phase(c, stage, target, seconds, args.sample_rate)
+                    check_offline(c, stage, r, truths[stage.collection])
+                    rows.append(r)
+                    print(
+                        f"{stage.name} target {target}: converged in {r['converged_s']} s ({r['searches']} searches), "
+                        f"chosen {r['chosen']}, offline {r['offline']:.4f}; cheapest {r['cheapest']}",
+                        flush=True,
+                    )
+                c.patch(f"/v1/collections/{stage.collection}", json={"target_recall": None}).raise_for_status()
+            lat = text_latency(c, query_texts, args.latency_seconds, args.sample_rate)
+    print("\n| stage | target | converged in (s) | chosen | offline recall@10 | cheapest that holds (sweep) |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        knob = "ef" if r["stage"] == "384 graph" else "factor"
+        print(
+            f"| {r['stage']} | {r['target']} | {r['converged_s'] if r['converged_s'] is not None else 'no'} | "
+            f"{knob} {r['chosen']} | {r['offline']:.4f} | {knob} {r['cheapest'][0]} ({r['cheapest'][1]:.4f}) |"
+        )
+    print("\n| text search at dim 384, one at a time | searches | p50 ms | p99 ms |\n|---|---|---|---|")
+    for name, v in lat.items():
+        print(f"| {name} | {v['searches']} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} |")
+    ratio = lat["sampling"]["p99_ms"] / lat["no sampling"]["p99_ms"]
+    print(f"p99 with sampling / without: {ratio:.3f}")
+    out = Path(__file__).resolve().parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "recall_targets.json").write_text(json.dumps({"stages": rows, "text_latency": lat}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
