@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from index.filters import Filter
+from index.hybrid import Fusion
 from index.manifest import Manifest, RecallPolicy, Rotation
 from index.recall_oracle import RecallProbe, StageRecall
 from index.scoring import Match
@@ -31,7 +32,9 @@ class Query:
     token matrices `(m_i, token_dim)` (multi-vector collections). The rest says how to search:
     `dim` picks a Matryoshka graph (dense), `rerank`/`rerank_factor` the funnel's exact
     re-scoring, `candidates`/`ball_carving` the multi-vector shortlist and query merging;
-    `exact` is brute force, `probe` keeps what a recall measurement needs.
+    `exact` is brute force, `probe` keeps what a recall measurement needs. `mode` "keyword"
+    ranks by BM25 over the documents' text, "hybrid" fuses that with the dense results
+    (`fusion`); both read `texts`, one per query (`index.hybrid`).
     """
 
     queries: Any = None  # None: options only, for `check` before the text is embedded
@@ -46,11 +49,16 @@ class Query:
     ball_carving: float | None = None
     include: tuple[str, ...] = ()
     probe: bool = False
+    mode: str = "dense"
+    texts: tuple[str, ...] | None = None
+    fusion: Fusion | None = None
 
     def __post_init__(self) -> None:
         # A filter may be given in its JSON form; it is validated once, here.
         object.__setattr__(self, "filter", Filter.parse(self.filter))
         object.__setattr__(self, "include", tuple(self.include))
+        if self.texts is not None:
+            object.__setattr__(self, "texts", tuple(self.texts))
 
 
 @dataclass(frozen=True)

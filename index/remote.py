@@ -52,6 +52,12 @@ def unsupported_on(engine: str, what: str) -> Invalid:
     return Invalid(f"{what}: not available on the {engine} backend", code="backend_unsupported")
 
 
+def dense_only(engine: str, mode: str) -> None:
+    """Keyword and hybrid searches read the embedded store's keyword index (SQLite FTS5)."""
+    if mode != "dense":
+        raise unsupported_on(engine, f"{mode} search (the keyword index lives in the embedded store)")
+
+
 def scores(rows: list[list[float]], width: int) -> np.ndarray:
     """`(len(rows), width)` float32, each row's scores then -inf."""
     out = np.full((len(rows), width), -np.inf, np.float32)

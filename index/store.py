@@ -57,6 +57,25 @@ CREATE TABLE IF NOT EXISTS tokens (
     blob  BLOB NOT NULL                          -- float16 little-endian (count, token_dim)
 );
 """
+# The keyword index: BM25 over the documents' text (FTS5, an external-content table over
+# `documents`, so the text is stored once). Triggers keep it in the same transaction as the row
+# it indexes; it holds live documents only (a tombstone's text is NULL). The Porter stemmer over
+# unicode61 words is the usual English analysis of BM25 baselines.
+_KEYWORD_SCHEMA = """
+CREATE VIRTUAL TABLE keywords USING fts5(
+    text, content = 'documents', content_rowid = 'label', tokenize = 'porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER keywords_insert AFTER INSERT ON documents WHEN new.text IS NOT NULL BEGIN
+    INSERT INTO keywords (rowid, text) VALUES (new.label, new.text);
+END;
+CREATE TRIGGER keywords_delete AFTER DELETE ON documents WHEN old.text IS NOT NULL BEGIN
+    INSERT INTO keywords (keywords, rowid, text) VALUES ('delete', old.label, old.text);
+END;
+CREATE TRIGGER keywords_update AFTER UPDATE OF text ON documents BEGIN
+    INSERT INTO keywords (keywords, rowid, text) SELECT 'delete', old.label, old.text WHERE old.text IS NOT NULL;
+    INSERT INTO keywords (rowid, text) SELECT new.label, new.text WHERE new.text IS NOT NULL;
+END;
+"""
 _SQL_VARS = 30000  # SQLite's limit on bound parameters per statement is 32766
 MAX_READERS = 8  # read connections per store (each holds 3 file descriptors); more readers wait
 _SQLITE_FULL, _SQLITE_READONLY, _SQLITE_IOERR = 13, 8, 10
@@ -140,6 +159,7 @@ class Store:
             self._writer = self._connect()
             try:
                 self._writer.executescript(_SCHEMA + (_TOKEN_SCHEMA if token_dim else ""))
+                self._add_keyword_index()
             except BaseException:
                 self._writer.close()
                 raise
@@ -148,6 +168,22 @@ class Store:
         self._idle_readers: list[sqlite3.Connection] = []
         self._pool = threading.Condition(threading.Lock())
         self._closed = False
+
+    def _add_keyword_index(self) -> None:
+        """Create the keyword index, and fill it from the live documents' text: a store written
+        before it existed gets one when first opened (one transaction: all of it, or none)."""
+        conn = self._writer
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'keywords'").fetchone():
+            return
+        try:
+            conn.executescript(
+                "BEGIN IMMEDIATE;" + _KEYWORD_SCHEMA + "INSERT INTO keywords (rowid, text) "
+                "SELECT label, text FROM documents WHERE text IS NOT NULL; COMMIT;"
+            )
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves; connections move between
@@ -458,6 +494,22 @@ class Store:
         with self._read() as conn:
             rows = conn.execute(sql + " ORDER BY label", params).fetchall()
         return np.asarray([r[0] for r in rows], np.int64)
+
+    def keyword_search(self, expression: str, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The BM25 top-k live documents matching the FTS5 `expression` (among `allowed` labels,
+        if given): `(labels (m,) int64, scores (m,) float32)`, best first, higher is better."""
+        sql = "SELECT rowid, -bm25(keywords) FROM keywords WHERE keywords MATCH ? ORDER BY rank"
+        with self._read() as conn:
+            if allowed is None:
+                rows = conn.execute(sql + " LIMIT ?", (expression, k)).fetchall()
+            else:  # every match, then the allowed ones: a filter may leave few of them
+                rows = conn.execute(sql, (expression,)).fetchall()
+        labels = np.asarray([r[0] for r in rows], np.int64)
+        scores = np.asarray([r[1] for r in rows], np.float32)
+        if allowed is not None:
+            keep = np.isin(labels, allowed)
+            labels, scores = labels[keep], scores[keep]
+        return labels[:k], scores[:k]
 
     def iter_vectors(
         self, labels: Sequence[int] | None = None, batch: int = 8192

@@ -89,6 +89,9 @@ class AsyncCollection:
     async def get(self, doc_id: str) -> StoredDocument:
         return await run_in_threadpool(self.backend.get, doc_id)
 
+    async def scroll(self, after: str | None, limit: int) -> tuple[list[StoredDocument], str | None]:
+        return await run_in_threadpool(self.backend.scroll, after, limit)
+
     async def contents(self, ids: Sequence[str] | None = None) -> dict[str, tuple[str | None, str]]:
         return await run_in_threadpool(self.backend.contents, ids)
 

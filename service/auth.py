@@ -81,6 +81,7 @@ RULES: dict[str, Rule] = {
     "delete_documents": Rule("write", collection=True),
     "delete_document": Rule("write", collection=True),
     "get_document": Rule("read", collection=True),
+    "list_documents": Rule("read", collection=True),
     "search": Rule("read", collection=True),
     "search_batch": Rule("read", collection=True),
     "create_embeddings": Rule("read"),  # its `collection`, when given, is checked by the route

@@ -276,6 +276,14 @@ class DocumentOut(BaseModel):
     vectors: list[list[float]] | None = None
 
 
+class DocumentPage(BaseModel):
+    """One page of documents in id order; `next` is the cursor of the following page (`after`),
+    null at the end."""
+
+    documents: list[DocumentOut]
+    next: str | None = None
+
+
 class DeleteRequest(_Body):
     ids: list[str] = Field(..., min_length=1)
 
@@ -287,6 +295,18 @@ class DeleteResponse(BaseModel):
 
 
 # -- search -----------------------------------------------------------------------------------
+class FusionIn(_Body):
+    """How a hybrid search fuses its dense and keyword lists (reciprocal rank fusion):
+    score = dense_weight / (rrf_k + dense rank) + keyword_weight / (rrf_k + keyword rank)."""
+
+    dense_weight: float = Field(1.0, ge=0, le=1000)
+    keyword_weight: float = Field(1.0, ge=0, le=1000)
+    rrf_k: int = Field(60, ge=1, le=10000, description="RRF's rank constant")
+    candidates: int | None = Field(
+        None, ge=1, le=10000, description="results of each list that take part (default: max(k, 100))"
+    )
+
+
 class SearchRequest(TokensIn):
     """One search: by text (`query`), by `vector`, or (multi-vector collections) by a token matrix."""
 
@@ -314,6 +334,17 @@ class SearchRequest(TokensIn):
         le=1,
         description="multi-vector: merge query tokens more similar than this before re-ranking (e.g. 0.7)",
     )
+    mode: Literal["dense", "keyword", "hybrid"] = Field(
+        "dense",
+        description='"dense": the vector indexes; "keyword": BM25 over the documents\' text (needs query text); '
+        '"hybrid": both, fused by reciprocal rank fusion',
+    )
+    keyword_query: str | None = Field(
+        None,
+        description="the text of the keyword part (default: query); lets a hybrid search by vector",
+        json_schema_extra=NON_BLANK,
+    )
+    fusion: FusionIn | None = Field(None, description="hybrid searches: the fusion's weights and depth")
 
 
 class BatchSearchRequest(_Body):

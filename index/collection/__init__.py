@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from index import hybrid
 from index.backend import Query, SearchResult, WriteResult
 from index.elastic import sample_labels
 from index.errors import Invalid, NotFound
@@ -22,6 +23,7 @@ from index.recall_oracle import RecallProbe, StageRecall, merge_probes
 from index.store import NewDocument, StoredDocument
 
 from .dense import DenseScoring
+from .hybrid_search import search as search_text
 from .layout import COLLECTION_FILES, MANIFEST_FILE, STORE_FILE, VECTOR_FILE, file_size
 from .lifecycle import create_state, open_state
 from .multivector import DEFAULT_CANDIDATES, FDE_INDEX, TokenScoring, check_tokens
@@ -211,14 +213,21 @@ class Collection:
     # -- searches -----------------------------------------------------------------------------
     def check(self, query: Query) -> None:
         """Validate a query's options (not its vectors): before its text is embedded."""
-        self._scoring.check(self._state, query)
+        hybrid.check(query.mode, query.texts, query.fusion, None if query.queries is None else len(query.queries))
+        if query.mode != "keyword":
+            self._scoring.check(self._state, query)
 
     def shortlist(self, query: Query) -> int:
         """How many candidates `query` would re-rank (before sizing it by what exists)."""
         return self._scoring.shortlist(self._state, query)
 
     def search(self, query: Query) -> SearchResult:
-        return self._scoring.search(self._state, query)
+        """Top-k of each query: by the graphs (mode "dense"), by BM25 over the documents' text
+        ("keyword"), or both fused ("hybrid"; see `index.hybrid`)."""
+        if query.mode == "dense":
+            return self._scoring.search(self._state, query)
+        self.check(query)
+        return search_text(self._state, lambda q: self._scoring.search(self._state, q), query)
 
     def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
         """Re-run a sampled search exactly, off the request path, and compare stage by stage."""

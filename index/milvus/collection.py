@@ -38,7 +38,7 @@ from index.filters import Filter
 from index.manifest import Elasticizer, Manifest, RecallPolicy, Rotation
 from index.protocols import Hits
 from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
-from index.remote import ManifestKeeper, as_hits, engine_errors, field_tokens, token, unsupported_on
+from index.remote import ManifestKeeper, as_hits, dense_only, engine_errors, field_tokens, token, unsupported_on
 from index.remote import scores as padded_scores
 from index.scoring import Match
 from index.store import NewDocument, StoredDocument
@@ -386,6 +386,7 @@ class MilvusCollection:
 
     # -- searches -------------------------------------------------------------------------------
     def check(self, query: Query) -> None:
+        dense_only("Milvus", query.mode)
         check_dense_options(self.name, query, self.dims)
         if query.queries is not None:
             self._queries(query)

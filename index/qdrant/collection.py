@@ -30,7 +30,7 @@ from index.errors import Invalid, NotFound
 from index.files import npy_bytes, sha256_hex
 from index.manifest import Manifest, RecallPolicy, Rotation
 from index.recall_oracle import RecallProbe, StageRecall
-from index.remote import ManifestKeeper
+from index.remote import ManifestKeeper, dense_only
 from index.scoring import Match
 from index.store import NewDocument, StoredDocument
 
@@ -398,6 +398,7 @@ class QdrantCollection:
 
     # -- searches -------------------------------------------------------------------------------
     def check(self, query: Query) -> None:
+        dense_only("Qdrant", query.mode)
         self._scoring.check(self.name, query)
 
     def shortlist(self, query: Query) -> int:

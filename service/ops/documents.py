@@ -10,7 +10,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from index import Invalid, NewDocument, check_metadata
+from index import Invalid, NewDocument, StoredDocument, check_metadata
 from service import schemas
 from service.async_collection import AsyncCollection
 from service.engine import Engine
@@ -69,6 +69,15 @@ def to_document(s: Settings, collection: AsyncCollection, d: schemas.DocumentIn)
 
 async def get(engine: Engine, name: str, doc_id: str, include_vector: bool) -> schemas.DocumentOut:
     doc = await engine.upgrades.serving(name, lambda collection: collection.get(doc_id))
+    return _document_out(doc, include_vector)
+
+
+async def page(engine: Engine, name: str, after: str | None, limit: int, include_vector: bool) -> schemas.DocumentPage:
+    docs, cursor = await engine.upgrades.serving(name, lambda collection: collection.scroll(after, limit))
+    return schemas.DocumentPage(documents=[_document_out(d, include_vector) for d in docs], next=cursor)
+
+
+def _document_out(doc: StoredDocument, include_vector: bool) -> schemas.DocumentOut:
     if doc.tokens is not None:
         vectors = doc.tokens.tolist() if include_vector else None
         return schemas.DocumentOut(id=doc.id, text=doc.text, metadata=doc.metadata or {}, vectors=vectors)

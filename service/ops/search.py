@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from index import Invalid, Query, SearchResult
+from index.hybrid import Fusion
 from service import schemas
 from service.async_collection import AsyncCollection
 from service.engine import Engine
@@ -43,21 +44,32 @@ async def _search(
     check_shortlists(s, [collection.shortlist(q) for q in queries])
     started = time.perf_counter()
     serving = engine.upgrades.serving_info(collection)
-    mapped = {i for i, r in enumerate(requests) if r.query is not None and serving and serving.queries == "mapped"}
+    # Only dense searches go through an upgrade's map: a hybrid one's dense part uses the serving
+    # model's own index, and a keyword one embeds nothing.
+    mapped = {
+        i
+        for i, r in enumerate(requests)
+        if r.query is not None and r.mode == "dense" and serving and serving.queries == "mapped"
+    }
     queries = await _embed(engine, collection, requests, queries, mapped)
     budget = ResponseBudget(s)
     responses: list[schemas.SearchResponse] = [None] * len(requests)  # type: ignore[list-item]
     # Searches that differ only in their queries run as one call: one graph call, one store read
     # for the re-ranking, one scan for exact searches.
-    groups: dict[tuple[bool, Query], list[int]] = {}
+    # (Keyword and hybrid searches carry their own text: each runs alone.)
+    groups: dict[tuple[bool, Query | int], list[int]] = {}
     for i, query in enumerate(queries):
-        groups.setdefault((i in mapped, replace(query, queries=None)), []).append(i)
-    for (through_map, options), idx in groups.items():
-        query = replace(options, queries=request_kind(collection).stack([queries[i].queries for i in idx]))
-        query = replace(query, probe=engine.recall.should_sample(collection.backend))
+        groups.setdefault((i in mapped, replace(query, queries=None) if query.mode == "dense" else i), []).append(i)
+    for (through_map, _), idx in groups.items():
+        query = queries[idx[0]]
+        if len(idx) > 1:
+            query = replace(query, queries=request_kind(collection).stack([queries[i].queries for i in idx]))
+        query = replace(query, probe=query.mode == "dense" and engine.recall.should_sample(collection.backend))
         t0 = time.perf_counter()
         if through_map:
             result = await engine.upgrades.mixed_search(collection, query)
+        elif query.mode != "dense":  # one text per query: nothing to merge with other requests
+            result = await collection.search(query)
         else:
             result = await engine.searches.search(collection.backend, query, request_kind(collection).stack)
         took = (time.perf_counter() - t0) * 1e3 / len(idx)
@@ -77,6 +89,8 @@ def to_query(s: Settings, collection: AsyncCollection, r: schemas.SearchRequest)
     rules (dims, funnel, candidates, the vectors' shape)."""
     shape = request_kind(collection)
     given = shape.given_query(collection, r)  # the other kind's fields are refused here
+    if r.mode == "keyword" and given is not None:
+        raise Invalid("a keyword search reads query text, not vectors", code="invalid_mode")
     if (r.query is None) == (given is None):
         raise Invalid(f"give exactly one of query (text) or {shape.alternative}", code="missing_query")
     if r.query is not None and not r.query.strip():
@@ -85,6 +99,7 @@ def to_query(s: Settings, collection: AsyncCollection, r: schemas.SearchRequest)
         raise Invalid("layers applies to text queries only", code="invalid_layers")
     check_k(s, r.k)
     check_ef(collection, r.ef)
+    keyword_text = r.keyword_query or r.query
     query = Query(
         queries=None if given is None else shape.one(given),
         k=r.k,
@@ -97,7 +112,12 @@ def to_query(s: Settings, collection: AsyncCollection, r: schemas.SearchRequest)
         candidates=r.candidates,
         ball_carving=r.ball_carving,
         include=shape.includable(r.include),
+        mode=r.mode,
+        texts=None if r.mode == "dense" or keyword_text is None else [keyword_text],
+        fusion=None if r.fusion is None else Fusion(**r.fusion.model_dump()),
     )
+    if r.mode == "dense" and r.keyword_query is not None:
+        raise Invalid("keyword_query applies to keyword and hybrid searches (mode)", code="invalid_mode")
     collection.check(query)
     return query
 
@@ -113,7 +133,7 @@ async def _embed(
     are embedded together; those in `mapped` with the upgrade's new model."""
     groups: dict[tuple[bool, int | None], list[int]] = {}
     for i, r in enumerate(requests):
-        if r.query is not None:
+        if r.query is not None and r.mode != "keyword":
             groups.setdefault((i in mapped, r.layers), []).append(i)
     out = list(queries)
     for (through_map, layers), idx in groups.items():
@@ -166,7 +186,7 @@ def _annotate(
 ) -> None:
     """How text queries were served during an upgrade; text the model read only the start of; a
     single search reports its whole time, encoding included."""
-    texts = [i for i, r in enumerate(requests) if r.query is not None]
+    texts = [i for i, r in enumerate(requests) if r.query is not None and r.mode != "keyword"]
     if texts:
         encoder = engine.embedder.of(collection.backend)
         for i in texts:

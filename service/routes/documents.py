@@ -33,6 +33,19 @@ async def delete_documents(name: str, body: schemas.DeleteRequest, engine: Engin
     return await ops.delete(engine, name, body.ids)
 
 
+@router.get("", response_model=schemas.DocumentPage, response_model_exclude_none=True)
+async def list_documents(
+    name: str,
+    after: str | None = Query(None, description="the cursor of the previous page (its `next`)"),
+    limit: int = Query(100, ge=1, le=1000),
+    include_vector: bool = Query(False),
+    engine: Engine = Depends(get_engine),
+):
+    """Every live document, a page at a time in id order: export and migration read a
+    collection through this."""
+    return await ops.page(engine, name, after, limit, include_vector)
+
+
 @router.get("/{doc_id}", response_model=schemas.DocumentOut, response_model_exclude_none=True)
 async def get_document(
     name: str, doc_id: str, include_vector: bool = Query(False), engine: Engine = Depends(get_engine)

@@ -108,6 +108,27 @@ def test_batch_search(client, text_collection):
     assert len(results[1]["results"]) == 2
 
 
+def test_keyword_and_hybrid_search(client, text_collection, model):
+    url = f"/v1/collections/{text_collection}/search"
+    words = client.post(url, json={"query": "dough baking", "mode": "keyword", "k": 5}).json()["results"]
+    assert [h["id"] for h in words] == ["bread"] and words[0]["text"] == TEXTS["bread"] and words[0]["score"] > 0
+    filtered = client.post(url, json={"query": "rain bread", "mode": "keyword", "filter": {"topic": "rain"}})
+    assert [h["id"] for h in filtered.json()["results"]] == ["rain"]
+    hybrid = client.post(url, json={"query": "knead the dough", "mode": "hybrid", "k": 5}).json()["results"]
+    assert hybrid[0]["id"] == "bread" and len(hybrid) == 5
+    assert hybrid[0]["score"] == pytest.approx(2 / 61)  # first in both lists
+    # by vector, with the keyword part's text given apart; the weights tilt the fusion
+    q = model.encode(["programming languages"], "query")[0].tolist()
+    body = {"vector": q, "keyword_query": "rain", "mode": "hybrid", "k": 1}
+    assert client.post(url, json={**body, "fusion": {"dense_weight": 0}}).json()["results"][0]["id"] == "rain"
+    assert client.post(url, json={**body, "fusion": {"keyword_weight": 0}}).json()["results"][0]["id"] == "python"
+    batch = client.post(
+        f"{url}/batch",
+        json={"searches": [{"query": "stock markets", "mode": "keyword"}, {"query": "stock markets", "k": 1}]},
+    ).json()["results"]
+    assert batch[0]["results"][0]["id"] == batch[1]["results"][0]["id"] == "stocks"
+
+
 def test_documents_get_upsert_delete(client, text_collection):
     base = f"/v1/collections/{text_collection}/documents"
     doc = client.get(f"{base}/cat").json()
@@ -123,6 +144,23 @@ def test_documents_get_upsert_delete(client, text_collection):
     r = client.post(f"{base}/delete", json={"ids": ["rain", "nope", "rain"]})
     assert r.json() == {"deleted": 1, "ids": ["rain"], "not_found": ["nope"]}
     assert client.get(f"/v1/collections/{text_collection}").json()["documents"] == 3
+
+
+def test_documents_page_through_in_id_order(client, text_collection):
+    base = f"/v1/collections/{text_collection}/documents"
+    seen, after = [], None
+    while True:
+        params = {"limit": 2, **({"after": after} if after else {})}
+        page = client.get(base, params=params).json()
+        seen += page["documents"]
+        after = page.get("next")
+        if after is None:
+            break
+    assert [d["id"] for d in seen] == sorted(TEXTS) and all(d["text"] == TEXTS[d["id"]] for d in seen)
+    assert "vector" not in seen[0]
+    with_vectors = client.get(base, params={"limit": 1, "include_vector": "true"}).json()["documents"]
+    assert len(with_vectors[0]["vector"]) == 384
+    assert client.get(base, params={"limit": 0}).status_code == 422
 
 
 def test_vector_only_collection(client):

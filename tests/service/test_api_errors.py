@@ -165,6 +165,12 @@ def test_oversized_body(client, coll):
         ({"query": "q", "filter": {"n": [1, 2]}}, "invalid_filter"),
         ({"query": "q", "include": ["everything"]}, "invalid_request"),
         ({"vector": [0.0] * 384}, "zero_vector"),
+        ({"query": "q", "mode": "both"}, "invalid_request"),
+        ({"vector": [0.1] * 384, "mode": "keyword"}, "invalid_mode"),
+        ({"vector": [0.1] * 384, "mode": "hybrid"}, "keyword_text_required"),
+        ({"query": "q", "keyword_query": "words"}, "invalid_mode"),
+        ({"query": "q", "mode": "hybrid", "fusion": {"dense_weight": 0, "keyword_weight": 0}}, "invalid_fusion"),
+        ({"query": "q", "mode": "hybrid", "fusion": {"rrf_k": 0}}, "invalid_request"),
     ],
 )
 def test_bad_searches(client, coll, body, code):

@@ -40,6 +40,10 @@ def test_text_and_token_matrices_end_to_end_and_restart(settings, fake_model):
         assert hits[0]["id"] == "cat" and hits[0]["text"] == TEXTS["cat"]
         assert search(client, text_name, query="stock markets and interest rates", k=1)[0]["id"] == "stocks"
         assert search(client, text_name, query="baking", k=2, filter={"topic": "rain"})[0]["id"] == "rain"
+        # keyword and hybrid search: BM25 over the text, fused with FDE + MaxSim
+        assert [h["id"] for h in search(client, text_name, query="knead dough", mode="keyword")] == ["bread"]
+        hybrid = search(client, text_name, query="the dough rises", mode="hybrid", k=5)
+        assert hybrid[0]["id"] == "bread" and hybrid[0]["score"] == pytest.approx(2 / 61) and len(hybrid) == 5
         stored = client.get(f"/v1/collections/{text_name}/documents/cat", params={"include_vector": True}).json()
         assert np.abs(np.array(stored["vectors"]) - tokens[0]).max() < 2e-3
 
