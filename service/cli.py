@@ -1,6 +1,6 @@
 """The `vecnest` command: `vecnest serve --host H --port P --data-dir D`, `vecnest health` (the
 container health check), `vecnest backup` / `restore`, `vecnest migrate` (into the Qdrant
-backend) and `vecnest finetune`.
+backend), `vecnest import` / `export` (bulk, through the Python client) and `vecnest finetune`.
 
 Flags override `VECNEST_*` environment variables, which override the defaults.
 """
@@ -57,6 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("--to-milvus", help="a Milvus server instead, e.g. http://milvus:19530 (dense collections)")
     move.add_argument("--api-key", help="Qdrant's API key, or Milvus's token (default: env VECNEST_QDRANT_API_KEY)")
     move.add_argument("--batch", type=int, default=256, help="documents per write")
+    load = commands.add_parser(
+        "import", help="bulk-load documents from JSON Lines or a BEIR corpus, resumably, with a progress bar"
+    )
+    load.add_argument("file", help="JSONL (id, text | vector | vectors, metadata), or a BEIR corpus (file or folder)")
+    load.add_argument("--collection", required=True)
+    load.add_argument("--batch", type=int, default=256, help="documents per request")
+    load.add_argument("--create", action="store_true", help="create the collection when it does not exist")
+    load.add_argument("--model", help="with --create: the model (default: the server's; none for vectors)")
+    load.add_argument("--dims", help="with --create: Matryoshka dims to index, comma-separated")
+    load.add_argument("--restart", action="store_true", help="ignore what an earlier, interrupted run wrote")
+    dump = commands.add_parser("export", help="write every document of a collection as JSON Lines (.gz: gzipped)")
+    dump.add_argument("collection")
+    dump.add_argument("file")
+    dump.add_argument("--no-vectors", action="store_true", help="text and metadata only")
+    for command in (load, dump):
+        command.add_argument("--url", help="a vecnest server (default: env VECNEST_URL, else http://127.0.0.1:8000)")
+        command.add_argument("--api-key", help="default: env VECNEST_API_KEY")
+        command.add_argument("--data-dir", help="the engine in-process on this data directory instead (no server)")
+        command.add_argument("--quiet", action="store_true", help="no progress bar")
     tune = commands.add_parser(
         "finetune",
         help="fine-tune a model into a Matryoshka model (CPU)",
@@ -93,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return migrate_command(args)
     if args.command in ("backup", "restore"):
         return backup_command(args)
+    if args.command in ("import", "export"):
+        return transfer_command(args)
     if args.command == "finetune":
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -100,6 +121,51 @@ def main(argv: list[str] | None = None) -> int:
 
         return finetune_main(args)
     return 2
+
+
+def transfer_command(args: argparse.Namespace) -> int:
+    """`vecnest import` / `export` through the Python client (clients/python): to a server over
+    HTTP, or with the engine in-process on --data-dir."""
+    try:
+        import vecnest
+        from vecnest.transfer import export_collection, import_file, inferred_config
+    except ImportError:
+        print("vecnest: import/export use the Python client: pip install -e clients/python", file=sys.stderr)
+        return 2
+    if args.data_dir is not None:
+        target: dict = {"path": args.data_dir}
+    else:
+        target = {"url": args.url or os.environ.get("VECNEST_URL", "http://127.0.0.1:8000")}
+        target["api_key"] = args.api_key or os.environ.get("VECNEST_API_KEY")
+    try:
+        with vecnest.Client(**target) as client:
+            if args.command == "export":
+                vectors, progress = not args.no_vectors, not args.quiet
+                n = export_collection(client, args.collection, args.file, vectors=vectors, progress=progress)
+                print(f"exported {n} documents of {args.collection} to {args.file}", file=sys.stderr)
+                return 0
+            create = None
+            if args.create:
+                create = inferred_config(args.file)
+                if args.model:
+                    create["model"] = args.model
+                if args.dims:
+                    create["dims"] = [int(d) for d in args.dims.split(",")]
+            result = import_file(
+                client,
+                args.file,
+                args.collection,
+                batch_size=args.batch,
+                create=create,
+                resume=not args.restart,
+                progress=not args.quiet,
+            )
+            resumed = f" (resumed: {result.skipped} written by an earlier run)" if result.skipped else ""
+            print(f"imported {result.imported} documents into {args.collection}{resumed}", file=sys.stderr)
+            return 0
+    except (vecnest.VecnestError, OSError, ValueError) as exc:
+        print(f"vecnest: {exc}", file=sys.stderr)
+        return 1
 
 
 def health_command(args: argparse.Namespace) -> int:
