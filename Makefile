@@ -11,10 +11,10 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 # torch first and pinned: pip then takes the local CPU build instead of pulling CUDA packages.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml clients/python/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -c constraints.txt -e '.[test]' -e 'clients/python[langchain,llamaindex]'
 	touch $(STAMP)
 
 run: $(STAMP)

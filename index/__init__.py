@@ -36,6 +36,7 @@ from index.faults import fault_point
 from index.fde import FdeEncoder, MultiVectorConfig
 from index.filters import Filter, check_metadata
 from index.hnsw import HnswIndex, HnswParams
+from index.hybrid import Fusion
 from index.manifest import Elasticizer, Manifest, RecallPolicy, Snapshot
 from index.procrustes import ScoreCalibration
 from index.protocols import Hits, VectorIndex
@@ -122,6 +123,7 @@ __all__ = [
     "ExactIndex",
     "FdeEncoder",
     "Filter",
+    "Fusion",
     "Generations",
     "Hits",
     "HnswIndex",

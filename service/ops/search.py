@@ -11,8 +11,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from index import Invalid, Query, SearchResult
-from index.hybrid import Fusion
+from index import Fusion, Invalid, Query, SearchResult
 from service import schemas
 from service.async_collection import AsyncCollection
 from service.engine import Engine

@@ -37,6 +37,7 @@ EXPECTED = {
     "delete_documents": ("write", True),
     "delete_document": ("write", True),
     "get_document": ("read", True),
+    "list_documents": ("read", True),
     "search": ("read", True),
     "search_batch": ("read", True),
     "create_embeddings": ("read", False),
