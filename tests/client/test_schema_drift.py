@@ -62,3 +62,15 @@ def test_search_options_are_what_the_server_reads(spec):
     assert set(SEARCH_OPTIONS) <= set(properties)
     named = set(inspect.signature(Client.search).parameters) - {"self", "collection", "options"}
     assert named <= set(properties), named - set(properties)
+
+
+def test_the_client_is_released_with_the_servers_version():
+    import tomllib
+    from pathlib import Path
+
+    import vecnest
+
+    root = Path(__file__).resolve().parents[2]
+    server = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    client = tomllib.loads((root / "clients" / "python" / "pyproject.toml").read_text())["project"]["version"]
+    assert server == client == vecnest.__version__
