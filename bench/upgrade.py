@@ -125,7 +125,7 @@ def quality(new_model: str, old_model: str | None, sample: int) -> dict:
         for share in (0.25, 0.5, 0.75):
             part = np.sort(rng.permutation(len(ids))[: int(share * len(ids))])
             partial = make_collection(root, f"part{int(share * 100)}", [ids[i] for i in part], X_new[part])
-            runs[f"mixed {int(share * 100)}% dual (old model → old index, new → backfilled; RRF)"] = dual_run(
+            runs[f"mixed {int(share * 100)}% dual (old model → old index, new → backfilled; best rank)"] = dual_run(
                 old, partial, Q_old, Q_new, qids
             )
             label = f"mixed {int(share * 100)}% ({best.kind}, calibrated)"
@@ -160,12 +160,17 @@ def quality(new_model: str, old_model: str | None, sample: int) -> dict:
 def dual_run(old: Collection, partial: Collection, Q_old, Q_new, qids: list[str], depth: int = 100) -> dict:
     """What serving with both models would find mid-backfill, no map: each query embedded by
     the old model (searching the old index: every document) and by the new one (searching the
-    backfilled part), the two lists fused by reciprocal rank fusion."""
-    from index.hybrid import fuse
-
+    backfilled part); a document ranks by its better rank in the two lists (counting it once:
+    summing the lists, as RRF does, lifts every backfilled document over the others)."""
     a, b = old.search(Query(Q_old, depth)), partial.search(Query(Q_new, depth))
-    fused = [fuse((x, y), (1.0, 1.0), 60, 10) for x, y in zip(a.matches, b.matches)]
-    return {q: [m.id for m in ms] for q, ms in zip(qids, fused)}
+    run = {}
+    for q, x, y in zip(qids, a.matches, b.matches):
+        best: dict[str, tuple[int, int]] = {}
+        for source, matches in ((0, x), (1, y)):
+            for rank, m in enumerate(matches):
+                best[m.id] = min(best.get(m.id, (rank, source)), (rank, source))
+        run[q] = sorted(best, key=lambda i: best[i])[:10]
+    return run
 
 
 def sts(old_enc, new_enc, fitted: upgrades.MapFit) -> dict[str, float]:
