@@ -10,7 +10,6 @@ graph, whose decisions become the graph's default ef.
 """
 
 import logging
-import queue
 import random
 import threading
 import time
@@ -34,6 +33,62 @@ log = logging.getLogger(__name__)
 
 LIVE, PROBE = "live", "probe"  # where a measurement came from (the `source` label)
 RERANK = "rerank"  # the controller of a funnel's rerank factor (beside each graph's ef controller)
+
+
+class FreshestFirst:
+    """The bounded queue of probes waiting for their exact re-run, newest first. When it is full
+    a new probe pushes out the oldest, and the worker takes the newest: a probe sampled before
+    the last ef change tells a controller little, and a backlog of old probes served first (a
+    FIFO that drops new arrivals) kept controllers from ever seeing their own settings' effect
+    under steady traffic."""
+
+    def __init__(self, size: int):
+        self._items: deque = deque()
+        self._size = max(1, size)
+        self._pending = 0  # queued or being measured
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, item: Any) -> Any:
+        """Queue `item`; returns the oldest item it pushed out, or None."""
+        with self._cond:
+            dropped = None
+            if len(self._items) >= self._size:
+                dropped = self._items.popleft()
+                self._pending -= 1
+            self._items.append(item)
+            self._pending += 1
+            self._cond.notify_all()
+            return dropped
+
+    def take(self, n: int) -> list[Any] | None:
+        """Up to `n` items, newest first, waiting for one; None once closed."""
+        with self._cond:
+            while not self._items and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            return [self._items.pop() for _ in range(min(n, len(self._items)))]
+
+    def done(self, n: int) -> None:
+        with self._cond:
+            self._pending -= n
+            self._cond.notify_all()
+
+    def join(self, timeout: float) -> bool:
+        """Wait until everything queued has been measured."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending <= 0, timeout)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._pending -= len(self._items)
+            self._items.clear()
+            self._cond.notify_all()
+
+    def qsize(self) -> int:
+        return len(self._items)
 
 
 class RecallEstimator:
@@ -61,7 +116,7 @@ class RecallEstimator:
         self.controller_window = controller_window
         self._batch = batch  # probes taken from the queue at once, merged where one exact pass answers them
         self._rolling_size = rolling
-        self._queue: queue.Queue[tuple[CollectionBackend, RecallProbe] | None] = queue.Queue(maxsize=queue_size)
+        self._queue = FreshestFirst(queue_size)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # guards the dictionaries below (worker vs request threads)
         self._recalls: dict[tuple[str, str, str, str], deque[float]] = {}  # (collection, index, stage, source)
@@ -78,15 +133,7 @@ class RecallEstimator:
     def stop(self) -> None:
         if self._thread is None:
             return
-        while True:  # make room for the sentinel: pending samples are simply not measured
-            try:
-                self._queue.put_nowait(None)
-                break
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    pass
+        self._queue.close()  # pending samples are simply not measured
         self._thread.join(timeout=30)
         self._thread = None
 
@@ -100,25 +147,18 @@ class RecallEstimator:
         return rate > 0 and self._rng.random() < rate
 
     def submit(self, collection: CollectionBackend, probe: RecallProbe) -> bool:
-        """Queue a probe for its exact re-run; False (and counted as dropped) when the queue is full."""
-        try:
-            self._queue.put_nowait((collection, probe))
-        except queue.Full:
-            self.metrics.recall_samples.labels(collection.name, "dropped").inc(probe.queries)
-            return False
+        """Queue a probe for its exact re-run, never waiting. A full queue drops its oldest probe
+        to make room (counted as dropped; returns False): the freshest measurements are the ones
+        a controller can use."""
+        dropped = self._queue.put((collection, probe))
+        if dropped is not None:
+            self.metrics.recall_samples.labels(dropped[0].name, "dropped").inc(dropped[1].queries)
         self.metrics.recall_queue_depth.set(self._queue.qsize())
-        return True
+        return dropped is None
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """Block until every queued probe has been measured (for tests and benchmarks)."""
-        done = threading.Event()
-
-        def watch():
-            self._queue.join()
-            done.set()
-
-        threading.Thread(target=watch, daemon=True).start()
-        return done.wait(timeout)
+        return self._queue.join(timeout)
 
     # -- measuring ----------------------------------------------------------------------------
     def evaluate(self, collection: CollectionBackend, probe: RecallProbe, source: str) -> list[StageRecall]:
@@ -128,30 +168,23 @@ class RecallEstimator:
         return stages
 
     def _run(self) -> None:
-        """Take what is queued (up to `batch` probes), merge the probes one exact pass can answer
-        together (`CollectionBackend.merge_probes`), measure, then rest for the duty cycle."""
+        """Take the newest queued probes (up to `batch`), merge the probes one exact pass can
+        answer together (`CollectionBackend.merge_probes`), measure, then rest for the duty cycle."""
         while True:
-            items = [self._queue.get()]
-            while len(items) < self._batch and items[-1] is not None:
-                try:
-                    items.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            items = self._queue.take(self._batch)
+            if items is None:
+                return
             try:
                 self.metrics.recall_queue_depth.set(self._queue.qsize())
                 started = time.perf_counter()
                 by_collection: dict[int, tuple[CollectionBackend, list[RecallProbe]]] = {}
-                for item in items:
-                    if item is not None:
-                        by_collection.setdefault(id(item[0]), (item[0], []))[1].append(item[1])
+                for collection, probe in items:
+                    by_collection.setdefault(id(collection), (collection, []))[1].append(probe)
                 for collection, probes in by_collection.values():
                     self._measure(collection, probes)
                 time.sleep((time.perf_counter() - started) * self._rest_factor)
-                if items[-1] is None:
-                    return
             finally:
-                for _ in items:
-                    self._queue.task_done()
+                self._queue.done(len(items))
 
     def _measure(self, collection: CollectionBackend, probes: list[RecallProbe]) -> None:
         try:

@@ -190,7 +190,7 @@ def test_a_funnel_target_steers_its_rerank_factor_and_final_recall_holds(client,
     assert r.json()["rerank_factors"] == {"16": 5}  # back to the collection's default
 
 
-def test_a_full_queue_drops_samples_instead_of_waiting(client, glove, sampled):
+def test_a_full_queue_drops_its_oldest_samples_instead_of_waiting(client, glove, sampled):
     name, _ = sampled
     engine = client.app.state.engine
     collection = engine.collection(name).backend
@@ -199,6 +199,8 @@ def test_a_full_queue_drops_samples_instead_of_waiting(client, glove, sampled):
     estimator = RecallEstimator(engine.metrics, 1.0, queue_size=2)  # not started: nothing drains it
     probes = [collection.search(Query(glove[1][i : i + 1], 10, probe=True)).probe for i in range(3)]
     assert [estimator.submit(collection, p) for p in probes] == [True, True, False]
+    # the newest two are kept, and the worker takes the newest first
+    assert [probe for _, probe in estimator._queue.take(5)] == [probes[2], probes[1]]
     text = client.get("/metrics").text
     assert metric_value(text, "vecnest_recall_samples_total", collection=name, outcome="dropped") >= 1
 
