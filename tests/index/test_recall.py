@@ -162,10 +162,32 @@ def test_controller_converges_to_the_smallest_ef_meeting_the_target(target):
     needed = math.ceil(-30 * math.log(1 - target))  # 70, 90, 139
     c = EfController(target, ef=100, ef_min=10, ef_max=1000, window=200)
     trace = _run(c, curve, 40)
-    settled = trace[-10:]
-    # holds the target (within the window's noise) and costs at most ~15% more ef than needed
-    assert min(settled) >= needed * 0.93 and max(settled) <= needed * 1.2, (needed, trace)
-    assert c.last_mean >= target - 0.01
+    # holds the target (within the window's noise) and costs at most ~15% more ef than needed;
+    # most of the time it sits there (the rest: re-probing a cheaper ef now and then)
+    held = max(set(trace[20:]), key=trace[20:].count)
+    assert c.high is not None and all(needed * 0.93 <= e <= needed * 1.2 for e in (c.high, held)), (needed, trace)
+    assert curve.mean(c.high) >= target - 0.005
+
+
+@pytest.mark.parametrize("target", [0.9, 0.95, 0.99])
+def test_controller_settles_at_the_target_not_at_a_lucky_window_below_it(target):
+    """With the default 50-query window a mean is only good to about ±0.03 at 0.9: a setting
+    whose truth is below the target passes now and then. The sequential test measures close
+    calls longer, so over many runs the setting the controller first calls converged holds
+    the target within 0.01 in every run (0.005 on average), after about a thousand queries."""
+    queries, shortfall = [], []
+    for seed in range(20):
+        curve = _Curve(scale=30, seed=seed)
+        c = EfController(target, ef=100, ef_min=10, ef_max=1000, window=50)
+        fed = 0
+        while not c.converged and fed < 5000:
+            c.observe(c.ef, curve.draw(c.ef, 10))
+            fed += 10
+        assert c.converged, (seed, c.low, c.high)
+        queries.append(fed)
+        shortfall.append(target - curve.mean(c.high))
+    assert max(shortfall) <= 0.015 and np.mean(shortfall) <= 0.005, shortfall
+    assert np.median(queries) <= 1200, queries
 
 
 def test_controller_follows_data_that_gets_harder_and_saturates_at_its_bound():
