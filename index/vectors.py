@@ -131,7 +131,7 @@ def top_k(S: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k == 0:
         return np.zeros((nq, 0), np.int64), np.zeros((nq, 0), np.float32)
     if k < n:
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        part = np.argpartition(S, n - k, axis=1)[:, n - k :]  # the k largest, without negating a copy of S
     else:
         part = np.broadcast_to(np.arange(n), (nq, n))
     part_scores = np.take_along_axis(S, part, axis=1)
