@@ -27,9 +27,11 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -224,8 +226,42 @@ def map_overhead(
     }
 
 
-def throughput(new_model: str, n_docs: int, max_busy: float) -> dict:
-    """A real upgrade over HTTP: docs/s of the backfill (after the fit's sample)."""
+class UserTraffic:
+    """Text searches one at a time on a thread (SciFact claims in turn), recording each
+    latency, so a run can say what users saw while it went on."""
+
+    def __init__(self, server, collection: str):
+        self.url = f"{server.url}/v1/collections/{collection}/search"
+        self.claims = [t for _, t in sorted(scifact_queries().items())]
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            i = 0
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                client.post(self.url, json={"query": self.claims[i % len(self.claims)], "k": 10}).raise_for_status()
+                self.latencies.append(time.perf_counter() - t0)
+                i += 1
+
+    def __enter__(self) -> "UserTraffic":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        ms = np.array(self.latencies) * 1e3
+        return {"searches": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def throughput(new_model: str, n_docs: int, max_busy: float, baseline_s: float = 20.0) -> dict:
+    """A real upgrade over HTTP: docs/s of the sample's embedding and of the backfill, and the
+    latency of user text searches (one at a time) before and during the upgrade."""
     corpus = scifact_corpus()[:n_docs]
     docs = [{"id": d["_id"], "text": scifact_text(d)} for d in corpus]
     with tempfile.TemporaryDirectory() as root:
@@ -240,22 +276,25 @@ def throughput(new_model: str, n_docs: int, max_busy: float) -> dict:
             c.post("/v1/collections", json={"name": "sf"}).raise_for_status()
             for s in range(0, len(docs), 200):
                 c.put("/v1/collections/sf/documents", json={"documents": docs[s : s + 200]}).raise_for_status()
-            t_start = time.perf_counter()
-            r = c.post("/v1/collections/sf/upgrades", json={"model": new_model, "sample": n_docs // 4})
-            r.raise_for_status()
-            uid = r.json()["id"]
-            t_fit = None
-            while True:
-                info = c.get(f"/v1/collections/sf/upgrades/{uid}").json()
-                if t_fit is None and info["state"] == "backfilling":
-                    t_fit = time.perf_counter()
-                    embedded_at_fit = info["progress"]["embedded"]
-                if info["state"] == "backfilling" and info["progress"]["caught_up"]:
-                    break
-                if info["state"] == "failed":
-                    raise RuntimeError(info)
-                time.sleep(0.05)
-            t_end = time.perf_counter()
+            with UserTraffic(server, "sf") as before:
+                time.sleep(baseline_s)
+            with UserTraffic(server, "sf") as during:
+                t_start = time.perf_counter()
+                r = c.post("/v1/collections/sf/upgrades", json={"model": new_model, "sample": n_docs // 4})
+                r.raise_for_status()
+                uid = r.json()["id"]
+                t_fit = None
+                while True:
+                    info = c.get(f"/v1/collections/sf/upgrades/{uid}").json()
+                    if t_fit is None and info["state"] == "backfilling":
+                        t_fit = time.perf_counter()
+                        embedded_at_fit = info["progress"]["embedded"]
+                    if info["state"] == "backfilling" and info["progress"]["caught_up"]:
+                        break
+                    if info["state"] == "failed":
+                        raise RuntimeError(info)
+                    time.sleep(0.05)
+                t_end = time.perf_counter()
             backfilled = info["progress"]["embedded"] - embedded_at_fit
     fit = info["fit"] or {}
     return {
@@ -268,6 +307,8 @@ def throughput(new_model: str, n_docs: int, max_busy: float) -> dict:
         "backfill_s": t_end - t_fit,
         "backfill_docs_per_s": backfilled / (t_end - t_fit),
         "gate": info["gate"],
+        "user_before": before.summary(),
+        "user_during": during.summary(),
     }
 
 
@@ -306,14 +347,17 @@ def main() -> int:
         runs = [throughput(new_model, args.docs, busy) for busy in (1.0, 0.5)]
         print(
             f"\n| upgrade over HTTP ({args.docs} SciFact docs, sample {args.docs // 4}) | sample docs/s | "
-            f"backfill docs/s | backfill vs encoder alone |\n|---|---|---|---|"
+            f"backfill docs/s | sample / backfill vs encoder alone | user text search p50 / p99 ms, "
+            f"before → during |\n|---|---|---|---|---|"
         )
         for r in runs:
+            b, d = r["user_before"], r["user_during"]
             print(
                 f"| upgrade_max_busy={r['max_busy']} | {r['sample_docs_per_s']:.1f} | {r['backfill_docs_per_s']:.1f} | "
-                f"{r['backfill_docs_per_s'] / raw:.2f}x |"
+                f"{r['sample_docs_per_s'] / raw:.2f}x / {r['backfill_docs_per_s'] / raw:.2f}x | "
+                f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f} → {d['p50_ms']:.1f} / {d['p99_ms']:.1f} |"
             )
-        print(f"| the new model alone, batches of 32 | {raw:.1f} | {raw:.1f} | 1.00x |")
+        print(f"| the new model alone, batches of 32 | {raw:.1f} | {raw:.1f} | 1.00x | |")
         result["throughput"] = {"runs": runs, "encoder_docs_per_s": raw}
     OUT.mkdir(exist_ok=True)
     (OUT / ("upgrade-throughput.json" if args.only_throughput else "upgrade.json")).write_text(

@@ -28,6 +28,11 @@ class Hits:
         from index.vectors import top_k  # vectors imports nothing from here; avoid a cycle at import
 
         labels = np.asarray(labels, np.int64)
+        head = max(8 * k, 2048)
+        if k > 0 and self.scores.shape[1] < k and S.shape[1] > 4 * head:
+            # nothing held yet: a small head of the chunk gives each query its first k, and with
+            # them a threshold for the rest
+            return self.merged(labels[:head], S[:, :head], k).merged(labels[head:], S[:, head:], k)
         if k > 0 and self.scores.shape[1] >= k and len(S):
             # Once k hits are held, only scores above each query's k-th can enter: one comparison
             # pass finds those few, and selecting among them is cheap. A full partial sort of
