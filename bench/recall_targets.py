@@ -241,6 +241,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=None, help="the first N glosses only (a smoke run)")
     parser.add_argument("--seconds", type=float, default=60.0, help="steady traffic per target and stage")
     parser.add_argument("--mv-seconds", type=float, default=300.0, help="the same, multi-vector (dearer probes)")
+    parser.add_argument(
+        "--max-busy", type=float, default=None, help="the WordNet server's duty cycle (default: the default)"
+    )
     parser.add_argument("--mv-max-busy", type=float, default=1.0, help="the multi-vector server's duty cycle")
     parser.add_argument("--sample-rate", type=float, default=0.2)
     parser.add_argument("--latency-seconds", type=float, default=30.0)
@@ -254,7 +257,8 @@ def main() -> None:
     if not args.skip_dense:
         _, X, query_texts, Q = glosses(args.docs)
         truth = truth_of(X, Q[LIVE:])
-        with tempfile.TemporaryDirectory() as root, Server(Path(root) / "data", env=env) as server:
+        dense_env = env if args.max_busy is None else {**env, "VECNEST_RECALL_MAX_BUSY": str(args.max_busy)}
+        with tempfile.TemporaryDirectory() as root, Server(Path(root) / "data", env=dense_env) as server:
             c = server.client
             t0 = time.perf_counter()
             load(c, X)
@@ -306,7 +310,8 @@ def main() -> None:
         print(f"p99 with sampling / without: {ratio:.3f}")
     out = Path(__file__).resolve().parent / "out"
     out.mkdir(exist_ok=True)
-    (out / "recall_targets.json").write_text(json.dumps({"stages": rows, "text_latency": lat}, indent=2))
+    name = "recall_targets.json" if args.max_busy is None else f"recall_targets-busy{args.max_busy}.json"
+    (out / name).write_text(json.dumps({"stages": rows, "text_latency": lat, "args": vars(args)}, indent=2))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class Embedder:
             settings.torch_threads,
             settings.encode_queue_texts,
             settings.encode_batch_wait_ms / 1000,
+            settings.background_call_ms / 1000,
         )
         # A collection (a generation, during an upgrade) → its encoder; forgotten with the object.
         self._of: weakref.WeakKeyDictionary[CollectionBackend, Encoder] = weakref.WeakKeyDictionary()
@@ -110,14 +111,16 @@ class Embedder:
         kind: Kind,
         layers: int | None = None,
         tokens: bool = False,
+        background: bool = False,
     ) -> Any:
         """`(n, dim)` vectors, or with `tokens` one `(n_i, dim)` token matrix per text, computed
-        on the inference thread; `label` names the collection in the metrics."""
+        on the inference thread; `label` names the collection in the metrics. `background`
+        work (upgrades) waits behind user requests, in short model calls."""
         if layers is not None:
             check_layers(encoder, layers)
         t0 = time.perf_counter()
         encode = self.inference.encode_tokens if tokens else self.inference.encode
-        out = await encode(encoder, texts, kind, layers)
+        out = await encode(encoder, texts, kind, layers, background)
         self.metrics.stage_seconds.labels(label, "", "encode").observe(time.perf_counter() - t0)
         return out
 

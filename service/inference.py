@@ -8,6 +8,12 @@ The queue is bounded twice, by waiting requests and by waiting texts (one reques
 thousand): past either, a request gets 429 at once. A job whose waiter is gone (the client
 disconnected, its future cancelled) is skipped, never encoded for nobody.
 
+Background work (an upgrade's sample and backfill) waits behind every user request, and is
+encoded in model calls sized to about `background_call_s` (from the time per text its last call
+took), so a user request that arrives while one runs waits for at most that long: a call
+cannot be interrupted, and a backfill batch of 32 abstracts through all-mpnet-base-v2 held the
+thread for ~3 s.
+
 The thread also hands freed heap memory back to the OS (`malloc_trim`): torch's tensors change
 shape with every batch, and glibc kept what they freed. Measured here, encoding glosses grew
 the resident set by 100 MB in 2 minutes; with a trim, it stayed flat.
@@ -17,12 +23,12 @@ import asyncio
 import concurrent.futures
 import ctypes
 import ctypes.util
+import itertools
 import logging
 import queue
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,11 +53,12 @@ class _Job:
     layers: int | None = None
     tokens: bool = False  # token embeddings (multi-vector) instead of one vector per text
     call: Callable[[], Any] | None = None
+    background: bool = False  # served after every waiting user request
 
     @property
     def group(self) -> tuple:
         """Jobs with equal groups can share one model call."""
-        return self.encoder, self.kind, self.layers, self.tokens
+        return self.encoder, self.kind, self.layers, self.tokens, self.background
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,14 @@ class InferenceQueue:
         torch_threads: int | None = None,
         max_pending_texts: int = 8192,
         batch_wait_s: float = 0.0,
+        background_call_s: float = 0.05,
     ):
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        # (priority, arrival, job): user work (0) before background work (1) before the stop
+        # sentinel (2, job None); first come, first served within a priority.
+        self._queue: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        self._arrivals = itertools.count()
+        self._background_call_s = background_call_s
+        self._background_per_text: dict[Any, float] = {}  # encoder → seconds per text of its last background call
         self._max_pending = max_pending
         self._max_pending_texts = max_pending_texts
         self._pending_texts = 0  # texts of the encode jobs queued or running
@@ -89,12 +102,11 @@ class InferenceQueue:
         self._torch_threads = torch_threads  # None: follow the free cores (service/cpu.py)
         self._free_cores = FreeCores()
         self.threads = 0  # torch's intra-op threads now (0: not set yet)
-        self._held: deque[_Job] = deque()  # jobs taken while batching that did not fit the batch
         self._thread: threading.Thread | None = None
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize() + len(self._held)
+        return self._queue.qsize()
 
     @property
     def pending_texts(self) -> int:
@@ -107,47 +119,76 @@ class InferenceQueue:
 
     def stop(self) -> None:
         if self._thread is not None:
-            self._queue.put(None)
+            self._queue.put((2, next(self._arrivals), None))
             self._thread.join(timeout=30)
             self._thread = None
 
     async def encode(
-        self, encoder: Encoder, texts: list[str], kind: Kind = "query", layers: int | None = None
+        self,
+        encoder: Encoder,
+        texts: list[str],
+        kind: Kind = "query",
+        layers: int | None = None,
+        background: bool = False,
     ) -> np.ndarray:
         """`(len(texts), encoder.dim)` float32 unit rows, computed on the inference thread."""
         if not texts:
             return np.zeros((0, encoder.dim), np.float32)
-        return np.stack(await self._encode_chunks(encoder, texts, kind, layers, tokens=False))
+        return np.stack(await self._encode_chunks(encoder, texts, kind, layers, False, background))
 
     async def encode_tokens(
-        self, encoder: Encoder, texts: list[str], kind: Kind = "query", layers: int | None = None
+        self,
+        encoder: Encoder,
+        texts: list[str],
+        kind: Kind = "query",
+        layers: int | None = None,
+        background: bool = False,
     ) -> list[np.ndarray]:
         """One `(n_i, encoder.dim)` matrix of unit token embeddings per text, on the inference thread."""
         if not texts:
             return []
-        return await self._encode_chunks(encoder, texts, kind, layers, tokens=True)
+        return await self._encode_chunks(encoder, texts, kind, layers, True, background)
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn()` on the inference thread (model loading, tokenising)."""
         job = _Job(concurrent.futures.Future(), call=fn)
-        self._queue.put(job)
+        self._put(job)
         return await asyncio.wrap_future(job.future)
 
+    def _put(self, job: _Job) -> None:
+        self._queue.put((1 if job.background else 0, next(self._arrivals), job))
+
+    def _chunk_size(self, encoder: Encoder, background: bool) -> int:
+        """Texts per job: `max_batch_texts`; for background work as many as its last call's
+        time per text fits in `background_call_s` (at least one)."""
+        per_text = self._background_per_text.get(encoder) if background else None
+        if per_text is None:
+            return self._max_batch
+        return max(1, min(self._max_batch, int(self._background_call_s / max(per_text, 1e-6))))
+
     async def _encode_chunks(
-        self, encoder: Encoder, texts: list[str], kind: Kind, layers: int | None, tokens: bool
+        self, encoder: Encoder, texts: list[str], kind: Kind, layers: int | None, tokens: bool, background: bool
     ) -> list[np.ndarray]:
         """Each text's result, in order. The request is admitted whole or refused (429), then
-        encoded as jobs of at most `max_batch_texts`, one after the other, longest texts first
-        (less padding, as sentence-transformers sorts a batch). Between its jobs, other
-        requests take their turn; a request cancelled meanwhile (its client gone) submits no
-        more, and its job still queued is skipped."""
+        encoded as jobs of at most `max_batch_texts` (background: see `_chunk_size`), one after
+        the other, longest texts first (less padding, as sentence-transformers sorts a batch).
+        Between its jobs, other requests take their turn; a request cancelled meanwhile (its
+        client gone) submits no more, and its job still queued is skipped."""
         self._admit(len(texts))
         waiting = len(texts)
         results: list[Any] = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         try:
-            for start in range(0, len(order), self._max_batch):
-                chunk = order[start : start + self._max_batch]
+            start = 0
+            while start < len(order):
+                # the first background call of an encoder is a single text: it prices the rest
+                size = (
+                    1
+                    if background and encoder not in self._background_per_text
+                    else self._chunk_size(encoder, background)
+                )
+                chunk = order[start : start + size]
+                start += len(chunk)
                 job = _Job(
                     concurrent.futures.Future(),
                     encoder=encoder,
@@ -155,8 +196,9 @@ class InferenceQueue:
                     kind=kind,
                     layers=layers,
                     tokens=tokens,
+                    background=background,
                 )
-                self._queue.put(job)
+                self._put(job)
                 for i, result in zip(chunk, await asyncio.wrap_future(job.future)):
                     results[i] = result
                 self._release(len(chunk))
@@ -198,7 +240,7 @@ class InferenceQueue:
     def _run(self) -> None:
         trim = _HeapTrim()
         while True:
-            job = self._held.popleft() if self._held else self._queue.get()
+            _, _, job = self._queue.get()
             if job is None:
                 break
             if not _start(job):  # its waiter is gone
@@ -207,34 +249,41 @@ class InferenceQueue:
                 self._finish([job], job.call)
             else:
                 self._encode_batch(job)
-            trim.after_work(idle=self._queue.empty() and not self._held)
+            trim.after_work(idle=self._queue.empty())
 
     def _encode_batch(self, first: _Job) -> None:
         batch, n = [first], len(first.texts)
         # Merge whatever else waits for this encoder; under load, wait (up to batch_wait_s) until
         # as many requests have joined as the last call merged, then take what is there.
-        expected = self._last_requests if self._last_requests > 1 else 0
+        expected = self._last_requests if self._last_requests > 1 and not first.background else 0
         deadline = time.perf_counter() + self._batch_wait_s
-        while n < self._max_batch:
+        held = []  # taken while batching but not part of this call: queued again, in their place
+        limit = len(first.texts) if first.background else self._max_batch  # background: its size is chosen
+        while n < limit:
             try:
                 left = deadline - time.perf_counter() if len(batch) < expected else 0.0
-                job = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                entry = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
+            job = entry[2]
             if job is not None and job.call is None and job.group == first.group:
                 if _start(job):
                     batch.append(job)
                     n += len(job.texts)
             else:
-                self._held.append(job)
+                held.append(entry)
                 if job is None:  # stopping: no more waiting
                     break
+        for entry in held:
+            self._queue.put(entry)
         self._last_requests = len(batch)
         self._set_threads()
         start = time.perf_counter()
         texts = [t for job in batch for t in job.texts]
         encode = first.encoder.encode_tokens if first.tokens else first.encoder.encode
         done = self._finish(batch, lambda: encode(texts, first.kind, first.layers))
+        if first.background:
+            self._background_per_text[first.encoder] = (time.perf_counter() - start) / len(texts)
         if done is not None and self._on_batch is not None:
             self._on_batch(
                 EncodeStats(

@@ -556,7 +556,7 @@ class UpgradeManager:
         batch = self.settings.upgrade_batch_size
         for start in range(0, len(texts), batch):
             t0 = time.perf_counter()
-            out.append(await self._embedder.embed(name, encoder, texts[start : start + batch], kind))
+            out.append(await self._embedder.embed(name, encoder, texts[start : start + batch], kind, background=True))
             if throttle:
                 await asyncio.sleep((time.perf_counter() - t0) * (1 / self.settings.upgrade_max_busy - 1))
         return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)

@@ -14,7 +14,7 @@ def test_a_cancelled_waiter_does_not_kill_the_inference_thread():
         for outcome in (lambda: (time.sleep(0.05), 1)[1], lambda: 1 / 0):  # a result, then a failure
             gone = concurrent.futures.Future()
             gone.cancel()  # e.g. the client disconnected or the server is shutting down
-            queue._queue.put(_Job(gone, call=outcome))
+            queue._put(_Job(gone, call=outcome))
             # (before the fix the thread died here, and this call would wait forever)
             assert asyncio.run(asyncio.wait_for(queue.call(lambda: 42), timeout=10)) == 42
         assert queue._thread.is_alive()
@@ -125,3 +125,32 @@ def test_under_load_a_model_call_waits_for_requests_to_join_it():
         queue.stop()
     # The waiting call ran as soon as as many requests had joined as the last call merged.
     assert calls[1] == ["first", "second"]
+
+
+def test_user_requests_go_before_background_work_which_runs_in_short_calls():
+    """An upgrade's backfill queued before a user request is encoded after it, and in calls
+    sized to `background_call_s` (here: so short that every call holds one text), so a user
+    request never waits behind a long background call."""
+    import threading
+
+    encoder = _CallsEncoder()
+    queue = InferenceQueue(background_call_s=1e-9)
+    release = threading.Event()
+    queue.start()
+
+    async def scenario():
+        blocker = asyncio.ensure_future(queue.call(lambda: release.wait(30)))  # holds the inference thread
+        await asyncio.sleep(0.05)
+        backfill = asyncio.ensure_future(queue.encode(encoder, ["b1", "b2", "b3"], "document", background=True))
+        await asyncio.sleep(0.05)
+        user = asyncio.ensure_future(queue.encode(encoder, ["u1"]))
+        await asyncio.sleep(0.05)
+        release.set()
+        await blocker
+        await asyncio.wait_for(asyncio.gather(backfill, user), timeout=30)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        queue.stop()
+    assert encoder.calls == [["u1"], ["b1"], ["b2"], ["b3"]]
