@@ -81,7 +81,7 @@ class InferenceQueue:
         torch_threads: int | None = None,
         max_pending_texts: int = 8192,
         batch_wait_s: float = 0.0,
-        background_call_s: float = 0.05,
+        background_call_s: float = 0.2,
     ):
         # (priority, arrival, job): user work (0) before background work (1) before the stop
         # sentinel (2, job None); first come, first served within a priority.
