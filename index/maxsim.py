@@ -31,6 +31,29 @@ class TokenBatch:
         S = np.asarray(Q, np.float32) @ self.tokens.T  # (m, T)
         return np.maximum.reduceat(S, self.offsets[:-1], axis=1).sum(axis=0)
 
+    def chamfer_many(self, Qs: Sequence[np.ndarray], budget: int = 1 << 25) -> np.ndarray:
+        """`(len(Qs), n)` Chamfer scores of each query token matrix `Qs[i] (m_i, d)` against every
+        set. All queries' tokens go through one matrix product per slice of sets (slices sized so
+        the `(sum m_i, tokens)` score block stays under `budget` floats): a product per query
+        re-read every stored token once per query, which bounded brute-force MaxSim by memory
+        bandwidth."""
+        out = np.zeros((len(Qs), len(self)), np.float32)
+        if len(self) == 0 or not len(Qs):
+            return out
+        Q = np.concatenate([np.asarray(q, np.float32) for q in Qs])
+        rows = np.concatenate([[0], np.cumsum([len(q) for q in Qs])[:-1]])  # each query's first row
+        per_slice = max(1, budget // len(Q))  # tokens
+        start = 0
+        while start < len(self):
+            end = int(np.searchsorted(self.offsets, self.offsets[start] + per_slice, side="right")) - 1
+            end = min(len(self), max(end, start + 1))
+            first = self.offsets[start]
+            S = Q @ self.tokens[first : self.offsets[end]].T  # (sum m_i, tokens of the slice)
+            best = np.maximum.reduceat(S, self.offsets[start:end] - first, axis=1)  # (sum m_i, sets)
+            out[:, start:end] = np.add.reduceat(best, rows, axis=0)
+            start = end
+        return out
+
 
 def chamfer(Q: np.ndarray, sets: Sequence[np.ndarray]) -> np.ndarray:
     """`(n,)` Chamfer scores of `Q (m, d)` against each token set in `sets`."""

@@ -128,7 +128,10 @@ class Settings(BaseSettings):
     # Background encoding (an upgrade's sample and backfill) runs after every waiting user
     # request, in model calls of about this length: a user request waits for at most one.
     background_call_ms: float = Field(
-        200.0, gt=0, le=10000, description="length of one background model call (upgrades), so user requests wait little"
+        200.0,
+        gt=0,
+        le=10000,
+        description="length of one background model call (upgrades), so user requests wait little",
     )
     encode_queue_size: int = Field(256, ge=1, description="pending encode requests before 429")
     encode_queue_texts: int = Field(8192, ge=1, description="pending texts (all requests together) before 429")

@@ -286,5 +286,5 @@ class TokenScoring:
         best = Hits.empty(len(Qs), 0)
         for labels, sets in s.store.iter_tokens(None if allowed is None else allowed.tolist()):
             batch = TokenBatch(sets)
-            best = best.merged(labels, np.stack([batch.chamfer(Q) for Q in Qs]), k)
+            best = best.merged(labels, batch.chamfer_many(Qs), k)
         return best.padded(k)
