@@ -153,6 +153,8 @@ def phase(client, stage: Stage, target: float, seconds: float, sample_rate: floa
         i += 1
         if now >= next_read:
             c = client.get(url).json()["recall"]["controllers"].get(stage.controller, {})
+            if c.get("target") != target:  # the controller of the previous target, until the next measurement
+                c = {}
             trace.append(
                 {
                     "t": round(now, 1),

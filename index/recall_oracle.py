@@ -143,9 +143,10 @@ class EfController:
     current ef is a sequential test on the recalls measured at it: after `window` of them, a mean
     more than `confidence` standard errors above the target passes (that ef is enough: `high`)
     and one as far below fails (too low: `low`); in between the controller keeps measuring, up
-    to `max_window` recalls, and then the mean alone decides. A fixed 50-query window accepted
-    lucky settings (its mean is within about ±0.03 of the truth at 0.9), so the bracket settled
-    below the target; the test spends its extra queries only on settings close to the target.
+    to `max_window` recalls, and then the mean less half a standard error decides. A fixed
+    50-query window accepted lucky settings (its mean is within about ±0.03 of the truth at
+    0.9), so the bracket settled below the target; the test spends its extra queries only on
+    settings close to the target.
     Without a passing ef the controller doubles (or adds a quarter when the ef that held the
     target before stops holding it); without a failing one it steps down by a third; with both
     it bisects until they are within `resolution`, then stays at `high`. Hysteresis: the ef held
@@ -178,6 +179,7 @@ class EfController:
         self.high: int | None = None  # the smallest ef seen passing
         self.last_mean: float | None = None
         self._pending: list[float] = []
+        self._context: object = None  # what else the pending recalls were measured under
         self._passes = 0
 
     @property
@@ -191,12 +193,17 @@ class EfController:
         """The target is out of reach: ef is at its upper bound and still fails."""
         return self.ef == self.ef_max and self.low == self.ef_max
 
-    def observe(self, ef_setting: int, recalls: Iterable[float]) -> int | None:
+    def observe(self, ef_setting: int, recalls: Iterable[float], context: object = None) -> int | None:
         """Feed recalls measured at `ef_setting`; returns the new ef when it changes.
 
-        Measurements taken at another ef (before the last change) are ignored."""
+        Measurements taken at another ef (before the last change) are ignored. `context` names
+        the other settings the recalls depend on (a funnel's final recall follows both the
+        graph's ef and the rerank factor, each steered by its own controller): when it changes,
+        the recalls pending so far are dropped, so no verdict mixes two conditions."""
         if ef_setting != self.ef:
             return None
+        if context != self._context:
+            self._pending, self._context = [], context
         self._pending.extend(r for r in recalls if not math.isnan(r))
         verdict = self._verdict()
         if verdict is None:
@@ -221,7 +228,9 @@ class EfController:
             return True
         if n < self.max_window:
             return None
-        return mean >= self.target
+        # still close after max_window: half a standard error of margin, so a setting whose
+        # recall sits right at the target is refused as often as not rather than accepted
+        return mean - 0.5 * margin / self.confidence >= self.target
 
     def _passed(self) -> int:
         e = self.ef

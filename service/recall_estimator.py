@@ -252,7 +252,7 @@ class RecallEstimator:
                 window=self.controller_window,
             )
             self._controllers[key] = controller
-        new_ef = controller.observe(probe.ef_setting, recalls)
+        new_ef = controller.observe(probe.ef_setting, recalls, context=probe.shortlist)
         if new_ef is not None:
             log.info(
                 "collection %s index %s: recall %.3f (target %.3f) → ef %d",
@@ -277,7 +277,7 @@ class RecallEstimator:
         if controller is None or controller.target != policy.target:
             controller = EfController(policy.target, factor, 1, RERANK_MAX, window=self.controller_window)
             self._controllers[key] = controller
-        new_factor = controller.observe(factor, recalls)
+        new_factor = controller.observe(factor, recalls, context=probe.ef_setting)
         if new_factor is not None:
             log.info(
                 "collection %s index %s: final recall %.3f (target %.3f) → rerank factor %d",
@@ -306,6 +306,7 @@ class RecallEstimator:
                 if key[0] != name:
                     continue
                 state = {
+                    "target": c.target,
                     "low": c.low,
                     "high": c.high,
                     "last_window_recall": c.last_mean,

@@ -206,3 +206,12 @@ def test_controller_follows_data_that_gets_harder_and_saturates_at_its_bound():
 def test_controller_ignores_measurements_from_an_older_ef():
     c = EfController(0.95, ef=100, ef_min=10, ef_max=1000, window=10)
     assert c.observe(50, [0.0] * 100) is None and c.ef == 100
+
+
+def test_controller_drops_pending_recalls_when_the_other_settings_change():
+    """A funnel's final recall follows the graph's ef and the rerank factor: a window that
+    mixed recalls measured under two graph efs would judge neither."""
+    c = EfController(0.9, ef=8, ef_min=1, ef_max=64, window=10)
+    assert c.observe(8, [1.0] * 6, context=100) is None
+    assert c.observe(8, [0.0] * 6, context=50) is None  # the graph's ef changed: the six 1.0s are gone
+    assert c.observe(8, [0.0] * 4, context=50) == 16  # ten failures under one condition: a clear fail
