@@ -23,6 +23,7 @@ new model's own batched encode rate on the same texts, at full speed and the def
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -227,10 +228,11 @@ def map_overhead(
 
 
 class UserTraffic:
-    """Text searches one at a time on a thread (SciFact claims in turn), recording each
-    latency, so a run can say what users saw while it went on."""
+    """Text searches on a thread, one at a time at about `per_s` a second (SciFact claims in
+    turn), recording each latency, so a run can say what users saw while it went on."""
 
-    def __init__(self, server, collection: str):
+    def __init__(self, server, collection: str, per_s: float = 4.0):
+        self.interval = 1.0 / per_s
         self.url = f"{server.url}/v1/collections/{collection}/search"
         self.claims = [t for _, t in sorted(scifact_queries().items())]
         self.latencies: list[float] = []
@@ -245,6 +247,7 @@ class UserTraffic:
                 client.post(self.url, json={"query": self.claims[i % len(self.claims)], "k": 10}).raise_for_status()
                 self.latencies.append(time.perf_counter() - t0)
                 i += 1
+                self._stop.wait(max(0.0, self.interval - (time.perf_counter() - t0)))
 
     def __enter__(self) -> "UserTraffic":
         self._thread.start()
@@ -259,9 +262,10 @@ class UserTraffic:
         return {"searches": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def throughput(new_model: str, n_docs: int, max_busy: float, baseline_s: float = 20.0) -> dict:
-    """A real upgrade over HTTP: docs/s of the sample's embedding and of the backfill, and the
-    latency of user text searches (one at a time) before and during the upgrade."""
+def throughput(new_model: str, n_docs: int, max_busy: float, users: bool, baseline_s: float = 20.0) -> dict:
+    """A real upgrade over HTTP: docs/s of the sample's embedding and of the backfill; with
+    `users`, while light user traffic runs (text searches, ~4/s, one at a time), whose latency
+    before and during the upgrade is reported too."""
     corpus = scifact_corpus()[:n_docs]
     docs = [{"id": d["_id"], "text": scifact_text(d)} for d in corpus]
     with tempfile.TemporaryDirectory() as root:
@@ -276,9 +280,11 @@ def throughput(new_model: str, n_docs: int, max_busy: float, baseline_s: float =
             c.post("/v1/collections", json={"name": "sf"}).raise_for_status()
             for s in range(0, len(docs), 200):
                 c.put("/v1/collections/sf/documents", json={"documents": docs[s : s + 200]}).raise_for_status()
-            with UserTraffic(server, "sf") as before:
-                time.sleep(baseline_s)
-            with UserTraffic(server, "sf") as during:
+            before = during = None
+            if users:
+                with UserTraffic(server, "sf") as before:
+                    time.sleep(baseline_s)
+            with UserTraffic(server, "sf") if users else contextlib.nullcontext() as during:
                 t_start = time.perf_counter()
                 r = c.post("/v1/collections/sf/upgrades", json={"model": new_model, "sample": n_docs // 4})
                 r.raise_for_status()
@@ -299,6 +305,7 @@ def throughput(new_model: str, n_docs: int, max_busy: float, baseline_s: float =
     fit = info["fit"] or {}
     return {
         "max_busy": max_busy,
+        "users": users,
         "docs": n_docs,
         "sample": n_docs // 4,
         "sample_docs_per_s": fit.get("sample_docs_per_s"),
@@ -307,8 +314,8 @@ def throughput(new_model: str, n_docs: int, max_busy: float, baseline_s: float =
         "backfill_s": t_end - t_fit,
         "backfill_docs_per_s": backfilled / (t_end - t_fit),
         "gate": info["gate"],
-        "user_before": before.summary(),
-        "user_during": during.summary(),
+        "user_before": before.summary() if before else None,
+        "user_during": during.summary() if during else None,
     }
 
 
@@ -344,7 +351,7 @@ def main() -> int:
         report_quality(result, new_model)
     if not args.skip_throughput:
         raw = encoder_throughput(new_model, args.docs)
-        runs = [throughput(new_model, args.docs, busy) for busy in (1.0, 0.5)]
+        runs = [throughput(new_model, args.docs, busy, users) for users in (False, True) for busy in (1.0, 0.5)]
         print(
             f"\n| upgrade over HTTP ({args.docs} SciFact docs, sample {args.docs // 4}) | sample docs/s | "
             f"backfill docs/s | sample / backfill vs encoder alone | user text search p50 / p99 ms, "
@@ -352,10 +359,13 @@ def main() -> int:
         )
         for r in runs:
             b, d = r["user_before"], r["user_during"]
+            users = (
+                f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f} → {d['p50_ms']:.1f} / {d['p99_ms']:.1f}" if b else "no users"
+            )
             print(
-                f"| upgrade_max_busy={r['max_busy']} | {r['sample_docs_per_s']:.1f} | {r['backfill_docs_per_s']:.1f} | "
-                f"{r['sample_docs_per_s'] / raw:.2f}x / {r['backfill_docs_per_s'] / raw:.2f}x | "
-                f"{b['p50_ms']:.1f} / {b['p99_ms']:.1f} → {d['p50_ms']:.1f} / {d['p99_ms']:.1f} |"
+                f"| upgrade_max_busy={r['max_busy']}{', users ~4/s' if b else ''} | {r['sample_docs_per_s']:.1f} | "
+                f"{r['backfill_docs_per_s']:.1f} | "
+                f"{r['sample_docs_per_s'] / raw:.2f}x / {r['backfill_docs_per_s'] / raw:.2f}x | {users} |"
             )
         print(f"| the new model alone, batches of 32 | {raw:.1f} | {raw:.1f} | 1.00x | |")
         result["throughput"] = {"runs": runs, "encoder_docs_per_s": raw}

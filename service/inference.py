@@ -8,11 +8,12 @@ The queue is bounded twice, by waiting requests and by waiting texts (one reques
 thousand): past either, a request gets 429 at once. A job whose waiter is gone (the client
 disconnected, its future cancelled) is skipped, never encoded for nobody.
 
-Background work (an upgrade's sample and backfill) waits behind every user request, and is
-encoded in model calls sized to about `background_call_s` (from the time per text its last call
-took), so a user request that arrives while one runs waits for at most that long: a call
-cannot be interrupted, and a backfill batch of 32 abstracts through all-mpnet-base-v2 held the
-thread for ~3 s.
+Background work (an upgrade's sample and backfill) waits behind every user request. While
+users are about, it is encoded in model calls sized to about `background_call_s` (from the time
+per text its last call took), so a user request that arrives while one runs waits for at most
+that long: a call cannot be interrupted, and a backfill batch of 32 abstracts through
+all-mpnet-base-v2 held the thread for ~3 s. With no user request for `USER_IDLE_S`, it runs in
+full batches (short calls batch less: one abstract per call ran mpnet at about half its rate).
 
 The thread also hands freed heap memory back to the OS (`malloc_trim`): torch's tensors change
 shape with every batch, and glibc kept what they freed. Measured here, encoding glosses grew
@@ -40,6 +41,8 @@ from service.cpu import FreeCores
 from service.encoders import Encoder, Kind
 
 log = logging.getLogger(__name__)
+
+USER_IDLE_S = 2.0  # background work runs at full batch once no user request came for this long
 
 
 @dataclass
@@ -89,6 +92,7 @@ class InferenceQueue:
         self._arrivals = itertools.count()
         self._background_call_s = background_call_s
         self._background_per_text: dict[Any, float] = {}  # encoder → seconds per text of its last background call
+        self._user_seen = -float("inf")  # when the last user job was queued (monotonic)
         self._max_pending = max_pending
         self._max_pending_texts = max_pending_texts
         self._pending_texts = 0  # texts of the encode jobs queued or running
@@ -156,14 +160,20 @@ class InferenceQueue:
         return await asyncio.wrap_future(job.future)
 
     def _put(self, job: _Job) -> None:
+        if not job.background:
+            self._user_seen = time.monotonic()
         self._queue.put((1 if job.background else 0, next(self._arrivals), job))
 
     def _chunk_size(self, encoder: Encoder, background: bool) -> int:
-        """Texts per job: `max_batch_texts`; for background work as many as its last call's
-        time per text fits in `background_call_s` (at least one)."""
-        per_text = self._background_per_text.get(encoder) if background else None
-        if per_text is None:
+        """Texts per job: `max_batch_texts`. Background work while users are about (a user
+        request in the last `USER_IDLE_S`): as many texts as the last background call's time
+        per text fits in `background_call_s`, at least one (the first such call is one text,
+        which prices the rest); with no user about it runs at full batch, full speed."""
+        if not background or time.monotonic() - self._user_seen > USER_IDLE_S:
             return self._max_batch
+        per_text = self._background_per_text.get(encoder)
+        if per_text is None:
+            return 1
         return max(1, min(self._max_batch, int(self._background_call_s / max(per_text, 1e-6))))
 
     async def _encode_chunks(
@@ -181,12 +191,7 @@ class InferenceQueue:
         try:
             start = 0
             while start < len(order):
-                # the first background call of an encoder is a single text: it prices the rest
-                size = (
-                    1
-                    if background and encoder not in self._background_per_text
-                    else self._chunk_size(encoder, background)
-                )
+                size = self._chunk_size(encoder, background)
                 chunk = order[start : start + size]
                 start += len(chunk)
                 job = _Job(

@@ -139,7 +139,8 @@ def test_user_requests_go_before_background_work_which_runs_in_short_calls():
     queue.start()
 
     async def scenario():
-        blocker = asyncio.ensure_future(queue.call(lambda: release.wait(30)))  # holds the inference thread
+        # holds the inference thread (and, being user work, makes users "about")
+        blocker = asyncio.ensure_future(queue.call(lambda: release.wait(30)))
         await asyncio.sleep(0.05)
         backfill = asyncio.ensure_future(queue.encode(encoder, ["b1", "b2", "b3"], "document", background=True))
         await asyncio.sleep(0.05)
@@ -154,3 +155,14 @@ def test_user_requests_go_before_background_work_which_runs_in_short_calls():
     finally:
         queue.stop()
     assert encoder.calls == [["u1"], ["b1"], ["b2"], ["b3"]]
+
+
+def test_with_no_user_about_background_work_runs_in_full_batches():
+    encoder = _CallsEncoder()
+    queue = InferenceQueue(background_call_s=1e-9)
+    queue.start()
+    try:
+        asyncio.run(asyncio.wait_for(queue.encode(encoder, ["b1", "b2", "b3"], "document", background=True), 30))
+    finally:
+        queue.stop()
+    assert encoder.calls == [["b1", "b2", "b3"]]
