@@ -280,7 +280,7 @@ def throughput(new_model: str, n_docs: int, max_busy: float, users: bool, baseli
             c.post("/v1/collections", json={"name": "sf"}).raise_for_status()
             for s in range(0, len(docs), 200):
                 c.put("/v1/collections/sf/documents", json={"documents": docs[s : s + 200]}).raise_for_status()
-            before = during = None
+            before = None
             if users:
                 with UserTraffic(server, "sf") as before:
                     time.sleep(baseline_s)
