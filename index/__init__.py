@@ -7,7 +7,7 @@ service imports from here and nowhere else in `index`.
 - the seam: `CollectionBackend`, `CatalogBackend`, `Generations`, `Query`, `Filter`, `SearchResult`,
   `WriteResult` (`index.backend`), implemented by `Catalog` and `Collection`;
 - documents and facts: `NewDocument`, `StoredDocument`, `Match`, `Manifest` and its parts;
-- recall measurement: `RecallProbe`, `StageRecall`, `EfController`;
+- recall measurement: `RecallProbe`, `StageRecall`, `WhatIf`, `LadderController`, `EfController`;
 - backups: `create_archive` and `BackupInfo` (`index.backup`; `Catalog.restore` restores);
 - encoder upgrades: the `upgrades` module (records, generations, sync plans, the map);
 - errors: `VecnestError` and its classes, which the service maps to HTTP statuses.
@@ -40,7 +40,17 @@ from index.hybrid import Fusion
 from index.manifest import Elasticizer, Manifest, RecallPolicy, Snapshot
 from index.procrustes import ScoreCalibration
 from index.protocols import Hits, VectorIndex
-from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, EfController, RecallProbe, StageRecall
+from index.recall_oracle import (
+    EF,
+    FACTOR,
+    FINAL_STAGE,
+    INDEX_STAGE,
+    EfController,
+    LadderController,
+    RecallProbe,
+    StageRecall,
+    WhatIf,
+)
 from index.scoring import Match
 from index.store import NewDocument, Store, StoredDocument
 from index.vectors import check_metric
@@ -106,6 +116,8 @@ def open_qdrant_catalog(
 
 __all__ = [
     "DEFAULT_CANDIDATES",
+    "EF",
+    "FACTOR",
     "FINAL_STAGE",
     "INDEX_STAGE",
     "MAX_ROTATION_DIM",
@@ -130,6 +142,7 @@ __all__ = [
     "HnswParams",
     "InsufficientStorage",
     "Invalid",
+    "LadderController",
     "Manifest",
     "Match",
     "MultiVectorConfig",
@@ -150,6 +163,7 @@ __all__ = [
     "TooLarge",
     "VecnestError",
     "VectorIndex",
+    "WhatIf",
     "WriteResult",
     "archive_file",
     "check_dims",

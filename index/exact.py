@@ -85,8 +85,11 @@ class ExactIndex:
                     self._labels[row] = moved
                     self._row_of[moved] = row
 
-    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: LabelSet | None = None) -> Hits:
-        """Exact top-k; `ef` is accepted for the contract and ignored."""
+    def search(
+        self, Q: np.ndarray, k: int, ef: int | None = None, allowed: LabelSet | None = None, threads: int | None = None
+    ) -> Hits:
+        """Exact top-k; `ef` and `threads` are accepted for the contract and ignored (one product
+        on the calling thread)."""
         Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         with self._lock:
             n = len(self._row_of)

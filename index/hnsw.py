@@ -148,8 +148,11 @@ class HnswIndex:
                 self._deleted.add(label)
 
     # -- reads --------------------------------------------------------------------------------
-    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: LabelSet | None = None) -> Hits:
-        """Approximate top-k with search breadth `max(ef, k)` (default ef: `params.ef_search`)."""
+    def search(
+        self, Q: np.ndarray, k: int, ef: int | None = None, allowed: LabelSet | None = None, threads: int | None = None
+    ) -> Hits:
+        """Approximate top-k with search breadth `max(ef, k)` (default ef: `params.ef_search`);
+        `threads` as in `VectorIndex.search` (default: hnswlib's pool, one thread when filtered)."""
         Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         if allowed is not None and not isinstance(allowed, (set, frozenset)):
             allowed = frozenset(int(x) for x in allowed)
@@ -163,7 +166,7 @@ class HnswIndex:
                 labels, dist = self._index.knn_query(
                     Q,
                     k=breadth,
-                    num_threads=1 if allowed is not None else -1,
+                    num_threads=threads or (1 if allowed is not None else -1),
                     filter=None if allowed is None else allowed.__contains__,
                 )
             except RuntimeError as exc:

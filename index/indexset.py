@@ -103,9 +103,11 @@ class IndexSet:
     def default_dim(self) -> int:
         return max(self.indexes)
 
-    def search(self, dim: int, Qv: np.ndarray, k: int, ef: int | None, allowed: LabelSet | None) -> Hits:
+    def search(
+        self, dim: int, Qv: np.ndarray, k: int, ef: int | None, allowed: LabelSet | None, threads: int | None = None
+    ) -> Hits:
         """Search the graph of `dim` with queries already in its view `(nq, dim)`."""
-        return self.indexes[dim].search(Qv, k, ef=ef, allowed=allowed)
+        return self.indexes[dim].search(Qv, k, ef=ef, allowed=allowed, threads=threads)
 
     def __len__(self) -> int:
         return len(self.indexes[self.default_dim])

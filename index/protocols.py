@@ -82,8 +82,12 @@ class VectorIndex(Protocol):
     def delete(self, labels: np.ndarray) -> None:
         """Remove labels; labels that are absent are ignored."""
 
-    def search(self, Q: np.ndarray, k: int, ef: int | None = None, allowed: LabelSet | None = None) -> Hits:
-        """Top-k of queries `Q (nq, dim)`, optionally restricted to the `allowed` labels."""
+    def search(
+        self, Q: np.ndarray, k: int, ef: int | None = None, allowed: LabelSet | None = None, threads: int | None = None
+    ) -> Hits:
+        """Top-k of queries `Q (nq, dim)`, optionally restricted to the `allowed` labels.
+        `threads`: how many threads may share the queries (None: the index's choice; 1: the
+        calling thread only, e.g. for work whose CPU time is budgeted)."""
 
     def __len__(self) -> int:
         """The number of live (not deleted) vectors."""

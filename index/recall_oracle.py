@@ -1,13 +1,16 @@
-"""Recall against an exact oracle, and the controller that holds a recall target by tuning ef.
+"""Recall against an exact oracle, and the controllers that hold a recall target.
 
 A sampled search keeps what its graph returned (a `RecallProbe`). Later, off the request
-path, the collection re-runs it exactly and `per_query_recall` compares the two. The
-`EfController` turns those measurements into the smallest ef that keeps the mean at or
-above a target.
+path, the collection re-runs it exactly and `per_query_recall` compares the two. Against the
+same exact answer it can also re-run the search at other settings (`WhatIf`): the
+`LadderController` reads those paired measurements and holds the smallest setting of a
+geometric grid whose mean recall reaches a target. Backends that can re-run only what was
+asked (a remote engine) feed the `EfController`, a bracket search over the live setting.
 """
 
 import math
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from statistics import fmean, pstdev
 from typing import Any
@@ -19,6 +22,21 @@ from index.protocols import Hits
 # Stages a search's recall is measured at.
 INDEX_STAGE = "index"  # the graph's candidates vs exact search in the graph's own space (a prefix, the FDE)
 FINAL_STAGE = "final"  # the results returned vs the exact answer (full dim; brute-force MaxSim)
+
+# The knobs a what-if re-run varies (`StageRecall.knob`).
+EF = "ef"  # the graph's ef setting: the index stage's recall at each (the shortlist kept)
+FACTOR = "factor"  # the shortlist per result (a funnel's rerank factor, a multi-vector search's
+# candidates / k): the final stage's recall at each (the ef setting kept)
+
+
+@dataclass(frozen=True)
+class WhatIf:
+    """Settings to re-run a sampled search at, beside the one it ran at, against the same exact
+    answer: the expensive part of a measurement (the brute-force pass) is paid once, and each
+    extra setting costs one graph search (and a re-rank)."""
+
+    efs: tuple[int, ...] = ()
+    factors: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,8 @@ class StageRecall:
     k: int  # how many results were compared
     ef: int
     candidates: int
+    knob: str | None = None  # None: the search as it ran; EF or FACTOR: a what-if re-run at `setting`
+    setting: int = 0
 
     @property
     def values(self) -> list[float]:
@@ -275,3 +295,159 @@ class EfController:
 
     def _close(self, low: int, high: int) -> bool:
         return high - low <= max(1, self.resolution * high)
+
+
+def geometric_grid(low: int, high: int, ratio: float = 2**0.25) -> tuple[int, ...]:
+    """The integers `low = g0 < g1 < ... = high`, each about `ratio` times the one before (at
+    least one more): the settings a `LadderController` chooses among."""
+    grid = [low]
+    while grid[-1] < high:
+        grid.append(min(high, max(grid[-1] + 1, round(grid[-1] * ratio))))
+    return tuple(grid)
+
+
+class LadderController:
+    """Holds the smallest setting of a geometric grid whose mean recall reaches `target`, from
+    sampled queries re-run at several settings at once (`settings()`: the held one and `span`
+    grid steps either side).
+
+    Each query is measured at every setting of the window against one exact answer, so the
+    settings are compared on the same queries, and one window of queries judges them all: a
+    bracket search over the live setting (`EfController`) spends a window on each setting it
+    tries, and the last steps near the target, where every verdict is a close call, cost it the
+    most. Verdicts per setting are the same sequential test: `window` queries and a mean
+    `confidence` standard errors clear of the target decide; a close call waits for
+    `max_window` queries, then the mean less half a standard error decides. The held setting
+    is the smallest passing one; it is `converged` once the grid step below fails (or it is the
+    grid's first). A window whose settings all fail moves up past its top; one whose lowest
+    setting passes moves down. Hysteresis: the held setting stays unless clearly below the
+    target, and the one below it stays refused unless clearly above. Every `window` queries it
+    decides again on the last `max_window` of each setting, so it follows data that changes.
+    """
+
+    def __init__(
+        self,
+        target: float,
+        setting: int,
+        low: int,
+        high: int,
+        window: int = 50,
+        max_window: int | None = None,
+        confidence: float = 2.0,
+        span: int = 3,
+        ratio: float = 2**0.25,
+    ):
+        if not 0.0 < target <= 1.0:
+            raise ValueError("target recall must be in (0, 1]")
+        if not 1 <= low <= high:
+            raise ValueError("need 1 <= low <= high")
+        self.target, self.ef_min, self.ef_max = target, low, high
+        self.window, self.confidence, self.span = window, confidence, span
+        self.max_window = max(window, max_window if max_window is not None else 8 * window)
+        self.grid = geometric_grid(low, high, ratio)
+        self._at = self._nearest(setting)  # the held setting's place in the grid
+        self._recalls: dict[int, deque[float]] = {}
+        self._context: object = None
+        self._fresh = 0  # queries since the last decision
+        self._converged = False
+        self.last_mean: float | None = None
+
+    @property
+    def ef(self) -> int:
+        """The held setting (named as the `EfController`'s, whichever knob it steers)."""
+        return self.grid[self._at]
+
+    @property
+    def high(self) -> int | None:
+        return self.ef if self._converged or self._passing(self._at) else None
+
+    @property
+    def low(self) -> int | None:
+        return self.grid[self._at - 1] if self._converged and self._at > 0 else None
+
+    @property
+    def converged(self) -> bool:
+        return self._converged
+
+    @property
+    def saturated(self) -> bool:
+        """The target is out of reach: the grid's top setting is held and fails."""
+        return self._at == len(self.grid) - 1 and self._verdict(self._at) is False
+
+    def settings(self) -> tuple[int, ...]:
+        """The settings to measure the next queries at: the window around the held one."""
+        return self.grid[max(0, self._at - self.span) : self._at + self.span + 1]
+
+    def observe(self, measured: Mapping[int, Iterable[float]], context: object = None) -> int | None:
+        """Feed recalls `{setting: per-query recalls}` of the same queries; returns the new
+        setting when it changes. Settings off the grid are ignored; `context` as in
+        `EfController.observe` (the other knob: recalls under another are dropped)."""
+        if context != self._context:
+            self._recalls, self._context, self._fresh = {}, context, 0
+        counted = 0
+        for setting, recalls in measured.items():
+            if setting not in self.grid:
+                continue
+            values = [r for r in recalls if not math.isnan(r)]
+            self._recalls.setdefault(setting, deque(maxlen=self.max_window)).extend(values)
+            counted = max(counted, len(values))
+        self._fresh += counted
+        if self._fresh < self.window:
+            return None
+        self._fresh = 0
+        before = self.ef
+        self._decide()
+        if self.ef != before:
+            window = set(self.settings())  # measurements outside the new window go stale
+            self._recalls = {s: r for s, r in self._recalls.items() if s in window}
+            return self.ef
+        return None
+
+    def _decide(self) -> None:
+        tried = [i for i in range(len(self.grid)) if len(self._recalls.get(self.grid[i], ())) >= self.window]
+        if not tried:
+            return
+        passing = [i for i in tried if self._verdict(i)]
+        if passing:
+            p = passing[0]
+            self.last_mean = fmean(self._recalls[self.grid[p]])
+            below = self._verdict(p - 1) if p > 0 else False
+            self._converged = below is False
+            self._at = p
+            return
+        top = tried[-1]
+        self.last_mean = fmean(self._recalls[self.grid[top]])
+        self._converged = False
+        if self._verdict(top) is False:  # the whole window fails: the next window starts above it
+            self._at = min(len(self.grid) - 1, top + 1 + self.span)
+        else:  # undecided at the top: hold the top (the safe side) and measure on
+            self._at = top
+
+    def _passing(self, i: int) -> bool:
+        return len(self._recalls.get(self.grid[i], ())) >= self.window and self._verdict(i) is True
+
+    def _verdict(self, i: int) -> bool | None:
+        """Whether grid setting `i` holds the target; None: measure more (or not measured)."""
+        values = self._recalls.get(self.grid[i]) if 0 <= i < len(self.grid) else None
+        if not values or len(values) < self.window:
+            return None
+        n, mean = len(values), fmean(values)
+        margin = self.confidence * pstdev(values) / math.sqrt(n)
+        if mean - margin >= self.target:
+            return True
+        if mean + margin < self.target:
+            return False
+        if self._converged and i == self._at:  # hysteresis: the held setting stays unless clearly below
+            return True
+        if self._converged and i == self._at - 1:  # ...and the one below stays refused unless clearly above
+            return False
+        if n < self.max_window:
+            return None
+        return mean - 0.5 * margin / self.confidence >= self.target
+
+    def _nearest(self, setting: int) -> int:
+        """The grid place of the smallest grid setting at or above `setting` (clamped)."""
+        for i, g in enumerate(self.grid):
+            if g >= setting:
+                return i
+        return len(self.grid) - 1

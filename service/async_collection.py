@@ -22,6 +22,7 @@ from index import (
     SearchResult,
     StageRecall,
     StoredDocument,
+    WhatIf,
     WriteResult,
 )
 
@@ -101,8 +102,8 @@ class AsyncCollection:
     async def search(self, query: Query) -> SearchResult:
         return await run_in_threadpool(self.backend.search, query)
 
-    async def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
-        return await run_in_threadpool(self.backend.evaluate_recall, probe)
+    async def evaluate_recall(self, probe: RecallProbe, what_if: WhatIf | None = None) -> list[StageRecall]:
+        return await run_in_threadpool(self.backend.evaluate_recall, probe, what_if)
 
     async def sample_documents(self, n: int, seed: int = 0) -> list[StoredDocument]:
         return await run_in_threadpool(self.backend.sample_documents, n, seed)

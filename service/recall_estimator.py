@@ -4,9 +4,12 @@ A search is sampled with the collection's rate (default a few percent) and hands
 `RecallProbe` to `submit`, which never blocks: the queue is bounded and a full queue drops the
 sample (counted). One background thread takes probes, asks the collection for the exact
 answer (`CollectionBackend.evaluate_recall`), and records per-query recall per index and stage, a
-rolling mean, and the ef and candidate counts used. For collections with `target_recall`, the
-index-stage recall of live searches at the collection's own ef feeds an `EfController` per
-graph, whose decisions become the graph's default ef.
+rolling mean, and the ef and candidate counts used. For collections with `target_recall`, a
+controller per graph steers its default ef from the index-stage recall, and one per funnel
+(or multi-vector collection) its shortlist factor from the final recall. Where the backend
+re-runs a probe at other settings against the same exact answer (`WhatIf`), each controller
+is a `LadderController` that asks for the settings around the one it holds and judges them
+all on the same queries; otherwise an `EfController` searches over the live setting.
 """
 
 import logging
@@ -18,14 +21,18 @@ from statistics import fmean
 from typing import Any
 
 from index import (
+    EF,
+    FACTOR,
     FINAL_STAGE,
     INDEX_STAGE,
     RERANK_MAX,
     CollectionBackend,
     EfController,
+    LadderController,
     NotFound,
     RecallProbe,
     StageRecall,
+    WhatIf,
 )
 from service.metrics import Metrics
 
@@ -125,7 +132,7 @@ class RecallEstimator:
         self._recalls: dict[tuple[str, str, str, str], deque[float]] = {}  # (collection, index, stage, source)
         self._breadth: dict[tuple[str, str, str], deque[tuple[int, int]]] = {}  # → (ef, candidates)
         # (collection, dim) → the graph's ef controller; (collection, dim, RERANK) → its funnel's factor
-        self._controllers: dict[tuple, EfController] = {}
+        self._controllers: dict[tuple, EfController | LadderController] = {}
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -165,9 +172,11 @@ class RecallEstimator:
 
     # -- measuring ----------------------------------------------------------------------------
     def evaluate(self, collection: CollectionBackend, probe: RecallProbe, source: str) -> list[StageRecall]:
-        """Re-run `probe` exactly now (on the caller's thread) and record the result."""
-        stages = collection.evaluate_recall(probe)
-        self._record(collection, probe, stages, source)
+        """Re-run `probe` exactly now (on the caller's thread), with the what-if settings its
+        controllers ask for, and record the result."""
+        what_if = self._what_if(collection, probe) if source == LIVE else WhatIf()
+        stages = collection.evaluate_recall(probe, what_if)
+        self._record(collection, probe, stages, source, what_if)
         return stages
 
     def _run(self) -> None:
@@ -205,10 +214,16 @@ class RecallEstimator:
                 log.exception("recall measurement of a %s search failed", collection.name)
 
     def _record(
-        self, collection: CollectionBackend, probe: RecallProbe, stages: list[StageRecall], source: str
+        self,
+        collection: CollectionBackend,
+        probe: RecallProbe,
+        measured: list[StageRecall],
+        source: str,
+        what_if: WhatIf,
     ) -> None:
         name, m = collection.name, self.metrics
         m.recall_samples.labels(name, "evaluated").inc(probe.queries)
+        stages = [s for s in measured if s.knob is None]  # the search as it ran
         with self._lock:
             for stage in stages:
                 values = stage.values
@@ -227,24 +242,43 @@ class RecallEstimator:
             if source == LIVE and self._steering:
                 if not probe.pinned:
                     index_stage = next(s for s in stages if s.stage == INDEX_STAGE)
-                    self._steer(collection, probe, index_stage.values)
+                    what_ifs = {s.setting: s.values for s in measured if s.knob == EF}
+                    self._steer(collection, probe, index_stage.values, what_ifs, bool(what_if.efs))
                 if probe.funnel and not probe.rerank_pinned:
                     final_stage = next(s for s in stages if s.stage == FINAL_STAGE)
-                    self._steer_rerank(collection, probe, final_stage.values)
+                    what_ifs = {s.setting: s.values for s in measured if s.knob == FACTOR}
+                    self._steer_rerank(collection, probe, final_stage.values, what_ifs, bool(what_if.factors))
 
-    def _steer(self, collection: CollectionBackend, probe: RecallProbe, recalls: list[float]) -> None:
-        """Feed the graph's controller; apply its new ef. Holds `_lock`."""
+    # -- steering -----------------------------------------------------------------------------
+    def _what_if(self, collection: CollectionBackend, probe: RecallProbe) -> WhatIf:
+        """The settings the probe's ladder controllers want measured (none for a controller
+        that searches over the live setting, or without a target)."""
+        if not self._steering or collection.recall_policy.target is None:
+            return WhatIf()
+        with self._lock:
+            efs: tuple[int, ...] = ()
+            factors: tuple[int, ...] = ()
+            if not probe.pinned:
+                c = self._ef_controller(collection, probe)
+                efs = c.settings() if isinstance(c, LadderController) else ()
+            if probe.funnel and not probe.rerank_pinned:
+                c = self._rerank_controller(collection, probe)
+                factors = c.settings() if isinstance(c, LadderController) else ()
+            return WhatIf(efs, factors)
+
+    def _ef_controller(self, collection: CollectionBackend, probe: RecallProbe) -> EfController | LadderController:
+        """The graph's ef controller, new when there is none or the policy changed (a ladder
+        unless this graph's backend has shown it cannot re-run at other settings). Holds `_lock`."""
         policy, key = collection.recall_policy, (collection.name, probe.dim)
-        if policy.target is None:
-            self._controllers.pop(key, None)
-            return
         controller = self._controllers.get(key)
+        assert policy.target is not None
         if controller is None or (controller.target, controller.ef_min, controller.ef_max) != (
             policy.target,
             policy.ef_min,
             policy.ef_max,
         ):
-            controller = EfController(
+            kind = EfController if isinstance(controller, EfController) else LadderController
+            controller = kind(
                 policy.target,
                 collection.ef_search(probe.dim),
                 policy.ef_min,
@@ -252,7 +286,60 @@ class RecallEstimator:
                 window=self.controller_window,
             )
             self._controllers[key] = controller
-        new_ef = controller.observe(probe.ef_setting, recalls, context=probe.shortlist)
+        return controller
+
+    def _rerank_controller(self, collection: CollectionBackend, probe: RecallProbe) -> EfController | LadderController:
+        """The funnel's factor controller (as `_ef_controller`). Holds `_lock`."""
+        policy, key = collection.recall_policy, (collection.name, probe.dim, RERANK)
+        controller = self._controllers.get(key)
+        assert policy.target is not None
+        if controller is None or controller.target != policy.target:
+            kind = EfController if isinstance(controller, EfController) else LadderController
+            factor = max(1, probe.shortlist // probe.k)  # a multi-vector search's candidates per result
+            controller = kind(policy.target, factor, 1, RERANK_MAX, window=self.controller_window)
+            self._controllers[key] = controller
+        return controller
+
+    def _feed(
+        self,
+        key: tuple,
+        controller: EfController | LadderController,
+        setting: int,
+        recalls: list[float],
+        what_ifs: dict[int, list[float]],
+        asked: bool,
+        context: object,
+    ) -> int | None:
+        """Hand the measurements to `controller`; returns its new setting, if any. A ladder
+        that asked for what-if re-runs and got none (a backend that cannot re-run) is replaced
+        by an `EfController` at its setting. Holds `_lock`."""
+        if isinstance(controller, LadderController):
+            if what_ifs:
+                return controller.observe(what_ifs, context=context)
+            if not asked:  # asked for nothing (the target was set meanwhile): wait for the next probe
+                return None
+            controller = EfController(
+                controller.target, controller.ef, controller.ef_min, controller.ef_max, window=controller.window
+            )
+            self._controllers[key] = controller
+        return controller.observe(setting, recalls, context=context)
+
+    def _steer(
+        self,
+        collection: CollectionBackend,
+        probe: RecallProbe,
+        recalls: list[float],
+        what_ifs: dict[int, list[float]],
+        asked: bool,
+    ) -> None:
+        """Feed the graph's controller; apply its new ef. Holds `_lock`."""
+        policy, key = collection.recall_policy, (collection.name, probe.dim)
+        if policy.target is None:
+            self._controllers.pop(key, None)
+            return
+        controller = self._ef_controller(collection, probe)
+        new_ef = self._feed(key, controller, probe.ef_setting, recalls, what_ifs, asked, probe.shortlist)
+        controller = self._controllers[key]
         if new_ef is not None:
             log.info(
                 "collection %s index %s: recall %.3f (target %.3f) → ef %d",
@@ -264,7 +351,14 @@ class RecallEstimator:
             )
             collection.set_ef_search(probe.dim, new_ef)
 
-    def _steer_rerank(self, collection: CollectionBackend, probe: RecallProbe, recalls: list[float]) -> None:
+    def _steer_rerank(
+        self,
+        collection: CollectionBackend,
+        probe: RecallProbe,
+        recalls: list[float],
+        what_ifs: dict[int, list[float]],
+        asked: bool,
+    ) -> None:
         """A funnel's final recall follows its shortlist (k · factor): a controller per dim finds
         the smallest factor whose final recall holds the target, as the ef controller does for the
         graph stage. Holds `_lock`."""
@@ -273,11 +367,9 @@ class RecallEstimator:
             self._controllers.pop(key, None)
             return
         factor = max(1, probe.shortlist // probe.k)  # a multi-vector search's candidates per result
-        controller = self._controllers.get(key)
-        if controller is None or controller.target != policy.target:
-            controller = EfController(policy.target, factor, 1, RERANK_MAX, window=self.controller_window)
-            self._controllers[key] = controller
-        new_factor = controller.observe(factor, recalls, context=probe.ef_setting)
+        controller = self._rerank_controller(collection, probe)
+        new_factor = self._feed(key, controller, factor, recalls, what_ifs, asked, probe.ef_setting)
+        controller = self._controllers[key]
         if new_factor is not None:
             log.info(
                 "collection %s index %s: final recall %.3f (target %.3f) → rerank factor %d",
@@ -306,6 +398,8 @@ class RecallEstimator:
                 if key[0] != name:
                     continue
                 state = {
+                    # ladder: settings judged side by side (what-if re-runs); bracket: the live one
+                    "search": "ladder" if isinstance(c, LadderController) else "bracket",
                     "target": c.target,
                     "low": c.low,
                     "high": c.high,

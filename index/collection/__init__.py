@@ -19,7 +19,7 @@ from index.backend import Query, SearchResult, WriteResult
 from index.elastic import sample_labels
 from index.errors import Invalid, NotFound
 from index.manifest import Manifest, RecallPolicy, Rotation
-from index.recall_oracle import RecallProbe, StageRecall, merge_probes
+from index.recall_oracle import RecallProbe, StageRecall, WhatIf, merge_probes
 from index.store import NewDocument, StoredDocument
 
 from .dense import DenseScoring
@@ -229,9 +229,10 @@ class Collection:
         self.check(query)
         return search_text(self._state, lambda q: self._scoring.search(self._state, q), query)
 
-    def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
-        """Re-run a sampled search exactly, off the request path, and compare stage by stage."""
-        return self._scoring.evaluate_recall(self._state, probe)
+    def evaluate_recall(self, probe: RecallProbe, what_if: WhatIf | None = None) -> list[StageRecall]:
+        """Re-run a sampled search exactly, off the request path, and compare stage by stage
+        (and at the `what_if` settings: see `index.recall_oracle.WhatIf`)."""
+        return self._scoring.evaluate_recall(self._state, probe, what_if)
 
     def merge_probes(self, probes: list[RecallProbe]) -> list[RecallProbe]:
         """Probes one exact pass can answer together, merged (see `index.recall_oracle.merge_probes`)."""

@@ -17,7 +17,17 @@ from index.elastic import MAX_ROTATION_DIM, DimView, check_dims, sample_labels
 from index.errors import Invalid
 from index.indexset import require_dim
 from index.manifest import Manifest
-from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
+from index.protocols import Hits
+from index.recall_oracle import (
+    EF,
+    FACTOR,
+    FINAL_STAGE,
+    INDEX_STAGE,
+    RecallProbe,
+    StageRecall,
+    WhatIf,
+    per_query_recall,
+)
 from index.scoring import exact_search, hydrate, label_scores, rerank_exact, rerank_hits
 from index.store import NewDocument, StoredDocument
 from index.vectors import as_matrix, prepare
@@ -159,34 +169,71 @@ class DenseScoring:
         )
 
     # -- recall ---------------------------------------------------------------------------------
-    def evaluate_recall(self, s: CollectionState, probe: RecallProbe) -> list[StageRecall]:
+    def evaluate_recall(
+        self, s: CollectionState, probe: RecallProbe, what_if: WhatIf | None = None
+    ) -> list[StageRecall]:
         """Re-run a sampled search by brute force over the full-dim vector file and compare.
 
         Index stage: the graph's shortlist against the exact top-shortlist in the dim's view.
         Final stage: the results returned (the shortlist re-ranked at full dim, or its first k
         without re-ranking) against the exact full-dim top-k. At full dim they coincide.
+        `what_if`: the graph searched again (on this thread) at each ef, its shortlist's index
+        recall; and, in a re-ranking funnel, at each factor (shortlist k·factor, the probe's ef
+        setting), the final recall of its re-ranked top-k; each against the same exact answers.
         Documents written since the search count as the oracle sees them now.
         """
         q: _DenseQueries = probe.payload
         in_view = None if q.view.is_full else q.view.apply
+        what_if = what_if or WhatIf()
+        allowed = None if probe.allowed is None else frozenset(probe.allowed.tolist())
         with s.reading():
-            truth = exact_search(s.vectors, q.in_view, probe.shortlist, self._metric, probe.allowed, in_view)
-            found = label_scores(s.vectors, q.in_view, probe.found.labels, self._metric, in_view)
-            index = per_query_recall(found, truth)
+            truth_view = exact_search(s.vectors, q.in_view, probe.shortlist, self._metric, probe.allowed, in_view)
+
+            def index_recall(labels: np.ndarray) -> np.ndarray:
+                return per_query_recall(label_scores(s.vectors, q.in_view, labels, self._metric, in_view), truth_view)
+
+            def graph(shortlist: int, ef: int) -> Hits:
+                return s.indexes.search(probe.dim, q.in_view, shortlist, ef, allowed, threads=1)
+
+            index = index_recall(probe.found.labels)
+            stages = [StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist)]
+            for ef in what_if.efs:
+                recall = index_recall(graph(probe.shortlist, ef).labels)
+                breadth = max(ef, probe.shortlist)
+                stages.append(
+                    StageRecall(probe.index, INDEX_STAGE, recall, probe.shortlist, breadth, probe.shortlist, EF, ef)
+                )
             if q.view.is_full:
                 final = index
             else:
-                returned = (
-                    rerank_hits(s.vectors, q.full, probe.found, probe.k, self._metric).labels
-                    if q.rerank
-                    else probe.found.labels[:, : probe.k]
-                )
                 truth = exact_search(s.vectors, q.full, probe.k, self._metric, probe.allowed)
-                final = per_query_recall(label_scores(s.vectors, q.full, returned, self._metric), truth)
-        return [
-            StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
-            StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist),
-        ]
+                if q.rerank:
+                    final = per_query_recall(
+                        rerank_hits(s.vectors, q.full, probe.found, probe.k, self._metric).scores, truth
+                    )
+                    for factor in what_if.factors:
+                        shortlist = min(probe.k * factor, max(len(s.indexes), probe.k))
+                        reranked = rerank_hits(
+                            s.vectors, q.full, graph(shortlist, probe.ef_setting), probe.k, self._metric
+                        )
+                        breadth = max(probe.ef_setting, shortlist)
+                        stages.append(
+                            StageRecall(
+                                probe.index,
+                                FINAL_STAGE,
+                                per_query_recall(reranked.scores, truth),
+                                probe.k,
+                                breadth,
+                                shortlist,
+                                FACTOR,
+                                factor,
+                            )
+                        )
+                else:
+                    returned = probe.found.labels[:, : probe.k]
+                    final = per_query_recall(label_scores(s.vectors, q.full, returned, self._metric), truth)
+        stages.insert(1, StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist))
+        return stages
 
     @staticmethod
     def combine_payloads(payloads: list[_DenseQueries]) -> _DenseQueries | None:

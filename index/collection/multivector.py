@@ -21,7 +21,16 @@ from index.fde import FdeEncoder
 from index.manifest import Elasticizer, Manifest
 from index.maxsim import TokenBatch, ball_carve
 from index.protocols import Hits
-from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
+from index.recall_oracle import (
+    EF,
+    FACTOR,
+    FINAL_STAGE,
+    INDEX_STAGE,
+    RecallProbe,
+    StageRecall,
+    WhatIf,
+    per_query_recall,
+)
 from index.scoring import exact_search, hydrate, label_scores
 from index.store import NewDocument, StoredDocument
 from index.vectors import normalize, row_norms, top_k
@@ -231,22 +240,70 @@ class TokenScoring:
         )
 
     # -- recall ---------------------------------------------------------------------------------
-    def evaluate_recall(self, s: CollectionState, probe: RecallProbe) -> list[StageRecall]:
+    def evaluate_recall(
+        self, s: CollectionState, probe: RecallProbe, what_if: WhatIf | None = None
+    ) -> list[StageRecall]:
         """Re-run a sampled search exactly and compare.
 
         Index stage: the FDE graph's top-N against exact inner-product search over every FDE.
         Final stage: the MaxSim top-k of those candidates against brute-force MaxSim over every
-        document's tokens (the expensive part: it reads every token matrix)."""
+        document's tokens (the expensive part: it reads every token matrix). `what_if`: the FDE
+        graph searched again (on this thread) at each ef, its top-N's index recall; and at each
+        factor (k·factor candidates, the probe's ef setting), the final recall of their MaxSim
+        top-k; each against the same exact answers."""
         q: _TokenQueries = probe.payload
+        what_if = what_if or WhatIf()
+        allowed = None if probe.allowed is None else frozenset(probe.allowed.tolist())
+
+        def graph(shortlist: int, ef: int) -> Hits:
+            return s.indexes.search(probe.dim, q.fdes, shortlist, ef, allowed, threads=1)
+
+        def index_recall(labels: np.ndarray) -> np.ndarray:
+            return per_query_recall(label_scores(s.vectors, q.fdes, labels, "ip"), truth)
+
         with s.reading():
             truth = exact_search(s.vectors, q.fdes, probe.shortlist, "ip", probe.allowed)
-            index = per_query_recall(label_scores(s.vectors, q.fdes, probe.found.labels, "ip"), truth)
-            returned = self._rerank(s, q.scoring, probe.found, probe.k)
-            final = per_query_recall(returned.scores, self._brute_force(s, q.scoring, probe.k, probe.allowed))
-        return [
-            StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist),
-            StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist),
-        ]
+            index = StageRecall(
+                probe.index, INDEX_STAGE, index_recall(probe.found.labels), probe.shortlist, probe.ef, probe.shortlist
+            )
+            what_ifs = [
+                StageRecall(
+                    probe.index,
+                    INDEX_STAGE,
+                    index_recall(graph(probe.shortlist, ef).labels),
+                    probe.shortlist,
+                    max(ef, probe.shortlist),
+                    probe.shortlist,
+                    EF,
+                    ef,
+                )
+                for ef in what_if.efs
+            ]
+            shortlists = {f: min(probe.k * f, max(len(s.indexes), probe.k)) for f in what_if.factors}
+            candidates = {f: graph(n, probe.ef_setting) for f, n in shortlists.items()}
+            # one store read for the tokens of every candidate set (they overlap)
+            every = np.concatenate([probe.found.labels.ravel()] + [h.labels.ravel() for h in candidates.values()])
+            tokens = s.store.tokens(np.unique(every[every >= 0]).tolist())
+            exact = self._brute_force(s, q.scoring, probe.k, probe.allowed)
+
+            def final_recall(hits: Hits) -> np.ndarray:
+                return per_query_recall(self._rerank(s, q.scoring, hits, probe.k, tokens).scores, exact)
+
+            final = StageRecall(probe.index, FINAL_STAGE, final_recall(probe.found), probe.k, probe.ef, probe.shortlist)
+            what_ifs += [
+                StageRecall(
+                    probe.index,
+                    FINAL_STAGE,
+                    final_recall(candidates[f]),
+                    probe.k,
+                    max(probe.ef_setting, shortlists[f]),
+                    shortlists[f],
+                    FACTOR,
+                    f,
+                )
+                for f in what_if.factors
+            ]
+        return [index, final, *what_ifs]
 
     @staticmethod
     def combine_payloads(payloads: list[_TokenQueries]) -> _TokenQueries:
@@ -267,9 +324,13 @@ class TokenScoring:
         return {"fde_dim": self.fde.dim}
 
     # -- exact MaxSim ---------------------------------------------------------------------------
-    def _rerank(self, s: CollectionState, Qs: list[np.ndarray], candidates: Hits, k: int) -> Hits:
-        """Exact Chamfer of each query against its own candidates (one store read for all)."""
-        tokens = s.store.tokens(np.unique(candidates.labels[candidates.labels >= 0]).tolist())
+    def _rerank(
+        self, s: CollectionState, Qs: list[np.ndarray], candidates: Hits, k: int, tokens: dict | None = None
+    ) -> Hits:
+        """Exact Chamfer of each query against its own candidates (one store read for all, unless
+        `tokens`, label → token matrix, holds them already)."""
+        if tokens is None:
+            tokens = s.store.tokens(np.unique(candidates.labels[candidates.labels >= 0]).tolist())
         out = Hits.empty(len(Qs), k)
         for i, Q in enumerate(Qs):  # per query, never per token
             labels = np.asarray([label for label in candidates.labels[i].tolist() if label in tokens], np.int64)

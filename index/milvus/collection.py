@@ -37,7 +37,7 @@ from index.exact import exact_top_k
 from index.filters import Filter
 from index.manifest import Elasticizer, Manifest, RecallPolicy, Rotation
 from index.protocols import Hits
-from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, per_query_recall
+from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, RecallProbe, StageRecall, WhatIf, per_query_recall
 from index.remote import ManifestKeeper, as_hits, dense_only, engine_errors, field_tokens, token, unsupported_on
 from index.remote import scores as padded_scores
 from index.scoring import Match
@@ -452,8 +452,10 @@ class MilvusCollection:
     def merge_probes(self, probes: list[RecallProbe]) -> list[RecallProbe]:
         return list(probes)  # each exact re-run is the engine's own batch request already
 
-    def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
-        """Re-run a sampled search exactly (a scan of the stored vectors) and compare, stage by stage."""
+    def evaluate_recall(self, probe: RecallProbe, what_if: WhatIf | None = None) -> list[StageRecall]:
+        """Re-run a sampled search exactly (a scan of the stored vectors) and compare, stage by
+        stage. No what-if re-runs (each would be another round of requests to Milvus): the
+        recall controllers here search over the live setting (`EfController`)."""
         q: _Probe = probe.payload
         truth_index = self._exact_hits(q.in_view, q.dim, probe.shortlist, q.filter)
         index = per_query_recall(probe.found.scores, truth_index)

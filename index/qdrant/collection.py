@@ -29,7 +29,7 @@ from index.elastic import pca_from_moment, second_moment
 from index.errors import Invalid, NotFound
 from index.files import npy_bytes, sha256_hex
 from index.manifest import Manifest, RecallPolicy, Rotation
-from index.recall_oracle import RecallProbe, StageRecall
+from index.recall_oracle import RecallProbe, StageRecall, WhatIf
 from index.remote import ManifestKeeper, dense_only
 from index.scoring import Match
 from index.store import NewDocument, StoredDocument
@@ -432,8 +432,10 @@ class QdrantCollection:
     def merge_probes(self, probes: list[RecallProbe]) -> list[RecallProbe]:
         return list(probes)  # each exact re-run is the engine's own batch request already
 
-    def evaluate_recall(self, probe: RecallProbe) -> list[StageRecall]:
-        """Re-run a sampled search exactly (Qdrant's `exact=true`) and compare, stage by stage."""
+    def evaluate_recall(self, probe: RecallProbe, what_if: WhatIf | None = None) -> list[StageRecall]:
+        """Re-run a sampled search exactly (Qdrant's `exact=true`) and compare, stage by stage.
+        No what-if re-runs: each would be another round of requests to Qdrant, so the recall
+        controllers here search over the live setting (`EfController`)."""
         return self._scoring.evaluate_recall(self._run, probe)
 
     def _run(self, requests: list[Any]) -> list[list[Any]]:

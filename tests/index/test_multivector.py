@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from index import Catalog, HnswParams, Manifest, NewDocument, Query
+from index import Catalog, HnswParams, Manifest, NewDocument, Query, WhatIf
 from index.errors import Invalid
 from index.fde import MultiVectorConfig
 from index.maxsim import chamfer
@@ -181,4 +181,23 @@ def test_probes_merge_into_one_brute_force_pass_with_the_same_readings(tmp_path,
         assert np.allclose(np.nan_to_num(one_by_one, nan=-1), np.nan_to_num(together[stage].recall, nan=-1))
     # the readings can fail: 20 FDE candidates miss some of the true top 10
     assert np.nanmean(together[1].recall) < 1.0
+    catalog.close()
+
+
+def test_what_if_reruns_read_what_searches_at_those_candidates_read(tmp_path, gloss_tokens):
+    """A multi-vector probe re-run at other efs and candidate factors against one brute-force
+    MaxSim answer reads, per query, what a search at that setting measures itself."""
+    docs, queries = gloss_tokens
+    catalog, collection = make(tmp_path)
+    fill(collection, docs[:600])
+    probe = collection.search(Query(queries[:12], 10, ef=10, candidates=20, probe=True)).probe
+    measured = collection.evaluate_recall(probe, WhatIf(efs=(10, 80), factors=(1, 2, 6)))
+    what_if = {(s.knob, s.setting): s.recall for s in measured[2:]}
+    assert set(what_if) == {("ef", 10), ("ef", 80), ("factor", 1), ("factor", 2), ("factor", 6)}
+    for f in (1, 2, 6):
+        own = collection.search(Query(queries[:12], 10, ef=10, candidates=10 * f, probe=True)).probe
+        assert np.allclose(what_if["factor", f], collection.evaluate_recall(own)[1].recall, equal_nan=True)
+    own = collection.search(Query(queries[:12], 10, ef=80, candidates=20, probe=True)).probe
+    assert np.allclose(what_if["ef", 80], collection.evaluate_recall(own)[0].recall, equal_nan=True)
+    assert np.nanmean(what_if["factor", 6]) > np.nanmean(what_if["factor", 1])
     catalog.close()

@@ -11,7 +11,7 @@ import pytest
 
 from index import Collection, HnswParams, Manifest, NewDocument, Query
 from index.protocols import Hits
-from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, EfController, per_query_recall
+from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, EfController, LadderController, WhatIf, per_query_recall
 from tests.support.datasets import read_vecs, shared_path
 
 
@@ -215,3 +215,96 @@ def test_controller_drops_pending_recalls_when_the_other_settings_change():
     assert c.observe(8, [1.0] * 6, context=100) is None
     assert c.observe(8, [0.0] * 6, context=50) is None  # the graph's ef changed: the six 1.0s are gone
     assert c.observe(8, [0.0] * 4, context=50) == 16  # ten failures under one condition: a clear fail
+
+
+class _PairedCurve:
+    """Synthetic recall of the same queries at several settings: each query's ten neighbours
+    are found at ef with probability 1 - exp(-ef / scale), from one uniform draw per neighbour,
+    so a query's recall never drops as ef grows (as a graph search's, nearly)."""
+
+    def __init__(self, scale: float, seed: int = 0):
+        self.scale, self.rng = scale, np.random.default_rng(seed)
+
+    def mean(self, ef: int) -> float:
+        return 1.0 - math.exp(-ef / self.scale)
+
+    def draw(self, settings: tuple[int, ...], n: int) -> dict[int, list[float]]:
+        u = self.rng.random((n, 10))
+        return {e: list((u < self.mean(e)).mean(axis=1)) for e in settings}
+
+
+def _smallest_on_grid(grid: tuple[int, ...], curve: _PairedCurve, target: float) -> int:
+    return next((g for g in grid if curve.mean(g) >= target), grid[-1])
+
+
+@pytest.mark.parametrize("target", [0.9, 0.95, 0.99])
+def test_ladder_converges_to_the_cheapest_grid_setting_in_a_few_windows(target):
+    """Every window judges seven settings on the same queries: over 20 runs the setting first
+    called converged is the cheapest grid setting that holds the target or the one next to it,
+    holds the target within 0.01 (0.005 on average), and is reached from ef 20 in a few hundred
+    queries, a fraction of what the bracket search needs (about a thousand)."""
+    queries, shortfall = [], []
+    for seed in range(20):
+        curve = _PairedCurve(scale=30, seed=seed)
+        c = LadderController(target, 20, 10, 1000, window=50)
+        best = _smallest_on_grid(c.grid, curve, target)
+        fed = 0
+        while not c.converged and fed < 5000:
+            c.observe(curve.draw(c.settings(), 10))
+            fed += 10
+        assert c.converged and abs(c.grid.index(c.ef) - c.grid.index(best)) <= 1, (seed, c.ef, best)
+        queries.append(fed)
+        shortfall.append(target - curve.mean(c.ef))
+    assert max(shortfall) <= 0.01 and np.mean(shortfall) <= 0.005, shortfall
+    assert np.median(queries) <= 500, queries
+
+
+def test_ladder_holds_its_setting_follows_harder_data_and_saturates():
+    curve = _PairedCurve(scale=20)
+    c = LadderController(0.95, 100, 10, 400, window=50)
+    held = []
+    for _ in range(100):
+        c.observe(curve.draw(c.settings(), 50))
+        held.append(c.ef)
+    assert c.converged and len(set(held[-50:])) == 1  # hysteresis: no flapping once converged
+    easy = c.ef
+    curve.scale = 60  # harder data: the same ef now finds less
+    for _ in range(40):
+        c.observe(curve.draw(c.settings(), 50))
+    assert c.ef > 2 * easy and curve.mean(c.ef) >= 0.94
+    curve.scale = 1000  # out of reach within the bounds
+    for _ in range(20):
+        c.observe(curve.draw(c.settings(), 50))
+    assert c.ef == 400 and c.saturated and not c.converged
+
+
+def test_ladder_asks_for_the_settings_around_its_own_and_drops_recalls_of_another_context():
+    c = LadderController(0.9, 17, 10, 1000, window=10)
+    assert c.settings() == (10, 12, 14, 17, 20, 24, 29)
+    assert c.observe({13: [0.0] * 20}) is None  # off the grid: ignored
+    assert c.observe({e: [1.0] * 6 for e in c.settings()}, context=100) is None
+    # the other knob changed: the six passing queries are gone, and ten failing ones move it up
+    assert c.observe({e: [0.0] * 10 for e in c.settings()}, context=50) == 57
+    assert c.settings()[0] == 34  # the next window starts just above the one that failed
+
+
+def test_what_if_reruns_measure_what_searches_at_those_settings_get(glove_collection, glove):
+    """A probe re-run at other efs (and, in a funnel, other factors) against the same exact
+    answer reads what a search at that setting would have measured itself."""
+    _, Q = glove
+    for dim in (50, 16):
+        probe = glove_collection.search(Query(Q[:60], 10, dim=dim, ef=10, probe=True)).probe
+        factors = (2, 9) if dim == 16 else ()
+        measured = glove_collection.evaluate_recall(probe, WhatIf(efs=(10, 60), factors=factors))
+        assert [(s.stage, s.knob) for s in measured[:2]] == [(INDEX_STAGE, None), (FINAL_STAGE, None)]
+        what_if = {(s.knob, s.setting): s.recall for s in measured[2:]}
+        assert set(what_if) == {("ef", 10), ("ef", 60)} | {("factor", f) for f in factors}
+        for ef in (10, 60):
+            own = glove_collection.search(Query(Q[:60], 10, dim=dim, ef=ef, probe=True)).probe
+            assert np.allclose(what_if["ef", ef], glove_collection.evaluate_recall(own)[0].recall, equal_nan=True)
+        assert np.nanmean(what_if["ef", 60]) > np.nanmean(what_if["ef", 10])
+        for f in factors:
+            own = glove_collection.search(Query(Q[:60], 10, dim=dim, ef=10, rerank_factor=f, probe=True)).probe
+            assert np.allclose(what_if["factor", f], glove_collection.evaluate_recall(own)[1].recall, equal_nan=True)
+        if factors:
+            assert np.nanmean(what_if["factor", 9]) > np.nanmean(what_if["factor", 2])

@@ -176,6 +176,7 @@ def test_a_funnel_target_steers_its_rerank_factor_and_final_recall_holds(client,
     factor = described["rerank_factors"]["16"]
     controller = described["recall"]["controllers"]["16:rerank"]
     assert controller["rerank_factor"] == factor and controller["last_window_recall"] is not None
+    assert controller["search"] == "ladder"  # the embedded backend re-runs probes at other factors
     assert metric_value(client.get("/metrics").text, "vecnest_rerank_factor", collection=name, index="16") == factor
     # offline on other queries: the target holds at the chosen factor within the controller's
     # hysteresis (two standard errors of a 100-query window: about 0.06 here), and not at 0.6 x it

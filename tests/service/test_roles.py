@@ -66,6 +66,8 @@ def test_the_maintenance_process_steers_and_replicas_follow(tmp_path, monkeypatc
                     break
                 time.sleep(0.1)
             assert ef < 200  # local mode is exact: every measurement says 1.0, so ef goes down
+            # Qdrant re-runs no what-ifs: the controller searches over the live setting
+            assert steward.get("/v1/collections/c").json()["recall"]["controllers"]["16"]["search"] == "bracket"
         assert replica.get("/v1/collections/c").json()["recall"]["ef_search"]["16"] == ef
     close()
     assert real is index.open_qdrant_catalog
