@@ -28,6 +28,7 @@ with no sampling against the same traffic while the estimator samples 20% of sea
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -127,6 +128,17 @@ def cheapest(score, target: float, sweep) -> tuple[int, float]:
     return best
 
 
+def samples(client, collection: str) -> dict[str, float]:
+    """The estimator's counters for `collection`: sampled queries evaluated and dropped so far."""
+    text = client.get("/metrics").text
+    out = {}
+    for outcome in ("evaluated", "dropped"):
+        pattern = rf'^vecnest_recall_samples_total{{collection="{collection}",outcome="{outcome}"}} (\S+)$'
+        m = re.search(pattern, text, re.M)
+        out[outcome] = float(m.group(1)) if m else 0.0
+    return out
+
+
 @dataclass
 class Stage:
     name: str
@@ -147,6 +159,7 @@ def phase(client, stage: Stage, target: float, seconds: float, sample_rate: floa
     client.patch(
         url, json={"target_recall": target, "recall_sample_rate": sample_rate, "ef_min": 10, "ef_max": 1000}
     ).raise_for_status()
+    counted = samples(client, stage.collection)
     start, next_read, i, trace = time.perf_counter(), 0.0, 0, []
     while (now := time.perf_counter() - start) < seconds:
         client.post(f"{url}/search", json={"k": 10, **stage.live[i % len(stage.live)]}).raise_for_status()
@@ -165,6 +178,9 @@ def phase(client, stage: Stage, target: float, seconds: float, sample_rate: floa
             )
             next_read += 0.5
     c = client.get(url).json()["recall"]["controllers"].get(stage.controller, {})
+    elapsed = time.perf_counter() - start
+    after = samples(client, stage.collection)
+    measured = {k: (after[k] - counted[k]) / elapsed for k in after}
     settled = [r for r in trace if r["converged"]]
     chosen = settled[-1][stage.knob] if settled else c.get(stage.knob)
     converged_at = None
@@ -176,6 +192,10 @@ def phase(client, stage: Stage, target: float, seconds: float, sample_rate: floa
         "stage": stage.name,
         "target": target,
         "searches": i,
+        "searches_per_s": i / elapsed,
+        "evaluated_per_s": measured["evaluated"],
+        "dropped_per_s": measured["dropped"],
+        "controller": c.get("search"),
         "converged_s": converged_at,
         "chosen": chosen,
         "trace": trace,
@@ -247,7 +267,9 @@ def run_stages(client, stages: list[Stage], truths: dict, seconds: dict, sample_
             check_offline(client, stage, r, truths[stage.collection])
             rows.append(r)
             print(
-                f"{stage.name} target {target}: converged in {r['converged_s']} s ({r['searches']} searches), "
+                f"{stage.name} target {target}: converged in {r['converged_s']} s ({r['searches']} searches; "
+                f"sampled queries measured {r['evaluated_per_s']:.0f}/s, dropped {r['dropped_per_s']:.0f}/s; "
+                f"{r['controller']} controller), "
                 f"chosen {r['chosen']}, offline {r['offline']:.4f}; cheapest {r['cheapest']}",
                 flush=True,
             )
@@ -313,12 +335,16 @@ def main() -> None:
                 "multi-vector", MV, "fde:rerank", "rerank_factor", [{"query": t} for t in claims_live], mv_held
             )
             rows += run_stages(c, [stage], {MV: mv_truth}, seconds, args.sample_rate)
-    print("\n| stage | target | converged in (s) | chosen | offline recall@10 | cheapest that holds (sweep) |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "\n| stage | target | searches/s | sampled queries measured/s | converged in (s) | chosen | "
+        "offline recall@10 | cheapest that holds (sweep) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         knob = "ef" if r["stage"] == "384 graph" else "factor"
         print(
-            f"| {r['stage']} | {r['target']} | {r['converged_s'] if r['converged_s'] is not None else 'no'} | "
+            f"| {r['stage']} | {r['target']} | {r['searches_per_s']:.0f} | {r['evaluated_per_s']:.0f} | "
+            f"{r['converged_s'] if r['converged_s'] is not None else 'no'} | "
             f"{knob} {r['chosen']} | {r['offline']:.4f} | {knob} {r['cheapest'][0]} ({r['cheapest'][1]:.4f}) |"
         )
     if lat:

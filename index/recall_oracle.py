@@ -319,7 +319,7 @@ class LadderController:
     `confidence` standard errors clear of the target decide; a close call waits for
     `max_window` queries, then the mean less half a standard error decides. The held setting
     is the smallest passing one; it is `converged` once the grid step below fails (or it is the
-    grid's first). A window whose settings all fail moves up past its top; one whose lowest
+    grid's first), and from then on only its two neighbours are measured beside it. A window whose settings all fail moves up past its top; one whose lowest
     setting passes moves down. Hysteresis: the held setting stays unless clearly below the
     target, and the one below it stays refused unless clearly above. Every `window` queries it
     decides again on the last `max_window` of each setting, so it follows data that changes.
@@ -375,8 +375,11 @@ class LadderController:
         return self._at == len(self.grid) - 1 and self._verdict(self._at) is False
 
     def settings(self) -> tuple[int, ...]:
-        """The settings to measure the next queries at: the window around the held one."""
-        return self.grid[max(0, self._at - self.span) : self._at + self.span + 1]
+        """The settings to measure the next queries at: the window around the held one (once
+        converged, only its neighbours: enough to follow drifting data, at less than half the
+        cost of a re-run)."""
+        span = 1 if self._converged else self.span
+        return self.grid[max(0, self._at - span) : self._at + span + 1]
 
     def observe(self, measured: Mapping[int, Iterable[float]], context: object = None) -> int | None:
         """Feed recalls `{setting: per-query recalls}` of the same queries; returns the new

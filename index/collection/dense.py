@@ -192,8 +192,14 @@ class DenseScoring:
             def index_recall(labels: np.ndarray) -> np.ndarray:
                 return per_query_recall(label_scores(s.vectors, q.in_view, labels, self._metric, in_view), truth_view)
 
+            searched: dict[tuple[int, int], Hits] = {}
+
             def graph(shortlist: int, ef: int) -> Hits:
-                return s.indexes.search(probe.dim, q.in_view, shortlist, ef, allowed, threads=1)
+                # an ef below the shortlist searches as broad as the shortlist: one search for all
+                key = (shortlist, max(ef, shortlist))
+                if key not in searched:
+                    searched[key] = s.indexes.search(probe.dim, q.in_view, shortlist, ef, allowed, threads=1)
+                return searched[key]
 
             index = index_recall(probe.found.labels)
             stages = [StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist)]

@@ -255,8 +255,14 @@ class TokenScoring:
         what_if = what_if or WhatIf()
         allowed = None if probe.allowed is None else frozenset(probe.allowed.tolist())
 
+        searched: dict[tuple[int, int], Hits] = {}
+
         def graph(shortlist: int, ef: int) -> Hits:
-            return s.indexes.search(probe.dim, q.fdes, shortlist, ef, allowed, threads=1)
+            # an ef below the shortlist searches as broad as the shortlist: one search for all
+            key = (shortlist, max(ef, shortlist))
+            if key not in searched:
+                searched[key] = s.indexes.search(probe.dim, q.fdes, shortlist, ef, allowed, threads=1)
+            return searched[key]
 
         def index_recall(labels: np.ndarray) -> np.ndarray:
             return per_query_recall(label_scores(s.vectors, q.fdes, labels, "ip"), truth)
