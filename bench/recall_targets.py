@@ -225,37 +225,40 @@ def check_offline(client, stage: Stage, r: dict, truth: list[set[str]]) -> None:
     r["cheapest"] = cheapest(at, target, FACTOR_SWEEP)
 
 
-def latency(client, bodies: list[dict], seconds: float) -> dict[str, float]:
-    """p50/p99 (ms) of single text searches, one at a time, for `seconds`."""
-    times, start, i = [], time.perf_counter(), 0
+def latency(client, bodies: list[dict], seconds: float, start_at: int = 0) -> list[float]:
+    """Latencies (ms) of single text searches, one at a time, for `seconds`."""
+    times, start, i = [], time.perf_counter(), start_at
     while time.perf_counter() - start < seconds:
         t0 = time.perf_counter()
         client.post(f"/v1/collections/{NAME}/search", json={"k": 10, **bodies[i % len(bodies)]}).raise_for_status()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) * 1e3)
         i += 1
-    ms = np.array(times) * 1e3
-    return {"searches": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    return times
 
 
-def text_latency(client, texts: list[str], seconds: float, sample_rate: float) -> dict:
-    """Text search at dim 384 with no sampling, then with the estimator sampling for a 0.95
-    target (after the controller has settled, as steady traffic sees it), twice each, interleaved."""
+def text_latency(client, texts: list[str], seconds: float, sample_rate: float, rounds: int = 6) -> dict:
+    """Text search at dim 384 with no sampling and with the estimator sampling for a 0.95
+    target (the controller settled first, as steady traffic sees it): `rounds` alternating
+    rounds of `seconds / rounds` each, the same queries in both, percentiles of the pooled
+    latencies (a single pair of runs on 2 shared cores differs by more than 10% at p99)."""
     bodies = [{"query": t, "dim": 384} for t in texts]
     url = f"/v1/collections/{NAME}"
-    latency(client, bodies, 5)  # warm-up
-    runs: dict[str, list[dict]] = {"no sampling": [], "sampling": []}
-    for _ in range(2):
-        client.patch(url, json={"target_recall": None, "recall_sample_rate": 0.0}).raise_for_status()
-        runs["no sampling"].append(latency(client, bodies, seconds))
-        client.patch(url, json={"target_recall": 0.95, "recall_sample_rate": sample_rate}).raise_for_status()
-        runs["sampling"].append(latency(client, bodies, seconds))
+    client.patch(url, json={"target_recall": 0.95, "recall_sample_rate": sample_rate}).raise_for_status()
+    latency(client, bodies, 10)  # warm-up, and the controller settles on this traffic
+    runs: dict[str, list[float]] = {"no sampling": [], "sampling": []}
+    for r in range(rounds):
+        order = ("no sampling", "sampling") if r % 2 == 0 else ("sampling", "no sampling")
+        for name in order:
+            policy = {"recall_sample_rate": sample_rate if name == "sampling" else 0.0}
+            client.patch(url, json=policy).raise_for_status()
+            runs[name] += latency(client, bodies, seconds / rounds, start_at=r * 97)
     return {
         name: {
-            "searches": sum(r["searches"] for r in rs),
-            "p50_ms": float(np.median([r["p50_ms"] for r in rs])),
-            "p99_ms": float(np.mean([r["p99_ms"] for r in rs])),
+            "searches": len(ms),
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
         }
-        for name, rs in runs.items()
+        for name, ms in runs.items()
     }
 
 
@@ -287,7 +290,9 @@ def main() -> None:
     )
     parser.add_argument("--mv-max-busy", type=float, default=1.0, help="the multi-vector server's duty cycle")
     parser.add_argument("--sample-rate", type=float, default=0.2)
-    parser.add_argument("--latency-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--latency-seconds", type=float, default=60.0, help="per condition (sampling, none), in alternating rounds"
+    )
     parser.add_argument("--skip-multivector", action="store_true")
     parser.add_argument("--skip-dense", action="store_true")
     args = parser.parse_args()

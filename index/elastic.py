@@ -31,11 +31,25 @@ class DimView:
         """`(n, full_dim)` → `(n, dim)` float32; never mutates `X`."""
         if self.is_full:
             return X
-        Y = X @ self.rotation[:, : self.dim] if self.rotation is not None else X[:, : self.dim]
-        Y = np.ascontiguousarray(Y, dtype=np.float32)
+        Y = self.prefix(X)
         # Cosine compares directions, so a prefix is re-normalised; ip and l2 keep raw prefixes,
         # whose scores then approximate the full-dim ones for the shortlist.
         return normalize(Y) if self.metric == "cosine" else Y
+
+    def prefix(self, X: np.ndarray) -> np.ndarray:
+        """`(n, full_dim)` → the raw rotated prefix `(n, dim)` float32 (not re-normalised)."""
+        Y = X @ self.rotation[:, : self.dim] if self.rotation is not None else X[:, : self.dim]
+        return np.ascontiguousarray(Y, dtype=np.float32)
+
+    def lift(self, Y: np.ndarray) -> np.ndarray:
+        """View-space rows `(n, dim)` → full-dim rows `(n, full_dim)` with `lift(y) · x ==
+        y · prefix(x)` for every full-dim x (the transpose of `prefix`): a view-space query
+        lifted once scores stored rows without rotating them."""
+        if self.rotation is not None:
+            return np.ascontiguousarray(Y @ self.rotation[:, : self.dim].T, dtype=np.float32)
+        out = np.zeros((len(Y), self.full_dim), np.float32)
+        out[:, : self.dim] = Y
+        return out
 
 
 def check_dims(dims: list[int] | None, full_dim: int) -> list[int]:

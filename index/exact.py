@@ -18,15 +18,21 @@ def exact_top_k(
     k: int,
     metric: str,
     view: Callable[[np.ndarray], np.ndarray] | None = None,
+    scorer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> Hits:
     """Top-k of queries `Q (nq, d)` over rows streamed as `(labels (n,), rows (n, D))` chunks,
     keeping a running top-k (memory: one chunk). `view` maps the rows into the queries' space
     (a rotated, truncated prefix); without it rows and queries share a space. Both sides must
-    be `prepare`d for `metric`. Ties go to the earlier row."""
+    be `prepare`d for `metric`. `scorer(labels, rows) -> (nq, n)` replaces both (scores
+    computed another way, e.g. `index.scoring.LiftedView`). Ties go to the earlier row."""
     best = Hits.empty(len(Q), 0)
     for labels, X in chunks:
         if len(labels):
-            best = best.merged(labels, scores(Q, view(X) if view is not None else X, metric), k)
+            if scorer is not None:
+                S = scorer(labels, X)
+            else:
+                S = scores(Q, view(X) if view is not None else X, metric)
+            best = best.merged(labels, S, k)
     return best.padded(k)
 
 

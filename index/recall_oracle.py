@@ -318,10 +318,11 @@ class LadderController:
     most. Verdicts per setting are the same sequential test: `window` queries and a mean
     `confidence` standard errors clear of the target decide; a close call waits for
     `max_window` queries, then the mean less half a standard error decides. The held setting
-    is the smallest passing one; it is `converged` once the grid step below fails (or it is the
-    grid's first), and from then on only its two neighbours are measured beside it. A window whose settings all fail moves up past its top; one whose lowest
-    setting passes moves down. Hysteresis: the held setting stays unless clearly below the
-    target, and the one below it stays refused unless clearly above. Every `window` queries it
+    is the smallest passing one; it is `converged` once the grid step below fails (or it is
+    the grid's first), and from then on only its two neighbours are measured beside it. A
+    window whose settings all fail moves up past its top; one whose lowest setting passes
+    moves down. Hysteresis: the held setting stays unless clearly below the target, and the
+    one below it stays refused unless clearly above. Every `window` queries it
     decides again on the last `max_window` of each setting, so it follows data that changes.
     """
 

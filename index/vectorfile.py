@@ -122,6 +122,11 @@ class VectorFile:
         labels = labels[live[labels]]
         return labels, np.asarray(rows[labels], np.float32)
 
+    def checksums(self, labels: np.ndarray) -> np.ndarray:
+        """`(n,)` uint32 CRC-32 of the rows of `labels` (all below `capacity`) as stored now: a
+        row's checksum changes when it is rewritten with other values."""
+        return np.asarray(self._state[1][labels], np.uint32)
+
     def chunks(self, size: int = 32768):
         """Yield `(labels (n,), rows (n, dim))` of live rows, chunk by chunk."""
         rows, _, live = self._state

@@ -6,7 +6,7 @@ the vector file. Filters that leave few documents, and searches that ask, are ex
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,9 +28,9 @@ from index.recall_oracle import (
     WhatIf,
     per_query_recall,
 )
-from index.scoring import exact_search, hydrate, label_scores, rerank_exact, rerank_hits
+from index.scoring import LiftedView, ViewNorms, exact_search, hydrate, label_scores, rerank_exact, rerank_hits
 from index.store import NewDocument, StoredDocument
-from index.vectors import as_matrix, prepare
+from index.vectors import as_matrix, prepare, top_k
 
 from .state import CollectionState
 
@@ -69,6 +69,7 @@ class DenseScoring:
 
     def __init__(self, manifest: Manifest):
         self._dim, self._metric = manifest.dim, manifest.metric
+        self._view_norms: dict[int, ViewNorms] = {}  # dim → its view's row norms, for the recall oracle
 
     # -- documents ------------------------------------------------------------------------------
     def prepare(self, docs: Sequence[NewDocument]) -> tuple[list[NewDocument], np.ndarray, dict[str, float]]:
@@ -183,16 +184,19 @@ class DenseScoring:
         Documents written since the search count as the oracle sees them now.
         """
         q: _DenseQueries = probe.payload
-        in_view = None if q.view.is_full else q.view.apply
         what_if = what_if or WhatIf()
         allowed = None if probe.allowed is None else frozenset(probe.allowed.tolist())
+        lifted = None if q.view.is_full else LiftedView(s.vectors, q.view, self._norms_of(q.view), q.in_view)
         with s.reading():
-            truth_view = exact_search(s.vectors, q.in_view, probe.shortlist, self._metric, probe.allowed, in_view)
+            truth_view = exact_search(s.vectors, q.in_view, probe.shortlist, self._metric, probe.allowed, scorer=lifted)
 
             def index_recall(labels: np.ndarray) -> np.ndarray:
-                return per_query_recall(label_scores(s.vectors, q.in_view, labels, self._metric, in_view), truth_view)
+                if lifted is not None:
+                    return per_query_recall(lifted.label_scores(labels), truth_view)
+                return per_query_recall(label_scores(s.vectors, q.in_view, labels, self._metric), truth_view)
 
-            searched: dict[tuple[int, int], Hits] = {}
+            # the search as it ran is one of them (hnswlib's search is deterministic)
+            searched: dict[tuple[int, int], Hits] = {(probe.shortlist, probe.ef): probe.found}
 
             def graph(shortlist: int, ef: int) -> Hits:
                 # an ef below the shortlist searches as broad as the shortlist: one search for all
@@ -217,29 +221,45 @@ class DenseScoring:
                     final = per_query_recall(
                         rerank_hits(s.vectors, q.full, probe.found, probe.k, self._metric).scores, truth
                     )
-                    for factor in what_if.factors:
-                        shortlist = min(probe.k * factor, max(len(s.indexes), probe.k))
-                        reranked = rerank_hits(
-                            s.vectors, q.full, graph(shortlist, probe.ef_setting), probe.k, self._metric
-                        )
-                        breadth = max(probe.ef_setting, shortlist)
-                        stages.append(
-                            StageRecall(
-                                probe.index,
-                                FINAL_STAGE,
-                                per_query_recall(reranked.scores, truth),
-                                probe.k,
-                                breadth,
-                                shortlist,
-                                FACTOR,
-                                factor,
-                            )
-                        )
+                    stages += self._factor_what_ifs(s, probe, what_if.factors, graph, truth)
                 else:
                     returned = probe.found.labels[:, : probe.k]
                     final = per_query_recall(label_scores(s.vectors, q.full, returned, self._metric), truth)
         stages.insert(1, StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist))
         return stages
+
+    def _factor_what_ifs(
+        self,
+        s: CollectionState,
+        probe: RecallProbe,
+        factors: tuple[int, ...],
+        graph: Callable[[int, int], Hits],
+        truth: Hits,
+    ) -> list[StageRecall]:
+        """Final recall of the funnel at each factor: the graph's shortlist of `k · factor` at the
+        probe's ef setting, re-ranked at full dim. One gather and one product score every
+        factor's candidates (the shortlists nest, so most rows are shared)."""
+        if not factors:
+            return []
+        q: _DenseQueries = probe.payload
+        shortlists = [min(probe.k * f, max(len(s.indexes), probe.k)) for f in factors]
+        candidates = [graph(n, probe.ef_setting).labels for n in shortlists]
+        S = label_scores(s.vectors, q.full, np.hstack(candidates), self._metric)
+        out, start = [], 0
+        for factor, n, labels in zip(factors, shortlists, candidates):
+            _, best = top_k(S[:, start : start + labels.shape[1]], probe.k)
+            start += labels.shape[1]
+            breadth = max(probe.ef_setting, n)
+            recall = per_query_recall(best, truth)
+            out.append(StageRecall(probe.index, FINAL_STAGE, recall, probe.k, breadth, n, FACTOR, factor))
+        return out
+
+    def _norms_of(self, view: DimView) -> ViewNorms:
+        """The row norms of `view` (new when the view changed: a rotation refit)."""
+        norms = self._view_norms.get(view.dim)
+        if norms is None or norms.view is not view:
+            norms = self._view_norms[view.dim] = ViewNorms(view)
+        return norms
 
     @staticmethod
     def combine_payloads(payloads: list[_DenseQueries]) -> _DenseQueries | None:

@@ -255,7 +255,8 @@ class TokenScoring:
         what_if = what_if or WhatIf()
         allowed = None if probe.allowed is None else frozenset(probe.allowed.tolist())
 
-        searched: dict[tuple[int, int], Hits] = {}
+        # the search as it ran is one of them (hnswlib's search is deterministic)
+        searched: dict[tuple[int, int], Hits] = {(probe.shortlist, probe.ef): probe.found}
 
         def graph(shortlist: int, ef: int) -> Hits:
             # an ef below the shortlist searches as broad as the shortlist: one search for all

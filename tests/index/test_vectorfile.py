@@ -3,8 +3,12 @@
 import os
 
 import numpy as np
+import pytest
 
+from index.elastic import DimView, fit_pca_rotation
+from index.scoring import LiftedView, ViewNorms, label_scores
 from index.vectorfile import VectorFile
+from index.vectors import scores
 
 
 def test_rows_by_label_grow_and_survive_reopen(tmp_path):
@@ -33,3 +37,36 @@ def test_a_mis_sized_file_is_treated_as_missing(tmp_path):
     path.write_bytes(b"\x00" * 10)  # not a whole number of 4-dim rows
     vf = VectorFile(str(path), 4)
     assert vf.fresh and len(vf) == 0 and os.path.getsize(path) % 16 == 0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+@pytest.mark.parametrize("rotated", [True, False])
+def test_lifted_view_scores_equal_scores_of_rotated_rows_and_follow_rewrites(tmp_path, metric, rotated):
+    """The recall oracle scores a funnel's view without rotating the stored rows: the lifted
+    queries and the cached row norms give the scores of the rotated, re-normalised rows, also
+    after a row is rewritten (its checksum changes, so its norm is taken again)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 32)).astype(np.float32)
+    if metric == "cosine":
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    R = fit_pca_rotation(X).rotation if rotated else None
+    view = DimView(8, 32, metric, R)
+    vf = VectorFile(str(tmp_path / "v"), 32)
+    vf.add(np.arange(500), X)
+    norms = ViewNorms(view)
+    Qv = view.apply(rng.standard_normal((5, 32)).astype(np.float32))
+    if metric == "cosine":
+        Qv = Qv / np.linalg.norm(Qv, axis=1, keepdims=True)
+
+    def check():
+        lifted = LiftedView(vf, view, norms, Qv)
+        labels, rows = next(vf.chunks())
+        assert np.allclose(lifted(labels, rows), scores(Qv, view.apply(rows), metric), atol=1e-4)
+        picked = rng.integers(0, 500, (5, 7))
+        expected = label_scores(vf, Qv, picked, metric, view.apply)
+        assert np.allclose(lifted.label_scores(picked), expected, atol=1e-4)
+
+    check()
+    new = rng.standard_normal((3, 32)).astype(np.float32)
+    vf.add(np.array([4, 5, 6]), new / np.linalg.norm(new, axis=1, keepdims=True) if metric == "cosine" else new)
+    check()
