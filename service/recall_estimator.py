@@ -246,8 +246,14 @@ class RecallEstimator:
                     self._steer(collection, probe, index_stage.values, what_ifs, bool(what_if.efs))
                 if probe.funnel and not probe.rerank_pinned:
                     final_stage = next(s for s in stages if s.stage == FINAL_STAGE)
-                    what_ifs = {s.setting: s.values for s in measured if s.knob == FACTOR}
-                    self._steer_rerank(collection, probe, final_stage.values, what_ifs, bool(what_if.factors))
+                    factor_stages = [s for s in measured if s.knob == FACTOR]
+                    what_ifs = {s.setting: s.values for s in factor_stages}
+                    # a factor's experiment is its shortlist searched this broad: an ef change that
+                    # leaves the breadth as it was (a shortlist longer than either ef) keeps its recalls
+                    experiments = {s.setting: (s.candidates, s.ef) for s in factor_stages}
+                    self._steer_rerank(
+                        collection, probe, final_stage.values, what_ifs, bool(what_if.factors), experiments
+                    )
 
     # -- steering -----------------------------------------------------------------------------
     def _what_if(self, collection: CollectionBackend, probe: RecallProbe) -> WhatIf:
@@ -309,12 +315,15 @@ class RecallEstimator:
         what_ifs: dict[int, list[float]],
         asked: bool,
         context: object,
+        setting_contexts: dict[int, object] | None = None,
     ) -> int | None:
         """Hand the measurements to `controller`; returns its new setting, if any. A ladder
         that asked for what-if re-runs and got none (a backend that cannot re-run) is replaced
         by an `EfController` at its setting. Holds `_lock`."""
         if isinstance(controller, LadderController):
             if what_ifs:
+                if setting_contexts is not None:  # finer than the scalar context: it replaces it
+                    return controller.observe(what_ifs, setting_contexts=setting_contexts)
                 return controller.observe(what_ifs, context=context)
             if not asked:  # asked for nothing (the target was set meanwhile): wait for the next probe
                 return None
@@ -358,17 +367,19 @@ class RecallEstimator:
         recalls: list[float],
         what_ifs: dict[int, list[float]],
         asked: bool,
+        experiments: dict[int, object],
     ) -> None:
         """A funnel's final recall follows its shortlist (k · factor): a controller per dim finds
         the smallest factor whose final recall holds the target, as the ef controller does for the
-        graph stage. Holds `_lock`."""
+        graph stage. `experiments`: `{factor: (shortlist, search breadth)}` of the what-ifs (a
+        ladder keeps a factor's recalls while these stay). Holds `_lock`."""
         policy, key = collection.recall_policy, (collection.name, probe.dim, RERANK)
         if policy.target is None:
             self._controllers.pop(key, None)
             return
         factor = max(1, probe.shortlist // probe.k)  # a multi-vector search's candidates per result
         controller = self._rerank_controller(collection, probe)
-        new_factor = self._feed(key, controller, factor, recalls, what_ifs, asked, probe.ef_setting)
+        new_factor = self._feed(key, controller, factor, recalls, what_ifs, asked, probe.ef_setting, experiments)
         controller = self._controllers[key]
         if new_factor is not None:
             log.info(
@@ -407,6 +418,8 @@ class RecallEstimator:
                     "converged": c.converged,
                     "saturated": c.saturated,
                 }
+                if isinstance(c, LadderController):  # its evidence: queries, mean recall, verdict per setting
+                    state["ladder"] = {str(setting): e for setting, e in c.evidence().items()}
                 if len(key) == 3:  # a funnel's rerank factor, steered by its final recall
                     controllers[f"{collection.index_name(key[1])}:rerank"] = {"rerank_factor": c.ef, **state}
                 else:

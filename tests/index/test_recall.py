@@ -288,6 +288,22 @@ def test_ladder_asks_for_the_settings_around_its_own_and_drops_recalls_of_anothe
     assert c.settings()[0] == 34  # the next window starts just above the one that failed
 
 
+def test_ladder_keeps_the_recalls_of_settings_whose_own_experiment_did_not_change():
+    """A funnel's factors searched at breadth max(ef, k·factor): an ef change alters only the
+    factors whose shortlist is shorter than the ef, and only their recalls are dropped."""
+    c = LadderController(0.9, 17, 1, 64, window=10)
+    factors = c.settings()  # (10, 12, 14, 17, 20, 24, 29)
+    breadth = {f: (10 * f, max(150, 10 * f)) for f in factors}
+    assert c.observe({f: [1.0] * 6 for f in factors}, setting_contexts=breadth) is None
+    breadth = {f: (10 * f, max(220, 10 * f)) for f in factors}  # ef 150 → 220: factors 10..20 change
+    assert c.observe({f: [1.0] * 3 for f in factors}, setting_contexts=breadth) is None
+    held = c.evidence()
+    assert {f: held[f]["queries"] for f in factors} == {f: 9 if 10 * f >= 220 else 3 for f in factors}
+    # the next query completes a window: only the factors that kept their recalls are judged
+    assert c.observe({f: [1.0] for f in factors}, setting_contexts=breadth) == 24
+    assert not c.converged  # nothing below 24 is judged yet
+
+
 def test_what_if_reruns_measure_what_searches_at_those_settings_get(glove_collection, glove):
     """A probe re-run at other efs (and, in a funnel, other factors) against the same exact
     answer reads what a search at that setting would have measured itself."""
