@@ -5,8 +5,9 @@ A search is sampled with the collection's rate (default a few percent) and hands
 sample (counted). One background thread takes probes, asks the collection for the exact
 answer (`CollectionBackend.evaluate_recall`), and records per-query recall per index and stage, a
 rolling mean, and the ef and candidate counts used. For collections with `target_recall`, a
-controller per graph steers its default ef from the index-stage recall, and one per funnel
-(or multi-vector collection) its shortlist factor from the final recall. Where the backend
+controller per graph steers its default ef from the index-stage recall (a funnel's, and a
+multi-vector collection's, from the final recall), and one per funnel (or multi-vector
+collection) its shortlist factor from the final recall. Where the backend
 re-runs a probe at other settings against the same exact answer (`WhatIf`), each controller
 is a `LadderController` that asks for the settings around the one it holds and judges them
 all on the same queries; otherwise an `EfController` searches over the live setting.
@@ -241,9 +242,11 @@ class RecallEstimator:
             m.recall_candidates.labels(name, probe.index, source).set(fmean(c for _, c in breadth))
             if source == LIVE and self._steering:
                 if not probe.pinned:
-                    index_stage = next(s for s in stages if s.stage == INDEX_STAGE)
+                    # a funnel's ef is judged by what it buys the user, the final recall (its
+                    # what-ifs are re-ranked too): a shortlist need not be exact to hold the target
+                    steered = next(s for s in stages if s.stage == (FINAL_STAGE if probe.funnel else INDEX_STAGE))
                     what_ifs = {s.setting: s.values for s in measured if s.knob == EF}
-                    self._steer(collection, probe, index_stage.values, what_ifs, bool(what_if.efs))
+                    self._steer(collection, probe, steered.values, what_ifs, bool(what_if.efs))
                 if probe.funnel and not probe.rerank_pinned:
                     final_stage = next(s for s in stages if s.stage == FINAL_STAGE)
                     factor_stages = [s for s in measured if s.knob == FACTOR]

@@ -179,8 +179,10 @@ class DenseScoring:
         Final stage: the results returned (the shortlist re-ranked at full dim, or its first k
         without re-ranking) against the exact full-dim top-k. At full dim they coincide.
         `what_if`: the graph searched again (on this thread) at each ef, its shortlist's index
-        recall; and, in a re-ranking funnel, at each factor (shortlist k·factor, the probe's ef
-        setting), the final recall of its re-ranked top-k; each against the same exact answers.
+        recall (in a re-ranking funnel: the final recall of its re-ranked top-k, what the ef
+        buys the user there); and, in a re-ranking funnel, at each factor (shortlist k·factor,
+        the probe's ef setting), the final recall of its re-ranked top-k; each against the same
+        exact answers.
         Documents written since the search count as the oracle sees them now.
         """
         q: _DenseQueries = probe.payload
@@ -207,24 +209,33 @@ class DenseScoring:
 
             index = index_recall(probe.found.labels)
             stages = [StageRecall(probe.index, INDEX_STAGE, index, probe.shortlist, probe.ef, probe.shortlist)]
-            for ef in what_if.efs:
-                recall = index_recall(graph(probe.shortlist, ef).labels)
+            funnel = q.rerank and not q.view.is_full
+            truth = None if q.view.is_full else exact_search(s.vectors, q.full, probe.k, self._metric, probe.allowed)
+            reranked: dict[int, np.ndarray] = {}  # final recall per search breadth
+
+            def final_recall(ef: int) -> np.ndarray:
+                assert truth is not None  # a funnel's view is never the full one
                 breadth = max(ef, probe.shortlist)
-                stages.append(
-                    StageRecall(probe.index, INDEX_STAGE, recall, probe.shortlist, breadth, probe.shortlist, EF, ef)
-                )
-            if q.view.is_full:
-                final = index
-            else:
-                truth = exact_search(s.vectors, q.full, probe.k, self._metric, probe.allowed)
-                if q.rerank:
-                    final = per_query_recall(
-                        rerank_hits(s.vectors, q.full, probe.found, probe.k, self._metric).scores, truth
-                    )
-                    stages += self._factor_what_ifs(s, probe, what_if.factors, graph, truth)
+                if breadth not in reranked:
+                    hits = rerank_hits(s.vectors, q.full, graph(probe.shortlist, ef), probe.k, self._metric)
+                    reranked[breadth] = per_query_recall(hits.scores, truth)
+                return reranked[breadth]
+
+            for ef in what_if.efs:
+                breadth = max(ef, probe.shortlist)
+                if funnel:
+                    recall, stage, size = final_recall(ef), FINAL_STAGE, probe.k
                 else:
-                    returned = probe.found.labels[:, : probe.k]
-                    final = per_query_recall(label_scores(s.vectors, q.full, returned, self._metric), truth)
+                    recall, stage, size = index_recall(graph(probe.shortlist, ef).labels), INDEX_STAGE, probe.shortlist
+                stages.append(StageRecall(probe.index, stage, recall, size, breadth, probe.shortlist, EF, ef))
+            if truth is None:
+                final = index
+            elif funnel:
+                final = final_recall(probe.ef)
+                stages += self._factor_what_ifs(s, probe, what_if.factors, graph, truth)
+            else:
+                returned = probe.found.labels[:, : probe.k]
+                final = per_query_recall(label_scores(s.vectors, q.full, returned, self._metric), truth)
         stages.insert(1, StageRecall(probe.index, FINAL_STAGE, final, probe.k, probe.ef, probe.shortlist))
         return stages
 

@@ -248,9 +248,10 @@ class TokenScoring:
         Index stage: the FDE graph's top-N against exact inner-product search over every FDE.
         Final stage: the MaxSim top-k of those candidates against brute-force MaxSim over every
         document's tokens (the expensive part: it reads every token matrix). `what_if`: the FDE
-        graph searched again (on this thread) at each ef, its top-N's index recall; and at each
-        factor (k·factor candidates, the probe's ef setting), the final recall of their MaxSim
-        top-k; each against the same exact answers."""
+        graph searched again (on this thread) at each ef, and at each factor (k·factor
+        candidates, the probe's ef setting): the final recall of their MaxSim top-k (what either
+        knob buys the user: the candidates are only a means), each against the same exact
+        answers."""
         q: _TokenQueries = probe.payload
         what_if = what_if or WhatIf()
         allowed = None if probe.allowed is None else frozenset(probe.allowed.tolist())
@@ -273,30 +274,36 @@ class TokenScoring:
             index = StageRecall(
                 probe.index, INDEX_STAGE, index_recall(probe.found.labels), probe.shortlist, probe.ef, probe.shortlist
             )
+            at_ef = {ef: graph(probe.shortlist, ef) for ef in what_if.efs}
+            shortlists = {f: min(probe.k * f, max(len(s.indexes), probe.k)) for f in what_if.factors}
+            candidates = {f: graph(n, probe.ef_setting) for f, n in shortlists.items()}
+            # one store read for the tokens of every candidate set (they overlap)
+            sets = [probe.found, *at_ef.values(), *candidates.values()]
+            every = np.concatenate([h.labels.ravel() for h in sets])
+            tokens = s.store.tokens(np.unique(every[every >= 0]).tolist())
+            exact = self._brute_force(s, q.scoring, probe.k, probe.allowed)
+
+            scored: dict[int, np.ndarray] = {}  # by search: efs below the shortlist share one
+
+            def final_recall(hits: Hits) -> np.ndarray:
+                if id(hits) not in scored:
+                    scored[id(hits)] = per_query_recall(self._rerank(s, q.scoring, hits, probe.k, tokens).scores, exact)
+                return scored[id(hits)]
+
+            final = StageRecall(probe.index, FINAL_STAGE, final_recall(probe.found), probe.k, probe.ef, probe.shortlist)
             what_ifs = [
                 StageRecall(
                     probe.index,
-                    INDEX_STAGE,
-                    index_recall(graph(probe.shortlist, ef).labels),
-                    probe.shortlist,
+                    FINAL_STAGE,
+                    final_recall(hits),
+                    probe.k,
                     max(ef, probe.shortlist),
                     probe.shortlist,
                     EF,
                     ef,
                 )
-                for ef in what_if.efs
+                for ef, hits in at_ef.items()
             ]
-            shortlists = {f: min(probe.k * f, max(len(s.indexes), probe.k)) for f in what_if.factors}
-            candidates = {f: graph(n, probe.ef_setting) for f, n in shortlists.items()}
-            # one store read for the tokens of every candidate set (they overlap)
-            every = np.concatenate([probe.found.labels.ravel()] + [h.labels.ravel() for h in candidates.values()])
-            tokens = s.store.tokens(np.unique(every[every >= 0]).tolist())
-            exact = self._brute_force(s, q.scoring, probe.k, probe.allowed)
-
-            def final_recall(hits: Hits) -> np.ndarray:
-                return per_query_recall(self._rerank(s, q.scoring, hits, probe.k, tokens).scores, exact)
-
-            final = StageRecall(probe.index, FINAL_STAGE, final_recall(probe.found), probe.k, probe.ef, probe.shortlist)
             what_ifs += [
                 StageRecall(
                     probe.index,
