@@ -5,9 +5,9 @@ A search is sampled with the collection's rate (default a few percent) and hands
 sample (counted). One background thread takes probes, asks the collection for the exact
 answer (`CollectionBackend.evaluate_recall`), and records per-query recall per index and stage, a
 rolling mean, and the ef and candidate counts used. For collections with `target_recall`, a
-controller per graph steers its default ef from the index-stage recall (a funnel's, and a
-multi-vector collection's, from the final recall), and one per funnel (or multi-vector
-collection) its shortlist factor from the final recall. Where the backend
+controller per graph steers its default ef from the index-stage recall, and one per funnel
+(or multi-vector collection) its shortlist factor from the final recall; there the graph
+searches as broad as the shortlist (ef at `ef_min`), see `_factor_steers`. Where the backend
 re-runs a probe at other settings against the same exact answer (`WhatIf`), each controller
 is a `LadderController` that asks for the settings around the one it holds and judges them
 all on the same queries; otherwise an `EfController` searches over the live setting.
@@ -97,6 +97,15 @@ class FreshestFirst:
 
     def qsize(self) -> int:
         return len(self._items)
+
+
+def _factor_steers(probe: RecallProbe) -> bool:
+    """Whether a funnel's final recall is steered through its shortlist factor alone. A graph
+    search is as broad as max(ef, shortlist), and at one breadth a longer shortlist re-ranked
+    never finds less: breadth is bought through the factor, and an ef above the shortlist
+    would only add search cost (and, changing under the factor controller, restart its
+    measurements). A funnel whose factor the request pins keeps an ef controller."""
+    return probe.funnel and not probe.rerank_pinned and not probe.pinned
 
 
 class RecallEstimator:
@@ -241,9 +250,11 @@ class RecallEstimator:
             m.recall_ef.labels(name, probe.index, source).set(fmean(e for e, _ in breadth))
             m.recall_candidates.labels(name, probe.index, source).set(fmean(c for _, c in breadth))
             if source == LIVE and self._steering:
-                if not probe.pinned:
-                    # a funnel's ef is judged by what it buys the user, the final recall (its
-                    # what-ifs are re-ranked too): a shortlist need not be exact to hold the target
+                if _factor_steers(probe):
+                    self._hold_ef_at_floor(collection, probe)
+                elif not probe.pinned:
+                    # a funnel's ef (its factor pinned) is judged by what it buys the user, the
+                    # final recall (its what-ifs are re-ranked too), not by an exact shortlist
                     steered = next(s for s in stages if s.stage == (FINAL_STAGE if probe.funnel else INDEX_STAGE))
                     what_ifs = {s.setting: s.values for s in measured if s.knob == EF}
                     self._steer(collection, probe, steered.values, what_ifs, bool(what_if.efs))
@@ -267,7 +278,7 @@ class RecallEstimator:
         with self._lock:
             efs: tuple[int, ...] = ()
             factors: tuple[int, ...] = ()
-            if not probe.pinned:
+            if not probe.pinned and not _factor_steers(probe):
                 c = self._ef_controller(collection, probe)
                 efs = c.settings() if isinstance(c, LadderController) else ()
             if probe.funnel and not probe.rerank_pinned:
@@ -362,6 +373,20 @@ class RecallEstimator:
                 new_ef,
             )
             collection.set_ef_search(probe.dim, new_ef)
+
+    def _hold_ef_at_floor(self, collection: CollectionBackend, probe: RecallProbe) -> None:
+        """A funnel whose factor is steered searches as broad as its shortlist: the graph's ef
+        goes to `ef_min` (at or below any shortlist). Holds `_lock`."""
+        policy, key = collection.recall_policy, (collection.name, probe.dim)
+        self._controllers.pop(key, None)
+        if policy.target is not None and collection.ef_search(probe.dim) != policy.ef_min:
+            log.info(
+                "collection %s index %s: the rerank factor steers the final recall → ef %d (the shortlist's breadth)",
+                collection.name,
+                probe.index,
+                policy.ef_min,
+            )
+            collection.set_ef_search(probe.dim, policy.ef_min)
 
     def _steer_rerank(
         self,

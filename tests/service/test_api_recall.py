@@ -177,6 +177,8 @@ def test_a_funnel_target_steers_its_rerank_factor_and_final_recall_holds(client,
     controller = described["recall"]["controllers"]["16:rerank"]
     assert controller["rerank_factor"] == factor and controller["last_window_recall"] is not None
     assert controller["search"] == "ladder"  # the embedded backend re-runs probes at other factors
+    # the factor buys the breadth: the graph searches as broad as the shortlist, no ef controller
+    assert described["recall"]["ef_search"]["16"] == 10 and "16" not in described["recall"]["controllers"]
     assert metric_value(client.get("/metrics").text, "vecnest_rerank_factor", collection=name, index="16") == factor
     # offline on other queries: the target holds at the chosen factor within the controller's
     # hysteresis (two standard errors of a 100-query window: about 0.06 here), and not at 0.6 x it
