@@ -91,6 +91,24 @@ def label_scores(
     return np.where(live, candidate_scores(Q, X, pos, metric), -np.inf).astype(np.float32)
 
 
+def overlapping_label_scores(vectors: VectorFile, Q: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
+    """As `label_scores` for rows that repeat labels (several shortlists of one query side by
+    side): each row's distinct labels are scored once and the scores copied to the repeats, so
+    the per-query gather is as wide as the distinct candidates, not the sum of the lists."""
+    order = np.argsort(labels, axis=1, kind="stable")
+    ordered = np.take_along_axis(labels, order, axis=1)
+    first = np.ones(labels.shape, bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    group = np.cumsum(first, axis=1) - 1  # each sorted entry's place among its row's distinct labels
+    distinct = np.full((len(labels), int(group[:, -1].max()) + 1 if labels.size else 0), -1, labels.dtype)
+    rows = np.nonzero(first)[0]
+    distinct[rows, group[first]] = ordered[first]
+    scores = label_scores(vectors, Q, distinct, metric)
+    place = np.empty_like(group)
+    np.put_along_axis(place, order, group, axis=1)
+    return np.take_along_axis(scores, place, axis=1)
+
+
 def hydrate(store: Store, hits: Hits, include: Sequence[str] = ()) -> list[list[Match]]:
     """Matches for `hits` as the index scored them (no re-scoring), with ids and `include`d fields."""
     wanted = np.unique(hits.labels[hits.labels >= 0])

@@ -28,7 +28,16 @@ from index.recall_oracle import (
     WhatIf,
     per_query_recall,
 )
-from index.scoring import LiftedView, ViewNorms, exact_search, hydrate, label_scores, rerank_exact, rerank_hits
+from index.scoring import (
+    LiftedView,
+    ViewNorms,
+    exact_search,
+    hydrate,
+    label_scores,
+    overlapping_label_scores,
+    rerank_exact,
+    rerank_hits,
+)
 from index.store import NewDocument, StoredDocument
 from index.vectors import as_matrix, prepare, top_k
 
@@ -248,14 +257,15 @@ class DenseScoring:
         truth: Hits,
     ) -> list[StageRecall]:
         """Final recall of the funnel at each factor: the graph's shortlist of `k · factor` at the
-        probe's ef setting, re-ranked at full dim. One gather and one product score every
-        factor's candidates (the shortlists nest, so most rows are shared)."""
+        probe's ef setting, re-ranked at full dim. One gather for every factor's candidates,
+        and each query's distinct candidates scored once (its shortlists overlap: side by side
+        they are several times as long as their union)."""
         if not factors:
             return []
         q: _DenseQueries = probe.payload
         shortlists = [min(probe.k * f, max(len(s.indexes), probe.k)) for f in factors]
         candidates = [graph(n, probe.ef_setting).labels for n in shortlists]
-        S = label_scores(s.vectors, q.full, np.hstack(candidates), self._metric)
+        S = overlapping_label_scores(s.vectors, q.full, np.hstack(candidates), self._metric)
         out, start = [], 0
         for factor, n, labels in zip(factors, shortlists, candidates):
             _, best = top_k(S[:, start : start + labels.shape[1]], probe.k)

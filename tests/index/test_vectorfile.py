@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from index.elastic import DimView, fit_pca_rotation
-from index.scoring import LiftedView, ViewNorms, label_scores
+from index.scoring import LiftedView, ViewNorms, label_scores, overlapping_label_scores
 from index.vectorfile import VectorFile
 from index.vectors import scores
 
@@ -70,3 +70,20 @@ def test_lifted_view_scores_equal_scores_of_rotated_rows_and_follow_rewrites(tmp
     new = rng.standard_normal((3, 32)).astype(np.float32)
     vf.add(np.array([4, 5, 6]), new / np.linalg.norm(new, axis=1, keepdims=True) if metric == "cosine" else new)
     check()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_overlapping_label_scores_score_each_distinct_label_once_and_agree(tmp_path, metric):
+    """Shortlists of one query side by side repeat labels (and empty slots, and deleted rows):
+    the scores are label_scores' own, position for position."""
+    rng = np.random.default_rng(3)
+    vf = VectorFile(str(tmp_path / "v.f32"), 16, capacity=64)
+    vf.add(np.arange(1, 61), rng.standard_normal((60, 16)).astype(np.float32))
+    vf.delete(np.array([5, 6]))
+    Q = rng.standard_normal((4, 16)).astype(np.float32)
+    short = rng.integers(-1, 61, (4, 5))
+    labels = np.hstack([short, rng.integers(-1, 61, (4, 9)), short[:, ::-1]])  # repeats within each row
+    expected = label_scores(vf, Q, labels, metric)
+    got = overlapping_label_scores(vf, Q, labels, metric)
+    assert got.shape == labels.shape
+    assert np.allclose(got, expected, atol=1e-5) and np.array_equal(np.isinf(got), np.isinf(expected))
