@@ -250,8 +250,6 @@ class EfController:
             return True
         if n < self.max_window:
             return None
-        # still close after max_window: half a standard error of margin, so a setting whose
-        # recall sits right at the target is refused as often as not rather than accepted
         # a close call after max_window queries passes only a standard error clear of the target:
         # the held setting must hold on queries it was not measured on (half an error let a
         # setting 0.007 short of a 0.90 target through on WordNet's held-out glosses)
@@ -325,7 +323,7 @@ class LadderController:
     the grid's first), and from then on only its two neighbours are measured beside it. A
     window whose settings all fail moves up past its top; one whose lowest setting passes
     moves down. Hysteresis: the held setting stays unless clearly below the target, and the
-    one below it stays refused unless clearly above. Every `window` queries it
+    one below it stays refused unless three standard errors above it. Every `window` queries it
     decides again on the last `memory` queries of each setting (default 4 · `max_window`), so it
     follows data that changes: the held setting and its neighbours are judged again and again,
     and a short memory hands the one below many chances to look clearly above the target by
