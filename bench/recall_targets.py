@@ -349,6 +349,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-multivector", action="store_true")
     parser.add_argument("--skip-dense", action="store_true")
+    parser.add_argument("--latency-only", action="store_true", help="the text-search latency comparison only")
     args = parser.parse_args()
     rows: list[dict] = []
     lat: dict = {}
@@ -376,9 +377,10 @@ def main() -> None:
                     [{**b, "dim": 96} for b in held],
                 ),
             ]
-            rows += run_stages(c, stages, {NAME: truth}, seconds, args.sample_rate)
+            if not args.latency_only:
+                rows += run_stages(c, stages, {NAME: truth}, seconds, args.sample_rate)
             lat = text_latency(c, query_texts, args.latency_seconds, args.sample_rate)
-    if not args.skip_multivector:
+    if not (args.skip_multivector or args.latency_only):
         # A brute-force MaxSim re-run reads every token of every abstract (~0.2 s a query here),
         # so at the default 5% duty cycle a controller gets a few decisions an hour: this stage
         # runs on its own server with the duty cycle given (a setting, VECNEST_RECALL_MAX_BUSY).

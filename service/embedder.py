@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from index import CollectionBackend, Invalid, NotReady
+from service.cpu import CoreShare
 from service.encoders import Encoder, EncoderLoader, EncoderRegistry, Kind, check_layers
 from service.inference import EncodeStats, InferenceQueue
 from service.metrics import Metrics
@@ -24,7 +25,9 @@ from service.settings import Settings
 
 
 class Embedder:
-    def __init__(self, settings: Settings, metrics: Metrics, loader: EncoderLoader | None = None):
+    def __init__(
+        self, settings: Settings, metrics: Metrics, loader: EncoderLoader | None = None, cores: CoreShare | None = None
+    ):
         self.metrics = metrics
         self.registry = EncoderRegistry(settings, loader)
         self.inference = InferenceQueue(
@@ -35,6 +38,7 @@ class Embedder:
             settings.encode_queue_texts,
             settings.encode_batch_wait_ms / 1000,
             settings.background_call_ms / 1000,
+            cores,
         )
         # A collection (a generation, during an upgrade) → its encoder; forgotten with the object.
         self._of: weakref.WeakKeyDictionary[CollectionBackend, Encoder] = weakref.WeakKeyDictionary()

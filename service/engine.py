@@ -35,6 +35,7 @@ from index import (
     open_qdrant_catalog,
 )
 from service.async_collection import AsyncCollection
+from service.cpu import CoreShare
 from service.embedder import Embedder
 from service.encoders import EncoderLoader
 from service.metrics import Metrics
@@ -50,7 +51,9 @@ class Engine:
     def __init__(self, settings: Settings, metrics: Metrics, encoder_loader: EncoderLoader | None = None):
         self.settings = settings
         self.metrics = metrics
-        self.embedder = Embedder(settings, metrics, encoder_loader)
+        # the encoder's model calls and the exact re-runs of sampled searches share the cores
+        cores = CoreShare()
+        self.embedder = Embedder(settings, metrics, encoder_loader, cores)
         self.catalog: CatalogBackend | None = None
         self.recall = RecallEstimator(
             metrics,
@@ -59,6 +62,9 @@ class Engine:
             settings.recall_controller_window,
             settings.recall_max_busy,
             steer=settings.role != "serve",
+            cores=cores,
+            gather=settings.recall_gather,
+            gather_s=settings.recall_gather_ms / 1000,
         )
         self.searches = SearchBatcher(
             settings.search_workers,

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from index import Overloaded
-from service.cpu import FreeCores
+from service.cpu import CoreShare, FreeCores
 from service.encoders import Encoder, Kind
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class InferenceQueue:
         max_pending_texts: int = 8192,
         batch_wait_s: float = 0.0,
         background_call_s: float = 0.2,
+        cores: CoreShare | None = None,
     ):
         # (priority, arrival, job): user work (0) before background work (1) before the stop
         # sentinel (2, job None); first come, first served within a priority.
@@ -105,6 +106,7 @@ class InferenceQueue:
         self._on_batch = on_batch
         self._torch_threads = torch_threads  # None: follow the free cores (service/cpu.py)
         self._free_cores = FreeCores()
+        self.cores = cores or CoreShare(self._free_cores.cores)  # shared with background work
         self.threads = 0  # torch's intra-op threads now (0: not set yet)
         self._thread: threading.Thread | None = None
 
@@ -231,15 +233,19 @@ class InferenceQueue:
             self._pending_texts -= texts
 
     # -- the inference thread -----------------------------------------------------------------
-    def _set_threads(self) -> None:
+    def _threads_wanted(self) -> int:
         """torch's intra-op threads: as configured, or as many as other processes leave cores."""
+        return self._torch_threads or self._free_cores.threads(self._free_cores.cores)
+
+    def _set_threads(self, threads: int) -> None:
         torch = sys.modules.get("torch")  # not loaded: no encoder uses it (a model-free encoder)
         if torch is None:
             return
-        threads = self._torch_threads or self._free_cores.threads(self._free_cores.cores)
         if threads != self.threads:
+            # debug: while background work runs beside the encoder, calls switch between all
+            # cores and one less (`CoreShare`), many times a second
             torch.set_num_threads(threads)
-            log.info("torch intra-op threads: %d (%.1f cores free)", threads, self._free_cores.free())
+            log.debug("torch intra-op threads: %d (%.1f cores free)", threads, self._free_cores.free())
             self.threads = threads
 
     def _run(self) -> None:
@@ -282,11 +288,12 @@ class InferenceQueue:
         for entry in held:
             self._queue.put(entry)
         self._last_requests = len(batch)
-        self._set_threads()
         start = time.perf_counter()
         texts = [t for job in batch for t in job.texts]
         encode = first.encoder.encode_tokens if first.tokens else first.encoder.encode
-        done = self._finish(batch, lambda: encode(texts, first.kind, first.layers))
+        with self.cores.model_call(self._threads_wanted()) as threads:
+            self._set_threads(threads)
+            done = self._finish(batch, lambda: encode(texts, first.kind, first.layers))
         if first.background:
             self._background_per_text[first.encoder] = (time.perf_counter() - start) / len(texts)
         if done is not None and self._on_batch is not None:

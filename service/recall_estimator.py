@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from statistics import fmean
 from typing import Any
 
@@ -35,6 +36,7 @@ from index import (
     StageRecall,
     WhatIf,
 )
+from service.cpu import CoreShare
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -50,11 +52,13 @@ class FreshestFirst:
     FIFO that drops new arrivals) kept controllers from ever seeing their own settings' effect
     under steady traffic."""
 
-    def __init__(self, size: int):
-        self._items: deque = deque()
+    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic):
+        self._items: deque[tuple[float, Any]] = deque()  # (queued at, item), oldest first
         self._size = max(1, size)
         self._pending = 0  # queued or being measured
         self._closed = False
+        self._flushing = 0  # callers waiting for the queue to drain: no gathering meanwhile
+        self._clock = clock
         self._cond = threading.Condition()
 
     def put(self, item: Any) -> Any:
@@ -62,21 +66,28 @@ class FreshestFirst:
         with self._cond:
             dropped = None
             if len(self._items) >= self._size:
-                dropped = self._items.popleft()
+                dropped = self._items.popleft()[1]
                 self._pending -= 1
-            self._items.append(item)
+            self._items.append((self._clock(), item))
             self._pending += 1
             self._cond.notify_all()
             return dropped
 
-    def take(self, n: int) -> list[Any] | None:
-        """Up to `n` items, newest first, waiting for one; None once closed."""
+    def take(self, n: int, gather: int = 1, gather_s: float = 0.0) -> list[Any] | None:
+        """Up to `n` items, newest first, once `gather` are queued or the oldest has waited
+        `gather_s` seconds (or someone waits in `join`); None once closed."""
         with self._cond:
-            while not self._items and not self._closed:
-                self._cond.wait()
+            while not self._closed:
+                if self._items:
+                    left = self._items[0][0] + gather_s - self._clock()
+                    if len(self._items) >= min(gather, n, self._size) or left <= 0 or self._flushing:
+                        break
+                    self._cond.wait(left)
+                else:
+                    self._cond.wait()
             if self._closed:
                 return None
-            return [self._items.pop() for _ in range(min(n, len(self._items)))]
+            return [self._items.pop()[1] for _ in range(min(n, len(self._items)))]
 
     def done(self, n: int) -> None:
         with self._cond:
@@ -84,9 +95,14 @@ class FreshestFirst:
             self._cond.notify_all()
 
     def join(self, timeout: float) -> bool:
-        """Wait until everything queued has been measured."""
+        """Wait until everything queued has been measured (taking it without gathering)."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._pending <= 0, timeout)
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: self._pending <= 0, timeout)
+            finally:
+                self._flushing -= 1
 
     def close(self) -> None:
         with self._cond:
@@ -120,9 +136,14 @@ class RecallEstimator:
         seed: int | None = None,
         steer: bool = True,
         batch: int = 64,
+        cores: CoreShare | None = None,
+        gather: int = 1,
+        gather_s: float = 0.0,
     ):
         """`steer`: apply the controllers' ef changes (False on a serving replica: one maintenance
-        process steers, and every replica reads the ef it sets)."""
+        process steers, and every replica reads the ef it sets). `cores`: shared with the
+        encoder, whose model calls leave a core to each re-run (none: the re-runs take their
+        chances beside them)."""
         self.metrics = metrics
         self._steering = steer
         self.sample_rate = sample_rate
@@ -133,8 +154,14 @@ class RecallEstimator:
         # measure rested 19 times that waiting too at 5% (117k glosses, 600 searches/s: ~13
         # queries re-run a second).
         self._rest_factor = 1.0 / max_busy - 1.0
+        self._cores = cores or CoreShare()
         self.controller_window = controller_window
         self._batch = batch  # probes taken from the queue at once, merged where one exact pass answers them
+        # ...and taken once `gather` wait or the oldest has waited `gather_s`: an exact pass over
+        # 117k vectors costs 15 ms for one query (it reads every vector), 62 ms for 16, 117 ms for
+        # 64, so gathering cuts the time the re-runs take a core from the encoder (under light
+        # traffic the duty cycle does not bind and each probe had a pass of its own)
+        self._gather, self._gather_s = gather, gather_s
         self._rolling_size = rolling
         self._queue = FreshestFirst(queue_size)
         self._rng = random.Random(seed)
@@ -193,7 +220,7 @@ class RecallEstimator:
         """Take the newest queued probes (up to `batch`), merge the probes one exact pass can
         answer together (`CollectionBackend.merge_probes`), measure, then rest for the duty cycle."""
         while True:
-            items = self._queue.take(self._batch)
+            items = self._queue.take(self._batch, self._gather, self._gather_s)
             if items is None:
                 return
             try:
@@ -216,7 +243,8 @@ class RecallEstimator:
             merged = probes
         for probe in merged:
             try:
-                self.evaluate(collection, probe, LIVE)
+                with self._cores.background():
+                    self.evaluate(collection, probe, LIVE)
             except NotFound:  # dropped meanwhile
                 pass
             except Exception:

@@ -194,6 +194,12 @@ class Settings(BaseSettings):
     recall_queue_size: int = Field(
         64, ge=1, description="sampled searches waiting for their exact re-run; more are dropped"
     )
+    recall_gather: int = Field(
+        32, ge=1, description="sampled searches re-run together in one exact pass (the pass reads every vector once)"
+    )
+    recall_gather_ms: float = Field(
+        1000.0, ge=0, description="the longest a sampled search waits for others to share its exact pass"
+    )
     recall_controller_window: int = Field(50, ge=5, description="measured queries per ef controller decision")
     # 0.25 cost vector search at c=1 10% of its rate (bench/peers.py: 630 vs 701 req/s with sampling off)
     recall_max_busy: float = Field(0.05, gt=0, le=1, description="most of one core the exact re-runs may take")

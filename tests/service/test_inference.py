@@ -166,3 +166,52 @@ def test_with_no_user_about_background_work_runs_in_full_batches():
     finally:
         queue.stop()
     assert encoder.calls == [["b1", "b2", "b3"]]
+
+
+class _ThreadsEncoder(_CountingEncoder):
+    """Records torch's intra-op threads during each model call."""
+
+    def __init__(self):
+        super().__init__()
+        self.threads: list[int] = []
+
+    def encode(self, texts, kind="query", layers=None):
+        import torch
+
+        self.threads.append(torch.get_num_threads())
+        return super().encode(texts, kind, layers)
+
+
+def test_model_calls_leave_a_core_to_background_work_while_it_runs():
+    import threading
+
+    import torch
+
+    from service.cpu import CoreShare
+
+    share = CoreShare(cores=2)
+    queue = InferenceQueue(torch_threads=2, cores=share)
+    encoder = _ThreadsEncoder()
+    queue.start()
+    running, done = threading.Event(), threading.Event()
+
+    def background():
+        with share.background():
+            running.set()
+            done.wait(30)
+
+    before = torch.get_num_threads()
+    try:
+        asyncio.run(asyncio.wait_for(queue.encode(encoder, ["alone"]), timeout=30))
+        worker = threading.Thread(target=background)
+        worker.start()
+        assert running.wait(30)
+        asyncio.run(asyncio.wait_for(queue.encode(encoder, ["beside the background work"]), timeout=30))
+        done.set()
+        worker.join(30)
+        asyncio.run(asyncio.wait_for(queue.encode(encoder, ["alone again"]), timeout=30))
+        assert encoder.threads == [2, 1, 2]
+    finally:
+        done.set()
+        queue.stop()
+        torch.set_num_threads(before)
