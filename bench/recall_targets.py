@@ -3,7 +3,7 @@ holds the target offline and is the cheapest setting that does, and what samplin
 search.
 
     python bench/recall_targets.py [--seconds 60] [--mv-seconds 300] [--mv-max-busy 1.0]
-        [--sample-rate 0.2] [--skip-dense] [--skip-multivector]
+        [--sample-rate 0.2] [--skip-dense] [--skip-multivector] [--latency-only]
 
 A vecnest server (child process) holds the 117,659 WordNet glosses ("lemmas: gloss") minus 2,000
 held-out ones, embedded by all-MiniLM-L6-v2 (cached under bench/out/cache), in one collection

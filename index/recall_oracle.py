@@ -298,7 +298,13 @@ class EfController:
         return high - low <= max(1, self.resolution * high)
 
 
-def geometric_grid(low: int, high: int, ratio: float = 2**0.25) -> tuple[int, ...]:
+# Settings about 9% apart. Near a target, one step of a 19% grid moved WordNet's recall@10 by
+# ~0.01 (ef 57 → 68 at 0.95: 0.958 → 0.967), so a ladder held one step above the cheapest passing
+# setting (its step below clears the target by too little to prove) missed ±0.01 of the target.
+GRID_RATIO = 2**0.125
+
+
+def geometric_grid(low: int, high: int, ratio: float = GRID_RATIO) -> tuple[int, ...]:
     """The integers `low = g0 < g1 < ... = high`, each about `ratio` times the one before (at
     least one more): the settings a `LadderController` chooses among."""
     grid = [low]
@@ -340,7 +346,7 @@ class LadderController:
         max_window: int | None = None,
         confidence: float = 2.0,
         span: int = 3,
-        ratio: float = 2**0.25,
+        ratio: float = GRID_RATIO,
         memory: int | None = None,
     ):
         if not 0.0 < target <= 1.0:

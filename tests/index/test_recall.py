@@ -256,7 +256,7 @@ def test_ladder_converges_to_the_cheapest_grid_setting_in_a_few_windows(target):
         queries.append(fed)
         shortfall.append(target - curve.mean(c.ef))
     assert max(shortfall) <= 0.01 and np.mean(shortfall) <= 0.005, shortfall
-    assert np.median(queries) <= 500, queries
+    assert np.median(queries) <= 600, queries  # on a grid 9% apart: 550 at 0.99, fewer below
 
 
 def test_ladder_holds_its_setting_follows_harder_data_and_saturates():
@@ -288,7 +288,7 @@ def test_a_converged_ladder_does_not_step_down_on_a_lucky_stretch():
 
     def steps_down(memory: int | None, seed: int) -> int:
         rng = np.random.default_rng(seed)
-        c = LadderController(0.90, 20, 10, 1000, window=50, memory=memory)
+        c = LadderController(0.90, 20, 10, 1000, window=50, memory=memory, ratio=2**0.25)
         count = 0
         for _ in range(300):
             batch = {}
@@ -306,7 +306,7 @@ def test_a_converged_ladder_does_not_step_down_on_a_lucky_stretch():
 
 
 def test_ladder_asks_for_the_settings_around_its_own_and_drops_recalls_of_another_context():
-    c = LadderController(0.9, 17, 10, 1000, window=10)
+    c = LadderController(0.9, 17, 10, 1000, window=10, ratio=2**0.25)
     assert c.settings() == (10, 12, 14, 17, 20, 24, 29)
     assert c.observe({13: [0.0] * 20}) is None  # off the grid: ignored
     assert c.observe({e: [1.0] * 6 for e in c.settings()}, context=100) is None
@@ -318,7 +318,7 @@ def test_ladder_asks_for_the_settings_around_its_own_and_drops_recalls_of_anothe
 def test_ladder_keeps_the_recalls_of_settings_whose_own_experiment_did_not_change():
     """A funnel's factors searched at breadth max(ef, k·factor): an ef change alters only the
     factors whose shortlist is shorter than the ef, and only their recalls are dropped."""
-    c = LadderController(0.9, 17, 1, 64, window=10)
+    c = LadderController(0.9, 17, 1, 64, window=10, ratio=2**0.25)
     factors = c.settings()  # (10, 12, 14, 17, 20, 24, 29)
     breadth = {f: (10 * f, max(150, 10 * f)) for f in factors}
     assert c.observe({f: [1.0] * 6 for f in factors}, setting_contexts=breadth) is None
