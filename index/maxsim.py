@@ -31,28 +31,35 @@ class TokenBatch:
         S = np.asarray(Q, np.float32) @ self.tokens.T  # (m, T)
         return np.maximum.reduceat(S, self.offsets[:-1], axis=1).sum(axis=0)
 
-    def chamfer_many(self, Qs: Sequence[np.ndarray], budget: int = 1 << 25) -> np.ndarray:
-        """`(len(Qs), n)` Chamfer scores of each query token matrix `Qs[i] (m_i, d)` against every
-        set. All queries' tokens go through one matrix product per slice of sets (slices sized so
-        the `(sum m_i, tokens)` score block stays under `budget` floats): a product per query
-        re-read every stored token once per query, which bounded brute-force MaxSim by memory
-        bandwidth."""
-        out = np.zeros((len(Qs), len(self)), np.float32)
-        if len(self) == 0 or not len(Qs):
-            return out
-        Q = np.concatenate([np.asarray(q, np.float32) for q in Qs])
-        rows = np.concatenate([[0], np.cumsum([len(q) for q in Qs])[:-1]])  # each query's first row
-        per_slice = max(1, budget // len(Q))  # tokens
-        start = 0
-        while start < len(self):
-            end = int(np.searchsorted(self.offsets, self.offsets[start] + per_slice, side="right")) - 1
-            end = min(len(self), max(end, start + 1))
-            first = self.offsets[start]
-            S = Q @ self.tokens[first : self.offsets[end]].T  # (sum m_i, tokens of the slice)
-            best = np.maximum.reduceat(S, self.offsets[start:end] - first, axis=1)  # (sum m_i, sets)
-            out[:, start:end] = np.add.reduceat(best, rows, axis=0)
-            start = end
+
+def chamfer_many(Qs: Sequence[np.ndarray], sets: Sequence[np.ndarray], slice_tokens: int = 4096) -> np.ndarray:
+    """`(len(Qs), len(sets))` Chamfer scores of each query token matrix `Qs[i] (m_i, d)` against
+    each token set `sets[j] (n_j, d)` (any float dtype; the store's are float16).
+
+    All queries' tokens go through one matrix product per slice of sets, so each stored token is
+    read once per call, not once per query (that bounded brute-force MaxSim by memory bandwidth).
+    Slices hold about `slice_tokens` tokens, converted to float32 into one buffer reused from
+    slice to slice: packing every set first (a TokenBatch) allocated ~1.5 GB per 4,096 SciFact
+    abstracts and made a 32-query pass over 1.2M tokens 2.4x slower (17.8 s against 7.3 s)."""
+    out = np.zeros((len(Qs), len(sets)), np.float32)
+    if not len(sets) or not len(Qs):
         return out
+    Q = np.concatenate([np.asarray(q, np.float32) for q in Qs])
+    rows = np.concatenate([[0], np.cumsum([len(q) for q in Qs])[:-1]])  # each query's first row
+    sizes = np.fromiter((len(t) for t in sets), np.int64, len(sets))
+    ends = np.cumsum(sizes)  # token offset after each set
+    buffer = np.empty((max(slice_tokens, int(sizes.max())), Q.shape[1]), np.float32)
+    start = 0
+    while start < len(sets):
+        first = ends[start] - sizes[start]
+        end = max(start + 1, int(np.searchsorted(ends, first + len(buffer), side="right")))  # sets that fit
+        n = int(ends[end - 1] - first)
+        np.concatenate(sets[start:end], out=buffer[:n], casting="same_kind")
+        S = Q @ buffer[:n].T  # (sum m_i, tokens of the slice)
+        best = np.maximum.reduceat(S, ends[start:end] - sizes[start:end] - first, axis=1)  # (sum m_i, sets)
+        out[:, start:end] = np.add.reduceat(best, rows, axis=0)
+        start = end
+    return out
 
 
 def chamfer(Q: np.ndarray, sets: Sequence[np.ndarray]) -> np.ndarray:

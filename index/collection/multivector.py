@@ -19,7 +19,7 @@ from index.elastic import sample_labels
 from index.errors import Invalid
 from index.fde import FdeEncoder
 from index.manifest import Elasticizer, Manifest
-from index.maxsim import TokenBatch, ball_carve
+from index.maxsim import TokenBatch, ball_carve, chamfer_many
 from index.protocols import Hits
 from index.recall_oracle import (
     EF,
@@ -357,9 +357,9 @@ class TokenScoring:
         return out
 
     def _brute_force(self, s: CollectionState, Qs: list[np.ndarray], k: int, allowed: np.ndarray | None) -> Hits:
-        """Exact Chamfer against every live (or allowed) document, streaming tokens from the store."""
+        """Exact Chamfer against every live (or allowed) document, streaming tokens from the store
+        (512 documents a read: ~100 MB of float16 SciFact tokens, not the ~750 MB of 4,096)."""
         best = Hits.empty(len(Qs), 0)
-        for labels, sets in s.store.iter_tokens(None if allowed is None else allowed.tolist()):
-            batch = TokenBatch(sets)
-            best = best.merged(labels, batch.chamfer_many(Qs), k)
+        for labels, sets in s.store.iter_tokens(None if allowed is None else allowed.tolist(), batch=512):
+            best = best.merged(labels, chamfer_many(Qs, sets), k)
         return best.padded(k)
