@@ -8,7 +8,7 @@ re-ranks them by exact Chamfer over their stored tokens.
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -277,17 +277,18 @@ class TokenScoring:
             at_ef = {ef: graph(probe.shortlist, ef) for ef in what_if.efs}
             shortlists = {f: min(probe.k * f, max(len(s.indexes), probe.k)) for f in what_if.factors}
             candidates = {f: graph(n, probe.ef_setting) for f, n in shortlists.items()}
-            # one store read for the tokens of every candidate set (they overlap)
-            sets = [probe.found, *at_ef.values(), *candidates.values()]
-            every = np.concatenate([h.labels.ravel() for h in sets])
-            tokens = s.store.tokens(np.unique(every[every >= 0]).tolist())
-            exact = self._brute_force(s, q.scoring, probe.k, probe.allowed)
+            # The brute-force pass scores every document anyway: it keeps the exact scores of
+            # every candidate of every search here, and each search's final results (the MaxSim
+            # top-k of its candidates) are read from them. Re-ranking each what-if search on its
+            # own converted ~50k tokens per search and query, more than the pass itself.
+            every = np.concatenate([h.labels for h in (probe.found, *at_ef.values(), *candidates.values())], axis=1)
+            exact, known = self._brute_force_keeping(s, q.scoring, probe.k, probe.allowed, every)
 
             scored: dict[int, np.ndarray] = {}  # by search: efs below the shortlist share one
 
             def final_recall(hits: Hits) -> np.ndarray:
                 if id(hits) not in scored:
-                    scored[id(hits)] = per_query_recall(self._rerank(s, q.scoring, hits, probe.k, tokens).scores, exact)
+                    scored[id(hits)] = per_query_recall(known.top_k(hits.labels, probe.k), exact)
                 return scored[id(hits)]
 
             final = StageRecall(probe.index, FINAL_STAGE, final_recall(probe.found), probe.k, probe.ef, probe.shortlist)
@@ -338,13 +339,9 @@ class TokenScoring:
         return {"fde_dim": self.fde.dim}
 
     # -- exact MaxSim ---------------------------------------------------------------------------
-    def _rerank(
-        self, s: CollectionState, Qs: list[np.ndarray], candidates: Hits, k: int, tokens: dict | None = None
-    ) -> Hits:
-        """Exact Chamfer of each query against its own candidates (one store read for all, unless
-        `tokens`, label → token matrix, holds them already)."""
-        if tokens is None:
-            tokens = s.store.tokens(np.unique(candidates.labels[candidates.labels >= 0]).tolist())
+    def _rerank(self, s: CollectionState, Qs: list[np.ndarray], candidates: Hits, k: int) -> Hits:
+        """Exact Chamfer of each query against its own candidates (one store read for all)."""
+        tokens = s.store.tokens(np.unique(candidates.labels[candidates.labels >= 0]).tolist())
         out = Hits.empty(len(Qs), k)
         for i, Q in enumerate(Qs):  # per query, never per token
             labels = np.asarray([label for label in candidates.labels[i].tolist() if label in tokens], np.int64)
@@ -357,9 +354,60 @@ class TokenScoring:
         return out
 
     def _brute_force(self, s: CollectionState, Qs: list[np.ndarray], k: int, allowed: np.ndarray | None) -> Hits:
-        """Exact Chamfer against every live (or allowed) document, streaming tokens from the store
-        (512 documents a read: ~100 MB of float16 SciFact tokens, not the ~750 MB of 4,096)."""
+        """Exact Chamfer against every live (or allowed) document, streaming tokens from the store."""
         best = Hits.empty(len(Qs), 0)
-        for labels, sets in s.store.iter_tokens(None if allowed is None else allowed.tolist(), batch=512):
-            best = best.merged(labels, chamfer_many(Qs, sets), k)
+        for labels, S in self._exact_scores(s, Qs, allowed):
+            best = best.merged(labels, S, k)
         return best.padded(k)
+
+    def _brute_force_keeping(
+        self, s: CollectionState, Qs: list[np.ndarray], k: int, allowed: np.ndarray | None, wanted: np.ndarray
+    ) -> tuple[Hits, "KnownScores"]:
+        """`_brute_force`, and the exact scores of the labels in `wanted (nq, w)` (row i: query
+        i's; -1 pads) read off the same pass."""
+        best, known = Hits.empty(len(Qs), 0), KnownScores(wanted)
+        for labels, S in self._exact_scores(s, Qs, allowed):
+            best = best.merged(labels, S, k)
+            known.record(labels, S)
+        return best.padded(k), known
+
+    @staticmethod
+    def _exact_scores(
+        s: CollectionState, Qs: list[np.ndarray], allowed: np.ndarray | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`(labels (n,) ascending, Chamfer scores (len(Qs), n))` of every live (or allowed)
+        document, streamed from the store 512 documents a read (~100 MB of float16 SciFact
+        tokens, not the ~750 MB of 4,096)."""
+        for labels, sets in s.store.iter_tokens(None if allowed is None else allowed.tolist(), batch=512):
+            yield labels, chamfer_many(Qs, sets)
+
+
+class KnownScores:
+    """Exact scores of a few labels per query, gathered from a brute-force pass: `wanted (nq, w)`
+    labels (-1 pads), each row's score -inf until `record` sees the label (so documents deleted
+    since the search score -inf, as per_query_recall expects)."""
+
+    def __init__(self, wanted: np.ndarray):
+        self.labels = [np.unique(row[row >= 0]) for row in np.asarray(wanted, np.int64)]
+        self.scores = [np.full(len(row), -np.inf, np.float32) for row in self.labels]
+
+    def record(self, labels: np.ndarray, S: np.ndarray) -> None:
+        """Take the scores `S (nq, n)` of the ascending `labels (n,)` of one pass step."""
+        if not len(labels):
+            return
+        for i, want in enumerate(self.labels):
+            pos = np.minimum(np.searchsorted(labels, want), len(labels) - 1)
+            found = labels[pos] == want
+            self.scores[i][found] = S[i, pos[found]]
+
+    def top_k(self, labels: np.ndarray, k: int) -> np.ndarray:
+        """`(nq, k)` the best k exact scores among each row of `labels (nq, c)` (-1 pads, all of
+        them wanted), descending, -inf padded: the scores of a MaxSim re-rank of those
+        candidates."""
+        out = np.full((len(labels), k), -np.inf, np.float32)
+        for i, row in enumerate(np.asarray(labels, np.int64)):
+            row = row[row >= 0]
+            if len(row):
+                best = -np.sort(-self.scores[i][np.searchsorted(self.labels[i], row)])[:k]
+                out[i, : len(best)] = best
+        return out

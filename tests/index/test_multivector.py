@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from index import Catalog, HnswParams, Manifest, NewDocument, Query, WhatIf
+from index.collection.multivector import KnownScores
 from index.errors import Invalid
 from index.fde import MultiVectorConfig
 from index.maxsim import chamfer
@@ -195,10 +196,26 @@ def test_what_if_reruns_read_what_searches_at_those_candidates_read(tmp_path, gl
     measured = collection.evaluate_recall(probe, WhatIf(efs=(10, 80), factors=(1, 2, 6)))
     what_if = {(s.knob, s.setting): s.recall for s in measured[2:]}
     assert set(what_if) == {("ef", 10), ("ef", 80), ("factor", 1), ("factor", 2), ("factor", 6)}
+    oracle = truth(queries[:12], docs[:600])
     for f in (1, 2, 6):
-        own = collection.search(Query(queries[:12], 10, ef=10, candidates=10 * f, probe=True)).probe
-        assert np.allclose(what_if["factor", f], collection.evaluate_recall(own)[1].recall, equal_nan=True)
+        searched = collection.search(Query(queries[:12], 10, ef=10, candidates=10 * f, probe=True))
+        assert np.allclose(what_if["factor", f], collection.evaluate_recall(searched.probe)[1].recall, equal_nan=True)
+        # ...and what the user got at that setting, against brute-force MaxSim computed here
+        assert np.allclose(what_if["factor", f], [len(set(r) & t) / 10 for r, t in zip(ids(searched), oracle)])
     own = collection.search(Query(queries[:12], 10, ef=80, candidates=20, probe=True)).probe
     assert np.allclose(what_if["ef", 80], collection.evaluate_recall(own)[1].recall, equal_nan=True)
     assert np.nanmean(what_if["factor", 6]) > np.nanmean(what_if["factor", 1])
     catalog.close()
+
+
+def test_known_scores_gather_a_few_labels_per_query_from_a_streamed_pass():
+    """The exact scores a brute-force pass keeps for each query's candidates: whatever batch
+    they stream in, and -inf for labels it never saw (deleted since the search)."""
+    wanted = np.array([[7, 3, -1, 9], [2, 2, 5, -1]])
+    known = KnownScores(wanted)
+    S = np.arange(2 * 6, dtype=np.float32).reshape(2, 6)  # query i, label j -> 6i + j
+    known.record(np.array([1, 2, 3]), S[:, :3])
+    known.record(np.array([5, 7, 8]), S[:, 3:])
+    got = known.top_k(np.array([[3, 7, 9, -1], [5, 2, -1, -1]]), 2)
+    assert got.tolist() == [[4.0, 2.0], [9.0, 7.0]]  # label 9 never streamed: -inf, below both
+    assert known.top_k(np.array([[9, -1], [-1, -1]]), 2).tolist() == [[-np.inf] * 2] * 2
