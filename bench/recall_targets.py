@@ -3,7 +3,8 @@ holds the target offline and is the cheapest setting that does, and what samplin
 search.
 
     python bench/recall_targets.py [--seconds 60] [--mv-seconds 300] [--mv-max-busy 1.0]
-        [--sample-rate 0.2] [--mv-sample-rate 1.0] [--skip-dense] [--skip-multivector] [--latency-only]
+        [--sample-rate 0.2] [--mv-sample-rate 1.0] [--targets 0.90 0.95 0.99] [--skip-dense]
+        [--skip-multivector] [--latency-only]
 
 A vecnest server (child process) holds the 117,659 WordNet glosses ("lemmas: gloss") minus 2,000
 held-out ones, embedded by all-MiniLM-L6-v2 (cached under bench/out/cache), in one collection
@@ -318,10 +319,12 @@ def text_latency(client, texts: list[str], seconds: float, sample_rate: float, r
     }
 
 
-def run_stages(client, stages: list[Stage], truths: dict, seconds: dict, sample_rate: dict) -> list[dict]:
+def run_stages(
+    client, stages: list[Stage], truths: dict, seconds: dict, sample_rate: dict, targets=TARGETS
+) -> list[dict]:
     rows = []
     for stage in stages:
-        for target in TARGETS:
+        for target in targets:
             r = phase(client, stage, target, seconds[stage.collection], sample_rate[stage.collection])
             check_offline(client, stage, r, truths[stage.collection])
             rows.append(r)
@@ -350,6 +353,7 @@ def main() -> None:
     parser.add_argument(
         "--latency-seconds", type=float, default=60.0, help="per condition (sampling, none), in alternating rounds"
     )
+    parser.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
     parser.add_argument("--skip-multivector", action="store_true")
     parser.add_argument("--skip-dense", action="store_true")
     parser.add_argument("--latency-only", action="store_true", help="the text-search latency comparison only")
@@ -382,7 +386,7 @@ def main() -> None:
                 ),
             ]
             if not args.latency_only:
-                rows += run_stages(c, stages, {NAME: truth}, seconds, sample_rate)
+                rows += run_stages(c, stages, {NAME: truth}, seconds, sample_rate, args.targets)
             lat = text_latency(c, query_texts, args.latency_seconds, args.sample_rate)
     if not (args.skip_multivector or args.latency_only):
         # A brute-force MaxSim re-run reads every token of every abstract (~0.2 s a query here),
@@ -399,7 +403,7 @@ def main() -> None:
             stage = Stage(
                 "multi-vector", MV, "fde:rerank", "rerank_factor", [{"query": t} for t in claims_live], mv_held
             )
-            rows += run_stages(c, [stage], {MV: mv_truth}, seconds, sample_rate)
+            rows += run_stages(c, [stage], {MV: mv_truth}, seconds, sample_rate, args.targets)
     print(
         "\n| stage | target | searches/s | sampled queries measured/s | converged in (s) | within ±0.01 from (s) | chosen | "
         "offline recall@10 | cheapest that holds (sweep) | steps from it | holds target − 0.005 |"
