@@ -222,6 +222,10 @@ def check_offline(client, stage: Stage, r: dict, truth: list[set[str]]) -> None:
     """The chosen setting's offline recall, and the cheapest setting of a sweep that holds the
     target (the graph's ef for the 384 graph; the factor, at the tuned ef, for the others)."""
     target = r["target"]
+    # Unsampled: at the live rate the sweep's 50-query batch searches (pinned, so they steer
+    # nothing) filled the estimator's queue, and the next target's controller waited minutes
+    # for their exact passes (the multi-vector 0.99 phase saw none in 300 s).
+    client.patch(f"/v1/collections/{stage.collection}", json={"recall_sample_rate": 0.0}).raise_for_status()
     if stage.knob == "ef":
         r["offline"] = offline(client, stage.collection, stage.held, truth, ef=r["chosen"])
         r["cheapest"] = cheapest(lambda e: offline(client, stage.collection, stage.held, truth, ef=e), target, EF_SWEEP)
