@@ -52,8 +52,13 @@ class FreshestFirst:
     FIFO that drops new arrivals) kept controllers from ever seeing their own settings' effect
     under steady traffic."""
 
-    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, size: int, clock: Callable[[], float] = time.monotonic, weight: Callable[[Any], int] = lambda _: 1
+    ):
+        """`weight(item)`: what an item counts for in `take`'s `n` and `gather` (the estimator's:
+        a probe's queries, so a sampled 50-query batch search is not one 64th of a pass)."""
         self._items: deque[tuple[float, Any]] = deque()  # (queued at, item), oldest first
+        self._weight = weight
         self._size = max(1, size)
         self._pending = 0  # queued or being measured
         self._closed = False
@@ -74,20 +79,26 @@ class FreshestFirst:
             return dropped
 
     def take(self, n: int, gather: int = 1, gather_s: float = 0.0) -> list[Any] | None:
-        """Up to `n` items, newest first, once `gather` are queued or the oldest has waited
-        `gather_s` seconds (or someone waits in `join`); None once closed."""
+        """The newest items weighing up to `n` together (at least one), once `gather` worth
+        are queued or the oldest has waited `gather_s` seconds (or someone waits in `join`);
+        None once closed."""
         with self._cond:
             while not self._closed:
                 if self._items:
                     left = self._items[0][0] + gather_s - self._clock()
-                    if len(self._items) >= min(gather, n, self._size) or left <= 0 or self._flushing:
+                    queued = sum(self._weight(item) for _, item in self._items)
+                    if queued >= min(gather, n, self._size) or left <= 0 or self._flushing:
                         break
                     self._cond.wait(left)
                 else:
                     self._cond.wait()
             if self._closed:
                 return None
-            return [self._items.pop()[1] for _ in range(min(n, len(self._items)))]
+            taken, weight = [], 0
+            while self._items and (not taken or weight + self._weight(self._items[-1][1]) <= n):
+                weight += self._weight(self._items[-1][1])
+                taken.append(self._items.pop()[1])
+            return taken
 
     def done(self, n: int) -> None:
         with self._cond:
@@ -156,14 +167,17 @@ class RecallEstimator:
         self._rest_factor = 1.0 / max_busy - 1.0
         self._cores = cores or CoreShare()
         self.controller_window = controller_window
-        self._batch = batch  # probes taken from the queue at once, merged where one exact pass answers them
+        # queries taken from the queue at once (newest probes first), merged where one exact pass
+        # answers them; counted in queries, not probes: 64 sampled 50-query batch searches made
+        # one 3,200-query pass that kept every controller waiting for minutes (multi-vector)
+        self._batch = batch
         # ...and taken once `gather` wait or the oldest has waited `gather_s`: an exact pass over
         # 117k vectors costs 15 ms for one query (it reads every vector), 62 ms for 16, 117 ms for
         # 64, so gathering cuts the time the re-runs take a core from the encoder (under light
         # traffic the duty cycle does not bind and each probe had a pass of its own)
         self._gather, self._gather_s = gather, gather_s
         self._rolling_size = rolling
-        self._queue = FreshestFirst(queue_size)
+        self._queue = FreshestFirst(queue_size, weight=lambda item: item[1].queries)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # guards the dictionaries below (worker vs request threads)
         self._recalls: dict[tuple[str, str, str, str], deque[float]] = {}  # (collection, index, stage, source)
@@ -217,7 +231,7 @@ class RecallEstimator:
         return stages
 
     def _run(self) -> None:
-        """Take the newest queued probes (up to `batch`), merge the probes one exact pass can
+        """Take the newest queued probes (up to `batch` queries), merge the probes one exact pass can
         answer together (`CollectionBackend.merge_probes`), measure, then rest for the duty cycle."""
         while True:
             items = self._queue.take(self._batch, self._gather, self._gather_s)

@@ -52,3 +52,16 @@ def test_a_closed_queue_stops_a_gathering_worker():
     queue.close()
     thread.join(30)
     assert taken == [None]
+
+
+def test_a_pass_takes_the_newest_items_up_to_a_weight():
+    """Weighted by queries: a sampled batch search counts for its queries, so one pass never
+    grows to 64 batch searches; an item heavier than a pass still goes, alone."""
+    queue = FreshestFirst(64, weight=len)
+    for item in ("a", "bbbbb", "cc", "ddd"):
+        queue.put(item)
+    assert queue.take(6) == ["ddd", "cc"]  # "bbbbb" would make 10
+    assert queue.take(4) == ["bbbbb"]
+    queue.put("eeeeeeee")
+    assert queue.take(4) == ["eeeeeeee"]
+    assert queue.take(4) == ["a"]
