@@ -280,7 +280,7 @@ class TokenScoring:
             # The brute-force pass scores every document anyway: it keeps the exact scores of
             # every candidate of every search here, and each search's final results (the MaxSim
             # top-k of its candidates) are read from them. Re-ranking each what-if search on its
-            # own converted ~50k tokens per search and query, more than the pass itself.
+            # own tokens converted ~50k tokens per search and query: more work than the pass.
             every = np.concatenate([h.labels for h in (probe.found, *at_ef.values(), *candidates.values())], axis=1)
             exact, known = self._brute_force_keeping(s, q.scoring, probe.k, probe.allowed, every)
 
@@ -355,10 +355,7 @@ class TokenScoring:
 
     def _brute_force(self, s: CollectionState, Qs: list[np.ndarray], k: int, allowed: np.ndarray | None) -> Hits:
         """Exact Chamfer against every live (or allowed) document, streaming tokens from the store."""
-        best = Hits.empty(len(Qs), 0)
-        for labels, S in self._exact_scores(s, Qs, allowed):
-            best = best.merged(labels, S, k)
-        return best.padded(k)
+        return self._brute_force_keeping(s, Qs, k, allowed, np.empty((len(Qs), 0), np.int64))[0]
 
     def _brute_force_keeping(
         self, s: CollectionState, Qs: list[np.ndarray], k: int, allowed: np.ndarray | None, wanted: np.ndarray
