@@ -241,22 +241,23 @@ def check_offline(client, stage: Stage, r: dict, truth: Truth) -> None:
     if stage.knob == "ef":
         sweep = EF_SWEEP
 
-        def at(setting: int | None, live: bool = False) -> float:
-            bodies, exact = (stage.live, truth.live) if live else (stage.held, truth.held)
-            return offline(client, stage.collection, bodies, exact, ef=setting)
+        def options(setting: int | None) -> dict:
+            return {"ef": setting}
 
     else:
         sweep = FACTOR_SWEEP
         described = client.get(f"/v1/collections/{stage.collection}").json()["recall"]["ef_search"]
         r["ef"] = ef = described.get(stage.controller.split(":")[0])
+        knob = "candidates" if stage.collection == MV else "rerank_factor"
 
-        def at(setting: int | None, live: bool = False) -> float:  # None: the collection's default
-            bodies, exact = (stage.live, truth.live) if live else (stage.held, truth.held)
+        def options(setting: int | None) -> dict:  # None: the collection's default
             if setting is None:
-                size = {}
-            else:
-                size = {"candidates": 10 * setting} if stage.collection == MV else {"rerank_factor": setting}
-            return offline(client, stage.collection, bodies, exact, ef=ef, **size)
+                return {"ef": ef}
+            return {"ef": ef, knob: 10 * setting if stage.collection == MV else setting}
+
+    def at(setting: int | None, live: bool = False) -> float:
+        bodies, exact = (stage.live, truth.live) if live else (stage.held, truth.held)
+        return offline(client, stage.collection, bodies, exact, **options(setting))
 
     r["offline"] = at(r["chosen"])
     r["cheapest"] = cheapest(at, target, sweep)
