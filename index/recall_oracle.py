@@ -12,7 +12,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from statistics import fmean, pstdev
+from statistics import fmean
 from typing import Any
 
 import numpy as np
@@ -136,6 +136,14 @@ class StageRecall:
         return [float(r) for r in self.recall if not math.isnan(r)]
 
 
+def _mean_sd(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and population standard deviation. numpy, not `statistics.pstdev`: that one sums
+    exactly (in fractions), 0.6 ms for 1,600 recalls, and a ladder's decision asks it for every
+    setting while the estimator's thread holds the GIL that request threads wait for."""
+    a = np.fromiter(values, dtype=np.float64)
+    return float(a.mean()), float(a.std())
+
+
 def per_query_recall(found_scores: np.ndarray, truth: Hits) -> np.ndarray:
     """Recall of each query: the share of its exact top-m that the approximate results cover.
 
@@ -240,8 +248,8 @@ class EfController:
         n = len(self._pending)
         if n < self.window:
             return None
-        mean = fmean(self._pending)
-        margin = self.confidence * pstdev(self._pending) / math.sqrt(n)
+        mean, sd = _mean_sd(self._pending)
+        margin = self.confidence * sd / math.sqrt(n)
         if mean - margin >= self.target:
             return True
         if mean + margin < self.target:
@@ -328,8 +336,8 @@ class LadderController:
     is the smallest passing one; it is `converged` once the grid step below fails (or it is
     the grid's first), and from then on only its two neighbours are measured beside it. A
     window whose settings all fail moves up past its top; one whose lowest setting passes
-    moves down. Hysteresis: the held setting stays unless clearly below the target, and the
-    one below it stays refused unless three standard errors above it. Every `window` queries it
+    moves down. Hysteresis: the held setting stays unless a standard error below the target,
+    and the one below it stays refused unless three standard errors above it. Every `window` queries it
     decides again on the last `memory` queries of each setting (default 4 · `max_window`), so it
     follows data that changes: the held setting and its neighbours are judged again and again,
     and a short memory hands the one below many chances to look clearly above the target by
@@ -348,13 +356,16 @@ class LadderController:
         span: int = 3,
         ratio: float = GRID_RATIO,
         memory: int | None = None,
+        give_up_below: float = 1.0,
     ):
+        """`give_up_below`: standard errors below the target at which the held setting is given up."""
         if not 0.0 < target <= 1.0:
             raise ValueError("target recall must be in (0, 1]")
         if not 1 <= low <= high:
             raise ValueError("need 1 <= low <= high")
         self.target, self.ef_min, self.ef_max = target, low, high
         self.window, self.confidence, self.span = window, confidence, span
+        self.give_up_below = give_up_below
         self.max_window = max(window, max_window if max_window is not None else 8 * window)
         self.memory = max(self.max_window, memory if memory is not None else 4 * self.max_window)
         self.grid = geometric_grid(low, high, ratio)
@@ -471,8 +482,8 @@ class LadderController:
         values = self._recalls.get(self.grid[i]) if 0 <= i < len(self.grid) else None
         if not values or len(values) < self.window:
             return None
-        n, mean = len(values), fmean(values)
-        margin = self.confidence * pstdev(values) / math.sqrt(n)
+        n, (mean, sd) = len(values), _mean_sd(values)
+        margin = self.confidence * sd / math.sqrt(n)
         if self._converged and i == self._at - 1:
             # the step below a held setting is judged again every window while it stays refused:
             # of many looks, one is bound to be lucky, so it must clear the target by a wider margin
@@ -481,8 +492,11 @@ class LadderController:
             return True
         if mean + margin < self.target:
             return False
-        if self._converged and i == self._at:  # hysteresis: the held setting stays unless clearly below
-            return True
+        if self._converged and i == self._at:
+            # hysteresis: the held setting stays unless a standard error below the target. Two let
+            # it stay 0.006 short of 0.90 at 1,600 queries (WordNet, ef 29: 0.894 on held-out
+            # glosses), outside the target less 0.005; giving it up costs at most a step up.
+            return mean + self.give_up_below * margin / self.confidence >= self.target
         if n < self.max_window:
             return None
         # a close call after max_window queries passes only a standard error clear of the target:
