@@ -38,6 +38,7 @@ from index.filters import Filter, check_metadata
 from index.hnsw import HnswIndex, HnswParams
 from index.hybrid import Fusion
 from index.manifest import Elasticizer, Manifest, RecallPolicy, Snapshot
+from index.pacing import paced
 from index.procrustes import ScoreCalibration
 from index.protocols import Hits, VectorIndex
 from index.recall_oracle import (
@@ -176,6 +177,7 @@ __all__ = [
     "list_archives",
     "open_milvus_catalog",
     "open_qdrant_catalog",
+    "paced",
     "remove_archive",
     "sample_labels",
     "upgrades",

@@ -8,6 +8,7 @@ from collections.abc import Set as LabelSet
 import numpy as np
 
 from index.errors import Invalid
+from index.pacing import checkpoint
 from index.protocols import Hits
 from index.vectors import as_matrix, check_metric, index_rows, scores
 
@@ -24,9 +25,11 @@ def exact_top_k(
     keeping a running top-k (memory: one chunk). `view` maps the rows into the queries' space
     (a rotated, truncated prefix); without it rows and queries share a space. Both sides must
     be `prepare`d for `metric`. `scorer(labels, rows) -> (nq, n)` replaces both (scores
-    computed another way, e.g. `index.scoring.LiftedView`). Ties go to the earlier row."""
+    computed another way, e.g. `index.scoring.LiftedView`). Ties go to the earlier row. Each
+    chunk is one unit of work for `index.pacing`."""
     best = Hits.empty(len(Q), 0)
     for labels, X in chunks:
+        checkpoint()
         if len(labels):
             if scorer is not None:
                 S = scorer(labels, X)

@@ -64,6 +64,13 @@ class Hits:
         out.scores[:, : self.scores.shape[1]] = self.scores
         return out
 
+    @staticmethod
+    def stacked(parts: "list[Hits]") -> "Hits":
+        """The hits of consecutive query slices as one batch (as wide as the widest, padded)."""
+        k = max(p.labels.shape[1] for p in parts)
+        parts = [p.padded(k) for p in parts]
+        return Hits(np.concatenate([p.labels for p in parts]), np.concatenate([p.scores for p in parts]))
+
     def row(self, i: int) -> list[tuple[int, float]]:
         """The `(label, score)` pairs of query `i`, without padding."""
         keep = self.labels[i] >= 0

@@ -17,6 +17,7 @@ from index.elastic import MAX_ROTATION_DIM, DimView, check_dims, sample_labels
 from index.errors import Invalid
 from index.indexset import require_dim
 from index.manifest import Manifest
+from index.pacing import in_slices
 from index.protocols import Hits
 from index.recall_oracle import (
     EF,
@@ -213,7 +214,11 @@ class DenseScoring:
                 # an ef below the shortlist searches as broad as the shortlist: one search for all
                 key = (shortlist, max(ef, shortlist))
                 if key not in searched:
-                    searched[key] = s.indexes.search(probe.dim, q.in_view, shortlist, ef, allowed, threads=1)
+
+                    def run(part: np.ndarray) -> Hits:
+                        return s.indexes.search(probe.dim, part, shortlist, ef, allowed, threads=1)
+
+                    searched[key] = Hits.stacked(in_slices(run, q.in_view))  # a few searches a unit of work
                 return searched[key]
 
             index = index_recall(probe.found.labels)

@@ -20,6 +20,7 @@ from index.errors import Invalid
 from index.fde import FdeEncoder
 from index.manifest import Elasticizer, Manifest
 from index.maxsim import TokenBatch, ball_carve, chamfer_many
+from index.pacing import checkpoint, in_slices
 from index.protocols import Hits
 from index.recall_oracle import (
     EF,
@@ -263,7 +264,11 @@ class TokenScoring:
             # an ef below the shortlist searches as broad as the shortlist: one search for all
             key = (shortlist, max(ef, shortlist))
             if key not in searched:
-                searched[key] = s.indexes.search(probe.dim, q.fdes, shortlist, ef, allowed, threads=1)
+
+                def run(part: np.ndarray) -> Hits:
+                    return s.indexes.search(probe.dim, part, shortlist, ef, allowed, threads=1)
+
+                searched[key] = Hits.stacked(in_slices(run, q.fdes))  # a few searches a unit of work
             return searched[key]
 
         def index_recall(labels: np.ndarray) -> np.ndarray:
@@ -364,6 +369,7 @@ class TokenScoring:
         i's; -1 pads) read off the same pass."""
         best, known = Hits.empty(len(Qs), 0), KnownScores(wanted)
         for labels, S in self._exact_scores(s, Qs, allowed):
+            checkpoint()  # 512 documents a unit of work
             best = best.merged(labels, S, k)
             known.record(labels, S)
         return best.padded(k), known

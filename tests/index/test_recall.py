@@ -4,14 +4,17 @@ The estimator's numbers are checked against an oracle written here with plain nu
 GloVe vectors, a hard set for HNSW, so recall at small ef is well below 1.
 """
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 
 from index import Collection, HnswParams, Manifest, NewDocument, Query
+from index.pacing import paced
 from index.protocols import Hits
 from index.recall_oracle import FINAL_STAGE, INDEX_STAGE, EfController, LadderController, WhatIf, per_query_recall
+from index.scoring import scan_rows
 from tests.support.datasets import read_vecs, shared_path
 
 
@@ -385,3 +388,24 @@ def test_what_if_reruns_measure_what_searches_at_those_settings_get(glove_collec
             assert np.allclose(what_if["factor", f], glove_collection.evaluate_recall(own)[1].recall, equal_nan=True)
         if factors:
             assert np.nanmean(what_if["factor", 9]) > np.nanmean(what_if["factor", 2])
+
+
+def test_an_exact_rerun_is_cut_into_short_units_and_reads_the_same(glove_collection, glove):
+    """Paced (`index.pacing`), a re-run stops at a checkpoint before every scan chunk of
+    `scan_rows` rows and every slice of a what-if graph search, so the service can pause it for the
+    encoder; the readings are those of the unpaced re-run."""
+    _, Q = glove
+    n = len(glove_collection)
+    for dim, efs in ((50, (10, 60, 120)), (16, (10, 60))):
+        probe = glove_collection.search(Query(Q[:30], 10, dim=dim, ef=10, probe=True)).probe
+        what_if = WhatIf(efs=efs, factors=(2, 9) if dim == 16 else ())
+        plain = glove_collection.evaluate_recall(probe, what_if)
+        pauses = itertools.count()
+        with paced(pauses.__next__):
+            stepped = glove_collection.evaluate_recall(probe, what_if)
+        scans = 1 if dim == 50 else 2  # a funnel scans its view and the full dim
+        searches = len([ef for ef in efs if ef != 10])  # the probe's own search is not re-run
+        assert next(pauses) >= scans * math.ceil(n / scan_rows(30, 50)) + searches
+        for a, b in zip(plain, stepped):
+            assert (a.stage, a.knob, a.setting) == (b.stage, b.knob, b.setting)
+            assert np.allclose(a.recall, b.recall, equal_nan=True)
