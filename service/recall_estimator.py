@@ -153,8 +153,8 @@ class RecallEstimator:
     ):
         """`steer`: apply the controllers' ef changes (False on a serving replica: one maintenance
         process steers, and every replica reads the ef it sets). `cores`: shared with the
-        encoder, whose model calls leave a core to each re-run (none: the re-runs take their
-        chances beside them)."""
+        encoder: each re-run runs in short units between its model calls on every core
+        (`CoreShare`)."""
         self.metrics = metrics
         self._steering = steer
         self.sample_rate = sample_rate

@@ -2,9 +2,13 @@
 cores this process's background work takes."""
 
 import os
+import subprocess
+import sys
 import threading
+import time
 
-from service.cpu import CoreShare, FreeCores
+from index.pacing import checkpoint, paced
+from service.cpu import OPENMP_SPIN_COUNT, CoreShare, FreeCores
 
 
 def test_threads_follow_what_other_processes_use():
@@ -32,35 +36,114 @@ def test_reads_this_machine():
     assert 0 <= cores.free() <= cores.cores and cores.threads(cores.cores) >= 1
 
 
-def test_background_work_waits_for_a_call_on_every_core_and_later_calls_leave_it_one():
-    share = CoreShare(cores=2)
-    started, finished = threading.Event(), threading.Event()
+def _in_thread(fn) -> threading.Thread:
+    worker = threading.Thread(target=fn, daemon=True)
+    worker.start()
+    return worker
+
+
+def test_background_work_waits_for_a_call_on_every_core_then_runs_in_units_between_calls():
+    share = CoreShare(cores=2, unit_wait_s=30.0, yield_s=30.0)
+    started, passed, go_on, finished = (threading.Event() for _ in range(4))
 
     def background():
         with share.background():
             started.set()
+            go_on.wait(30)
+            checkpoint()  # the unit ends; the next waits for the cores
+            passed.set()
             finished.wait(30)
 
     with share.model_call(2) as threads:
         assert threads == 2  # nothing in the background: every core
-        worker = threading.Thread(target=background)
-        worker.start()
-        # the background work waits for this call; a call starting meanwhile leaves it a core
-        with share.model_call(2) as meanwhile:
-            assert meanwhile == 1
-        assert not started.wait(0.2)
-    assert started.wait(30)  # the call on every core ended: the background work runs
-    with share.model_call(2) as threads:
-        assert threads == 1
+        worker = _in_thread(background)
+        assert not started.wait(0.2)  # the background work waits for this call
+    assert started.wait(30)  # the call on every core ended: the first unit runs
+
+    # a call that meets a running unit waits for the unit's end, then has every core
+    got: list[int] = []
+
+    def call():
+        with share.model_call(2) as threads:
+            got.append(threads)
+            finished.wait(30)
+
+    caller = _in_thread(call)
+    assert not got and not caller.join(0.2)  # waiting for the unit
+    go_on.set()  # the unit reaches its checkpoint
+    caller.join(0.2)
+    assert _wait_for(lambda: got == [2])
+    assert not passed.wait(0.2)  # ...and the next unit waits for that call
     finished.set()
+    assert passed.wait(30)
     worker.join(30)
+    caller.join(30)
     with share.model_call(2) as threads:
         assert threads == 2  # the background work is done
     with share.model_call(1) as threads:
         assert threads == 1  # never more than asked
 
 
+def test_a_unit_that_runs_on_keeps_a_core_and_background_work_progresses_under_any_load():
+    share = CoreShare(cores=2, unit_wait_s=0.05, yield_s=0.05)
+    running, done = threading.Event(), threading.Event()
+
+    def background():
+        with share.background():
+            running.set()
+            done.wait(30)
+
+    with share.model_call(2) as threads:
+        assert threads == 2
+        worker = _in_thread(background)
+        # a call on every core that does not end holds the background work back only yield_s
+        assert running.wait(30)
+    # a unit that does not reach a checkpoint within unit_wait_s: the call leaves it a core
+    with share.model_call(2) as threads:
+        assert threads == 1
+    done.set()
+    worker.join(30)
+    with share.model_call(2) as threads:
+        assert threads == 2
+
+
+def test_checkpoints_pause_only_inside_paced_work():
+    calls: list[str] = []
+    checkpoint()  # nothing paces this thread: a no-op
+    with paced(lambda: calls.append("outer")):
+        checkpoint()
+        with paced(lambda: calls.append("inner")):
+            checkpoint()
+        checkpoint()
+        other = _in_thread(checkpoint)  # another thread is not paced by this one
+        other.join(30)
+    checkpoint()
+    assert calls == ["outer", "inner", "outer"]
+
+
 def test_one_core_is_never_taken_from_the_encoder():
-    share = CoreShare(cores=1)
+    share = CoreShare(cores=1, unit_wait_s=0.01)
     with share.background(), share.model_call(1) as threads:
         assert threads == 1
+
+
+def _wait_for(condition, seconds: float = 30.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_torchs_openmp_threads_are_told_to_sleep_soon_before_torch_loads():
+    """libgomp reads GOMP_SPINCOUNT once, when torch loads it: importing the service sets it
+    (unless the user did) before anything has imported torch."""
+    code = "import os, sys, service; print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert ours.stdout.split() == [OPENMP_SPIN_COUNT, "False"]
+    theirs = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "500"}, capture_output=True, text=True, check=True
+    )
+    assert theirs.stdout.split() == ["500", "False"]
