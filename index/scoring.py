@@ -31,18 +31,20 @@ class Match:
     nbytes: int = 0  # stored text and metadata bytes it carries (a response's size, before it is built)
 
 
-# Multiply-adds per chunk of a brute-force scan, each chunk one unit of work for `index.pacing`:
-# about a millisecond on one core here (15 queries x 2,048 384-d rows). Measured over 117k rows,
-# 1 to 32 queries, the scan is no slower in chunks of 4,096 rows than of 32,768 (one such chunk
-# took 11 ms for 15 queries, a unit too long to wait for).
+# Multiply-adds per chunk of a brute-force scan, each chunk one unit of work for `index.pacing`,
+# and the chunk's bounds in rows. Measured here over 117k 384-d rows: a chunk of 4,096 rows
+# takes 0.7 ms for 16 queries and 2.2 ms for 64, and the whole scan is within 3% of one in
+# chunks of 32,768 (where a chunk took 5-16 ms, too long a unit to wait for); chunks of 512
+# rows made it 1.5-2x slower (the running top-k merges once per chunk).
 UNIT_MACS = 12_000_000
+MIN_SCAN_ROWS, MAX_SCAN_ROWS = 4096, 8192
 
 
 def scan_rows(queries: int, dim: int) -> int:
-    """Rows per chunk when `queries` queries scan `dim`-wide stored rows: ~UNIT_MACS of work,
-    between 512 and 8,192 rows (fewer than four queries cost about what four do: the scan
-    then reads more than it multiplies)."""
-    return int(np.clip(UNIT_MACS // (max(queries, 4) * dim), 512, 8192))
+    """Rows per chunk when `queries` queries scan `dim`-wide stored rows: ~UNIT_MACS of work
+    within the bounds (fewer than four queries cost about what four do: the scan then reads
+    more than it multiplies)."""
+    return int(np.clip(UNIT_MACS // (max(queries, 4) * dim), MIN_SCAN_ROWS, MAX_SCAN_ROWS))
 
 
 def exact_search(
