@@ -242,8 +242,8 @@ class InferenceQueue:
         if torch is None:
             return
         if threads != self.threads:
-            # debug: while background work runs beside the encoder, calls switch between all
-            # cores and one less (`CoreShare`), many times a second
+            # debug: a call that meets a long background unit runs on one core less
+            # (`CoreShare`), and the next one on all again
             torch.set_num_threads(threads)
             log.debug("torch intra-op threads: %d (%.1f cores free)", threads, self._free_cores.free())
             self.threads = threads
