@@ -1,5 +1,5 @@
 """Cooperative pacing of long computations: `checkpoint()` marks a point between two units of
-work (a chunk of a brute-force scan, one graph search of a recall re-run) where whoever runs the
+work (a chunk of a brute-force scan, a slice of a recall re-run's graph searches) where whoever runs the
 computation may pause its thread; `paced(pause)` says who, for the code run inside it on this
 thread.
 
