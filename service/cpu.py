@@ -145,8 +145,10 @@ class CoreShare:
 
     def _next_unit(self) -> None:
         with self._changed:
-            self._changed.wait_for(lambda: not (self._full_calls or self._waiting_calls), timeout=self.yield_s)
-            self._units += 1
+            try:
+                self._changed.wait_for(lambda: not (self._full_calls or self._waiting_calls), timeout=self.yield_s)
+            finally:  # counted even if the wait is interrupted: `background` always ends one unit
+                self._units += 1
 
     def _end_unit(self) -> None:
         with self._changed:
