@@ -65,6 +65,7 @@ class Engine:
             cores=cores,
             gather=settings.recall_gather,
             gather_s=settings.recall_gather_ms / 1000,
+            settled_share=settings.recall_settled_share,
         )
         self.searches = SearchBatcher(
             settings.search_workers,

@@ -139,6 +139,12 @@ class Metrics:
         self.recall_queue_depth = Gauge(
             "vecnest_recall_queue_depth", "Sampled searches waiting for their exact re-run.", registry=r
         )
+        self.recall_duty_cycle = Gauge(
+            "vecnest_recall_duty_cycle",
+            "Share of one core's CPU time the exact re-runs took at most after their last pass: the max_busy "
+            "setting, or its settled share while every recall controller they fed held its setting.",
+            registry=r,
+        )
 
     def forget_collection(self, name: str) -> None:
         """Remove every series labelled with collection `name` (it was dropped): without this,

@@ -150,6 +150,7 @@ class RecallEstimator:
         cores: CoreShare | None = None,
         gather: int = 1,
         gather_s: float = 0.0,
+        settled_share: float = 1.0,
     ):
         """`steer`: apply the controllers' ef changes (False on a serving replica: one maintenance
         process steers, and every replica reads the ef it sets). `cores`: shared with the
@@ -164,7 +165,7 @@ class RecallEstimator:
         # under search traffic the thread waits for the GIL between numpy calls, and a wall-clock
         # measure rested 19 times that waiting too at 5% (117k glosses, 600 searches/s: ~13
         # queries re-run a second).
-        self._rest_factor = 1.0 / max_busy - 1.0
+        self._max_busy, self._settled_share = max_busy, settled_share
         self._cores = cores or CoreShare()
         self.controller_window = controller_window
         # queries taken from the queue at once (newest probes first), merged where one exact pass
@@ -245,9 +246,44 @@ class RecallEstimator:
                     by_collection.setdefault(id(collection), (collection, []))[1].append(probe)
                 for collection, probes in by_collection.values():
                     self._measure(collection, probes)
-                time.sleep((time.thread_time() - started) * self._rest_factor)
+                self._rest(time.thread_time() - started, [c for c, _ in by_collection.values()])
             finally:
                 self._queue.done(len(items))
+
+    def _rest(
+        self, busy_s: float, collections: list[CollectionBackend], step_s: float = 0.05, sleep=time.sleep
+    ) -> None:
+        """Sleep `busy_s` x (1/duty - 1), the duty read again every `step_s`: a pass that left
+        its controllers settled rests long, and a target changed meanwhile ends that rest early
+        (its new controllers are not settled), so the next target's search starts at once."""
+        slept = 0.0
+        while (left := busy_s * (1.0 / self.duty(collections) - 1.0) - slept) > 0:
+            sleep(min(left, step_s))
+            slept += min(left, step_s)
+
+    def duty(self, collections: list[CollectionBackend]) -> float:
+        """The share of one core's CPU time the re-runs may take after a pass over `collections`:
+        `max_busy` while a controller is searching (fast convergence is bought here), and
+        `max_busy` x `settled_share` once every collection of the pass has a target and each of
+        its controllers holds a converged (or saturated) setting for that target. Settled
+        controllers go on measuring the held setting and its neighbours, and one that stops
+        holding unsettles, which restores `max_busy`. Collections without a target (estimates
+        only) keep `max_busy`."""
+        with self._lock:
+            settled = all(self._settled(c) for c in collections)
+        duty = self._max_busy * (self._settled_share if settled else 1.0)
+        self.metrics.recall_duty_cycle.set(duty)
+        return duty
+
+    def _settled(self, collection: CollectionBackend) -> bool:
+        """Holds `_lock`."""
+        target = collection.recall_policy.target
+        controllers = [c for key, c in self._controllers.items() if key[0] == collection.name]
+        return (
+            target is not None
+            and bool(controllers)
+            and all(c.target == target and (c.converged or c.saturated) for c in controllers)
+        )
 
     def _measure(self, collection: CollectionBackend, probes: list[RecallProbe]) -> None:
         try:

@@ -203,6 +203,13 @@ class Settings(BaseSettings):
     recall_controller_window: int = Field(50, ge=5, description="measured queries per ef controller decision")
     # 0.25 cost vector search at c=1 10% of its rate (bench/peers.py: 630 vs 701 req/s with sampling off)
     recall_max_busy: float = Field(0.05, gt=0, le=1, description="most of one core the exact re-runs may take")
+    recall_settled_share: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="share of recall_max_busy the re-runs take while every controller they feed holds a converged "
+        "setting (a target met: watching it costs less than finding it)",
+    )
     blas_threads: int | None = Field(
         1,
         ge=1,

@@ -208,6 +208,42 @@ def test_a_full_queue_drops_its_oldest_samples_instead_of_waiting(client, glove,
     assert metric_value(text, "vecnest_recall_samples_total", collection=name, outcome="dropped") >= 1
 
 
+def test_the_re_runs_take_less_once_every_controller_holds_its_target(client, glove):
+    """Finding a target's setting runs at `max_busy`; holding it, at `max_busy` x
+    `settled_share` (exported), until the target changes, which ends a long rest early."""
+    from service.recall_estimator import LIVE, RecallEstimator
+
+    X, Q = glove
+    name = make_collection(client, X, target_recall=0.9, recall_sample_rate=0.0, ef_min=10, ef_max=400)
+    engine = client.app.state.engine
+    collection = engine.collection(name).backend
+    estimator = RecallEstimator(engine.metrics, 0.0, max_busy=0.5, settled_share=0.2, controller_window=20)
+    assert estimator.duty([collection]) == 0.5  # no controller yet
+    for i in range(3000):
+        estimator.evaluate(collection, collection.search(Query(Q[i % 600 : i % 600 + 1], 10, probe=True)).probe, LIVE)
+        if estimator.summary(collection)["controllers"]["50"]["converged"]:
+            break
+    else:
+        pytest.fail("the ef controller never converged on 3,000 probes")
+    assert estimator.duty([collection]) == pytest.approx(0.1)
+    exported = re.search(r"^vecnest_recall_duty_cycle (\S+)$", client.get("/metrics").text, re.M)
+    assert exported and float(exported.group(1)) == pytest.approx(0.1)
+    # a collection without a target keeps max_busy: a pass over both does too
+    plain = make_collection(client, X[:2000], recall_sample_rate=0.0)
+    assert estimator.duty([collection, engine.collection(plain).backend]) == 0.5
+
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the target changes during the first step of the rest
+        slept.append(seconds)
+        if len(slept) == 1:
+            assert client.patch(f"/v1/collections/{name}", json={"target_recall": 0.95}).status_code == 200
+
+    estimator._rest(0.1, [collection], step_s=0.05, sleep=sleep)  # settled: 0.4 s (0.1 x (1/0.1 - 1)), in steps
+    assert sum(slept) == pytest.approx(0.1)  # unsettled after the first step: 0.1 x (1/0.5 - 1)
+    assert estimator.duty([collection]) == 0.5
+
+
 @pytest.mark.parametrize(
     "body, code",
     [
