@@ -265,10 +265,10 @@ class RecallEstimator:
         """The share of one core's CPU time the re-runs may take after a pass over `collections`:
         `max_busy` while a controller is searching (fast convergence is bought here), and
         `max_busy` x `settled_share` once every collection of the pass has a target and each of
-        its controllers holds a converged (or saturated) setting for that target. Settled
-        controllers go on measuring the held setting and its neighbours, and one that stops
-        holding unsettles, which restores `max_busy`. Collections without a target (estimates
-        only) keep `max_busy`."""
+        its controllers has settled on a setting for that target (converged and confirmed, or
+        saturated: `settled`). Settled controllers go on measuring the held setting and its
+        neighbours, and one that stops holding unsettles, which restores `max_busy`.
+        Collections without a target (estimates only) keep `max_busy`."""
         with self._lock:
             settled = all(self._settled(c) for c in collections)
         duty = self._max_busy * (self._settled_share if settled else 1.0)
@@ -279,11 +279,7 @@ class RecallEstimator:
         """Holds `_lock`."""
         target = collection.recall_policy.target
         controllers = [c for key, c in self._controllers.items() if key[0] == collection.name]
-        return (
-            target is not None
-            and bool(controllers)
-            and all(c.target == target and (c.converged or c.saturated) for c in controllers)
-        )
+        return target is not None and bool(controllers) and all(c.target == target and c.settled for c in controllers)
 
     def _measure(self, collection: CollectionBackend, probes: list[RecallProbe]) -> None:
         try:
@@ -523,6 +519,7 @@ class RecallEstimator:
                     "last_window_recall": c.last_mean,
                     "converged": c.converged,
                     "saturated": c.saturated,
+                    "settled": c.settled,
                 }
                 if isinstance(c, LadderController):  # its evidence: queries, mean recall, verdict per setting
                     state["ladder"] = {str(setting): e for setting, e in c.evidence().items()}

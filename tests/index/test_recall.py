@@ -281,6 +281,19 @@ def test_ladder_holds_its_setting_follows_harder_data_and_saturates():
     assert c.ef == 400 and c.saturated and not c.converged
 
 
+def test_a_ladder_settles_once_its_held_setting_is_confirmed_on_max_window_queries():
+    """Converged after one window that passed clearly; settled (what lets the estimator
+    measure less) only once the held setting has `max_window` queries behind it."""
+    c = LadderController(0.9, 10, 10, 1000, window=10, max_window=40)
+    perfect = lambda n: {s: [1.0] * n for s in c.settings()}  # noqa: E731
+    c.observe(perfect(10))
+    assert c.converged and c.ef == 10 and not c.settled  # the grid's first, passing on 10 queries
+    c.observe(perfect(20))
+    assert not c.settled
+    c.observe(perfect(10))
+    assert c.settled and c.ef == 10
+
+
 def test_a_converged_ladder_does_not_step_down_on_a_lucky_stretch():
     """The step below the held setting falls 0.003 short of a 0.90 target. A converged ladder
     judges it again every window, so a short memory (400 queries) now and then sees it two
