@@ -125,6 +125,10 @@ class FreshestFirst:
     def qsize(self) -> int:
         return len(self._items)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
 
 def _factor_steers(probe: RecallProbe) -> bool:
     """Whether a funnel's final recall is steered through its shortlist factor alone. A graph
@@ -255,9 +259,10 @@ class RecallEstimator:
     ) -> None:
         """Sleep `busy_s` x (1/duty - 1), the duty read again every `step_s`: a pass that left
         its controllers settled rests long, and a target changed meanwhile ends that rest early
-        (its new controllers are not settled), so the next target's search starts at once."""
+        (its new controllers are not settled), so the next target's search starts at once;
+        `stop` ends it too (a settled multi-vector pass of seconds rests for minutes)."""
         slept = 0.0
-        while (left := busy_s * (1.0 / self.duty(collections) - 1.0) - slept) > 0:
+        while not self._queue.closed and (left := busy_s * (1.0 / self.duty(collections) - 1.0) - slept) > 0:
             sleep(min(left, step_s))
             slept += min(left, step_s)
 

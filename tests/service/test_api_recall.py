@@ -242,6 +242,10 @@ def test_the_re_runs_take_less_once_every_controller_holds_its_target(client, gl
     estimator._rest(0.1, [collection], step_s=0.05, sleep=sleep)  # settled: 0.4 s (0.1 x (1/0.1 - 1)), in steps
     assert sum(slept) == pytest.approx(0.1)  # unsettled after the first step: 0.1 x (1/0.5 - 1)
     assert estimator.duty([collection]) == 0.5
+    estimator._queue.close()  # what `stop` does first: it ends any rest
+    slept.clear()
+    estimator._rest(10.0, [collection], sleep=sleep)
+    assert slept == []
 
 
 @pytest.mark.parametrize(
