@@ -31,20 +31,26 @@ class Match:
     nbytes: int = 0  # stored text and metadata bytes it carries (a response's size, before it is built)
 
 
-# Multiply-adds per chunk of a brute-force scan, each chunk one unit of work for `index.pacing`,
-# and the chunk's bounds in rows. Measured here over 117k 384-d rows: a chunk of 4,096 rows
-# takes 0.7 ms for 16 queries and 2.2 ms for 64, and the whole scan is within 3% of one in
-# chunks of 32,768 (where a chunk took 5-16 ms, too long a unit to wait for); chunks of 512
-# rows made it 1.5-2x slower (the running top-k merges once per chunk).
-UNIT_MACS = 12_000_000
-MIN_SCAN_ROWS, MAX_SCAN_ROWS = 4096, 8192
+# The work of one chunk of a brute-force scan, each chunk one unit of work for `index.pacing`
+# (a model call that starts during a unit waits for its end), and the chunk's bounds in rows.
+# A scan reads more than it multiplies: measured here over 117k 384-d rows (one thread), a
+# chunk of 4,096 rows took 1.6 ms to score for 8 queries and 2.0 for 32 (it streams 6 MB from
+# memory at ~4 GB/s), so a chunk is bounded by the bytes it reads as well as by its
+# multiply-adds. At 2,048 rows the whole scan took 5% longer than at 4,096 (1,024: 15%, the
+# running top-k merges once per chunk, and a Python thread's hand-offs beside the scan slowed:
+# p99 2.2 against 0.7 ms at 8,192). In the text-latency benchmark chunks of 4,096 rows made
+# units of 2.7 ms on average and the model calls that met one waited 1.05 ms on average; at
+# 2,048, 1.6 and 0.53 ms.
+UNIT_BYTES = 3 * 2**20
+UNIT_MACS = 24_000_000
+MIN_SCAN_ROWS, MAX_SCAN_ROWS = 2048, 8192
 
 
 def scan_rows(queries: int, dim: int) -> int:
-    """Rows per chunk when `queries` queries scan `dim`-wide stored rows: ~UNIT_MACS of work
-    within the bounds (fewer than four queries cost about what four do: the scan then reads
-    more than it multiplies)."""
-    return int(np.clip(UNIT_MACS // (max(queries, 4) * dim), MIN_SCAN_ROWS, MAX_SCAN_ROWS))
+    """Rows per chunk when `queries` queries scan `dim`-wide float32 rows: at most UNIT_BYTES
+    read and ~UNIT_MACS multiply-adds, within the bounds."""
+    rows = min(UNIT_BYTES // (4 * dim), UNIT_MACS // (max(queries, 1) * dim))
+    return int(np.clip(rows, MIN_SCAN_ROWS, MAX_SCAN_ROWS))
 
 
 def exact_search(

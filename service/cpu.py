@@ -11,9 +11,10 @@ spent (/proc/stat) minus this process's own (/proc/self/stat) says how busy the 
 """
 
 import os
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from index import paced
@@ -26,6 +27,27 @@ from index import paced
 # batches got slower (four alternating runs each: p50 9.6 vs 9.8 ms, 251 vs 232 texts/s);
 # at 1,000 encodes were slower (11.4 vs 9.2 ms).
 OPENMP_SPIN_COUNT = "10000"
+
+# The niceness of the recall re-runs' thread. Its units run in the gaps between model calls,
+# where the requests' own non-model work (HTTP, tokenizer, graph search, JSON), the event loop
+# and clients on the same machine want the cores; at nice 19 a thread weighs 15 against a normal
+# one's 1024 under Linux's scheduler, so a unit takes a core that work wants only briefly, and
+# still progresses (~1.5% of a contended core) under any load. A thread blocked on a lock or on
+# the GIL that a unit holds is not runnable, so such a wait lets the unit run on and release it.
+BACKGROUND_NICENESS = 19
+
+
+def lower_this_threads_priority(niceness: int = BACKGROUND_NICENESS) -> bool:
+    """Set the calling thread's niceness (Linux: a thread's own; raising it needs no
+    privilege). False, changing nothing, where priorities are per process (elsewhere: the
+    whole service would slow) or the OS refuses."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except OSError:
+        return False
+    return True
 
 
 def limit_openmp_spin() -> None:
@@ -99,11 +121,25 @@ class CoreShare:
     `unit_wait_s`) and then takes every core; if the unit is still running, the call leaves it
     a core. Measured the same way: calls that met a unit waited p50 0.5 ms and then ran as fast
     as the others (encode p50 11.1 vs 10.9 ms).
+
+    The units still share the gaps between model calls with the requests' own work; the
+    thread that runs them lowers its priority (`lower_this_threads_priority`).
     """
 
-    def __init__(self, cores: int | None = None, unit_wait_s: float = 0.02, yield_s: float = 0.05):
+    def __init__(
+        self,
+        cores: int | None = None,
+        unit_wait_s: float = 0.02,
+        yield_s: float = 0.05,
+        on_unit: Callable[[float], None] = lambda seconds: None,
+        on_wait: Callable[[float], None] = lambda seconds: None,
+    ):
+        """`on_unit(seconds)`: each background unit's length; `on_wait(seconds)`: how long a
+        model call that met a unit waited for it (what sampling adds to that request)."""
         self.cores = cores or len(os.sched_getaffinity(0))
         self.unit_wait_s, self.yield_s = unit_wait_s, yield_s
+        self._on_unit, self._on_wait = on_unit, on_wait
+        self._unit_started = threading.local()
         self._changed = threading.Condition()
         self._units = 0  # background units running now
         self._full_calls = 0  # model calls running on every core
@@ -116,10 +152,12 @@ class CoreShare:
         with self._changed:
             if self._units and threads >= self.cores > 1:
                 self._waiting_calls += 1  # the next unit waits for this call: no overtaking
+                waited = time.perf_counter()
                 try:
                     self._changed.wait_for(lambda: not self._units, timeout=self.unit_wait_s)
                 finally:
                     self._waiting_calls -= 1
+                    self._on_wait(time.perf_counter() - waited)
                 if self._units:
                     threads = self.cores - 1
             full = threads >= self.cores
@@ -149,11 +187,13 @@ class CoreShare:
                 self._changed.wait_for(lambda: not (self._full_calls or self._waiting_calls), timeout=self.yield_s)
             finally:  # counted even if the wait is interrupted: `background` always ends one unit
                 self._units += 1
+                self._unit_started.at = time.perf_counter()
 
     def _end_unit(self) -> None:
         with self._changed:
             self._units -= 1
             self._changed.notify_all()
+        self._on_unit(time.perf_counter() - self._unit_started.at)
 
     def _between_units(self) -> None:
         self._end_unit()

@@ -52,7 +52,9 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         # the encoder's model calls and the exact re-runs of sampled searches share the cores
-        cores = CoreShare()
+        cores = CoreShare(
+            on_unit=metrics.background_unit_seconds.observe, on_wait=metrics.model_call_unit_wait_seconds.observe
+        )
         self.embedder = Embedder(settings, metrics, encoder_loader, cores)
         self.catalog: CatalogBackend | None = None
         self.recall = RecallEstimator(

@@ -62,6 +62,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.background_unit_seconds = Histogram(
+            "vecnest_background_unit_seconds",
+            "Length of one unit of paced background work (a chunk of a recall re-run's exact scan, a "
+            "slice of its graph searches): the longest a model call may wait for one.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_call_unit_wait_seconds = Histogram(
+            "vecnest_model_call_unit_wait_seconds",
+            "How long a model call that met a running background unit waited for it to end.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter("vecnest_errors", "Error responses by error code.", ["code"], registry=r)
         self.encode_batch_texts = Histogram(
             "vecnest_encoder_batch_texts",

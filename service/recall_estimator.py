@@ -36,7 +36,7 @@ from index import (
     StageRecall,
     WhatIf,
 )
-from service.cpu import CoreShare
+from service.cpu import CoreShare, lower_this_threads_priority
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,9 @@ class RecallEstimator:
 
     def _run(self) -> None:
         """Take the newest queued probes (up to `batch` queries), merge the probes one exact pass can
-        answer together (`CollectionBackend.merge_probes`), measure, then rest for the duty cycle."""
+        answer together (`CollectionBackend.merge_probes`), measure, then rest for the duty cycle.
+        At a low priority: the units run beside the requests' non-model work (`service.cpu`)."""
+        lower_this_threads_priority()
         while True:
             items = self._queue.take(self._batch, self._gather, self._gather_s)
             if items is None:
@@ -281,10 +283,14 @@ class RecallEstimator:
         return duty
 
     def _settled(self, collection: CollectionBackend) -> bool:
-        """Holds `_lock`."""
+        """Whether the collection's controllers for its current target have all settled (at
+        least one). A controller left with an earlier target belongs to a graph no search has
+        reached since the target changed (its next probe replaces it); counting it kept a
+        collection whose traffic moved to another dim at the full duty cycle for good. Holds
+        `_lock`."""
         target = collection.recall_policy.target
-        controllers = [c for key, c in self._controllers.items() if key[0] == collection.name]
-        return target is not None and bool(controllers) and all(c.target == target and c.settled for c in controllers)
+        current = [c for key, c in self._controllers.items() if key[0] == collection.name and c.target == target]
+        return target is not None and bool(current) and all(c.settled for c in current)
 
     def _measure(self, collection: CollectionBackend, probes: list[RecallProbe]) -> None:
         try:

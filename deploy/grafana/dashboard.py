@@ -100,6 +100,22 @@ ROWS = [
                     ("queue depth", "vecnest_recall_queue_depth"),
                 ],
             ),
+            (
+                "Re-runs beside the encoder: p99 unit length and model-call wait for a unit",
+                "s",
+                "timeseries",
+                [
+                    (
+                        "unit p99",
+                        f"histogram_quantile(0.99, sum by (le) (rate(vecnest_background_unit_seconds_bucket[{RATE}])))",
+                    ),
+                    (
+                        "model-call wait p99",
+                        "histogram_quantile(0.99, sum by (le) "
+                        f"(rate(vecnest_model_call_unit_wait_seconds_bucket[{RATE}])))",
+                    ),
+                ],
+            ),
         ],
     ),
     (

@@ -214,11 +214,18 @@ def test_the_re_runs_take_less_once_every_controller_holds_its_target(client, gl
     from service.recall_estimator import LIVE, RecallEstimator
 
     X, Q = glove
-    name = make_collection(client, X, target_recall=0.9, recall_sample_rate=0.0, ef_min=10, ef_max=400)
+    name = make_collection(client, X, target_recall=0.85, recall_sample_rate=0.0, ef_min=10, ef_max=400)
     engine = client.app.state.engine
     collection = engine.collection(name).backend
     estimator = RecallEstimator(engine.metrics, 0.0, max_busy=0.5, settled_share=0.2, controller_window=20)
     assert estimator.duty([collection]) == 0.5  # no controller yet
+    # searches of the 16-d funnel give it a controller for 0.85; then the target changes and
+    # the traffic moves to dim 50: that controller, left with the old target, does not count
+    for i in range(3):
+        estimator.evaluate(collection, collection.search(Query(Q[i : i + 1], 10, dim=16, probe=True)).probe, LIVE)
+    assert estimator.summary(collection)["controllers"]["16:rerank"]["target"] == 0.85
+    assert estimator.duty([collection]) == 0.5  # searching for 0.85
+    assert client.patch(f"/v1/collections/{name}", json={"target_recall": 0.9}).status_code == 200
     for i in range(3000):
         estimator.evaluate(collection, collection.search(Query(Q[i % 600 : i % 600 + 1], 10, probe=True)).probe, LIVE)
         if estimator.summary(collection)["controllers"]["50"]["settled"]:
@@ -226,6 +233,7 @@ def test_the_re_runs_take_less_once_every_controller_holds_its_target(client, gl
     else:
         pytest.fail("the ef controller never settled on 3,000 probes")
     assert estimator.duty([collection]) == pytest.approx(0.1)
+    assert estimator.summary(collection)["controllers"]["16:rerank"]["target"] == 0.85  # still there
     exported = re.search(r"^vecnest_recall_duty_cycle (\S+)$", client.get("/metrics").text, re.M)
     assert exported and float(exported.group(1)) == pytest.approx(0.1)
     # a collection without a target keeps max_busy: a pass over both does too

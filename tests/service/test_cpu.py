@@ -8,7 +8,7 @@ import threading
 import time
 
 from index.pacing import checkpoint, paced
-from service.cpu import OPENMP_SPIN_COUNT, CoreShare, FreeCores
+from service.cpu import BACKGROUND_NICENESS, OPENMP_SPIN_COUNT, CoreShare, FreeCores, lower_this_threads_priority
 
 
 def test_threads_follow_what_other_processes_use():
@@ -43,7 +43,9 @@ def _in_thread(fn) -> threading.Thread:
 
 
 def test_background_work_waits_for_a_call_on_every_core_then_runs_in_units_between_calls():
-    share = CoreShare(cores=2, unit_wait_s=30.0, yield_s=30.0)
+    units: list[float] = []
+    waits: list[float] = []
+    share = CoreShare(cores=2, unit_wait_s=30.0, yield_s=30.0, on_unit=units.append, on_wait=waits.append)
     started, passed, go_on, finished = (threading.Event() for _ in range(4))
 
     def background():
@@ -82,6 +84,10 @@ def test_background_work_waits_for_a_call_on_every_core_then_runs_in_units_betwe
         assert threads == 2  # the background work is done
     with share.model_call(1) as threads:
         assert threads == 1  # never more than asked
+    # both units and the one wait were reported, the first unit and the wait at least as long
+    # as the call was held back (0.2 s)
+    assert len(units) == 2 and units[0] >= 0.2
+    assert len(waits) == 1 and 0.2 <= waits[0] <= units[0]
 
 
 def test_a_unit_that_runs_on_keeps_a_core_and_background_work_progresses_under_any_load():
@@ -147,3 +153,32 @@ def test_torchs_openmp_threads_are_told_to_sleep_soon_before_torch_loads():
         [sys.executable, "-c", code], env={**env, "GOMP_SPINCOUNT": "500"}, capture_output=True, text=True, check=True
     )
     assert theirs.stdout.split() == ["500", "False"]
+
+
+def test_the_recall_re_runs_thread_runs_at_a_low_priority_and_nothing_else_does():
+    """The re-runs' units share the cores with the requests' non-model work: their thread (and
+    only it) is niced, so a unit takes a core such work wants only briefly."""
+    from service.metrics import Metrics
+    from service.recall_estimator import RecallEstimator
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    estimator = RecallEstimator(Metrics(), 0.0)
+    estimator.start()
+    try:
+        worker = estimator._thread
+        assert worker is not None
+        assert _wait_for(lambda: os.getpriority(os.PRIO_PROCESS, worker.native_id) == BACKGROUND_NICENESS)
+    finally:
+        estimator.stop()
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread's own is kept
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == before  # the process's too
+
+    got: list[int] = []
+
+    def lower() -> None:
+        assert lower_this_threads_priority(BACKGROUND_NICENESS)
+        got.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    _in_thread(lower).join(30)
+    assert got == [BACKGROUND_NICENESS]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
