@@ -340,6 +340,7 @@ def text_latency(client, texts: list[str], seconds: float, sample_rate: float, r
         latency(client, bodies, 2)
     warm_up_s = time.perf_counter() - warm_up
     units_before, waits_before = histogram(client, UNIT), histogram(client, WAIT)
+    duties: list[float] = []
     runs: dict[str, list[list[float]]] = {"no sampling": [], "sampling": []}  # by round
     rounds = max(1, round(seconds / round_s))
     for r in range(rounds):
@@ -349,6 +350,8 @@ def text_latency(client, texts: list[str], seconds: float, sample_rate: float, r
             client.patch(url, json=policy).raise_for_status()
             latency(client, bodies, 1.5, start_at=r * 97 + 500)
             runs[name].append(latency(client, bodies, round_s, start_at=r * 97))
+            if name == "sampling":  # the re-runs' duty cycle as the round ends (full, or settled)
+                duties.append(gauge(client, "vecnest_recall_duty_cycle"))
     out: dict = {
         name: {
             "searches": sum(map(len, by_round)),
@@ -367,6 +370,7 @@ def text_latency(client, texts: list[str], seconds: float, sample_rate: float, r
     out["units"] = {"count": units.count, "mean_ms": units.mean_ms, "over_2ms": units.over(0.0025)}
     out["waits"] = {"count": waits.count, "mean_ms": waits.mean_ms, "over_2ms": waits.over(0.0025)}
     out["waits"]["per_sampled_search"] = waits.count / max(1, out["sampling"]["searches"])
+    out["duty_by_round"] = duties
     return out
 
 
@@ -395,6 +399,11 @@ class Histogram:
     def over(self, le: float) -> float:
         """The share of observations above the bucket bound `le`."""
         return 1 - self.buckets.get(le, 0) / self.count if self.count else 0.0
+
+
+def gauge(client, name: str) -> float:
+    found = re.search(rf"^{name} (\S+)$", client.get("/metrics").text, re.M)
+    return float(found[1]) if found else float("nan")
 
 
 def histogram(client, name: str) -> Histogram:
@@ -547,7 +556,8 @@ def main() -> None:
             f"background units while measuring: {u['count']:.0f}, mean {u['mean_ms']:.2f} ms, "
             f"{u['over_2ms']:.1%} over 2.5 ms; model calls that waited for one: {w['count']:.0f} "
             f"({w['per_sampled_search']:.1%} of sampled-round searches), mean wait {w['mean_ms']:.2f} ms, "
-            f"{w['over_2ms']:.1%} over 2.5 ms"
+            f"{w['over_2ms']:.1%} over 2.5 ms; duty cycle at the end of the sampling rounds: "
+            f"{', '.join(f'{d:g}' for d in lat['duty_by_round'])}"
         )
     out = Path(__file__).resolve().parent / "out"
     out.mkdir(exist_ok=True)

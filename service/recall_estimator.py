@@ -252,44 +252,56 @@ class RecallEstimator:
                     by_collection.setdefault(id(collection), (collection, []))[1].append(probe)
                 for collection, probes in by_collection.values():
                     self._measure(collection, probes)
-                self._rest(time.thread_time() - started, [c for c, _ in by_collection.values()])
+                fed = [(c, {p.dim for p in probes}) for c, probes in by_collection.values()]
+                self._rest(time.thread_time() - started, fed)
             finally:
                 self._queue.done(len(items))
 
     def _rest(
-        self, busy_s: float, collections: list[CollectionBackend], step_s: float = 0.05, sleep=time.sleep
+        self,
+        busy_s: float,
+        fed: list[tuple[CollectionBackend, set[int]]],
+        step_s: float = 0.05,
+        sleep=time.sleep,
     ) -> None:
-        """Sleep `busy_s` x (1/duty - 1), the duty read again every `step_s`: a pass that left
-        its controllers settled rests long, and a target changed meanwhile ends that rest early
-        (its new controllers are not settled), so the next target's search starts at once;
-        `stop` ends it too (a settled multi-vector pass of seconds rests for minutes)."""
+        """Sleep `busy_s` x (1/duty - 1) after a pass that measured the graphs `fed` (each
+        collection with the dims of its probes), the duty read again every `step_s`: a pass that
+        left its controllers settled rests long, and a target changed meanwhile ends that rest
+        early (its new controllers are not settled), so the next target's search starts at
+        once; `stop` ends it too (a settled multi-vector pass of seconds rests for minutes)."""
         slept = 0.0
-        while not self._queue.closed and (left := busy_s * (1.0 / self.duty(collections) - 1.0) - slept) > 0:
+        while not self._queue.closed and (left := busy_s * (1.0 / self.duty(fed) - 1.0) - slept) > 0:
             sleep(min(left, step_s))
             slept += min(left, step_s)
 
-    def duty(self, collections: list[CollectionBackend]) -> float:
-        """The share of one core's CPU time the re-runs may take after a pass over `collections`:
-        `max_busy` while a controller is searching (fast convergence is bought here), and
-        `max_busy` x `settled_share` once every collection of the pass has a target and each of
-        its controllers has settled on a setting for that target (converged and confirmed, or
-        saturated: `settled`). Settled controllers go on measuring the held setting and its
-        neighbours, and one that stops holding unsettles, which restores `max_busy`.
-        Collections without a target (estimates only) keep `max_busy`."""
+    def duty(self, fed: list[tuple[CollectionBackend, set[int]]]) -> float:
+        """The share of one core's CPU time the re-runs may take after a pass that measured the
+        graphs `fed`: `max_busy` while a controller they feed is searching (fast convergence is
+        bought here), and `max_busy` x `settled_share` once every collection of the pass has a
+        target and each of those graphs' controllers has settled on a setting for it (converged
+        and confirmed, or saturated: `settled`). Settled controllers go on measuring the held
+        setting and its neighbours, and one that stops holding unsettles, which restores
+        `max_busy`. Collections without a target (estimates only) keep `max_busy`. Only the
+        graphs the pass fed count: a graph that no search reaches any more (its controller left
+        mid-search by the last of its queued probes) must not keep another graph's settled
+        re-runs at the full duty cycle."""
         with self._lock:
-            settled = all(self._settled(c) for c in collections)
+            settled = all(self._settled(c, dims) for c, dims in fed)
         duty = self._max_busy * (self._settled_share if settled else 1.0)
         self.metrics.recall_duty_cycle.set(duty)
         return duty
 
-    def _settled(self, collection: CollectionBackend) -> bool:
-        """Whether the collection's controllers for its current target have all settled (at
-        least one). A controller left with an earlier target belongs to a graph no search has
-        reached since the target changed (its next probe replaces it); counting it kept a
-        collection whose traffic moved to another dim at the full duty cycle for good. Holds
+    def _settled(self, collection: CollectionBackend, dims: set[int]) -> bool:
+        """Whether the controllers of the collection's graphs `dims` for its current target have
+        all settled (at least one). A controller left with an earlier target belongs to a graph
+        no search has reached since the target changed (its next probe replaces it). Holds
         `_lock`."""
         target = collection.recall_policy.target
-        current = [c for key, c in self._controllers.items() if key[0] == collection.name and c.target == target]
+        current = [
+            c
+            for key, c in self._controllers.items()
+            if key[0] == collection.name and key[1] in dims and c.target == target
+        ]
         return target is not None and bool(current) and all(c.settled for c in current)
 
     def _measure(self, collection: CollectionBackend, probes: list[RecallProbe]) -> None:

@@ -218,13 +218,18 @@ def test_the_re_runs_take_less_once_every_controller_holds_its_target(client, gl
     engine = client.app.state.engine
     collection = engine.collection(name).backend
     estimator = RecallEstimator(engine.metrics, 0.0, max_busy=0.5, settled_share=0.2, controller_window=20)
-    assert estimator.duty([collection]) == 0.5  # no controller yet
+    graph, both = [(collection, {50})], [(collection, {16, 50})]  # what a pass measured
+    assert estimator.duty(graph) == 0.5  # no controller yet
+
+    def funnel_probe(i: int) -> None:  # a search of the 16-d funnel, measured
+        estimator.evaluate(collection, collection.search(Query(Q[i : i + 1], 10, dim=16, probe=True)).probe, LIVE)
+
     # searches of the 16-d funnel give it a controller for 0.85; then the target changes and
     # the traffic moves to dim 50: that controller, left with the old target, does not count
     for i in range(3):
-        estimator.evaluate(collection, collection.search(Query(Q[i : i + 1], 10, dim=16, probe=True)).probe, LIVE)
+        funnel_probe(i)
     assert estimator.summary(collection)["controllers"]["16:rerank"]["target"] == 0.85
-    assert estimator.duty([collection]) == 0.5  # searching for 0.85
+    assert estimator.duty(both) == 0.5  # searching for 0.85
     assert client.patch(f"/v1/collections/{name}", json={"target_recall": 0.9}).status_code == 200
     for i in range(3000):
         estimator.evaluate(collection, collection.search(Query(Q[i % 600 : i % 600 + 1], 10, probe=True)).probe, LIVE)
@@ -232,13 +237,20 @@ def test_the_re_runs_take_less_once_every_controller_holds_its_target(client, gl
             break
     else:
         pytest.fail("the ef controller never settled on 3,000 probes")
-    assert estimator.duty([collection]) == pytest.approx(0.1)
+    assert estimator.duty(graph) == pytest.approx(0.1)
     assert estimator.summary(collection)["controllers"]["16:rerank"]["target"] == 0.85  # still there
+    assert estimator.duty(both) == pytest.approx(0.1)
+    # a last queued funnel probe gives the funnel a controller for 0.9, searching: passes that
+    # measure the funnel take the full duty cycle, passes of the settled graph alone do not
+    funnel_probe(3)
+    assert estimator.summary(collection)["controllers"]["16:rerank"]["target"] == 0.9
+    assert estimator.duty(both) == 0.5
+    assert estimator.duty(graph) == pytest.approx(0.1)
     exported = re.search(r"^vecnest_recall_duty_cycle (\S+)$", client.get("/metrics").text, re.M)
     assert exported and float(exported.group(1)) == pytest.approx(0.1)
     # a collection without a target keeps max_busy: a pass over both does too
     plain = make_collection(client, X[:2000], recall_sample_rate=0.0)
-    assert estimator.duty([collection, engine.collection(plain).backend]) == 0.5
+    assert estimator.duty([*graph, (engine.collection(plain).backend, {50})]) == 0.5
 
     slept: list[float] = []
 
@@ -247,12 +259,12 @@ def test_the_re_runs_take_less_once_every_controller_holds_its_target(client, gl
         if len(slept) == 1:
             assert client.patch(f"/v1/collections/{name}", json={"target_recall": 0.95}).status_code == 200
 
-    estimator._rest(0.1, [collection], step_s=0.05, sleep=sleep)  # settled: 0.4 s (0.1 x (1/0.1 - 1)), in steps
+    estimator._rest(0.1, graph, step_s=0.05, sleep=sleep)  # settled: 0.4 s (0.1 x (1/0.1 - 1)), in steps
     assert sum(slept) == pytest.approx(0.1)  # unsettled after the first step: 0.1 x (1/0.5 - 1)
-    assert estimator.duty([collection]) == 0.5
+    assert estimator.duty(graph) == 0.5
     estimator._queue.close()  # what `stop` does first: it ends any rest
     slept.clear()
-    estimator._rest(10.0, [collection], sleep=sleep)
+    estimator._rest(10.0, graph, sleep=sleep)
     assert slept == []
 
 
