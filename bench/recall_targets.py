@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -401,17 +402,25 @@ class Histogram:
         return 1 - self.buckets.get(le, 0) / self.count if self.count else 0.0
 
 
+def scraped(client, name: str) -> list:
+    """The samples of metric `name` in the server's /metrics (prometheus_client's parser)."""
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        if family.name == name:
+            return family.samples
+    return []
+
+
 def gauge(client, name: str) -> float:
-    found = re.search(rf"^{name} (\S+)$", client.get("/metrics").text, re.M)
-    return float(found[1]) if found else float("nan")
+    samples = scraped(client, name)
+    return samples[0].value if samples else float("nan")
 
 
 def histogram(client, name: str) -> Histogram:
-    text = client.get("/metrics").text
-    buckets = {float(le): float(n) for le, n in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)}
-    total = re.search(rf"^{name}_sum (\S+)$", text, re.M)
-    count = re.search(rf"^{name}_count (\S+)$", text, re.M)
-    return Histogram(buckets, float(total[1]) if total else 0.0, float(count[1]) if count else 0.0)
+    samples = scraped(client, name)
+    buckets = {float(s.labels["le"]): s.value for s in samples if s.name == f"{name}_bucket"}
+    total = sum(s.value for s in samples if s.name == f"{name}_sum")
+    count = sum(s.value for s in samples if s.name == f"{name}_count")
+    return Histogram(buckets, total, count)
 
 
 def settled(client, controller: str) -> bool:
