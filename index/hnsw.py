@@ -26,6 +26,7 @@ import numpy as np
 from index.errors import Invalid
 from index.exact import exact_top_k
 from index.files import fsync_path, json_bytes, write_atomic
+from index.pacing import in_background
 from index.protocols import Hits
 from index.rwlock import RWLock
 from index.vectors import as_matrix, check_metric, index_rows
@@ -156,7 +157,7 @@ class HnswIndex:
         Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
         if allowed is not None and not isinstance(allowed, (set, frozenset)):
             allowed = frozenset(int(x) for x in allowed)
-        with self._lock.read():
+        with self._lock.read(background=in_background()):  # a recall re-run's: index/rwlock.py
             available = len(self) if allowed is None else min(len(self), len(allowed))
             k_eff = min(k, available)
             if k_eff <= 0:
@@ -181,7 +182,7 @@ class HnswIndex:
     def exact_search(self, Q: np.ndarray, k: int, allowed: LabelSet | None = None) -> Hits:
         """Brute force over this index's own vectors (the graph is not used)."""
         Q = index_rows(as_matrix(Q, self.dim, "query"), self.metric)
-        with self._lock.read():
+        with self._lock.read(background=in_background()):
             return self._exact_locked(Q, k, allowed)
 
     def _exact_locked(self, Q: np.ndarray, k: int, allowed: LabelSet | None) -> Hits:

@@ -32,6 +32,12 @@ def checkpoint() -> None:
         pause()
 
 
+def in_background() -> bool:
+    """Whether this thread is running paced (background) work: its thread may pause at any
+    checkpoint, so a lock it holds must not hold up foreground work (`index.rwlock`)."""
+    return _pause.get() is not None
+
+
 @contextmanager
 def paced(pause: Callable[[], None]) -> Iterator[None]:
     """Within this block, on this thread, every `checkpoint()` calls `pause()`."""
