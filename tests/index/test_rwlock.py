@@ -2,18 +2,9 @@
 re-run's, on a thread that may be paused or niced) never makes searches queue behind a writer."""
 
 import threading
-import time
 
 from index.rwlock import RWLock
-
-
-def _until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
+from tests.support.waiting import wait_for
 
 
 class _Holder(threading.Thread):
@@ -43,7 +34,7 @@ def test_a_waiting_writer_blocks_new_searches_and_goes_first():
     first = _start(lock, "read", log)
     assert first.acquired.wait(10)
     writer = _start(lock, "write", log)
-    assert _until(lambda: lock._waiting_writers == 1)
+    assert wait_for(lambda: lock._waiting_writers == 1)
     second = _start(lock, "read", log)
     assert not second.acquired.wait(0.2)  # queued behind the writer
     first.release.set()
@@ -59,7 +50,7 @@ def test_searches_pass_a_writer_that_waits_for_a_background_read():
     background = _start(lock, "background", log)
     assert background.acquired.wait(10)
     writer = _start(lock, "write", log)
-    assert _until(lambda: lock._waiting_writers == 1)
+    assert wait_for(lambda: lock._waiting_writers == 1)
     search = _start(lock, "read", log)
     assert search.acquired.wait(10)  # not held up by the background read's writer
     another_background = _start(lock, "background", log)

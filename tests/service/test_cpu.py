@@ -5,10 +5,10 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 from index.pacing import checkpoint, paced
 from service.cpu import BACKGROUND_NICENESS, OPENMP_SPIN_COUNT, CoreShare, FreeCores, lower_this_threads_priority
+from tests.support.waiting import wait_for
 
 
 def test_threads_follow_what_other_processes_use():
@@ -74,7 +74,7 @@ def test_background_work_waits_for_a_call_on_every_core_then_runs_in_units_betwe
     assert not got and not caller.join(0.2)  # waiting for the unit
     go_on.set()  # the unit reaches its checkpoint
     caller.join(0.2)
-    assert _wait_for(lambda: got == [2])
+    assert wait_for(lambda: got == [2])
     assert not passed.wait(0.2)  # ...and the next unit waits for that call
     finished.set()
     assert passed.wait(30)
@@ -133,15 +133,6 @@ def test_one_core_is_never_taken_from_the_encoder():
         assert threads == 1
 
 
-def _wait_for(condition, seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_torchs_openmp_threads_are_told_to_sleep_soon_before_torch_loads():
     """libgomp reads GOMP_SPINCOUNT once, when torch loads it: importing the service sets it
     (unless the user did) before anything has imported torch."""
@@ -167,7 +158,7 @@ def test_the_recall_re_runs_thread_runs_at_a_low_priority_and_nothing_else_does(
     try:
         worker = estimator._thread
         assert worker is not None
-        assert _wait_for(lambda: os.getpriority(os.PRIO_PROCESS, worker.native_id) == BACKGROUND_NICENESS)
+        assert wait_for(lambda: os.getpriority(os.PRIO_PROCESS, worker.native_id) == BACKGROUND_NICENESS)
     finally:
         estimator.stop()
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # this thread's own is kept
