@@ -19,7 +19,7 @@ from index.elastic import sample_labels
 from index.errors import Invalid
 from index.fde import FdeEncoder
 from index.manifest import Elasticizer, Manifest
-from index.maxsim import TokenBatch, ball_carve, chamfer_many
+from index.maxsim import ball_carve, chamfer, chamfer_many
 from index.pacing import checkpoint, in_slices
 from index.protocols import Hits
 from index.recall_oracle import (
@@ -352,7 +352,7 @@ class TokenScoring:
             labels = np.asarray([label for label in candidates.labels[i].tolist() if label in tokens], np.int64)
             if not len(labels):
                 continue
-            S = TokenBatch([tokens[label] for label in labels.tolist()]).chamfer(Q)
+            S = chamfer(Q, [tokens[label] for label in labels.tolist()])
             pos, best = top_k(S[None, :], k)
             out.labels[i, : pos.shape[1]] = labels[pos[0]]
             out.scores[i, : pos.shape[1]] = best[0]

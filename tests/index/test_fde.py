@@ -6,7 +6,7 @@ import pytest
 
 from index.errors import Invalid
 from index.fde import FdeEncoder, MultiVectorConfig
-from index.maxsim import ball_carve, chamfer, chamfer_many
+from index.maxsim import TokenBatch, ball_carve, chamfer, chamfer_many
 
 D = 48
 
@@ -122,6 +122,8 @@ def test_chamfer_and_ball_carving(rng):
     Q, sets = unit(rng, 7), [unit(rng, n) for n in (1, 5, 30)]
     expected = [(Q @ P.T).max(axis=1).sum() for P in sets]
     assert np.allclose(chamfer(Q, sets), expected, atol=1e-5)
+    assert np.allclose(chamfer(Q, sets[::-1]), expected[::-1], atol=1e-5)
+    assert np.allclose(TokenBatch(sets).chamfer(Q), expected, atol=1e-5)
     # many queries at once, float16 sets streamed in slices (of 30 tokens here: the buffer is as
     # large as the largest set, so the 30-token set goes alone and the last four together);
     # each cell is the one-query score
@@ -130,7 +132,8 @@ def test_chamfer_and_ball_carving(rng):
     many = chamfer_many(Qs, half, slice_tokens=8)
     assert many.shape == (3, 6)
     for i, Qi in enumerate(Qs):
-        assert np.allclose(many[i], chamfer(Qi, [h.astype(np.float32) for h in half]), atol=1e-5)
+        one = [(Qi @ h.astype(np.float32).T).max(axis=1).sum() for h in half]
+        assert np.allclose(many[i], one, atol=1e-5)
     assert chamfer_many(Qs, []).shape == (3, 0) and chamfer_many([], half).shape == (0, 6)
     # tokens that are near-copies collapse into one cluster whose row is their sum
     base = unit(rng, 3)
