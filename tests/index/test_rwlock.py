@@ -29,12 +29,18 @@ def _start(lock: RWLock, kind: str, log: list[str]) -> _Holder:
     return holder
 
 
-def test_a_waiting_writer_blocks_new_searches_and_goes_first():
-    lock, log = RWLock(), []
-    first = _start(lock, "read", log)
-    assert first.acquired.wait(10)
+def _writer_waiting_behind(lock: RWLock, kind: str, log: list[str]) -> tuple[_Holder, _Holder]:
+    """A `kind` read that holds the lock, and a writer queued behind it."""
+    holder = _start(lock, kind, log)
+    assert holder.acquired.wait(10)
     writer = _start(lock, "write", log)
     assert wait_for(lambda: lock._waiting_writers == 1)
+    return holder, writer
+
+
+def test_a_waiting_writer_blocks_new_searches_and_goes_first():
+    lock, log = RWLock(), []
+    first, writer = _writer_waiting_behind(lock, "read", log)
     second = _start(lock, "read", log)
     assert not second.acquired.wait(0.2)  # queued behind the writer
     first.release.set()
@@ -47,10 +53,7 @@ def test_a_waiting_writer_blocks_new_searches_and_goes_first():
 
 def test_searches_pass_a_writer_that_waits_for_a_background_read():
     lock, log = RWLock(), []
-    background = _start(lock, "background", log)
-    assert background.acquired.wait(10)
-    writer = _start(lock, "write", log)
-    assert wait_for(lambda: lock._waiting_writers == 1)
+    background, writer = _writer_waiting_behind(lock, "background", log)
     search = _start(lock, "read", log)
     assert search.acquired.wait(10)  # not held up by the background read's writer
     another_background = _start(lock, "background", log)
