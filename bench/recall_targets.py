@@ -319,7 +319,7 @@ def signed(n: int | None) -> str:
 
 
 def early(r: dict, knob: str) -> str:
-    """The table's "held at 60 s" cell."""
+    """The table's "held at `EARLY_S`" cell."""
     if r.get("early") is None:
         return "–"
     setting, recall = r["early"]
@@ -560,7 +560,7 @@ def main() -> None:
     print(
         "\n| stage | target | searches/s | sampled queries measured/s | converged in (s) | within ±0.01 from (s) | chosen | "
         "offline recall@10 | cheapest that holds (sweep) | steps from it | holds target − 0.005 | "
-        "cheapest on the live queries | steps from it | held at 60 s (offline recall@10) |"
+        f"cheapest on the live queries | steps from it | held at {EARLY_S:g} s (offline recall@10) |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
