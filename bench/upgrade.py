@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import numpy as np
@@ -87,14 +88,36 @@ def run_of(result, qids: list[str]) -> dict[str, list[str]]:
     return {q: [m.id for m in ms] for q, ms in zip(qids, result.matches)}
 
 
-def quality(new_model: str, old_model: str | None, sample: int) -> dict:
+class SciFactTest(NamedTuple):
+    """BEIR SciFact's corpus and its test claims, in the order every figure here uses."""
+
+    corpus: list[dict]
+    ids: list[str]  # document ids, corpus order
+    texts: list[str]  # title + abstract, corpus order
+    qrels: dict[str, dict[str, int]]  # test claim id → relevant document id → grade
+    queries: dict[str, str]  # every claim id → text (train ones too)
+    qids: list[str]  # the test claims that have text
+    qtexts: list[str]  # their texts
+
+
+def scifact_test() -> SciFactTest:
     corpus = scifact_corpus()
-    ids = [d["_id"] for d in corpus]
-    texts = [scifact_text(d) for d in corpus]
     qrels = scifact_qrels("test")
     queries = scifact_queries()
     qids = [q for q in qrels if q in queries]
-    qtexts = [queries[q] for q in qids]
+    return SciFactTest(
+        corpus,
+        [d["_id"] for d in corpus],
+        [scifact_text(d) for d in corpus],
+        qrels,
+        queries,
+        qids,
+        [queries[q] for q in qids],
+    )
+
+
+def quality(new_model: str, old_model: str | None, sample: int) -> dict:
+    _, ids, texts, qrels, queries, qids, qtexts = scifact_test()
     old_enc, new_enc = load_encoder(old_model), load_encoder(new_model)
     X_old = embedded("upgrade-corpus", old_enc, texts, "document")
     X_new = embedded("upgrade-corpus", new_enc, texts, "document")

@@ -26,11 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.upgrade import MAP_FAMILIES, embedded, load_encoder
+from bench.upgrade import MAP_FAMILIES, embedded, load_encoder, scifact_test
 from index import upgrades
 from index.procrustes import fit_map_kind, map_queries
 from index.vectors import normalize
-from tests.support.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
 from tests.support.evaluate import ndcg_at_k
 
 MIN_WORDS = 4  # shorter fragments ("et al.", numbered headings) are not sentences
@@ -75,13 +74,7 @@ def main() -> int:
     parser.add_argument("--mlp", action="store_true", help="also train a one-hidden-layer MLP map")
     args = parser.parse_args()
 
-    corpus = scifact_corpus()
-    ids = [d["_id"] for d in corpus]
-    texts = [scifact_text(d) for d in corpus]
-    qrels = scifact_qrels("test")
-    queries = scifact_queries()
-    qids = [q for q in qrels if q in queries]
-    qtexts = [queries[q] for q in qids]
+    corpus, ids, texts, qrels, _, qids, qtexts = scifact_test()
     # the same draw as bench/upgrade.py's quality(): its fit rows are these
     rows = np.random.default_rng(0).permutation(len(ids))[: min(args.sample, len(ids))]
     fit_rows, _ = (rows[part] for part in upgrades.split_sample(len(rows), 0.2, 0))
