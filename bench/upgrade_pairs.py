@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.upgrade import MAP_FAMILIES, embedded, load_encoder, scifact_test
 from index import upgrades
+from index.exact import exact_top_k
 from index.procrustes import fit_map_kind, map_queries
 from index.vectors import normalize
 from tests.support.evaluate import ndcg_at_k
@@ -90,7 +91,7 @@ def main() -> int:
     S_old = embedded("pairs-sentences", old, sentences, "document")
 
     def ndcg(Q: np.ndarray) -> float:
-        top = np.argsort(-(normalize(Q) @ X_old.T), axis=1)[:, :10]
+        top = exact_top_k(normalize(Q), [(np.arange(len(ids)), X_old)], 10, "cosine").labels
         return ndcg_at_k({q: [ids[j] for j in r] for q, r in zip(qids, top)}, qrels, 10)
 
     pair_sets = {
