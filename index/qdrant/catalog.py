@@ -13,6 +13,7 @@ from index.shared_catalog import EntryStore, SharedCatalog
 from .collection import QdrantCollection, scoring_for
 from .common import backend_errors, point_id
 from .fields import FIELDS
+from .local import thread_safe
 
 MANIFESTS = "vecnest.manifests"
 
@@ -68,7 +69,9 @@ class QdrantEngine:
 
     def __init__(self, client: Any, write_ordering: str = "strong", collection_layout: dict[str, int] | None = None):
         """`collection_layout`: Qdrant's `shard_number`, `replication_factor` and
-        `write_consistency_factor` for new collections (a server or cluster; local mode has one copy)."""
+        `write_consistency_factor` for new collections (a server or cluster; local mode has one copy).
+        A local-mode client is used through one lock (local.py: it is not thread-safe)."""
+        client = thread_safe(client)
         self._client = client
         self._ordering = write_ordering
         self._layout = dict(collection_layout or {})

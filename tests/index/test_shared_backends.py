@@ -229,6 +229,63 @@ def test_vectors_and_fields_come_back_when_asked(loaded):
     assert bare.text is None and bare.metadata is None and bare.vector is None
 
 
+def test_writes_and_reads_from_many_threads_at_once(backend, glosses):
+    """The service calls a collection from a thread pool: upserts, deletes, scrolls (an upgrade's
+    backfill plan) and searches at once. None of them fails, and what is left is exactly what
+    was written. qdrant-client's local mode is not thread-safe (index/qdrant/local.py): without
+    its lock, a scroll beside an upsert indexes past the end of an array."""
+    import threading
+
+    _, X = glosses
+    c = backend(manifest())
+    c.upsert(docs(X[:50]))
+    errors: list[BaseException] = []
+    writing = threading.Event()
+
+    def guarded(work):
+        def run():
+            try:
+                work()
+            except BaseException as exc:  # any failure fails the test below
+                errors.append(exc)
+
+        return threading.Thread(target=run)
+
+    def writer(w: int):
+        def work():
+            for b in range(10):
+                start = 100 + 50 * w + 5 * b
+                c.upsert(docs(X[start : start + 5], start))
+                c.delete([f"d{w * 10 + b}"])  # one of the first 50 each time: 40 in all
+
+        return work
+
+    def reader():
+        while writing.is_set():
+            cursor = None
+            while True:
+                page, cursor = c.scroll(cursor, 16)
+                assert all(d.id.startswith("d") for d in page)
+                if cursor is None:
+                    break
+            assert len(c.contents()) >= 50
+            c.search(Query(X[:2], 5))
+
+    writers = [guarded(writer(w)) for w in range(4)]
+    readers = [guarded(reader) for _ in range(2)]
+    writing.set()
+    for t in writers + readers:
+        t.start()
+    for t in writers:
+        t.join()
+    writing.clear()
+    for t in readers:
+        t.join()
+    assert not errors, errors
+    want = {f"d{i}" for i in range(40, 50)} | {f"d{i}" for i in range(100, 300)}
+    assert set(c.contents()) == want and len(c) == len(want)
+
+
 def test_l2_scores_are_minus_the_distance(backend, glosses):
     _, X = glosses
     c = backend(manifest("l2", dims=[384], metric="l2"))
