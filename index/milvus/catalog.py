@@ -11,6 +11,7 @@ import numpy as np
 from index.manifest import Manifest
 from index.shared_catalog import EntryStore, SharedCatalog
 
+from .client import loading
 from .collection import MilvusCollection, backend_errors, schema_of
 
 META = "vecnest_meta"
@@ -51,6 +52,7 @@ class MilvusEngine:
     name = "Milvus"
 
     def __init__(self, client: Any):
+        client = loading(client)  # client.py: collections a restart released are loaded again
         self._client = client
         self.meta = MilvusMeta(client)
         with backend_errors("open the catalog"):

@@ -10,6 +10,7 @@ One contract, three backends: every test below takes `backend`, a factory for on
 import dataclasses
 import math
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -398,7 +399,8 @@ def test_an_unreachable_backend_is_a_clean_503():
 
 
 def test_a_milvus_that_goes_away_is_a_clean_503(tmp_path, glosses):
-    """Unreachable at start, or stopped under a catalog: NotReady (503), within the timeout."""
+    """Unreachable at start, or stopped under a catalog: NotReady (503), within the timeout; and
+    once it is back (its collections released by the restart), the same objects serve again."""
     pytest.importorskip("pymilvus", reason="the milvus extra is part of the test install")
     from index import open_milvus_catalog
     from index.errors import NotReady
@@ -417,6 +419,20 @@ def test_a_milvus_that_goes_away_is_a_clean_503(tmp_path, glosses):
         with pytest.raises(NotReady) as failure:
             attempt()
         assert failure.value.code == "backend_unavailable"
+    server.start()
+
+    def serves():
+        try:
+            return len(c) == 10
+        except NotReady:  # the client reconnects on its own; the first calls may still fail
+            return False
+
+    deadline = time.monotonic() + 30
+    while not serves() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [m.id for m in c.search(Query(X[3:4], 1)).matches[0]] == ["d3"]
+    assert c.get("d7").text == "text 7" and catalog.get("gone") is not None
+    server.stop()
 
 
 # -- multi-vector collections: the FDE shortlist re-ranked by MaxSim, on both backends ---------
