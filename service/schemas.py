@@ -500,6 +500,9 @@ class UpgradeProgress(BaseModel):
     embedded: int
     eta_s: float | None
     syncing: Literal["new generation", "previous generation (for rollback)"]
+    waiting_for_backend: str | None = Field(
+        None, description="while the backend is unavailable: the error the backfill retries (it waits, then fails)"
+    )
 
 
 class UpgradeInfo(BaseModel):

@@ -230,6 +230,12 @@ class Settings(BaseSettings):
         description="shared backend: how often a caught-up backfill compares both generations in full (writes "
         "land in both during an upgrade; the comparison repairs any that failed half-way)",
     )
+    upgrade_backend_patience_s: float = Field(
+        600.0,
+        ge=0,
+        description="how long a backfill waits, retrying, for a backend that is unavailable (an engine restart, a "
+        "network blip) before the upgrade fails",
+    )
     upgrade_settle_s: float = Field(
         15.0,
         ge=0,

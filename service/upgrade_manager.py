@@ -31,6 +31,7 @@ from index import (
     Invalid,
     NewDocument,
     NotFound,
+    NotReady,
     Query,
     ScoreCalibration,
     SearchResult,
@@ -84,6 +85,8 @@ class LiveUpgrade:
     rate: float = 0.0  # documents re-embedded per second (moving average)
     embedded: int = 0
     follower: bool = False  # a serving replica's view of an upgrade the maintenance process runs
+    unavailable_since: float | None = None  # monotonic time the backend became unavailable to the backfill
+    unavailable: str | None = None  # why, while it is
 
     @property
     def caught_up(self) -> bool:
@@ -256,6 +259,7 @@ class UpgradeManager:
             "embedded": live.embedded,
             "eta_s": round(remaining / live.rate, 1) if live.rate > 0 and remaining else (0.0 if done else None),
             "syncing": "new generation" if record.state != upgrades.CUT_OVER else "previous generation (for rollback)",
+            "waiting_for_backend": live.unavailable,  # null unless the backend is unavailable now
         }
 
     # -- start --------------------------------------------------------------------------------
@@ -428,7 +432,13 @@ class UpgradeManager:
             if live.record.state == upgrades.FITTING:
                 await self._fit(name, live)
             while True:
-                if not await self._sync_step(name, live, throttle=True):
+                try:
+                    busy = await self._sync_step(name, live, throttle=True)
+                except NotReady as exc:
+                    await self._wait_for_backend(name, live, exc)
+                    continue
+                live.unavailable_since, live.unavailable = None, None
+                if not busy:
                     await asyncio.sleep(self.settings.upgrade_poll_s)
         except asyncio.CancelledError:
             raise
@@ -439,6 +449,21 @@ class UpgradeManager:
             self._live.pop(name, None)
             if live.record.old_generation != live.gens.generation_of(live.shadow.backend):
                 await self._discard_shadow(live)
+
+    async def _wait_for_backend(self, name: str, live: LiveUpgrade, exc: NotReady) -> None:
+        """A backfill runs for hours; an engine restart or a network blip meanwhile is waited out
+        (retried with backoff), not the end of the upgrade. Past `upgrade_backend_patience_s` of
+        failing without a break, the error is raised and the upgrade fails as before."""
+        now = time.monotonic()
+        if live.unavailable_since is None:
+            live.unavailable_since = now
+            log.warning("upgrade %s of %s waits for the backend: %s", live.record.id, name, exc)
+        live.unavailable = str(exc)
+        waited = now - live.unavailable_since
+        if waited >= self.settings.upgrade_backend_patience_s:
+            raise exc
+        pause = min(max(self.settings.upgrade_poll_s, waited / 4), 10.0)  # back off, at most 10 s apart
+        await asyncio.sleep(min(pause, self.settings.upgrade_backend_patience_s - waited))
 
     async def _fit(self, name: str, live: LiveUpgrade) -> None:
         """Embed a sample with the new model, fit and evaluate the map, apply the gate. The

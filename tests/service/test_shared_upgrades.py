@@ -190,3 +190,48 @@ def test_the_gate_reports_every_map_family_and_the_labelled_queries(tmp_path):
         assert gate["passed"] == (best >= bar)  # the labelled criterion decided, not the thresholds
         bad = c.post("/v1/collections/kb/upgrades", json={"model": "new-model", "maps": ["mlp"]})
         assert bad.status_code == 422
+
+
+def test_a_backfill_waits_out_a_backend_restart(tmp_path):
+    """A backfill runs for hours; the engine restarting meanwhile (here milvus-lite, stopped and
+    started again on its data) is waited out, not the end of the upgrade: the status says what it
+    waits for, and once the engine is back the backfill catches up and cuts over."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is part of the test install")
+    server = MilvusServer(tmp_path / "milvus").start()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        backend="milvus",
+        milvus_uri=server.uri,
+        preload_default_model=False,
+        upgrade_shared_poll_s=0.1,  # compare both generations often: the outage is met at once
+        **FAST,
+    )
+    try:
+        with app_client(settings, fake=True) as c:
+            assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+            assert c.put("/v1/collections/kb/documents", json={"documents": texts(120)}).status_code == 200
+            r = c.post("/v1/collections/kb/upgrades", json={"model": "new-model", "sample": 60, **LENIENT})
+            upgrade = r.json()["id"]
+            wait_for(lambda: caught_up(c, "kb", upgrade), "the backfill")
+            manager = c.app.state.engine.upgrades
+
+            server.stop()
+            waiting = wait_for(lambda: getattr(manager.live("kb"), "unavailable", None), "the outage")
+            assert "Milvus" in waiting and manager.live("kb").record.id == upgrade
+            server.start()
+
+            def recovered() -> bool:  # the engine's client reconnects on its own: 503 until it has
+                r = c.get(f"/v1/collections/kb/upgrades/{upgrade}")
+                if r.status_code != 200 or r.json()["progress"]["waiting_for_backend"] is not None:
+                    return False
+                return caught_up(c, "kb", upgrade)
+
+            wait_for(recovered, "the backfill after the restart")
+            assert upgrade_state(c, "kb", upgrade)["state"] == "backfilling"
+            assert c.put("/v1/collections/kb/documents", json={"documents": texts(1, 120)}).status_code == 200
+            wait_for(lambda: caught_up(c, "kb", upgrade), "the new write")
+            cut = c.post(f"/v1/collections/kb/upgrades/{upgrade}/cutover")
+            assert cut.status_code == 200 and cut.json()["state"] == "cut_over", cut.text
+            assert c.get("/v1/collections/kb").json()["documents"] == 121
+    finally:
+        server.stop()
