@@ -9,6 +9,7 @@ one token per `(key, kind, value)`; a filter `{key: value}` becomes one keyword 
 condition, ANDed. The rule keeps one home; the translation cannot drift from it.
 """
 
+import functools
 import json
 import math
 import threading
@@ -46,6 +47,27 @@ def engine_errors(engine: str, what: str) -> Iterator[None]:
         raise NotReady(
             f"{what}: the {engine} backend failed: {type(exc).__name__}: {str(exc)[:300]}", code="backend_unavailable"
         ) from exc
+
+
+class WrappedClient:
+    """An engine's client whose method calls go through `around(method, args, kwargs)` (a lock,
+    a retry: index/qdrant/local.py, index/milvus/client.py); other attributes pass through."""
+
+    def __init__(self, client: Any, around: Callable[[Callable[..., Any], tuple, dict], Any]):
+        self.wrapped = client
+        self._around = around
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.wrapped, name)
+        if not callable(attr):
+            return attr
+        around = self._around
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return around(attr, args, kwargs)
+
+        return call
 
 
 def unsupported_on(engine: str, what: str) -> Invalid:

@@ -7,10 +7,11 @@ calls the engine from a thread pool (requests, the upgrade backfill, recall prob
 on a local client goes through one lock per client. A server or cluster is thread-safe and is
 used as it is."""
 
-import functools
 import threading
 import weakref
 from typing import Any
+
+from index.remote import WrappedClient
 
 # One lock per local client, shared by every catalog opened over it (replicas in one process).
 _locks: "weakref.WeakKeyDictionary[Any, threading.RLock]" = weakref.WeakKeyDictionary()
@@ -23,30 +24,15 @@ def is_local(client: Any) -> bool:
     return options.get("location") == ":memory:" or options.get("path") is not None
 
 
-class SerializedClient:
-    """A local-mode `QdrantClient` whose method calls run one at a time. Attributes that are
-    not methods pass through unchanged."""
-
-    def __init__(self, client: Any):
-        self._client = client
-        with _locks_guard:
-            self._lock = _locks.setdefault(client, threading.RLock())
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if not callable(attr):
-            return attr
-
-        @functools.wraps(attr)
-        def serialized(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                return attr(*args, **kwargs)
-
-        return serialized
-
-
 def thread_safe(client: Any) -> Any:
-    """`client` as the catalog should hold it: serialized in local mode, as it is otherwise."""
-    if isinstance(client, SerializedClient) or not is_local(client):
+    """`client` as the catalog holds it: in local mode, its calls made one at a time."""
+    if isinstance(client, WrappedClient) or not is_local(client):
         return client
-    return SerializedClient(client)
+    with _locks_guard:
+        lock = _locks.setdefault(client, threading.RLock())
+
+    def one_at_a_time(method: Any, args: tuple, kwargs: dict) -> Any:
+        with lock:
+            return method(*args, **kwargs)
+
+    return WrappedClient(client, one_at_a_time)
