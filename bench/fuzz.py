@@ -2,6 +2,9 @@
 
     python bench/fuzz.py                  # the full pass: every check, every phase, stateful links
     python bench/fuzz.py --examples 20    # a smaller one (tests/e2e/test_fuzz.py runs this)
+    python bench/fuzz.py --backend qdrant # the same on the Qdrant backend (qdrant-client's local
+                                          # mode in a folder)
+    python bench/fuzz.py --backend milvus # ... on the Milvus backend (a milvus-lite server)
 
 Every operation gets up to `--examples` generated cases per phase (coverage, fuzzing, and a
 stateful phase that follows the schema's links, so document and upgrade operations reach real
@@ -26,7 +29,7 @@ from tests.support.server import REPO, Server
 CONFIG = REPO / "bench" / "schemathesis.toml"
 
 
-def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None) -> dict:
+def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None, backend: str = "embedded") -> dict:
     """Run Schemathesis against a fresh server; returns cases, failures and the server's log.
 
     The server knows a second model, "minilm-rotated" (MiniLM and a fixed rotation, built from
@@ -34,14 +37,20 @@ def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None) -
     from tests.support.models import rotated_minilm
 
     second = rotated_minilm(str(workdir / "minilm-rotated"), seed=1, noise=0.3)
-    server = Server(
-        workdir / "data",
-        env={
-            "VECNEST_RECALL_SAMPLE_RATE": "0.1",
-            "VECNEST_UPGRADE_POLL_S": "0.2",
-            "VECNEST_MODELS": json.dumps({"minilm-rotated": second}),
-        },
-    ).start()
+    env = {
+        "VECNEST_RECALL_SAMPLE_RATE": "0.1",
+        "VECNEST_UPGRADE_POLL_S": "0.2",
+        "VECNEST_MODELS": json.dumps({"minilm-rotated": second}),
+    }
+    milvus = None
+    if backend == "qdrant":
+        env |= {"VECNEST_BACKEND": "qdrant", "VECNEST_QDRANT_PATH": str(workdir / "qdrant")}
+    if backend == "milvus":
+        from tests.support.milvus import MilvusServer
+
+        milvus = MilvusServer(workdir / "milvus").start()
+        env |= {"VECNEST_BACKEND": "milvus", "VECNEST_MILVUS_URI": milvus.uri}
+    server = Server(workdir / "data", env=env).start()
     report = workdir / "report.json"
     cmd = [
         str(Path(sys.executable).parent / "st"),
@@ -77,6 +86,8 @@ def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None) -
         run = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=3600)
     finally:
         server.stop()
+        if milvus is not None:
+            milvus.stop()
     return {
         "returncode": run.returncode,
         "output": run.stdout + run.stderr,
@@ -111,9 +122,10 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=100, help="cases per operation and phase")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--max-time", type=int, default=None, help="seconds; fuzzing and stateful repeat until spent")
+    p.add_argument("--backend", choices=("embedded", "qdrant", "milvus"), default="embedded")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = fuzz(Path(tmp), args.examples, args.seed, args.max_time)
+        result = fuzz(Path(tmp), args.examples, args.seed, args.max_time, args.backend)
     cases, failures, server_errors = summary(result)
     print(result["output"])
     tracebacks = result["server_log"].count("Traceback")

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from index.backend import CollectionBackend
-from index.catalog import check_name
+from index.catalog import NAME_PATTERN, check_name
 from index.errors import Conflict, Invalid, NotFound, NotReady
 from index.files import npy_bytes
 from index.manifest import Manifest
@@ -68,6 +68,12 @@ class SharedEngine(Protocol):
 
 
 def _key(kind: str, name: str, part: str = "") -> str:
+    """The meta table's key of an entry of collection `name`. A name no collection can have
+    (index.catalog.NAME_PATTERN) is not found, here, before it reaches the engine: names come
+    from request paths, and an engine may build a query expression from the key (pymilvus's
+    `get(ids=...)` quotes nothing: a quote in it was Milvus's parse error, answered as a 503)."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise NotFound(f"collection {name!r} not found", code="collection_not_found")
     return f"{kind}:{name}" + (f":{part}" if part else "")
 
 
@@ -175,6 +181,7 @@ class SharedCatalog:
         return self._serve(name, generation, manifest, fresh=held is not None)
 
     def drop(self, name: str) -> None:
+        check_name(name)  # as the embedded catalog: a name that breaks the rule is a 422 here
         meta = self.engine.meta
         with self.engine.errors(f"drop {name!r}"):
             entry = meta.get(_key("collection", name))

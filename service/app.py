@@ -91,8 +91,11 @@ def create_app(
     modules = (health, collections, documents, search, embeddings, upgrades, snapshots)
     routers = [module.router for module in modules]
     auth.check_rules(route.name for router in routers for route in router.routes)  # type: ignore[attr-defined]
-    for router in routers:
-        app.include_router(router, dependencies=[Depends(auth.authorize)])
+    for module, router in zip(modules, routers):
+        # Backup archives are files under data_dir: on a shared backend their routes answer 422
+        # backend_unsupported and stay out of the schema, which lists what this server serves.
+        listed = module is not snapshots or settings.backend == "embedded"
+        app.include_router(router, dependencies=[Depends(auth.authorize)], include_in_schema=listed)
     # Outermost last: the guard refuses before a body is read; metrics see every response.
     # Searches and upserts skip FastAPI's per-request machinery (service/hot_path.py), not the
     # checks above it.

@@ -15,7 +15,7 @@ router = APIRouter(
     tags=["snapshots"],
     responses=ERRORS,
     route_class=JsonRoute,
-    dependencies=[Depends(embedded_only("backup archives (on Qdrant, use Qdrant's snapshots)"))],
+    dependencies=[Depends(embedded_only("backup archives (use the backend's own snapshots)"))],
 )
 
 

@@ -551,6 +551,21 @@ def catalogs(request, tmp_path):
     catalog.close()
 
 
+@pytest.mark.parametrize("name", ["a'b", 'a"b', "a\\b", "a\rb", "a b", "é", "x" * 65, "kb'] or key like '%"])
+def test_a_name_no_collection_can_have_is_not_found_and_changes_nothing(catalogs, glosses, name):
+    """Collection names come from request paths; an engine must never see one it could parse
+    as part of a query (Milvus answered a quote with a parse error, a 503)."""
+    catalog, _ = catalogs
+    _, X = glosses
+    catalog.create(manifest("kb")).upsert(docs(X[:5]))
+    with pytest.raises(NotFound):
+        catalog.get(name)
+    with pytest.raises(Invalid) as refused:
+        catalog.drop(name)
+    assert refused.value.code == "invalid_name"
+    assert catalog.names() == ["kb"] and len(catalog.get("kb")) == 5
+
+
 def test_generations_switch_serving_for_every_replica_and_records_persist(catalogs, glosses):
     from index import encoder_upgrade as upgrades
 

@@ -119,6 +119,12 @@ def test_what_the_qdrant_backend_does_not_do_is_a_clear_422(clients):
     for r in refused:
         assert r.status_code == 422, r.text
         assert r.json()["error"]["code"] == "backend_unsupported"
+        assert "the backend's own snapshots" in r.json()["error"]["message"]
+    # ... and the schema lists only what this server serves (generated clients, fuzzers)
+    embedded_paths, qdrant_paths = (r.json()["paths"] for r in both(clients, "GET", "/openapi.json"))
+    archive_paths = {p for p in embedded_paths if "snapshots" in p}
+    assert len(archive_paths) == 4 and not archive_paths & set(qdrant_paths)
+    assert set(qdrant_paths) == set(embedded_paths) - archive_paths
 
 
 def test_ef_and_recall_settings_and_measurements(clients):
