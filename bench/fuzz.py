@@ -5,6 +5,8 @@
     python bench/fuzz.py --backend qdrant # the same on the Qdrant backend (qdrant-client's local
                                           # mode in a folder)
     python bench/fuzz.py --backend milvus # ... on the Milvus backend (a milvus-lite server)
+    python bench/fuzz.py --keys           # with an API key configured: every request carries it,
+                                          # and Schemathesis's ignored_auth check calls without it
 
 Every operation gets up to `--examples` generated cases per phase (coverage, fuzzing, and a
 stateful phase that follows the schema's links, so document and upgrade operations reach real
@@ -29,7 +31,17 @@ from tests.support.server import REPO, Server
 CONFIG = REPO / "bench" / "schemathesis.toml"
 
 
-def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None, backend: str = "embedded") -> dict:
+FUZZ_KEY = "fuzz-admin-key-0123456789abcdef"  # --keys: the one (admin) key of the server under test
+
+
+def fuzz(
+    workdir: Path,
+    examples: int,
+    seed: int,
+    max_time: int | None = None,
+    backend: str = "embedded",
+    keys: bool = False,
+) -> dict:
     """Run Schemathesis against a fresh server; returns cases, failures and the server's log.
 
     The server knows a second model, "minilm-rotated" (MiniLM and a fixed rotation, built from
@@ -42,6 +54,8 @@ def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None, b
         "VECNEST_UPGRADE_POLL_S": "0.2",
         "VECNEST_MODELS": json.dumps({"minilm-rotated": second}),
     }
+    if keys:
+        env["VECNEST_API_KEYS"] = json.dumps([{"key": FUZZ_KEY, "role": "admin", "name": "fuzz"}])
     milvus = None
     if backend == "qdrant":
         env |= {"VECNEST_BACKEND": "qdrant", "VECNEST_QDRANT_PATH": str(workdir / "qdrant")}
@@ -75,15 +89,19 @@ def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None, b
     ]
     if max_time is not None:
         cmd += ["--max-time", str(max_time)]
+    if keys:
+        cmd += ["--header", f"Authorization: Bearer {FUZZ_KEY}"]
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "bench.fuzz_hooks",
         "VECNEST_FUZZ_URL": server.url,
         "VECNEST_FUZZ_MODEL": "minilm-rotated",
+        "VECNEST_FUZZ_KEY": FUZZ_KEY if keys else "",
         "PYTHONPATH": str(REPO),
     }
     try:
         run = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=3600)
+        statuses = responses_by_status(server.url, FUZZ_KEY if keys else None)
     finally:
         server.stop()
         if milvus is not None:
@@ -93,7 +111,22 @@ def fuzz(workdir: Path, examples: int, seed: int, max_time: int | None = None, b
         "output": run.stdout + run.stderr,
         "report": _read(report),
         "server_log": server.log.read_text(),
+        "statuses": statuses,
     }
+
+
+def responses_by_status(url: str, key: str | None) -> dict[str, int]:
+    """The server's own count of its answers by status code (vecnest_http_requests_total), but
+    /readyz's: it answers 503 by design while the server starts, and the harness polls it."""
+    import requests
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    counts: dict[str, int] = {}
+    for line in requests.get(f"{url}/metrics", headers=headers, timeout=30).text.splitlines():
+        if line.startswith("vecnest_http_requests_total{") and 'route="/readyz"' not in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            counts[status] = counts.get(status, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return dict(sorted(counts.items()))
 
 
 def _read(path: Path) -> dict:
@@ -125,12 +158,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--max-time", type=int, default=None, help="seconds; fuzzing and stateful repeat until spent")
     p.add_argument("--backend", choices=("embedded", "qdrant", "milvus"), default="embedded")
+    p.add_argument("--keys", action="store_true", help="configure an admin API key and send it")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = fuzz(Path(tmp), args.examples, args.seed, args.max_time, args.backend)
+        result = fuzz(Path(tmp), args.examples, args.seed, args.max_time, args.backend, args.keys)
     cases, failures, server_errors = summary(result)
     print(result["output"])
     tracebacks = result["server_log"].count("Traceback")
+    print("\nthe server's answers by status: " + ", ".join(f"{k} ×{v}" for k, v in result["statuses"].items()))
     print(
         f"\n| cases | failures | 5xx | tracebacks in the server log | Schemathesis exit status |\n"
         f"|---|---|---|---|---|\n| {cases} | {failures} | {server_errors} | {tracebacks} | {result['returncode']} |"

@@ -77,7 +77,7 @@ class Engine:
         self.upgrades = UpgradeManager(self._opened_catalog, self.embedder, metrics, self.recall.reset, settings)
         self.ready = False
         self.fatal: str | None = None  # why start-up could not complete, if it could not
-        metrics.watch_collections(lambda: [(c.name, self.stats(c)) for c in self.collections()] if self.ready else [])
+        metrics.watch_collections(self.scrape_stats)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -250,6 +250,20 @@ class Engine:
             await self.embedder.encoder_of(collection)
         except NotReady as exc:
             log.error("collection %s cannot encode text: %s", collection.name, exc.message)
+
+    def scrape_stats(self) -> list[tuple[str, dict[str, Any]]]:
+        """`(name, stats)` of every collection, for /metrics. A collection whose backend cannot
+        answer now is left out of this scrape instead of failing it (and the other collections'
+        gauges with it): metrics are wanted most while a backend is down."""
+        if not self.ready:
+            return []
+        out = []
+        for collection in self.collections():
+            try:
+                out.append((collection.name, self.stats(collection)))
+            except NotReady as exc:
+                log.warning("metrics: no stats of %s this scrape: %s", collection.name, exc.message)
+        return out
 
     def stats(self, collection: CollectionBackend) -> dict[str, Any]:
         """`collection.stats()` plus the service's view: its recall target and upgrade state

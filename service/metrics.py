@@ -188,7 +188,9 @@ class Metrics:
 
 
 class _CollectionCollector(Collector):
-    """Scrape-time gauges from `Collection.stats()` (plus the `recall` policy block)."""
+    """Scrape-time gauges from `Collection.stats()` (plus the `recall` policy block). A gauge
+    a backend's stats do not hold (a shared engine keeps no store files or graph slots here) is
+    left out for that collection."""
 
     def __init__(self, stats: Callable[[], Iterable[tuple[str, dict]]]):
         self._stats = stats
@@ -221,14 +223,16 @@ class _CollectionCollector(Collector):
         )
         for name, s in self._stats():
             documents.add_metric([name], s["documents"])
-            pending.add_metric([name], s["applied_seq"] - s["snapshot_seq"])
-            store_bytes.add_metric([name], s["store_bytes"])
-            vector_bytes.add_metric([name], s["vector_file_bytes"])
+            if "applied_seq" in s:  # the embedded store's files and graphs; a shared engine keeps its own
+                pending.add_metric([name], s["applied_seq"] - s["snapshot_seq"])
+                store_bytes.add_metric([name], s["store_bytes"])
+                vector_bytes.add_metric([name], s["vector_file_bytes"])
             for index, i in s["indexes"].items():
-                vectors.add_metric([name, index], i["slots"] - i["deleted"])
-                slots.add_metric([name, index], i["slots"])
-                deleted.add_metric([name, index], i["deleted"])
-                graph_bytes.add_metric([name, index], i["bytes"])
+                if "slots" in i:
+                    vectors.add_metric([name, index], i["slots"] - i["deleted"])
+                    slots.add_metric([name, index], i["slots"])
+                    deleted.add_metric([name, index], i["deleted"])
+                    graph_bytes.add_metric([name, index], i["bytes"])
                 ef.add_metric([name, index], i["ef_search"])
             for index, factor in s["rerank_factors"].items():
                 rerank.add_metric([name, index], factor)

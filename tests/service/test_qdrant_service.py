@@ -127,6 +127,22 @@ def test_what_the_qdrant_backend_does_not_do_is_a_clear_422(clients):
     assert set(qdrant_paths) == set(embedded_paths) - archive_paths
 
 
+def test_metrics_export_what_a_qdrant_collection_has(clients):
+    """/metrics on a shared backend: the gauges its collections' stats hold (documents, ef per
+    index, recall and upgrade state); none of the embedded store's files and graph slots."""
+    _, qdrant = clients
+    name = unique_name()
+    assert qdrant.post("/v1/collections", json={"name": name, "dims": [64, 384]}).status_code == 201
+    docs = [{"id": k, "text": v} for k, v in TEXTS.items()]
+    assert qdrant.put(f"/v1/collections/{name}/documents", json={"documents": docs}).status_code == 200
+    r = qdrant.get("/metrics")
+    assert r.status_code == 200, r.text
+    assert f'vecnest_collection_documents{{collection="{name}"}} {float(len(TEXTS))}' in r.text
+    assert f'vecnest_ef_search{{collection="{name}",index="64"}} 100.0' in r.text
+    assert f'vecnest_upgrade_active{{collection="{name}"}} 0.0' in r.text
+    assert f'vecnest_store_bytes{{collection="{name}"}}' not in r.text
+
+
 def test_ef_and_recall_settings_and_measurements(clients):
     _, qdrant = clients
     name = unique_name()

@@ -214,10 +214,16 @@ def test_a_backfill_waits_out_a_backend_restart(tmp_path):
             upgrade = r.json()["id"]
             wait_for(lambda: caught_up(c, "kb", upgrade), "the backfill")
             manager = c.app.state.engine.upgrades
+            scraped = c.get("/metrics")  # a shared collection's gauges (its stats hold no store files)
+            assert scraped.status_code == 200, scraped.text
+            assert 'vecnest_collection_documents{collection="kb"} 120.0' in scraped.text
+            assert 'vecnest_upgrade_active{collection="kb"} 1.0' in scraped.text
 
             server.stop()
             waiting = wait_for(lambda: getattr(manager.live("kb"), "unavailable", None), "the outage")
             assert "Milvus" in waiting and manager.live("kb").record.id == upgrade
+            scraped = c.get("/metrics")  # metrics are wanted most now: served, without kb's gauges
+            assert scraped.status_code == 200 and "vecnest_http_requests_total" in scraped.text, scraped.text
             server.start()
 
             def recovered() -> bool:  # the engine's client reconnects on its own: 503 until it has
