@@ -445,7 +445,7 @@ class UpgradeManager:
         except Exception as exc:
             log.exception("upgrade %s of %s failed", live.record.id, name)
             live.record = live.record.moved(upgrades.FAILED, error=f"{type(exc).__name__}: {exc}")
-            await run_in_threadpool(live.gens.save_record, live.record)
+            await self._store_outcome(name, live)
             self._live.pop(name, None)
             if live.record.old_generation != live.gens.generation_of(live.shadow.backend):
                 await self._discard_shadow(live)
@@ -464,6 +464,22 @@ class UpgradeManager:
             raise exc
         pause = min(max(self.settings.upgrade_poll_s, waited / 4), 10.0)  # back off, at most 10 s apart
         await asyncio.sleep(min(pause, self.settings.upgrade_backend_patience_s - waited))
+
+    async def _store_outcome(self, name: str, live: LiveUpgrade) -> None:
+        """Save the failed record, however long the backend takes to come back: most often the
+        upgrade failed *because* the backend was away past its patience, and an unsaved
+        "failed" would leave the stored record "backfilling", resumed by the next start-up.
+        Until it is saved the live record (what the API shows) already says "failed"."""
+        pause = self.settings.upgrade_poll_s
+        while True:
+            try:
+                await run_in_threadpool(live.gens.save_record, live.record)
+                return
+            except NotReady as exc:
+                live.unavailable = str(exc)
+                log.warning("upgrade %s of %s: its failure is not stored yet: %s", live.record.id, name, exc)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 10.0)  # back off, at most 10 s apart
 
     async def _fit(self, name: str, live: LiveUpgrade) -> None:
         """Embed a sample with the new model, fit and evaluate the map, apply the gate. The

@@ -241,3 +241,42 @@ def test_a_backfill_waits_out_a_backend_restart(tmp_path):
             assert c.get("/v1/collections/kb").json()["documents"] == 121
     finally:
         server.stop()
+
+
+def test_an_upgrade_that_outwaits_its_patience_is_stored_failed_once_the_backend_is_back(tmp_path):
+    """Past `upgrade_backend_patience_s` the upgrade fails; the backend being away is usually
+    why, so "failed" cannot be written at once. It is written when the backend is back: the
+    next start-up finds it failed, not "backfilling" to resume."""
+    pytest.importorskip("pymilvus", reason="the milvus extra is part of the test install")
+    server = MilvusServer(tmp_path / "milvus").start()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        backend="milvus",
+        milvus_uri=server.uri,
+        preload_default_model=False,
+        upgrade_shared_poll_s=0.1,
+        upgrade_backend_patience_s=0.5,
+        **FAST,
+    )
+    try:
+        with app_client(settings, fake=True) as c:
+            assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+            assert c.put("/v1/collections/kb/documents", json={"documents": texts(60)}).status_code == 200
+            upgrade = c.post("/v1/collections/kb/upgrades", json={"model": "new-model", "sample": 30, **LENIENT})
+            upgrade = upgrade.json()["id"]
+            wait_for(lambda: caught_up(c, "kb", upgrade), "the backfill")
+            manager = c.app.state.engine.upgrades
+
+            server.stop()
+            wait_for(lambda: manager.live("kb").record.state == "failed", "the upgrade to fail")
+            server.start()
+            wait_for(lambda: manager.live("kb") is None, "the failure to be stored", timeout=90)
+            info = upgrade_state(c, "kb", upgrade)
+            assert info["state"] == "failed" and "NotReady" in info["error"], info
+        with app_client(settings, fake=True) as c:  # a restart: the stored record says failed
+            info = upgrade_state(c, "kb", upgrade)
+            assert info["state"] == "failed", info
+            assert c.app.state.engine.upgrades.live("kb") is None
+            assert c.get("/v1/collections/kb").json()["documents"] == 60
+    finally:
+        server.stop()
