@@ -192,91 +192,91 @@ def test_the_gate_reports_every_map_family_and_the_labelled_queries(tmp_path):
         assert bad.status_code == 422
 
 
-def test_a_backfill_waits_out_a_backend_restart(tmp_path):
-    """A backfill runs for hours; the engine restarting meanwhile (here milvus-lite, stopped and
-    started again on its data) is waited out, not the end of the upgrade: the status says what it
-    waits for, and once the engine is back the backfill catches up and cuts over."""
+@pytest.fixture
+def milvus_server(tmp_path):
     pytest.importorskip("pymilvus", reason="the milvus extra is part of the test install")
     server = MilvusServer(tmp_path / "milvus").start()
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        backend="milvus",
-        milvus_uri=server.uri,
-        preload_default_model=False,
-        upgrade_shared_poll_s=0.1,  # compare both generations often: the outage is met at once
-        **FAST,
-    )
-    try:
-        with app_client(settings, fake=True) as c:
-            assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
-            assert c.put("/v1/collections/kb/documents", json={"documents": texts(120)}).status_code == 200
-            r = c.post("/v1/collections/kb/upgrades", json={"model": "new-model", "sample": 60, **LENIENT})
-            upgrade = r.json()["id"]
-            wait_for(lambda: caught_up(c, "kb", upgrade), "the backfill")
-            manager = c.app.state.engine.upgrades
-            scraped = c.get("/metrics")  # a shared collection's gauges (its stats hold no store files)
-            assert scraped.status_code == 200, scraped.text
-            assert 'vecnest_collection_documents{collection="kb"} 120.0' in scraped.text
-            assert 'vecnest_upgrade_active{collection="kb"} 1.0' in scraped.text
-
-            server.stop()
-            waiting = wait_for(lambda: getattr(manager.live("kb"), "unavailable", None), "the outage")
-            assert "Milvus" in waiting and manager.live("kb").record.id == upgrade
-            scraped = c.get("/metrics")  # metrics are wanted most now: served, without kb's gauges
-            assert scraped.status_code == 200 and "vecnest_http_requests_total" in scraped.text, scraped.text
-            server.start()
-
-            def recovered() -> bool:  # the engine's client reconnects on its own: 503 until it has
-                r = c.get(f"/v1/collections/kb/upgrades/{upgrade}")
-                if r.status_code != 200 or r.json()["progress"]["waiting_for_backend"] is not None:
-                    return False
-                return caught_up(c, "kb", upgrade)
-
-            wait_for(recovered, "the backfill after the restart")
-            assert upgrade_state(c, "kb", upgrade)["state"] == "backfilling"
-            assert c.put("/v1/collections/kb/documents", json={"documents": texts(1, 120)}).status_code == 200
-            wait_for(lambda: caught_up(c, "kb", upgrade), "the new write")
-            cut = c.post(f"/v1/collections/kb/upgrades/{upgrade}/cutover")
-            assert cut.status_code == 200 and cut.json()["state"] == "cut_over", cut.text
-            assert c.get("/v1/collections/kb").json()["documents"] == 121
-    finally:
-        server.stop()
+    yield server
+    server.stop()
 
 
-def test_an_upgrade_that_outwaits_its_patience_is_stored_failed_once_the_backend_is_back(tmp_path):
-    """Past `upgrade_backend_patience_s` the upgrade fails; the backend being away is usually
-    why, so "failed" cannot be written at once. It is written when the backend is back: the
-    next start-up finds it failed, not "backfilling" to resume."""
-    pytest.importorskip("pymilvus", reason="the milvus extra is part of the test install")
-    server = MilvusServer(tmp_path / "milvus").start()
-    settings = Settings(
+def on_milvus(tmp_path, server: MilvusServer, **extra) -> Settings:
+    """One process (role all) over `server`, comparing both generations often (0.1 s): an
+    outage is met at once."""
+    return Settings(
         data_dir=tmp_path / "data",
         backend="milvus",
         milvus_uri=server.uri,
         preload_default_model=False,
         upgrade_shared_poll_s=0.1,
-        upgrade_backend_patience_s=0.5,
         **FAST,
+        **extra,
     )
-    try:
-        with app_client(settings, fake=True) as c:
-            assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
-            assert c.put("/v1/collections/kb/documents", json={"documents": texts(60)}).status_code == 200
-            upgrade = c.post("/v1/collections/kb/upgrades", json={"model": "new-model", "sample": 30, **LENIENT})
-            upgrade = upgrade.json()["id"]
-            wait_for(lambda: caught_up(c, "kb", upgrade), "the backfill")
-            manager = c.app.state.engine.upgrades
 
-            server.stop()
-            wait_for(lambda: manager.live("kb").record.state == "failed", "the upgrade to fail")
-            server.start()
-            wait_for(lambda: manager.live("kb") is None, "the failure to be stored", timeout=90)
-            info = upgrade_state(c, "kb", upgrade)
-            assert info["state"] == "failed" and "NotReady" in info["error"], info
-        with app_client(settings, fake=True) as c:  # a restart: the stored record says failed
-            info = upgrade_state(c, "kb", upgrade)
-            assert info["state"] == "failed", info
-            assert c.app.state.engine.upgrades.live("kb") is None
-            assert c.get("/v1/collections/kb").json()["documents"] == 60
-    finally:
+
+def caught_up_upgrade(client, n_docs: int) -> str:
+    """Collection kb with `n_docs` texts and an upgrade to new-model whose backfill has caught
+    up; returns the upgrade's id."""
+    assert client.post("/v1/collections", json={"name": "kb"}).status_code == 201
+    assert client.put("/v1/collections/kb/documents", json={"documents": texts(n_docs)}).status_code == 200
+    r = client.post("/v1/collections/kb/upgrades", json={"model": "new-model", "sample": n_docs // 2, **LENIENT})
+    upgrade = r.json()["id"]
+    wait_for(lambda: caught_up(client, "kb", upgrade), "the backfill")
+    return upgrade
+
+
+def test_a_backfill_waits_out_a_backend_restart(tmp_path, milvus_server):
+    """A backfill runs for hours; the engine restarting meanwhile (here milvus-lite, stopped and
+    started again on its data) is waited out, not the end of the upgrade: the status says what it
+    waits for, and once the engine is back the backfill catches up and cuts over."""
+    server = milvus_server
+    with app_client(on_milvus(tmp_path, server), fake=True) as c:
+        upgrade = caught_up_upgrade(c, 120)
+        manager = c.app.state.engine.upgrades
+        scraped = c.get("/metrics")  # a shared collection's gauges (its stats hold no store files)
+        assert scraped.status_code == 200, scraped.text
+        assert 'vecnest_collection_documents{collection="kb"} 120.0' in scraped.text
+        assert 'vecnest_upgrade_active{collection="kb"} 1.0' in scraped.text
+
         server.stop()
+        waiting = wait_for(lambda: getattr(manager.live("kb"), "unavailable", None), "the outage")
+        assert "Milvus" in waiting and manager.live("kb").record.id == upgrade
+        scraped = c.get("/metrics")  # metrics are wanted most now: served, without kb's gauges
+        assert scraped.status_code == 200 and "vecnest_http_requests_total" in scraped.text, scraped.text
+        server.start()
+
+        def recovered() -> bool:  # the engine's client reconnects on its own: 503 until it has
+            r = c.get(f"/v1/collections/kb/upgrades/{upgrade}")
+            if r.status_code != 200 or r.json()["progress"]["waiting_for_backend"] is not None:
+                return False
+            return caught_up(c, "kb", upgrade)
+
+        wait_for(recovered, "the backfill after the restart")
+        assert upgrade_state(c, "kb", upgrade)["state"] == "backfilling"
+        assert c.put("/v1/collections/kb/documents", json={"documents": texts(1, 120)}).status_code == 200
+        wait_for(lambda: caught_up(c, "kb", upgrade), "the new write")
+        cut = c.post(f"/v1/collections/kb/upgrades/{upgrade}/cutover")
+        assert cut.status_code == 200 and cut.json()["state"] == "cut_over", cut.text
+        assert c.get("/v1/collections/kb").json()["documents"] == 121
+
+
+def test_an_upgrade_that_outwaits_its_patience_is_stored_failed_once_the_backend_is_back(tmp_path, milvus_server):
+    """Past `upgrade_backend_patience_s` the upgrade fails; the backend being away is usually
+    why, so "failed" cannot be written at once. It is written when the backend is back: the
+    next start-up finds it failed, not "backfilling" to resume."""
+    server, settings = milvus_server, on_milvus(tmp_path, milvus_server, upgrade_backend_patience_s=0.5)
+    with app_client(settings, fake=True) as c:
+        upgrade = caught_up_upgrade(c, 60)
+        manager = c.app.state.engine.upgrades
+
+        server.stop()
+        wait_for(lambda: manager.live("kb").record.state == "failed", "the upgrade to fail")
+        server.start()
+        wait_for(lambda: manager.live("kb") is None, "the failure to be stored", timeout=90)
+        info = upgrade_state(c, "kb", upgrade)
+        assert info["state"] == "failed" and "NotReady" in info["error"], info
+    with app_client(settings, fake=True) as c:  # a restart: the stored record says failed
+        info = upgrade_state(c, "kb", upgrade)
+        assert info["state"] == "failed", info
+        assert c.app.state.engine.upgrades.live("kb") is None
+        assert c.get("/v1/collections/kb").json()["documents"] == 60
