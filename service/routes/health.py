@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.concurrency import run_in_threadpool
 
 from service.engine import Engine
 from service.errors import error_response
@@ -25,9 +26,12 @@ async def readyz(engine: Engine = Depends(get_engine)) -> JSONResponse:
     if not engine.ready:
         return error_response(503, "not_ready", "loading collections and models")
     failed = engine.catalog.failed() if engine.catalog else {}
-    return JSONResponse({"status": "ready", "collections": len(engine.catalog.names()), "failed": failed})
+    names = await run_in_threadpool(engine.catalog.names)  # a shared engine's list: a network call
+    return JSONResponse({"status": "ready", "collections": len(names), "failed": failed})
 
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(engine: Engine = Depends(get_engine)) -> Response:
-    return Response(engine.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    # Off the event loop: on a shared backend the collection gauges call the engine (up to its
+    # timeout each while it is away), and every other request would wait for the scrape.
+    return Response(await run_in_threadpool(engine.metrics.render), media_type=CONTENT_TYPE_LATEST)
