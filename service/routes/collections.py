@@ -1,6 +1,7 @@
 """Collections: create, list, describe, drop, refit the elasticizer."""
 
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from service import schemas
 from service.auth import principal_of
@@ -23,12 +24,14 @@ async def create_collection(body: schemas.CollectionCreate, engine: Engine = Dep
 @router.get("", response_model=schemas.CollectionList)
 async def list_collections(request: Request, engine: Engine = Depends(get_engine)):
     """Every collection the key may use, and those that failed to open (with the reason)."""
-    return ops.list_all(engine, principal_of(request).may_use)
+    # Off the event loop: on a shared backend the list and each collection's stats are calls to
+    # the engine (up to its timeout each while it is away).
+    return await run_in_threadpool(ops.list_all, engine, principal_of(request).may_use)
 
 
 @router.get("/{name}", response_model=schemas.CollectionInfo)
 async def describe_collection(name: str, engine: Engine = Depends(get_engine)):
-    return ops.describe(engine, name)
+    return await run_in_threadpool(ops.describe, engine, name)  # engine calls, as above
 
 
 @router.patch("/{name}", response_model=schemas.CollectionInfo)

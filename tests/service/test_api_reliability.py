@@ -232,30 +232,32 @@ def test_a_pca_rotation_is_bounded_in_dims(client):
     error(r, 422, "rotation_too_large")
 
 
-def test_a_slow_scrape_holds_up_no_other_request(client, monkeypatch):
-    """/metrics reads every collection's stats: on a shared backend each is a call to the engine,
-    up to its timeout while the engine is away. The scrape runs off the event loop, so other
-    requests are answered meanwhile (here a scrape is held until /healthz has been answered)."""
+@pytest.mark.parametrize("path", ["/metrics", "/v1/collections", "/v1/collections/{name}"])
+def test_reading_a_slow_collections_stats_holds_up_no_other_request(client, monkeypatch, path):
+    """A scrape, the list and a description read collections' stats: on a shared backend each
+    read is a call to the engine, up to its timeout while the engine is away. They run off the
+    event loop, so other requests are answered meanwhile (here the read is held until /healthz
+    has been answered)."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     name = unique_name()
     assert client.post("/v1/collections", json={"name": name, "dim": 4}).status_code == 201
-    engine = client.app.state.engine
-    stats, entered, release = engine.stats, threading.Event(), threading.Event()
+    collection = client.app.state.engine.catalog.get(name)
+    stats, entered, release = collection.stats, threading.Event(), threading.Event()
 
-    def held_stats(collection):
+    def held_stats():
         entered.set()
         release.wait(60)
-        return stats(collection)
+        return stats()
 
-    monkeypatch.setattr(engine, "stats", held_stats)
+    monkeypatch.setattr(collection, "stats", held_stats)
     with ThreadPoolExecutor(1) as pool:
-        scrape = pool.submit(client.get, "/metrics")
+        read = pool.submit(client.get, path.format(name=name))
         try:
-            assert entered.wait(30), "the scrape never read a collection's stats"
-            assert client.get("/healthz").status_code == 200  # answered while the scrape is held
-            assert not scrape.done()
+            assert entered.wait(30), "the request never read the collection's stats"
+            assert client.get("/healthz").status_code == 200  # answered while the read is held
+            assert not read.done()
         finally:
             release.set()
-        assert scrape.result(60).status_code == 200
+        assert read.result(60).status_code == 200
