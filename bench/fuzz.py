@@ -119,13 +119,16 @@ def responses_by_status(url: str, key: str | None) -> dict[str, int]:
     """The server's own count of its answers by status code (vecnest_http_requests_total), but
     /readyz's: it answers 503 by design while the server starts, and the harness polls it."""
     import requests
+    from prometheus_client.parser import text_string_to_metric_families
 
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     counts: dict[str, int] = {}
-    for line in requests.get(f"{url}/metrics", headers=headers, timeout=30).text.splitlines():
-        if line.startswith("vecnest_http_requests_total{") and 'route="/readyz"' not in line:
-            status = line.split('status="', 1)[1].split('"', 1)[0]
-            counts[status] = counts.get(status, 0) + int(float(line.rsplit(" ", 1)[1]))
+    text = requests.get(f"{url}/metrics", headers=headers, timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "vecnest_http_requests_total" and sample.labels["route"] != "/readyz":
+                status = sample.labels["status"]
+                counts[status] = counts.get(status, 0) + int(sample.value)
     return dict(sorted(counts.items()))
 
 
