@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -59,6 +59,13 @@ class Encoder(Protocol):
         """Tokens the model reads for `texts` (after its truncation)."""
 
 
+def between_layers(encoder: Encoder, callback: Callable[[], None]) -> AbstractContextManager[None]:
+    """`encoder.between_layers(callback)` where the encoder has such points (a transformer run
+    in Python, block by block), else nothing: its calls then run whole."""
+    points = getattr(encoder, "between_layers", None)
+    return points(callback) if points is not None else nullcontext()
+
+
 def check_layers(encoder: Encoder, layers: int | None) -> None:
     """`layers` (None: all) is a depth `encoder` can run at."""
     if layers is None:
@@ -90,7 +97,8 @@ class SentenceTransformerEncoder:
         self._batch_size = batch_size
         self._prompts = dict(getattr(self._model, "prompts", {}) or {})
         self._layer_slot = _find_layer_list(self._model)
-        self.num_layers = len(getattr(*self._layer_slot)) if self._layer_slot else None
+        self._blocks = getattr(*self._layer_slot) if self._layer_slot else None  # all of them
+        self.num_layers = len(self._blocks) if self._blocks is not None else None
         self.matryoshka_dims = _declared_matryoshka_dims(path, self.dim)
         self.max_chars = CHARS_PER_TOKEN * int(self._model.max_seq_length or 512)
         self._model.eval()
@@ -140,19 +148,38 @@ class SentenceTransformerEncoder:
     @contextmanager
     def _first_layers(self, layers: int | None) -> Iterator[None]:
         """Run only the first `layers` blocks: swap in a shorter ModuleList sharing the weights.
-        Safe because every model call runs on the one inference thread."""
-        if layers is None or layers == self.num_layers:
+        Safe because every model call runs on the one inference thread. Re-entrant: a call made
+        between the layers of another (`between_layers`) sets the depth it wants, whatever the
+        paused call set, and puts that back after."""
+        if self._layer_slot is None or self._blocks is None:
             yield
             return
         import torch
 
         parent, attr = self._layer_slot
-        blocks = getattr(parent, attr)
-        setattr(parent, attr, torch.nn.ModuleList(list(blocks)[:layers]))
+        paused = getattr(parent, attr)
+        wanted = self._blocks if layers is None else torch.nn.ModuleList(list(self._blocks)[:layers])
+        setattr(parent, attr, wanted)
         try:
             yield
         finally:
-            setattr(parent, attr, blocks)
+            setattr(parent, attr, paused)
+
+    @contextmanager
+    def between_layers(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Calls `callback()` before each transformer block that runs meanwhile (this model's
+        calls only): a long call's points where other calls may run, on this same thread, even
+        of this model (its blocks keep no state between calls). A call made from `callback`
+        meets these points too: `callback` must return at once when re-entered."""
+        if self._blocks is None:
+            yield
+            return
+        handles = [block.register_forward_pre_hook(lambda module, args: callback()) for block in self._blocks]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def count_tokens(self, texts: Sequence[str]) -> int:
         limit = self._model.max_seq_length

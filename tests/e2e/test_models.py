@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from index import DimView, FdeEncoder, MultiVectorConfig, Query
 from index.maxsim import chamfer
@@ -94,3 +95,66 @@ def test_a_model_folder_that_ships_code_is_refused_without_running_it(tmp_path, 
         r = client.post("/v1/collections", json={"name": "t", "model": "trojan"})
         assert r.status_code == 422 and r.json()["error"]["code"] == "model_load_failed", r.text
     assert not marker.exists()
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1)
+
+
+@pytest.mark.parametrize("background_layers, user_layers", [(3, None), (None, 2)])
+def test_user_calls_run_between_the_layers_of_a_background_call_and_get_their_own_depth(
+    minilm, background_layers, user_layers
+):
+    """A user request that arrives while a background (upgrade) model call runs is encoded
+    between that call's layers, not after it; each gets what it would alone, at the depth it
+    asked for, whichever depth the paused call runs at. (Before: the user waited for the whole
+    call, ~0.4 s for one abstract through all-mpnet-base-v2 here; and a user call at full depth
+    run inside a shallower paused call would have run at that call's depth.)"""
+    import concurrent.futures
+
+    from service.inference import InferenceQueue, _Job
+
+    glosses = [f"{lemmas}: {gloss}" for _, _, lemmas, gloss in wordnet_glosses()[:24]]
+    user_text = "a small cat sleeps on the mat"
+    blocks = minilm._blocks
+    queue = InferenceQueue()
+    queue.start()
+    user = concurrent.futures.Future()
+    seen: list[tuple[int, bool]] = []  # (block, the user's result is in) as the background call runs
+
+    def arrive(index: int):
+        def hook(module, args):
+            if user.running() and not user.done():
+                return  # the user's own call, between the background call's layers
+            if not seen:  # the background call's first block: a user request arrives now
+                queue._put(_Job(user, encoder=minilm, texts=[user_text], layers=user_layers))
+            seen.append((index, user.done()))
+
+        return hook
+
+    handles = [block.register_forward_pre_hook(arrive(i)) for i, block in enumerate(blocks)]
+    try:
+        background = _Job(
+            concurrent.futures.Future(),
+            encoder=minilm,
+            texts=glosses,
+            kind="document",
+            layers=background_layers,
+            background=True,
+        )
+        queue._put(background)
+        paused_vectors = background.future.result(timeout=60)
+        user_vector = user.result(timeout=60)
+    finally:
+        for handle in handles:
+            handle.remove()
+        queue.stop()
+    depth = background_layers or minilm.num_layers
+    first_pass = seen[:depth]  # the model's batches of texts each run through the blocks
+    assert [index for index, _ in first_pass] == list(range(depth)), seen
+    assert first_pass[-1][1], f"the user request waited for the whole background pass: {seen}"
+    alone = minilm.encode(glosses, "document", layers=background_layers)
+    assert _cosines(paused_vectors, alone).min() > 0.9999
+    assert _cosines(user_vector, minilm.encode([user_text], layers=user_layers))[0] > 0.9999
+    other_depth = 1 if user_layers is None else None  # a depth the user did not ask for
+    assert _cosines(user_vector, minilm.encode([user_text], layers=other_depth))[0] < 0.99
