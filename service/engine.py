@@ -196,6 +196,12 @@ class Engine:
         self.require_ready()
         return self.upgrades.collection(name)
 
+    async def current(self, name: str) -> AsyncCollection:
+        """`collection(name)` from the event loop: a shared backend's catalog read runs in the
+        threadpool (`UpgradeManager.current`)."""
+        self.require_ready()
+        return await self.upgrades.current(name)
+
     def collections(self) -> list[CollectionBackend]:
         catalog = self.catalog
         if catalog is None:
@@ -220,7 +226,7 @@ class Engine:
         """Drop a collection, serving or failed, and forget everything the service kept about it."""
         catalog = self.require_ready()
         if name not in catalog.failed():
-            self.collection(name)  # 404 before touching any upgrade
+            await self.current(name)  # 404 before touching any upgrade
             await self.upgrades.forget(name)
         await run_in_threadpool(catalog.drop, name)
         self.embedder.forget(name)

@@ -126,6 +126,15 @@ class UpgradeManager:
         """The generation of `name` that serves now."""
         return AsyncCollection(self._catalog().get(name))
 
+    async def current(self, name: str) -> AsyncCollection:
+        """`collection(name)`, from the event loop. On a shared backend the catalog reads the
+        engine to see other replicas' changes (once per `manifest_refresh_s` a collection), up
+        to the engine's timeout while it is away: that read runs in the threadpool, so the
+        event loop never waits for it."""
+        if not self._shared:
+            return self.collection(name)  # in memory
+        return AsyncCollection(await run_in_threadpool(self._catalog().get, name))
+
     async def serving(self, name: str, use: Callable[[AsyncCollection], Awaitable[T]]) -> T:
         """Run `use` on the generation of `name` that serves; if an upgrade retires it meanwhile
         (its store closes under the use case, or the use case raises `Retired`), run `use` again on
@@ -133,13 +142,13 @@ class UpgradeManager:
         if self._shared and self.settings.role == "serve":
             await self._follow(name)
         for _ in range(3):
-            collection = self.collection(name)
+            collection = await self.current(name)
             try:
                 return await use(collection)
             except (Retired, NotFound) as exc:
                 if isinstance(exc, NotFound) and exc.code != "collection_not_found":
                     raise
-                if self.collection(name).backend is collection.backend:
+                if (await self.current(name)).backend is collection.backend:
                     if isinstance(exc, Retired):
                         continue
                     raise
@@ -153,7 +162,7 @@ class UpgradeManager:
     async def write(self, collection: AsyncCollection, docs: list[NewDocument]):
         """Write `docs` (embedded for `collection`) under the gate; `Retired` if it no longer serves."""
         async with self.write_gate(collection.name):
-            if self.collection(collection.name).backend is not collection.backend:
+            if (await self.current(collection.name)).backend is not collection.backend:
                 raise Retired()
             live = self._live.get(collection.name)
             if live is not None and any(d.text is None for d in docs):
@@ -174,7 +183,7 @@ class UpgradeManager:
 
     async def delete(self, collection: AsyncCollection, ids: list[str]):
         async with self.write_gate(collection.name):
-            if self.collection(collection.name).backend is not collection.backend:
+            if (await self.current(collection.name)).backend is not collection.backend:
                 raise Retired()
             result = await collection.delete(ids)
             live = self._live.get(collection.name)
@@ -242,7 +251,8 @@ class UpgradeManager:
 
     async def caught_up(self, name: str, live: LiveUpgrade) -> bool:
         """The shadow reflects every write the serving generation has (a cheap seq comparison)."""
-        seq = await self.collection(name).last_seq()
+        source = await self.current(name)
+        seq = await source.last_seq()
         return live.caught_up and (seq is None or seq == live.synced_seq)
 
     async def _progress_of(self, record: upgrades.UpgradeRecord) -> dict[str, Any] | None:
@@ -279,7 +289,7 @@ class UpgradeManager:
         s = self.settings
         self.settings.require_maintenance("start an upgrade")
         async with self.write_gate(name):
-            source = self.collection(name)
+            source = await self.current(name)
             current = source.manifest.encoder
             if source.kind != "dense" or current is None:
                 what = "multi-vector (token) documents" if source.kind != "dense" else "vectors only"
@@ -338,7 +348,7 @@ class UpgradeManager:
         """At start-up: reconcile every record with the generation that serves, clean up what a
         crash left, and restart the live upgrades where they stopped (their plans are recomputed)."""
         for name in names:
-            collection = self.collection(name)
+            collection = await self.current(name)
             gens = await run_in_threadpool(self._generations, name)
             try:
                 records = await run_in_threadpool(gens.records)
@@ -485,7 +495,7 @@ class UpgradeManager:
         """Embed a sample with the new model, fit and evaluate the map, apply the gate. The
         sample's new vectors are written to the new generation: the fit's work is not wasted."""
         record = live.record
-        source = self.collection(name)
+        source = await self.current(name)
         docs = await source.sample_documents(record.sample, record.seed)
         t0 = time.perf_counter()
         X_new = await self._embed(name, live.new_encoder, [d.text or "" for d in docs], throttle=True)
@@ -530,7 +540,7 @@ class UpgradeManager:
         if not record.labelled:
             return None
         texts = [q["query"] for q in record.labelled]
-        old_encoder = await self._embedder.encoder_of(self.collection(name).backend)
+        old_encoder = await self._embedder.encoder_of((await self.current(name)).backend)
         assert old_encoder is not None  # upgrades are of text collections
         old = await self._embed(name, old_encoder, texts, throttle=True, kind="query")
         new = await self._embed(name, live.new_encoder, texts, throttle=True, kind="query")
@@ -538,7 +548,7 @@ class UpgradeManager:
 
     async def _sync_step(self, name: str, live: LiveUpgrade, throttle: bool) -> bool:
         """Plan once and apply the plan in batches. False when there was nothing to do."""
-        source = self.collection(name)
+        source = await self.current(name)
         if live.caught_up:
             seq = await source.last_seq()
             if seq is not None and seq == live.synced_seq:
@@ -656,7 +666,7 @@ class UpgradeManager:
         both generations), so no write lands on one generation only once the roles flip."""
         await self._settle(live.record.created_at)
         async with self.write_gate(name), live.sync_lock:
-            source = self.collection(name)
+            source = await self.current(name)
             batch = self.settings.upgrade_batch_size
             while True:  # writes are held, so this converges; searches go on meanwhile
                 plan = await run_in_threadpool(upgrades.plan_sync, source.backend, live.shadow.backend)

@@ -29,7 +29,7 @@ def _folder(engine: Engine, name: str) -> str:
 
 
 async def create(engine: Engine, name: str) -> schemas.SnapshotInfo:
-    collection = engine.collection(name)
+    collection = await engine.current(name)
     folder = _folder(engine, name)
     now = datetime.now(UTC)
     backup_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"

@@ -155,7 +155,7 @@ def recall_policy(req: schemas.RecallPolicyIn, current: RecallPolicy) -> RecallP
 async def update(engine: Engine, name: str, req: schemas.CollectionUpdate) -> schemas.CollectionInfo:
     """Change the recall policy (the controller follows it) and, when given, replace the limits;
     both are saved at once."""
-    collection = engine.collection(name)
+    collection = await engine.current(name)
     policy = recall_policy(req, collection.recall_policy)  # validated before anything is saved
     if req.limits is not None:
         await collection.set_limits(_limits(req.limits))
@@ -236,7 +236,7 @@ async def drop(engine: Engine, name: str) -> None:
 async def refit(engine: Engine, name: str, req: schemas.RefitRequest) -> schemas.RefitResponse:
     """Fit the PCA rotation on the collection's own vectors now and rebuild its low-dim graphs."""
     engine.settings.require_maintenance("refit the rotation")
-    collection = engine.collection(name)
+    collection = await engine.current(name)
     start = time.perf_counter()
     record = await collection.fit_rotation(req.sample, req.seed)
     return schemas.RefitResponse(rotation=vars(record), took_ms=(time.perf_counter() - start) * 1e3)

@@ -24,7 +24,7 @@ async def embed(engine: Engine, req: schemas.EmbeddingsRequest) -> tuple[np.ndar
     check_texts(engine.settings, ((f"input {i}", t) for i, t in enumerate(texts)))
     rotation, layers, label = None, req.layers, ""
     if req.collection is not None:
-        collection = engine.collection(req.collection)
+        collection = await engine.current(req.collection)
         if request_kind(collection).embeds_tokens:
             raise Invalid(
                 f"collection {req.collection!r} embeds every token (multi-vector); /v1/embeddings returns "

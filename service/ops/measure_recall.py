@@ -16,7 +16,7 @@ from service.request_kinds import request_kind
 
 
 async def measure(engine: Engine, name: str, req: schemas.RecallRequest) -> schemas.RecallReport:
-    collection = engine.collection(name)
+    collection = await engine.current(name)
     shape = request_kind(collection)
     limit = shape.max_probe_queries
     if limit is not None and req.queries > limit:

@@ -2,6 +2,7 @@
 answers as on the embedded backend for dense collections; what this backend does not do yet
 answers one clear 422 (`backend_unsupported`), never a 500."""
 
+import json
 import time
 
 import numpy as np
@@ -207,3 +208,49 @@ def test_the_pca_rotation_is_fitted_by_the_maintenance_thread(clients):
     first = docs[3]
     hit = qdrant.post(f"/v1/collections/{name}/search", json={"query": first["text"], "k": 1, "dim": 64}).json()
     assert hit["results"][0]["id"] == first["id"]
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/v1/collections/{name}/search", {"vector": [1, 0, 0, 0]}),
+        ("PUT", "/v1/collections/{name}/documents", {"documents": [{"id": "b", "vector": [0, 1, 0, 0]}]}),
+        ("POST", "/v1/embeddings", {"input": ["a text"], "collection": "{name}"}),
+    ],
+)
+def test_a_slow_catalog_read_holds_up_no_other_request(tmp_path, method, path, body):
+    """A request reads its collection's catalog entry from the engine (once per
+    `manifest_refresh_s`, to see other replicas' changes), up to the engine's timeout while it
+    is away. That read runs off the event loop: here it is held, and /healthz is answered
+    meanwhile."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = Settings(data_dir=tmp_path / "data", backend="qdrant", qdrant_path=":memory:", manifest_refresh_s=0.01)
+    with app_client(settings, fake=True) as client:
+        assert client.post("/v1/collections", json={"name": "c", "dim": 4}).status_code == 201
+        docs = {"documents": [{"id": "a", "vector": [1, 0, 0, 0]}]}
+        assert client.put("/v1/collections/c/documents", json=docs).status_code == 200
+        meta = client.app.state.engine.catalog.engine.meta
+        get, entered, release = meta.get, threading.Event(), threading.Event()
+
+        def held_get(key):
+            if key == "collection:c" and threading.current_thread().name != "vecnest-maintenance":
+                entered.set()
+                release.wait(60)
+            return get(key)
+
+        meta.get = held_get
+        time.sleep(0.05)  # past manifest_refresh_s: the request reads the engine
+        with ThreadPoolExecutor(2) as pool:
+            body = json.loads(json.dumps(body).replace("{name}", "c")) if body else None
+            read = pool.submit(client.request, method, path.format(name="c"), json=body)
+            try:
+                assert entered.wait(30), "the request never read the catalog"
+                health = pool.submit(client.get, "/healthz")
+                assert health.result(10).status_code == 200  # answered while the read is held
+                assert not read.done(), read.result().text
+            finally:
+                release.set()
+                meta.get = get
+            assert read.result(60).status_code < 500, read.result().text
