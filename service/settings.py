@@ -126,7 +126,9 @@ class Settings(BaseSettings):
         0.0, ge=0, le=100, description="under load, how long a model call waits for more requests to join it"
     )
     # Background encoding (an upgrade's sample and backfill) runs after every waiting user
-    # request, in model calls of about this length: a user request waits for at most one.
+    # request, in model calls of about this length. A user request waits for one transformer
+    # block of the call in flight (service/inference.py), or the whole call where the model
+    # runs as one (ONNX).
     background_call_ms: float = Field(
         200.0,
         gt=0,
