@@ -10,7 +10,7 @@ about a Qdrant server's; it is the correctness reference of the backend, not its
 milvus-lite is a pure-Python Milvus with faiss HNSW per segment, over gRPC on loopback: its
 figures include the network hop and the server's Python, not a Milvus cluster's. Vectors:
 `--docs` WordNet glosses embedded by MiniLM (bench/peers.py's cache when it is there, else the
-3,000 cached in tests/data), queries held out from the same set.
+3,000 of tests/support/vectors.py), queries held out from the same set.
 """
 
 import argparse
@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.peers import CACHE
 from index import Catalog, HnswParams, Manifest, NewDocument, Query, open_milvus_catalog, open_qdrant_catalog
 from index.manifest import Elasticizer
+from tests.support.vectors import glosses
 
 
 def vectors(n_docs: int, n_queries: int) -> tuple[np.ndarray, np.ndarray]:
     cached = sorted((CACHE / "embeddings").glob("glosses-*-all-MiniLM-L6-v2.npy"))
-    X = np.load(cached[-1]) if cached else np.load("tests/data/glosses-minilm-3000.f16.npy").astype(np.float32)
+    X = np.load(cached[-1]) if cached else glosses()[1]
     n_docs = min(n_docs, len(X) - n_queries)
     return X[:n_docs], X[n_docs : n_docs + n_queries]
 

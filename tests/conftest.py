@@ -1,6 +1,6 @@
 """What every layer of the pyramid shares: names, settings, and the `slow` marker on tests/e2e.
 
-- tests/index: the pure library, no torch and no model (vectors from tests/data, or the
+- tests/index: the pure library, no torch and no model (vectors made once into tests/data, or the
   model-free `FakeEncoder`);
 - tests/service: the ASGI app in-process, with the `FakeEncoder` where the model is not the point;
 - tests/e2e: the real model, real server processes, Prometheus: every test there is `slow`.
@@ -34,8 +34,9 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture(scope="session")
 def glosses():
-    """3,000 WordNet glosses and their real MiniLM embeddings `(3000, 384)`, made once and kept
-    in tests/data (no model is loaded; see tests/support/vectors.py)."""
+    """3,000 WordNet glosses and their real MiniLM embeddings `(3000, 384)`, made once per
+    checkout by a child process and kept in tests/data (this process loads no model; see
+    tests/support/vectors.py)."""
     from tests.support import vectors
 
     return vectors.glosses()

@@ -1,6 +1,6 @@
 """What the tests share (and the benchmarks reuse): servers and Prometheus as child processes,
 the shared data's readers, retrieval metrics, the fault harness, a model-free encoder, and
-vectors made once from the real model (tests/data)."""
+vectors made once from the real model (tests/data, not tracked)."""
 
 import uuid
 

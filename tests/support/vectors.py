@@ -1,12 +1,18 @@
-"""Real MiniLM vectors, made once and kept in tests/data, so index tests need no model.
+"""Real MiniLM vectors, made once per checkout, so index tests need no model.
 
 `glosses()`: 3,000 WordNet glosses (a seeded sample of ../shared/data) and their
 all-MiniLM-L6-v2 document embeddings `(3000, 384)`, stored as float16 and returned as unit
-float32 rows. `python -m tests.support.vectors` remakes the file with the model;
-tests/e2e/test_models.py checks that it still matches what the model computes.
+float32 rows. The texts come from the shared data; their vectors are derived, so they are not
+tracked: the first call makes them (`python -m tests.support.vectors`, a child process, so
+the test process itself never imports torch or loads the model; ~16 s on 2 cores) into
+tests/data, which git ignores. tests/e2e/test_models.py checks that a kept file still matches
+what the model computes.
 """
 
+import os
 import random
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -14,7 +20,8 @@ import numpy as np
 
 from tests.support.datasets import wordnet_glosses
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data"
 GLOSSES_FILE = DATA / "glosses-minilm-3000.f16.npy"
 
 
@@ -25,6 +32,13 @@ def gloss_texts(n: int = 3000, seed: int = 7) -> list[str]:
 
 @cache
 def glosses() -> tuple[list[str], np.ndarray]:
+    if not GLOSSES_FILE.exists():
+        subprocess.run(
+            [sys.executable, "-m", "tests.support.vectors"],
+            cwd=ROOT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+            check=True,
+        )
     X = np.load(GLOSSES_FILE).astype(np.float32)
     X /= np.linalg.norm(X, axis=1, keepdims=True)
     X.setflags(write=False)
@@ -39,7 +53,9 @@ def make() -> None:
     minilm = registry.load(registry.resolve(None))
     X = minilm.encode(gloss_texts(), "document")
     DATA.mkdir(exist_ok=True)
-    np.save(GLOSSES_FILE, X.astype(np.float16))
+    partial = GLOSSES_FILE.with_suffix(f".{os.getpid()}.partial.npy")  # whole or absent, never half
+    np.save(partial, X.astype(np.float16))
+    os.replace(partial, GLOSSES_FILE)
     print(f"wrote {GLOSSES_FILE} {X.shape}")
 
 
