@@ -59,10 +59,11 @@ class Encoder(Protocol):
         """Tokens the model reads for `texts` (after its truncation)."""
 
 
-def between_layers(encoder: Encoder, callback: Callable[[], None]) -> AbstractContextManager[None]:
-    """`encoder.between_layers(callback)` where the encoder has such points (a transformer run
-    in Python, block by block), else nothing: its calls then run whole."""
-    points = getattr(encoder, "between_layers", None)
+def pause_points(encoder: Encoder, callback: Callable[[], None]) -> AbstractContextManager[None]:
+    """`encoder.pause_points(callback)` where the encoder has points inside a call at which other
+    calls may run (a transformer run in Python: before each block; ONNX: between forward
+    passes), else nothing: its calls then run whole."""
+    points = getattr(encoder, "pause_points", None)
     return points(callback) if points is not None else nullcontext()
 
 
@@ -149,7 +150,7 @@ class SentenceTransformerEncoder:
     def _first_layers(self, layers: int | None) -> Iterator[None]:
         """Run only the first `layers` blocks: swap in a shorter ModuleList sharing the weights.
         Safe because every model call runs on the one inference thread. Re-entrant: a call made
-        between the layers of another (`between_layers`) sets the depth it wants, whatever the
+        between the layers of another (`pause_points`) sets the depth it wants, whatever the
         paused call set, and puts that back after."""
         if self._layer_slot is None or self._blocks is None:
             yield
@@ -166,7 +167,7 @@ class SentenceTransformerEncoder:
             setattr(parent, attr, paused)
 
     @contextmanager
-    def between_layers(self, callback: Callable[[], None]) -> Iterator[None]:
+    def pause_points(self, callback: Callable[[], None]) -> Iterator[None]:
         """Calls `callback()` before each transformer block that runs meanwhile (this model's
         calls only): a long call's points where other calls may run, on this same thread, even
         of this model (its blocks keep no state between calls). A call made from `callback`

@@ -18,7 +18,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -76,6 +77,7 @@ class OnnxInt8Encoder:
         self._tokenizer.no_padding()
         self._tokenize = TokenizeAhead()
         self._batch_size = batch_size
+        self._between_passes: list[Callable[[], None]] = []  # see pause_points
         onnx_path = _int8_model(path, cache_dir)
         options = onnxruntime.SessionOptions()
         if threads:
@@ -91,12 +93,29 @@ class OnnxInt8Encoder:
             raise Invalid(f"model {self.id!r} does not support choosing layers", code="invalid_layers")
         texts = [t[: self.max_chars] for t in texts]
         out = None
-        for positions, encodings in self._tokenize.chunks(texts, self._batch_size, self._tokenizer.encode_batch):
+        for n, (positions, encodings) in enumerate(
+            self._tokenize.chunks(texts, self._batch_size, self._tokenizer.encode_batch)
+        ):
+            if n:  # between two forward passes of this call
+                for callback in list(self._between_passes):
+                    callback()
             vectors = self._run(encodings)
             if out is None:
                 out = np.empty((len(texts), vectors.shape[1]), np.float32)
             out[positions] = vectors
         return out if out is not None else np.zeros((0, self.dim), np.float32)
+
+    @contextmanager
+    def pause_points(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Calls `callback()` between the forward passes (of `batch_size` texts) of every call
+        made meanwhile: ONNX Runtime runs a pass whole, so a long call's points where other calls
+        may run, on this same thread, are between its passes. A call made from `callback` meets
+        these points too: `callback` must return at once when re-entered."""
+        self._between_passes.append(callback)
+        try:
+            yield
+        finally:
+            self._between_passes.remove(callback)
 
     def _run(self, encodings: list) -> np.ndarray:
         width = max(len(e.ids) for e in encodings)

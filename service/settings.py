@@ -127,8 +127,8 @@ class Settings(BaseSettings):
     )
     # Background encoding (an upgrade's sample and backfill) runs after every waiting user
     # request, in model calls of about this length. A user request waits for one transformer
-    # block of the call in flight (service/inference.py), or the whole call where the model
-    # runs as one (ONNX).
+    # block of the call in flight (service/inference.py), or for one forward pass of
+    # `model_batch_size` texts where the runtime runs a pass whole (ONNX).
     background_call_ms: float = Field(
         200.0,
         gt=0,

@@ -80,3 +80,43 @@ def test_a_collection_on_the_int8_runtime(tmp_path, cache):
         hits = client.post("/v1/collections/fast/search", json={"query": "a purring cat", "k": 1}).json()
         assert hits["results"][0]["id"] == "cat"
         assert client.get("/v1/collections/fast").json()["model"] == INT8
+
+
+def test_user_calls_run_between_the_forward_passes_of_a_background_call(int8):
+    """ONNX Runtime runs a forward pass whole, but a background (upgrade) call of many texts runs
+    several passes: a user request that arrives during the first one is encoded before the
+    second, not after the whole call, and both get what they would alone. (Before: the user
+    waited for every pass of the call.)"""
+    import concurrent.futures
+
+    from service.inference import InferenceQueue, _Job
+    from tests.support.datasets import wordnet_glosses
+
+    glosses = [f"{lemmas}: {gloss}" for _, _, lemmas, gloss in wordnet_glosses()[:40]]  # 3 passes of 16
+    user_text = "a small cat sleeps on the mat"
+    queue = InferenceQueue()
+    user = concurrent.futures.Future()
+    passes: list[tuple[int, bool]] = []  # (texts in the pass, the user's result is in) as the calls run
+    run_pass = int8._run
+
+    def watched(encodings):
+        if not passes:  # the background call's first pass: a user request arrives now
+            queue._put(_Job(user, encoder=int8, texts=[user_text]))
+        passes.append((len(encodings), user.done()))
+        return run_pass(encodings)
+
+    int8._run = watched
+    queue.start()
+    try:
+        background = _Job(concurrent.futures.Future(), encoder=int8, texts=glosses, kind="document", background=True)
+        queue._put(background)
+        paused_vectors = background.future.result(timeout=60)
+        user_vector = user.result(timeout=60)
+    finally:
+        queue.stop()
+        del int8._run  # the class's method again
+    background_passes = [done for size, done in passes if size > 1]
+    assert len(background_passes) == 3 and not background_passes[0], passes
+    assert background_passes[1], f"the user request waited for the whole background call: {passes}"
+    assert np.sum(paused_vectors * int8.encode(glosses, "document"), axis=1).min() > 0.9999
+    assert float(user_vector[0] @ int8.encode([user_text])[0]) > 0.9999
