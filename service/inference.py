@@ -274,9 +274,10 @@ class InferenceQueue:
             self._encode_batch(job)
 
     def _serve_waiting_users(self) -> None:
-        """Between two layers of a background model call: run every user job waiting now, here
-        on this thread, then let the paused call go on. A user request then waits for one layer
-        of a background call (mpnet, one abstract: ~35 ms of ~0.4 s), not for the whole call."""
+        """At a pause point of a background model call (before a transformer block, or between
+        two ONNX passes): run every user job waiting now, here on this thread, then let the
+        paused call go on. A user request then waits for one layer of a background call (mpnet,
+        one abstract: ~35 ms of ~0.4 s) or one ONNX pass, not for the whole call."""
         if self._pausing:  # a user call made from here meets the points too
             return
         self._pausing, paused, threads = True, time.perf_counter(), self.threads
@@ -326,7 +327,8 @@ class InferenceQueue:
         start, paused_before = time.perf_counter(), self._paused_s
         texts = [t for job in batch for t in job.texts]
         encode = first.encoder.encode_tokens if first.tokens else first.encoder.encode
-        # A background call lets waiting user jobs run between its layers (one cannot be cut short).
+        # A background call lets waiting user jobs run at its pause points (between its layers,
+        # or its ONNX passes): a call cannot be cut short.
         points = pause_points(first.encoder, self._serve_waiting_users) if first.background else nullcontext()
         with self.cores.model_call(self._threads_wanted()) as threads, points:
             self._set_threads(threads)
