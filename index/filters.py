@@ -17,6 +17,9 @@ from index.errors import Invalid
 MAX_CONDITIONS = 32
 MAX_KEY_LENGTH = 256
 MAX_METADATA_DEPTH = 32  # the object itself is depth 1
+# Integers a store can hold: SQLite's INTEGER (and Qdrant's, Milvus's int64). JSON allows any
+# size, and Python parses any size; past these, a write or a filter would fail inside the store.
+INT_RANGE = (-(1 << 63), (1 << 63) - 1)
 
 # A scalar as the store's field table holds it: (kind, value). Kinds keep True apart from 1.
 Field = tuple[str, Any]
@@ -37,9 +40,15 @@ def scalar_field(value: Any) -> Field | None:
     return None
 
 
+def outside_int_range(value: Any) -> bool:
+    """An integer (not a boolean) no store can hold: outside `INT_RANGE`."""
+    return isinstance(value, int) and not isinstance(value, bool) and not INT_RANGE[0] <= value <= INT_RANGE[1]
+
+
 def check_metadata(metadata: Any, what: str = "metadata") -> None:
-    """Reject metadata that is not an object, or that nests objects and lists deeper than
-    `MAX_METADATA_DEPTH`. Iterative: a hostile depth cannot exhaust the Python stack here."""
+    """Reject metadata that is not an object, that nests objects and lists deeper than
+    `MAX_METADATA_DEPTH`, or that holds an integer outside `INT_RANGE` (at any depth: every
+    backend stores the whole object). Iterative: a hostile depth cannot exhaust the Python stack."""
     if not isinstance(metadata, dict):
         raise Invalid(f"{what}: metadata must be a JSON object", code="invalid_metadata")
     stack: list[tuple[Any, int]] = [(metadata, 1)]
@@ -47,8 +56,15 @@ def check_metadata(metadata: Any, what: str = "metadata") -> None:
         value, depth = stack.pop()
         if depth > MAX_METADATA_DEPTH:
             raise Invalid(f"{what}: metadata nests deeper than {MAX_METADATA_DEPTH} levels", code="metadata_too_deep")
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif outside_int_range(child):
+                raise Invalid(
+                    f"{what}: metadata holds an integer outside the signed 64-bit range "
+                    f"({INT_RANGE[0]}..{INT_RANGE[1]}); send it as a string or a float",
+                    code="invalid_metadata",
+                )
 
 
 def metadata_fields(metadata: dict[str, Any]) -> list[tuple[str, str, Any]]:
@@ -92,6 +108,11 @@ class Filter:
             if scalar_field(item) is None:
                 raise Invalid(
                     f"filter value for {key!r} must be a string, number, boolean or null; got {type(item).__name__}",
+                    code="invalid_filter",
+                )
+            if outside_int_range(item):  # no stored integer can equal it, and the store cannot bind it
+                raise Invalid(
+                    f"filter value for {key!r} is an integer outside the signed 64-bit range metadata holds",
                     code="invalid_filter",
                 )
         return cls(tuple(value.items())) if value else None

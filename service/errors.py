@@ -112,6 +112,9 @@ _HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tr
 def _describe(exc: RequestValidationError, limit: int = 5) -> str:
     parts = []
     for err in exc.errors()[:limit]:
+        if err.get("type") == "json_invalid":  # the body as a whole: its position says nothing
+            parts.append(f"the body could not be read as JSON: {err.get('ctx', {}).get('error') or err.get('msg')}")
+            continue
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     more = len(exc.errors()) - limit

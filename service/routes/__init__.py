@@ -71,7 +71,13 @@ class _ValidatedJsonRequest(Request):
             try:
                 # FastAPI then validates the model instance again, which pydantic passes through as is.
                 self._json = self._adapter.validate_json(body)
-            except ValidationError:  # invalid: parse plainly, so FastAPI reports the errors as usual (422)
+            except ValidationError as exc:  # invalid: parse plainly, so FastAPI reports the errors as usual (422)
+                # ...unless the bytes are not JSON to pydantic's parser: `json.loads` would take
+                # some of them (a lone UTF-16 surrogate, "\ud83d", which no UTF-8 store or
+                # tokenizer can encode) and let them through to fail deep inside as a 500.
+                unparsable = next((e for e in exc.errors() if e["type"] == "json_invalid"), None)
+                if unparsable is not None:
+                    raise json.JSONDecodeError(unparsable["msg"].removeprefix("Invalid JSON: "), "", 0) from None
                 try:
                     self._json = json.loads(body)
                 except json.JSONDecodeError:

@@ -81,6 +81,21 @@ def test_bad_documents_change_nothing(store):
     assert store.count() == 1 and store.last_seq() == 1
 
 
+@pytest.mark.parametrize("where", ["top", "list", "nested"])
+@pytest.mark.parametrize("big", [1 << 63, -(1 << 63) - 1, 1 << 200], ids=["2^63", "-2^63-1", "2^200"])
+def test_integers_past_64_bits_are_refused_whole_and_the_largest_that_fit_are_kept_and_filterable(store, where, big):
+    value = {"top": big, "list": [1, big], "nested": {"deep": [big]}}[where]
+    with pytest.raises(Invalid, match="64-bit"):
+        store.put([doc(1), doc(2, x=value)])
+    assert store.count() == 0 and store.last_seq() == 0
+    with pytest.raises(Invalid, match="64-bit"):
+        parse_filter({"x": big})
+    edge = (1 << 63) - 1 if big > 0 else -(1 << 63)
+    store.put([doc(1, x=edge), doc(2, x=edge - 1 if big > 0 else edge + 1)])
+    assert store.get("d1").metadata == {"x": edge}
+    assert store.filter_labels(parse_filter({"x": edge})).tolist() == [store.get("d1").label]
+
+
 def test_filters_match_scalars_lists_and_types(store):
     store.put(
         [

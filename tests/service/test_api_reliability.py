@@ -90,11 +90,67 @@ def test_deep_metadata_is_rejected_at_write_time(client):
 
     ok = {"id": "ok", "vector": [1, 0, 0, 0], "metadata": nested(32)}
     assert client.put(f"/v1/collections/{name}/documents", json={"documents": [ok]}).status_code == 200
-    for depth in (33, 300):
+    for depth in (33, 150):
         deep = {"id": f"deep{depth}", "vector": [0, 1, 0, 0], "metadata": {"list": [nested(depth)]}}
         error(client.put(f"/v1/collections/{name}/documents", json={"documents": [deep]}), 422, "metadata_too_deep")
+    # deeper than the JSON parser reads (about 200 levels): refused as it is parsed
+    deep = {"id": "deep300", "vector": [0, 1, 0, 0], "metadata": {"list": [nested(300)]}}
+    r = client.put(f"/v1/collections/{name}/documents", json={"documents": [deep]})
+    assert "recursion limit" in error(r, 422, "invalid_request")["message"]
     hits = client.post(f"/v1/collections/{name}/search", json={"vector": [1, 1, 0, 0], "k": 5}).json()["results"]
     assert [h["id"] for h in hits] == ["ok"] and hits[0]["metadata"] == nested(32)
+
+
+LONE_SURROGATE = "\\ud83d"  # JSON's escape of half a UTF-16 pair: valid JSON syntax, no character
+
+
+@pytest.mark.parametrize(
+    "method, route, body",
+    [
+        ("PUT", "documents", '{"documents": [{"id": "s", "vector": [1, 0, 0, 0], "metadata": {"x": "%s"}}]}'),
+        ("PUT", "documents", '{"documents": [{"id": "s", "vector": [1, 0, 0, 0], "metadata": {"%s": 1}}]}'),
+        ("PUT", "documents", '{"documents": [{"id": "s", "vector": [1, 0, 0, 0], "metadata": {"x": ["%s"]}}]}'),
+        ("PUT", "documents", '{"documents": [{"id": "s", "vector": [1, 0, 0, 0], "text": "cat %s"}]}'),
+        ("POST", "search", '{"vector": [1, 0, 0, 0], "filter": {"x": "%s"}}'),
+        ("POST", "search", '{"query": "cat %s"}'),
+        ("POST", "documents/delete", '{"ids": ["a", "%s"]}'),
+        ("POST", "/v1/embeddings", '{"input": "cat %s"}'),
+    ],
+    ids=["metadata value", "metadata key", "metadata list", "text", "filter", "query", "delete ids", "embeddings"],
+)
+def test_a_lone_surrogate_anywhere_in_a_body_is_a_422_and_changes_nothing(client, method, route, body):
+    """Python's json module takes "\\ud83d" alone; no UTF-8 store or tokenizer can encode it."""
+    name = vectors_collection(client, "cosine")
+    a = {"documents": [{"id": "a", "vector": [0, 1, 0, 0]}]}
+    assert client.put(f"/v1/collections/{name}/documents", json=a).status_code == 200
+    url = route if route.startswith("/") else f"/v1/collections/{name}/{route}"
+    r = client.request(method, url, content=body % LONE_SURROGATE, headers={"content-type": "application/json"})
+    assert "could not be read as JSON" in error(r, 422, "invalid_request")["message"]
+    assert count(client, name) == 1 and client.get(f"/v1/collections/{name}/documents/a").status_code == 200
+    paired = body % "\\ud83d\\ude00"  # a whole pair is one character, 😀: taken
+    if route == "documents":
+        r = client.put(url, content=paired, headers={"content-type": "application/json"})
+        assert r.status_code == 200 and count(client, name) == 2, r.text
+
+
+@pytest.mark.parametrize("big", [1 << 63, -(1 << 63) - 1], ids=["2^63", "-2^63-1"])
+def test_integers_past_64_bits_in_metadata_or_filters_are_a_422_and_change_nothing(client, big):
+    name = vectors_collection(client, "cosine")
+    url = f"/v1/collections/{name}"
+    for metadata in ({"x": big}, {"x": [1, big]}, {"x": {"y": big}}):
+        batch = [{"id": "ok", "vector": [1, 0, 0, 0]}, {"id": "big", "vector": [0, 1, 0, 0], "metadata": metadata}]
+        error(client.put(f"{url}/documents", json={"documents": batch}), 422, "invalid_metadata")
+    assert count(client, name) == 0
+    edge = (1 << 63) - 1 if big > 0 else -(1 << 63)
+    docs = [{"id": "edge", "vector": [1, 0, 0, 0], "metadata": {"x": edge}}, {"id": "near", "vector": [1, 1, 0, 0]}]
+    docs[1]["metadata"] = {"x": edge - 1 if big > 0 else edge + 1}
+    assert client.put(f"{url}/documents", json={"documents": docs}).status_code == 200
+    hits = client.post(f"{url}/search", json={"vector": [1, 0, 0, 0], "filter": {"x": edge}}).json()["results"]
+    assert [(h["id"], h["metadata"]["x"]) for h in hits] == [("edge", edge)]
+    search = {"vector": [1, 0, 0, 0], "filter": {"x": big}}
+    error(client.post(f"{url}/search", json=search), 422, "invalid_filter")
+    error(client.post(f"{url}/search/batch", json={"searches": [search]}), 422, "invalid_filter")
+    error(client.post(f"{url}/recall", json={"queries": 2, "filter": {"x": big}}), 422, "invalid_filter")
 
 
 def test_405_says_which_methods_are_allowed(client):
