@@ -32,6 +32,7 @@ from index.collection.layout import MANIFEST_FILE, ROTATION_DIR, SNAPSHOT_DIR, S
 from index.errors import Invalid
 from index.files import fsync_path, json_bytes, write_atomic
 from index.manifest import Manifest
+from index.store import check_archived_store
 
 FORMAT = 1
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -147,9 +148,7 @@ def _unpack(archive: str, folder: str, name: str | None) -> tuple[BackupInfo, Ma
             raise _bad(f"the archive does not start with {INDEX_FILE}")
         reader = tar.extractfile(first)
         assert reader is not None
-        index = json.loads(reader.read())
-        if index.get("format") != FORMAT:
-            raise _bad(f"archive format {index.get('format')!r} is not supported (expected {FORMAT})")
+        index = _check_index(json.loads(reader.read()))
         files: dict[str, dict[str, Any]] = index["files"]
         seen = set()
         while (member := tar.next()) is not None:  # streaming, in order (iterating would start over)
@@ -176,7 +175,10 @@ def _unpack(archive: str, folder: str, name: str | None) -> tuple[BackupInfo, Ma
     for sub in (SNAPSHOT_DIR, ROTATION_DIR):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
     with open(os.path.join(folder, MANIFEST_FILE)) as f:
-        manifest = Manifest.from_json(json.load(f))
+        try:
+            manifest = Manifest.from_json(json.load(f))
+        except Invalid as exc:
+            raise _bad(exc.message) from None
     if name is not None and name != manifest.name:
         manifest = manifest.replace(name=name)
         with open(os.path.join(folder, MANIFEST_FILE), "wb") as f:
@@ -188,8 +190,34 @@ def _unpack(archive: str, folder: str, name: str | None) -> tuple[BackupInfo, Ma
         conn.close()
     if verdict != "ok":
         raise _bad(f"the store fails SQLite's integrity check: {verdict}")
+    token_dim = manifest.multivector.token_dim if manifest.multivector is not None else None
+    try:
+        check_archived_store(os.path.join(folder, STORE_FILE), manifest.dim, token_dim, index["documents"])
+    except Invalid as exc:
+        raise _bad(exc.message) from None
     info = BackupInfo(**{k: index[k] for k in ("id", "collection", "seq", "documents", "created_at")})
     return info, manifest
+
+
+def _check_index(index: Any) -> dict[str, Any]:
+    """The archive's index as `pack` writes it, or Invalid: every field of the expected type."""
+    if not isinstance(index, dict):
+        raise _bad(f"{INDEX_FILE} is not a JSON object")
+    if index.get("format") != FORMAT:
+        raise _bad(f"archive format {index.get('format')!r} is not supported (expected {FORMAT})")
+    files = index.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(name, str)
+        and isinstance(entry, dict)
+        and isinstance(entry.get("bytes"), int)
+        and isinstance(entry.get("sha256"), str)
+        for name, entry in files.items()
+    ):
+        raise _bad(f"{INDEX_FILE} lists its files as something other than {{name: {{bytes, sha256}}}}")
+    for key, kind in (("id", str), ("collection", str), ("created_at", str), ("seq", int), ("documents", int)):
+        if not isinstance(index.get(key), kind) or isinstance(index.get(key), bool):
+            raise _bad(f"{INDEX_FILE}: {key} must be a {kind.__name__}")
+    return index
 
 
 def _bad(message: str) -> Invalid:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from index.backup import BackupInfo, unpack
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions, open_collection
-from index.errors import Conflict, Invalid, NotFound, NotReady
+from index.errors import Conflict, Invalid, NotFound, NotReady, VecnestError
 from index.files import (
     FDS_PER_COLLECTION,
     fd_headroom,
@@ -160,21 +160,26 @@ class Catalog:
         """Where the backups of collection `name` are kept (outside its home, so they outlive a drop)."""
         return os.path.join(self.data_dir, BACKUP_DIR, check_name(name))
 
-    def restore(self, archive: str, name: str | None = None, replace: bool = False) -> tuple[Collection, BackupInfo]:
+    def restore(
+        self,
+        archive: str,
+        name: str | None = None,
+        replace: bool = False,
+        check: Callable[[Manifest], None] | None = None,
+    ) -> tuple[Collection, BackupInfo]:
         """Recreate a collection from a backup archive, under `name` (default: the archive's).
-        The archive is unpacked, verified and opened (its store replayed) beside the live
-        collections first; only then is an existing collection of that name (with `replace`)
-        swapped out for it. A bad archive, or a name taken without `replace`, changes nothing."""
+        The archive is unpacked, verified (`check` sees its manifest: what the caller keeps in
+        it) and opened (its store replayed) beside the live collections first; only then is an
+        existing collection of that name (with `replace`) swapped out for it. A bad archive, or
+        a name taken without `replace`, changes nothing."""
         staging = os.path.join(self._root, f".restore-{uuid.uuid4().hex[:8]}")
         try:
             with storage_errors():
                 info, manifest = unpack(archive, staging, name)
-                name = check_name(manifest.name)
-                staged = open_collection(staging, self.options)  # it opens: replays, rebuilds its vector file
-                try:
-                    staged.snapshot()  # what the replay added, so the final open does not redo it
-                finally:
-                    staged.close()
+            name = check_name(manifest.name)
+            if check is not None:
+                check(manifest)
+            _open_unpacked(staging, self.options)
             with self._lock:
                 if name in self._busy:
                     raise Conflict(f"collection {name!r} is being created or dropped", code="collection_busy")
@@ -330,6 +335,27 @@ class Catalog:
             with self._lock:
                 self._busy.discard(name)
         shutil.rmtree(trash, ignore_errors=True)
+
+
+def _open_unpacked(path: str, options: CollectionOptions) -> None:
+    """Open an unpacked archive once (it replays its store and rebuilds its vector file), and
+    snapshot what the replay added, so the final open does not redo it. Its files passed their
+    checksums, but an archive may come from anywhere: a store or graph that does not open as a
+    collection is an invalid archive (422), not a server error. Storage errors stay what they are."""
+    try:
+        with storage_errors():
+            staged = open_collection(path, options)
+            try:
+                staged.snapshot()
+            finally:
+                staged.close()
+    except (VecnestError, OSError):
+        raise
+    except Exception as exc:
+        raise Invalid(
+            f"not a valid vecnest backup archive: its collection does not open: {type(exc).__name__}: {exc}",
+            code="invalid_archive",
+        ) from None
 
 
 def describe_open_error(exc: BaseException, path: str | None = None) -> str:

@@ -20,6 +20,7 @@ import struct
 import zlib
 from collections.abc import Set as LabelSet
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import hnswlib
 import numpy as np
@@ -47,6 +48,24 @@ class HnswParams:
     ef_construction: int = 200
     ef_search: int = 100
     seed: int = 100
+
+    # what a collection may be created with (the API's bounds) and a manifest may hold
+    M_RANGE: ClassVar[tuple[int, int]] = (2, 128)
+    EF_CONSTRUCTION_RANGE: ClassVar[tuple[int, int]] = (8, 4096)
+    EF_SEARCH_RANGE: ClassVar[tuple[int, int]] = (1, 10000)
+
+    def check(self) -> "HnswParams":
+        """Invalid ("invalid_hnsw") unless every parameter is an integer in its range."""
+        for name, (low, high) in (
+            ("m", self.M_RANGE),
+            ("ef_construction", self.EF_CONSTRUCTION_RANGE),
+            ("ef_search", self.EF_SEARCH_RANGE),
+            ("seed", (0, 2**64 - 1)),  # hnswlib's random_seed is a size_t
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise Invalid(f"hnsw.{name} must be an integer in {low}..{high}, got {value!r}", code="invalid_hnsw")
+        return self
 
 
 class CorruptSnapshot(Exception):
@@ -237,6 +256,7 @@ class HnswIndex:
                 raise CorruptSnapshot(f"unknown snapshot format {meta.get('format')!r}")
             if "crc32" in meta and (os.path.getsize(path) != meta["bytes"] or _file_crc(path) != meta["crc32"]):
                 raise CorruptSnapshot(f"snapshot {path} does not match the size and checksum it was saved with")
+            check_hnswlib_file(path, meta["dim"])
             index = cls(
                 meta["dim"], meta["metric"], HnswParams(**meta["params"]), _load_from=path, _slots=meta["slots"]
             )
@@ -282,6 +302,87 @@ def write_hnswlib_file(state: dict, path: str) -> None:
         f.write(header)
         f.write(np.asarray(state["data_level0"]).view(np.uint8)[: n * record].data)
         f.write(tail.data)
+
+
+_MAX_LEVEL = 64  # hnswlib draws levels from -ln(U)·mult: past 64 no real graph reaches
+
+
+def check_hnswlib_file(path: str, dim: int) -> None:
+    """Raise `CorruptSnapshot` unless `path` is an hnswlib graph of `dim`-float32 vectors that
+    hnswlib can load and search without reading outside its memory: the header agrees with
+    itself and `dim`, the file holds exactly the records it announces, every link count fits
+    its list, every link names an element, upper-level links name elements on that level, the
+    entry point sits on the top level, every vector is finite and every label distinct. hnswlib checks none of this
+    (it trusts its file), and the CRC in the sidecar only shows that the file is the one its
+    sidecar describes: one link out of range in a graph from an uploaded archive crashed the
+    process at the first search."""
+    raw = np.memmap(path, np.uint8, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint8)
+    if len(raw) < _HNSWLIB_HEADER.size:
+        raise CorruptSnapshot(f"{path}: {len(raw)} bytes, shorter than hnswlib's header")
+    (off0, _, n, record, label_at, links_end, top, entry, max_m, max_m0, m, mult, _) = _HNSWLIB_HEADER.unpack_from(
+        raw[: _HNSWLIB_HEADER.size].tobytes()
+    )
+
+    def bad(what: str) -> CorruptSnapshot:
+        return CorruptSnapshot(f"{path} is not a graph hnswlib can use: {what}")
+
+    level0_links = 4 + 4 * max_m0  # per element: a 4-byte count word, then max_M0 links
+    if off0 != 0 or max_m != m or max_m0 != 2 * m or not 2 <= m <= HnswParams.M_RANGE[1] or not math.isfinite(mult):
+        raise bad(f"header M={m}, maxM={max_m}, maxM0={max_m0}, offsetLevel0={off0}")
+    if links_end != level0_links or label_at != links_end + 4 * dim or record != label_at + 8:
+        raise bad(f"records of {record} bytes do not hold {dim}-dim vectors")
+    empty = n == 0 and top == -1
+    if not empty and not (0 <= top <= _MAX_LEVEL and entry < n):
+        raise bad(f"top level {top}, entry point {entry} of {n} elements")
+    base = _HNSWLIB_HEADER.size
+    if empty:
+        if len(raw) != base:
+            raise bad(f"{len(raw) - base} bytes after the header of an empty graph")
+        return
+    if len(raw) < base + n * record:
+        raise bad("truncated level-0 records")
+
+    def strided(offset: int, width: int, dtype: str) -> np.ndarray:  # one field of every record, no copy
+        return np.ndarray(
+            (n, width), dtype, buffer=raw, offset=base + offset, strides=(record, np.dtype(dtype).itemsize)
+        )
+
+    counts = strided(0, 1, "<u2")[:, 0]
+    links = strided(4, max_m0, "<u4")
+    if (counts > max_m0).any() or (links[np.arange(max_m0) < counts[:, None]] >= n).any():
+        raise bad("a level-0 link list is too long or names no element")
+    if not np.isfinite(strided(links_end, dim, "<f4")).all():
+        raise bad("a vector is not finite")
+    if len(np.unique(strided(label_at, 1, "<u8"))) != n:  # hnswlib maps each label to one element
+        raise bad("two elements carry the same label")
+    # the upper levels: per element a uint32 byte size (0, or its levels × one list's size), then its lists
+    per_level = 4 + 4 * max_m
+    tail = raw[base + n * record :].tobytes()  # about 1/ln(M) of the elements have lists here
+    at, levels = 0, np.zeros(n, np.int64)
+    starts: list[tuple[int, int]] = []
+    for i in range(n):
+        if at + 4 > len(tail):
+            raise bad("truncated upper-level links")
+        (size,) = struct.unpack_from("<I", tail, at)
+        if size % per_level or size // per_level > max(top, 0) or at + 4 + size > len(tail):
+            raise bad(f"element {i} has {size} bytes of upper-level links")
+        levels[i] = size // per_level
+        starts.extend((level, at + 4 + (level - 1) * per_level) for level in range(1, levels[i] + 1))
+        at += 4 + size
+    if at != len(tail):
+        raise bad(f"{len(tail) - at} bytes after the last element")
+    if not empty and levels[entry] != top:
+        raise bad(f"the entry point is on level {levels[entry]}, not the top level {top}")
+    if starts:  # every upper-level list at once: (level, offset in the tail) per list
+        level, offset = np.asarray(starts, np.int64).T
+        blocks = np.frombuffer(tail, np.uint8)[offset[:, None] + np.arange(per_level)]
+        counts = blocks[:, :2].copy().view("<u2")[:, 0]
+        ids = blocks[:, 4:].copy().view("<u4")
+        used = np.arange(max_m) < counts[:, None]
+        if (counts > max_m).any() or (ids[used] >= n).any():
+            raise bad("an upper-level link list is too long or names no element")
+        if (levels[ids[used]] < np.broadcast_to(level[:, None], ids.shape)[used]).any():
+            raise bad("a link on an upper level names an element absent from that level")
 
 
 def _file_crc(path: str) -> int:

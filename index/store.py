@@ -138,6 +138,42 @@ def storage_errors() -> Iterator[None]:
         raise
 
 
+def check_archived_store(path: str, dim: int, token_dim: int | None, documents: int) -> None:
+    """Invalid unless the SQLite file at `path` holds what an archive of `documents` live
+    documents must: that many live rows, each with a JSON object as metadata and a `dim`-float32
+    vector, and (multi-vector) token matrices of `token_dim` float16 columns. An archive's files
+    pass their checksums, yet it may come from anywhere, and a bad row would otherwise fail
+    every read that meets it (as a 500) long after the restore was acknowledged."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        live, bad_metadata, bad_vectors = conn.execute(
+            "SELECT count(*),"
+            " coalesce(sum(CASE WHEN json_valid(metadata) THEN json_type(metadata) END IS NOT 'object'), 0),"
+            " coalesce(sum(vector IS NULL OR length(vector) != ?), 0)"
+            " FROM documents WHERE deleted = 0",
+            (4 * dim,),
+        ).fetchone()
+        bad_tokens = 0
+        if token_dim:
+            (bad_tokens,) = conn.execute(
+                "SELECT count(*) FROM documents LEFT JOIN tokens USING (label)"
+                " WHERE deleted = 0 AND (blob IS NULL OR count < 1 OR length(blob) != count * ? * 2)",
+                (token_dim,),
+            ).fetchone()
+    except sqlite3.Error as exc:
+        raise Invalid(f"the store cannot be read as a collection's: {exc}", code="invalid_archive") from None
+    finally:
+        conn.close()
+    problems = [
+        f"{live} live documents where the archive says {documents}" if live != documents else "",
+        f"{bad_metadata} documents whose metadata is not a JSON object" if bad_metadata else "",
+        f"{bad_vectors} documents without a {dim}-dim float32 vector" if bad_vectors else "",
+        f"{bad_tokens} documents without a token matrix of {token_dim} columns" if bad_tokens else "",
+    ]
+    if any(problems):
+        raise Invalid(f"the store holds {'; '.join(p for p in problems if p)}", code="invalid_archive")
+
+
 class Store:
     def __init__(
         self,

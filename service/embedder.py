@@ -15,13 +15,45 @@ from typing import Any
 
 import numpy as np
 
-from index import CollectionBackend, Invalid, NotReady
+from index import CollectionBackend, Invalid, Manifest, NotReady
 from service.cpu import CoreShare
 from service.encoders import Encoder, EncoderLoader, EncoderRegistry, Kind, check_layers
 from service.inference import EncodeStats, InferenceQueue
 from service.metrics import Metrics
 from service.request_kinds import request_kind
 from service.settings import Settings
+
+
+def check_encoder_info(manifest: Manifest) -> None:
+    """A manifest's `encoder` as this service writes it (`ops/collections._encoder_info`), or
+    Invalid: {model, dim, layers, and tokens or matryoshka_dims}. index/ keeps it opaque; a
+    manifest restored from an uploaded archive is checked here before it serves."""
+    info = manifest.encoder
+    if info is None:
+        return
+    token_dim = manifest.multivector.token_dim if manifest.multivector is not None else None
+    valid = (
+        isinstance(info.get("model"), str)
+        and bool(info["model"])
+        and _positive_int(info.get("dim"))
+        and info["dim"] == (token_dim or manifest.dim)
+        and (info.get("layers") is None or _positive_int(info["layers"]))
+        and isinstance(info.get("tokens", False), bool)
+        and (
+            info.get("matryoshka_dims") is None
+            or (isinstance(info["matryoshka_dims"], list) and all(map(_positive_int, info["matryoshka_dims"])))
+        )
+    )
+    if not valid:
+        raise Invalid(
+            f"collection {manifest.name!r}: its manifest's encoder {str(info)[:200]} is not "
+            f"{{model, dim (the vectors' {token_dim or manifest.dim}), layers, ...}}",
+            code="invalid_archive",
+        )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 class Embedder:
@@ -83,6 +115,7 @@ class Embedder:
         if encoder is not None or info is None:
             return encoder
         try:
+            check_encoder_info(collection.manifest)  # a restored archive's, say: never a KeyError at start-up
             encoder = await self.load(info["model"], info["dim"])
         except Invalid as exc:
             self.mark_unavailable(collection.name, exc.message)

@@ -36,7 +36,7 @@ from index import (
 )
 from service.async_collection import AsyncCollection
 from service.cpu import CoreShare
-from service.embedder import Embedder
+from service.embedder import Embedder, check_encoder_info
 from service.encoders import EncoderLoader
 from service.metrics import Metrics
 from service.recall_estimator import RecallEstimator
@@ -243,7 +243,7 @@ class Engine:
                 f"collection {name!r} has an encoder upgrade in progress: finish or abort it before restoring",
                 code="upgrade_in_progress",
             )
-        collection, _ = await run_in_threadpool(catalog.restore, archive, name, replace)
+        collection, _ = await run_in_threadpool(catalog.restore, archive, name, replace, check_encoder_info)
         await self.upgrades.forget(collection.name)  # nothing live (checked above); its records went with the home
         self.embedder.forget(collection.name)
         self.recall.reset(collection.name)

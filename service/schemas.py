@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from index import Elasticizer, MultiVectorConfig, RecallPolicy
+from index import Elasticizer, HnswParams, MultiVectorConfig, RecallPolicy
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 Include = Literal["text", "metadata", "vector"]
@@ -27,9 +27,18 @@ class _Body(BaseModel):
 
 # -- collections ------------------------------------------------------------------------------
 class HnswConfig(_Body):
-    m: int | None = Field(None, ge=2, le=128, description="graph degree (build-time)")
-    ef_construction: int | None = Field(None, ge=8, le=4096, description="build breadth (build-time)")
-    ef_search: int | None = Field(None, ge=1, le=10000, description="default query breadth")
+    m: int | None = Field(
+        None, ge=HnswParams.M_RANGE[0], le=HnswParams.M_RANGE[1], description="graph degree (build-time)"
+    )
+    ef_construction: int | None = Field(
+        None,
+        ge=HnswParams.EF_CONSTRUCTION_RANGE[0],
+        le=HnswParams.EF_CONSTRUCTION_RANGE[1],
+        description="build breadth (build-time)",
+    )
+    ef_search: int | None = Field(
+        None, ge=HnswParams.EF_SEARCH_RANGE[0], le=HnswParams.EF_SEARCH_RANGE[1], description="default query breadth"
+    )
 
 
 class ElasticizerConfig(_Body):

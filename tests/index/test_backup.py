@@ -1,10 +1,16 @@
 """Backups: snapshot → drop → restore answers the same searches; a backup taken under
 concurrent writes restores to exactly the acknowledged writes up to one seq; a corrupt or
-truncated archive is refused and changes nothing."""
+truncated archive is refused and changes nothing, and so is one crafted with matching checksums
+(its index, manifest, store or graph not what vecnest writes)."""
 
+import json
 import os
+import sqlite3
+import struct
+import tempfile
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -12,6 +18,7 @@ import pytest
 from index import Catalog, Elasticizer, HnswParams, Manifest, NewDocument, Query
 from index.backup import create_archive
 from index.errors import Conflict, Invalid
+from tests.support.archives import RAW_INDEX, manifest_with, repacked
 
 
 def manifest(name: str, dim: int) -> Manifest:
@@ -177,4 +184,80 @@ def test_a_restore_that_fails_midway_puts_the_previous_collection_back(tmp_path,
     assert len(back) == 400 and back.get("d350").id == "d350"  # the previous state, serving
     assert "kb" not in catalog.failed()
     assert sorted(os.listdir(tmp_path / "data" / "collections")) == ["kb"]
+    catalog.close()
+
+
+def _store_with(sql: str):
+    def change(members):
+        path = tempfile.mktemp(suffix=".sqlite")
+        with open(path, "wb") as f:
+            f.write(members["store.sqlite"])
+        conn = sqlite3.connect(path)
+        conn.executescript(sql)
+        conn.close()
+        with open(path, "rb") as f:
+            members["store.sqlite"] = f.read()
+
+    return change
+
+
+def _graph_with_a_link_past_its_end(members):
+    name = next(n for n in members if n.startswith("snapshots/") and n.endswith(".bin"))
+    data = bytearray(members[name])
+    struct.pack_into("<I", data, 96 + 4, 0x7FFFFFFF)  # the first element's first link (after the header)
+    members[name] = bytes(data)
+    sidecar = json.loads(members[name + ".json"])
+    members[name + ".json"] = json.dumps({**sidecar, "crc32": zlib.crc32(data)}).encode()
+
+
+CRAFTED = {
+    "an index that is not an object": lambda members: members.update({RAW_INDEX: b"[1, 2]"}),
+    "a manifest that is a list": lambda members: members.update({"manifest.json": b"[]"}),
+    "a snapshot file outside the folder": manifest_with(
+        snapshot={"files": {"384": "../../../kb/snapshots/x.bin"}, "applied_seq": 1}
+    ),
+    "a rotation file outside the folder": manifest_with(
+        rotation={"file": "/etc/passwd", "sha256": "0", "seed": 0, "n_fit": 1, "fitted_seq": 1, "energy": {}}
+    ),
+    "a dim that is a string": manifest_with(dim="384"),
+    "an hnsw M out of range": manifest_with(hnsw={"m": 10**9, "ef_construction": 200, "ef_search": 100, "seed": 1}),
+    "metadata that is not JSON": _store_with("UPDATE documents SET metadata = '{' WHERE rowid = 3"),
+    "a vector of another dim": _store_with("UPDATE documents SET vector = x'00000000' WHERE rowid = 3"),
+    "fewer documents than the index says": _store_with("DELETE FROM documents WHERE rowid = 3"),
+    "no documents table": _store_with("DROP TABLE documents"),
+}
+
+
+@pytest.mark.parametrize("craft", CRAFTED)
+def test_a_crafted_archive_with_matching_checksums_is_refused_and_changes_nothing(tmp_path, glosses, craft):
+    _, X = glosses
+    catalog = Catalog(str(tmp_path / "data"))
+    c = catalog.create(manifest("kb", X.shape[1]))
+    c.upsert(docs(X[:300], 0))
+    c.snapshot(force=True)
+    create_archive(c, str(tmp_path), "b1", "now")
+    before = answers(c, X[2500:2510])
+    archive = tmp_path / "b1.tar"
+    archive.write_bytes(repacked(archive.read_bytes(), CRAFTED[craft]))
+    with pytest.raises(Invalid) as refused:
+        catalog.restore(str(tmp_path / "b1.tar"), replace=True)
+    assert refused.value.code == "invalid_archive"
+    assert catalog.get("kb") is c and len(c) == 300 and answers(c, X[2500:2510]) == before
+    assert sorted(os.listdir(tmp_path / "data" / "collections")) == ["kb"]
+    catalog.close()
+
+
+def test_a_crafted_graph_in_an_archive_is_rebuilt_from_its_store(tmp_path, glosses):
+    """A link out of range (its sidecar's CRC recomputed) crashed the process at the first search."""
+    _, X = glosses
+    catalog = Catalog(str(tmp_path / "data"))
+    c = catalog.create(manifest("kb", X.shape[1]))
+    c.upsert(docs(X[:300], 0))
+    c.snapshot(force=True)
+    create_archive(c, str(tmp_path), "b1", "now")
+    archive = tmp_path / "b1.tar"
+    archive.write_bytes(repacked(archive.read_bytes(), _graph_with_a_link_past_its_end))
+    restored, _ = catalog.restore(str(tmp_path / "b1.tar"), name="copy")
+    Q = X[:40]
+    assert [row[0].id for row in restored.search(Query(Q, 1)).matches] == [f"d{i}" for i in range(40)]
     catalog.close()

@@ -1,13 +1,16 @@
 """Backups over the API: snapshot → drop → restore in place, and download → upload to another
-server, answer the same searches; a corrupt upload is a 422 that changes nothing."""
+server, answer the same searches; a corrupt upload is a 422 that changes nothing, and so is one
+whose encoder record is not the service's."""
 
 import hashlib
+import json
 import time
 
 import numpy as np
 
 from service.settings import Settings
 from tests.support.app import app_client
+from tests.support.archives import manifest_with, repacked
 
 ADMIN = {"Authorization": "Bearer backup-admin-key-0123456789"}
 KEYS = [{"key": "backup-admin-key-0123456789", "role": "admin"}, {"key": "backup-reader-key-012345", "role": "read"}]
@@ -108,3 +111,37 @@ def test_a_restore_in_place_waits_for_an_encoder_upgrade_to_end(tmp_path):
         assert r.status_code == 200 and r.json()["documents"] == 200, r.text
         hit = c.post("/v1/collections/kb/search", json={"query": "document number 5 about topic 5", "k": 1})
         assert hit.json()["results"][0]["id"] == "d5"
+
+
+def test_an_encoder_record_this_service_did_not_write_is_refused_at_upload_and_survived_at_start(tmp_path):
+    """The manifest's encoder record is the service's ({model, dim, layers, ...}); an uploaded
+    archive with another one was restored, then failed every text request and stopped the
+    server from starting (KeyError: 'dim')."""
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, api_keys=KEYS)
+    upload = {**ADMIN, "Content-Type": "application/x-tar"}
+    with app_client(settings, fake=True) as a:
+        assert a.post("/v1/collections", json={"name": "t"}, headers=ADMIN).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"note number {i} about cats"} for i in range(20)]
+        assert a.put("/v1/collections/t/documents", json={"documents": docs}, headers=ADMIN).status_code == 200
+        snap = a.post("/v1/collections/t/snapshots", headers=ADMIN).json()
+        archive = a.get(f"/v1/collections/t/snapshots/{snap['id']}", headers=ADMIN).content
+        dim = a.get("/v1/collections/t", headers=ADMIN).json()["dim"]
+        for encoder in ({"model": "x"}, "x", {"model": "x", "dim": str(dim)}, {"model": "x", "dim": dim + 1}):
+            r = a.post(
+                "/v1/snapshots/restore?collection=t2",
+                content=repacked(archive, manifest_with(encoder=encoder)),
+                headers=upload,
+            )
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_archive", (encoder, r.text)
+        assert [c["name"] for c in a.get("/v1/collections", headers=ADMIN).json()["collections"]] == ["t"]
+        r = a.post("/v1/snapshots/restore?collection=t2", content=archive, headers=upload)
+        assert r.status_code == 201, r.text
+    # such a record already on disk (restored before the check): the server starts, its vectors serve
+    (manifest,) = (tmp_path / "a" / "collections" / "t2").rglob("manifest.json")
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "encoder": {"model": "x"}}))
+    with app_client(settings, fake=True) as a:
+        r = a.post("/v1/collections/t2/search", json={"query": "cats"}, headers=ADMIN)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "encoder_unavailable", r.text
+        hit = a.post("/v1/collections/t2/search", json={"vector": [1.0] * dim, "k": 3}, headers=ADMIN)
+        assert hit.status_code == 200 and len(hit.json()["results"]) == 3
+        assert a.post("/v1/collections/t/search", json={"query": "cats"}, headers=ADMIN).status_code == 200
