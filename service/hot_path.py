@@ -83,7 +83,26 @@ class HotPath:
             found = r.pattern.match(scope["path"])
             if found is not None:
                 return await self._serve(r, found.groupdict(), scope, receive, send)
-        return await self.app(scope, receive, send)
+        return await self._app(scope, receive, send)
+
+    async def _app(self, scope, receive, send) -> None:
+        """The FastAPI app, with an error it leaves unhandled answered here, as the one 500
+        (its traceback logged), while no response has started. Starlette's outermost handler
+        answers it too, but then raises it again for the server, and uvicorn closes a
+        connection whose app raised: the client's next request on it met a reset."""
+        started = False
+
+        async def watched(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise
+            await unexpected_error_response(exc, scope["method"], scope["path"], self.metrics)(scope, receive, send)
 
     async def _serve(self, r: _Hot, params: dict[str, str], scope, receive, send) -> None:
         body, more = b"", True
@@ -96,7 +115,7 @@ class HotPath:
         try:
             parsed = r.body.validate_json(body)
         except ValidationError:  # FastAPI answers it, with the same 422 as ever
-            return await self.app(scope, _replay(body, receive), send)
+            return await self._app(scope, _replay(body, receive), send)
         scope["route"] = r.route  # for request metrics, by template
         scope["path_params"] = params
         try:

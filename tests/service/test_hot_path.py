@@ -153,3 +153,25 @@ def test_upserts_answer_as_the_fastapi_route_does(app):
     assert client.get(f"/v1/collections/{name}").json()["documents"] == len(TEXTS) + 2  # nothing changed
     r = client.put("/v1/collections/nope/documents", json=bodies[0])
     assert r.status_code == 404 and r.json()["error"]["code"] == "collection_not_found"
+
+
+def test_an_unexpected_error_is_answered_as_a_500_not_raised_to_the_server(tmp_path, monkeypatch):
+    """uvicorn closes a connection whose app raised, and Starlette's own 500 handler raises
+    again after answering: a client's next request on that keep-alive connection met a reset.
+    A TestClient that raises what the app raises shows what the server would see."""
+    from fastapi.testclient import TestClient
+
+    from service.ops import collections as ops
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    app = create_app(Settings(data_dir=tmp_path / "data"), encoder_loader=fake_loader)
+    with TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=True) as client:
+        wait_ready(client.get)
+        monkeypatch.setattr(ops, "list_all", broken)
+        r = client.get("/v1/collections")
+        assert r.status_code == 500 and r.json() == {
+            "error": {"code": "internal", "message": "internal error; the server log has the details"}
+        }
+        assert client.get("/healthz").status_code == 200
