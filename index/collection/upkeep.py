@@ -114,8 +114,7 @@ class Upkeep:
         rotation files as the manifest names them, then the store. Writes go on meanwhile;
         snapshots, rebuilds and refits wait (they would replace or purge what is being copied)."""
         s = self._s
-        with s.maintenance:
-            s.check_open()
+        with s.maintenance, s.reading():  # a drop may close the store meanwhile: NotFound, not a store error
             return export_files(folder, s.manifest, s.path, s.store.backup_to)
 
     def set_limits(self, limits: dict[str, int]) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from index import Catalog, Elasticizer, HnswParams, Manifest, NewDocument, Query
 from index.backup import create_archive
-from index.errors import Conflict, Invalid
+from index.errors import Conflict, Invalid, NotFound
 from tests.support.archives import RAW_INDEX, manifest_with, repacked
 
 
@@ -260,4 +260,28 @@ def test_a_crafted_graph_in_an_archive_is_rebuilt_from_its_store(tmp_path, gloss
     restored, _ = catalog.restore(str(tmp_path / "b1.tar"), name="copy")
     Q = X[:40]
     assert [row[0].id for row in restored.search(Query(Q, 1)).matches] == [f"d{i}" for i in range(40)]
+    catalog.close()
+
+
+def test_a_backup_of_a_collection_dropped_meanwhile_is_not_found(tmp_path, glosses):
+    """A drop closes the store while the backup copies it (it waits for writes, not backups):
+    that was "the store is closed", a 500."""
+    _, X = glosses
+    catalog = Catalog(str(tmp_path / "data"))
+    c = catalog.create(manifest("kb", X.shape[1]))
+    c.upsert(docs(X[:50], 0))
+    store = c._state.store
+    copy = store.backup_to
+
+    def dropped_first(path):
+        drop = threading.Thread(target=catalog.drop, args=("kb",))  # another request's, as in a server
+        drop.start()
+        drop.join()
+        return copy(path)
+
+    store.backup_to = dropped_first
+    with pytest.raises(NotFound) as missing:
+        create_archive(c, str(tmp_path / "backups"), "b1", "now")
+    assert missing.value.code == "collection_not_found"
+    assert os.listdir(tmp_path / "backups") == []  # no archive, no staging left
     catalog.close()
