@@ -202,7 +202,9 @@ def backup_command(args: argparse.Namespace) -> int:
         return 1
     try:
         if args.command == "restore":
-            collection, info = catalog.restore(args.archive, args.collection, args.replace)
+            from service.embedder import check_encoder_info
+
+            collection, info = catalog.restore(args.archive, args.collection, args.replace, check_encoder_info)
             print(f"restored {collection.name!r}: {info.documents} documents as of seq {info.seq}")
             return 0
         catalog.open_all()

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.archives import manifest_with, repacked
+
 SCRIPT = Path(sys.executable).parent / "vecnest"
 
 
@@ -47,6 +49,10 @@ def test_backup_and_restore_commands_round_trip_a_data_directory(tmp_path, gloss
     target.open_all()
     assert [[m.id for m in row] for row in target.get("copy").search(Query(X[2900:2910], 5)).matches] == expected
     target.close()
-    archive.write_bytes(archive.read_bytes()[:1000])
+    good = archive.read_bytes()
+    archive.write_bytes(repacked(good, manifest_with(encoder={"model": "all-MiniLM-L6-v2"})))  # no dim
+    r = run(str(SCRIPT), "restore", str(archive), "--data-dir", str(tmp_path / "b"), "--collection", "copy2")
+    assert r.returncode == 1 and "encoder" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    archive.write_bytes(good[:1000])
     r = run(str(SCRIPT), "restore", str(archive), "--data-dir", str(tmp_path / "b"), "--collection", "copy2")
     assert r.returncode == 1 and "not a valid vecnest backup archive" in r.stderr
