@@ -134,9 +134,14 @@ def permit(scope: dict, route_name: str | None, collection: str) -> None:
         _forbid(scope, principal, f"the key may not use collection {collection!r}")
 
 
-def require_collection(request: Request, name: str) -> None:
+def require_collection(request: Request, name: str | None) -> None:
+    """For a collection a route names in its body or query rather than its path (a new one, a
+    restore's target): the key must be allowed it. `None` (the route would take a name from
+    elsewhere, such as the archive) is allowed to unscoped keys only."""
     principal = principal_of(request)
-    if not principal.may_use(name):
+    if name is None and principal.collections is not None:
+        _forbid(request.scope, principal, "a key limited to collections must name the collection (?collection=NAME)")
+    if name is not None and not principal.may_use(name):
         _forbid(request.scope, principal, f"the key may not use collection {name!r}")
 
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from service import schemas
-from service.auth import principal_of
+from service.auth import principal_of, require_collection
 from service.engine import Engine
 from service.ops import collections as ops
 from service.ops import measure_recall as recall_ops
@@ -14,10 +14,11 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=ERR
 
 
 @router.post("", status_code=201, response_model=schemas.CollectionInfo)
-async def create_collection(body: schemas.CollectionCreate, engine: Engine = Depends(get_engine)):
+async def create_collection(request: Request, body: schemas.CollectionCreate, engine: Engine = Depends(get_engine)):
     """Create a collection. Give `model` (or nothing, for the default model) to embed text, or
     `dim` without `model` for a vector-only collection. `dims` adds Matryoshka indexes; a PCA
     elasticizer (the default for models not trained as Matryoshka) makes their prefixes good."""
+    require_collection(request, body.name)  # a key limited to collections creates only those
     return await ops.create(engine, body)
 
 

@@ -5,6 +5,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from service import schemas
+from service.auth import require_collection
 from service.engine import Engine
 from service.ops import backups as ops
 from service.routes import ERRORS, JsonRoute, embedded_only, get_engine
@@ -78,5 +79,7 @@ async def restore_upload(
     """Recreate a collection from an archive downloaded from any vecnest server (the request
     body, `application/x-tar`, streamed to disk). The archive is verified (every file's
     checksum, the manifest, SQLite's integrity check) before anything changes: a corrupt or
-    truncated one is a 422 that changes nothing."""
+    truncated one is a 422 that changes nothing. A key limited to collections names one of
+    them as `collection` (it may otherwise replace, or create, any other)."""
+    require_collection(request, collection)
     return await ops.restore_upload(engine, collection, request.stream(), replace)

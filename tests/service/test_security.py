@@ -18,6 +18,7 @@ KEYS = {
     "write": "write-key-0123456789",
     "read": "read-key-01234567890",
     "kb-writer": "kb-writer-key-012345",
+    "kb-admin": "kb-admin-key-0123456",
 }
 
 # The specification, written out independently of service/auth.py: the least role each route
@@ -61,6 +62,7 @@ RANK = {"read": 0, "write": 1, "admin": 2}
 def key_settings(settings: Settings, **extra) -> Settings:
     keys = [{"key": KEYS[r], "role": r} for r in ("admin", "write", "read")]
     keys.append({"key": KEYS["kb-writer"], "role": "write", "collections": ["kb"], "name": "kb-writer"})
+    keys.append({"key": KEYS["kb-admin"], "role": "admin", "collections": ["kb", "kb-new"], "name": "kb-admin"})
     return settings.model_copy(update={"api_keys": Settings(api_keys=keys).api_keys, **extra})
 
 
@@ -150,6 +152,27 @@ def test_drop_needs_admin_and_a_key_limited_to_one_collection_sees_only_it(guard
     }
 
 
+def test_an_admin_key_limited_to_collections_creates_and_restores_only_those(guarded):
+    """It could create any collection, and restore an archive over any other (replace=true)."""
+    other = guarded.get("/v1/collections/other", headers=bearer("admin")).json()
+    r = guarded.post("/v1/collections", json={"name": "elsewhere", "dim": 4}, headers=bearer("kb-admin"))
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    snap = guarded.post("/v1/collections/kb/snapshots", headers=bearer("kb-admin")).json()
+    tar = guarded.get(f"/v1/collections/kb/snapshots/{snap['id']}", headers=bearer("kb-admin")).content
+    upload = {**bearer("kb-admin"), "Content-Type": "application/x-tar"}
+    for query in ("?collection=other&replace=true", "?collection=elsewhere", ""):
+        r = guarded.post(f"/v1/snapshots/restore{query}", content=tar, headers=upload)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden", (query, r.text)
+    names = {c["name"] for c in guarded.get("/v1/collections", headers=bearer("admin")).json()["collections"]}
+    assert "elsewhere" not in names and guarded.get("/v1/collections/other", headers=bearer("admin")).json() == other
+    # within its list, both work
+    r = guarded.post("/v1/snapshots/restore?collection=kb-new", content=tar, headers=upload)
+    assert r.status_code == 201, r.text
+    assert guarded.delete("/v1/collections/kb-new", headers=bearer("kb-admin")).status_code == 204
+    assert guarded.post("/v1/collections", json={"name": "kb-new"}, headers=bearer("kb-admin")).status_code == 201
+    assert guarded.delete("/v1/collections/kb-new", headers=bearer("kb-admin")).status_code == 204
+
+
 def test_both_key_headers_and_the_401_shape(guarded):
     assert guarded.get("/v1/collections", headers={"api-key": KEYS["read"]}).status_code == 200
     assert guarded.get("/v1/collections", headers={"Authorization": f"bearer {KEYS['read']}"}).status_code == 200
@@ -168,10 +191,10 @@ def test_keys_are_compared_in_constant_time_against_every_key(monkeypatch):
     monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
     ring = auth.KeyRing(key_settings(Settings()).api_keys)
     assert ring.authenticate(KEYS["admin"]).role == "admin"  # the first key: the loop still visits all
-    assert len(calls) == 4
+    assert len(calls) == len(KEYS)
     calls.clear()
     assert ring.authenticate("wrong-key-00000000000") is None
-    assert len(calls) == 4 and all(len(a) == len(b) == 32 for a, b in calls)  # digests, never the raw keys
+    assert len(calls) == len(KEYS) and all(len(a) == len(b) == 32 for a, b in calls)  # digests, never the raw keys
 
 
 def test_open_and_closed_paths(settings):
