@@ -44,6 +44,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         engine = Engine(settings, metrics, encoder_loader)
         app.state.engine = engine
+        app.state.keys = keys
         if keys.enabled:
             log.info("API keys: %d configured; every route but /healthz and /readyz needs one", len(settings.api_keys))
         else:

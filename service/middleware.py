@@ -125,7 +125,8 @@ class Guard:
     2. a browser `Origin` is the server's own or a configured CORS origin (403): no cross-site
        POST from a web page, even one without a body;
     3. the API key is a configured one (401), unless the path is open (health; metrics and docs
-       when configured public) or no keys are configured (loopback only);
+       when configured public) or no keys are configured (loopback only); on an open path a
+       valid key sent still names the caller (`/readyz` shows it its collections' failures);
     4. a body is `application/json` (415): browsers send `text/plain` and forms without a
        preflight (the archive upload of a restore is `application/x-tar`);
     5. the key's rate limit has room (429 with Retry-After).
@@ -175,7 +176,12 @@ class Guard:
             return 403, "cross_origin", "requests from this browser origin are not allowed (see cors_origins)", None
         method, path = scope.get("method", ""), scope.get("path", "")
         principal = None
-        if self.keys.enabled and path not in self.open:
+        if self.keys.enabled and path in self.open:  # open, but a key sent says who asks (/readyz's detail)
+            presented = presented_key(headers)
+            caller = self.keys.authenticate(presented) if presented else None
+            if caller is not None:
+                scope[PRINCIPAL] = caller
+        elif self.keys.enabled:
             presented = presented_key(headers)
             principal = self.keys.authenticate(presented) if presented else None
             if principal is None:

@@ -173,6 +173,31 @@ def test_an_admin_key_limited_to_collections_creates_and_restores_only_those(gua
     assert guarded.delete("/v1/collections/kb-new", headers=bearer("kb-admin")).status_code == 204
 
 
+def test_readyz_names_failed_collections_only_to_keys_that_may_see_them(tmp_path):
+    """/readyz is open (probes need no key): it named every collection that failed, with its
+    reason, to anyone who could reach the server."""
+    settings = key_settings(Settings(data_dir=tmp_path / "data", snapshot_interval_s=3600))
+    with app_client(settings, fake=True) as c:
+        for name in ("kb", "other"):
+            assert c.post("/v1/collections", json={"name": name, "dim": 2}, headers=bearer("admin")).status_code == 201
+    for name in ("kb", "other"):
+        (tmp_path / "data" / "collections" / name / "manifest.json").write_text("{truncated")
+    with app_client(settings, fake=True) as c:
+        seen = {
+            who: c.get("/readyz", headers=bearer(who) if who else {}).json()
+            for who in (None, "admin", "kb-writer", "read")
+        }
+        assert {who: sorted(r["failed"]) for who, r in seen.items()} == {
+            None: [],
+            "admin": ["kb", "other"],
+            "kb-writer": ["kb"],
+            "read": ["kb", "other"],
+        }
+        assert all(r["status"] == "ready" and r["failed_count"] == 2 for r in seen.values())
+        bad_key = c.get("/readyz", headers={"Authorization": "Bearer not-a-key-at-all-0000"})
+        assert bad_key.status_code == 200 and bad_key.json()["failed"] == {}
+
+
 def test_both_key_headers_and_the_401_shape(guarded):
     assert guarded.get("/v1/collections", headers={"api-key": KEYS["read"]}).status_code == 200
     assert guarded.get("/v1/collections", headers={"Authorization": f"bearer {KEYS['read']}"}).status_code == 200
