@@ -256,7 +256,7 @@ class HnswIndex:
                 raise CorruptSnapshot(f"unknown snapshot format {meta.get('format')!r}")
             if "crc32" in meta and (os.path.getsize(path) != meta["bytes"] or _file_crc(path) != meta["crc32"]):
                 raise CorruptSnapshot(f"snapshot {path} does not match the size and checksum it was saved with")
-            check_hnswlib_file(path, meta["dim"])
+            check_hnswlib_file(path, meta["dim"], meta["slots"])
             index = cls(
                 meta["dim"], meta["metric"], HnswParams(**meta["params"]), _load_from=path, _slots=meta["slots"]
             )
@@ -307,15 +307,17 @@ def write_hnswlib_file(state: dict, path: str) -> None:
 _MAX_LEVEL = 64  # hnswlib draws levels from -ln(U)·mult: past 64 no real graph reaches
 
 
-def check_hnswlib_file(path: str, dim: int) -> None:
+def check_hnswlib_file(path: str, dim: int, slots: int | None = None) -> None:
     """Raise `CorruptSnapshot` unless `path` is an hnswlib graph of `dim`-float32 vectors that
     hnswlib can load and search without reading outside its memory: the header agrees with
     itself and `dim`, the file holds exactly the records it announces, every link count fits
     its list, every link names an element, upper-level links name elements on that level, the
-    entry point sits on the top level, every vector is finite and every label distinct. hnswlib checks none of this
-    (it trusts its file), and the CRC in the sidecar only shows that the file is the one its
+    entry point sits on the top level, every vector is finite and every label distinct.
+    hnswlib checks none of this (it trusts its file), and the CRC in the sidecar only shows that
+    the file is the one its
     sidecar describes: one link out of range in a graph from an uploaded archive crashed the
-    process at the first search."""
+    process at the first search. `slots`: the element count the sidecar gives (hnswlib sizes
+    its allocation from it)."""
     raw = np.memmap(path, np.uint8, mode="r") if os.path.getsize(path) else np.zeros(0, np.uint8)
     if len(raw) < _HNSWLIB_HEADER.size:
         raise CorruptSnapshot(f"{path}: {len(raw)} bytes, shorter than hnswlib's header")
@@ -326,6 +328,8 @@ def check_hnswlib_file(path: str, dim: int) -> None:
     def bad(what: str) -> CorruptSnapshot:
         return CorruptSnapshot(f"{path} is not a graph hnswlib can use: {what}")
 
+    if slots is not None and n != slots:
+        raise bad(f"{n} elements, the sidecar says {slots}")
     level0_links = 4 + 4 * max_m0  # per element: a 4-byte count word, then max_M0 links
     if off0 != 0 or max_m != m or max_m0 != 2 * m or not 2 <= m <= HnswParams.M_RANGE[1] or not math.isfinite(mult):
         raise bad(f"header M={m}, maxM={max_m}, maxM0={max_m0}, offsetLevel0={off0}")
