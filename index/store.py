@@ -141,7 +141,8 @@ def storage_errors() -> Iterator[None]:
 def check_archived_store(path: str, dim: int, token_dim: int | None, documents: int) -> None:
     """Invalid unless the SQLite file at `path` holds what an archive of `documents` live
     documents must: that many live rows, each with a JSON object as metadata and a `dim`-float32
-    vector, and (multi-vector) token matrices of `token_dim` float16 columns. An archive's files
+    vector, (multi-vector) token matrices of `token_dim` float16 columns, and no label beyond
+    those it assigned. An archive's files
     pass their checksums, yet it may come from anywhere, and a bad row would otherwise fail
     every read that meets it (as a 500) long after the restore was acknowledged."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -153,6 +154,16 @@ def check_archived_store(path: str, dim: int, token_dim: int | None, documents: 
             " FROM documents WHERE deleted = 0",
             (4 * dim,),
         ).fetchone()
+        # Every label the store ever assigned (1..its sequence) is a row's or a free one, and the
+        # vector file is sized by the sequence: a larger one would make the restore allocate
+        # (for real) a file of that many rows.
+        (sequence,) = conn.execute(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'documents'), 0)"
+        ).fetchone()
+        (labels,) = conn.execute(
+            "SELECT (SELECT count(*) FROM documents) + (SELECT count(*) FROM free_labels)"
+        ).fetchone()
+        (top,) = conn.execute("SELECT coalesce(max(label), 0) FROM documents").fetchone()
         bad_tokens = 0
         if token_dim:
             (bad_tokens,) = conn.execute(
@@ -169,6 +180,7 @@ def check_archived_store(path: str, dim: int, token_dim: int | None, documents: 
         f"{bad_metadata} documents whose metadata is not a JSON object" if bad_metadata else "",
         f"{bad_vectors} documents without a {dim}-dim float32 vector" if bad_vectors else "",
         f"{bad_tokens} documents without a token matrix of {token_dim} columns" if bad_tokens else "",
+        f"labels up to {max(sequence, top)} where {labels} were assigned" if max(sequence, top) > labels else "",
     ]
     if any(problems):
         raise Invalid(f"the store holds {'; '.join(p for p in problems if p)}", code="invalid_archive")

@@ -225,6 +225,9 @@ CRAFTED = {
     "a vector of another dim": _store_with("UPDATE documents SET vector = x'00000000' WHERE rowid = 3"),
     "fewer documents than the index says": _store_with("DELETE FROM documents WHERE rowid = 3"),
     "no documents table": _store_with("DROP TABLE documents"),
+    # the vector file is sized by the label sequence: 10^6 rows of 384 floats (1.5 GB), allocated for real
+    "a label sequence far past its rows": _store_with("UPDATE sqlite_sequence SET seq = 1000000"),
+    "a label far past its rows": _store_with("UPDATE documents SET label = 1000000 WHERE rowid = 3"),
 }
 
 
