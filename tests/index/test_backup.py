@@ -231,19 +231,24 @@ CRAFTED = {
 }
 
 
-@pytest.mark.parametrize("craft", CRAFTED)
-def test_a_crafted_archive_with_matching_checksums_is_refused_and_changes_nothing(tmp_path, glosses, craft):
-    _, X = glosses
+def _archived(tmp_path, X):
+    """A catalog holding "kb" (300 documents, its graphs saved) and the path of an archive of it."""
     catalog = Catalog(str(tmp_path / "data"))
     c = catalog.create(manifest("kb", X.shape[1]))
     c.upsert(docs(X[:300], 0))
     c.snapshot(force=True)
     create_archive(c, str(tmp_path), "b1", "now")
+    return catalog, c, tmp_path / "b1.tar"
+
+
+@pytest.mark.parametrize("craft", CRAFTED)
+def test_a_crafted_archive_with_matching_checksums_is_refused_and_changes_nothing(tmp_path, glosses, craft):
+    _, X = glosses
+    catalog, c, archive = _archived(tmp_path, X)
     before = answers(c, X[2500:2510])
-    archive = tmp_path / "b1.tar"
     archive.write_bytes(repacked(archive.read_bytes(), CRAFTED[craft]))
     with pytest.raises(Invalid) as refused:
-        catalog.restore(str(tmp_path / "b1.tar"), replace=True)
+        catalog.restore(str(archive), replace=True)
     assert refused.value.code == "invalid_archive"
     assert catalog.get("kb") is c and len(c) == 300 and answers(c, X[2500:2510]) == before
     assert sorted(os.listdir(tmp_path / "data" / "collections")) == ["kb"]
@@ -253,14 +258,9 @@ def test_a_crafted_archive_with_matching_checksums_is_refused_and_changes_nothin
 def test_a_crafted_graph_in_an_archive_is_rebuilt_from_its_store(tmp_path, glosses):
     """A link out of range (its sidecar's CRC recomputed) crashed the process at the first search."""
     _, X = glosses
-    catalog = Catalog(str(tmp_path / "data"))
-    c = catalog.create(manifest("kb", X.shape[1]))
-    c.upsert(docs(X[:300], 0))
-    c.snapshot(force=True)
-    create_archive(c, str(tmp_path), "b1", "now")
-    archive = tmp_path / "b1.tar"
+    catalog, _, archive = _archived(tmp_path, X)
     archive.write_bytes(repacked(archive.read_bytes(), _graph_with_a_link_past_its_end))
-    restored, _ = catalog.restore(str(tmp_path / "b1.tar"), name="copy")
+    restored, _ = catalog.restore(str(archive), name="copy")
     Q = X[:40]
     assert [row[0].id for row in restored.search(Query(Q, 1)).matches] == [f"d{i}" for i in range(40)]
     catalog.close()
