@@ -56,6 +56,9 @@ def open_state(path: str, options: CollectionOptions) -> CollectionState:
         indexes, applied = _load_snapshot(path, manifest, rotation)
         if indexes is None:
             indexes, applied = IndexSet.empty(views_of(manifest, rotation), manifest.hnsw, store.count() + 16), 0
+            # the graphs are rebuilt: the snapshot the manifest named (unusable) is not theirs, so
+            # the next snapshot saves them even if no write comes first (else each start rebuilds)
+            manifest = manifest.replace(snapshot=None)
         state = CollectionState(path, manifest, store, vectors, indexes, applied, options)
         replayed = state.replay(indexes, applied, vectors)
         repaired = _repair_vectors(state)

@@ -258,11 +258,13 @@ def test_a_crafted_archive_with_matching_checksums_is_refused_and_changes_nothin
 def test_a_crafted_graph_in_an_archive_is_rebuilt_from_its_store(tmp_path, glosses):
     """A link out of range (its sidecar's CRC recomputed) crashed the process at the first search."""
     _, X = glosses
-    catalog, _, archive = _archived(tmp_path, X)
+    catalog, c, archive = _archived(tmp_path, X)
     archive.write_bytes(repacked(archive.read_bytes(), _graph_with_a_link_past_its_end))
     restored, _ = catalog.restore(str(archive), name="copy")
     Q = X[:40]
     assert [row[0].id for row in restored.search(Query(Q, 1)).matches] == [f"d{i}" for i in range(40)]
+    # the rebuilt graphs were saved while staged: the restored collection names them, not the bad one
+    assert restored.manifest.snapshot.files != c.manifest.snapshot.files and not restored.needs_snapshot
     catalog.close()
 
 
