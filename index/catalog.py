@@ -26,6 +26,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 from index.backup import BackupInfo, unpack
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions, open_collection
@@ -340,11 +341,13 @@ class Catalog:
 def _open_unpacked(path: str, options: CollectionOptions) -> None:
     """Open an unpacked archive once (it replays its store and rebuilds its vector file), and
     snapshot what the replay added, so the final open does not redo it. Its files passed their
-    checksums, but an archive may come from anywhere: a store or graph that does not open as a
-    collection is an invalid archive (422), not a server error. Storage errors stay what they are."""
+    checksums, but an archive may come from anywhere: its graphs are checked before hnswlib
+    reads them (a bad one is rebuilt from the store and saved), and a store that does not open
+    as a collection is an invalid archive (422), not a server error. Storage errors stay what
+    they are."""
     try:
         with storage_errors():
-            staged = open_collection(path, options)
+            staged = open_collection(path, replace(options, foreign_files=True))
             try:
                 staged.snapshot()
             finally:

@@ -247,8 +247,9 @@ class HnswIndex:
         write_atomic(path + ".json", json_bytes(sidecar))
 
     @classmethod
-    def load(cls, path: str) -> "HnswIndex":
-        """Restore a `save`d index; raises `CorruptSnapshot` when the files do not match."""
+    def load(cls, path: str, check: bool = False) -> "HnswIndex":
+        """Restore a `save`d index; raises `CorruptSnapshot` when the files do not match, or with
+        `check` (a file from elsewhere) when hnswlib would misread it (`check_hnswlib_file`)."""
         try:
             with open(path + ".json") as f:
                 meta = json.load(f)
@@ -256,7 +257,8 @@ class HnswIndex:
                 raise CorruptSnapshot(f"unknown snapshot format {meta.get('format')!r}")
             if "crc32" in meta and (os.path.getsize(path) != meta["bytes"] or _file_crc(path) != meta["crc32"]):
                 raise CorruptSnapshot(f"snapshot {path} does not match the size and checksum it was saved with")
-            check_hnswlib_file(path, meta["dim"], meta["slots"])
+            if check:
+                check_hnswlib_file(path, meta["dim"], meta["slots"])
             index = cls(
                 meta["dim"], meta["metric"], HnswParams(**meta["params"]), _load_from=path, _slots=meta["slots"]
             )

@@ -48,13 +48,14 @@ class IndexSet:
         return cls(views, indexes)
 
     @classmethod
-    def load(cls, folder: str, files: dict[str, str], views: dict[int, DimView]) -> "IndexSet":
-        """Load a snapshot: one file per dim. Raises `CorruptSnapshot` if any is unusable."""
+    def load(cls, folder: str, files: dict[str, str], views: dict[int, DimView], check: bool = False) -> "IndexSet":
+        """Load a snapshot: one file per dim (`check`: files from elsewhere, see `HnswIndex.load`).
+        Raises `CorruptSnapshot` if any is unusable."""
         if set(files) != {str(d) for d in views}:
             raise CorruptSnapshot(f"snapshot holds dims {sorted(files)}, the collection indexes {sorted(views)}")
         indexes = {}
         for d, view in views.items():
-            index = HnswIndex.load(os.path.join(folder, files[str(d)]))
+            index = HnswIndex.load(os.path.join(folder, files[str(d)]), check=check)
             if (index.dim, index.metric) != (d, view.metric):
                 raise CorruptSnapshot(f"snapshot for dim {d} holds a {index.dim}-dim {index.metric} graph")
             indexes[d] = index

@@ -53,7 +53,7 @@ def open_state(path: str, options: CollectionOptions) -> CollectionState:
         rotation = load_rotation(os.path.join(path, ROTATION_DIR), manifest)
         if rotation is None and manifest.rotation is not None:
             manifest = manifest.replace(rotation=None)  # unusable: prefixes fall back to plain
-        indexes, applied = _load_snapshot(path, manifest, rotation)
+        indexes, applied = _load_snapshot(path, manifest, rotation, options.foreign_files)
         if indexes is None:
             indexes, applied = IndexSet.empty(views_of(manifest, rotation), manifest.hnsw, store.count() + 16), 0
             # the graphs are rebuilt: the snapshot the manifest named (unusable) is not theirs, so
@@ -79,7 +79,7 @@ def open_state(path: str, options: CollectionOptions) -> CollectionState:
     return state
 
 
-def _load_snapshot(path: str, manifest: Manifest, rotation) -> tuple[IndexSet | None, int]:
+def _load_snapshot(path: str, manifest: Manifest, rotation, foreign: bool) -> tuple[IndexSet | None, int]:
     snapshot = manifest.snapshot
     if snapshot is None:
         return None, 0
@@ -89,7 +89,7 @@ def _load_snapshot(path: str, manifest: Manifest, rotation) -> tuple[IndexSet | 
         log.warning("collection %s: snapshot was built with another rotation; rebuilding", manifest.name)
         return None, 0
     try:
-        indexes = IndexSet.load(os.path.join(path, SNAPSHOT_DIR), snapshot.files, views)
+        indexes = IndexSet.load(os.path.join(path, SNAPSHOT_DIR), snapshot.files, views, check=foreign)
     except CorruptSnapshot as exc:
         log.warning("collection %s: %s; rebuilding the indexes from the store", manifest.name, exc)
         return None, 0

@@ -114,4 +114,4 @@ def test_a_graph_hnswlib_would_misread_is_refused_even_with_a_matching_checksum(
         sidecar["slots"] = 10**6  # hnswlib allocates 1.25 x slots elements at load: a lie sizes it
     (tmp_path / "g.bin.json").write_text(json.dumps(sidecar))
     with pytest.raises(CorruptSnapshot, match="not a graph hnswlib can use"):
-        HnswIndex.load(str(path))
+        HnswIndex.load(str(path), check=True)
