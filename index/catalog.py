@@ -2,8 +2,12 @@
 
 Layout: `<data_dir>/collections/<name>/{manifest.json, store.sqlite, snapshots/}`. A collection
 is created in a hidden staging directory and renamed into place, so a crash never leaves a
-half-made one; a drop renames it away before deleting. An exclusive lock file keeps a second
-process from opening the same data directory.
+half-made one; a drop renames it away before deleting. A restore over a collection renames the
+previous one aside (`.replaced-<name>-<hex>`) and then the archive's folder into its home: a
+crash between the two renames leaves the name without a home, and the next start puts the
+previous one back (the restore was never acknowledged), where a plain sweep of leftovers would
+have deleted both. An exclusive lock file keeps a second process from opening the same data
+directory.
 
 A collection that cannot be opened (a corrupt manifest or pointer, a full or read-only disk,
 too many open files) is kept as *failed* with its reason: listed, answered with that reason,
@@ -31,6 +35,7 @@ from dataclasses import replace
 from index.backup import BackupInfo, unpack
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions, open_collection
 from index.errors import Conflict, Invalid, NotFound, NotReady, VecnestError
+from index.faults import fault_point
 from index.files import (
     FDS_PER_COLLECTION,
     fd_headroom,
@@ -49,6 +54,11 @@ log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 BACKUP_DIR = "backups"  # <data_dir>/backups/<name>/<id>.tar: outside the collections' own folders
 CURRENT_FILE = "current.json"
+# Hidden folders of the catalog's own steps, swept at start: staging for a restore or a create,
+# and a dropped collection on its way out. A restore's displaced previous collection
+# (REPLACED) is not swept blindly: see `_recover_leftovers`.
+SWEPT = (".restore-", ".trash-", ".new-")
+REPLACED = ".replaced-"
 
 
 def active_generation(home: str) -> str:
@@ -89,11 +99,9 @@ class Catalog:
     def open_all(self, on_open: Callable[[Collection], None] | None = None) -> None:
         """Open every collection on disk (loading snapshots and replaying the store). One that
         cannot be opened is marked failed with its reason; the others open regardless."""
+        self._recover_leftovers()
         for name in sorted(os.listdir(self._root)):
             path = os.path.join(self._root, name)
-            if name.startswith((".restore-", ".trash-", ".new-")):  # staging or trash left by a crash
-                shutil.rmtree(path, ignore_errors=True)
-                continue
             if name.startswith("."):  # the lock, the service's model cache: not collections
                 continue
             if not NAME_PATTERN.match(name) or not os.path.isdir(path):
@@ -128,6 +136,37 @@ class Catalog:
                 continue
             with self._lock:
                 self._collections[name] = collection
+
+    def _recover_leftovers(self) -> None:
+        """Finish what a crash interrupted, before any collection opens: delete staging and
+        dropped folders (`SWEPT`), and for each collection a restore displaced (`REPLACED`):
+        delete it when its name has a home again (the archive took its place), or else put it
+        back, since the process died between the restore's two renames."""
+        for entry in sorted(os.listdir(self._root)):
+            path = os.path.join(self._root, entry)
+            if entry.startswith(SWEPT):
+                shutil.rmtree(path, ignore_errors=True)
+            elif entry.startswith(REPLACED):
+                name = entry[len(REPLACED) :].rpartition("-")[0]
+                home = os.path.join(self._root, name)
+                if not NAME_PATTERN.match(name) or os.path.exists(home):
+                    shutil.rmtree(path, ignore_errors=True)
+                    continue
+                try:
+                    os.rename(path, home)
+                    fsync_path(self._root)
+                except OSError as exc:  # e.g. a read-only disk: say so, and start the others
+                    reason = f"a restore over it was interrupted and {entry} could not be put back: " + (
+                        describe_open_error(exc, path)
+                    )
+                    log.error("collection %s: %s", name, reason)
+                    self._failed[name] = reason
+                    continue
+                log.warning(
+                    "collection %s: a restore over it was interrupted before the archive took its place; "
+                    "the previous collection is back",
+                    name,
+                )
 
     def close(self) -> None:
         with self._lock:
@@ -198,37 +237,39 @@ class Catalog:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        home, trash = os.path.join(self._root, name), os.path.join(self._root, f".trash-{name}-{uuid.uuid4().hex[:8]}")
+        home = os.path.join(self._root, name)
+        displaced = os.path.join(self._root, f"{REPLACED}{name}-{uuid.uuid4().hex[:8]}")
         try:
             if previous is not None:
                 previous.close()
             with storage_errors():
                 if os.path.exists(home):
-                    os.rename(home, trash)
+                    os.rename(home, displaced)
+                    fault_point("restore.after_displace", name)
                 os.rename(staging, home)
                 fsync_path(self._root)
             collection = open_collection(home, self.options)
             with self._lock:
                 self._collections[name] = collection
         except BaseException as exc:
-            if not self._put_back(name, home, trash):
+            if not self._put_back(name, home, displaced):
                 with self._lock:
                     self._failed[name] = f"could not be restored: {describe_open_error(exc)}"
             raise
         finally:
             with self._lock:
                 self._busy.discard(name)
-            shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(displaced, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
         return collection, info
 
-    def _put_back(self, name: str, home: str, trash: str) -> bool:
+    def _put_back(self, name: str, home: str, displaced: str) -> bool:
         """After a restore failed before the archive took its place: the previous collection
         back in its home and serving. False when there is nothing to put back, or it fails."""
-        if os.path.exists(home) or not os.path.exists(trash):
+        if os.path.exists(home) or not os.path.exists(displaced):
             return False
         try:
-            os.rename(trash, home)
+            os.rename(displaced, home)
             fsync_path(self._root)
             collection = open_collection(home, self.options)
         except Exception:

@@ -8,7 +8,8 @@ Without the variable (always, outside the harness) a call is one lookup.
 
 The points sit where a crash is most likely to expose a half-done step: between a commit and
 its apply, between writing index files and the manifest naming them, between a rebuild and
-its swap, between a rotation's file and the graphs built with it, around an upgrade's cut-over.
+its swap, between a rotation's file and the graphs built with it, around an upgrade's cut-over,
+between a restore's two renames.
 """
 
 import os

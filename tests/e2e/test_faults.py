@@ -3,6 +3,10 @@
 after every restart, every acknowledged write is there, no batch is half-applied, exact searches
 equal the oracle over the acknowledged state, and start-up never fails."""
 
+import os
+
+import httpx
+import numpy as np
 import pytest
 
 from tests.support.chaos import Ledger, create_collections, run_until, verify
@@ -64,3 +68,42 @@ def test_random_kills_while_writing_lose_nothing(tmp_path):
         touched = {c: touched.get(c, set()) | ids for c, ids in more.items()}
         restart_and_verify(data, ledger, touched, seed=round)
     assert ledger.acked["upsert"] > 30 and ledger.acked["delete"] > 5
+
+
+def test_a_crash_between_a_restores_renames_keeps_the_collection(tmp_path):
+    """A restore over a collection moves the previous one aside, then the archive's folder into
+    its home. Killed between the two, the name has no home; the restart puts the previous
+    collection back, with every write acknowledged before the restore (the restore itself was
+    never acknowledged). A sweep of leftovers used to delete both folders: the collection was gone."""
+    data = tmp_path / "data"
+    server = Server(data, env={"VECNEST_CRASH_AT": "restore.after_displace"}).start()
+    c = server.client
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((80, 8)).astype(np.float32)
+
+    def put(rows: range) -> None:
+        docs = [{"id": f"d{i}", "vector": X[i].tolist(), "metadata": {"i": i}} for i in rows]
+        c.put("/v1/collections/kb/documents", json={"documents": docs}).raise_for_status()
+
+    c.post("/v1/collections", json={"name": "kb", "dim": 8}).raise_for_status()
+    put(range(50))
+    snapshot = c.post("/v1/collections/kb/snapshots").json()["id"]
+    put(range(50, 80))  # acknowledged after the snapshot: a completed restore would roll these back
+    with pytest.raises(httpx.TransportError):
+        c.post(f"/v1/collections/kb/snapshots/{snapshot}/restore")
+    assert server.proc.wait(30) == -9, "the crash point was never reached"
+
+    server = Server(data).start()
+    try:
+        c = server.client
+        info = c.get("/v1/collections/kb")
+        assert info.status_code == 200, info.text
+        assert info.json()["documents"] == 80
+        for i in (0, 49, 50, 79):
+            assert c.get(f"/v1/collections/kb/documents/d{i}").json()["metadata"] == {"i": i}
+        hits = c.post("/v1/collections/kb/search", json={"vector": X[64].tolist(), "k": 1}).json()["results"]
+        assert hits[0]["id"] == "d64"
+        assert sorted(os.listdir(data / "collections")) == ["kb"]  # nothing left aside
+        assert "the previous collection is back" in server.log.read_text()
+    finally:
+        server.stop()

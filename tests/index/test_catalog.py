@@ -56,6 +56,24 @@ def test_reopen_and_lock(tmp_path):
     again.close()
 
 
+def test_a_collection_a_restore_moved_aside_is_put_back_only_when_its_home_is_empty(tmp_path):
+    catalog = Catalog(str(tmp_path))
+    for name in ("kept", "moved"):
+        catalog.create(manifest(name)).upsert([NewDocument("old", np.ones(4, np.float32))])
+    catalog.close()
+    root = tmp_path / "collections"
+    # "kept": the restore's archive took its home, the crash came before the old one was deleted
+    os.makedirs(root / ".replaced-kept-0badc0de")
+    # "moved": the crash came between the two renames: no home, the previous one aside
+    os.rename(root / "moved", root / ".replaced-moved-1234abcd")
+    again = Catalog(str(tmp_path))
+    again.open_all()
+    assert again.names() == ["kept", "moved"]
+    assert again.get("moved").get("old").id == "old"
+    assert sorted(os.listdir(root)) == ["kept", "moved"]
+    again.close()
+
+
 def test_a_broken_collection_does_not_take_the_others_down(tmp_path):
     catalog = Catalog(str(tmp_path))
     catalog.create(manifest("good"))
