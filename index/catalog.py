@@ -223,7 +223,8 @@ class Catalog:
             with self._lock:
                 if name in self._busy:
                     raise Conflict(f"collection {name!r} is being created or dropped", code="collection_busy")
-                exists = name in self._collections or name in self._failed
+                # on disk too: the offline `vecnest restore` opens no collection first
+                exists = name in self._collections or name in self._failed or os.path.exists(self.home(name))
                 if exists and not replace:
                     raise Conflict(f"collection {name!r} already exists", code="collection_exists")
                 count = len(self._collections) + len(self._failed) + len(self._busy)

@@ -49,6 +49,17 @@ def test_backup_and_restore_commands_round_trip_a_data_directory(tmp_path, gloss
     target.open_all()
     assert [[m.id for m in row] for row in target.get("copy").search(Query(X[2900:2910], 5)).matches] == expected
     target.close()
+    # the source again, 200 documents more: its archive must not replace "copy" unless asked to
+    source = Catalog(str(tmp_path / "a"))
+    source.open_all()
+    source.get("kb").upsert([NewDocument(id=f"e{i}", vector=X[i]) for i in range(200)])
+    source.close()
+    run(str(SCRIPT), "backup", str(tmp_path / "more"), "--data-dir", str(tmp_path / "a"))
+    (newer,) = (tmp_path / "more").glob("kb-*.tar")
+    r = run(str(SCRIPT), "restore", str(newer), "--data-dir", str(tmp_path / "b"), "--collection", "copy")
+    assert r.returncode == 1 and "already exists" in r.stderr, (r.stdout, r.stderr)
+    r = run(str(SCRIPT), "restore", str(newer), "--data-dir", str(tmp_path / "b"), "--collection", "copy", "--replace")
+    assert r.returncode == 0 and "700 documents" in r.stdout, r.stderr
     good = archive.read_bytes()
     archive.write_bytes(repacked(good, manifest_with(encoder={"model": "all-MiniLM-L6-v2"})))  # no dim
     r = run(str(SCRIPT), "restore", str(archive), "--data-dir", str(tmp_path / "b"), "--collection", "copy2")
