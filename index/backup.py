@@ -30,6 +30,7 @@ from typing import Any
 
 from index.collection.layout import MANIFEST_FILE, ROTATION_DIR, SNAPSHOT_DIR, STORE_FILE
 from index.errors import Invalid
+from index.faults import fault_point
 from index.files import fsync_path, json_bytes, write_atomic
 from index.manifest import Manifest
 from index.store import check_archived_store
@@ -72,8 +73,23 @@ def create_archive(collection: Any, folder: str, backup_id: str, created_at: str
         info = pack(staging, archive, info)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    fault_point("backup.before_sidecar", collection.name)
     write_atomic(os.path.join(folder, f"{backup_id}.json"), json_bytes(info.to_json()))
     return info
+
+
+def sweep_unfinished(folder: str) -> None:
+    """Delete what an interrupted backup left in `folder`: an export's staging folder, files
+    being written (`.tmp`: an archive, a sidecar), and an archive without its sidecar (the
+    sidecar is written last and removed first, so such an archive was never finished, or was
+    being removed). Called at start, before any backup can run: one of a collection's size
+    could otherwise stay on disk for good after each crash."""
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if entry.endswith(".tar.staging"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif entry.endswith(".tmp") or (entry.endswith(".tar") and not os.path.exists(path[:-4] + ".json")):
+            os.remove(path)
 
 
 def list_archives(folder: str) -> list[BackupInfo]:

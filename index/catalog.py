@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 
-from index.backup import BackupInfo, unpack
+from index.backup import BackupInfo, sweep_unfinished, unpack
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions, open_collection
 from index.errors import Conflict, Invalid, NotFound, NotReady, VecnestError
 from index.faults import fault_point
@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 BACKUP_DIR = "backups"  # <data_dir>/backups/<name>/<id>.tar: outside the collections' own folders
+UPLOADS_DIR = ".uploads"  # <data_dir>/backups/.uploads/: archives being received for a restore
 CURRENT_FILE = "current.json"
 # Hidden folders of the catalog's own steps, swept at start: staging for a restore or a create,
 # and a dropped collection on its way out. A restore's displaced previous collection
@@ -100,6 +101,7 @@ class Catalog:
         """Open every collection on disk (loading snapshots and replaying the store). One that
         cannot be opened is marked failed with its reason; the others open regardless."""
         self._recover_leftovers()
+        self._sweep_backups()
         for name in sorted(os.listdir(self._root)):
             path = os.path.join(self._root, name)
             if name.startswith("."):  # the lock, the service's model cache: not collections
@@ -168,6 +170,16 @@ class Catalog:
                     name,
                 )
 
+    def _sweep_backups(self) -> None:
+        """Delete what a crash left of backups being made and archives being received."""
+        root = os.path.join(self.data_dir, BACKUP_DIR)
+        for entry in os.listdir(root) if os.path.isdir(root) else []:
+            path = os.path.join(root, entry)
+            if entry == UPLOADS_DIR:
+                shutil.rmtree(path, ignore_errors=True)
+            elif NAME_PATTERN.match(entry) and os.path.isdir(path):
+                sweep_unfinished(path)
+
     def close(self) -> None:
         with self._lock:
             collections, self._collections = list(self._collections.values()), {}
@@ -199,6 +211,10 @@ class Catalog:
     def backup_dir(self, name: str) -> str:
         """Where the backups of collection `name` are kept (outside its home, so they outlive a drop)."""
         return os.path.join(self.data_dir, BACKUP_DIR, check_name(name))
+
+    def uploads_dir(self) -> str:
+        """Where uploaded archives are received before a restore (swept at start)."""
+        return os.path.join(self.data_dir, BACKUP_DIR, UPLOADS_DIR)
 
     def restore(
         self,

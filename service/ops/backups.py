@@ -72,7 +72,7 @@ async def restore_upload(
     elif replace:
         raise Invalid("replace needs the collection to replace: give ?collection=NAME", code="invalid_request")
     catalog = engine.require_ready()
-    uploads = os.path.join(catalog.data_dir, "backups", ".uploads")
+    uploads = catalog.uploads_dir()
     os.makedirs(uploads, exist_ok=True)
     path = os.path.join(uploads, f"{uuid.uuid4().hex}.tar")
     limit = engine.settings.max_archive_bytes

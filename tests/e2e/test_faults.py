@@ -107,3 +107,27 @@ def test_a_crash_between_a_restores_renames_keeps_the_collection(tmp_path):
         assert "the previous collection is back" in server.log.read_text()
     finally:
         server.stop()
+
+
+def test_a_crash_while_writing_a_snapshot_leaves_nothing_behind(tmp_path):
+    """Killed after the archive is written and before its sidecar: the next start deletes the
+    unfinished archive, the listing never showed it, and the next snapshot works."""
+    data = tmp_path / "data"
+    server = Server(data, env={"VECNEST_CRASH_AT": "backup.before_sidecar"}).start()
+    c = server.client
+    c.post("/v1/collections", json={"name": "kb", "dim": 4}).raise_for_status()
+    c.put("/v1/collections/kb/documents", json={"documents": [{"id": "a", "vector": [1, 0, 0, 0]}]}).raise_for_status()
+    with pytest.raises(httpx.TransportError):
+        c.post("/v1/collections/kb/snapshots")
+    assert server.proc.wait(30) == -9, "the crash point was never reached"
+    assert any(p.suffix == ".tar" for p in (data / "backups" / "kb").iterdir())  # what the crash left
+
+    server = Server(data).start()
+    try:
+        c = server.client
+        assert list((data / "backups" / "kb").iterdir()) == []
+        assert c.get("/v1/collections/kb/snapshots").json()["snapshots"] == []
+        assert c.post("/v1/collections/kb/snapshots").status_code == 201
+        assert len(c.get("/v1/collections/kb/snapshots").json()["snapshots"]) == 1
+    finally:
+        server.stop()

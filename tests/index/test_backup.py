@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from index import Catalog, Elasticizer, HnswParams, Manifest, NewDocument, Query
-from index.backup import create_archive
+from index.backup import create_archive, list_archives
 from index.errors import Conflict, Invalid, NotFound
 from tests.support.archives import RAW_INDEX, manifest_with, repacked
 
@@ -160,6 +160,35 @@ def test_a_damaged_archive_is_refused_and_changes_nothing(tmp_path, glosses, dam
     assert catalog.get("kb") is c and len(c) == 700 and answers(c, X[2500:2520]) == before
     assert sorted(os.listdir(tmp_path / "data" / "collections")) == ["kb"]  # no staging left behind
     catalog.close()
+
+
+def test_a_start_sweeps_what_interrupted_backups_and_uploads_left(tmp_path):
+    catalog = Catalog(str(tmp_path / "data"))
+    c = catalog.create(manifest("kb", 128))
+    c.upsert([NewDocument("a", np.ones(128, np.float32))])
+    folder = catalog.backup_dir("kb")
+    create_archive(c, folder, "done", "now")
+    catalog.close()
+    left = {
+        "cut.tar.staging/store.sqlite": b"x" * 100,  # the export of a backup killed mid-way
+        "cut.tar.tmp": b"x",  # its archive, half written
+        "unsigned.tar": b"x",  # written, killed before its sidecar
+        "done2.json.tmp": b"{",  # a sidecar, half written
+    }
+    for rel, data in left.items():
+        os.makedirs(os.path.dirname(os.path.join(folder, rel)), exist_ok=True)
+        with open(os.path.join(folder, rel), "wb") as f:
+            f.write(data)
+    uploads = os.path.join(tmp_path, "data", "backups", ".uploads")
+    os.makedirs(uploads)
+    with open(os.path.join(uploads, "0123.tar"), "wb") as f:  # an upload the crash cut off
+        f.write(b"x" * 100)
+    again = Catalog(str(tmp_path / "data"))
+    again.open_all()
+    assert sorted(os.listdir(folder)) == ["done.json", "done.tar"]
+    assert [b.id for b in list_archives(folder)] == ["done"]
+    assert not os.path.exists(uploads)
+    again.close()
 
 
 def test_a_restore_that_fails_midway_puts_the_previous_collection_back(tmp_path, glosses, monkeypatch):
