@@ -69,6 +69,12 @@ def check_tokens(tokens: Any, token_dim: int, max_tokens: int, what: str = "toke
         raise Invalid(
             f"{what} must be a rectangular list of lists of numbers (one row per token)", code="invalid_tokens"
         ) from None
+    if T.shape == (0, token_dim):  # only a text gives this: its tokenizer kept no token to embed
+        raise Invalid(
+            f"{what}: the text holds no token the model embeds (special tokens are dropped; control and "
+            f"zero-width characters read as nothing)",
+            code="empty_text",
+        )
     if T.ndim != 2 or T.shape[0] == 0:
         raise Invalid(
             f"{what} must be a non-empty (tokens, {token_dim}) matrix, got shape {T.shape}", code="invalid_tokens"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index import DimView, FdeEncoder, MultiVectorConfig, Query
+from index import DimView, FdeEncoder, Invalid, MultiVectorConfig, NewDocument, Query
 from index.maxsim import chamfer
 from service.settings import Settings
 from tests.index.test_multivector import fill, ids, make, truth
@@ -62,6 +62,24 @@ def test_fde_candidates_reranked_by_maxsim_match_brute_force_on_minilm_tokens(tm
     expected = truth(queries, docs)
     found = ids(collection.search(Query(queries, 10, candidates=100)))
     assert np.mean([len(set(f) & e) / 10 for f, e in zip(found, expected)]) >= 0.9
+    catalog.close()
+
+
+def test_a_text_the_tokenizer_reads_nothing_of_is_an_empty_text_error_and_changes_nothing(tmp_path, minilm):
+    texts = ["\u200b", "\x00", " \u200b\u200b "]  # zero-width and control characters: the tokenizer drops them
+    tokens = minilm.encode_tokens(["a cat", *texts], "document")
+    assert len(tokens[0]) == 2 and all(t.shape == (0, 384) for t in tokens[1:])
+    catalog, collection = make(tmp_path)
+    for t in tokens[1:]:
+        with pytest.raises(Invalid) as refused:
+            collection.upsert(
+                [NewDocument(id="keep", vector=None, tokens=tokens[0]), NewDocument(id="x", vector=None, tokens=t)]
+            )
+        assert refused.value.code == "empty_text" and "no token the model embeds" in refused.value.message
+        with pytest.raises(Invalid) as refused:
+            collection.search(Query([t], 10))
+        assert refused.value.code == "empty_text"
+    assert len(collection) == 0  # the batch was refused whole
     catalog.close()
 
 
