@@ -55,9 +55,12 @@ def migrate(
     try:
         source_catalog.open_all()
         source = source_catalog.get(name)
-        target = _target(target_catalog, source, backend)
         progress_file = os.path.join(data_dir, ".migrate", f"{name}.json")
-        cursor, copied = _progress(progress_file, where)
+        begun = _progress(progress_file, where)
+        target = _target(target_catalog, source, backend, resuming=begun is not None)
+        cursor, copied = begun or (None, 0)
+        if begun is None:  # from now on the target is this run's: a crash resumes into it
+            _save(progress_file, {"target": where, "cursor": None, "copied": 0})
         total, start, since = len(source), time.perf_counter(), copied
         if cursor is not None:
             print(f"resuming after id {cursor!r} ({copied} documents copied before)", file=out)
@@ -88,13 +91,23 @@ def migrate(
         target_catalog.close()
 
 
-def _target(catalog: Any, source: CollectionBackend, backend: str) -> CollectionBackend:
-    """The target collection: created from the source's manifest, or the one a run began."""
+def _target(catalog: Any, source: CollectionBackend, backend: str, resuming: bool) -> CollectionBackend:
+    """The target collection: created from the source's manifest, or the one a run began
+    (`resuming`). A collection of that name that no run began, and that holds documents, is
+    refused: copying into it would overwrite its documents of the same ids (a collection
+    migrated before and served from the backend since: its newer writes)."""
     m = source.manifest
     try:
         target = catalog.get(m.name)
     except NotFound:
         return catalog.create(m.replace(rotation=None, snapshot=None))
+    if not resuming and len(target) > 0:
+        raise Invalid(
+            f"the {backend} backend already holds a collection {m.name!r} ({len(target)} documents) that no "
+            f"migration from here began: copying would overwrite its documents of the same ids; drop it there "
+            f"first if it is to be replaced",
+            code="collection_exists",
+        )
     t = target.manifest
     if (t.dim, t.metric, t.indexed_dims, t.encoder) != (m.dim, m.metric, m.indexed_dims, m.encoder):
         raise Invalid(
@@ -105,14 +118,16 @@ def _target(catalog: Any, source: CollectionBackend, backend: str) -> Collection
     return target
 
 
-def _progress(file: str, where: str | None) -> tuple[str | None, int]:
+def _progress(file: str, where: str | None) -> tuple[str | None, int] | None:
+    """`(cursor, documents copied)` of the run to `where` that began and did not finish; None
+    when none did."""
     try:
         with open(file) as f:
             saved = json.load(f)
     except FileNotFoundError:
-        return None, 0
+        return None
     if saved.get("target") != where:
-        return None, 0  # a run to another backend: start over
+        return None  # a run to another backend: start over
     return saved.get("cursor"), int(saved.get("copied", 0))
 
 

@@ -86,6 +86,16 @@ def test_the_command_line(tmp_path, source, capsys):
     assert "the Qdrant backend holds 700 documents (the source 700)" in capsys.readouterr().err
     assert main(["migrate", "nope", "--data-dir", str(data), "--to-path", target]) == 1
     assert "not found" in capsys.readouterr().err
+    # served from Qdrant since, a document updated there: running the copy again must not revert it
+    qdrant = open_qdrant_catalog(path=target)
+    newer = qdrant.get("glosses").get("d0005")
+    qdrant.get("glosses").upsert([NewDocument(id="d0005", vector=newer.vector, text="updated on qdrant")])
+    qdrant.close()
+    assert main(["migrate", "glosses", "--data-dir", str(data), "--to-path", target]) == 1
+    assert "already holds a collection 'glosses' (700 documents)" in capsys.readouterr().err
+    qdrant = open_qdrant_catalog(path=target)
+    assert qdrant.get("glosses").get("d0005").text == "updated on qdrant"
+    qdrant.close()
 
 
 def test_to_milvus_and_a_multivector_collection_to_qdrant(tmp_path, source, capsys):
