@@ -18,6 +18,7 @@ manifest, SQLite's integrity check): a corrupt or truncated archive is `Invalid`
 ("invalid_archive") and leaves nothing behind.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -89,7 +90,8 @@ def sweep_unfinished(folder: str) -> None:
         if entry.endswith(".tar.staging"):
             shutil.rmtree(path, ignore_errors=True)
         elif entry.endswith(".tmp") or (entry.endswith(".tar") and not os.path.exists(path[:-4] + ".json")):
-            os.remove(path)
+            with contextlib.suppress(OSError):  # a read-only disk: they stay, the start goes on
+                os.remove(path)
 
 
 def list_archives(folder: str) -> list[BackupInfo]:

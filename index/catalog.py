@@ -96,12 +96,13 @@ class Catalog:
         self._failed: dict[str, str] = {}  # name → why it could not be opened
         self._busy: set[str] = set()  # names being created or dropped
         self._lock = threading.Lock()
+        # whoever holds the lock first finishes what a crash left (a server, `vecnest restore`)
+        self._recover_leftovers()
+        self._sweep_backups()
 
     def open_all(self, on_open: Callable[[Collection], None] | None = None) -> None:
         """Open every collection on disk (loading snapshots and replaying the store). One that
         cannot be opened is marked failed with its reason; the others open regardless."""
-        self._recover_leftovers()
-        self._sweep_backups()
         for name in sorted(os.listdir(self._root)):
             path = os.path.join(self._root, name)
             if name.startswith("."):  # the lock, the service's model cache: not collections
@@ -140,7 +141,7 @@ class Catalog:
                 self._collections[name] = collection
 
     def _recover_leftovers(self) -> None:
-        """Finish what a crash interrupted, before any collection opens: delete staging and
+        """Finish what a crash interrupted, before any collection is opened: delete staging and
         dropped folders (`SWEPT`), and for each collection a restore displaced (`REPLACED`):
         delete it when its name has a home again (the archive took its place), or else put it
         back, since the process died between the restore's two renames."""
