@@ -57,9 +57,14 @@ def migrate(
         source = source_catalog.get(name)
         progress_file = os.path.join(data_dir, ".migrate", f"{name}.json")
         begun = _progress(progress_file, where)
-        target = _target(target_catalog, source, backend, resuming=begun is not None)
-        cursor, copied = begun or (None, 0)
-        if begun is None:  # from now on the target is this run's: a crash resumes into it
+        target, created = _target(target_catalog, source, backend, resuming=begun is not None)
+        if begun is not None and created:
+            print(
+                f"{name}: the collection an earlier run began is gone from the {backend} backend; starting over",
+                file=out,
+            )
+        cursor, copied = (None, 0) if created or begun is None else begun
+        if cursor is None:  # from now on the target is this run's: a crash resumes into it
             _save(progress_file, {"target": where, "cursor": None, "copied": 0})
         total, start, since = len(source), time.perf_counter(), copied
         if cursor is not None:
@@ -91,16 +96,17 @@ def migrate(
         target_catalog.close()
 
 
-def _target(catalog: Any, source: CollectionBackend, backend: str, resuming: bool) -> CollectionBackend:
-    """The target collection: created from the source's manifest, or the one a run began
-    (`resuming`). A collection of that name that no run began, and that holds documents, is
-    refused: copying into it would overwrite its documents of the same ids (a collection
-    migrated before and served from the backend since: its newer writes)."""
+def _target(catalog: Any, source: CollectionBackend, backend: str, resuming: bool) -> tuple[CollectionBackend, bool]:
+    """`(the target collection, whether it was created now)`: created from the source's
+    manifest, or the one a run began (`resuming`). A collection of that name that no run
+    began, and that holds documents, is refused: copying into it would overwrite its documents
+    of the same ids (a collection migrated before and served from the backend since: its
+    newer writes)."""
     m = source.manifest
     try:
         target = catalog.get(m.name)
     except NotFound:
-        return catalog.create(m.replace(rotation=None, snapshot=None))
+        return catalog.create(m.replace(rotation=None, snapshot=None)), True
     if not resuming and len(target) > 0:
         raise Invalid(
             f"the {backend} backend already holds a collection {m.name!r} ({len(target)} documents) that no "
@@ -115,7 +121,7 @@ def _target(catalog: Any, source: CollectionBackend, backend: str, resuming: boo
             f"(dim, metric, dims or model); drop it there or migrate under another name",
             code="collection_exists",
         )
-    return target
+    return target, False
 
 
 def _progress(file: str, where: str | None) -> tuple[str | None, int] | None:

@@ -62,6 +62,16 @@ def test_an_interrupted_migration_resumes_and_answers_as_the_source(tmp_path, so
     assert migrate("glosses", str(data), path=target, batch=100, out=out) == 700
     assert any("resuming after id 'd0299' (300 documents copied before)" in line for line in out.lines)
     assert not (data / ".migrate" / "glosses.json").exists()
+    # interrupted again, and the half-made target dropped on Qdrant meanwhile: the next run starts over
+    other = str(tmp_path / "qdrant2")
+    with pytest.raises(Interrupt):
+        migrate("glosses", str(data), path=other, batch=100, out=StopAfter(2))
+    gone = open_qdrant_catalog(path=other)
+    gone.drop("glosses")
+    gone.close()
+    out = StopAfter(10**6)
+    assert migrate("glosses", str(data), path=other, batch=100, out=out) == 700
+    assert any("is gone from the Qdrant backend; starting over" in line for line in out.lines)
 
     embedded, qdrant = Catalog(str(data)), open_qdrant_catalog(path=target)
     embedded.open_all()
