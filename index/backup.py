@@ -26,7 +26,9 @@ import re
 import shutil
 import sqlite3
 import tarfile
+import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 from index.collection.layout import MANIFEST_FILE, ROTATION_DIR, SNAPSHOT_DIR, STORE_FILE
@@ -38,6 +40,9 @@ from index.store import check_archived_store
 
 FORMAT = 1
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# The ids `new_backup_id` makes: the only archives a start may delete for lack of a sidecar (a
+# file of another name in a backups folder was put there by someone else)
+_NEW_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 INDEX_FILE = "vecnest-backup.json"
 _CHUNK = 1 << 20
 
@@ -79,17 +84,23 @@ def create_archive(collection: Any, folder: str, backup_id: str, created_at: str
     return info
 
 
+def new_backup_id(now: datetime) -> str:
+    """A fresh archive id: `now` (UTC) to the second, then 8 random hex digits."""
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
 def sweep_unfinished(folder: str) -> None:
     """Delete what an interrupted backup left in `folder`: an export's staging folder, files
-    being written (`.tmp`: an archive, a sidecar), and an archive without its sidecar (the
-    sidecar is written last and removed first, so such an archive was never finished, or was
-    being removed). Called at start, before any backup can run: one of a collection's size
-    could otherwise stay on disk for good after each crash."""
+    being written (`.tar.tmp`, `.json.tmp`), and an archive of a `new_backup_id` without its
+    sidecar (the sidecar is written last and removed first, so such an archive was never
+    finished, or was being removed). Called at start, before any backup can run: one of a
+    collection's size could otherwise stay on disk for good after each crash."""
     for entry in os.listdir(folder):
         path = os.path.join(folder, entry)
+        unsigned = _NEW_ID.match(entry.removesuffix(".tar")) and not os.path.exists(path[:-4] + ".json")
         if entry.endswith(".tar.staging"):
             shutil.rmtree(path, ignore_errors=True)
-        elif entry.endswith(".tmp") or (entry.endswith(".tar") and not os.path.exists(path[:-4] + ".json")):
+        elif entry.endswith((".tar.tmp", ".json.tmp")) or (entry.endswith(".tar") and unsigned):
             with contextlib.suppress(OSError):  # a read-only disk: they stay, the start goes on
                 os.remove(path)
 

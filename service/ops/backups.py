@@ -13,7 +13,17 @@ from datetime import UTC, datetime
 
 from starlette.concurrency import run_in_threadpool
 
-from index import Invalid, NotFound, TooLarge, archive_file, check_name, create_archive, list_archives, remove_archive
+from index import (
+    Invalid,
+    NotFound,
+    TooLarge,
+    archive_file,
+    check_name,
+    create_archive,
+    list_archives,
+    new_backup_id,
+    remove_archive,
+)
 from service import schemas
 from service.engine import Engine
 from service.ops.collections import info as collection_info
@@ -32,8 +42,7 @@ async def create(engine: Engine, name: str) -> schemas.SnapshotInfo:
     collection = await engine.current(name)
     folder = _folder(engine, name)
     now = datetime.now(UTC)
-    backup_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    made = await run_in_threadpool(create_archive, collection.backend, folder, backup_id, now.isoformat())
+    made = await run_in_threadpool(create_archive, collection.backend, folder, new_backup_id(now), now.isoformat())
     return schemas.SnapshotInfo(**made.to_json())
 
 

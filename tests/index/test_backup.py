@@ -11,12 +11,13 @@ import tempfile
 import threading
 import time
 import zlib
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 
 from index import Catalog, Elasticizer, HnswParams, Manifest, NewDocument, Query
-from index.backup import create_archive, list_archives
+from index.backup import create_archive, list_archives, new_backup_id
 from index.errors import Conflict, Invalid, NotFound
 from tests.support.archives import RAW_INDEX, manifest_with, repacked
 
@@ -169,10 +170,11 @@ def test_a_start_sweeps_what_interrupted_backups_and_uploads_left(tmp_path):
     folder = catalog.backup_dir("kb")
     create_archive(c, folder, "done", "now")
     catalog.close()
+    unsigned = new_backup_id(datetime.now(UTC))
     left = {
         "cut.tar.staging/store.sqlite": b"x" * 100,  # the export of a backup killed mid-way
         "cut.tar.tmp": b"x",  # its archive, half written
-        "unsigned.tar": b"x",  # written, killed before its sidecar
+        f"{unsigned}.tar": b"x",  # written, killed before its sidecar
         "done2.json.tmp": b"{",  # a sidecar, half written
     }
     for rel, data in left.items():
@@ -183,9 +185,11 @@ def test_a_start_sweeps_what_interrupted_backups_and_uploads_left(tmp_path):
     os.makedirs(uploads)
     with open(os.path.join(uploads, "0123.tar"), "wb") as f:  # an upload the crash cut off
         f.write(b"x" * 100)
+    with open(os.path.join(folder, "mine.tar"), "wb") as f:  # not a name the server makes: not its to delete
+        f.write(b"x")
     again = Catalog(str(tmp_path / "data"))
     again.open_all()
-    assert sorted(os.listdir(folder)) == ["done.json", "done.tar"]
+    assert sorted(os.listdir(folder)) == ["done.json", "done.tar", "mine.tar"]
     assert [b.id for b in list_archives(folder)] == ["done"]
     assert not os.path.exists(uploads)
     again.close()
