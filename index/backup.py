@@ -97,10 +97,11 @@ def sweep_unfinished(folder: str) -> None:
     collection's size could otherwise stay on disk for good after each crash."""
     for entry in os.listdir(folder):
         path = os.path.join(folder, entry)
-        unsigned = _NEW_ID.match(entry.removesuffix(".tar")) and not os.path.exists(path[:-4] + ".json")
         if entry.endswith(".tar.staging"):
             shutil.rmtree(path, ignore_errors=True)
-        elif entry.endswith((".tar.tmp", ".json.tmp")) or (entry.endswith(".tar") and unsigned):
+        elif entry.endswith((".tar.tmp", ".json.tmp")) or (
+            entry.endswith(".tar") and _NEW_ID.match(entry[:-4]) and not os.path.exists(path[:-4] + ".json")
+        ):
             with contextlib.suppress(OSError):  # a read-only disk: they stay, the start goes on
                 os.remove(path)
 
