@@ -1,7 +1,9 @@
 """The fault harness, long version: kill -9 a real server over and over while clients write,
 delete and search (tests/support/chaos.py), at named crash points and at random moments, during
-snapshots, graph rebuilds, PCA refits, multi-vector ingest and an encoder upgrade's backfill;
-then a bounded run of parallel writes, searches, refits and collection drops.
+snapshots, graph rebuilds, PCA refits, multi-vector ingest, an encoder upgrade's backfill, and
+backups: archives made, deleted, restored in place and uploaded over a collection or under a new
+name (`Archivist`); then a bounded run of parallel writes, searches, refits, backups and
+collection drops.
 
     python bench/faults.py --kills 24 --concurrency-s 120
 
@@ -9,7 +11,10 @@ After every restart it checks (tests/support/chaos.py `verify`): every acknowled
 is reflected, no batch is half-applied, exact searches equal the oracle over the acknowledged
 state, graph searches find ≥ 90% of it, start-up succeeds with no failed collection. The text
 collection under upgrade is checked too: every acknowledged text is there, and the upgrade
-resumes, catches up and cuts over at the end. Prints a table; exits 1 on any failure.
+resumes, catches up and cuts over at the end. The backed-up collections each hold one state they
+may hold (the acknowledged one, or that of the op the kill cut short: never none, never a mix),
+every acknowledged archive is listed, and nothing a crash left (staging folders, a displaced
+collection, half-written archives, partial uploads) is on disk. Prints a table; exits 1 on any failure.
 """
 
 import argparse
@@ -25,6 +30,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.chaos import (
+    Archivist,
     Ledger,
     churn_a_collection,
     create_collections,
@@ -52,6 +58,8 @@ POINTS = [
     "upgrade.after_backfill_batch@text:3",
     "write.after_commit@flat:7",
     "write.after_commit@text",
+    "restore.after_displace@vault",
+    "backup.before_sidecar@vault",
 ]
 
 
@@ -118,6 +126,7 @@ def main() -> None:
         assert upgrade.status_code == 202, upgrade.text
         upgrade_id = upgrade.json()["id"]
         ledger = Ledger()
+        archivist = Archivist(seed=args.seed)
         touched: dict[str, set[str]] = {}
         rows_out, failures, named, randoms, not_reached = [], [], 0, 0, 0
         text_next = 100_000
@@ -131,12 +140,14 @@ def main() -> None:
             stop = threading.Event()
             writer = TextWriter(server.url, acked_texts, stop, text_next)
             writer.start()
+            archiving = archivist.drive(server.url, stop)
             after = None if point else pick.uniform(1.0, 8.0)
             more, died = run_until(
                 server, ledger, args.workers, seconds=60 if point else 30, seed=args.seed * 100 + kill, kill_after=after
             )
             stop.set()
             writer.join(60)
+            archiving.join(60)
             text_next = writer.next + 8
             if not died:  # the point was not reached in time: kill at random instead
                 server.kill()
@@ -154,6 +165,7 @@ def main() -> None:
             try:
                 report = verify(server.client, ledger, touched, seed=kill)
                 check_texts(server.client, acked_texts, writer.unknown)
+                archivist.check(server.client, data)
                 state = server.client.get(f"/v1/collections/text/upgrades/{upgrade_id}").json()
                 assert state["state"] in ("fitting", "backfilling"), state
                 log = server.log.read_text()
@@ -210,6 +222,8 @@ def main() -> None:
             ]
             for t in side:
                 t.start()
+            archived_before = sum(archivist.counts.values())
+            side.append(archivist.drive(server.url, stop))
             searches_before = ledger.searches
             acked_before = dict(ledger.acked)
             _, died = run_until(server, ledger, args.workers, seconds=args.concurrency_s, seed=999, refits=True)
@@ -218,12 +232,15 @@ def main() -> None:
                 t.join(60)
             try:
                 report = verify(server.client, ledger, touched)
+                archivist.check(server.client, data)
                 assert not died and not errors and not ledger.server_errors, (errors + ledger.server_errors)[:3]
                 assert "Traceback" not in server.log.read_text()
             except AssertionError as exc:
                 failures.append(f"concurrency: {exc}")
             concurrency_ops = (
                 sum(counts.values())
+                + sum(archivist.counts.values())
+                - archived_before
                 + ledger.searches
                 - searches_before
                 + sum(ledger.acked.values())
@@ -237,13 +254,14 @@ def main() -> None:
     print()
     print(
         "| kills | at named points | random | points not reached | acknowledged upserts / deletes | "
-        "searches | lost or half-applied | start-up failures |"
+        "searches | snapshots / restores / uploads acknowledged | lost or half-applied | start-up failures |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    lost = sum("half-applied" in f or "ledger" in f or "documents" in f for f in failures)
+    print("|---|---|---|---|---|---|---|---|---|")
+    lost = sum(any(w in f for w in ("half-applied", "ledger", "documents", "snapshots missing")) for f in failures)
     print(
         f"| {len(rows_out)} | {named} | {randoms} | {not_reached} | {ledger.acked['upsert']} / {ledger.acked['delete']} "
-        f"| {ledger.searches} | {lost} | {sum('start-up' in f for f in failures)} |"
+        f"| {ledger.searches} | {archivist.counts['snapshot']} / {archivist.counts['restore']} / "
+        f"{archivist.counts['upload']} | {lost} | {sum('start-up' in f for f in failures)} |"
     )
     for f in failures:
         print("FAILED:", f)

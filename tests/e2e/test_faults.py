@@ -1,15 +1,17 @@
 """The fault harness, fast version (bench/faults.py is the long one): a real server is killed
-(SIGKILL) while clients upsert, delete and search, at named crash points and at random moments;
-after every restart, every acknowledged write is there, no batch is half-applied, exact searches
-equal the oracle over the acknowledged state, and start-up never fails."""
+(SIGKILL) while clients upsert, delete and search, and one makes and restores backups, at named
+crash points and at random moments; after every restart, every acknowledged write is there, no
+batch is half-applied, exact searches equal the oracle over the acknowledged state, and start-up
+never fails."""
 
 import os
+import threading
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.support.chaos import Ledger, create_collections, run_until, verify
+from tests.support.chaos import Archivist, Ledger, create_collections, run_until, verify
 from tests.support.server import Server
 
 ENV = {
@@ -19,10 +21,12 @@ ENV = {
 }
 
 
-def restart_and_verify(data, ledger, touched, seed):
+def restart_and_verify(data, ledger, touched, seed, archivist=None):
     server = Server(data, env=ENV).start()  # raises if start-up fails
     try:
         report = verify(server.client, ledger, touched, seed=seed)
+        if archivist is not None:
+            archivist.check(server.client, data)
         log = server.log.read_text()
     finally:
         server.stop()
@@ -54,20 +58,28 @@ def test_a_crash_at_each_named_point_loses_nothing(tmp_path, point):
     assert report["documents_checked"] > 0
 
 
-def test_random_kills_while_writing_lose_nothing(tmp_path):
+def test_random_kills_while_writing_and_backing_up_lose_nothing(tmp_path):
+    """Beside the writers, one client makes, deletes, restores and uploads archives of its own
+    collection (`Archivist`): after each kill that collection holds the acknowledged state or
+    that of the op cut short, and nothing the crash left is on disk."""
     data = tmp_path / "data"
-    ledger = Ledger()
+    ledger, archivist = Ledger(), Archivist(seed=0)
     server = Server(data, env=ENV).start()
     create_collections(server.client)
     touched = {}
-    for round, after in enumerate([2.5, 4.0, 1.5]):
+    for round, after in enumerate([2.5, 4.0, 1.5, 3.0]):
         if round:
             server = Server(data, env=ENV).start()
+        stop = threading.Event()
+        archiving = archivist.drive(server.url, stop)
         more, died = run_until(server, ledger, workers=4, seconds=30, seed=round, kill_after=after)
+        stop.set()
+        archiving.join(60)
         assert died
         touched = {c: touched.get(c, set()) | ids for c, ids in more.items()}
-        restart_and_verify(data, ledger, touched, seed=round)
+        restart_and_verify(data, ledger, touched, seed=round, archivist=archivist)
     assert ledger.acked["upsert"] > 30 and ledger.acked["delete"] > 5
+    assert archivist.counts["snapshot"] > 0 and archivist.counts["restore"] + archivist.counts["upload"] > 0
 
 
 def test_a_crash_between_a_restores_renames_keeps_the_collection(tmp_path):

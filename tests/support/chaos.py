@@ -16,6 +16,7 @@ worker's op whose answer was lost is its last (the server is gone), and is resol
 server's state afterwards.
 """
 
+import os
 import random
 import threading
 import time
@@ -390,3 +391,195 @@ def use_the_churned_collection(url: str, stop: threading.Event, counts: dict, er
                 counts[r.status_code] = counts.get(r.status_code, 0) + 1
                 if r.status_code >= 500:
                     errors.append(f"{method} {path}: {r.status_code} {r.text[:200]}")
+
+
+# -- snapshots, restores and archive round trips while the server is killed -------------------------
+ARCHIVED = {"name": "vault", "dim": 8, "metric": "l2", "hnsw": {"m": 8, "ef_construction": 64}}
+ARCHIVE_COPY = "vault-copy"  # where uploaded archives of `vault` are also restored
+
+
+class Archivist:
+    """Snapshots `vault`, restores it in place from one of them, and round-trips archives
+    (download, then upload over `vault` or under `vault-copy`, replacing it) while it also
+    writes to and deletes from `vault` and the server is killed. It keeps its own ledger:
+
+    - `state`: each collection's acknowledged documents, id → tag (the tag is `metadata.t`, and
+      names the vector `vectors[tag]`, shape (8,)); None for a collection that does not exist;
+    - `snapshots`: each acknowledged snapshot's id → the documents it holds;
+    - `pending`: the op whose answer the kill swallowed: its collection and the states it may
+      have left, ("snapshot", [state]) for a snapshot that may or may not have been finished,
+      or ("unsnapshot", [id]) for one that may or may not have been deleted.
+
+    One client thread at a time (`drive`): its ops never race each other, so each acknowledged
+    snapshot holds exactly the state acknowledged before it. `check` runs after each restart."""
+
+    IDS = 40
+
+    def __init__(self, seed: int):
+        self.pick = random.Random(seed)
+        self.rng = np.random.default_rng(seed)
+        self.state: dict[str, dict[str, int] | None] = {ARCHIVED["name"]: {}, ARCHIVE_COPY: None}
+        self.snapshots: dict[str, dict[str, int]] = {}
+        self.vectors: dict[int, np.ndarray] = {}
+        self.pending: tuple[str, list] | None = None
+        self.counts = dict.fromkeys(
+            ("upsert", "delete", "snapshot", "unsnapshot", "download", "restore", "upload", "drop"), 0
+        )
+        self.errors: list[str] = []
+
+    def drive(self, url: str, stop: threading.Event) -> threading.Thread:
+        """Start a client thread against the server at `url`; it ends at `stop` or when the server dies."""
+        thread = threading.Thread(target=self._run, args=(url, stop), name="chaos-archivist", daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self, url: str, stop: threading.Event) -> None:
+        vault = ARCHIVED["name"]
+        with httpx.Client(base_url=url, timeout=60) as c:
+            try:
+                r = c.post("/v1/collections", json=ARCHIVED)
+                if r.status_code not in (201, 409):
+                    self.errors.append(f"create {vault}: {r.status_code} {r.text[:200]}")
+                while not stop.is_set():
+                    self._step(c, vault, self.pick.random())
+                    time.sleep(0.02)
+            except httpx.TransportError:  # the server is gone; `pending` says what may have happened
+                return
+            except Exception as exc:  # a broken promise in an answer: `check` reports it
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _step(self, c: httpx.Client, vault: str, roll: float) -> None:
+        docs = self.state[vault]
+        assert docs is not None
+        if roll < 0.4:
+            ids = self.pick.sample(range(self.IDS), self.pick.randint(1, 6))
+            new = dict(docs)
+            body = []
+            for i in ids:
+                tag = len(self.vectors)
+                self.vectors[tag] = self.rng.standard_normal(ARCHIVED["dim"]).astype(np.float32).round(4)
+                new[f"a{i}"] = tag
+                body.append({"id": f"a{i}", "vector": self.vectors[tag].tolist(), "metadata": {"t": tag}})
+            self._apply(c, "upsert", vault, new, "put", f"/v1/collections/{vault}/documents", json={"documents": body})
+        elif roll < 0.5 and docs:
+            gone = self.pick.sample(sorted(docs), min(len(docs), self.pick.randint(1, 3)))
+            new = {k: v for k, v in docs.items() if k not in gone}
+            self._apply(
+                c, "delete", vault, new, "post", f"/v1/collections/{vault}/documents/delete", json={"ids": gone}
+            )
+        elif roll < 0.65:
+            self.pending = ("snapshot", [dict(docs)])
+            r = c.post(f"/v1/collections/{vault}/snapshots")
+            self.pending = None
+            if self._expect(r, 201, "snapshot"):
+                self.snapshots[r.json()["id"]] = dict(docs)
+                if len(self.snapshots) > 4:  # keep the disk bounded: delete the oldest
+                    oldest = min(self.snapshots)
+                    self.pending = ("unsnapshot", [oldest])
+                    r = c.delete(f"/v1/collections/{vault}/snapshots/{oldest}")
+                    self.pending = None
+                    if self._expect(r, 204, "unsnapshot"):
+                        del self.snapshots[oldest]
+        elif roll < 0.8 and self.snapshots:
+            sid = self.pick.choice(sorted(self.snapshots))
+            self._apply(
+                c, "restore", vault, self.snapshots[sid], "post", f"/v1/collections/{vault}/snapshots/{sid}/restore"
+            )
+        elif roll < 0.95 and self.snapshots:
+            sid = self.pick.choice(sorted(self.snapshots))
+            archive = c.get(f"/v1/collections/{vault}/snapshots/{sid}")
+            if not self._expect(archive, 200, "download"):
+                return
+            target = self.pick.choice([vault, ARCHIVE_COPY])
+            self._apply(
+                c,
+                "upload",
+                target,
+                self.snapshots[sid],
+                "post",
+                "/v1/snapshots/restore",
+                status=201,
+                params={"collection": target, "replace": "true"},
+                content=archive.content,
+                headers={"content-type": "application/x-tar"},
+            )
+        elif self.state[ARCHIVE_COPY] is not None:
+            self._apply(c, "drop", ARCHIVE_COPY, None, "delete", f"/v1/collections/{ARCHIVE_COPY}", status=204)
+
+    def _apply(
+        self, c: httpx.Client, kind: str, name: str, outcome: dict | None, method: str, path: str, status=200, **kw
+    ):
+        """Send one op that moves `name` to `outcome` (None: dropped); until its answer comes,
+        either state may be the server's."""
+        self.pending = (name, [self.state[name], outcome])
+        r = c.request(method, path, **kw)
+        self.pending = None
+        if self._expect(r, status, kind):
+            self.state[name] = None if outcome is None else dict(outcome)
+
+    def _expect(self, r: httpx.Response, status: int, kind: str) -> bool:
+        if r.status_code == status:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            return True
+        self.errors.append(f"{kind}: {r.status_code} {r.text[:200]}")
+        return False
+
+    # -- after a restart ------------------------------------------------------------------------
+    def check(self, client: httpx.Client, data_dir) -> dict[str, int]:
+        """The server against this ledger: each collection holds one state it may hold (the
+        acknowledged one, or the swallowed op's), with exact searches to match; every
+        acknowledged snapshot is listed; nothing a crash left lies on disk. Returns counts."""
+        assert not self.errors, self.errors[:3]
+        pending, self.pending = self.pending, None
+        for name in (ARCHIVED["name"], ARCHIVE_COPY):
+            candidates = [self.state[name]]
+            if pending and pending[0] == name:
+                candidates = pending[1]
+            got = self._read_state(client, name)
+            assert got in candidates, f"{name}: the server holds {got}, the ledger allows {candidates}"
+            self.state[name] = got
+            if got:
+                self._check_search(client, name, got)
+        listed = {s["id"] for s in client.get(f"/v1/collections/{ARCHIVED['name']}/snapshots").json()["snapshots"]}
+        known = set(self.snapshots)
+        if pending and pending[0] == "unsnapshot" and pending[1][0] not in listed:
+            known.discard(pending[1][0])
+            del self.snapshots[pending[1][0]]
+        new = listed - known
+        assert known <= listed, f"acknowledged snapshots missing: {sorted(known - listed)}"
+        assert len(new) <= (1 if pending and pending[0] == "snapshot" else 0), f"unknown snapshots listed: {new}"
+        for sid in new:  # a snapshot finished before the kill swallowed its answer
+            self.snapshots[sid] = pending[1][0]
+        collections = sorted(os.listdir(os.path.join(data_dir, "collections")))
+        assert all(not n.startswith((".restore-", ".trash-", ".replaced-", ".new-")) for n in collections), collections
+        backups = os.path.join(data_dir, "backups")
+        left = os.listdir(os.path.join(backups, ".uploads")) if os.path.isdir(os.path.join(backups, ".uploads")) else []
+        assert not left, f"uploads left: {left}"
+        folder = os.path.join(backups, ARCHIVED["name"])
+        files = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        assert files == sorted(f"{s}.{ext}" for s in listed for ext in ("json", "tar")), files
+        return {"snapshots": len(listed)}
+
+    def _read_state(self, client: httpx.Client, name: str) -> dict[str, int] | None:
+        if client.get(f"/v1/collections/{name}").status_code == 404:
+            return None
+        got = {}
+        for i in range(self.IDS):
+            r = client.get(f"/v1/collections/{name}/documents/a{i}")
+            if r.status_code == 200:
+                got[f"a{i}"] = r.json()["metadata"]["t"]
+            else:
+                assert r.status_code == 404, r.text
+        count = client.get(f"/v1/collections/{name}").json()["documents"]
+        assert count == len(got), f"{name}: {count} documents, {len(got)} found by id"
+        return got
+
+    def _check_search(self, client: httpx.Client, name: str, docs: dict[str, int]) -> None:
+        ids = sorted(docs)
+        X = np.stack([self.vectors[docs[i]] for i in ids])
+        q = self.rng.standard_normal(ARCHIVED["dim"]).astype(np.float32)
+        best = ids[int(np.argmin(((X - q) ** 2).sum(axis=1)))]
+        for exact in (True, False):
+            body = {"vector": q.tolist(), "k": 1, "include": [], "exact": exact}
+            hits = client.post(f"/v1/collections/{name}/search", json=body).json()["results"]
+            assert hits and hits[0]["id"] == best, (name, exact, hits, best)
