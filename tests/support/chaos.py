@@ -263,7 +263,10 @@ def verify(
             checked += 1
         count = client.get(f"/v1/collections/{collection}").json()["documents"]
         assert count == len(want), f"{collection}: {count} documents, the ledger says {len(want)}"
-    rng = np.random.default_rng(seed)
+    # Not `default_rng(seed)`: a worker seeded with the same integer draws the same stream, so a
+    # query could be a stored vector to the last rounding, where an l2 scan's float32 expansion
+    # (|q|² + |x|² - 2q·x) cannot tell 1e-4 from 0.
+    rng = np.random.default_rng([seed, 0xC4EC])
     recalls = []
     for collection in universe:
         want = ledger.state[collection]
