@@ -41,6 +41,15 @@ def test_delete_leaves_a_tombstone_that_replays(store):
     assert store.delete(["missing"])[0] == 2
 
 
+def test_ids_and_fetch_give_the_live_documents_of_the_labels_asked_for(store):
+    _, labels = store.put([doc(i) for i in range(1, 5)])
+    store.delete(["d2"])
+    asked = [*labels.tolist(), 999]  # d2's tombstone and a label never given are skipped
+    want = {label: f"d{i}" for i, label in zip(range(1, 5), labels.tolist()) if i != 2}
+    assert store.ids(asked) == want
+    assert {label: d.id for label, d in store.fetch(asked, vector=False).items()} == want
+
+
 def test_changes_since_gives_latest_state_in_seq_order(store):
     store.put([doc(1), doc(2)])
     store.put([NewDocument(id="d1", vector=np.full(4, 9, np.float32))])
