@@ -94,7 +94,7 @@ class Catalog:
         self._lock_fd = _lock_directory(self.data_dir)
         self._collections: dict[str, Collection] = {}
         self._failed: dict[str, str] = {}  # name → why it could not be opened
-        self._busy: set[str] = set()  # names being created or dropped
+        self._busy: dict[str, str] = {}  # name → what is under way: "created", "dropped" or "restored"
         self._lock = threading.Lock()
         # whoever holds the lock first finishes what a crash left (a server, `vecnest restore`)
         self._recover_leftovers()
@@ -196,7 +196,13 @@ class Catalog:
         with self._lock:
             collection = self._collections.get(name)
             reason = self._failed.get(name)
+            underway = self._busy.get(name)
         if collection is None:
+            if underway == "restored":  # it exists before and after: "not found" would mislead a client
+                raise Conflict(
+                    f"collection {name!r} is being restored from a backup; retry when the restore is done",
+                    code="collection_busy",
+                )
             if reason is not None:
                 raise NotReady(
                     f"collection {name!r} could not be opened: {reason}; drop it (DELETE) or repair it and restart",
@@ -239,7 +245,7 @@ class Catalog:
             _open_unpacked(staging, self.options)
             with self._lock:
                 if name in self._busy:
-                    raise Conflict(f"collection {name!r} is being created or dropped", code="collection_busy")
+                    raise Conflict(f"collection {name!r} is being {self._busy[name]}", code="collection_busy")
                 # on disk too: the offline `vecnest restore` opens no collection first
                 exists = name in self._collections or name in self._failed or os.path.exists(self.home(name))
                 if exists and not replace:
@@ -249,7 +255,7 @@ class Catalog:
                     raise Conflict(
                         f"this server holds its limit of {self.max_collections} collections", code="collection_limit"
                     )
-                self._busy.add(name)
+                self._busy[name] = "restored"
                 previous = self._collections.pop(name, None)
                 self._failed.pop(name, None)
         except BaseException:
@@ -276,7 +282,7 @@ class Catalog:
             raise
         finally:
             with self._lock:
-                self._busy.discard(name)
+                self._busy.pop(name, None)
             shutil.rmtree(displaced, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
         return collection, info
@@ -348,7 +354,7 @@ class Catalog:
                 raise NotReady(
                     describe_open_error(OSError(errno.EMFILE, "Too many open files")), code="too_many_open_files"
                 )
-            self._busy.add(name)
+            self._busy[name] = "created"
         try:
             staging = os.path.join(self._root, f".new-{name}-{uuid.uuid4().hex[:8]}")
             try:
@@ -365,7 +371,7 @@ class Catalog:
                 self._collections[name] = collection
         finally:
             with self._lock:
-                self._busy.discard(name)
+                self._busy.pop(name, None)
         return collection
 
     def drop(self, name: str) -> None:
@@ -374,12 +380,12 @@ class Catalog:
         check_name(name)
         with self._lock:
             if name in self._busy:
-                raise Conflict(f"collection {name!r} is being created or dropped", code="collection_busy")
+                raise Conflict(f"collection {name!r} is being {self._busy[name]}", code="collection_busy")
             collection = self._collections.pop(name, None)
             reason = self._failed.pop(name, None)
             if collection is None and reason is None:
                 raise NotFound(f"collection {name!r} not found", code="collection_not_found")
-            self._busy.add(name)
+            self._busy[name] = "dropped"
         trash = os.path.join(self._root, f".trash-{name}-{uuid.uuid4().hex[:8]}")
         try:
             if collection is not None:
@@ -393,7 +399,7 @@ class Catalog:
             raise
         finally:
             with self._lock:
-                self._busy.discard(name)
+                self._busy.pop(name, None)
         shutil.rmtree(trash, ignore_errors=True)
 
 

@@ -16,7 +16,8 @@ _MEANING = {
     401: "no API key, or not a valid one: send Authorization: Bearer <key> or api-key: <key>",
     403: "the key's role or collections do not allow this, or a browser origin that is not allowed",
     404: "unknown collection, document or upgrade",
-    409: "conflict with the current state (an existing name, an upgrade in progress, a limit reached)",
+    409: "conflict with the current state (an existing name, an upgrade in progress, a limit reached, a collection "
+    "being restored: retry)",
     413: "request body too large",
     415: "a request body that is not application/json",
     422: "invalid request: the message and code say which rule",

@@ -220,6 +220,35 @@ def test_a_restore_that_fails_midway_puts_the_previous_collection_back(tmp_path,
     catalog.close()
 
 
+def test_a_collection_being_restored_is_busy_not_missing(tmp_path, glosses, monkeypatch):
+    """Between the previous collection leaving and the archive's taking its place, requests for
+    it are told to retry (409 collection_busy), not that it does not exist (404): a client
+    could otherwise drop its own state, or create the collection afresh."""
+    _, X = glosses
+    catalog = Catalog(str(tmp_path / "data"))
+    c = catalog.create(manifest("kb", X.shape[1]))
+    c.upsert(docs(X[:50], 0))
+    create_archive(c, str(tmp_path), "b1", "now")
+    real_rename = os.rename
+    seen = []
+
+    def looking_rename(src, dst):  # the archive's folder is about to take the collection's place
+        if ".restore-" in str(src):
+            with pytest.raises(Conflict) as busy:
+                catalog.get("kb")
+            seen.append(busy.value)
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", looking_rename)
+    catalog.restore(str(tmp_path / "b1.tar"), replace=True)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert [e.code for e in seen] == ["collection_busy"] and "being restored" in seen[0].message
+    assert len(catalog.get("kb")) == 50
+    with pytest.raises(NotFound):
+        catalog.get("other")
+    catalog.close()
+
+
 def _store_with(sql: str):
     def change(members):
         path = tempfile.mktemp(suffix=".sqlite")
