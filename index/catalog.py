@@ -199,9 +199,10 @@ class Catalog:
             underway = self._busy.get(name)
         if collection is None:
             if underway == "restored":  # it exists before and after: "not found" would mislead a client
-                raise Conflict(
-                    f"collection {name!r} is being restored from a backup; retry when the restore is done",
-                    code="collection_busy",
+                raise NotReady(
+                    f"collection {name!r} is being restored from a backup; retry in a moment",
+                    code="collection_restoring",
+                    retry_after_s=1.0,
                 )
             if reason is not None:
                 raise NotReady(

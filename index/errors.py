@@ -42,7 +42,13 @@ class Overloaded(VecnestError):
 
 
 class NotReady(VecnestError):
+    """Not now (503): the message says why; with `retry_after_s`, when to try again."""
+
     code = "not_ready"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, code: str | None = None):
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class InsufficientStorage(VecnestError):

@@ -52,7 +52,8 @@ def error_response(
 
 def domain_error_response(exc: VecnestError, metrics: Metrics | None = None) -> JSONResponse:
     status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
-    headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))} if isinstance(exc, Overloaded) else None
+    retry_after = exc.retry_after_s if isinstance(exc, (Overloaded, NotReady)) else None
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
     return error_response(status, exc.code, exc.message, metrics, headers)
 
 

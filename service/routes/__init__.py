@@ -16,13 +16,13 @@ _MEANING = {
     401: "no API key, or not a valid one: send Authorization: Bearer <key> or api-key: <key>",
     403: "the key's role or collections do not allow this, or a browser origin that is not allowed",
     404: "unknown collection, document or upgrade",
-    409: "conflict with the current state (an existing name, an upgrade in progress, a limit reached, a collection "
-    "being restored: retry)",
+    409: "conflict with the current state (an existing name, an upgrade in progress, a limit reached)",
     413: "request body too large",
     415: "a request body that is not application/json",
     422: "invalid request: the message and code say which rule",
     429: "the encoder queue is full, or the key is over its rate limit: retry after Retry-After seconds",
-    503: "not ready, or the collection could not be opened (the message says why)",
+    503: "not ready, the collection could not be opened, or it is being restored (the message says why; retry "
+    "after Retry-After when given)",
     507: "the disk is full: nothing was written",
 }
 # Every error the API can answer, in the one error shape: documented on every route.

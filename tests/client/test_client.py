@@ -3,7 +3,10 @@ against a server process over loopback HTTP and against the engine in-process
 (`Client(path=...)`), with the real model. Sync and async clients alike."""
 
 import asyncio
+import threading
+import time
 
+import httpx
 import numpy as np
 import pytest
 import vecnest
@@ -124,6 +127,44 @@ def test_async_client_speaks_the_same_api(target):
             return ids, hits[0].id
 
     assert asyncio.run(flow()) == (sorted(TEXTS), "bread")
+
+
+def test_calls_during_a_restore_are_retried_until_the_collection_is_back(tmp_path):
+    """While a restore swaps a collection, the server answers 503 collection_restoring with
+    Retry-After (it was a 404 "not found"); the client waits and retries, so writes and reads
+    beside a run of restores all succeed. (A server: two embedded clients cannot share a data
+    directory.)"""
+    with Server(tmp_path / "data") as server, vecnest.Client(url=server.url) as c:
+        c.create_collection("kb", dim=4)
+        c.upsert("kb", [{"id": "base", "vector": [1, 0, 0, 0]}])
+        snapshot = c.create_snapshot("kb").id
+        done, failed = threading.Event(), []
+
+        def met() -> bool:  # the server has answered collection_restoring at least once
+            return 'code="collection_restoring"' in httpx.get(f"{server.url}/metrics").text
+
+        def restore_a_few_times():
+            try:
+                with vecnest.Client(url=server.url) as restorer:
+                    for i in range(200):  # until a call met a restore's window, and a few more
+                        restorer.restore_snapshot("kb", snapshot)
+                        time.sleep(0.05)
+                        if i >= 5 and met():
+                            break
+            except Exception as exc:
+                failed.append(exc)
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=restore_a_few_times)
+        thread.start()
+        written = 0
+        while not done.is_set():
+            c.upsert("kb", [{"id": f"w{written}", "vector": [0, 1, 0, written]}])
+            assert c.get("kb", "base").id == "base"
+            written += 1
+        thread.join()
+        assert not failed and written > 0 and met()
 
 
 def test_rate_limited_calls_are_retried_after_the_servers_retry_after(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 
 from index import Catalog, Elasticizer, HnswParams, Manifest, NewDocument, Query
 from index.backup import create_archive, list_archives, new_backup_id
-from index.errors import Conflict, Invalid, NotFound
+from index.errors import Conflict, Invalid, NotFound, NotReady
 from tests.support.archives import RAW_INDEX, manifest_with, repacked
 
 
@@ -222,8 +222,8 @@ def test_a_restore_that_fails_midway_puts_the_previous_collection_back(tmp_path,
 
 def test_a_collection_being_restored_is_busy_not_missing(tmp_path, glosses, monkeypatch):
     """Between the previous collection leaving and the archive's taking its place, requests for
-    it are told to retry (409 collection_busy), not that it does not exist (404): a client
-    could otherwise drop its own state, or create the collection afresh."""
+    it are told to retry (503 collection_restoring, which clients retry), not that it does not
+    exist (404): a client could otherwise drop its own state, or create the collection afresh."""
     _, X = glosses
     catalog = Catalog(str(tmp_path / "data"))
     c = catalog.create(manifest("kb", X.shape[1]))
@@ -234,7 +234,7 @@ def test_a_collection_being_restored_is_busy_not_missing(tmp_path, glosses, monk
 
     def looking_rename(src, dst):  # the archive's folder is about to take the collection's place
         if ".restore-" in str(src):
-            with pytest.raises(Conflict) as busy:
+            with pytest.raises(NotReady) as busy:
                 catalog.get("kb")
             seen.append(busy.value)
         return real_rename(src, dst)
@@ -242,7 +242,7 @@ def test_a_collection_being_restored_is_busy_not_missing(tmp_path, glosses, monk
     monkeypatch.setattr(os, "rename", looking_rename)
     catalog.restore(str(tmp_path / "b1.tar"), replace=True)
     monkeypatch.setattr(os, "rename", real_rename)
-    assert [e.code for e in seen] == ["collection_busy"] and "being restored" in seen[0].message
+    assert [e.code for e in seen] == ["collection_restoring"] and seen[0].retry_after_s == 1.0
     assert len(catalog.get("kb")) == 50
     with pytest.raises(NotFound):
         catalog.get("other")
