@@ -15,7 +15,7 @@ import errno
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -268,27 +268,38 @@ class Store:
             with self._pool:
                 if self._closed:  # closed while this connection was being opened
                     conn.close()
+                    self._readers.remove(None)
+                    self._pool.notify_all()
                     raise sqlite3.ProgrammingError("the store is closed")
                 self._readers[self._readers.index(None)] = conn
         try:
             yield conn
         finally:
             with self._pool:
-                if self._closed:  # closed while this read ran: nobody else will close it
+                if self._closed:  # closed while this read ran: `close` waits for this
                     conn.close()
+                    self._readers.remove(conn)
+                    self._pool.notify_all()
                 else:
                     self._idle_readers.append(conn)
                 self._pool.notify()
 
     def close(self) -> None:
+        """Close every connection, after the reads in flight end. None may outlive this call:
+        SQLite's last connection to close deletes the `-wal` and `-shm` files by name, and once
+        this returns the path may hold another store (a restore, or a drop and a create of the
+        same name) whose files those names now are: its reads then fail ("disk I/O error"), and
+        its writes not yet checkpointed are gone at the next start."""
         with self._write_lock, self._pool:
             self._closed = True
             for conn in self._idle_readers:
                 conn.close()
-            self._readers.clear()
+                self._readers.remove(conn)
             self._idle_readers.clear()
-            self._writer.close()
             self._pool.notify_all()
+            while self._readers:  # reads in flight (or connecting): each closes its own at its end
+                self._pool.wait()
+            self._writer.close()
 
     # -- writes (one transaction each; the caller serialises writers) -------------------------
     def put(self, docs: Sequence[NewDocument]) -> tuple[int, np.ndarray]:
@@ -582,7 +593,7 @@ class Store:
             while rows := cursor.fetchmany(batch):
                 yield self._stack([(label, self._vector(blob)) for label, blob in rows])
 
-    def changes_since(self, seq: int, batch: int = 8192) -> Iterator[Changes]:
+    def changes_since(self, seq: int, batch: int = 8192) -> Generator[Changes, None, None]:
         """Replay the latest state of every row written after `seq`, in (seq, label) order.
 
         One SELECT, so the whole replay reads one consistent snapshot of the store.

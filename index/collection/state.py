@@ -8,6 +8,7 @@
 - `closed`: the collection was dropped (or shut); its path may already hold another one.
 """
 
+import contextlib
 import math
 import os
 import sqlite3
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index.elastic import DimView
-from index.errors import NotFound
+from index.errors import NotFound, being_restored
 from index.indexset import IndexSet
 from index.manifest import Manifest, write_manifest
 from index.store import Store
@@ -90,6 +91,7 @@ class CollectionState:
         self.write_mutex = threading.Lock()
         self.maintenance = threading.Lock()
         self.closed = False
+        self.replaced = False  # closed by a restore that puts another collection under its name
         self.stale = False  # a committed write failed to reach the graphs: rebuild
         # ef per dim as the recall controller set it; saved in the manifest with the next snapshot.
         # Replaced, never mutated: a snapshot may be iterating it on another thread.
@@ -102,6 +104,8 @@ class CollectionState:
         return self.manifest.name
 
     def check_open(self) -> None:
+        if self.closed and self.replaced:  # a request that found it before the restore: retry
+            raise being_restored(self.name)
         if self.closed:
             raise NotFound(f"collection {self.name!r} was deleted", code="collection_not_found")
 
@@ -140,14 +144,19 @@ class CollectionState:
     def replay(self, indexes: IndexSet, after_seq: int, vectors: VectorFile | None = None) -> int:
         """Apply every store change after `after_seq` to `indexes` (and `vectors`); idempotent."""
         n = 0
-        for changes in self.store.changes_since(after_seq):
-            for target in (indexes, vectors) if vectors is not None else (indexes,):
-                target.add(changes.labels, changes.vectors)
-                target.delete(changes.deleted)
-            n += len(changes.labels) + len(changes.deleted)
+        # closed on any exit: the iterator holds a store connection, which `Store.close` waits for
+        with contextlib.closing(self.store.changes_since(after_seq)) as all_changes:
+            for changes in all_changes:
+                for target in (indexes, vectors) if vectors is not None else (indexes,):
+                    target.add(changes.labels, changes.vectors)
+                    target.delete(changes.deleted)
+                n += len(changes.labels) + len(changes.deleted)
         return n
 
-    def close(self) -> None:
+    def close(self, replaced: bool = False) -> None:
+        """`replaced`: a restore puts another collection under this name (requests that held
+        this one are told to retry, not that it was deleted)."""
         with self.write_mutex:
             self.closed = True
+            self.replaced = replaced
             self.store.close()

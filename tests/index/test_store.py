@@ -1,5 +1,8 @@
 """The SQLite store: upserts, tombstones, the write sequence, replay, filters, reopening."""
 
+import sqlite3
+import threading
+
 import numpy as np
 import pytest
 
@@ -48,6 +51,23 @@ def test_ids_and_fetch_give_the_live_documents_of_the_labels_asked_for(store):
     want = {label: f"d{i}" for i, label in zip(range(1, 5), labels.tolist()) if i != 2}
     assert store.ids(asked) == want
     assert {label: d.id for label, d in store.fetch(asked, vector=False).items()} == want
+
+
+def test_close_waits_for_the_reads_in_flight(store):
+    """No connection may outlive `close`: SQLite's last one deletes the -wal and -shm files by
+    name, which by then may belong to another store at the same path."""
+    store.put([doc(1), doc(2)])
+    reading = store.changes_since(0, batch=1)
+    next(reading)  # a read in flight: it holds a connection
+    closing = threading.Thread(target=store.close)
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive()  # waits for the read (it would return at once, leaving it open)
+    reading.close()
+    closing.join(10)
+    assert not closing.is_alive()
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.get("d1")
 
 
 def test_changes_since_gives_latest_state_in_seq_order(store):
