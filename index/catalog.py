@@ -34,7 +34,7 @@ from dataclasses import replace
 
 from index.backup import BackupInfo, sweep_unfinished, unpack
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions, open_collection
-from index.errors import Conflict, Invalid, NotFound, NotReady, VecnestError
+from index.errors import Conflict, Invalid, NotFound, NotReady, VecnestError, being_restored
 from index.faults import fault_point
 from index.files import (
     FDS_PER_COLLECTION,
@@ -198,12 +198,8 @@ class Catalog:
             reason = self._failed.get(name)
             underway = self._busy.get(name)
         if collection is None:
-            if underway == "restored":  # it exists before and after: "not found" would mislead a client
-                raise NotReady(
-                    f"collection {name!r} is being restored from a backup; retry in a moment",
-                    code="collection_restoring",
-                    retry_after_s=1.0,
-                )
+            if underway == "restored":
+                raise being_restored(name)
             if reason is not None:
                 raise NotReady(
                     f"collection {name!r} could not be opened: {reason}; drop it (DELETE) or repair it and restart",
@@ -266,7 +262,7 @@ class Catalog:
         displaced = os.path.join(self._root, f"{REPLACED}{name}-{uuid.uuid4().hex[:8]}")
         try:
             if previous is not None:
-                previous.close()
+                previous.close(replaced=True)
             with storage_errors():
                 if os.path.exists(home):
                     os.rename(home, displaced)

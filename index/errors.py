@@ -51,6 +51,16 @@ class NotReady(VecnestError):
         self.retry_after_s = retry_after_s
 
 
+def being_restored(name: str) -> NotReady:
+    """Collection `name` while a restore replaces it: it exists before and after, so not "not
+    found" (a client could drop its own state, or create the collection afresh) but "retry"."""
+    return NotReady(
+        f"collection {name!r} is being restored from a backup; retry in a moment",
+        code="collection_restoring",
+        retry_after_s=1.0,
+    )
+
+
 class InsufficientStorage(VecnestError):
     """The disk is full: nothing was written (507). Writes succeed again once space is freed."""
 

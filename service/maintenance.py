@@ -131,7 +131,7 @@ class Maintenance:
                 count = self._failures.get(name, (0, 0.0))[0] + 1
                 delay = min(MAX_BACKOFF_S, self._tick * 2**count)
                 self._failures[name] = (count, time.monotonic() + delay)
-            if getattr(exc, "code", None) == "collection_not_found":  # dropped meanwhile
+            if getattr(exc, "code", None) in ("collection_not_found", "collection_restoring"):  # dropped or replaced
                 return
             log.error(
                 "%s of collection %s failed (attempt %d, next in %.0f s): %s",

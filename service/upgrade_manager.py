@@ -137,16 +137,17 @@ class UpgradeManager:
 
     async def serving(self, name: str, use: Callable[[AsyncCollection], Awaitable[T]]) -> T:
         """Run `use` on the generation of `name` that serves; if an upgrade retires it meanwhile
-        (its store closes under the use case, or the use case raises `Retired`), run `use` again on
-        the generation that serves now."""
+        (its store closes under the use case, or the use case raises `Retired`), or a restore
+        replaces it, run `use` again on the collection that serves now."""
         if self._shared and self.settings.role == "serve":
             await self._follow(name)
         for _ in range(3):
             collection = await self.current(name)
             try:
                 return await use(collection)
-            except (Retired, NotFound) as exc:
-                if isinstance(exc, NotFound) and exc.code != "collection_not_found":
+            except (Retired, NotFound, NotReady) as exc:
+                # closed under the use case: by a cut-over or a drop ("not found"), or by a restore
+                if not isinstance(exc, Retired) and exc.code not in ("collection_not_found", "collection_restoring"):
                     raise
                 if (await self.current(name)).backend is collection.backend:
                     if isinstance(exc, Retired):

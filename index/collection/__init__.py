@@ -68,8 +68,9 @@ class Collection:
         """Open a collection: load its snapshot (if sound) and replay newer store writes."""
         return cls(open_state(path, options))
 
-    def close(self) -> None:
-        self._state.close()
+    def close(self, replaced: bool = False) -> None:
+        """`replaced`: a restore puts another collection under this name (see `CollectionState.close`)."""
+        self._state.close(replaced)
 
     # -- facts --------------------------------------------------------------------------------
     @property
