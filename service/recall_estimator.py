@@ -314,9 +314,9 @@ class RecallEstimator:
             try:
                 with self._cores.background():
                     self.evaluate(collection, probe, LIVE)
-            except NotFound:  # dropped meanwhile
-                pass
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, NotFound) or getattr(exc, "code", None) == "collection_restoring":
+                    continue  # dropped, or replaced by a restore, meanwhile
                 self.metrics.recall_samples.labels(collection.name, "failed").inc(probe.queries)
                 log.exception("recall measurement of a %s search failed", collection.name)
 
