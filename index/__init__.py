@@ -30,6 +30,7 @@ from index.errors import (
     ReadOnly,
     TooLarge,
     VecnestError,
+    gone_meanwhile,
 )
 from index.exact import ExactIndex
 from index.faults import fault_point
@@ -174,6 +175,7 @@ __all__ = [
     "create_archive",
     "fault_point",
     "fit_pca_rotation",
+    "gone_meanwhile",
     "list_archives",
     "new_backup_id",
     "open_milvus_catalog",

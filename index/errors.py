@@ -61,6 +61,12 @@ def being_restored(name: str) -> NotReady:
     )
 
 
+def gone_meanwhile(exc: BaseException) -> bool:
+    """Whether `exc` says the collection a use case held was dropped, or replaced by a restore,
+    while it ran: background work drops the job, a request runs again on what serves now."""
+    return getattr(exc, "code", None) in ("collection_not_found", "collection_restoring")
+
+
 class InsufficientStorage(VecnestError):
     """The disk is full: nothing was written (507). Writes succeed again once space is freed."""
 

@@ -14,6 +14,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from index import gone_meanwhile
+
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
@@ -131,7 +133,7 @@ class Maintenance:
                 count = self._failures.get(name, (0, 0.0))[0] + 1
                 delay = min(MAX_BACKOFF_S, self._tick * 2**count)
                 self._failures[name] = (count, time.monotonic() + delay)
-            if getattr(exc, "code", None) in ("collection_not_found", "collection_restoring"):  # dropped or replaced
+            if gone_meanwhile(exc):
                 return
             log.error(
                 "%s of collection %s failed (attempt %d, next in %.0f s): %s",

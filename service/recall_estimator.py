@@ -35,6 +35,7 @@ from index import (
     RecallProbe,
     StageRecall,
     WhatIf,
+    gone_meanwhile,
 )
 from service.cpu import CoreShare, lower_this_threads_priority
 from service.metrics import Metrics
@@ -315,8 +316,8 @@ class RecallEstimator:
                 with self._cores.background():
                     self.evaluate(collection, probe, LIVE)
             except Exception as exc:
-                if isinstance(exc, NotFound) or getattr(exc, "code", None) == "collection_restoring":
-                    continue  # dropped, or replaced by a restore, meanwhile
+                if isinstance(exc, NotFound) or gone_meanwhile(exc):
+                    continue
                 self.metrics.recall_samples.labels(collection.name, "failed").inc(probe.queries)
                 log.exception("recall measurement of a %s search failed", collection.name)
 

@@ -36,6 +36,7 @@ from index import (
     ScoreCalibration,
     SearchResult,
     fault_point,
+    gone_meanwhile,
     upgrades,
 )
 from service.async_collection import AsyncCollection
@@ -147,7 +148,7 @@ class UpgradeManager:
                 return await use(collection)
             except (Retired, NotFound, NotReady) as exc:
                 # closed under the use case: by a cut-over or a drop ("not found"), or by a restore
-                if not isinstance(exc, Retired) and exc.code not in ("collection_not_found", "collection_restoring"):
+                if not isinstance(exc, Retired) and not gone_meanwhile(exc):
                     raise
                 if (await self.current(name)).backend is collection.backend:
                     if isinstance(exc, Retired):
