@@ -225,10 +225,11 @@ class Engine:
     async def drop_collection(self, name: str) -> None:
         """Drop a collection, serving or failed, and forget everything the service kept about it."""
         catalog = self.require_ready()
-        if name not in catalog.failed():
-            await self.current(name)  # 404 before touching any upgrade
-            await self.upgrades.forget(name)
-        await run_in_threadpool(catalog.drop, name)
+        async with self.upgrades.lifecycle(name):  # no upgrade begins between the forget and the drop
+            if name not in catalog.failed():
+                await self.current(name)  # 404 before touching any upgrade
+                await self.upgrades.forget(name)
+            await run_in_threadpool(catalog.drop, name)
         self.embedder.forget(name)
         self.recall.reset(name)
         self.metrics.forget_collection(name)
@@ -236,15 +237,21 @@ class Engine:
     async def restore_collection(self, archive: str, name: str | None, replace: bool) -> AsyncCollection:
         """Recreate a collection from a backup archive (see `Catalog.restore`); with `replace`,
         the collection of that name is swapped for it. Refused while that collection upgrades
-        its encoder (its live generation would be thrown away)."""
+        its encoder (its live generation would be thrown away), and no upgrade of `name` begins
+        or ends while the restore runs (`UpgradeManager.lifecycle`). Without a `name` the
+        archive's own name is one that does not exist (the catalog checks): nothing to forget."""
         catalog = self.require_ready()
-        if name is not None and self.upgrades.progress(name)[0]:
-            raise Conflict(
-                f"collection {name!r} has an encoder upgrade in progress: finish or abort it before restoring",
-                code="upgrade_in_progress",
-            )
-        collection, _ = await run_in_threadpool(catalog.restore, archive, name, replace, check_encoder_info)
-        await self.upgrades.forget(collection.name)  # nothing live (checked above); its records went with the home
+        if name is None:
+            collection, _ = await run_in_threadpool(catalog.restore, archive, name, replace, check_encoder_info)
+        else:
+            async with self.upgrades.lifecycle(name):
+                if self.upgrades.progress(name)[0]:
+                    raise Conflict(
+                        f"collection {name!r} has an encoder upgrade in progress: finish or abort it before restoring",
+                        code="upgrade_in_progress",
+                    )
+                collection, _ = await run_in_threadpool(catalog.restore, archive, name, replace, check_encoder_info)
+                await self.upgrades.forget(name)  # nothing live (checked above); its records went with the home
         self.embedder.forget(collection.name)
         self.recall.reset(collection.name)
         await self._attach_encoder(collection)

@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -111,6 +112,8 @@ class UpgradeManager:
         self.settings = settings
         self._live: dict[str, LiveUpgrade] = {}
         self._gates: dict[str, asyncio.Lock] = {}
+        # held only while in use: a name's lock outlives no step that holds or awaits it
+        self._lifecycles: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._followed_at: dict[str, float] = {}  # serving replicas: when each collection's upgrades were read
         self._discarding: set[asyncio.Task] = set()
 
@@ -155,6 +158,18 @@ class UpgradeManager:
                         continue
                     raise
         raise Conflict(f"collection {name!r} changed generation while this request ran; retry", code="retry")
+
+    def lifecycle(self, name: str) -> asyncio.Lock:
+        """Held for its whole length by each step that begins or ends an upgrade of `name` (start,
+        cut-over, rollback, finalize, abort) and by a restore over `name` or its drop. Without it
+        an upgrade could begin while a restore swapped the collection's home: its generation and
+        record landed in the home being moved aside (a 500), or in the restored one after the
+        restore had forgotten the live upgrades, leaving a record "fitting" that nothing ran and
+        nothing could abort."""
+        lock = self._lifecycles.get(name)
+        if lock is None:
+            lock = self._lifecycles[name] = asyncio.Lock()
+        return lock
 
     def write_gate(self, name: str) -> asyncio.Lock:
         """Writes to `name` hold this while they write to the serving generation, so a cut-over
@@ -290,7 +305,7 @@ class UpgradeManager:
     ) -> upgrades.UpgradeRecord:
         s = self.settings
         self.settings.require_maintenance("start an upgrade")
-        async with self.write_gate(name):
+        async with self.lifecycle(name), self.write_gate(name):
             source = await self.current(name)
             current = source.manifest.encoder
             if source.kind != "dense" or current is None:
@@ -455,10 +470,14 @@ class UpgradeManager:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("upgrade %s of %s failed", live.record.id, name)
-            live.record = live.record.moved(upgrades.FAILED, error=f"{type(exc).__name__}: {exc}")
-            await self._store_outcome(name, live)
-            self._live.pop(name, None)
+            if gone_meanwhile(exc):  # dropped or replaced (by another replica): its records went with it
+                log.warning("upgrade %s of %s ended: %s", live.record.id, name, exc)
+            else:
+                log.exception("upgrade %s of %s failed", live.record.id, name)
+                live.record = live.record.moved(upgrades.FAILED, error=f"{type(exc).__name__}: {exc}")
+                await self._store_outcome(name, live)
+            if self._live.get(name) is live:  # never a later upgrade's entry
+                del self._live[name]
             if live.record.old_generation != live.gens.generation_of(live.shadow.backend):
                 await self._discard_shadow(live)
 
@@ -488,6 +507,8 @@ class UpgradeManager:
                 await run_in_threadpool(live.gens.save_record, live.record)
                 return
             except NotReady as exc:
+                if gone_meanwhile(exc):
+                    return  # the record went with the collection
                 live.unavailable = str(exc)
                 log.warning("upgrade %s of %s: its failure is not stored yet: %s", live.record.id, name, exc)
                 await asyncio.sleep(pause)
@@ -624,43 +645,47 @@ class UpgradeManager:
         """Make the new generation serve. Unless `force`, the backfill must have caught up; with
         it, writes wait while the rest is re-embedded. Either way no document is left behind."""
         self.settings.require_maintenance("cut over")
-        live = await self._require_live(name, upgrade_id, (upgrades.BACKFILLING,), "cut over")
-        if not force and not await self.caught_up(name, live):
-            raise Conflict(
-                f"backfill of upgrade {upgrade_id} is at {live.done}/{live.total} documents; wait for it "
-                f"or cut over with force=true (writes then wait until it is done)",
-                code="backfill_incomplete",
-            )
-        await self._flip(name, live, to_shadow_state=upgrades.CUT_OVER)
-        return live.record
+        async with self.lifecycle(name):
+            live = await self._require_live(name, upgrade_id, (upgrades.BACKFILLING,), "cut over")
+            if not force and not await self.caught_up(name, live):
+                raise Conflict(
+                    f"backfill of upgrade {upgrade_id} is at {live.done}/{live.total} documents; wait for it "
+                    f"or cut over with force=true (writes then wait until it is done)",
+                    code="backfill_incomplete",
+                )
+            await self._flip(name, live, to_shadow_state=upgrades.CUT_OVER)
+            return live.record
 
     async def rollback(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
         """Serve the previous generation again (kept in sync since the cut-over); the new one is deleted."""
         self.settings.require_maintenance("roll back")
-        live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "roll back")
-        await self._flip(name, live, to_shadow_state=upgrades.ROLLED_BACK)
-        await self._end(name, live)
-        return live.record
+        async with self.lifecycle(name):
+            live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "roll back")
+            await self._flip(name, live, to_shadow_state=upgrades.ROLLED_BACK)
+            await self._end(name, live)
+            return live.record
 
     async def finalize(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
         """Delete the previous generation: the upgrade can no longer be rolled back."""
         self.settings.require_maintenance("finalize")
-        live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "finalize")
-        async with live.sync_lock:
-            live.record = live.record.moved(upgrades.FINALIZED)
-            await run_in_threadpool(live.gens.save_record, live.record)
-        await self._end(name, live)
-        return live.record
+        async with self.lifecycle(name):
+            live = await self._require_live(name, upgrade_id, (upgrades.CUT_OVER,), "finalize")
+            async with live.sync_lock:
+                live.record = live.record.moved(upgrades.FINALIZED)
+                await run_in_threadpool(live.gens.save_record, live.record)
+            await self._end(name, live)
+            return live.record
 
     async def abort(self, name: str, upgrade_id: str) -> upgrades.UpgradeRecord:
         """Stop an upgrade before cut-over and delete its new generation; nothing else changes."""
         self.settings.require_maintenance("abort")
-        live = await self._require_live(name, upgrade_id, (upgrades.FITTING, upgrades.BACKFILLING), "abort")
-        async with live.sync_lock:
-            live.record = live.record.moved(upgrades.ABORTED)
-            await run_in_threadpool(live.gens.save_record, live.record)
-        await self._end(name, live)
-        return live.record
+        async with self.lifecycle(name):
+            live = await self._require_live(name, upgrade_id, (upgrades.FITTING, upgrades.BACKFILLING), "abort")
+            async with live.sync_lock:
+                live.record = live.record.moved(upgrades.ABORTED)
+                await run_in_threadpool(live.gens.save_record, live.record)
+            await self._end(name, live)
+            return live.record
 
     async def _flip(self, name: str, live: LiveUpgrade, to_shadow_state: str) -> None:
         """Under the write gate and the sync lock: sync the shadow completely, then swap it in.

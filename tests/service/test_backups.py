@@ -4,7 +4,9 @@ whose encoder record is not the service's."""
 
 import hashlib
 import json
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError
 
 import numpy as np
 
@@ -145,3 +147,82 @@ def test_an_encoder_record_this_service_did_not_write_is_refused_at_upload_and_s
         hit = a.post("/v1/collections/t2/search", json={"vector": [1.0] * dim, "k": 3}, headers=ADMIN)
         assert hit.status_code == 200 and len(hit.json()["results"]) == 3
         assert a.post("/v1/collections/t/search", json={"query": "cats"}, headers=ADMIN).status_code == 200
+
+
+def test_an_upgrade_started_while_a_restore_swaps_the_collection_begins_on_the_restored_one(tmp_path):
+    """A restore in place and an upgrade of the same collection, started while the restore has
+    swapped the homes but not yet forgotten the old collection's upgrades. Before, the upgrade
+    began in between: its record landed in the restored home, the restore then forgot the live
+    upgrade, and the record stayed "fitting" with nothing running it and no way to abort it (409);
+    a restart would have resumed an upgrade the caller could no longer see end. Now the upgrade
+    waits for the restore and begins on the restored collection."""
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other": str(tmp_path)})
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(200)]
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        snap = c.post("/v1/collections/kb/snapshots").json()
+        catalog = c.app.state.engine.catalog
+        restore, swapped, release = catalog.restore, threading.Event(), threading.Event()
+
+        def held_restore(*args):
+            out = restore(*args)  # the restored collection serves from here on
+            swapped.set()
+            release.wait(60)
+            return out
+
+        catalog.restore = held_restore
+        with ThreadPoolExecutor(2) as pool:
+            restored = pool.submit(c.post, f"/v1/collections/kb/snapshots/{snap['id']}/restore")
+            assert swapped.wait(60)
+            started = pool.submit(c.post, "/v1/collections/kb/upgrades", json={"model": "other", "sample": 100})
+            try:
+                started.result(timeout=3)  # before, the upgrade began inside the restore
+            except TimeoutError:
+                pass  # it waits for the restore
+            release.set()
+            assert restored.result().status_code == 200, restored.result().text
+            upgrade = started.result()
+        assert upgrade.status_code == 202, upgrade.text
+        upgrade_id = upgrade.json()["id"]
+        info = c.get(f"/v1/collections/kb/upgrades/{upgrade_id}").json()
+        assert info["progress"] is not None and info["progress"]["total"] == 200  # running
+        r = c.post(f"/v1/collections/kb/upgrades/{upgrade_id}/abort")
+        assert r.status_code == 200 and r.json()["state"] == "aborted", r.text
+        assert c.post(f"/v1/collections/kb/snapshots/{snap['id']}/restore").status_code == 200
+
+
+def test_an_upgrade_started_while_a_drop_runs_never_outlives_the_collection(tmp_path):
+    """An upgrade started between a drop's forgetting the collection's upgrades and its deleting
+    the collection: before, it began on the collection being deleted and stayed live in memory,
+    so the next collection of that name could not be upgraded (409 upgrade_in_progress). Now it
+    waits for the drop and finds no collection (404)."""
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other": str(tmp_path)})
+    docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(50)]
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        catalog = c.app.state.engine.catalog
+        drop, entered, release = catalog.drop, threading.Event(), threading.Event()
+
+        def held_drop(name):
+            entered.set()
+            release.wait(60)
+            return drop(name)
+
+        catalog.drop = held_drop
+        with ThreadPoolExecutor(2) as pool:
+            dropped = pool.submit(c.delete, "/v1/collections/kb")
+            assert entered.wait(60)
+            started = pool.submit(c.post, "/v1/collections/kb/upgrades", json={"model": "other", "sample": 20})
+            try:
+                started.result(timeout=3)  # before, the upgrade began on the collection being dropped
+            except TimeoutError:
+                pass  # it waits for the drop
+            release.set()
+            assert dropped.result().status_code == 204
+            assert started.result().status_code == 404, started.result().text
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        r = c.post("/v1/collections/kb/upgrades", json={"model": "other", "sample": 20})
+        assert r.status_code == 202, r.text
