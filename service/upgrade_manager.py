@@ -157,7 +157,12 @@ class UpgradeManager:
                     if isinstance(exc, Retired):
                         continue
                     raise
-        raise Conflict(f"collection {name!r} changed generation while this request ran; retry", code="retry")
+        # a transient state, as a restore's swap is: 503 with Retry-After, which clients retry
+        raise NotReady(
+            f"collection {name!r} kept changing generation while this request ran; retry",
+            code="collection_changing",
+            retry_after_s=1.0,
+        )
 
     def lifecycle(self, name: str) -> asyncio.Lock:
         """Held for its whole length by each step that begins or ends an upgrade of `name` (start,

@@ -317,3 +317,26 @@ def test_reading_a_slow_collections_stats_holds_up_no_other_request(client, monk
         finally:
             release.set()
         assert read.result(60).status_code == 200
+
+
+def test_a_write_whose_generation_keeps_changing_is_a_503_to_retry_and_changes_nothing(client, monkeypatch):
+    """A write runs again on the generation that serves when a cut-over, rollback or restore
+    retires the one it held (`UpgradeManager.serving`), three times at most. Past that it was a
+    409 with the code "retry", which no client retried and the docs did not name; the state is
+    transient, as a restore's swap is, so it is a 503 with Retry-After, which clients retry."""
+    from service.upgrade_manager import Retired
+
+    name = vectors_collection(client, "cosine")
+    upgrades = client.app.state.engine.upgrades
+    tries = []
+
+    async def retired_each_time(collection, docs):
+        tries.append(collection)
+        raise Retired()
+
+    monkeypatch.setattr(upgrades, "write", retired_each_time)
+    r = client.put(f"/v1/collections/{name}/documents", json={"documents": [{"id": "a", "vector": [1, 0, 0, 0]}]})
+    error(r, 503, "collection_changing")
+    assert r.headers["retry-after"] == "1" and len(tries) == 3
+    monkeypatch.undo()
+    assert count(client, name) == 0
