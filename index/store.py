@@ -284,6 +284,18 @@ class Store:
                     self._idle_readers.append(conn)
                 self._pool.notify()
 
+    @contextmanager
+    def _read_as_of_one_commit(self) -> Iterator[sqlite3.Connection]:
+        """`_read` in one read transaction: every SELECT inside sees the same commit. (On these
+        autocommit connections each statement takes its own snapshot, so a write committed
+        between two SELECTs shows in the second only.)"""
+        with self._read() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")  # ends the read; it wrote nothing
+
     def close(self) -> None:
         """Close every connection, after the reads in flight end. None may outlive this call:
         SQLite's last connection to close deletes the `-wal` and `-shm` files by name, and once
@@ -436,7 +448,7 @@ class Store:
             )
 
     def get(self, doc_id: str) -> StoredDocument | None:
-        with self._read() as conn:
+        with self._read_as_of_one_commit() as conn:  # the row and its tokens
             row = conn.execute(
                 "SELECT label, id, vector, text, metadata FROM documents WHERE id = ? AND deleted = 0", (doc_id,)
             ).fetchone()
@@ -515,16 +527,19 @@ class Store:
         order, with text, metadata, vector and tokens. Paging by id, not by offset, is stable
         under concurrent writes: a document written between pages is seen exactly when its id
         sorts after the cursor."""
-        with self._read() as conn:
+        with self._read_as_of_one_commit() as conn:  # the rows and their tokens
             rows = conn.execute(
                 "SELECT label, id, vector, text, metadata FROM documents"
                 " WHERE deleted = 0 AND id > ? ORDER BY id LIMIT ?",
                 ("" if after is None else after, limit),
             ).fetchall()
-        docs = [self._document(row, True, True) for row in rows]
-        if self.token_dim and docs:
-            found = self.tokens([d.label for d in docs])
-            docs = [replace(d, tokens=found.get(d.label)) for d in docs]
+            docs = [self._document(row, True, True) for row in rows]
+            if self.token_dim and docs:
+                found = self._select_in(
+                    conn, "SELECT label, count, blob FROM tokens WHERE label IN ({})", [d.label for d in docs]
+                )
+                tokens = {label: self._tokens(count, blob) for label, count, blob in found}
+                docs = [replace(d, tokens=tokens[d.label]) for d in docs]
         return docs
 
     def vectors(self, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -70,6 +70,36 @@ def test_close_waits_for_the_reads_in_flight(store):
         store.get("d1")
 
 
+@pytest.mark.parametrize("read", ["get", "scroll"])
+def test_a_document_and_its_tokens_are_read_as_of_one_commit(tmp_path, monkeypatch, read):
+    """`get` and `scroll` read a multi-vector document's row, then its token matrix. Each SELECT
+    on an autocommit connection sees its own commit, so a delete between the two left a live
+    row without tokens: an AssertionError in scroll, a TypeError in get, both 500s over HTTP
+    (found by a race run of scrolls beside writes). Both now read in one transaction."""
+    s = Store(str(tmp_path / "tokens.sqlite"), dim=4, token_dim=3)
+    try:
+        zero = np.zeros(4, np.float32)
+        s.put([NewDocument(id=f"t{i}", vector=zero, tokens=np.full((i + 1, 3), i)) for i in range(3)])
+        deleted: list = []
+        document = s._document
+
+        def delete_meanwhile(*args):  # called between the row's SELECT and the tokens'
+            if not deleted:
+                deleted.append(s.delete(["t1"]))
+            return document(*args)
+
+        monkeypatch.setattr(s, "_document", delete_meanwhile)
+        docs = s.scroll(None, 10) if read == "scroll" else [s.get("t1")]
+        assert deleted and deleted[0][2] == ["t1"]
+        want = ["t0", "t1", "t2"] if read == "scroll" else ["t1"]
+        assert [d.id for d in docs] == want  # as of the commit before the delete
+        assert all(d.tokens is not None and len(d.tokens) == int(d.id[1]) + 1 for d in docs)
+        monkeypatch.undo()
+        assert s.get("t1") is None and [d.id for d in s.scroll(None, 10)] == ["t0", "t2"]
+    finally:
+        s.close()
+
+
 def test_changes_since_gives_latest_state_in_seq_order(store):
     store.put([doc(1), doc(2)])
     store.put([NewDocument(id="d1", vector=np.full(4, 9, np.float32))])
