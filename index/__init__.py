@@ -15,7 +15,15 @@ service imports from here and nowhere else in `index`.
 
 from index import encoder_upgrade as upgrades
 from index.backend import CatalogBackend, CollectionBackend, Generations, Query, SearchResult, WriteResult
-from index.backup import BackupInfo, archive_file, create_archive, list_archives, new_backup_id, remove_archive
+from index.backup import (
+    BackupInfo,
+    archive_file,
+    create_archive,
+    list_archives,
+    new_backup_id,
+    open_archive,
+    remove_archive,
+)
 from index.catalog import Catalog, check_name
 from index.collection import DEFAULT_CANDIDATES, Collection, CollectionOptions
 from index.collection.state import RERANK_MAX
@@ -178,6 +186,7 @@ __all__ = [
     "gone_meanwhile",
     "list_archives",
     "new_backup_id",
+    "open_archive",
     "open_milvus_catalog",
     "open_qdrant_catalog",
     "paced",

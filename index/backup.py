@@ -29,7 +29,7 @@ import tarfile
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from index.collection.layout import MANIFEST_FILE, ROTATION_DIR, SNAPSHOT_DIR, STORE_FILE
 from index.errors import Invalid
@@ -123,12 +123,33 @@ def archive_file(folder: str, backup_id: str) -> str | None:
     return path if done else None
 
 
+def open_archive(folder: str, backup_id: str) -> BinaryIO | None:
+    """A finished archive open for reading, or None (unknown or malformed id, or removed
+    meanwhile). Whoever holds it reads it whole even if a delete removes it meanwhile (an open
+    file outlives its name); a path checked first and opened later could be gone in between:
+    a download then sent its headers and dropped the connection, and a restore called the
+    archive invalid."""
+    path = archive_file(folder, backup_id)
+    if path is None:
+        return None
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        return None
+
+
 def remove_archive(folder: str, backup_id: str) -> bool:
+    """Delete an archive and its sidecar; False when there is none (or another call removed it
+    first: two deletes of one archive at once answer 204 once and 404 once)."""
     path = archive_file(folder, backup_id)
     if path is None:
         return False
-    os.remove(path[:-4] + ".json")  # first: a half-removed archive is no longer listed
-    os.remove(path)
+    try:
+        os.remove(path[:-4] + ".json")  # first: a half-removed archive is no longer listed
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
     return True
 
 
@@ -156,8 +177,9 @@ def pack(folder: str, archive: str, info: BackupInfo) -> BackupInfo:
     return BackupInfo(**{**info.to_json(), "bytes": os.path.getsize(archive), "sha256": _sha256_file(archive)})
 
 
-def unpack(archive: str, folder: str, name: str | None = None) -> tuple[BackupInfo, Manifest]:
-    """Extract and verify `archive` into `folder` (which must not exist); with `name`, the
+def unpack(archive: str | BinaryIO, folder: str, name: str | None = None) -> tuple[BackupInfo, Manifest]:
+    """Extract and verify `archive` (a path, or a file open for reading) into `folder` (which
+    must not exist); with `name`, the
     collection is renamed. Invalid ("invalid_archive") when anything is wrong; `folder` is then
     removed."""
     try:
@@ -170,9 +192,13 @@ def unpack(archive: str, folder: str, name: str | None = None) -> tuple[BackupIn
         raise _bad(f"{type(exc).__name__}: {exc}") from None
 
 
-def _unpack(archive: str, folder: str, name: str | None) -> tuple[BackupInfo, Manifest]:
+def _unpack(archive: str | BinaryIO, folder: str, name: str | None) -> tuple[BackupInfo, Manifest]:
     os.makedirs(folder)
-    with tarfile.open(archive, mode="r:") as tar:
+    with (
+        tarfile.open(archive, mode="r:")
+        if isinstance(archive, str)
+        else tarfile.open(fileobj=archive, mode="r:") as tar
+    ):
         first = tar.next()
         if first is None or first.name != INDEX_FILE or not first.isfile():
             raise _bad(f"the archive does not start with {INDEX_FILE}")

@@ -31,6 +31,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from typing import BinaryIO
 
 from index.backup import BackupInfo, sweep_unfinished, unpack
 from index.collection import MANIFEST_FILE, Collection, CollectionOptions, open_collection
@@ -222,7 +223,7 @@ class Catalog:
 
     def restore(
         self,
-        archive: str,
+        archive: str | BinaryIO,
         name: str | None = None,
         replace: bool = False,
         check: Callable[[Manifest], None] | None = None,

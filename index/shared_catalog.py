@@ -24,7 +24,7 @@ import json
 import threading
 import time
 import weakref
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 
@@ -215,7 +215,7 @@ class SharedCatalog:
     def backup_dir(self, name: str) -> str:
         raise self._no_archives()
 
-    def restore(self, archive: str, name: str | None = None, replace: bool = False) -> tuple[Any, Any]:
+    def restore(self, archive: str | BinaryIO, name: str | None = None, replace: bool = False) -> tuple[Any, Any]:
         raise self._no_archives()
 
     def _no_archives(self) -> Invalid:

@@ -16,7 +16,7 @@ live in `service/ops/`.
 
 import gc
 import logging
-from typing import Any
+from typing import Any, BinaryIO
 
 from starlette.concurrency import run_in_threadpool
 from threadpoolctl import threadpool_limits
@@ -234,7 +234,7 @@ class Engine:
         self.recall.reset(name)
         self.metrics.forget_collection(name)
 
-    async def restore_collection(self, archive: str, name: str | None, replace: bool) -> AsyncCollection:
+    async def restore_collection(self, archive: str | BinaryIO, name: str | None, replace: bool) -> AsyncCollection:
         """Recreate a collection from a backup archive (see `Catalog.restore`); with `replace`,
         the collection of that name is swapped for it. Refused while that collection upgrades
         its encoder (its live generation would be thrown away), and no upgrade of `name` begins

@@ -8,8 +8,9 @@ checks and its files are `index.backup`'s.
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
+from typing import BinaryIO
 
 from starlette.concurrency import run_in_threadpool
 
@@ -17,11 +18,11 @@ from index import (
     Invalid,
     NotFound,
     TooLarge,
-    archive_file,
     check_name,
     create_archive,
     list_archives,
     new_backup_id,
+    open_archive,
     remove_archive,
 )
 from service import schemas
@@ -51,12 +52,20 @@ def list_all(engine: Engine, name: str) -> schemas.SnapshotList:
     return schemas.SnapshotList(snapshots=[schemas.SnapshotInfo(**b.to_json()) for b in found])
 
 
-def archive_path(engine: Engine, name: str, snapshot_id: str) -> str:
-    """The archive file of a backup; NotFound for an unknown (or malformed) id."""
-    path = archive_file(_folder(engine, name), snapshot_id)
-    if path is None:
+def open_snapshot(engine: Engine, name: str, snapshot_id: str) -> BinaryIO:
+    """The archive file of a backup, open for reading (a delete meanwhile leaves it readable to
+    the end); NotFound for an unknown (or malformed) id, or one deleted before it was opened."""
+    archive = open_archive(_folder(engine, name), snapshot_id)
+    if archive is None:
         raise NotFound(f"collection {name!r} has no snapshot {snapshot_id!r}", code="snapshot_not_found")
-    return path
+    return archive
+
+
+def read_through(archive: BinaryIO, chunk: int = 1 << 20) -> Iterator[bytes]:
+    """The bytes of an open archive, `chunk` at a time; closes it at the end."""
+    with archive:
+        while data := archive.read(chunk):
+            yield data
 
 
 def delete(engine: Engine, name: str, snapshot_id: str) -> None:
@@ -67,7 +76,8 @@ def delete(engine: Engine, name: str, snapshot_id: str) -> None:
 async def restore(engine: Engine, name: str, snapshot_id: str) -> schemas.CollectionInfo:
     """Put collection `name` back exactly as it was at the snapshot's seq (replacing it, or
     recreating it after a drop)."""
-    collection = await engine.restore_collection(archive_path(engine, name, snapshot_id), name, replace=True)
+    with await run_in_threadpool(open_snapshot, engine, name, snapshot_id) as archive:
+        collection = await engine.restore_collection(archive, name, replace=True)
     return collection_info(collection, engine)
 
 

@@ -226,3 +226,49 @@ def test_an_upgrade_started_while_a_drop_runs_never_outlives_the_collection(tmp_
         assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
         r = c.post("/v1/collections/kb/upgrades", json={"model": "other", "sample": 20})
         assert r.status_code == 202, r.text
+
+
+def test_a_snapshot_deleted_while_it_is_downloaded_or_restored_is_read_whole(tmp_path, monkeypatch):
+    """A download and a restore open the archive before anything else, and read the open file:
+    a delete meanwhile cannot cut them short. Before, each checked the path, then opened it
+    later; in a race run a download sent its 200 headers and dropped the connection (the file
+    was gone: 2 of 932), and a restore answered 422 invalid_archive for an archive that was fine."""
+    from index import remove_archive
+    from service.ops import backups
+
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600)
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb", "dim": 4}).status_code == 201
+        docs = [{"id": f"d{i}", "vector": [i, 1, 0, 0]} for i in range(300)]
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        folder = c.app.state.engine.catalog.backup_dir("kb")
+
+        snap = c.post("/v1/collections/kb/snapshots").json()
+        read_through = backups.read_through
+
+        def deleted_first(archive, *args):
+            assert remove_archive(folder, snap["id"])  # after the headers, before the body
+            yield from read_through(archive, *args)
+
+        monkeypatch.setattr(backups, "read_through", deleted_first)
+        r = c.get(f"/v1/collections/kb/snapshots/{snap['id']}")
+        assert r.status_code == 200 and hashlib.sha256(r.content).hexdigest() == snap["sha256"]
+        monkeypatch.undo()
+        assert c.get(f"/v1/collections/kb/snapshots/{snap['id']}").status_code == 404
+
+        snap = c.post("/v1/collections/kb/snapshots").json()
+        assert c.post("/v1/collections/kb/documents/delete", json={"ids": ["d1", "d2"]}).json()["deleted"] == 2
+        engine = c.app.state.engine
+        restore = engine.restore_collection
+
+        async def deleted_meanwhile(*args, **kwargs):
+            assert remove_archive(folder, snap["id"])
+            return await restore(*args, **kwargs)
+
+        monkeypatch.setattr(engine, "restore_collection", deleted_meanwhile)
+        r = c.post(f"/v1/collections/kb/snapshots/{snap['id']}/restore")
+        assert r.status_code == 200 and r.json()["documents"] == 300, r.text
+        monkeypatch.undo()
+        r = c.post(f"/v1/collections/kb/snapshots/{snap['id']}/restore")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "snapshot_not_found"
+        assert c.delete(f"/v1/collections/kb/snapshots/{snap['id']}").status_code == 404
