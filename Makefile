@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lint bench fuzz faults soak clean prometheus
+.PHONY: install run test test-fast lint bench fuzz faults soak races clean prometheus
 
 install: $(STAMP)
 
@@ -49,7 +49,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/beir.py
 
 # The long reliability runs (README "Reliability"): Schemathesis's full pass, kill -9 at random
-# and named moments with an upgrade under way, and a 10-minute soak.
+# and named moments with an upgrade under way, a 10-minute soak, and every operation on one
+# collection beside its restores, uploads, drops and upgrades.
 fuzz: $(STAMP)
 	$(BIN)/python bench/fuzz.py --examples 100
 
@@ -58,6 +59,9 @@ faults: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py --minutes 10 --warmup 2
+
+races: $(STAMP)
+	$(BIN)/python bench/races.py --seconds 90
 
 clean:
 	rm -rf $(VENV) build *.egg-info

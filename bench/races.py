@@ -1,0 +1,470 @@
+"""Races: every operation on one collection at once, beside restores, uploads, drops and
+encoder upgrades of that same collection, on a real server over loopback.
+
+Each scenario runs actor threads for `--seconds`, each picking operations at random, then
+checks what is left. An answer is "bad" when it is a 5xx other than the two a client retries
+(`503 collection_restoring` during a restore's swap, `503 collection_changing` when a
+request's collection changed generation three times while it ran), when the connection drops,
+or when a download's body is shorter than its length. Every scenario also fails on a
+traceback in the server's log.
+
+- `restores`: a vector collection with a PCA funnel: writes, deletes, searches (filtered,
+  batched), PATCH, refits, recall measurements, snapshots and restores in place.
+- `upgrades`: a text collection: upgrades started, cut over, rolled back, finalized and
+  aborted, beside text writes, searches, snapshots, restores, uploads, drops and re-creates.
+  After the run no upgrade may be left "fitting" or "backfilling" without running, and each
+  live one must abort; the server then restarts and must come up with no failed collection.
+- `multivector`: a multi-vector collection (token matrices) and a text collection: every
+  search mode (dense, keyword, hybrid, exact, batch), scrolls, writes and deletes beside
+  snapshots, restores, uploads, drops and re-creates.
+- `archives`: snapshots taken, downloaded, restored and deleted, the same ones at once.
+
+    python bench/races.py [--seconds 90] [--only upgrades archives]
+
+Prints a table; exits 1 when any scenario saw a bad answer, a traceback or a failed check.
+"""
+
+import argparse
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.support.datasets import wordnet_glosses
+from tests.support.server import Server
+
+RETRYABLE = {"collection_restoring", "collection_changing"}  # 503s a client retries
+LIVE_STATES = ("fitting", "backfilling", "cut_over")
+GLOSSES = wordnet_glosses()[:1500]
+
+
+class Tally:
+    """Answers by (operation, status, error code), and the bad ones in full."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.bad: list[str] = []
+        self.lock = threading.Lock()
+
+    def add(self, kind: str, r: httpx.Response) -> None:
+        code = ""
+        if r.status_code >= 400:
+            try:
+                code = r.json()["error"]["code"]
+            except Exception:
+                code = "?"
+        short = (
+            r.request.method == "GET"
+            and "/snapshots/" in r.request.url.path
+            and r.status_code == 200
+            and len(r.content) != int(r.headers.get("content-length", len(r.content)))
+        )
+        with self.lock:
+            self.counts[(kind, r.status_code, code)] += 1
+            if (r.status_code >= 500 and code not in RETRYABLE) or short:
+                self.bad.append(f"{kind}: {r.status_code} {r.text[:200]}")
+
+    def failed(self, kind: str, exc: Exception) -> None:
+        with self.lock:
+            self.counts[(kind, 0, type(exc).__name__)] += 1
+            self.bad.append(f"{kind}: {exc!r}")
+
+    def summary(self) -> dict[str, int]:
+        ok = sum(n for (_, status, _), n in self.counts.items() if 0 < status < 400)
+        rejected = sum(n for (_, status, _), n in self.counts.items() if 400 <= status < 500)
+        retry = sum(n for (_, status, code), n in self.counts.items() if status == 503 and code in RETRYABLE)
+        return {"ok": ok, "4xx": rejected, "503 to retry": retry, "bad": len(self.bad)}
+
+
+def run_actors(url: str, seconds: float, actors: list[list[str]], op: Callable, tally: Tally) -> None:
+    """One thread per list of operation kinds, each picking one at random until time is up."""
+    stop = threading.Event()
+
+    def actor(kinds: list[str], seed: int) -> None:
+        r = random.Random(seed)
+        with httpx.Client(base_url=url, timeout=300) as c:
+            while not stop.is_set():
+                kind = r.choice(kinds)
+                try:
+                    resp = op(kind, c, r)
+                except Exception as exc:  # a dropped connection, a timeout
+                    tally.failed(kind, exc)
+                    continue
+                tally.add(kind, resp)
+
+    threads = [threading.Thread(target=actor, args=(kinds, i)) for i, kinds in enumerate(actors)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+
+
+class Archives:
+    """The newest few snapshot ids of each collection (shared by the actors)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, list[str]] = {}
+        self.lock = threading.Lock()
+
+    def add(self, c: httpx.Client, name: str, r: httpx.Response, keep: int = 4) -> httpx.Response:
+        if r.status_code == 201:
+            with self.lock:
+                ids = self.ids.setdefault(name, [])
+                ids.append(r.json()["id"])
+                old = ids.pop(0) if len(ids) > keep else None
+            if old is not None:
+                c.delete(f"/v1/collections/{name}/snapshots/{old}")
+        return r
+
+    def pick(self, name: str, r: random.Random) -> str:
+        with self.lock:
+            ids = self.ids.get(name) or ["20260101T000000Z-00000000"]
+            return r.choice(ids)
+
+
+def snapshot_ops(kind: str, c: httpx.Client, r: random.Random, name: str, archives: Archives):
+    """Snapshot, restore in place, upload with replace, download, delete: None for other kinds."""
+    if kind == "snap":
+        return archives.add(c, name, c.post(f"/v1/collections/{name}/snapshots"))
+    if kind == "restore":
+        return c.post(f"/v1/collections/{name}/snapshots/{archives.pick(name, r)}/restore")
+    if kind == "download":
+        return c.get(f"/v1/collections/{name}/snapshots/{archives.pick(name, r)}")
+    if kind == "unsnap":
+        return c.delete(f"/v1/collections/{name}/snapshots/{archives.pick(name, r)}")
+    if kind == "upload":
+        archive = c.get(f"/v1/collections/{name}/snapshots/{archives.pick(name, r)}")
+        if archive.status_code != 200:
+            return archive
+        return c.post(
+            f"/v1/snapshots/restore?collection={name}&replace=true",
+            content=archive.content,
+            headers={"content-type": "application/x-tar"},
+        )
+    return None
+
+
+def gloss_doc(i: int, tag: str = "") -> dict:
+    _, pos, lemmas, gloss = GLOSSES[i]
+    return {"id": str(i), "text": f"{lemmas}: {gloss}{tag}", "metadata": {"pos": pos, "g": i % 4}}
+
+
+def put_ok(c: httpx.Client, path: str, body: dict) -> None:
+    c.put(path, json=body).raise_for_status()
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+def restores(url: str, seconds: float, tally: Tally) -> list[str]:
+    name, archives = "mix", Archives()
+    with httpx.Client(base_url=url, timeout=300) as c:
+        create = {"name": name, "dim": 16, "dims": [8, 16], "elasticizer": {"kind": "pca", "fit_at": 100}}
+        c.post("/v1/collections", json=create).raise_for_status()
+        rng = np.random.default_rng(0)
+        docs = [
+            {"id": str(i), "vector": rng.standard_normal(16).tolist(), "metadata": {"g": i % 5}} for i in range(400)
+        ]
+        put_ok(c, f"/v1/collections/{name}/documents", {"documents": docs})
+        archives.add(c, name, c.post(f"/v1/collections/{name}/snapshots"))
+
+    def op(kind, c, r):
+        def v():
+            return np.random.default_rng(r.randrange(1 << 30)).standard_normal(16).tolist()
+
+        path = f"/v1/collections/{name}"
+        if kind == "put":
+            docs = [{"id": str(r.randrange(600)), "vector": v(), "metadata": {"g": r.randrange(5)}} for _ in range(5)]
+            return c.put(f"{path}/documents", json={"documents": docs})
+        if kind == "delete":
+            return c.post(f"{path}/documents/delete", json={"ids": [str(r.randrange(600)) for _ in range(3)]})
+        if kind == "search":
+            body = {"vector": v(), "k": 5, "dim": r.choice([8, 16]), "include": ["metadata"]}
+            if r.random() < 0.3:
+                body["filter"] = {"g": r.randrange(5)}
+            return c.post(f"{path}/search", json=body)
+        if kind == "batch":
+            return c.post(f"{path}/search/batch", json={"searches": [{"vector": v(), "k": 3} for _ in range(10)]})
+        if kind == "patch":
+            body = r.choice([{"target_recall": 0.9}, {"target_recall": None}, {"limits": {"max_k": r.randint(5, 100)}}])
+            return c.patch(path, json=body)
+        if kind == "refit":
+            return c.post(f"{path}/elasticizer/refit", json={})
+        if kind == "recall":
+            return c.post(f"{path}/recall", json={"queries": 10})
+        if kind == "get":
+            return c.get(f"{path}/documents/{r.randrange(600)}")
+        return snapshot_ops(kind, c, r, name, archives)
+
+    every = ["put", "delete", "search", "batch", "patch", "refit", "recall", "snap", "restore", "get"]
+    run_actors(url, seconds, [every] * 4 + [["put", "search", "delete", "get"]] * 4, op, tally)
+    return []
+
+
+def upgrades(url: str, seconds: float, tally: Tally, models: list[str]) -> list[str]:
+    name, archives = "up", Archives()
+
+    def create(c: httpx.Client) -> httpx.Response:
+        """The collection and its documents (the answer to the writes: a restore may be swapping it)."""
+        r = c.post("/v1/collections", json={"name": name})
+        if r.status_code != 201:
+            return r
+        return c.put(f"/v1/collections/{name}/documents", json={"documents": [gloss_doc(i) for i in range(400)]})
+
+    with httpx.Client(base_url=url, timeout=300) as c:
+        create(c).raise_for_status()
+        archives.add(c, name, c.post(f"/v1/collections/{name}/snapshots"))
+
+    def some_upgrade(c, r) -> str | None:
+        listed = c.get(f"/v1/collections/{name}/upgrades")
+        if listed.status_code != 200 or not listed.json()["upgrades"]:
+            return None
+        ups = listed.json()["upgrades"]
+        live = [u for u in ups if u["state"] in LIVE_STATES]
+        return (live or ups)[-1]["id"] if r.random() < 0.9 else r.choice(ups)["id"]
+
+    def op(kind, c, r):
+        path = f"/v1/collections/{name}"
+        if kind == "put":
+            docs = [gloss_doc(r.randrange(600), f" v{r.randrange(3)}") for _ in range(4)]
+            return c.put(f"{path}/documents", json={"documents": docs})
+        if kind == "delete":
+            return c.post(f"{path}/documents/delete", json={"ids": [str(r.randrange(600)) for _ in range(2)]})
+        if kind == "search":
+            body = {"query": GLOSSES[r.randrange(600)][3], "k": 5, "include": ["metadata", "text"]}
+            return c.post(f"{path}/search", json=body)
+        if kind == "start":
+            return c.post(f"{path}/upgrades", json={"model": r.choice(models), "sample": r.choice([50, 200])})
+        if kind in ("cutover", "rollback", "finalize", "abort", "status"):
+            upgrade = some_upgrade(c, r)
+            if upgrade is None:
+                return c.get(path)
+            if kind == "status":
+                return c.get(f"{path}/upgrades/{upgrade}")
+            return c.post(f"{path}/upgrades/{upgrade}/{kind}", json={"force": True} if kind == "cutover" else None)
+        if kind == "drop":
+            return c.delete(path) if r.random() < 0.1 else c.get(path)
+        if kind == "create":
+            return create(c)
+        return snapshot_ops(kind, c, r, name, archives)
+
+    lifecycle = ["start", "start", "cutover", "rollback", "finalize", "abort", "status"]
+    actors = [
+        ["put", "delete", "put"],
+        ["put", "search"],
+        ["search", "status"],
+        lifecycle,
+        [*lifecycle, "snap", "restore"],
+        ["snap", "restore", "upload", "download"],
+        ["drop", "create"],
+    ]
+    run_actors(url, seconds, actors, op, tally)
+    return check_upgrades(url, name)
+
+
+def check_upgrades(url: str, name: str) -> list[str]:
+    """Every upgrade the records call live is running (it reports progress) and aborts."""
+    problems = []
+    with httpx.Client(base_url=url, timeout=300) as c:
+        if c.get(f"/v1/collections/{name}").status_code == 404:
+            c.post("/v1/collections", json={"name": name}).raise_for_status()
+        for u in c.get(f"/v1/collections/{name}/upgrades").json()["upgrades"]:
+            if u["state"] not in LIVE_STATES:
+                continue
+            if u["progress"] is None:
+                problems.append(f"upgrade {u['id']} is {u['state']} but nothing runs it")
+            if u["state"] == "cut_over":
+                r = c.post(f"/v1/collections/{name}/upgrades/{u['id']}/finalize")
+            else:
+                r = c.post(f"/v1/collections/{name}/upgrades/{u['id']}/abort")
+            if r.status_code != 200:
+                problems.append(f"upgrade {u['id']} ({u['state']}) cannot end: {r.status_code} {r.text[:200]}")
+    return problems
+
+
+def multivector(url: str, seconds: float, tally: Tally) -> list[str]:
+    archives = Archives()
+
+    def tokens(r: random.Random, n: int | None = None) -> list:
+        rows = n or r.randint(1, 12)
+        return np.random.default_rng(r.randrange(1 << 30)).standard_normal((rows, 16)).round(4).tolist()
+
+    def create(c: httpx.Client, name: str) -> httpx.Response:
+        if name == "mv":
+            resp = c.post("/v1/collections", json={"name": "mv", "multivector": {"token_dim": 16}})
+            r = random.Random(0)
+            docs = [
+                {"id": str(i), "vectors": tokens(r), "text": GLOSSES[i][3], "metadata": {"g": i % 4}}
+                for i in range(300)
+            ]
+        else:
+            resp = c.post("/v1/collections", json={"name": "hy", "dims": [96, 384]})
+            docs = [gloss_doc(i) for i in range(300)]
+        if resp.status_code != 201:
+            return resp
+        return c.put(f"/v1/collections/{name}/documents", json={"documents": docs})  # a restore may be swapping it
+
+    with httpx.Client(base_url=url, timeout=300) as c:
+        for name in ("mv", "hy"):
+            create(c, name).raise_for_status()
+            archives.add(c, name, c.post(f"/v1/collections/{name}/snapshots"))
+
+    def op(kind, c, r):
+        name = r.choice(["mv", "hy"])
+        path = f"/v1/collections/{name}"
+        if kind == "put":
+            docs = [gloss_doc(r.randrange(500)) for _ in range(3)]
+            if name == "mv":
+                docs = [{**d, "vectors": tokens(r)} for d in docs]
+            return c.put(f"{path}/documents", json={"documents": docs})
+        if kind == "delete":
+            return c.post(f"{path}/documents/delete", json={"ids": [str(r.randrange(500)) for _ in range(2)]})
+        if kind == "search":
+            mode = r.choice(["dense", "keyword", "hybrid"])
+            text = GLOSSES[r.randrange(1500)][3]
+            body: dict = {"k": 5, "mode": mode, "include": ["metadata", "text"]}
+            if r.random() < 0.3:
+                body["filter"] = {"g": r.randrange(4)}
+            if mode == "keyword":
+                body["query"] = text
+            elif name == "mv":
+                body.update(vectors=tokens(r, 4), candidates=r.choice([20, 50]))
+                if mode == "hybrid":
+                    body["keyword_query"] = text
+            else:
+                body.update(query=text, dim=r.choice([96, 384]))
+            return c.post(f"{path}/search", json=body)
+        if kind == "exact":
+            query = {"vectors": tokens(r, 3)} if name == "mv" else {"query": GLOSSES[r.randrange(1500)][3]}
+            return c.post(f"{path}/search", json={"k": 3, "exact": True, **query})
+        if kind == "batch":
+            one = (
+                (lambda: {"vectors": tokens(r, 2)})
+                if name == "mv"
+                else (lambda: {"query": GLOSSES[r.randrange(1500)][3]})
+            )
+            return c.post(f"{path}/search/batch", json={"searches": [{"k": 3, **one()} for _ in range(4)]})
+        if kind == "scroll":
+            return c.get(f"{path}/documents", params={"limit": 40})
+        if kind == "get":
+            return c.get(f"{path}/documents/{r.randrange(500)}")
+        if kind == "recall":
+            return c.post(f"{path}/recall", json={"queries": 5})
+        if kind == "drop":
+            return c.delete(path) if r.random() < 0.15 else c.get(path)
+        if kind == "create":
+            return create(c, name)
+        return snapshot_ops(kind, c, r, name, archives)
+
+    actors = [
+        ["put", "delete", "search"],
+        ["search", "exact", "batch", "scroll", "get"],
+        ["put", "search", "recall", "scroll"],
+        ["snap", "restore", "upload", "search"],
+        ["drop", "create", "snap", "search"],
+        ["put", "batch", "delete", "get"],
+    ]
+    run_actors(url, seconds, actors, op, tally)
+    return []
+
+
+def archives_race(url: str, seconds: float, tally: Tally) -> list[str]:
+    name, archives = "sr", Archives()
+    with httpx.Client(base_url=url, timeout=300) as c:
+        c.post("/v1/collections", json={"name": name, "dim": 8}).raise_for_status()
+        rng = np.random.default_rng(1)
+        docs = [{"id": str(i), "vector": rng.standard_normal(8).tolist()} for i in range(1000)]
+        put_ok(c, f"/v1/collections/{name}/documents", {"documents": docs})
+
+    def op(kind, c, r):
+        return snapshot_ops(kind, c, r, name, archives)
+
+    actors = [["snap"], ["unsnap", "download"], ["download", "restore"], ["unsnap", "restore", "download"]]
+    run_actors(url, seconds, actors, lambda kind, c, r: op(kind, c, r), tally)
+    return []
+
+
+# -- the run -----------------------------------------------------------------------------------
+def test_models(root: Path) -> list[str]:
+    """Two local models an upgrade from MiniLM can go to (built from the bundled one)."""
+    from tests.support.models import rotated_minilm, shallow_minilm
+
+    return [rotated_minilm(str(root / "rotated"), seed=2, noise=0.5), shallow_minilm(str(root / "shallow"), layers=3)]
+
+
+def restart_check(server: Server) -> list[str]:
+    """Stop the server, start it on the same data directory: it must come up with nothing failed."""
+    server.stop()
+    server.start()
+    ready = httpx.get(f"{server.url}/readyz", timeout=30).json()
+    return [f"after a restart: {ready}"] if ready.get("failed_count") else []
+
+
+def tracebacks(log: Path, since: int) -> int:
+    return log.read_bytes()[since:].count(b"Traceback (most recent call last)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=90.0, help="how long each scenario's actors run")
+    names = ["restores", "upgrades", "multivector", "archives"]
+    p.add_argument("--only", nargs="+", choices=names, default=names)
+    args = p.parse_args()
+
+    rows, failed = [], False
+    with tempfile.TemporaryDirectory(prefix="vecnest-races-") as tmp:
+        root = Path(tmp)
+        models = test_models(root / "models") if "upgrades" in args.only else []
+        env = {
+            "VECNEST_ALLOW_MODEL_PATHS": "true",  # the upgrade scenario's models are folders
+            "VECNEST_UPGRADE_BATCH_SIZE": "32",
+            "VECNEST_UPGRADE_POLL_S": "0.1",
+        }
+        for scenario in args.only:
+            server = Server(root / scenario / "data", env=env, log=root / f"{scenario}.log").start()
+            tally = Tally()
+            try:
+                t0 = time.perf_counter()
+                if scenario == "restores":
+                    problems = restores(server.url, args.seconds, tally)
+                elif scenario == "upgrades":
+                    problems = upgrades(server.url, args.seconds, tally, models)
+                elif scenario == "multivector":
+                    problems = multivector(server.url, args.seconds, tally)
+                else:
+                    problems = archives_race(server.url, args.seconds, tally)
+                took = time.perf_counter() - t0
+                problems += restart_check(server)
+            finally:
+                server.stop()
+            traced = tracebacks(server.log, 0)
+            s = tally.summary()
+            rows.append((scenario, took, s, traced, problems))
+            failed |= bool(s["bad"] or traced or problems)
+            for line in tally.bad[:10] + problems:
+                print(f"  {scenario}: {line}", flush=True)
+            if traced:
+                print(f"  {scenario}: {traced} tracebacks in {server.log}", flush=True)
+                print(server.log.read_text()[-3000:])
+
+    print("\n| scenario | seconds | answered 2xx | 4xx | 503 to retry | bad | tracebacks | checks after |")
+    print("|---|---|---|---|---|---|---|---|")
+    for scenario, took, s, traced, problems in rows:
+        checks = "ok" if not problems else f"{len(problems)} failed"
+        print(
+            f"| {scenario} | {took:.0f} | {s['ok']:,} | {s['4xx']:,} | {s['503 to retry']:,} | {s['bad']} | "
+            f"{traced} | {checks} |"
+        )
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
