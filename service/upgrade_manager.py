@@ -708,6 +708,10 @@ class UpgradeManager:
                     await self._apply(name, live, plan.upserts[start : start + batch], False)
                 if plan.deletes:
                     await live.shadow.delete(plan.deletes)
+            # Limits and the recall policy are the collection's, not a generation's: a PATCH since
+            # the upgrade began (or, for a rollback, since the cut-over) reached the serving one only.
+            await live.shadow.set_limits(source.manifest.limits)
+            await live.shadow.set_recall_policy(source.recall_policy)
             await live.shadow.snapshot()
             previous_encoder = await self._embedder.encoder_of(source.backend)  # before anything flips
             assert previous_encoder is not None  # upgrades are of text collections

@@ -154,12 +154,14 @@ def recall_policy(req: schemas.RecallPolicyIn, current: RecallPolicy) -> RecallP
 
 async def update(engine: Engine, name: str, req: schemas.CollectionUpdate) -> schemas.CollectionInfo:
     """Change the recall policy (the controller follows it) and, when given, replace the limits;
-    both are saved at once."""
-    collection = await engine.current(name)
-    policy = recall_policy(req, collection.recall_policy)  # validated before anything is saved
-    if req.limits is not None:
-        await collection.set_limits(_limits(req.limits))
-    await collection.set_recall_policy(policy)
+    both are saved at once. No cut-over or rollback runs meanwhile: each carries the serving
+    generation's settings over to the one that takes its place."""
+    async with engine.upgrades.lifecycle(name):
+        collection = await engine.current(name)
+        policy = recall_policy(req, collection.recall_policy)  # validated before anything is saved
+        if req.limits is not None:
+            await collection.set_limits(_limits(req.limits))
+        await collection.set_recall_policy(policy)
     return info(collection, engine)
 
 

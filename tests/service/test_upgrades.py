@@ -1,0 +1,49 @@
+"""Encoder upgrades over the API with model-free encoders: what belongs to the collection
+rather than to one generation follows it through cut-over and rollback."""
+
+import time
+
+from service.settings import Settings
+from tests.support.app import app_client
+
+
+def wait_caught_up(c, name: str, upgrade_id: str, timeout: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = c.get(f"/v1/collections/{name}/upgrades/{upgrade_id}").json()
+        if info["state"] == "backfilling" and info["progress"]["caught_up"]:
+            return info
+        time.sleep(0.05)
+    raise AssertionError(f"the backfill never caught up: {info}")
+
+
+def settings_of(c, name: str) -> tuple:
+    info = c.get(f"/v1/collections/{name}").json()
+    return info["limits"], info["recall"]["target_recall"], info["recall"]["ef_max"]
+
+
+def test_settings_changed_during_an_upgrade_survive_its_cut_over_and_rollback(tmp_path):
+    """PATCH reaches the generation that serves. The new generation copied the limits and the
+    recall policy when the upgrade started, so a PATCH during the backfill (hours, on a large
+    collection) was undone by the cut-over: a tightened limit, or a recall target, silently
+    gone. The same held for a PATCH after the cut-over and a rollback."""
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other": str(tmp_path)})
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(120)]
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        upgrade_id = c.post("/v1/collections/kb/upgrades", json={"model": "other", "sample": 50}).json()["id"]
+        wait_caught_up(c, "kb", upgrade_id)
+
+        during = {"limits": {"max_k": 7}, "target_recall": 0.9, "ef_max": 300}
+        assert c.patch("/v1/collections/kb", json=during).status_code == 200
+        r = c.post(f"/v1/collections/kb/upgrades/{upgrade_id}/cutover")
+        assert r.status_code == 200 and r.json()["state"] == "cut_over", r.text
+        assert settings_of(c, "kb") == ({"max_k": 7}, 0.9, 300)
+        r = c.post("/v1/collections/kb/search", json={"query": "topic 3", "k": 8})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "k_too_large", r.text
+
+        after = {"limits": {"max_k": 5}, "target_recall": None}
+        assert c.patch("/v1/collections/kb", json=after).status_code == 200
+        assert c.post(f"/v1/collections/kb/upgrades/{upgrade_id}/rollback").status_code == 200
+        assert settings_of(c, "kb") == ({"max_k": 5}, None, 300)
