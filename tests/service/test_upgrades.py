@@ -1,7 +1,9 @@
 """Encoder upgrades over the API with model-free encoders: what belongs to the collection
 rather than to one generation follows it through cut-over and rollback."""
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError
 
 from service.settings import Settings
 from tests.support.app import app_client
@@ -47,3 +49,43 @@ def test_settings_changed_during_an_upgrade_survive_its_cut_over_and_rollback(tm
         assert c.patch("/v1/collections/kb", json=after).status_code == 200
         assert c.post(f"/v1/collections/kb/upgrades/{upgrade_id}/rollback").status_code == 200
         assert settings_of(c, "kb") == ({"max_k": 5}, None, 300)
+
+
+def test_an_abort_during_a_cut_over_waits_for_it_and_is_refused(tmp_path):
+    """An abort sent while a cut-over runs. Before, the abort was taken (the record still said
+    "backfilling"): it deleted the new generation, and the cut-over then made that deleted
+    folder the one that serves, so every later read failed and the next start could not open
+    the collection. Now the abort waits for the cut-over and is refused (409), and the
+    collection serves from the new generation, on this server and after a restart."""
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other": str(tmp_path)})
+    docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(120)]
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        upgrade_id = c.post("/v1/collections/kb/upgrades", json={"model": "other", "sample": 50}).json()["id"]
+        wait_caught_up(c, "kb", upgrade_id)
+        catalog = c.app.state.engine.catalog
+        swap, entered, release = catalog.swap, threading.Event(), threading.Event()
+
+        def held_swap(*args):
+            entered.set()
+            release.wait(60)
+            return swap(*args)
+
+        catalog.swap = held_swap
+        with ThreadPoolExecutor(2) as pool:
+            cut = pool.submit(c.post, f"/v1/collections/kb/upgrades/{upgrade_id}/cutover")
+            assert entered.wait(60)
+            abort = pool.submit(c.post, f"/v1/collections/kb/upgrades/{upgrade_id}/abort")
+            try:
+                abort.result(timeout=3)  # before, the abort went ahead during the cut-over
+            except TimeoutError:
+                pass  # it waits
+            release.set()
+            assert cut.result().status_code == 200, cut.result().text
+            assert abort.result().status_code == 409, abort.result().text
+        assert c.get("/v1/collections/kb").json()["model"] == "other"
+        assert len(c.post("/v1/collections/kb/search", json={"query": "topic 3", "k": 5}).json()["results"]) == 5
+    with app_client(settings, fake=True) as c:
+        assert c.get("/readyz").json()["failed_count"] == 0
+        assert c.get("/v1/collections/kb").json()["documents"] == 120
