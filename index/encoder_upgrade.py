@@ -152,16 +152,25 @@ def save_record(home: str, record: UpgradeRecord) -> None:
 
 
 def load_records(home: str) -> list[UpgradeRecord]:
-    """Every upgrade of the collection at `home`, oldest first; ValueError names an unreadable one."""
+    """Every upgrade of the collection at `home`, oldest first; ValueError names an unreadable one.
+
+    A record is only ever replaced whole (`write_atomic`), never deleted alone: one listed and
+    gone when opened, or the folder gone, went with the home (a drop, or a restore moving it
+    aside) while this read; the caller checks the collection again (it is then "not found" or
+    "being restored"). Before, that was an "unreadable record" and a 500."""
     folder = os.path.join(home, UPGRADES_DIR)
-    if not os.path.isdir(folder):
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
         return []
     records = []
-    for name in os.listdir(folder):
+    for name in names:
         if name.endswith(".json"):
             try:
                 with open(os.path.join(folder, name)) as f:
                     records.append(UpgradeRecord(**json.load(f)))
+            except FileNotFoundError:
+                continue  # removed with its home meanwhile
             except (OSError, ValueError, TypeError) as exc:
                 raise ValueError(
                     f"upgrade record {UPGRADES_DIR}/{name} is unreadable ({type(exc).__name__}: {exc})"

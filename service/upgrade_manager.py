@@ -255,6 +255,7 @@ class UpgradeManager:
     async def records(self, name: str) -> list[tuple[upgrades.UpgradeRecord, dict[str, Any] | None]]:
         gens = await run_in_threadpool(self._generations, name)
         records = await run_in_threadpool(gens.records)
+        await run_in_threadpool(self._generations, name)  # dropped or being restored while read: 404 / 503
         return [(r, await self._progress_of(r)) for r in records]
 
     async def get(self, name: str, upgrade_id: str) -> tuple[upgrades.UpgradeRecord, dict[str, Any] | None]:
@@ -266,7 +267,9 @@ class UpgradeManager:
         if live is not None and live.record.id == upgrade_id:
             return live.record
         gens = await run_in_threadpool(self._generations, name)
-        for record in await run_in_threadpool(gens.records):
+        records = await run_in_threadpool(gens.records)
+        await run_in_threadpool(self._generations, name)  # dropped or being restored while read: 404 / 503
+        for record in records:
             if record.id == upgrade_id:
                 return record
         raise NotFound(f"upgrade {upgrade_id!r} of collection {name!r} not found", code="upgrade_not_found")

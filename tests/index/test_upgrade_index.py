@@ -163,3 +163,40 @@ def test_new_generation_manifest_keeps_settings_and_drops_dims_above_the_new_mod
     )
     plain = upgrades.new_generation_manifest(manifest("kb", 384), {"model": "m", "dim": 256}, 256, matryoshka=False)
     assert plain.dims == [] and plain.indexed_dims == [256]
+
+
+def test_records_read_while_their_home_is_removed_are_the_ones_still_there(catalog, monkeypatch):
+    """A record listed, then gone when opened (a drop or a restore took the home meanwhile),
+    was "unreadable" (ValueError: a 500 for GET upgrades); it is skipped, and a folder gone
+    before the listing reads as no records. A damaged record is still named."""
+    import index.encoder_upgrade as encoder_upgrade
+
+    source = catalog.create(manifest("kb", 4))
+    gens = catalog.generations("kb")
+    made = [
+        upgrades.new_record(
+            source, ".", {"model": f"new{i}", "dim": 4}, sample=10, holdout=0.2, seed=0, min_cosine=0.8, min_recall=0.8
+        )
+        for i in range(3)
+    ]
+    for record in made:
+        gens.save_record(record)
+    folder = os.path.join(gens.home, "upgrades")
+    listdir = os.listdir
+
+    def listed_then_one_removed(path):
+        names = listdir(path)
+        os.remove(os.path.join(folder, f"{made[1].id}.json"))
+        return names
+
+    monkeypatch.setattr(encoder_upgrade.os, "listdir", listed_then_one_removed)
+    assert [r.id for r in gens.records()] == [made[0].id, made[2].id]
+    monkeypatch.undo()
+    with open(os.path.join(folder, f"{made[2].id}.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        gens.records()
+    import shutil
+
+    shutil.rmtree(folder)
+    assert gens.records() == []
