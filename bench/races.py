@@ -6,7 +6,7 @@ checks what is left. An answer is "bad" when it is a 5xx other than the two a cl
 (`503 collection_restoring` during a restore's swap, `503 collection_changing` when a
 request's collection changed generation three times while it ran), when the connection drops,
 or when a download's body is shorter than its length. Every scenario also fails on a
-traceback in the server's log.
+traceback or an ERROR line in the server's log.
 
 - `restores`: a vector collection with a PCA funnel: writes, deletes, searches (filtered,
   batched), PATCH, refits, recall measurements, snapshots and restores in place.
@@ -18,14 +18,21 @@ traceback in the server's log.
   search mode (dense, keyword, hybrid, exact, batch), scrolls, writes and deletes beside
   snapshots, restores, uploads, drops and re-creates.
 - `archives`: snapshots taken, downloaded, restored and deleted, the same ones at once.
+- `upkeep`: the background work at full tilt (index snapshots every 0.3 s, graph rebuilds
+  after 5% deletes, every search sampled for the recall controllers) on a vector collection
+  with a PCA funnel and a multi-vector one, both with recall targets, beside writes, deletes, searches, PATCHes, refits, restores, drops and
+  re-creates. After the run each collection's graphs must hold what its store holds: the
+  count agrees with a scroll, and a wide graph search for a stored document's own vector(s)
+  finds its exact nearest.
 
     python bench/races.py [--seconds 90] [--only upgrades archives]
 
-Prints a table; exits 1 when any scenario saw a bad answer, a traceback or a failed check.
+Prints a table; exits 1 when any scenario saw a bad answer, logged an error or failed a check.
 """
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -82,6 +89,11 @@ class Tally:
         rejected = sum(n for (_, status, _), n in self.counts.items() if 400 <= status < 500)
         retry = sum(n for (_, status, code), n in self.counts.items() if status == 503 and code in RETRYABLE)
         return {"ok": ok, "4xx": rejected, "503 to retry": retry, "bad": len(self.bad)}
+
+    def refusals(self, top: int = 8) -> str:
+        """The most frequent error answers, as `operation status code ×n`."""
+        by = Counter({key: n for key, n in self.counts.items() if key[1] >= 400})
+        return ", ".join(f"{kind} {status} {code} ×{n}" for (kind, status, code), n in by.most_common(top))
 
 
 def run_actors(url: str, seconds: float, actors: list[list[str]], op: Callable, tally: Tally) -> None:
@@ -392,6 +404,129 @@ def archives_race(url: str, seconds: float, tally: Tally) -> list[str]:
     return []
 
 
+def upkeep(url: str, seconds: float, tally: Tally, log: Path) -> list[str]:
+    archives = Archives()
+    dense = {"name": "ft", "dim": 16, "dims": [8, 16], "elasticizer": {"kind": "pca", "fit_at": 200}}
+    multi = {"name": "mt", "multivector": {"token_dim": 16}}
+
+    def vector(r: random.Random, shape) -> list:
+        return np.random.default_rng(r.randrange(1 << 30)).standard_normal(shape).round(4).tolist()
+
+    def doc(name: str, i: int, r: random.Random) -> dict:
+        body = {"vector": vector(r, 16)} if name == "ft" else {"vectors": vector(r, (r.randint(1, 6), 16))}
+        return {"id": str(i), "metadata": {"g": i % 3}, **body}
+
+    def create(c: httpx.Client, name: str) -> httpx.Response:
+        resp = c.post("/v1/collections", json={**(dense if name == "ft" else multi), "target_recall": 0.95})
+        if resp.status_code != 201:
+            return resp
+        r = random.Random(name)
+        return c.put(f"/v1/collections/{name}/documents", json={"documents": [doc(name, i, r) for i in range(600)]})
+
+    with httpx.Client(base_url=url, timeout=300) as c:
+        for name in ("ft", "mt"):
+            create(c, name).raise_for_status()
+            archives.add(c, name, c.post(f"/v1/collections/{name}/snapshots"))
+
+    def op(kind, c, r):
+        name = r.choice(["ft", "mt"])
+        path = f"/v1/collections/{name}"
+        if kind == "put":
+            return c.put(f"{path}/documents", json={"documents": [doc(name, r.randrange(900), r) for _ in range(8)]})
+        if kind == "delete":
+            # wide deletes: the graphs must pass rebuild_min_deleted (64) between upserts reusing the slots
+            return c.post(f"{path}/documents/delete", json={"ids": [str(r.randrange(900)) for _ in range(40)]})
+        if kind == "search":
+            body: dict = {"k": 10}
+            if name == "ft":
+                body.update(vector=vector(r, 16), dim=r.choice([8, 16]))
+            else:
+                body.update(vectors=vector(r, (3, 16)))
+            if r.random() < 0.2:
+                body["filter"] = {"g": r.randrange(3)}
+            return c.post(f"{path}/search", json=body)
+        if kind == "patch":
+            body = r.choice([{"target_recall": r.choice([0.9, 0.95, 0.99])}, {"target_recall": None}])
+            return c.patch(path, json=body)
+        if kind == "refit":
+            return c.post(f"{path}/elasticizer/refit", json={}) if name == "ft" else c.get(path)
+        if kind == "recall":
+            return c.post(f"{path}/recall", json={"queries": 10})
+        if kind == "drop":
+            return c.delete(path) if r.random() < 0.1 else c.get(path)
+        if kind == "create":
+            return create(c, name)
+        return snapshot_ops(kind, c, r, name, archives)
+
+    actors = [
+        ["put", "delete", "put"],
+        ["delete", "put", "search"],
+        ["search", "search", "recall"],
+        ["search", "patch", "refit"],
+        ["snap", "restore", "upload", "search"],
+        ["drop", "create", "search"],
+    ]
+    run_actors(url, seconds, actors, op, tally)
+    return check_graphs(url, ["ft", "mt"]) + background_ran(url, log)
+
+
+def background_ran(url: str, log: Path) -> list[str]:
+    """The scenario proves nothing unless its background work ran: rebuilds, rotation fits, recall re-runs."""
+    text = log.read_text(errors="replace")
+    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    evaluated = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("vecnest_recall_samples_total") and 'outcome="evaluated"' in line
+    )
+    ran = {
+        "rebuilds": text.count("rebuilding the index of"),
+        "rotation fits": text.count("fitting the PCA rotation of"),
+        "recall re-runs (since the last restart)": evaluated,
+    }
+    print(f"  upkeep: background work: {ran}", flush=True)
+    return [f"upkeep: no {what} ran" for what, n in ran.items() if not n]
+
+
+def check_graphs(url: str, names: list[str], sample: int = 300) -> list[str]:
+    """The graphs hold what the store holds: the count agrees with a scroll, and for sampled
+    stored documents the exact nearest of their own vector(s) is in a wide graph search's top 10."""
+    problems = []
+    with httpx.Client(base_url=url, timeout=300) as c:
+        for name in names:
+            path = f"/v1/collections/{name}"
+            if c.get(path).status_code == 404:
+                continue
+            stored, after = [], None
+            while True:
+                params = {"limit": 200, "include_vector": "true", **({"after": after} if after else {})}
+                page = c.get(f"{path}/documents", params=params)
+                page.raise_for_status()
+                stored += page.json()["documents"]
+                after = page.json().get("next")
+                if not after:
+                    break
+            info = c.get(path).json()
+            if info["documents"] != len(stored):
+                problems.append(f"{name}: info says {info['documents']} documents, a scroll finds {len(stored)}")
+            missed, tried = [], 0
+            for d in random.Random(0).sample(stored, min(sample, len(stored))):
+                if d.get("vector") is not None:
+                    queries = [{"vector": d["vector"], "dim": dim, "ef": 500} for dim in info["dims"]]
+                else:
+                    queries = [{"vectors": d["vectors"], "candidates": 500}]
+                for q in queries:
+                    exact = c.post(f"{path}/search", json={"k": 1, "exact": True, **q})
+                    graph = c.post(f"{path}/search", json={"k": 10, **q})
+                    exact.raise_for_status(), graph.raise_for_status()
+                    tried += 1
+                    if exact.json()["results"][0]["id"] not in [h["id"] for h in graph.json()["results"]]:
+                        missed.append((d["id"], q.get("dim")))
+            if len(missed) > 0.01 * tried:
+                problems.append(f"{name}: {len(missed)} of {tried} exact nearest not in the graph's top 10: {missed[:5]}")
+    return problems
+
+
 # -- the run -----------------------------------------------------------------------------------
 def test_models(root: Path) -> list[str]:
     """Two local models an upgrade from MiniLM can go to (built from the bundled one)."""
@@ -400,23 +535,62 @@ def test_models(root: Path) -> list[str]:
     return [rotated_minilm(str(root / "rotated"), seed=2, noise=0.5), shallow_minilm(str(root / "shallow"), layers=3)]
 
 
+def kept_state(url: str) -> dict[str, dict]:
+    """What a restart must keep of each collection: its documents, dims, limits and the recall
+    settings its controllers chose and persisted (read once two reads a second apart agree: a
+    controller may still be deciding on the last sampled searches)."""
+
+    def read() -> dict[str, dict]:
+        listed = httpx.get(f"{url}/v1/collections", timeout=60).json()["collections"]
+        return {
+            info["name"]: {
+                "documents": info["documents"],
+                "dims": info["dims"],
+                "limits": info["limits"],
+                "rerank_factors": info["rerank_factors"],
+                "target_recall": info["recall"].get("target_recall"),
+                "ef_search": info["recall"].get("ef_search"),
+            }
+            for info in listed
+        }
+
+    before = read()
+    for _ in range(30):
+        time.sleep(1)
+        now = read()
+        if now == before:
+            break
+        before = now
+    return before
+
+
 def restart_check(server: Server) -> list[str]:
-    """Stop the server, start it on the same data directory: it must come up with nothing failed."""
+    """Stop the server, start it on the same data directory: it must come up with nothing
+    failed and every collection as it was."""
+    before = kept_state(server.url)
     server.stop()
     server.start()
     ready = httpx.get(f"{server.url}/readyz", timeout=30).json()
-    return [f"after a restart: {ready}"] if ready.get("failed_count") else []
+    problems = [f"after a restart: {ready}"] if ready.get("failed_count") else []
+    after = kept_state(server.url)
+    for name in sorted(set(before) | set(after)):
+        if before.get(name) != after.get(name):
+            problems.append(f"after a restart {name} is {after.get(name)}, was {before.get(name)}")
+    return problems
 
 
-def tracebacks(log: Path, since: int) -> int:
-    return log.read_bytes()[since:].count(b"Traceback (most recent call last)")
+def logged_errors(log: Path) -> int:
+    """Tracebacks, and ERROR lines (a background job that failed with a coded error logs no traceback)."""
+    text = log.read_text(errors="replace")
+    return max(text.count("Traceback (most recent call last)"), text.count(" ERROR "))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=90.0, help="how long each scenario's actors run")
-    names = ["restores", "upgrades", "multivector", "archives"]
+    names = ["restores", "upgrades", "multivector", "archives", "upkeep"]
     p.add_argument("--only", nargs="+", choices=names, default=names)
+    p.add_argument("--logs", type=Path, help="copy each scenario's server log into this folder")
     args = p.parse_args()
 
     rows, failed = [], False
@@ -428,8 +602,22 @@ def main() -> None:
             "VECNEST_UPGRADE_BATCH_SIZE": "32",
             "VECNEST_UPGRADE_POLL_S": "0.1",
         }
+        upkeep_env = {
+            "VECNEST_SNAPSHOT_INTERVAL_S": "0.3",
+            "VECNEST_REBUILD_DELETED_FRACTION": "0.05",
+            "VECNEST_RECALL_SAMPLE_RATE": "1.0",
+            "VECNEST_RECALL_MAX_BUSY": "1.0",
+            "VECNEST_RECALL_CONTROLLER_WINDOW": "5",
+            "VECNEST_RECALL_GATHER_MS": "50",
+        }
         for scenario in args.only:
-            server = Server(root / scenario / "data", env=env, log=root / f"{scenario}.log").start()
+            scenario_env = {**env, **(upkeep_env if scenario == "upkeep" else {})}
+            server = Server(
+                root / scenario / "data",
+                env=scenario_env,
+                log=root / f"{scenario}.log",
+                log_level="info" if scenario == "upkeep" else "warning",  # upkeep counts its background jobs
+            ).start()
             tally = Tally()
             try:
                 t0 = time.perf_counter()
@@ -439,23 +627,29 @@ def main() -> None:
                     problems = upgrades(server.url, args.seconds, tally, models)
                 elif scenario == "multivector":
                     problems = multivector(server.url, args.seconds, tally)
+                elif scenario == "upkeep":
+                    problems = upkeep(server.url, args.seconds, tally, server.log)
                 else:
                     problems = archives_race(server.url, args.seconds, tally)
                 took = time.perf_counter() - t0
                 problems += restart_check(server)
             finally:
                 server.stop()
-            traced = tracebacks(server.log, 0)
+            traced = logged_errors(server.log)
+            if args.logs:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                shutil.copy(server.log, args.logs / server.log.name)
             s = tally.summary()
             rows.append((scenario, took, s, traced, problems))
             failed |= bool(s["bad"] or traced or problems)
+            print(f"  {scenario}: refusals: {tally.refusals()}", flush=True)
             for line in tally.bad[:10] + problems:
                 print(f"  {scenario}: {line}", flush=True)
             if traced:
-                print(f"  {scenario}: {traced} tracebacks in {server.log}", flush=True)
+                print(f"  {scenario}: {traced} errors logged in {server.log}", flush=True)
                 print(server.log.read_text()[-3000:])
 
-    print("\n| scenario | seconds | answered 2xx | 4xx | 503 to retry | bad | tracebacks | checks after |")
+    print("\n| scenario | seconds | answered 2xx | 4xx | 503 to retry | bad | errors logged | checks after |")
     print("|---|---|---|---|---|---|---|---|")
     for scenario, took, s, traced, problems in rows:
         checks = "ok" if not problems else f"{len(problems)} failed"
