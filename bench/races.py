@@ -523,7 +523,9 @@ def check_graphs(url: str, names: list[str], sample: int = 300) -> list[str]:
                     if exact.json()["results"][0]["id"] not in [h["id"] for h in graph.json()["results"]]:
                         missed.append((d["id"], q.get("dim")))
             if len(missed) > 0.01 * tried:
-                problems.append(f"{name}: {len(missed)} of {tried} exact nearest not in the graph's top 10: {missed[:5]}")
+                problems.append(
+                    f"{name}: {len(missed)} of {tried} exact nearest not in the graph's top 10: {missed[:5]}"
+                )
     return problems
 
 
