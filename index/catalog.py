@@ -193,7 +193,8 @@ class Catalog:
         with self._lock:
             return sorted(self._collections)
 
-    def get(self, name: str) -> Collection:
+    def get(self, name: str, fresh: bool = False) -> Collection:
+        """The open collection `name` (`fresh` changes nothing: one process, the copy is the truth)."""
         with self._lock:
             collection = self._collections.get(name)
             reason = self._failed.get(name)

@@ -4,8 +4,10 @@ no local state. The engine-specific parts are small (`SharedEngine`: a key → J
 physical collections); the rules live here once, for every engine.
 
 What is stored, as entries of the engine's meta table (each a small JSON object):
-- `collection` entries, one per collection: the manifest of the generation that serves, and
-  which generation that is (`"."` until an encoder upgrade cuts over, then `gen-<id>`);
+- `collection` entries, one per collection: the manifest of the generation that serves, which
+  generation that is (`"."` until an encoder upgrade cuts over, then `gen-<id>`), and the
+  collection's incarnation (a random id drawn at create: a collection dropped and created
+  again under its name by another process is a different one, never a copy to refresh);
 - `generation` entries: the manifest of every other generation (an upgrade's shadow, or the
   retired one kept for rollback);
 - `upgrade` entries: upgrade records (index.encoder_upgrade), and `map` entries: blobs in
@@ -14,7 +16,10 @@ What is stored, as entries of the engine's meta table (each a small JSON object)
 A collection's generation `g` is stored in the engine's physical collection
 `engine.physical(name, g)`. Cut-over is one write: the `collection` entry names the new
 generation. Replicas re-read an entry once the copy they hold is `refresh_s` old, so what one
-process changes (settings, a drop, a cut-over) reaches every other within that.
+process changes (settings, a drop, a cut-over) reaches every other within that. A collection
+object saves its settings only while the entry is still of its incarnation: a replica that
+has not yet seen a drop (or a drop and a create) never writes a dropped collection back, nor
+its old manifest over the new collection's.
 """
 
 import base64
@@ -23,6 +28,7 @@ import io
 import json
 import threading
 import time
+import uuid
 import weakref
 from typing import Any, BinaryIO, Protocol
 
@@ -104,15 +110,21 @@ class EntryStore:
     `collection` entry while it serves, else to its `generation` entry; a cut-over re-binds)
     and blobs (a rotation matrix)."""
 
-    def __init__(self, catalog: "SharedCatalog", name: str, generation: str, serving: bool):
+    def __init__(self, catalog: "SharedCatalog", name: str, generation: str, serving: bool, incarnation: str):
         self._catalog = catalog
         self.name = name
         self.generation = generation
         self.serving = serving
+        self.incarnation = incarnation  # of the collection entry this object was opened from
 
     def save(self, manifest: Manifest) -> None:
+        """Write `manifest` to this generation's entry, unless the collection was dropped (or
+        dropped and created again) meanwhile: then `collection_not_found`, and nothing written.
+        (Read, then write: the engines have no compare-and-set, so a drop landing between the
+        two is the one case left; it needs two processes within milliseconds.)"""
+        self._catalog._entry_of(self.name, self.incarnation)
         if self.serving:
-            self._catalog._put_collection(self.name, self.generation, manifest)
+            self._catalog._put_collection(self.name, self.generation, manifest, self.incarnation)
         else:
             self._catalog._put_generation(self.name, self.generation, manifest)
 
@@ -150,10 +162,13 @@ class SharedCatalog:
             if self.engine.exists(physical):  # left by a create (or drop) that failed half-way
                 self.engine.drop(physical)
             self.engine.create(physical, manifest)
-            self._put_collection(name, ACTIVE, manifest)  # last: a collection exists once its entry does
-        return self._serve(name, ACTIVE, manifest)
+            incarnation = uuid.uuid4().hex
+            self._put_collection(name, ACTIVE, manifest, incarnation)  # last: a collection exists once its entry does
+        return self._serve(name, ACTIVE, manifest, incarnation)
 
-    def get(self, name: str) -> CollectionBackend:
+    def get(self, name: str, fresh: bool = False) -> CollectionBackend:
+        """The collection object that serves `name`; its entry is read again once the copy held
+        is `refresh_s` old, or now when `fresh` (a request that failed on the copy it held)."""
         if name in self._failed:
             raise NotReady(
                 f"collection {name!r} could not be opened: {self._failed[name]}; drop it (DELETE) or repair it",
@@ -161,7 +176,7 @@ class SharedCatalog:
             )
         with self._lock:
             held = self._open.get(name)
-        if held is not None and time.monotonic() - held[2] < self._refresh_s:
+        if held is not None and time.monotonic() - held[2] < self._refresh_s and not fresh:
             return held[1]
         with self.engine.errors(f"open {name!r}"):
             entry = self.engine.meta.get(_key("collection", name))
@@ -170,6 +185,9 @@ class SharedCatalog:
                 self._open.pop(name, None)
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         generation, manifest = entry.get("generation", ACTIVE), self._manifest(name, entry)
+        incarnation = entry.get("incarnation", "")
+        if held is not None and self._bound[held[1]].incarnation != incarnation:
+            held = None  # dropped and created again by another process: another collection
         if held is not None and held[0] == generation and held[1].manifest.rotation == manifest.rotation:
             reload = getattr(held[1], "reload", None)
             if reload is not None:
@@ -177,8 +195,8 @@ class SharedCatalog:
             with self._lock:
                 self._open[name] = (generation, held[1], time.monotonic())
             return held[1]
-        # New here, or another process cut over or fitted a rotation: a new object.
-        return self._serve(name, generation, manifest, fresh=held is not None)
+        # New here, re-created, or another process cut over or fitted a rotation: a new object.
+        return self._serve(name, generation, manifest, incarnation, fresh=held is not None)
 
     def drop(self, name: str) -> None:
         check_name(name)  # as the embedded catalog: a name that breaks the rule is a 422 here
@@ -229,8 +247,8 @@ class SharedCatalog:
 
     # -- generations (encoder upgrades) ------------------------------------------------------
     def generations(self, name: str) -> "SharedGenerations":
-        self.get(name)  # 404 for an unknown collection
-        return SharedGenerations(self, name)
+        serving = self.get(name)  # 404 for an unknown collection
+        return SharedGenerations(self, name, self._bound[serving].incarnation)
 
     def swap(self, name: str, collection: CollectionBackend) -> CollectionBackend:
         """Make `collection` (a generation of `name`, see `SharedGenerations.open`) the one that
@@ -241,11 +259,13 @@ class SharedCatalog:
         if held is None:
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         previous_generation, previous, _ = held
+        for side in (collection, previous):  # both of the collection the entry names: not one created since
+            self._entry_of(name, self._bound[side].incarnation)
         meta = self.engine.meta
         with self.engine.errors(f"cut over {name!r}"):
             # The retired generation stays reopenable (for a rollback) before the switch.
             self._put_generation(name, previous_generation, previous.manifest)
-            self._put_collection(name, generation, collection.manifest)
+            self._put_collection(name, generation, collection.manifest, self._bound[previous].incarnation)
             meta.delete([_key("generation", name, generation)])
         self._bound[collection].serving = True
         self._bound[previous].serving = False
@@ -263,8 +283,17 @@ class SharedCatalog:
                 f"collection {name!r} could not be opened: {self._failed[name]}", code="collection_unavailable"
             ) from None
 
-    def _put_collection(self, name: str, generation: str, manifest: Manifest) -> None:
-        value = {"kind": "collection", "collection": name, "generation": generation}
+    def _entry_of(self, name: str, incarnation: str) -> dict[str, Any]:
+        """The collection entry of `name` if it is still of `incarnation`, else `collection_not_found`."""
+        with self.engine.errors(f"read {name!r}"):
+            entry = self.engine.meta.get(_key("collection", name))
+        if entry is None or entry.get("incarnation", "") != incarnation:
+            again = "" if entry is None else " and created again"
+            raise NotFound(f"collection {name!r} was dropped{again} meanwhile", code="collection_not_found")
+        return entry
+
+    def _put_collection(self, name: str, generation: str, manifest: Manifest, incarnation: str) -> None:
+        value = {"kind": "collection", "collection": name, "generation": generation, "incarnation": incarnation}
         self.engine.meta.put(_key("collection", name), {**value, "manifest": json.dumps(manifest.to_json())})
 
     def _put_generation(self, name: str, generation: str, manifest: Manifest) -> None:
@@ -273,20 +302,25 @@ class SharedCatalog:
             _key("generation", name, generation), {**value, "manifest": json.dumps(manifest.to_json())}
         )
 
-    def _serve(self, name: str, generation: str, manifest: Manifest, fresh: bool = False) -> CollectionBackend:
+    def _serve(
+        self, name: str, generation: str, manifest: Manifest, incarnation: str, fresh: bool = False
+    ) -> CollectionBackend:
         with self._lock:
             held = self._open.get(name)
-            if held is not None and held[0] == generation and not fresh:
+            same = held is not None and (held[0], self._bound[held[1]].incarnation) == (generation, incarnation)
+            if same and not fresh:
                 self._open[name] = (generation, held[1], time.monotonic())
                 return held[1]
-        collection = self._opened(name, generation, manifest, serving=True)
+        collection = self._opened(name, generation, manifest, serving=True, incarnation=incarnation)
         with self._lock:
             self._open[name] = (generation, collection, time.monotonic())
         return collection
 
-    def _opened(self, name: str, generation: str, manifest: Manifest, serving: bool) -> CollectionBackend:
+    def _opened(
+        self, name: str, generation: str, manifest: Manifest, serving: bool, incarnation: str
+    ) -> CollectionBackend:
         """A collection object for one generation, with its rotation matrix (when fitted)."""
-        store = EntryStore(self, name, generation, serving)
+        store = EntryStore(self, name, generation, serving, incarnation)
         rotation = None
         if manifest.rotation is not None:
             with self.engine.errors(f"open {name!r}"):
@@ -310,10 +344,11 @@ class SharedCatalog:
 class SharedGenerations:
     """`Generations` of one collection in a shared engine (see index.encoder_upgrade)."""
 
-    def __init__(self, catalog: SharedCatalog, name: str):
+    def __init__(self, catalog: SharedCatalog, name: str, incarnation: str):
         self._catalog = catalog
         self._engine = catalog.engine
         self.name = name
+        self._incarnation = incarnation  # generations opened here save only while it is the collection's
 
     def __repr__(self) -> str:
         return f"SharedGenerations({self.name!r})"
@@ -340,7 +375,7 @@ class SharedGenerations:
                 self._engine.drop(physical)
             self._engine.create(physical, manifest)
             self._catalog._put_generation(self.name, generation, manifest)
-        return self._catalog._opened(self.name, generation, manifest, serving=False)
+        return self._catalog._opened(self.name, generation, manifest, serving=False, incarnation=self._incarnation)
 
     def open(self, generation: str) -> CollectionBackend:
         with self._engine.errors(f"open a generation of {self.name!r}"):
@@ -350,7 +385,7 @@ class SharedGenerations:
                 f"generation {generation} of collection {self.name!r} not found", code="generation_not_found"
             )
         manifest = self._catalog._manifest(self.name, entry)
-        return self._catalog._opened(self.name, generation, manifest, serving=False)
+        return self._catalog._opened(self.name, generation, manifest, serving=False, incarnation=self._incarnation)
 
     def remove(self, generation: str) -> None:
         """Delete a generation that does not serve: its physical collection, then its entry."""

@@ -130,19 +130,22 @@ class UpgradeManager:
         """The generation of `name` that serves now."""
         return AsyncCollection(self._catalog().get(name))
 
-    async def current(self, name: str) -> AsyncCollection:
+    async def current(self, name: str, fresh: bool = False) -> AsyncCollection:
         """`collection(name)`, from the event loop. On a shared backend the catalog reads the
-        engine to see other replicas' changes (once per `manifest_refresh_s` a collection), up
-        to the engine's timeout while it is away: that read runs in the threadpool, so the
-        event loop never waits for it."""
+        engine to see other replicas' changes (once per `manifest_refresh_s` a collection, or
+        now when `fresh`), up to the engine's timeout while it is away: that read runs in the
+        threadpool, so the event loop never waits for it."""
         if not self._shared:
             return self.collection(name)  # in memory
-        return AsyncCollection(await run_in_threadpool(self._catalog().get, name))
+        return AsyncCollection(await run_in_threadpool(self._catalog().get, name, fresh))
 
     async def serving(self, name: str, use: Callable[[AsyncCollection], Awaitable[T]]) -> T:
         """Run `use` on the generation of `name` that serves; if an upgrade retires it meanwhile
         (its store closes under the use case, or the use case raises `Retired`), or a restore
-        replaces it, run `use` again on the collection that serves now."""
+        replaces it, run `use` again on the collection that serves now. On a shared backend a
+        failure may come from a copy another process made stale (it dropped the collection, or
+        dropped and created it again, within `manifest_refresh_s`): the entry is read again at
+        once, and `use` runs again on what it names (or the answer is 404)."""
         if self._shared and self.settings.role == "serve":
             await self._follow(name)
         for _ in range(3):
@@ -151,9 +154,10 @@ class UpgradeManager:
                 return await use(collection)
             except (Retired, NotFound, NotReady) as exc:
                 # closed under the use case: by a cut-over or a drop ("not found"), or by a restore
-                if not isinstance(exc, Retired) and not gone_meanwhile(exc):
+                stale_copy = self._shared and getattr(exc, "code", None) == "backend_unavailable"
+                if not isinstance(exc, Retired) and not gone_meanwhile(exc) and not stale_copy:
                     raise
-                if (await self.current(name)).backend is collection.backend:
+                if (await self.current(name, fresh=self._shared)).backend is collection.backend:
                     if isinstance(exc, Retired):
                         continue
                     raise

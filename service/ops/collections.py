@@ -156,12 +156,18 @@ async def update(engine: Engine, name: str, req: schemas.CollectionUpdate) -> sc
     """Change the recall policy (the controller follows it) and, when given, replace the limits;
     both are saved at once. No cut-over or rollback runs meanwhile: each carries the serving
     generation's settings over to the one that takes its place."""
-    async with engine.upgrades.lifecycle(name):
-        collection = await engine.current(name)
+    engine.require_ready()
+
+    async def apply(collection: AsyncCollection) -> AsyncCollection:
         policy = recall_policy(req, collection.recall_policy)  # validated before anything is saved
         if req.limits is not None:
             await collection.set_limits(_limits(req.limits))
         await collection.set_recall_policy(policy)
+        return collection
+
+    async with engine.upgrades.lifecycle(name):
+        # serving(): on a shared backend, a copy another process made stale is read again
+        collection = await engine.upgrades.serving(name, apply)
     return info(collection, engine)
 
 

@@ -139,3 +139,46 @@ def test_a_killed_replica_loses_no_acknowledged_write_and_the_other_keeps_servin
         for server in (a, b):
             server.stop()
         milvus.stop()
+
+
+def test_a_replica_that_missed_a_drop_answers_for_the_collection_that_exists_now(tmp_path):
+    """Replica b holds its copy of a collection for up to 5 s. Replica a drops it and creates
+    another under its name, with another dim. Every answer b gives meanwhile is about the new
+    collection (b reads the entry again when its copy fails, and never writes its copy back);
+    once a drops that one too, b answers 404 and nothing comes back to life. Before, b answered
+    503 with Milvus's schema errors for its whole refresh, its PATCH wrote the old manifest over
+    the new collection, and a PATCH after the drop left an entry with no data that broke every
+    replica's listing (503) and every request to the name."""
+    milvus = MilvusServer(tmp_path / "milvus").start()
+    a, b = replica(tmp_path, "a", milvus), replica(tmp_path, "b", milvus)
+    try:
+        a.start()
+        b.start()
+        assert a.client.post("/v1/collections", json={"name": "x", "dim": 8}).status_code == 201
+        assert b.client.get("/v1/collections/x").json()["dim"] == 8  # b holds a copy now
+        assert a.client.delete("/v1/collections/x").status_code == 204
+        assert a.client.post("/v1/collections", json={"name": "x", "dim": 16}).status_code == 201
+
+        rng = np.random.default_rng(0)
+        old = {"documents": [{"id": "old", "vector": rng.standard_normal(8).tolist()}]}
+        put = b.client.put("/v1/collections/x/documents", json=old)
+        assert put.status_code == 422 and put.json()["error"]["code"] == "wrong_dimension", put.text
+        patched = b.client.patch("/v1/collections/x", json={"target_recall": 0.9})
+        assert patched.status_code == 200 and patched.json()["dim"] == 16, patched.text
+        new = {"documents": [{"id": "new", "vector": rng.standard_normal(16).tolist()}]}
+        assert b.client.put("/v1/collections/x/documents", json=new).status_code == 200
+        seen = a.client.get("/v1/collections/x").json()
+        assert (seen["dim"], seen["documents"]) == (16, 1)  # b's copy was not written back over it
+
+        assert b.client.get("/v1/collections/x").status_code == 200  # b holds the new copy
+        assert a.client.delete("/v1/collections/x").status_code == 204
+        late = b.client.patch("/v1/collections/x", json={"target_recall": 0.8})
+        assert late.status_code == 404 and late.json()["error"]["code"] == "collection_not_found", late.text
+        for server in (a, b):
+            listed = server.client.get("/v1/collections")
+            assert listed.status_code == 200 and listed.json()["collections"] == [], listed.text
+        assert a.client.post("/v1/collections", json={"name": "x", "dim": 4}).status_code == 201
+    finally:
+        for server in (a, b):
+            server.stop()
+        milvus.stop()

@@ -526,6 +526,55 @@ def test_a_replica_sees_what_another_changed(glosses):
     client.close()
 
 
+@pytest.mark.parametrize("created_again", [False, True])
+def test_a_replica_that_missed_a_drop_never_writes_its_copy_back(glosses, created_again):
+    """A replica holds its copy of a collection for `refresh_s`. If another one drops the
+    collection meanwhile (and perhaps creates another under its name), a setting saved through
+    the stale copy must not write the dropped collection's entry back: before, it left an entry
+    with no data under it (every replica's listing then answered 503), or the old manifest over
+    the new collection's (its dims no longer those of its vectors)."""
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    one, two = qdrant_catalog(client, refresh_s=0.0), qdrant_catalog(client, refresh_s=3600.0)
+    one.create(manifest("shared")).upsert(docs(X[:20]))
+    stale = two.get("shared")
+    one.drop("shared")
+    if created_again:
+        one.create(manifest("shared", dims=[384])).upsert(docs(X[:3]))
+    with pytest.raises(NotFound) as gone:
+        stale.set_ef_search(384, 321)
+    assert gone.value.code == "collection_not_found"
+    third = qdrant_catalog(client)  # a process started now reads what is stored
+    if created_again:
+        now = third.get("shared")
+        assert now.dims == [384] and len(now) == 3 and now.ef_search(384) == 100
+        fresh = two.get("shared", fresh=True)  # read again at once, not after refresh_s
+        assert fresh is not stale and fresh.dims == [384] and len(fresh) == 3
+    else:
+        assert third.names() == [] and two.names() == []
+        with pytest.raises(NotFound):
+            two.get("shared", fresh=True)
+    client.close()
+
+
+def test_a_collection_created_again_with_the_same_settings_is_another_collection(glosses):
+    """Same name, same manifest: the entry's incarnation tells the copies apart, so a replica
+    that refreshes opens the new collection rather than reloading settings into the old object."""
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    one, two = qdrant_catalog(client, refresh_s=0.0), qdrant_catalog(client, refresh_s=0.0)
+    one.create(manifest("shared")).upsert(docs(X[:20]))
+    seen = two.get("shared")
+    assert two.get("shared") is seen  # a refresh of the same collection keeps its object
+    one.drop("shared")
+    one.create(manifest("shared")).upsert(docs(X[:2]))
+    assert two.get("shared") is not seen and len(two.get("shared")) == 2
+    with pytest.raises(NotFound):
+        two.swap("shared", seen)  # an upgrade's cut-over from the old one writes nothing
+    assert one.get("shared").ef_search(384) == 100 and len(one.get("shared")) == 2
+    client.close()
+
+
 # -- generations and upgrade records (what an encoder upgrade stores), on every backend -------
 @pytest.fixture(params=["embedded", "qdrant", "milvus"])
 def catalogs(request, tmp_path):
