@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from index.errors import Invalid, NotReady, VecnestError
+from index.errors import Invalid, NotFound, NotReady, VecnestError
 from index.filters import metadata_fields
 from index.protocols import Hits
 
@@ -37,13 +37,18 @@ def field_tokens(metadata: dict[str, Any]) -> list[str]:
 
 
 @contextmanager
-def engine_errors(engine: str, what: str) -> Iterator[None]:
-    """The engine's failures (unreachable, timed out, refused) as `NotReady`: a clean 503."""
+def engine_errors(engine: str, what: str, missing: Callable[[Exception], bool] = lambda exc: False) -> Iterator[None]:
+    """The engine's failures (unreachable, timed out, refused) as `NotReady`: a clean 503; one
+    that `missing` says names a physical collection that is not there as `collection_not_found`
+    (another process dropped the collection meanwhile: the request runs again on what the
+    catalog names now, background work drops its job)."""
     try:
         yield
     except VecnestError:
         raise
     except Exception as exc:  # clients raise transport, HTTP and gRPC errors alike
+        if missing(exc):
+            raise NotFound(f"{what}: the collection was dropped meanwhile", code="collection_not_found") from exc
         raise NotReady(
             f"{what}: the {engine} backend failed: {type(exc).__name__}: {str(exc)[:300]}", code="backend_unavailable"
         ) from exc

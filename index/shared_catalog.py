@@ -13,8 +13,11 @@ What is stored, as entries of the engine's meta table (each a small JSON object)
 - `upgrade` entries: upgrade records (index.encoder_upgrade), and `map` entries: blobs in
   chunks (engines cap the size of one value): an upgrade's fitted map, a PCA rotation matrix.
 
+- `leftover` entries: physical collections a create or drop that dies half-way would leave,
+  noted first and removed by the next create of the name.
+
 A collection's generation `g` is stored in the engine's physical collection
-`engine.physical(name, g)`. Cut-over is one write: the `collection` entry names the new
+`engine.physical(name, g, incarnation)`. Cut-over is one write: the `collection` entry names the new
 generation. Replicas re-read an entry once the copy they hold is `refresh_s` old, so what one
 process changes (settings, a drop, a cut-over) reaches every other within that. A collection
 object saves its settings only while the entry is still of its incarnation: a replica that
@@ -42,6 +45,7 @@ from index.manifest import Manifest
 
 ACTIVE = "."  # the generation a collection is created with
 _CHUNK = 45_000  # base64 characters per map entry: under Milvus's 64 KiB JSON values
+LEFTOVER_AGE_S = 600.0  # a create still running after this long (or a clock this far off) is not waited for
 
 
 class MetaTable(Protocol):
@@ -63,7 +67,7 @@ class SharedEngine(Protocol):
 
     def errors(self, what: str) -> Any: ...  # a context manager: the engine's failures as NotReady
     def validate(self, manifest: Manifest) -> Manifest: ...
-    def physical(self, name: str, generation: str) -> str: ...
+    def physical(self, name: str, generation: str, incarnation: str) -> str: ...  # "" before incarnations
     def exists(self, physical: str) -> bool: ...
     def create(self, physical: str, manifest: Manifest) -> None: ...
     def drop(self, physical: str) -> None: ...
@@ -119,13 +123,11 @@ class EntryStore:
 
     def save(self, manifest: Manifest) -> None:
         """Write `manifest` to this generation's entry, unless the collection was dropped (or
-        dropped and created again) meanwhile: then `collection_not_found`, and nothing written.
-        (Read, then write: the engines have no compare-and-set, so a drop landing between the
-        two is the one case left; it needs two processes within milliseconds.)"""
-        self._catalog._entry_of(self.name, self.incarnation)
+        dropped and created again) meanwhile: then `collection_not_found`, and nothing kept."""
         if self.serving:
-            self._catalog._put_collection(self.name, self.generation, manifest, self.incarnation)
+            self._catalog._rewrite_collection(self.name, self.generation, manifest, self.incarnation)
         else:
+            self._catalog._entry_of(self.name, self.incarnation)
             self._catalog._put_generation(self.name, self.generation, manifest)
 
     def put_blob(self, label: str, data: bytes) -> str:
@@ -155,15 +157,31 @@ class SharedCatalog:
         check_name(manifest.name)
         manifest = self.engine.validate(manifest)
         name = manifest.name
+        meta = self.engine.meta
+
+        def exists() -> Conflict:
+            return Conflict(f"collection {name!r} already exists", code="collection_exists")
+
         with self.engine.errors(f"create {name!r}"):
-            if self.engine.meta.get(_key("collection", name)) is not None:
-                raise Conflict(f"collection {name!r} already exists", code="collection_exists")
-            physical = self.engine.physical(name, ACTIVE)
-            if self.engine.exists(physical):  # left by a create (or drop) that failed half-way
-                self.engine.drop(physical)
-            self.engine.create(physical, manifest)
+            if meta.get(_key("collection", name)) is not None:
+                raise exists()
+            self._sweep_leftovers(name)
+            # Each incarnation has physical collections of its own, so a create never touches
+            # the data of another create, or of a drop, running at the same time elsewhere.
             incarnation = uuid.uuid4().hex
-            self._put_collection(name, ACTIVE, manifest, incarnation)  # last: a collection exists once its entry does
+            physical = self.engine.physical(name, ACTIVE, incarnation)
+            leftover = self._leave(name, [physical], incarnation, "create")  # swept if this create dies half-way
+            self.engine.create(physical, manifest)
+            # Two creates of one name at once: the one that finds the other's entry (before
+            # writing its own, or after: the entry written last is the collection) drops what it
+            # made and answers as if it had come second.
+            if meta.get(_key("collection", name)) is None:
+                self._put_collection(name, ACTIVE, manifest, incarnation)  # a collection exists once its entry does
+            if (meta.get(_key("collection", name)) or {}).get("incarnation") != incarnation:
+                self.engine.drop(physical)
+                meta.delete([leftover])
+                raise exists()
+            meta.delete([leftover])
         return self._serve(name, ACTIVE, manifest, incarnation)
 
     def get(self, name: str, fresh: bool = False) -> CollectionBackend:
@@ -205,14 +223,18 @@ class SharedCatalog:
             entry = meta.get(_key("collection", name))
             if entry is None:
                 raise NotFound(f"collection {name!r} not found", code="collection_not_found")
-            # The entry goes first: a drop that fails half-way leaves data no one serves, which
-            # the next create of that name clears, never an entry without data.
-            meta.delete([_key("collection", name)])
+            incarnation = entry.get("incarnation", "")
             generations = {entry.get("generation", ACTIVE)} | {e["generation"] for e in meta.find("generation", name)}
-            for generation in generations:
-                if self.engine.exists(self.engine.physical(name, generation)):
-                    self.engine.drop(self.engine.physical(name, generation))
+            physicals = [self.engine.physical(name, g, incarnation) for g in sorted(generations)]
+            # The entry goes (after a note of what to remove) before the data: a drop that fails
+            # half-way leaves data no one serves, which the next create of that name clears,
+            # never an entry without data.
+            leftover = self._leave(name, physicals, incarnation, "drop")
+            meta.delete([_key("collection", name)])
+            for physical in physicals:
+                self._drop_physical(physical)
             meta.delete([e["key"] for kind in ("generation", "upgrade", "map") for e in meta.find(kind, name)])
+            meta.delete([leftover])
         with self._lock:
             self._open.pop(name, None)
         self._failed.pop(name, None)
@@ -259,13 +281,15 @@ class SharedCatalog:
         if held is None:
             raise NotFound(f"collection {name!r} not found", code="collection_not_found")
         previous_generation, previous, _ = held
-        for side in (collection, previous):  # both of the collection the entry names: not one created since
-            self._entry_of(name, self._bound[side].incarnation)
+        incarnation = self._bound[previous].incarnation
+        if self._bound[collection].incarnation != incarnation:  # an upgrade of a collection dropped since
+            raise NotFound(f"collection {name!r} was dropped and created again meanwhile", code="collection_not_found")
+        self._entry_of(name, incarnation)
         meta = self.engine.meta
         with self.engine.errors(f"cut over {name!r}"):
             # The retired generation stays reopenable (for a rollback) before the switch.
             self._put_generation(name, previous_generation, previous.manifest)
-            self._put_collection(name, generation, collection.manifest, self._bound[previous].incarnation)
+            self._rewrite_collection(name, generation, collection.manifest, incarnation)
             meta.delete([_key("generation", name, generation)])
         self._bound[collection].serving = True
         self._bound[previous].serving = False
@@ -282,6 +306,56 @@ class SharedCatalog:
             raise NotReady(
                 f"collection {name!r} could not be opened: {self._failed[name]}", code="collection_unavailable"
             ) from None
+
+    def _leave(self, name: str, physicals: list[str], incarnation: str, by: str) -> str:
+        """Note physical collections (of `incarnation`) to remove should this create or drop die
+        half-way; returns the note's key. A drop's note also tells a concurrent settings write
+        that the entry it wrote names data on its way out (`_rewrite_collection`)."""
+        key = _key("leftover", name, uuid.uuid4().hex)
+        value = {"physicals": physicals, "incarnation": incarnation, "by": by, "at": time.time()}
+        self.engine.meta.put(key, {"kind": "leftover", "collection": name, **value})
+        return key
+
+    def _sweep_leftovers(self, name: str) -> None:
+        """Remove what creates and drops of `name` that died half-way left (a create's note only
+        once LEFTOVER_AGE_S old: until then it may be running in another process)."""
+        for note in self.engine.meta.find("leftover", name):
+            if time.time() - float(note.get("at", 0.0)) < LEFTOVER_AGE_S:
+                continue
+            for physical in note.get("physicals", []):
+                self._drop_physical(physical)
+            self.engine.meta.delete([note["key"]])
+
+    def _drop_physical(self, physical: str) -> None:
+        """Drop `physical` if it exists; a failure is not one when the collection is gone anyway,
+        now or within a second (two drops of one collection at once: milvus-lite fails the one
+        that loses the race half-way, while the other is still removing the files)."""
+        try:
+            if self.engine.exists(physical):
+                self.engine.drop(physical)
+        except Exception:
+            for _ in range(10):
+                if not self.engine.exists(physical):
+                    return
+                time.sleep(0.1)
+            raise
+
+    def _rewrite_collection(self, name: str, generation: str, manifest: Manifest, incarnation: str) -> None:
+        """Write the collection entry of a collection that exists (a setting, a cut-over) only
+        while it is still of `incarnation`. The engines have no compare-and-set, so a drop may
+        land between the check and the write; the write is then taken back: a drop notes what it
+        removes before it deletes the entry, and once the write is done either that note or the
+        missing data says the drop ran."""
+        self._entry_of(name, incarnation)
+        self._put_collection(name, generation, manifest, incarnation)
+        meta = self.engine.meta
+        with self.engine.errors(f"update {name!r}"):
+            notes = meta.find("leftover", name)
+            dropping = any(n.get("by") == "drop" and n.get("incarnation") == incarnation for n in notes)
+            if dropping or not self.engine.exists(self.engine.physical(name, generation, incarnation)):
+                if (meta.get(_key("collection", name)) or {}).get("incarnation") == incarnation:
+                    meta.delete([_key("collection", name)])
+                raise NotFound(f"collection {name!r} was dropped meanwhile", code="collection_not_found")
 
     def _entry_of(self, name: str, incarnation: str) -> dict[str, Any]:
         """The collection entry of `name` if it is still of `incarnation`, else `collection_not_found`."""
@@ -330,7 +404,7 @@ class SharedCatalog:
                     f"collection {name!r}: its rotation does not match its checksum", code="collection_unavailable"
                 )
             rotation = np.load(io.BytesIO(data))
-        collection = self.engine.open(self.engine.physical(name, generation), manifest, store, rotation)
+        collection = self.engine.open(self.engine.physical(name, generation, incarnation), manifest, store, rotation)
         self._bound[collection] = store
         return collection
 
@@ -366,7 +440,7 @@ class SharedGenerations:
     def create(self, generation: str, manifest: Manifest) -> CollectionBackend:
         """The generation's physical collection (emptied if a crash left one) and its entry."""
         manifest = self._engine.validate(manifest)
-        physical = self._engine.physical(self.name, generation)
+        physical = self._engine.physical(self.name, generation, self._incarnation)
         with self._engine.errors(f"create a generation of {self.name!r}"):
             entry = self._engine.meta.get(_key("generation", self.name, generation))
             if entry is not None and self._engine.exists(physical):
@@ -392,7 +466,7 @@ class SharedGenerations:
         if generation == self.active():
             raise Conflict(f"generation {generation} of {self.name!r} serves: it cannot be removed")
         with self._engine.errors(f"remove a generation of {self.name!r}"):
-            physical = self._engine.physical(self.name, generation)
+            physical = self._engine.physical(self.name, generation, self._incarnation)
             if self._engine.exists(physical):
                 self._engine.drop(physical)
             self._engine.meta.delete([_key("generation", self.name, generation)])

@@ -17,9 +17,11 @@ from .collection import MilvusCollection, backend_errors, schema_of
 META = "vecnest_meta"
 
 
-def physical_name(name: str, generation: str = ".") -> str:
+def physical_name(name: str, generation: str = ".", incarnation: str = "") -> str:
+    """`vecnest_c_<name in hex>[_g_<generation>][_i_<incarnation>]` (Milvus allows [A-Za-z0-9_])."""
     base = "vecnest_c_" + name.encode("utf-8").hex()
-    return base if generation == "." else f"{base}_g_{generation.replace('-', '_')}"
+    base = base if generation == "." else f"{base}_g_{generation.replace('-', '_')}"
+    return f"{base}_i_{incarnation}" if incarnation else base
 
 
 class MilvusMeta:
@@ -76,8 +78,8 @@ class MilvusEngine:
     def validate(self, manifest: Manifest) -> Manifest:
         return MilvusCollection.validate(manifest)
 
-    def physical(self, name: str, generation: str) -> str:
-        return physical_name(name, generation)
+    def physical(self, name: str, generation: str, incarnation: str) -> str:
+        return physical_name(name, generation, incarnation)
 
     def exists(self, physical: str) -> bool:
         return bool(self._client.has_collection(physical))

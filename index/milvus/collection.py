@@ -94,7 +94,12 @@ def milvus_filter(filter: Filter | None, after: str | None = None) -> str:
 
 def backend_errors(what: str):
     """Milvus's failures (unreachable, timed out, refused) as `NotReady`: a clean 503."""
-    return engine_errors("Milvus", what)
+    return engine_errors("Milvus", what, missing=_collection_missing)
+
+
+def _collection_missing(exc: Exception) -> bool:
+    """Milvus's "collection not found" (error code 100, from any call on a dropped collection)."""
+    return getattr(exc, "code", None) == 100
 
 
 def unsupported(what: str) -> Invalid:

@@ -18,8 +18,11 @@ from .local import thread_safe
 MANIFESTS = "vecnest.manifests"
 
 
-def qdrant_name(name: str, generation: str = ".") -> str:
-    return f"vecnest.{name}" if generation == "." else f"vecnest.{name}.{generation}"
+def qdrant_name(name: str, generation: str = ".", incarnation: str = "") -> str:
+    """`vecnest.<name>[.<generation>][.i-<incarnation>]` (collections created before incarnations
+    have none)."""
+    base = f"vecnest.{name}" if generation == "." else f"vecnest.{name}.{generation}"
+    return f"{base}.i-{incarnation}" if incarnation else base
 
 
 class QdrantMeta:
@@ -90,8 +93,8 @@ class QdrantEngine:
     def validate(self, manifest: Manifest) -> Manifest:
         return scoring_for(manifest).validate(manifest)
 
-    def physical(self, name: str, generation: str) -> str:
-        return qdrant_name(name, generation)
+    def physical(self, name: str, generation: str, incarnation: str) -> str:
+        return qdrant_name(name, generation, incarnation)
 
     def exists(self, physical: str) -> bool:
         return bool(self._client.collection_exists(physical))

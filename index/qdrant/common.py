@@ -27,7 +27,15 @@ def vector_name(dim: int) -> str:
 
 def backend_errors(what: str):
     """Qdrant's failures (unreachable, timed out, refused) as `NotReady`: a clean 503."""
-    return engine_errors("Qdrant", what)
+    return engine_errors("Qdrant", what, missing=_collection_missing)
+
+
+def _collection_missing(exc: Exception) -> bool:
+    """Qdrant's "collection not found": a server's 404 on a collection path, local mode's ValueError."""
+    text = str(exc)
+    if getattr(exc, "status_code", None) == 404:
+        return "ollection" in text
+    return isinstance(exc, ValueError) and text.startswith("Collection ") and text.endswith(" not found")
 
 
 def unsupported(what: str) -> Invalid:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from index import Collection, HnswParams, Manifest, NewDocument, Query
-from index.errors import Conflict, Invalid, NotFound
+from index.errors import Conflict, Invalid, NotFound, NotReady
 from tests.support.milvus import MilvusServer
 
 qdrant_client = pytest.importorskip("qdrant_client", reason="the qdrant extra is part of the test install")
@@ -48,6 +48,10 @@ def docs(X, start=0):
         NewDocument(id=f"d{start + i}", vector=x, text=f"text {start + i}", metadata=metadata(start + i))
         for i, x in enumerate(X)
     ]
+
+
+def _physicals(client) -> list[str]:
+    return sorted(c.name for c in client.get_collections().collections if c.name != "vecnest.manifests")
 
 
 @pytest.fixture(scope="module")
@@ -552,8 +556,32 @@ def test_a_replica_that_missed_a_drop_never_writes_its_copy_back(glosses, create
         assert fresh is not stale and fresh.dims == [384] and len(fresh) == 3
     else:
         assert third.names() == [] and two.names() == []
+        with pytest.raises(NotFound) as dropped:  # the engine's "no such collection": not a 503
+            len(stale)
+        assert dropped.value.code == "collection_not_found"
         with pytest.raises(NotFound):
             two.get("shared", fresh=True)
+    client.close()
+
+
+def test_a_setting_saved_while_another_replica_drops_the_collection_is_taken_back(glosses, monkeypatch):
+    """The check that the entry is still of its incarnation and the write are two calls: a drop
+    landing between them would have its entry written back, naming data that is gone."""
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    one, two = qdrant_catalog(client, refresh_s=0.0), qdrant_catalog(client, refresh_s=3600.0)
+    one.create(manifest("x")).upsert(docs(X[:5]))
+    held, put = two.get("x"), two._put_collection
+
+    def put_after_a_drop(*args, **kwargs):
+        one.drop("x")
+        put(*args, **kwargs)
+
+    monkeypatch.setattr(two, "_put_collection", put_after_a_drop)
+    with pytest.raises(NotFound) as gone:
+        held.set_ef_search(384, 321)
+    assert gone.value.code == "collection_not_found"
+    assert qdrant_catalog(client).names() == [] and _physicals(client) == []
     client.close()
 
 
@@ -572,6 +600,100 @@ def test_a_collection_created_again_with_the_same_settings_is_another_collection
     with pytest.raises(NotFound):
         two.swap("shared", seen)  # an upgrade's cut-over from the old one writes nothing
     assert one.get("shared").ef_search(384) == 100 and len(one.get("shared")) == 2
+    client.close()
+
+
+def test_a_create_landing_inside_another_replicas_drop_keeps_its_data(glosses, monkeypatch):
+    """Replica two drops x; between its removal of the entry and of the data, replica one creates
+    x again and writes to it. Physical collections were named by collection name alone, so the
+    drop removed the new collection's data under its new entry (every request then failed)."""
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    one, two = qdrant_catalog(client, refresh_s=0.0), qdrant_catalog(client, refresh_s=0.0)
+    one.create(manifest("x")).upsert(docs(X[:5]))
+    created, drop = [], two.engine.drop
+
+    def drop_once_another_create_ran(physical: str) -> None:
+        if not created:
+            created.append(one.create(manifest("x", dims=[384])))
+            created[0].upsert(docs(X[:3]))
+        drop(physical)
+
+    monkeypatch.setattr(two.engine, "drop", drop_once_another_create_ran)
+    two.drop("x")
+    now = qdrant_catalog(client).get("x")
+    assert now.dims == [384] and len(now) == 3 and len(_physicals(client)) == 1
+    client.close()
+
+
+def test_two_creates_of_one_name_at_once_make_one_collection(glosses, monkeypatch):
+    """Replica two creates x while replica one is creating it: one collection comes out, the
+    other create answers `collection_exists` and leaves nothing behind."""
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    one, two = qdrant_catalog(client, refresh_s=0.0), qdrant_catalog(client, refresh_s=0.0)
+    create, raced = one.engine.create, []
+
+    def create_while_another_does(physical: str, m: Manifest) -> None:
+        create(physical, m)
+        if not raced:
+            raced.append(two.create(manifest("x", dims=[384])))
+            raced[0].upsert(docs(X[:4]))
+
+    monkeypatch.setattr(one.engine, "create", create_while_another_does)
+    with pytest.raises(Conflict) as second:
+        one.create(manifest("x"))
+    assert second.value.code == "collection_exists"
+    now = qdrant_catalog(client).get("x")
+    assert now.dims == [384] and len(now) == 4 and len(_physicals(client)) == 1
+    assert client.scroll("vecnest.manifests", limit=100)[0] and not one.engine.meta.find("leftover", "x")
+    client.close()
+
+
+def test_what_a_create_that_died_half_way_left_is_removed_by_the_next(glosses, monkeypatch):
+    from index import shared_catalog
+
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    catalog = qdrant_catalog(client, refresh_s=0.0)
+
+    def put_fails(*args, **kwargs):
+        raise RuntimeError("the process died here")
+
+    with monkeypatch.context() as m:
+        m.setattr(catalog, "_put_collection", put_fails)
+        with pytest.raises(NotReady):
+            catalog.create(manifest("x"))
+    assert len(_physicals(client)) == 1 and catalog.names() == []  # data no entry names
+    catalog.create(manifest("x")).upsert(docs(X[:2]))  # too soon: the create may still be running
+    assert len(_physicals(client)) == 2
+    catalog.drop("x")
+    monkeypatch.setattr(shared_catalog, "LEFTOVER_AGE_S", 0.0)
+    catalog.create(manifest("x"))
+    assert len(_physicals(client)) == 1 and catalog.engine.meta.find("leftover", "x") == []
+    client.close()
+
+
+def test_a_collection_from_before_incarnations_opens_and_drops(glosses, monkeypatch):
+    """Entries written before incarnations have none, and their data sits under the plain name."""
+    from index import shared_catalog
+    from index.qdrant import qdrant_name
+
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    old = qdrant_catalog(client)
+    monkeypatch.setattr(shared_catalog.uuid, "uuid4", lambda: type("U", (), {"hex": ""})())
+    old.create(manifest("x")).upsert(docs(X[:6]))
+    monkeypatch.undo()
+    entry = old.engine.meta.get("collection:x")
+    old.engine.meta.put("collection:x", {k: v for k, v in entry.items() if k not in ("key", "incarnation")})
+    assert _physicals(client) == [qdrant_name("x")]
+    now = qdrant_catalog(client)
+    assert len(now.get("x")) == 6
+    now.get("x").set_ef_search(384, 50)  # saved: the entry is of the same (no) incarnation
+    assert qdrant_catalog(client).get("x").ef_search(384) == 50
+    now.drop("x")
+    assert _physicals(client) == [] and now.names() == []
     client.close()
 
 
@@ -716,7 +838,8 @@ def test_points_a_lagging_replica_wrote_are_rewritten(glosses, monkeypatch):
     current.rebuild()
     assert not current.needs_rebuild
     view = DimView(64, 384, "cosine", current.rotation)
-    points = client.retrieve(qdrant_name("c"), [point_id(f"d{i}") for i in range(400, 420)], with_vectors=True)
+    physical = qdrant_name("c", ".", maintenance._bound[current].incarnation)
+    points = client.retrieve(physical, [point_id(f"d{i}") for i in range(400, 420)], with_vectors=True)
     for p in points:
         full = np.asarray(p.vector["d384"], np.float32)
         assert np.allclose(p.vector["d64"], view.apply(full[None])[0], atol=1e-5)

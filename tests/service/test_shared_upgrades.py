@@ -91,12 +91,11 @@ def test_an_upgrade_on_qdrant_end_to_end(tmp_path):
         wait_for(lambda: caught_up(c, "kb", second), "the second backfill")
         assert c.post(f"/v1/collections/kb/upgrades/{second}/cutover").status_code == 200
         assert c.post(f"/v1/collections/kb/upgrades/{second}/finalize").json()["state"] == "finalized"
-        client = c.app.state.engine.catalog.engine._client
+        catalog = c.app.state.engine.catalog
+        client, serving = catalog.engine._client, catalog.get("kb")
+        kept = catalog.engine.physical("kb", f"gen-{second}", catalog._bound[serving].incarnation)
         wait_for(
-            lambda: (
-                sorted(x.name for x in client.get_collections().collections)
-                == ["vecnest.kb." + f"gen-{second}", "vecnest.manifests"]
-            ),
+            lambda: sorted(x.name for x in client.get_collections().collections) == [kept, "vecnest.manifests"],
             "the previous generations to be removed",
         )
         assert c.get("/v1/collections/kb").json()["documents"] == 302
