@@ -23,6 +23,10 @@ traceback or an ERROR line in the server's log.
   beside drops and re-creates of the same names with another dim from either. After the run a
   replica started on an empty data directory must list what the others list, with the same
   document counts and settings.
+- `shared-upgrades`: the same processes with a text collection: the maintenance process
+  starts, cuts over, rolls back, finalizes and aborts encoder upgrades while both replicas
+  write (each write lands in both generations), search, drop and re-create it. After the run
+  no upgrade may be left live without running, and the fresh replica must list the same.
 - `upkeep`: the background work at full tilt (index snapshots every 0.3 s, graph rebuilds
   after 5% deletes, every search sampled for the recall controllers) on a vector collection
   with a PCA funnel and a multi-vector one, both with recall targets, beside writes, deletes, searches, PATCHes, refits, restores, drops and
@@ -550,21 +554,35 @@ def replicas(urls: list[str], seconds: float, tally: Tally) -> list[str]:
     return []
 
 
-def run_replicas(root: Path, seconds: float, tally: Tally) -> tuple[float, list[str], list[Path], list[Path]]:
-    """The `replicas` scenario's processes: milvus-lite, two serving replicas, the maintenance
-    process, and after the run a fourth replica on an empty data directory."""
+def run_replicas(
+    root: Path, seconds: float, tally: Tally, models: list[str] | None = None
+) -> tuple[float, list[str], list[Path], list[Path]]:
+    """The `replicas` scenario's processes (or, given `models`, the `shared-upgrades` one's):
+    milvus-lite, two serving replicas, the maintenance process, and after the run a fourth
+    replica on an empty data directory."""
     from tests.support.milvus import MilvusServer
 
     milvus = MilvusServer(root / "milvus")
     milvus.data_dir.mkdir(parents=True)
     milvus.start()
     env = {"VECNEST_BACKEND": "milvus", "VECNEST_MILVUS_URI": milvus.uri, "VECNEST_PRELOAD_DEFAULT_MODEL": "false"}
+    if models:  # replicas notice changes within a second here (seconds in production)
+        env = {
+            **env,
+            "VECNEST_ALLOW_MODEL_PATHS": "true",
+            "VECNEST_MANIFEST_REFRESH_S": "0.5",
+            "VECNEST_UPGRADE_FOLLOW_S": "0.5",
+            "VECNEST_UPGRADE_SETTLE_S": "1.5",
+            "VECNEST_UPGRADE_POLL_S": "0.1",
+            "VECNEST_UPGRADE_SHARED_POLL_S": "1",
+            "VECNEST_UPGRADE_BATCH_SIZE": "32",
+        }
     roles = {"serve-a": "serve", "serve-b": "serve", "maintenance": "maintenance", "late": "serve"}
     servers = {
         name: Server(
             root / name,
             env={**env, "VECNEST_ROLE": role, "VECNEST_RECALL_PROBE_INTERVAL_S": "1"},
-            log=root / f"replicas-{name}.log",
+            log=root / f"{root.name}-{name}.log",
         )
         for name, role in roles.items()
     }
@@ -572,7 +590,11 @@ def run_replicas(root: Path, seconds: float, tally: Tally) -> tuple[float, list[
         for name in ("serve-a", "serve-b", "maintenance"):
             servers[name].start()
         t0 = time.perf_counter()
-        problems = replicas([servers["serve-a"].url, servers["serve-b"].url], seconds, tally)
+        urls = [servers[name].url for name in ("serve-a", "serve-b", "maintenance")]
+        if models:
+            problems = shared_upgrades(urls, seconds, tally, models)
+        else:
+            problems = replicas(urls[:2], seconds, tally)
         took = time.perf_counter() - t0
         servers["late"].start()
         problems += same_everywhere([s.url for s in servers.values()])
@@ -581,6 +603,60 @@ def run_replicas(root: Path, seconds: float, tally: Tally) -> tuple[float, list[
             server.stop()
         milvus.stop()
     return took, problems, [s.log for s in servers.values() if s.log.exists()], [milvus.log]
+
+
+def shared_upgrades(urls: list[str], seconds: float, tally: Tally, models: list[str]) -> list[str]:
+    """`urls`: two serving replicas, then the maintenance process (which runs the upgrades)."""
+    name = "up"
+
+    def create(c: httpx.Client) -> httpx.Response:
+        r = c.post("/v1/collections", json={"name": name})
+        if r.status_code != 201:
+            return r
+        return c.put(f"/v1/collections/{name}/documents", json={"documents": [gloss_doc(i) for i in range(300)]})
+
+    with httpx.Client(base_url=urls[0], timeout=300) as c:
+        create(c).raise_for_status()
+
+    def op(kind, c, r):
+        path = f"/v1/collections/{name}"
+        if kind == "put":
+            docs = [gloss_doc(r.randrange(500), f" v{r.randrange(3)}") for _ in range(4)]
+            return c.put(f"{path}/documents", json={"documents": docs})
+        if kind == "delete":
+            return c.post(f"{path}/documents/delete", json={"ids": [str(r.randrange(500)) for _ in range(2)]})
+        if kind == "search":
+            return c.post(f"{path}/search", json={"query": GLOSSES[r.randrange(500)][3], "k": 5})
+        if kind == "start":
+            return c.post(f"{path}/upgrades", json={"model": r.choice(models), "sample": 100})
+        if kind in ("cutover", "rollback", "finalize", "abort", "status"):
+            listed = c.get(f"{path}/upgrades")
+            ups = listed.json().get("upgrades") if listed.status_code == 200 else None
+            if not ups:
+                return listed
+            live = [u for u in ups if u["state"] in LIVE_STATES]
+            upgrade = (live or ups)[-1]["id"]
+            if kind == "status":
+                return c.get(f"{path}/upgrades/{upgrade}")
+            return c.post(f"{path}/upgrades/{upgrade}/{kind}", json={"force": True} if kind == "cutover" else None)
+        if kind == "drop":
+            return c.delete(path) if r.random() < 0.05 else c.get(path)
+        if kind == "create":
+            return create(c)
+        raise ValueError(kind)
+
+    lifecycle = ["start", "cutover", "rollback", "finalize", "abort", "status", "status"]
+    # actor i talks to urls[i % 3]: serving a, serving b, maintenance
+    actors = [
+        ["put", "delete", "put"],
+        ["put", "search"],
+        lifecycle,
+        ["search", "status"],
+        ["drop", "create"],
+        lifecycle,
+    ]
+    run_actors(urls, seconds, actors, op, tally)
+    return check_upgrades(urls[2], name)
 
 
 def same_everywhere(urls: list[str]) -> list[str]:
@@ -700,7 +776,7 @@ def logged_errors(log: Path) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=90.0, help="how long each scenario's actors run")
-    names = ["restores", "upgrades", "multivector", "archives", "upkeep", "replicas"]
+    names = ["restores", "upgrades", "multivector", "archives", "upkeep", "replicas", "shared-upgrades"]
     p.add_argument("--only", nargs="+", choices=names, default=names)
     p.add_argument("--logs", type=Path, help="copy each scenario's server log into this folder")
     args = p.parse_args()
@@ -708,7 +784,7 @@ def main() -> None:
     rows, failed = [], False
     with tempfile.TemporaryDirectory(prefix="vecnest-races-") as tmp:
         root = Path(tmp)
-        models = test_models(root / "models") if "upgrades" in args.only else []
+        models = test_models(root / "models") if {"upgrades", "shared-upgrades"} & set(args.only) else []
         env = {
             "VECNEST_ALLOW_MODEL_PATHS": "true",  # the upgrade scenario's models are folders
             "VECNEST_UPGRADE_BATCH_SIZE": "32",
@@ -726,8 +802,9 @@ def main() -> None:
             scenario_env = {**env, **(upkeep_env if scenario == "upkeep" else {})}
             tally = Tally()
             engine_logs: list[Path] = []  # copied, not counted: the engine's own errors are answered in requests
-            if scenario == "replicas":
-                took, problems, logs, engine_logs = run_replicas(root / scenario, args.seconds, tally)
+            if scenario in ("replicas", "shared-upgrades"):
+                on_models = models if scenario == "shared-upgrades" else None
+                took, problems, logs, engine_logs = run_replicas(root / scenario, args.seconds, tally, on_models)
             else:
                 server = Server(
                     root / scenario / "data",

@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol
 
 import numpy as np
@@ -87,16 +88,16 @@ def _key(kind: str, name: str, part: str = "") -> str:
     return f"{kind}:{name}" + (f":{part}" if part else "")
 
 
-def put_blob(meta: MetaTable, name: str, label: str, data: bytes) -> str:
+def put_blob(meta: MetaTable, name: str, label: str, data: bytes) -> list[str]:
     """Store `data` as `map` entries of collection `name` (chunked: engines cap one value's
-    size); returns the key to read it back with."""
+    size); returns their keys, the first the one to read it back with."""
     key = _key("map", name, label)
     text = base64.b64encode(data).decode("ascii")
     chunks = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
-    for i, chunk in enumerate(chunks):
-        value = {"kind": "map", "collection": name, "part": i, "of": len(chunks), "data": chunk}
-        meta.put(key if i == 0 else f"{key}#{i}", value)
-    return key
+    keys = [key if i == 0 else f"{key}#{i}" for i in range(len(chunks))]
+    for i, (part, chunk) in enumerate(zip(keys, chunks)):
+        meta.put(part, {"kind": "map", "collection": name, "part": i, "of": len(chunks), "data": chunk})
+    return keys
 
 
 def get_blob(meta: MetaTable, key: str) -> bytes:
@@ -131,7 +132,14 @@ class EntryStore:
             self._catalog._put_generation(self.name, self.generation, manifest)
 
     def put_blob(self, label: str, data: bytes) -> str:
-        return put_blob(self._catalog.engine.meta, self.name, f"{self.generation}:{label}", data)
+        keys: list[str] = []
+
+        def put() -> list[str]:
+            keys.extend(put_blob(self._catalog.engine.meta, self.name, f"{self.generation}:{label}", data))
+            return keys
+
+        self._catalog._write_for(self.name, self.incarnation, put)
+        return keys[0]
 
     def get_blob(self, key: str) -> bytes:
         return get_blob(self._catalog.engine.meta, key)
@@ -357,6 +365,25 @@ class SharedCatalog:
                     meta.delete([_key("collection", name)])
                 raise NotFound(f"collection {name!r} was dropped meanwhile", code="collection_not_found")
 
+    def _write_for(self, name: str, incarnation: str, write: Callable[[], list[str]]) -> None:
+        """Write entries of the collection `name` of `incarnation` (an upgrade record, a map, a
+        generation: `write()` returns their keys), only while it is that collection: a process
+        still running an upgrade of a collection another one dropped (and perhaps created again)
+        meanwhile must not write into the new one's. As `_rewrite_collection`, a drop that lands
+        between the check and the write has the write taken back."""
+        self._entry_of(name, incarnation)
+        with self.engine.errors(f"update {name!r}"):
+            keys = write()
+        meta = self.engine.meta
+        with self.engine.errors(f"update {name!r}"):
+            notes = meta.find("leftover", name)
+            entry = meta.get(_key("collection", name)) or {}
+            if entry.get("incarnation") != incarnation or any(
+                n.get("by") == "drop" and n.get("incarnation") == incarnation for n in notes
+            ):
+                meta.delete(keys)
+                raise NotFound(f"collection {name!r} was dropped meanwhile", code="collection_not_found")
+
     def _entry_of(self, name: str, incarnation: str) -> dict[str, Any]:
         """The collection entry of `name` if it is still of `incarnation`, else `collection_not_found`."""
         with self.engine.errors(f"read {name!r}"):
@@ -381,8 +408,11 @@ class SharedCatalog:
     ) -> CollectionBackend:
         with self._lock:
             held = self._open.get(name)
-            same = held is not None and (held[0], self._bound[held[1]].incarnation) == (generation, incarnation)
-            if same and not fresh:
+            if (
+                held is not None
+                and not fresh
+                and (held[0], self._bound[held[1]].incarnation) == (generation, incarnation)
+            ):
                 self._open[name] = (generation, held[1], time.monotonic())
                 return held[1]
         collection = self._opened(name, generation, manifest, serving=True, incarnation=incarnation)
@@ -448,7 +478,16 @@ class SharedGenerations:
             if self._engine.exists(physical):
                 self._engine.drop(physical)
             self._engine.create(physical, manifest)
+
+        def put() -> list[str]:
             self._catalog._put_generation(self.name, generation, manifest)
+            return [_key("generation", self.name, generation)]
+
+        try:
+            self._catalog._write_for(self.name, self._incarnation, put)
+        except NotFound:  # the collection was dropped meanwhile: its new generation goes too
+            self._catalog._drop_physical(physical)
+            raise
         return self._catalog._opened(self.name, generation, manifest, serving=False, incarnation=self._incarnation)
 
     def open(self, generation: str) -> CollectionBackend:
@@ -486,14 +525,20 @@ class SharedGenerations:
 
     def save_record(self, record: Any) -> None:
         value = {"kind": "upgrade", "collection": self.name, "record": json.dumps(record.to_json())}
-        with self._engine.errors(f"save an upgrade of {self.name!r}"):
-            self._engine.meta.put(_key("upgrade", self.name, record.id), value)
+        key = _key("upgrade", self.name, record.id)
+
+        def put() -> list[str]:
+            self._engine.meta.put(key, value)
+            return [key]
+
+        self._catalog._write_for(self.name, self._incarnation, put)
 
     def save_map(self, record_id: str, W: np.ndarray) -> str:
         """Store the map; returns the sha256 of its .npy bytes."""
         data = npy_bytes(np.asarray(W, np.float32))
-        with self._engine.errors(f"save a map of {self.name!r}"):
-            put_blob(self._engine.meta, self.name, f"map-{record_id}", data)
+        self._catalog._write_for(
+            self.name, self._incarnation, lambda: put_blob(self._engine.meta, self.name, f"map-{record_id}", data)
+        )
         return hashlib.sha256(data).hexdigest()
 
     def load_map(self, record: Any) -> np.ndarray:

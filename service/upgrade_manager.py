@@ -692,12 +692,30 @@ class UpgradeManager:
         """Stop an upgrade before cut-over and delete its new generation; nothing else changes."""
         self.settings.require_maintenance("abort")
         async with self.lifecycle(name):
+            record, live = await self._record(name, upgrade_id), self._live.get(name)
+            running = live is not None and live.record.id == record.id
+            if record.state in (upgrades.FITTING, upgrades.BACKFILLING) and not running:
+                return await self._abort_orphan(name, record)
             live = await self._require_live(name, upgrade_id, (upgrades.FITTING, upgrades.BACKFILLING), "abort")
             async with live.sync_lock:
                 live.record = live.record.moved(upgrades.ABORTED)
                 await run_in_threadpool(live.gens.save_record, live.record)
             await self._end(name, live)
             return live.record
+
+    async def _abort_orphan(self, name: str, record: upgrades.UpgradeRecord) -> upgrades.UpgradeRecord:
+        """An upgrade whose record says it runs while nothing here runs it (this process is the
+        one that runs upgrades): its start died half-way, or it was written by a process that
+        no longer runs it. It ends aborted, and its new generation (if any) goes."""
+        gens = await run_in_threadpool(self._generations, name)
+        record = record.moved(upgrades.ABORTED)
+        await run_in_threadpool(gens.save_record, record)
+        try:
+            await run_in_threadpool(gens.remove, record.new_generation)
+        except NotFound:
+            pass  # never created
+        log.warning("upgrade %s of %s was live with nothing running it: aborted", record.id, name)
+        return record
 
     async def _flip(self, name: str, live: LiveUpgrade, to_shadow_state: str) -> None:
         """Under the write gate and the sync lock: sync the shadow completely, then swap it in.
@@ -754,7 +772,9 @@ class UpgradeManager:
         try:
             await live.shadow.close()
             await run_in_threadpool(live.gens.remove, generation)
-        except Exception:  # the next start-up removes it (_resume), from the record
+        except Exception as exc:  # the next start-up removes it (_resume), from the record
+            if gone_meanwhile(exc):  # the drop that took the collection took its generations
+                return
             log.exception("generation %s of %s could not be removed", generation, live.record.collection)
 
     async def _settle(self, since: float) -> None:

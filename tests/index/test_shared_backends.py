@@ -585,6 +585,38 @@ def test_a_setting_saved_while_another_replica_drops_the_collection_is_taken_bac
     client.close()
 
 
+def test_an_upgrade_of_a_dropped_collection_writes_nothing_into_the_one_created_after(glosses):
+    """The maintenance process runs an upgrade of x; a replica drops x and creates it again. The
+    upgrade's records, maps and new generation went into the new x by name: a record "fitting"
+    that nothing ran and no abort could end."""
+    from index import encoder_upgrade as upgrades
+
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    maintenance, replica = qdrant_catalog(client, refresh_s=3600.0), qdrant_catalog(client, refresh_s=0.0)
+    source = maintenance.create(manifest("x"))
+    source.upsert(docs(X[:20]))
+    gens = maintenance.generations("x")
+    record = upgrades.new_record(
+        source, ".", {"model": "new", "dim": 384}, sample=10, holdout=0.2, seed=0, min_cosine=0.8, min_recall=0.8
+    )
+    replica.drop("x")
+    replica.create(manifest("x")).upsert(docs(X[:2]))
+    W = np.eye(384, dtype=np.float32)
+    for write in (
+        lambda: gens.save_record(record),
+        lambda: gens.save_map(record.id, W),
+        lambda: gens.create(record.new_generation, manifest("x", dims=[384])),
+    ):
+        with pytest.raises(NotFound) as gone:
+            write()
+        assert gone.value.code == "collection_not_found"
+    now = replica.generations("x")
+    assert now.records() == [] and len(replica.get("x")) == 2 and len(_physicals(client)) == 1
+    assert maintenance.engine.meta.find("map", "x") == [] and maintenance.engine.meta.find("generation", "x") == []
+    client.close()
+
+
 def test_a_collection_created_again_with_the_same_settings_is_another_collection(glosses):
     """Same name, same manifest: the entry's incarnation tells the copies apart, so a replica
     that refreshes opens the new collection rather than reloading settings into the old object."""

@@ -89,3 +89,37 @@ def test_an_abort_during_a_cut_over_waits_for_it_and_is_refused(tmp_path):
     with app_client(settings, fake=True) as c:
         assert c.get("/readyz").json()["failed_count"] == 0
         assert c.get("/v1/collections/kb").json()["documents"] == 120
+
+
+def test_an_upgrade_recorded_live_with_nothing_running_it_can_be_aborted(tmp_path):
+    """A record that says "fitting" while no task runs it (a start that died half-way, or a
+    record another process wrote) was refused by abort ("cannot abort: it is fitting") and
+    blocked every later upgrade of the collection. It is aborted, its new generation removed."""
+    import dataclasses
+
+    from index import encoder_upgrade as upgrades
+
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other": str(tmp_path)})
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"document number {i}"} for i in range(20)]
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        engine = c.app.state.engine
+        gens = engine.catalog.generations("kb")
+        orphan = upgrades.new_record(
+            engine.catalog.get("kb"),
+            ".",
+            {"model": "other", "dim": 384},
+            sample=10,
+            holdout=0.2,
+            seed=0,
+            min_cosine=0.8,
+            min_recall=0.8,
+        )
+        gens.save_record(dataclasses.replace(orphan, state=upgrades.FITTING))
+        listed = c.get("/v1/collections/kb/upgrades").json()["upgrades"]
+        assert [u["state"] for u in listed] == ["fitting"]
+        r = c.post(f"/v1/collections/kb/upgrades/{orphan.id}/abort")
+        assert r.status_code == 200 and r.json()["state"] == "aborted", r.text
+        started = c.post("/v1/collections/kb/upgrades", json={"model": "other", "sample": 10})
+        assert started.status_code == 202, started.text
