@@ -11,18 +11,17 @@ What is stored, as entries of the engine's meta table (each a small JSON object)
 - `generation` entries: the manifest of every other generation (an upgrade's shadow, or the
   retired one kept for rollback);
 - `upgrade` entries: upgrade records (index.encoder_upgrade), and `map` entries: blobs in
-  chunks (engines cap the size of one value): an upgrade's fitted map, a PCA rotation matrix.
-
+  chunks (engines cap the size of one value): an upgrade's fitted map, a PCA rotation matrix;
 - `leftover` entries: physical collections a create or drop that dies half-way would leave,
   noted first and removed by the next create of the name.
 
 A collection's generation `g` is stored in the engine's physical collection
-`engine.physical(name, g, incarnation)`. Cut-over is one write: the `collection` entry names the new
-generation. Replicas re-read an entry once the copy they hold is `refresh_s` old, so what one
-process changes (settings, a drop, a cut-over) reaches every other within that. A collection
-object saves its settings only while the entry is still of its incarnation: a replica that
-has not yet seen a drop (or a drop and a create) never writes a dropped collection back, nor
-its old manifest over the new collection's.
+`engine.physical(name, g, incarnation)`. Cut-over is one write: the `collection` entry names
+the new generation. Replicas re-read an entry once the copy they hold is `refresh_s` old, so
+what one process changes (settings, a drop, a cut-over) reaches every other within that. A
+collection object saves its settings only while the entry is still of its incarnation: a
+replica that has not yet seen a drop (or a drop and a create) never writes a dropped
+collection back, nor its old manifest over the new collection's.
 """
 
 import base64
