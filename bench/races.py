@@ -178,6 +178,16 @@ def snapshot_ops(kind: str, c: httpx.Client, r: random.Random, name: str, archiv
     return None
 
 
+def churn(kind: str, c: httpx.Client, r: random.Random, path: str, share: float, create: Callable):
+    """`drop`: the collection at `path` is dropped with probability `share` (else read);
+    `create`: `create()` makes it again. None for other kinds."""
+    if kind == "drop":
+        return c.delete(path) if r.random() < share else c.get(path)
+    if kind == "create":
+        return create()
+    return None
+
+
 def gloss_doc(i: int, tag: str = "") -> dict:
     _, pos, lemmas, gloss = GLOSSES[i]
     return {"id": str(i), "text": f"{lemmas}: {gloss}{tag}", "metadata": {"pos": pos, "g": i % 4}}
@@ -274,10 +284,8 @@ def upgrades(url: str, seconds: float, tally: Tally, models: list[str]) -> list[
             if kind == "status":
                 return c.get(f"{path}/upgrades/{upgrade}")
             return c.post(f"{path}/upgrades/{upgrade}/{kind}", json={"force": True} if kind == "cutover" else None)
-        if kind == "drop":
-            return c.delete(path) if r.random() < 0.1 else c.get(path)
-        if kind == "create":
-            return create(c)
+        if kind in ("drop", "create"):
+            return churn(kind, c, r, path, 0.1, lambda: create(c))
         return snapshot_ops(kind, c, r, name, archives)
 
     lifecycle = ["start", "start", "cutover", "rollback", "finalize", "abort", "status"]
@@ -382,10 +390,8 @@ def multivector(url: str, seconds: float, tally: Tally) -> list[str]:
             return c.get(f"{path}/documents/{r.randrange(500)}")
         if kind == "recall":
             return c.post(f"{path}/recall", json={"queries": 5})
-        if kind == "drop":
-            return c.delete(path) if r.random() < 0.15 else c.get(path)
-        if kind == "create":
-            return create(c, name)
+        if kind in ("drop", "create"):
+            return churn(kind, c, r, path, 0.15, lambda: create(c, name))
         return snapshot_ops(kind, c, r, name, archives)
 
     actors = [
@@ -464,10 +470,8 @@ def upkeep(url: str, seconds: float, tally: Tally, log: Path) -> list[str]:
             return c.post(f"{path}/elasticizer/refit", json={}) if name == "ft" else c.get(path)
         if kind == "recall":
             return c.post(f"{path}/recall", json={"queries": 10})
-        if kind == "drop":
-            return c.delete(path) if r.random() < 0.1 else c.get(path)
-        if kind == "create":
-            return create(c, name)
+        if kind in ("drop", "create"):
+            return churn(kind, c, r, path, 0.1, lambda: create(c, name))
         return snapshot_ops(kind, c, r, name, archives)
 
     actors = [
@@ -542,10 +546,8 @@ def replicas(urls: list[str], seconds: float, tally: Tally) -> list[str]:
             return c.patch(path, json=body)
         if kind == "recall":
             return c.post(f"{path}/recall", json={"queries": 5})
-        if kind == "drop":
-            return c.delete(path) if r.random() < 0.2 else c.get(path)
-        if kind == "create":
-            return create(c, name, r)
+        if kind in ("drop", "create"):
+            return churn(kind, c, r, path, 0.2, lambda: create(c, name, r))
         raise ValueError(kind)
 
     every = ["put", "delete", "search", "scroll", "get", "patch", "recall"]
@@ -639,10 +641,8 @@ def shared_upgrades(urls: list[str], seconds: float, tally: Tally, models: list[
             if kind == "status":
                 return c.get(f"{path}/upgrades/{upgrade}")
             return c.post(f"{path}/upgrades/{upgrade}/{kind}", json={"force": True} if kind == "cutover" else None)
-        if kind == "drop":
-            return c.delete(path) if r.random() < 0.05 else c.get(path)
-        if kind == "create":
-            return create(c)
+        if kind in ("drop", "create"):
+            return churn(kind, c, r, path, 0.05, lambda: create(c))
         raise ValueError(kind)
 
     lifecycle = ["start", "cutover", "rollback", "finalize", "abort", "status", "status"]
