@@ -357,9 +357,8 @@ class SharedCatalog:
         self._put_collection(name, generation, manifest, incarnation)
         meta = self.engine.meta
         with self.engine.errors(f"update {name!r}"):
-            notes = meta.find("leftover", name)
-            dropping = any(n.get("by") == "drop" and n.get("incarnation") == incarnation for n in notes)
-            if dropping or not self.engine.exists(self.engine.physical(name, generation, incarnation)):
+            gone = not self.engine.exists(self.engine.physical(name, generation, incarnation))
+            if gone or self._drop_noted(name, incarnation):
                 if (meta.get(_key("collection", name)) or {}).get("incarnation") == incarnation:
                     meta.delete([_key("collection", name)])
                 raise NotFound(f"collection {name!r} was dropped meanwhile", code="collection_not_found")
@@ -375,13 +374,15 @@ class SharedCatalog:
             keys = write()
         meta = self.engine.meta
         with self.engine.errors(f"update {name!r}"):
-            notes = meta.find("leftover", name)
             entry = meta.get(_key("collection", name)) or {}
-            if entry.get("incarnation") != incarnation or any(
-                n.get("by") == "drop" and n.get("incarnation") == incarnation for n in notes
-            ):
+            if entry.get("incarnation") != incarnation or self._drop_noted(name, incarnation):
                 meta.delete(keys)
                 raise NotFound(f"collection {name!r} was dropped meanwhile", code="collection_not_found")
+
+    def _drop_noted(self, name: str, incarnation: str) -> bool:
+        """A drop of `name`'s `incarnation` has begun (its note is written before the entry goes)."""
+        notes = self.engine.meta.find("leftover", name)
+        return any(n.get("by") == "drop" and n.get("incarnation") == incarnation for n in notes)
 
     def _entry_of(self, name: str, incarnation: str) -> dict[str, Any]:
         """The collection entry of `name` if it is still of `incarnation`, else `collection_not_found`."""
