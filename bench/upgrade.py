@@ -8,6 +8,7 @@ MiniLM (`vecnest finetune` → bench/out/minilm-scifact-mrl). `--old` swaps the 
 Part 1 (the index library, in process): nDCG@10 and Recall@10 on the 300 test queries of
   old→old            old queries, old index
   new→old (<family>) new queries mapped into the old space by each map family, no backfill
+                     (blend: each query's old-model embedding moved towards its mapped one)
   new→new            new queries, fully backfilled new index
   mixed 25/50/75%    new queries over the old index (mapped by the gate's pick) + a partly
                      backfilled new index, scores calibrated onto one scale (50%: also uncalibrated)
@@ -42,7 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bench.embed import cached
 from index import Collection, HnswParams, Manifest, NewDocument, Query, upgrades
-from index.procrustes import ScoreCalibration, map_queries
+from index.procrustes import LINEAR_KINDS, ScoreCalibration
 from tests.support.datasets import scifact_corpus, scifact_qrels, scifact_queries, scifact_text
 from tests.support.evaluate import ndcg_at_k, recall_at_k
 from tests.support.server import Server
@@ -50,7 +51,7 @@ from tests.support.server import Server
 OUT = Path(__file__).resolve().parent / "out"
 DEFAULT_NEW = OUT / "minilm-scifact-mrl"
 MODEL_CACHE = OUT / "model-cache"  # where packaged models (all-mpnet-base-v2) are unpacked
-MAP_FAMILIES = ("orthogonal", "ridge", "affine")
+MAP_FAMILIES = ("orthogonal", "ridge", "affine", "blend")
 
 
 def embedded(name: str, encoder, texts: list[str], kind: str) -> np.ndarray:
@@ -147,7 +148,8 @@ def quality(new_model: str, old_model: str | None, sample: int) -> dict:
         best = fitted.maps[by_labels["map"]]
         runs = {"old→old": run_of(old.search(Query(Q_old, 10)), qids)}
         for kind, m in fitted.maps.items():
-            runs[f"new→old ({kind} map, no backfill)"] = run_of(old.search(Query(map_queries(Q_new, m.W), 10)), qids)
+            how = f"blend of old query and {m.figures['base']} map, alpha {m.alpha}" if m.alpha else f"{kind} map"
+            runs[f"new→old ({how}, no backfill)"] = run_of(old.search(Query(m.query_map(Q_new, Q_old), 10)), qids)
         for share in (0.25, 0.5, 0.75):
             part = np.sort(rng.permutation(len(ids))[: int(share * len(ids))])
             partial = make_collection(root, f"part{int(share * 100)}", [ids[i] for i in part], X_new[part])
@@ -155,11 +157,13 @@ def quality(new_model: str, old_model: str | None, sample: int) -> dict:
                 old, partial, Q_old, Q_new, qids
             )
             label = f"mixed {int(share * 100)}% ({best.kind}, calibrated)"
-            runs[label] = run_of(upgrades.mixed_search(old, partial, best.W, best.calibration, Query(Q_new, 10)), qids)
+            runs[label] = run_of(
+                upgrades.mixed_search(old, partial, best.query_map, best.calibration, Query(Q_new, 10), Q_old), qids
+            )
             if share == 0.5:
                 half = partial
                 runs[f"mixed 50% ({best.kind}, uncalibrated)"] = run_of(
-                    upgrades.mixed_search(old, half, best.W, ScoreCalibration(), Query(Q_new, 10)), qids
+                    upgrades.mixed_search(old, half, best.query_map, ScoreCalibration(), Query(Q_new, 10), Q_old), qids
                 )
         runs["new→new (full backfill)"] = run_of(full.search(Query(Q_new, 10)), qids)
         overhead = map_overhead(old, half, best, Q_old, Q_new)
@@ -201,7 +205,8 @@ def dual_run(old: Collection, partial: Collection, Q_old, Q_new, qids: list[str]
 
 def sts(old_enc, new_enc, fitted: upgrades.MapFit) -> dict[str, float]:
     """Spearman correlation with STS Benchmark (test) gold scores of each way to compare two
-    sentences: both by the old model, both by the new, and new(a) mapped against old(b)."""
+    sentences: both by the old model, both by the new, and new(a) mapped against old(b) (a
+    blend: new(a) and old(a) blended, against old(b))."""
     import csv
     import gzip
 
@@ -223,7 +228,7 @@ def sts(old_enc, new_enc, fitted: upgrades.MapFit) -> dict[str, float]:
 
     out = {"pairs": len(gold), "old-old": rho(A_old, B_old), "new-new": rho(A_new, B_new)}
     for kind, m in fitted.maps.items():
-        out[f"new→old ({kind})"] = rho(map_queries(A_new, m.W), B_old)
+        out[f"new→old ({kind})"] = rho(m.query_map(A_new, A_old), B_old)
     return out
 
 
@@ -231,22 +236,26 @@ def map_overhead(
     old: Collection, half: Collection, fit: upgrades.FittedMap, Q_old: np.ndarray, Q_new: np.ndarray
 ) -> dict:
     """Per single query, median over the test queries: the map alone (µs), and search latency
-    plain (new→old through the map) vs mixed (both indexes, merged)."""
+    plain (new→old through the map) vs mixed (both indexes, merged). A blend's second encode per
+    query (the old model's) is not in these: it is the old model's encode time."""
+    qmap = fit.query_map
 
     def median_us(fn, reps=1, queries=Q_new):
         times = []
-        for q in queries:
+        for i, q in enumerate(queries):
             t0 = time.perf_counter()
             for _ in range(reps):
-                fn(q[None, :])
+                fn(q[None, :], Q_old[i : i + 1])
             times.append((time.perf_counter() - t0) / reps)
         return float(np.median(times) * 1e6)
 
     return {
-        "map_us": median_us(lambda q: map_queries(q, fit.W), reps=100),
-        "old_search_us": median_us(lambda q: old.search(Query(q, 10)), queries=Q_old),  # old queries, no map
-        "mapped_search_us": median_us(lambda q: old.search(Query(map_queries(q, fit.W), 10))),
-        "mixed_search_us": median_us(lambda q: upgrades.mixed_search(old, half, fit.W, fit.calibration, Query(q, 10))),
+        "map_us": median_us(qmap, reps=100),
+        "old_search_us": median_us(lambda q, _: old.search(Query(q, 10)), queries=Q_old),  # old queries, no map
+        "mapped_search_us": median_us(lambda q, a: old.search(Query(qmap(q, a), 10))),
+        "mixed_search_us": median_us(
+            lambda q, a: upgrades.mixed_search(old, half, qmap, fit.calibration, Query(q, 10), a)
+        ),
     }
 
 
@@ -406,10 +415,13 @@ def report_quality(result: dict, new_model: str) -> None:
     print("\n| map | mean cosine | p10 cosine | recall@10 vs old queries | labelled nDCG@10 | fit ms |")
     print("|---|---|---|---|---|---|")
     for kind, m in f["maps"].items():
+        name = kind if kind in LINEAR_KINDS else f"{kind} ({m['base']}, alpha {m['alpha']})"
         print(
-            f"| {kind} | {m['mean_cosine']:.4f} | {m['p10_cosine']:.4f} | {m['recall_at_10']:.4f} | "
+            f"| {name} | {m['mean_cosine']:.4f} | {m['p10_cosine']:.4f} | {m['recall_at_10']:.4f} | "
             f"{m['labelled_ndcg_at_10']:.4f} | {m['fit_seconds'] * 1e3:.0f} |"
         )
+        for alpha, value in (m.get("labelled_ndcg_at_10_by_alpha") or {}).items():
+            print(f"| {kind}, alpha {alpha} | | | | {value:.4f} | |")
     print(f"| (old→old on the labelled queries) | | | | {f['labelled']['old_to_old_ndcg_at_10']:.4f} | |")
     for label, verdict in (
         ("thresholds 0.8/0.8", result["gate_by_thresholds"]),

@@ -48,7 +48,7 @@ from index.hnsw import HnswIndex, HnswParams
 from index.hybrid import Fusion
 from index.manifest import Elasticizer, Manifest, RecallPolicy, Snapshot
 from index.pacing import paced
-from index.procrustes import ScoreCalibration
+from index.procrustes import QueryMap, ScoreCalibration
 from index.protocols import Hits, VectorIndex
 from index.recall_oracle import (
     EF,
@@ -161,6 +161,7 @@ __all__ = [
     "NotReady",
     "Overloaded",
     "Query",
+    "QueryMap",
     "ReadOnly",
     "RecallPolicy",
     "RecallProbe",

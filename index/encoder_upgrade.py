@@ -3,7 +3,7 @@ evaluation, and searches over a half-backfilled collection.
 
 An upgrade builds a second *generation* of a collection (`<home>/gen-<id>/`, an ordinary
 `Collection` whose manifest names the new encoder) while the first keeps serving. The new model
-queries the old generation at once through an orthogonal map (`index/procrustes.py`); a sync
+queries the old generation at once through a fitted map (`index/procrustes.py`); a sync
 re-embeds every document into the new generation; cut-over points `current.json` at it. After
 cut-over the roles flip: the old generation becomes the one kept in sync, so a rollback loses
 no write, until the upgrade is finalized and the old generation deleted.
@@ -33,11 +33,15 @@ from index.errors import Invalid, NotFound
 from index.files import fsync_path, json_bytes, npy_bytes, sha256_hex, write_atomic
 from index.manifest import Elasticizer, Manifest
 from index.procrustes import (
+    BLEND,
+    BLEND_ALPHAS,
+    DEFAULT_BLEND_ALPHA,
+    LINEAR_KINDS,
     MAP_KINDS,
+    QueryMap,
     ScoreCalibration,
     fit_calibration,
     fit_map_kind,
-    map_queries,
     orthogonality_error,
 )
 from index.scoring import Match
@@ -337,9 +341,14 @@ class FittedMap:
     """One family's map, its score calibration, and its held-out figures."""
 
     kind: str
-    W: np.ndarray  # (d_new, d_old), or (d_new + 1, d_old) for an affine map
+    W: np.ndarray  # (d_new, d_old), or (d_new + 1, d_old) for an affine map (a blend: its base map's)
     calibration: ScoreCalibration
     figures: dict[str, Any]
+    alpha: float | None = None  # a blend's weight on the mapped query
+
+    @property
+    def query_map(self) -> QueryMap:
+        return QueryMap(self.W, self.alpha)
 
 
 @dataclass(frozen=True)
@@ -400,19 +409,22 @@ def fit_map(
     against the old index (and, shared, of the old model's own queries: the bar to reach). The
     score calibration is fitted on held-out queries against the fit rows: new→new scores of each
     query's top-k neighbours against their mapped→old scores.
+
+    A blend's base is the best of the linear families (all three are fitted for it when `kinds`
+    names none), its `alpha` the best of BLEND_ALPHAS on the labelled queries, or
+    DEFAULT_BLEND_ALPHA without any. A held-out document's old vector stands for the old model's
+    query.
     """
     nn = X_new[held] @ X_new[fit].T
     cols, _ = top_k(nn, k)
     same = np.take_along_axis(nn, cols, 1)
-    maps: dict[str, FittedMap] = {}
-    for kind in kinds:
-        t0 = time.perf_counter()
-        W = fit_map_kind(kind, X_new[fit], X_old[fit], seed)
-        fit_s = time.perf_counter() - t0
-        mapped = map_queries(X_new[held], W)
+
+    def evaluate(kind: str, W: np.ndarray, alpha: float | None, fit_s: float) -> FittedMap:
+        qmap = QueryMap(W, alpha)
+        mapped = qmap(X_new[held], X_old[held])
         cosines = np.einsum("ij,ij->i", mapped, X_old[held])
         cross = np.take_along_axis(mapped @ X_old[fit].T, cols, 1)
-        figures = {
+        figures: dict[str, Any] = {
             "mean_cosine": float(cosines.mean()),
             "p10_cosine": float(np.percentile(cosines, 10)),
             f"recall_at_{k}": _relative_recall(old, mapped, X_old[held], held_ids, k),
@@ -420,8 +432,30 @@ def fit_map(
             "fit_seconds": fit_s,
         }
         if labelled is not None:
-            figures[f"labelled_ndcg_at_{k}"] = _ndcg(old, map_queries(labelled.new_queries, W), labelled.relevant, k)
-        maps[kind] = FittedMap(kind, W, fit_calibration(cross, same), figures)
+            figures[f"labelled_ndcg_at_{k}"] = _ndcg(
+                old, qmap(labelled.new_queries, labelled.old_queries), labelled.relevant, k
+            )
+        return FittedMap(kind, W, fit_calibration(cross, same), figures, alpha)
+
+    linear = [kind for kind in kinds if kind in LINEAR_KINDS] or (list(LINEAR_KINDS) if BLEND in kinds else [])
+    maps: dict[str, FittedMap] = {}
+    for kind in linear:
+        t0 = time.perf_counter()
+        W = fit_map_kind(kind, X_new[fit], X_old[fit], seed)
+        maps[kind] = evaluate(kind, W, None, time.perf_counter() - t0)
+    if BLEND in kinds:
+        base = max(linear, key=lambda kind: _merit(maps[kind].figures, labelled is not None, k))
+        alphas = BLEND_ALPHAS if labelled is not None else (DEFAULT_BLEND_ALPHA,)
+        tried = {a: evaluate(BLEND, maps[base].W, a, 0.0) for a in alphas}
+        best = max(alphas, key=lambda a: _merit(tried[a].figures, labelled is not None, k))
+        chosen = tried[best]
+        chosen.figures.update(base=base, alpha=best)
+        if labelled is not None:
+            chosen.figures[f"labelled_ndcg_at_{k}_by_alpha"] = {
+                str(a): tried[a].figures[f"labelled_ndcg_at_{k}"] for a in alphas
+            }
+        maps[BLEND] = chosen
+    maps = {kind: maps[kind] for kind in kinds if kind in maps}  # only the families asked for
     shared: dict[str, Any] = {
         "n_fit": len(fit),
         "n_heldout": len(held),
@@ -435,6 +469,13 @@ def fit_map(
             f"old_to_old_ndcg_at_{k}": _ndcg(old, labelled.old_queries, labelled.relevant, k),
         }
     return MapFit(maps, shared)
+
+
+def _merit(figures: dict[str, Any], labelled: bool, k: int) -> tuple[float, ...]:
+    """How a family ranks against the others: its labelled nDCG, else its relative recall; then
+    its mean cosine."""
+    first = figures[f"labelled_ndcg_at_{k}"] if labelled else figures[f"recall_at_{k}"]
+    return (first, figures["mean_cosine"])
 
 
 def _ndcg(old: Collection, queries: np.ndarray, relevant: list[set[str]], k: int) -> float:
@@ -460,7 +501,10 @@ def gate(figures: dict[str, Any], min_cosine: float, min_recall: float, k: int =
     when its mapped new-model queries reach the old model's own nDCG@k on them (M(new→old) ≥
     M(old→old), the published criterion); without, when its held-out figures reach both
     thresholds. The best family that passes serves (labelled nDCG, else relative recall, then
-    mean cosine); `map` names it, or the best one when none passed."""
+    mean cosine); `map` names it, or the best one when none passed. A blend passes only on
+    labelled queries: the held-out figures measure closeness to the old model's own queries,
+    which a blend has by construction (it starts from them), not whether it finds more. A blend
+    that serves also gives its `alpha` and `base` map."""
     labelled = figures.get("labelled")
     results: dict[str, str] = {}
     for kind, f in figures["maps"].items():
@@ -469,6 +513,8 @@ def gate(figures: dict[str, Any], min_cosine: float, min_recall: float, k: int =
             bar, got = labelled[f"old_to_old_ndcg_at_{k}"], f[f"labelled_ndcg_at_{k}"]
             if got < bar:
                 failures.append(f"nDCG@{k} of mapped queries on the labelled queries {got:.4f} < old→old {bar:.4f}")
+        elif kind == BLEND:
+            failures.append("a blend serves only on labelled queries (labelled_queries)")
         else:
             if f["mean_cosine"] < min_cosine:
                 failures.append(f"mean cosine of mapped vs old vectors {f['mean_cosine']:.3f} < {min_cosine}")
@@ -479,38 +525,57 @@ def gate(figures: dict[str, Any], min_cosine: float, min_recall: float, k: int =
         results[kind] = "; ".join(failures) or "passed"
 
     def merit(kind: str) -> tuple[float, ...]:
-        f = figures["maps"][kind]
-        first = f[f"labelled_ndcg_at_{k}"] if labelled is not None else f[f"recall_at_{k}"]
-        return (first, f["mean_cosine"])
+        rank = _merit(figures["maps"][kind], labelled is not None, k)
+        return rank if labelled is not None or len(results) == 1 else (float(kind != BLEND), *rank)
 
     passing = [kind for kind, result in results.items() if result == "passed"]
     chosen = max(passing or list(results), key=merit)
+    served = figures["maps"][chosen]
+    extra = {"alpha": served["alpha"], "base": served["base"]} if chosen == BLEND else {}
     if passing:
-        reason = f"new-model queries are served against the old index through the {chosen} map"
-        return {"passed": True, "map": chosen, "maps": results, "reason": reason}
+        how = (
+            f"a blend of each query's previous-model embedding and its {extra['base']} map (alpha {extra['alpha']})"
+            if chosen == BLEND
+            else f"the {chosen} map"
+        )
+        reason = f"new-model queries are served against the old index through {how}"
+        return {"passed": True, "map": chosen, **extra, "maps": results, "reason": reason}
     why = "; ".join(f"{kind}: {result}" for kind, result in results.items())
     return {
         "passed": False,
         "map": chosen,
+        **extra,
         "maps": results,
         "reason": f"no map passed ({why}): queries keep using the previous model until cut-over",
     }
 
 
+def query_map_of(record: UpgradeRecord, W: np.ndarray) -> QueryMap:
+    """The record's served map `W` (its map file) as a QueryMap: a blend's alpha is in its gate."""
+    chosen = record.gate or {}
+    return QueryMap(W, chosen.get("alpha") if chosen.get("map") == BLEND else None)
+
+
 # -- searches while mixed ----------------------------------------------------------------------
 def mixed_search(
-    source: Collection, shadow: Collection, W: np.ndarray, calibration: ScoreCalibration, query: Query
+    source: Collection,
+    shadow: Collection,
+    qmap: QueryMap,
+    calibration: ScoreCalibration,
+    query: Query,
+    old_queries: np.ndarray | None = None,
 ) -> SearchResult:
     """Top-k for new-model queries (`query.queries (nq, d_new)`) while the shadow is half backfilled.
 
-    The source (every document, old vectors) is searched with the mapped queries; the shadow
+    The source (every document, old vectors) is searched with the mapped queries (a blend also
+    reads the same texts' old-model queries, `old_queries (nq, d_old)`); the shadow
     (backfilled documents, new vectors) with the queries as they are. A shadow hit counts only
     while its document is in sync (same text and metadata as the source), and keeps its new→new
     score; every other candidate gets its mapped score calibrated onto the new→new scale, so the
     two kinds rank on one scale (the mixed-gallery pitfall of algorithms.md §3.3 step 4).
     """
     k, include = query.k, query.include
-    old = source.search(replace(query, queries=map_queries(query.queries, W)))
+    old = source.search(replace(query, queries=qmap(query.queries, old_queries)))
     new_dim = query.dim if query.dim in shadow.dims else None
     shadow_include = tuple(i for i in include if i != "vector")
     new = shadow.search(replace(query, dim=new_dim, include=shadow_include, probe=False))

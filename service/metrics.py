@@ -110,7 +110,8 @@ class Metrics:
         self.upgrade_queries = Counter(
             "vecnest_upgrade_queries",
             "Text searches during an upgrade, by how they were served: mapped (new model through the map, "
-            "merged with backfilled documents) or previous_model (the gate did not pass).",
+            "merged with backfilled documents), blended (a blend of it with the previous model's query) or "
+            "previous_model (the gate did not pass).",
             ["collection", "mode"],
             registry=r,
         )

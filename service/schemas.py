@@ -378,7 +378,11 @@ class UpgradeServing(BaseModel):
 
     upgrade: str
     state: str
-    queries: Literal["mapped", "previous_model"]
+    queries: Literal["mapped", "blended", "previous_model"] = Field(
+        ...,
+        description="mapped: the new model's query through the map; blended: a blend of it with the previous "
+        "model's query (both models embed it); previous_model: the gate did not pass",
+    )
     reason: str
 
 
@@ -471,11 +475,13 @@ class UpgradeCreate(_Body):
     min_recall: float | None = Field(
         None, ge=0, le=1, description="gate: recall@10 of mapped queries relative to old queries against the old index"
     )
-    maps: list[Literal["orthogonal", "ridge", "affine"]] | None = Field(
+    maps: list[Literal["orthogonal", "ridge", "affine", "blend"]] | None = Field(
         None,
         min_length=1,
-        max_length=3,
-        description="map families to fit and gate (default all three); the best one that passes serves",
+        max_length=4,
+        description="map families to fit and gate (default all four); the best one that passes serves. blend "
+        "interpolates each query's previous-model embedding towards the best linear map's (both models embed "
+        "queries while it serves); without labelled queries it serves only when no linear map passes",
     )
     labelled_queries: list[LabelledQuery] | None = Field(
         None,
@@ -496,6 +502,8 @@ class UpgradeGate(BaseModel):
     passed: bool
     reason: str
     map: str | None = Field(None, description="the map family that serves (or the best one, when none passed)")
+    alpha: float | None = Field(None, description="blend: the weight on the mapped query (0: the previous model's)")
+    base: str | None = Field(None, description="blend: the linear map it starts from")
     maps: dict[str, str] | None = Field(None, description='each family\'s verdict: "passed", or why not')
 
 

@@ -34,6 +34,7 @@ from index import (
     NotFound,
     NotReady,
     Query,
+    QueryMap,
     ScoreCalibration,
     SearchResult,
     fault_point,
@@ -61,7 +62,9 @@ class Serving:
 
     upgrade: str
     state: str
-    queries: str  # "mapped": new model through the map; "previous_model": the gate did not pass
+    # "mapped": new model through the map; "blended": both models (a blend); "previous_model": the
+    # gate did not pass
+    queries: str
     reason: str
 
 
@@ -74,7 +77,7 @@ class LiveUpgrade:
     shadow: AsyncCollection
     shadow_encoder: Encoder
     new_encoder: Encoder
-    W: np.ndarray | None = None
+    qmap: QueryMap | None = None  # how new-model queries reach the old index, once the gate passed
     calibration: ScoreCalibration = field(default_factory=ScoreCalibration)
     sync_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     task: asyncio.Task | None = None
@@ -226,8 +229,9 @@ class UpgradeManager:
         if live.shadow.backend is collection.backend:
             return None
         record = live.record
-        if record.serves_mapped and live.W is not None:
-            return Serving(record.id, record.state, "mapped", record.gate["reason"])
+        if record.serves_mapped and live.qmap is not None:
+            mode = "blended" if live.qmap.needs_old_queries else "mapped"
+            return Serving(record.id, record.state, mode, record.gate["reason"])
         reason = (
             record.gate["reason"] if record.gate else "the map is still being fitted: queries use the previous model"
         )
@@ -237,12 +241,21 @@ class UpgradeManager:
         live = self._live[name]
         return live.new_encoder
 
-    async def mixed_search(self, collection: AsyncCollection, query: Query) -> SearchResult:
-        """New-model queries (`query.queries`) through the map, merged with the backfilled part."""
+    async def mixed_search(
+        self, collection: AsyncCollection, query: Query, old_queries: np.ndarray | None = None
+    ) -> SearchResult:
+        """New-model queries (`query.queries`) through the map (a blend: with the same texts'
+        previous-model queries, `old_queries`), merged with the backfilled part."""
         live = self._live[collection.name]
-        assert live.W is not None
+        assert live.qmap is not None
         return await run_in_threadpool(
-            upgrades.mixed_search, collection.backend, live.shadow.backend, live.W, live.calibration, query
+            upgrades.mixed_search,
+            collection.backend,
+            live.shadow.backend,
+            live.qmap,
+            live.calibration,
+            query,
+            old_queries,
         )
 
     # -- what exists --------------------------------------------------------------------------
@@ -422,7 +435,7 @@ class UpgradeManager:
         shadow = await run_in_threadpool(gens.open, shadow_dir)
         live = LiveUpgrade(record, gens, AsyncCollection(shadow), shadow_encoder, new_encoder)
         if record.map_sha256:
-            live.W = await run_in_threadpool(gens.load_map, record)
+            live.qmap = upgrades.query_map_of(record, await run_in_threadpool(gens.load_map, record))
             live.calibration = ScoreCalibration(**(record.calibration or {}))
         self._live[collection.name] = live
         live.task = asyncio.create_task(self._run(collection.name, live))
@@ -461,7 +474,7 @@ class UpgradeManager:
         shadow = await run_in_threadpool(gens.open, shadow_generation)
         live = LiveUpgrade(record, gens, AsyncCollection(shadow), shadow_encoder, new_encoder, follower=True)
         if record.map_sha256:
-            live.W = await run_in_threadpool(gens.load_map, record)
+            live.qmap = upgrades.query_map_of(record, await run_in_threadpool(gens.load_map, record))
             live.calibration = ScoreCalibration(**(record.calibration or {}))
         self._live[name] = live
 
@@ -562,7 +575,7 @@ class UpgradeManager:
             fit = {**result.figures, "embed_seconds": embed_s, "sample_docs_per_s": len(docs) / max(embed_s, 1e-9)}
             verdict = upgrades.gate(result.figures, record.min_cosine, record.min_recall)
             chosen = result.maps[verdict["map"]]
-            live.W, live.calibration = chosen.W, chosen.calibration
+            live.qmap, live.calibration = chosen.query_map, chosen.calibration
             sha = await run_in_threadpool(live.gens.save_map, record.id, chosen.W)
             record = replace(record, map_sha256=sha, calibration=vars(chosen.calibration))
         await self._write_shadow(live, docs, X_new)

@@ -11,6 +11,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from index import Fusion, Invalid, Query, SearchResult
 from service import schemas
 from service.async_collection import AsyncCollection
@@ -48,9 +50,15 @@ async def _search(
     mapped = {
         i
         for i, r in enumerate(requests)
-        if r.query is not None and r.mode == "dense" and serving and serving.queries == "mapped"
+        if r.query is not None and r.mode == "dense" and serving and serving.queries in ("mapped", "blended")
     }
     queries = await _embed(engine, collection, requests, queries, mapped)
+    # A blend starts from each text's previous-model query: embed those texts with it too.
+    anchors = (
+        await _previous_model_queries(engine, collection, requests, sorted(mapped))
+        if serving and serving.queries == "blended"
+        else {}
+    )
     budget = ResponseBudget(s)
     responses: list[schemas.SearchResponse] = [None] * len(requests)  # type: ignore[list-item]
     # Searches that differ only in their queries run as one call: one graph call, one store read
@@ -66,7 +74,8 @@ async def _search(
         query = replace(query, probe=query.mode == "dense" and engine.recall.should_sample(collection.backend))
         t0 = time.perf_counter()
         if through_map:
-            result = await engine.upgrades.mixed_search(collection, query)
+            old_queries = np.stack([anchors[i] for i in idx]) if anchors else None
+            result = await engine.upgrades.mixed_search(collection, query, old_queries)
         elif query.mode != "dense":  # one text per query: nothing to merge with other requests
             result = await collection.search(query)
         else:
@@ -145,6 +154,17 @@ async def _embed(
         for i, x in zip(idx, embedded):
             out[i] = replace(queries[i], queries=request_kind(collection).one(x))
     return out
+
+
+async def _previous_model_queries(
+    engine: Engine, collection: AsyncCollection, requests: list[schemas.SearchRequest], idx: list[int]
+) -> dict[int, np.ndarray]:
+    """Request index → `(d_old,)` query vector by the collection's serving (previous) model."""
+    if not idx:
+        return {}
+    texts = [requests[i].query or "" for i in idx]
+    embedded = await engine.embedder.embed_for(collection.backend, texts, "query", None)
+    return dict(zip(idx, np.asarray(embedded, np.float32)))
 
 
 def _record(engine: Engine, collection: AsyncCollection, result: SearchResult, n: int, through_map: bool) -> None:

@@ -192,6 +192,50 @@ def test_kill_during_backfill_resumes_to_the_right_count(tmp_path, models):
         server.stop()
 
 
+def test_a_blend_serves_on_labelled_queries_with_both_models_and_again_after_a_restart(tmp_path, models):
+    """The shallow model's maps fail the thresholds (next test). Asked for a blend with labelled
+    queries (each a document's own text, that document relevant: old→old finds each first), the
+    blend of each query's previous-model embedding and its mapped new one reaches old→old and
+    serves: both models embed every text search. A restart serves it again (its alpha comes from
+    the record), and cut-over ends it."""
+    data = tmp_path / "data"
+    docs = glosses(6000, 300)
+    labelled = [{"query": d["text"], "relevant": [d["id"]]} for d in docs[:30]]
+    server = Server(data, env=FAST).start()
+    try:
+        c = server.client
+        fill(c, "kb", docs)
+        body = {"model": models["shallow"], "sample": 300, "maps": ["blend"], "labelled_queries": labelled}
+        r = c.post("/v1/collections/kb/upgrades", json=body)
+        assert r.status_code == 202, r.text
+        upgrade_id = r.json()["id"]
+        info = wait_for(c, "kb", upgrade_id, lambda i: i["state"] != "fitting")
+        blend = info["fit"]["maps"]["blend"]
+        assert set(info["fit"]["maps"]) == {"blend"} and blend["base"] in ("orthogonal", "ridge", "affine")
+        assert set(blend["labelled_ndcg_at_10_by_alpha"]) == {"0.25", "0.5", "0.75"}
+        assert blend["labelled_ndcg_at_10"] >= info["fit"]["labelled"]["old_to_old_ndcg_at_10"] > 0.9
+        assert info["gate"]["passed"] and info["gate"]["map"] == "blend", info["gate"]
+        assert info["gate"]["alpha"] == blend["alpha"] and info["gate"]["base"] == blend["base"]
+        for d in docs[100:110]:
+            hit = c.post("/v1/collections/kb/search", json={"query": d["text"], "k": 3}).json()
+            assert hit["upgrade"]["queries"] == "blended" and hit["results"][0]["id"] == d["id"]
+        assert 'vecnest_upgrade_queries_total{collection="kb",mode="blended"} 10.0' in c.get("/metrics").text
+    finally:
+        server.stop()
+    server = Server(data, env=FAST).start()
+    try:
+        c = server.client
+        for d in docs[200:205]:
+            hit = c.post("/v1/collections/kb/search", json={"query": d["text"], "k": 3}).json()
+            assert hit["upgrade"]["queries"] == "blended" and hit["results"][0]["id"] == d["id"]
+        wait_for(c, "kb", upgrade_id, caught_up)
+        assert c.post(f"/v1/collections/kb/upgrades/{upgrade_id}/cutover").json()["state"] == "cut_over"
+        assert "upgrade" not in c.post("/v1/collections/kb/search", json={"query": docs[3]["text"], "k": 1}).json()
+        assert top_id(c, "kb", docs[3]["text"]) == docs[3]["id"]
+    finally:
+        server.stop()
+
+
 def test_gate_abort_force_and_bad_requests(settings, models):
     settings.upgrade_max_busy = 0.05  # a slow backfill, so the cut-over comes before it is done
     settings.upgrade_batch_size = 8

@@ -111,7 +111,7 @@ def test_calibration_fits_a_line_and_falls_back_safely():
 def test_ridge_and_affine_maps_recover_what_a_rotation_cannot():
     """A new space that is a general linear map of the old one plus an offset (as models with
     different centres give): the least-squares families recover it, a rotation cannot."""
-    from index.procrustes import MAP_KINDS, fit_map_kind
+    from index.procrustes import LINEAR_KINDS, fit_map_kind
 
     rng = np.random.default_rng(3)
     X_old = normalize(rng.standard_normal((4000, 24)))
@@ -119,7 +119,7 @@ def test_ridge_and_affine_maps_recover_what_a_rotation_cannot():
     X_new = normalize(X_old @ A + 0.8 * rng.standard_normal(32))  # and a common offset
     fit, held = slice(0, 3000), slice(3000, None)
     cosine = {}
-    for kind in MAP_KINDS:
+    for kind in LINEAR_KINDS:
         W = fit_map_kind(kind, X_new[fit], X_old[fit])
         assert W.shape == ((33, 24) if kind == "affine" else (32, 24))
         cosine[kind] = float(np.einsum("ij,ij->i", map_queries(X_new[held], W), X_old[held]).mean())
@@ -152,3 +152,44 @@ def test_the_gate_serves_the_best_family_that_passes_and_the_labelled_criterion_
     assert not failed["passed"] and failed["map"] == "ridge" and "no map passed" in failed["reason"]
     assert ndcg_at_k([["a", "b"], ["x"]], [{"a"}, {"y"}]) == pytest.approx(0.5)
     assert ndcg_at_k([["b", "a"]], [{"a"}]) == pytest.approx(1 / np.log2(3))
+
+
+def test_slerp_moves_along_the_arc_and_keeps_the_old_query_where_there_is_none():
+    from index.procrustes import slerp
+
+    rng = np.random.default_rng(5)
+    U, V = normalize(rng.standard_normal((200, 16))), normalize(rng.standard_normal((200, 16)))
+    assert np.abs(slerp(U, V, 0.0) - U).max() < 1e-5 and np.abs(slerp(U, V, 1.0) - V).max() < 1e-5
+    for alpha in (0.25, 0.5, 0.75):
+        Z = slerp(U, V, alpha)
+        assert np.abs(np.linalg.norm(Z, axis=1) - 1).max() < 1e-5
+        total = np.arccos(np.clip(np.einsum("ij,ij->i", U, V), -1, 1))
+        to_u = np.arccos(np.clip(np.einsum("ij,ij->i", U, Z), -1, 1))
+        to_v = np.arccos(np.clip(np.einsum("ij,ij->i", Z, V), -1, 1))
+        assert np.abs(to_u - alpha * total).max() < 1e-3 and np.abs(to_v - (1 - alpha) * total).max() < 1e-3
+    same, opposite = slerp(U[:3], U[:3], 0.5), slerp(U[:3], -U[:3], 0.5)
+    assert np.abs(same - U[:3]).max() < 1e-5 and np.abs(opposite - U[:3]).max() < 1e-5
+
+
+def test_a_blend_serves_with_labels_when_it_alone_reaches_the_old_model_and_without_only_as_the_fallback():
+    from index.encoder_upgrade import gate
+
+    linear = {
+        "orthogonal": {"mean_cosine": 0.73, "recall_at_10": 0.64, "labelled_ndcg_at_10": 0.58},
+        "ridge": {"mean_cosine": 0.84, "recall_at_10": 0.83, "labelled_ndcg_at_10": 0.59},
+    }
+    blend = {"mean_cosine": 0.95, "recall_at_10": 0.93, "labelled_ndcg_at_10": 0.68, "alpha": 0.25, "base": "ridge"}
+    figures = {"maps": {**linear, "blend": blend}, "labelled": {"queries": 200, "old_to_old_ndcg_at_10": 0.675}}
+    verdict = gate(figures, 0.8, 0.8)
+    assert verdict["passed"] and verdict["map"] == "blend" and (verdict["alpha"], verdict["base"]) == (0.25, "ridge")
+    assert verdict["maps"]["ridge"] != "passed" and "alpha 0.25" in verdict["reason"]
+    below = gate({**figures, "maps": {**linear, "blend": {**blend, "labelled_ndcg_at_10": 0.67}}}, 0.8, 0.8)
+    assert not below["passed"] and "previous model" in below["reason"]
+    # without labels the figures measure closeness to the old queries, which a blend has by
+    # construction: it never serves then, and the best linear map is named even when none passes
+    unlabelled = {"maps": {**linear, "blend": blend}}
+    assert gate(unlabelled, 0.8, 0.8)["map"] == "ridge"
+    refused = gate(unlabelled, 0.5, 0.5)
+    assert refused["passed"] and refused["map"] == "ridge" and "labelled" in refused["maps"]["blend"]
+    none = gate(unlabelled, 0.9, 0.9)
+    assert not none["passed"] and none["map"] == "ridge" and "alpha" not in none

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from index import Catalog, HnswParams, Manifest, NewDocument, Query, upgrades
+from index import Catalog, HnswParams, Manifest, NewDocument, Query, QueryMap, upgrades
 from index.catalog import active_generation
 from index.procrustes import fit_orthogonal_map
 from index.vectors import normalize
@@ -87,23 +87,40 @@ def test_mixed_search_with_an_exact_map_equals_the_old_results_and_ignores_stale
     Q_new = Q_old @ R.T
     plain = source.search(Query(Q_old, 10))
     fitted = upgrades.fit_map(X_new, X_old, np.arange(1500, n), np.arange(1500), source, ids[1500:])
-    assert set(fitted.maps) == {"orthogonal", "ridge", "affine"}
-    for family in fitted.maps.values():  # a pure rotation: every family recovers it
+    assert set(fitted.maps) == {"orthogonal", "ridge", "affine", "blend"}
+    for family in fitted.maps.values():  # a pure rotation: every family recovers it (a blend of equals too)
         assert family.figures["mean_cosine"] > 0.999 and family.figures["recall_at_10"] > 0.98, family.kind
     fit = fitted.maps["orthogonal"]
     assert fit.figures["mean_cosine"] > 0.9999 and fit.figures["recall_at_10"] > 0.99
     assert fit.calibration.scale == pytest.approx(1.0, abs=1e-3) and abs(fit.calibration.offset) < 1e-3
     verdict = upgrades.gate(fitted.figures, 0.8, 0.8)
-    assert verdict["passed"] and verdict["map"] in fitted.maps and set(verdict["maps"].values()) == {"passed"}
-    mixed = upgrades.mixed_search(source, shadow, W, fit.calibration, Query(Q_new, 10))
-    for a, b in zip(plain.matches, mixed.matches):
-        assert [m.id for m in a] == [m.id for m in b]
+    assert verdict["passed"] and verdict["map"] in {"orthogonal", "ridge", "affine"}
+    assert {kind for kind, result in verdict["maps"].items() if result == "passed"} == {"orthogonal", "ridge", "affine"}
+    assert "labelled" in verdict["maps"]["blend"]  # a blend serves only on labelled queries
+    mixed = upgrades.mixed_search(source, shadow, QueryMap(W), fit.calibration, Query(Q_new, 10))
+    blend = fitted.maps["blend"]
+    assert blend.alpha == 0.5 and blend.figures["base"] in {"orthogonal", "ridge", "affine"}
+    blended = upgrades.mixed_search(source, shadow, blend.query_map, fit.calibration, Query(Q_new, 10), Q_old)
+    for a, b, c in zip(plain.matches, mixed.matches, blended.matches):
+        assert [m.id for m in a] == [m.id for m in b] == [m.id for m in c]
         assert [m.score for m in a] == pytest.approx([m.score for m in b], abs=1e-4)
+    # labelled queries: the blend's alpha is chosen on them, each one tried reported
+    truth = [{m.id for m in row[:3]} for row in plain.matches]
+    labelled = upgrades.Labelled(Q_old, Q_new, truth)
+    by_labels = upgrades.fit_map(
+        X_new, X_old, np.arange(1500, n), np.arange(1500), source, ids[1500:], labelled=labelled
+    )
+    tried = by_labels.maps["blend"].figures["labelled_ndcg_at_10_by_alpha"]
+    assert set(tried) == {"0.25", "0.5", "0.75"} and by_labels.maps["blend"].alpha in (0.25, 0.5, 0.75)
+    assert by_labels.maps["blend"].figures["labelled_ndcg_at_10"] == max(tried.values()) > 0.95
+    assert by_labels.figures["labelled"]["old_to_old_ndcg_at_10"] > 0.95
+    with pytest.raises(ValueError, match="old model's queries"):
+        upgrades.mixed_search(source, shadow, blend.query_map, fit.calibration, Query(Q_new, 10))
     # a stale shadow document: the source moved it away; the shadow still has it near the query
     top = mixed.matches[0][0].id
     far = normalize(-Q_old[:1])[0]
     source.upsert(docs([top], far[None, :], {top: "rewritten"}))
-    again = upgrades.mixed_search(source, shadow, W, fit.calibration, Query(Q_new[:1], 10))
+    again = upgrades.mixed_search(source, shadow, QueryMap(W), fit.calibration, Query(Q_new[:1], 10))
     assert top not in [m.id for m in again.matches[0]]
     assert [m.id for m in again.matches[0]] == [m.id for m in source.search(Query(Q_old[:1], 10)).matches[0]]
 
