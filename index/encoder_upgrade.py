@@ -36,8 +36,8 @@ from index.procrustes import (
     BLEND,
     BLEND_ALPHAS,
     DEFAULT_BLEND_ALPHA,
+    DEFAULT_MAP_KINDS,
     LINEAR_KINDS,
-    MAP_KINDS,
     QueryMap,
     ScoreCalibration,
     fit_calibration,
@@ -80,7 +80,7 @@ class UpgradeRecord:
     map_sha256: str | None = None
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # [{"state", "at"}]
-    map_kinds: list[str] = field(default_factory=lambda: list(MAP_KINDS))  # the families fitted and gated
+    map_kinds: list[str] = field(default_factory=lambda: list(DEFAULT_MAP_KINDS))  # the families fitted and gated
     labelled: list[dict[str, Any]] | None = None  # [{"query", "relevant": [ids]}]: the labelled gate
 
     @property
@@ -133,7 +133,7 @@ def new_record(
         min_cosine=min_cosine,
         min_recall=min_recall,
         history=[{"state": FITTING, "at": now}],
-        map_kinds=list(map_kinds or MAP_KINDS),
+        map_kinds=list(map_kinds or DEFAULT_MAP_KINDS),
         labelled=labelled,
     )
 
@@ -395,7 +395,7 @@ def fit_map(
     old: Collection,
     held_ids: list[str],
     k: int = 10,
-    kinds: tuple[str, ...] = MAP_KINDS,
+    kinds: tuple[str, ...] = DEFAULT_MAP_KINDS,
     labelled: Labelled | None = None,
     seed: int = 0,
 ) -> MapFit:
@@ -446,7 +446,7 @@ def fit_map(
     if BLEND in kinds:
         base = max(linear, key=lambda kind: _merit(maps[kind].figures, labelled is not None, k))
         alphas = BLEND_ALPHAS if labelled is not None else (DEFAULT_BLEND_ALPHA,)
-        tried = {a: evaluate(BLEND, maps[base].W, a, 0.0) for a in alphas}
+        tried = {a: evaluate(BLEND, maps[base].W, a, maps[base].figures["fit_seconds"]) for a in alphas}
         best = max(alphas, key=lambda a: _merit(tried[a].figures, labelled is not None, k))
         chosen = tried[best]
         chosen.figures.update(base=base, alpha=best)
@@ -564,6 +564,7 @@ def mixed_search(
     calibration: ScoreCalibration,
     query: Query,
     old_queries: np.ndarray | None = None,
+    merge: bool | None = None,
 ) -> SearchResult:
     """Top-k for new-model queries (`query.queries (nq, d_new)`) while the shadow is half backfilled.
 
@@ -573,9 +574,14 @@ def mixed_search(
     while its document is in sync (same text and metadata as the source), and keeps its new→new
     score; every other candidate gets its mapped score calibrated onto the new→new scale, so the
     two kinds rank on one scale (the mixed-gallery pitfall of algorithms.md §3.3 step 4).
+
+    `merge` (default: `qmap.merges_backfilled`) False searches the source alone: what a blend
+    serves, every document being there.
     """
     k, include = query.k, query.include
     old = source.search(replace(query, queries=qmap(query.queries, old_queries)))
+    if not (qmap.merges_backfilled if merge is None else merge):
+        return old
     new_dim = query.dim if query.dim in shadow.dims else None
     shadow_include = tuple(i for i in include if i != "vector")
     new = shadow.search(replace(query, dim=new_dim, include=shadow_include, probe=False))

@@ -479,9 +479,9 @@ class UpgradeCreate(_Body):
         None,
         min_length=1,
         max_length=4,
-        description="map families to fit and gate (default all four); the best one that passes serves. blend "
-        "interpolates each query's previous-model embedding towards the best linear map's (both models embed "
-        "queries while it serves); without labelled queries it serves only when no linear map passes",
+        description="map families to fit and gate (default the three linear maps); the best one that passes "
+        "serves. blend moves each query's previous-model embedding towards the best linear map's (both models "
+        "embed queries while it serves); it is fitted only when asked for, and serves only on labelled queries",
     )
     labelled_queries: list[LabelledQuery] | None = Field(
         None,

@@ -67,7 +67,7 @@ def test_minilm_to_mpnet_and_back_over_http(tmp_path, scifact_subset, mpnet_inst
         info = wait_for(c, "sci", r.json()["id"], caught_up)
         fit = info["fit"]
         assert (fit["d_new"], fit["d_old"]) == (768, 384)
-        assert set(fit["maps"]) == {"orthogonal", "ridge", "affine", "blend"}
+        assert set(fit["maps"]) == {"orthogonal", "ridge", "affine"}  # a blend is fitted when asked for
         assert fit["labelled"]["queries"] == len(labelled) and 0.3 < fit["labelled"]["old_to_old_ndcg_at_10"] <= 1
         for family in fit["maps"].values():
             assert 0 < family["labelled_ndcg_at_10"] <= 1 and -1 <= family["mean_cosine"] <= 1

@@ -7,7 +7,7 @@ import pytest
 
 from index import Catalog, HnswParams, Manifest, NewDocument, Query, QueryMap, upgrades
 from index.catalog import active_generation
-from index.procrustes import fit_orthogonal_map
+from index.procrustes import BLEND_ALPHAS, MAP_KINDS, fit_orthogonal_map
 from index.vectors import normalize
 
 
@@ -86,7 +86,12 @@ def test_mixed_search_with_an_exact_map_equals_the_old_results_and_ignores_stale
     Q_old = clustered(50, d, 4)
     Q_new = Q_old @ R.T
     plain = source.search(Query(Q_old, 10))
-    fitted = upgrades.fit_map(X_new, X_old, np.arange(1500, n), np.arange(1500), source, ids[1500:])
+    assert set(upgrades.fit_map(X_new, X_old, np.arange(1500, n), np.arange(1500), source, ids[1500:]).maps) == {
+        "orthogonal",
+        "ridge",
+        "affine",
+    }  # a blend is fitted when asked for
+    fitted = upgrades.fit_map(X_new, X_old, np.arange(1500, n), np.arange(1500), source, ids[1500:], kinds=MAP_KINDS)
     assert set(fitted.maps) == {"orthogonal", "ridge", "affine", "blend"}
     for family in fitted.maps.values():  # a pure rotation: every family recovers it (a blend of equals too)
         assert family.figures["mean_cosine"] > 0.999 and family.figures["recall_at_10"] > 0.98, family.kind
@@ -101,6 +106,11 @@ def test_mixed_search_with_an_exact_map_equals_the_old_results_and_ignores_stale
     blend = fitted.maps["blend"]
     assert blend.alpha == 0.5 and blend.figures["base"] in {"orthogonal", "ridge", "affine"}
     blended = upgrades.mixed_search(source, shadow, blend.query_map, fit.calibration, Query(Q_new, 10), Q_old)
+    # a blend searches the old generation alone (merged, it fell below old→old on SciFact)
+    assert fit.query_map.merges_backfilled and not blend.query_map.merges_backfilled
+    alone = source.search(Query(blend.query_map(Q_new, Q_old), 10))
+    assert [[m.id for m in ms] for ms in blended.matches] == [[m.id for m in ms] for ms in alone.matches]
+    assert blended.candidates == alone.candidates
     for a, b, c in zip(plain.matches, mixed.matches, blended.matches):
         assert [m.id for m in a] == [m.id for m in b] == [m.id for m in c]
         assert [m.score for m in a] == pytest.approx([m.score for m in b], abs=1e-4)
@@ -108,10 +118,10 @@ def test_mixed_search_with_an_exact_map_equals_the_old_results_and_ignores_stale
     truth = [{m.id for m in row[:3]} for row in plain.matches]
     labelled = upgrades.Labelled(Q_old, Q_new, truth)
     by_labels = upgrades.fit_map(
-        X_new, X_old, np.arange(1500, n), np.arange(1500), source, ids[1500:], labelled=labelled
+        X_new, X_old, np.arange(1500, n), np.arange(1500), source, ids[1500:], kinds=MAP_KINDS, labelled=labelled
     )
     tried = by_labels.maps["blend"].figures["labelled_ndcg_at_10_by_alpha"]
-    assert set(tried) == {"0.25", "0.5", "0.75"} and by_labels.maps["blend"].alpha in (0.25, 0.5, 0.75)
+    assert set(tried) == {str(a) for a in BLEND_ALPHAS} and by_labels.maps["blend"].alpha in BLEND_ALPHAS
     assert by_labels.maps["blend"].figures["labelled_ndcg_at_10"] == max(tried.values()) > 0.95
     assert by_labels.figures["labelled"]["old_to_old_ndcg_at_10"] > 0.95
     with pytest.raises(ValueError, match="old model's queries"):
