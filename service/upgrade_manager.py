@@ -246,8 +246,17 @@ class UpgradeManager:
     ) -> SearchResult:
         """New-model queries (`query.queries`) through the map (a blend: with the same texts'
         previous-model queries, `old_queries`), merged with the backfilled part."""
-        live = self._live[collection.name]
-        assert live.qmap is not None
+        live = self._live.get(collection.name)
+        if (
+            live is None
+            or live.qmap is None
+            or live.shadow.backend is collection.backend
+            or (live.qmap.needs_old_queries and old_queries is None)
+        ):
+            # The upgrade moved on (cut over, ended, another began) while this search embedded
+            # its queries for the way `serving_info` named: run the request again on what
+            # serves now (`serving`).
+            raise Retired(f"the upgrade of {collection.name!r} changed while a search ran")
         return await run_in_threadpool(
             upgrades.mixed_search,
             collection.backend,

@@ -123,3 +123,35 @@ def test_an_upgrade_recorded_live_with_nothing_running_it_can_be_aborted(tmp_pat
         assert r.status_code == 200 and r.json()["state"] == "aborted", r.text
         started = c.post("/v1/collections/kb/upgrades", json={"model": "other", "sample": 10})
         assert started.status_code == 202, started.text
+
+
+def test_a_search_that_outlives_the_way_it_chose_runs_again_on_what_serves_now(tmp_path):
+    """A text search chose "mapped" (new-model queries through the map), then a cut-over landed
+    while it embedded them. Before, it went on with the flipped upgrade: the map into the old
+    generation and the new-model (768-d) queries against the old generation (384-d) as if it were
+    the backfilled one, and answered 422 for a valid request. Now it runs again on the generation
+    that serves after the cut-over."""
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other768": str(tmp_path)})
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(120)]
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        body = {"model": "other768", "sample": 60, "min_cosine": -1, "min_recall": 0}
+        upgrade_id = c.post("/v1/collections/kb/upgrades", json=body).json()["id"]
+        assert wait_caught_up(c, "kb", upgrade_id)["gate"]["passed"]
+        assert c.post("/v1/collections/kb/search", json={"query": "topic 3"}).json()["upgrade"]["queries"] == "mapped"
+
+        engine = c.app.state.engine
+        embed, cut = engine.embedder.embed, []
+
+        async def embed_then_cut_over(*args, **kwargs):
+            out = await embed(*args, **kwargs)
+            if not cut:
+                cut.append(await engine.upgrades.cut_over("kb", upgrade_id))
+            return out
+
+        engine.embedder.embed = embed_then_cut_over
+        r = c.post("/v1/collections/kb/search", json={"query": "document about topic 3", "k": 5})
+        assert cut and cut[0].state == "cut_over"
+        assert r.status_code == 200, r.text
+        assert "upgrade" not in r.json() and len(r.json()["results"]) == 5
