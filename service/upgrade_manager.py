@@ -238,7 +238,11 @@ class UpgradeManager:
         return Serving(record.id, record.state, "previous_model", reason)
 
     def new_encoder(self, name: str) -> Encoder:
-        live = self._live[name]
+        """The upgrade's new model, for the queries `serving_info` said it serves; `Retired` when
+        the upgrade ended since (`serving` then runs the request again)."""
+        live = self._live.get(name)
+        if live is None or not live.record.serves_mapped:
+            raise Retired(f"the upgrade of {name!r} ended while a search ran")
         return live.new_encoder
 
     async def mixed_search(

@@ -155,3 +155,34 @@ def test_a_search_that_outlives_the_way_it_chose_runs_again_on_what_serves_now(t
         assert cut and cut[0].state == "cut_over"
         assert r.status_code == 200, r.text
         assert "upgrade" not in r.json() and len(r.json()["results"]) == 5
+
+
+def test_a_search_whose_upgrade_ended_while_it_embedded_runs_again_on_what_serves_now(tmp_path):
+    """A batch of a hybrid search and a dense one, during an upgrade that serves mapped queries:
+    the dense one is to be embedded by the new model. The upgrade is aborted while the hybrid
+    one embeds (by the serving model, first). Then the dense one asks for the upgrade's model,
+    and the upgrade is gone. The batch runs again, on the collection as it serves now."""
+    settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other": str(tmp_path)})
+    with app_client(settings, fake=True) as c:
+        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+        docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(120)]
+        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+        body = {"model": "other", "sample": 60, "min_cosine": -1, "min_recall": 0}
+        upgrade_id = c.post("/v1/collections/kb/upgrades", json=body).json()["id"]
+        assert wait_caught_up(c, "kb", upgrade_id)["gate"]["passed"]
+
+        engine = c.app.state.engine
+        embed, ended = engine.embedder.embed, []
+
+        async def embed_then_abort(*args, **kwargs):
+            out = await embed(*args, **kwargs)
+            if not ended:
+                ended.append(await engine.upgrades.abort("kb", upgrade_id))
+            return out
+
+        engine.embedder.embed = embed_then_abort
+        searches = [{"query": "topic 3", "mode": "hybrid", "k": 3}, {"query": "document about topic 3", "k": 3}]
+        r = c.post("/v1/collections/kb/search/batch", json={"searches": searches})
+        assert ended and ended[0].state == "aborted"
+        assert r.status_code == 200, r.text
+        assert all(len(s["results"]) == 3 and "upgrade" not in s for s in r.json()["results"])
