@@ -274,9 +274,16 @@ def upgrades(url: str, seconds: float, tally: Tally, models: list[str]) -> list[
             return c.post(f"{path}/documents/delete", json={"ids": [str(r.randrange(600)) for _ in range(2)]})
         if kind == "search":
             body = {"query": GLOSSES[r.randrange(600)][3], "k": 5, "include": ["metadata", "text"]}
-            return c.post(f"{path}/search", json=body)
+            answer = c.post(f"{path}/search", json=body)
+            if answer.status_code == 200:
+                served[(answer.json().get("upgrade") or {}).get("queries", "no upgrade")] += 1
+            return answer
         if kind == "start":
-            return c.post(f"{path}/upgrades", json={"model": r.choice(models), "sample": r.choice([50, 200])})
+            body = {"model": r.choice(models), "sample": r.choice([50, 200])}
+            if r.random() < 0.5:  # a blend, on labelled queries it passes (each text finds its own document)
+                labelled = [{"query": gloss_doc(i)["text"], "relevant": [str(i)]} for i in range(0, 400, 20)]
+                body |= {"maps": ["ridge", "blend"], "labelled_queries": labelled}
+            return c.post(f"{path}/upgrades", json=body)
         if kind in ("cutover", "rollback", "finalize", "abort", "status"):
             upgrade = some_upgrade(c, r)
             if upgrade is None:
@@ -298,7 +305,9 @@ def upgrades(url: str, seconds: float, tally: Tally, models: list[str]) -> list[
         ["snap", "restore", "upload", "download"],
         ["drop", "create"],
     ]
+    served: Counter[str] = Counter()  # how the searches were served
     run_actors(url, seconds, actors, op, tally)
+    print(f"  upgrades: searches answered, by how the upgrade served them: {dict(served)}")
     return check_upgrades(url, name)
 
 
