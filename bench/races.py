@@ -14,6 +14,10 @@ traceback or an ERROR line in the server's log.
   aborted, beside text writes, searches, snapshots, restores, uploads, drops and re-creates.
   After the run no upgrade may be left "fitting" or "backfilling" without running, and each
   live one must abort; the server then restarts and must come up with no failed collection.
+- `served-upgrades`: upgrades one at a time that pass their gate (half of them blends on
+  labelled queries) and serve for a few seconds before a forced cut-over (then rollback or
+  finalize) or an abort, beside single and batched text searches and writes: some searches
+  must have been served through a map and some through a blend.
 - `multivector`: a multi-vector collection (token matrices) and a text collection: every
   search mode (dense, keyword, hybrid, exact, batch), scrolls, writes and deletes beside
   snapshots, restores, uploads, drops and re-creates.
@@ -309,6 +313,63 @@ def upgrades(url: str, seconds: float, tally: Tally, models: list[str]) -> list[
     run_actors(url, seconds, actors, op, tally)
     print(f"  upgrades: searches answered, by how the upgrade served them: {dict(served)}")
     return check_upgrades(url, name)
+
+
+def served_upgrades(url: str, seconds: float, tally: Tally, models: list[str]) -> list[str]:
+    """Upgrades that live long enough to serve: one at a time, each fitted on 600 of the 1,000
+    documents (so its gate passes), half of them blends on labelled queries, each ended after a
+    few seconds of backfill by a forced cut-over (then a rollback or a finalize) or an abort,
+    while searches (single, and batches of a hybrid and a dense one) and writes go on. Every
+    search is a 200, and some must have been served through a map and some through a blend."""
+    name, served = "sv", Counter()
+    docs = [gloss_doc(i) for i in range(1000)]
+    with httpx.Client(base_url=url, timeout=300) as c:
+        c.post("/v1/collections", json={"name": name}).raise_for_status()
+        for start in range(0, len(docs), 250):
+            put_ok(c, f"/v1/collections/{name}/documents", {"documents": docs[start : start + 250]})
+    labelled = [{"query": docs[i]["text"], "relevant": [docs[i]["id"]]} for i in range(0, 1000, 25)]
+
+    def op(kind, c, r):
+        path = f"/v1/collections/{name}"
+        if kind == "put":
+            return c.put(f"{path}/documents", json={"documents": [gloss_doc(r.randrange(1000), " v2")]})
+        if kind in ("search", "batch"):
+            time.sleep(0.05)  # users pause: the upgrade's embedding waits behind every user encode
+            text = GLOSSES[r.randrange(1200)][3]
+            if kind == "search":
+                answer = c.post(f"{path}/search", json={"query": text, "k": 5})
+                searches = [answer.json()] if answer.status_code == 200 else []
+            else:
+                body = {"searches": [{"query": text, "mode": "hybrid", "k": 3}, {"query": text, "k": 3}]}
+                answer = c.post(f"{path}/search/batch", json=body)
+                searches = answer.json()["results"] if answer.status_code == 200 else []
+            for one in searches:
+                served[(one.get("upgrade") or {}).get("queries", "no upgrade")] += 1
+            return answer
+        # kind == "cycle": one upgrade, start to end
+        current = c.get(path).json().get("model")  # after a finalize, the rotated model serves
+        body = {"model": models[0] if current != models[0] else "all-MiniLM-L6-v2", "sample": 600}
+        if r.random() < 0.5:
+            body |= {"maps": ["orthogonal", "blend"], "labelled_queries": labelled}
+        started = c.post(f"{path}/upgrades", json=body)
+        if started.status_code != 202:
+            return started
+        upgrade = f"{path}/upgrades/{started.json()['id']}"
+        deadline = time.monotonic() + 120
+        while c.get(upgrade).json()["state"] == "fitting" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(r.uniform(0.5, 4.0))
+        if r.random() < 0.3:
+            return c.post(f"{upgrade}/abort")
+        cut = c.post(f"{upgrade}/cutover", json={"force": True})
+        if cut.status_code != 200:
+            return cut
+        return c.post(f"{upgrade}/{r.choice(['rollback', 'finalize'])}")
+
+    run_actors(url, seconds, [["cycle"], ["search"], ["search"], ["batch"], ["put", "search"]], op, tally)
+    print(f"  served-upgrades: searches answered, by how the upgrade served them: {dict(served)}")
+    unserved = [f"no search was served {mode!r}" for mode in ("mapped", "blended") if not served[mode]]
+    return unserved + check_upgrades(url, name)
 
 
 def check_upgrades(url: str, name: str) -> list[str]:
@@ -785,7 +846,16 @@ def logged_errors(log: Path) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=90.0, help="how long each scenario's actors run")
-    names = ["restores", "upgrades", "multivector", "archives", "upkeep", "replicas", "shared-upgrades"]
+    names = [
+        "restores",
+        "upgrades",
+        "served-upgrades",
+        "multivector",
+        "archives",
+        "upkeep",
+        "replicas",
+        "shared-upgrades",
+    ]
     p.add_argument("--only", nargs="+", choices=names, default=names)
     p.add_argument("--logs", type=Path, help="copy each scenario's server log into this folder")
     args = p.parse_args()
@@ -793,7 +863,8 @@ def main() -> None:
     rows, failed = [], False
     with tempfile.TemporaryDirectory(prefix="vecnest-races-") as tmp:
         root = Path(tmp)
-        models = test_models(root / "models") if {"upgrades", "shared-upgrades"} & set(args.only) else []
+        upgrading = {"upgrades", "served-upgrades", "shared-upgrades"}
+        models = test_models(root / "models") if upgrading & set(args.only) else []
         env = {
             "VECNEST_ALLOW_MODEL_PATHS": "true",  # the upgrade scenario's models are folders
             "VECNEST_UPGRADE_BATCH_SIZE": "32",
@@ -827,6 +898,8 @@ def main() -> None:
                         problems = restores(server.url, args.seconds, tally)
                     elif scenario == "upgrades":
                         problems = upgrades(server.url, args.seconds, tally, models)
+                    elif scenario == "served-upgrades":
+                        problems = served_upgrades(server.url, args.seconds, tally, models)
                     elif scenario == "multivector":
                         problems = multivector(server.url, args.seconds, tally)
                     elif scenario == "upkeep":
