@@ -125,6 +125,34 @@ def test_an_upgrade_recorded_live_with_nothing_running_it_can_be_aborted(tmp_pat
         assert started.status_code == 202, started.text
 
 
+def serving_mapped_upgrade(c, model: str) -> str:
+    """Collection "kb" (120 texts) and an upgrade to `model` whose gate passes (thresholds off),
+    caught up: text searches are served through its map. Returns the upgrade's id."""
+    assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
+    docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(120)]
+    assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
+    body = {"model": model, "sample": 60, "min_cosine": -1, "min_recall": 0}
+    upgrade_id = c.post("/v1/collections/kb/upgrades", json=body).json()["id"]
+    assert wait_caught_up(c, "kb", upgrade_id)["gate"]["passed"]
+    assert c.post("/v1/collections/kb/search", json={"query": "topic 3"}).json()["upgrade"]["queries"] == "mapped"
+    return upgrade_id
+
+
+def after_the_first_embed(engine, step) -> list:
+    """Make the app's next encode run `step()` (a coroutine) once it has embedded; returns the
+    list that then holds what `step` returned."""
+    embed, done = engine.embedder.embed, []
+
+    async def embed_then_step(*args, **kwargs):
+        out = await embed(*args, **kwargs)
+        if not done:
+            done.append(await step())
+        return out
+
+    engine.embedder.embed = embed_then_step
+    return done
+
+
 def test_a_search_that_outlives_the_way_it_chose_runs_again_on_what_serves_now(tmp_path):
     """A text search chose "mapped" (new-model queries through the map), then a cut-over landed
     while it embedded them. Before, it went on with the flipped upgrade: the map into the old
@@ -133,24 +161,9 @@ def test_a_search_that_outlives_the_way_it_chose_runs_again_on_what_serves_now(t
     that serves after the cut-over."""
     settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other768": str(tmp_path)})
     with app_client(settings, fake=True) as c:
-        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
-        docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(120)]
-        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
-        body = {"model": "other768", "sample": 60, "min_cosine": -1, "min_recall": 0}
-        upgrade_id = c.post("/v1/collections/kb/upgrades", json=body).json()["id"]
-        assert wait_caught_up(c, "kb", upgrade_id)["gate"]["passed"]
-        assert c.post("/v1/collections/kb/search", json={"query": "topic 3"}).json()["upgrade"]["queries"] == "mapped"
-
+        upgrade_id = serving_mapped_upgrade(c, "other768")
         engine = c.app.state.engine
-        embed, cut = engine.embedder.embed, []
-
-        async def embed_then_cut_over(*args, **kwargs):
-            out = await embed(*args, **kwargs)
-            if not cut:
-                cut.append(await engine.upgrades.cut_over("kb", upgrade_id))
-            return out
-
-        engine.embedder.embed = embed_then_cut_over
+        cut = after_the_first_embed(engine, lambda: engine.upgrades.cut_over("kb", upgrade_id))
         r = c.post("/v1/collections/kb/search", json={"query": "document about topic 3", "k": 5})
         assert cut and cut[0].state == "cut_over"
         assert r.status_code == 200, r.text
@@ -164,23 +177,9 @@ def test_a_search_whose_upgrade_ended_while_it_embedded_runs_again_on_what_serve
     and the upgrade is gone. The batch runs again, on the collection as it serves now."""
     settings = Settings(data_dir=tmp_path / "a", snapshot_interval_s=3600, models={"other": str(tmp_path)})
     with app_client(settings, fake=True) as c:
-        assert c.post("/v1/collections", json={"name": "kb"}).status_code == 201
-        docs = [{"id": f"d{i}", "text": f"document number {i} about topic {i % 7}"} for i in range(120)]
-        assert c.put("/v1/collections/kb/documents", json={"documents": docs}).status_code == 200
-        body = {"model": "other", "sample": 60, "min_cosine": -1, "min_recall": 0}
-        upgrade_id = c.post("/v1/collections/kb/upgrades", json=body).json()["id"]
-        assert wait_caught_up(c, "kb", upgrade_id)["gate"]["passed"]
-
+        upgrade_id = serving_mapped_upgrade(c, "other")
         engine = c.app.state.engine
-        embed, ended = engine.embedder.embed, []
-
-        async def embed_then_abort(*args, **kwargs):
-            out = await embed(*args, **kwargs)
-            if not ended:
-                ended.append(await engine.upgrades.abort("kb", upgrade_id))
-            return out
-
-        engine.embedder.embed = embed_then_abort
+        ended = after_the_first_embed(engine, lambda: engine.upgrades.abort("kb", upgrade_id))
         searches = [{"query": "topic 3", "mode": "hybrid", "k": 3}, {"query": "document about topic 3", "k": 3}]
         r = c.post("/v1/collections/kb/search/batch", json={"searches": searches})
         assert ended and ended[0].state == "aborted"
