@@ -445,15 +445,16 @@ def fit_map(
         maps[kind] = evaluate(kind, W, None, time.perf_counter() - t0)
     if BLEND in kinds:
         base = max(linear, key=lambda kind: _merit(maps[kind].figures, labelled is not None, k))
-        alphas = BLEND_ALPHAS if labelled is not None else (DEFAULT_BLEND_ALPHA,)
-        tried = {a: evaluate(BLEND, maps[base].W, a, maps[base].figures["fit_seconds"]) for a in alphas}
-        best = max(alphas, key=lambda a: _merit(tried[a].figures, labelled is not None, k))
-        chosen = tried[best]
-        chosen.figures.update(base=base, alpha=best)
+        W, alpha, by_alpha = maps[base].W, DEFAULT_BLEND_ALPHA, {}
+        if labelled is not None:  # alpha is chosen on the labelled queries alone: one search each
+            for a in BLEND_ALPHAS:
+                blended = QueryMap(W, a)(labelled.new_queries, labelled.old_queries)
+                by_alpha[a] = _ndcg(old, blended, labelled.relevant, k)
+            alpha = max(BLEND_ALPHAS, key=lambda a: (by_alpha[a], -a))  # a tie: the one nearer the old model
+        chosen = evaluate(BLEND, W, alpha, maps[base].figures["fit_seconds"])
+        chosen.figures.update(base=base, alpha=alpha)
         if labelled is not None:
-            chosen.figures[f"labelled_ndcg_at_{k}_by_alpha"] = {
-                str(a): tried[a].figures[f"labelled_ndcg_at_{k}"] for a in alphas
-            }
+            chosen.figures[f"labelled_ndcg_at_{k}_by_alpha"] = {str(a): v for a, v in by_alpha.items()}
         maps[BLEND] = chosen
     maps = {kind: maps[kind] for kind in kinds if kind in maps}  # only the families asked for
     shared: dict[str, Any] = {
