@@ -13,7 +13,8 @@ What is stored, as entries of the engine's meta table (each a small JSON object)
 - `upgrade` entries: upgrade records (index.encoder_upgrade), and `map` entries: blobs in
   chunks (engines cap the size of one value): an upgrade's fitted map, a PCA rotation matrix;
 - `leftover` entries: physical collections a create or drop that dies half-way would leave,
-  noted first and removed by the next create of the name.
+  noted first and removed by the next create of the name, or by the maintenance process's
+  sweep (`sweep_leftovers`), whichever comes first.
 
 A collection's generation `g` is stored in the engine's physical collection
 `engine.physical(name, g, incarnation)`. Cut-over is one write: the `collection` entry names
@@ -323,15 +324,40 @@ class SharedCatalog:
         self.engine.meta.put(key, {"kind": "leftover", "collection": name, **value})
         return key
 
+    def sweep_leftovers(self) -> int:
+        """Remove what creates and drops of any collection that died half-way left, once their
+        notes are LEFTOVER_AGE_S old (the maintenance process runs this now and then, so the
+        engine gets the space back without a create of the same name); returns how many notes
+        it resolved."""
+        with self.engine.errors("sweep leftovers"):
+            return self._sweep(self.engine.meta.find("leftover"))
+
     def _sweep_leftovers(self, name: str) -> None:
-        """Remove what creates and drops of `name` that died half-way left (a create's note only
-        once LEFTOVER_AGE_S old: until then it may be running in another process)."""
-        for note in self.engine.meta.find("leftover", name):
+        self._sweep(self.engine.meta.find("leftover", name))
+
+    def _sweep(self, notes: list[dict[str, Any]]) -> int:
+        """Resolve the notes at least LEFTOVER_AGE_S old (until then a create or drop may still
+        be running in another process): the physical collections of an incarnation no entry
+        serves are dropped. Where the entry is of the note's incarnation, the data serves: a
+        create's note is only removed (the create got as far as its entry), and a drop's note
+        stays (the drop died before its entry went; a drop again ends it)."""
+        resolved = 0
+        for note in notes:
             if time.time() - float(note.get("at", 0.0)) < LEFTOVER_AGE_S:
                 continue
-            for physical in note.get("physicals", []):
-                self._drop_physical(physical)
+            name = note.get("collection")
+            if not isinstance(name, str) or not NAME_PATTERN.match(name):  # not a note vecnest wrote
+                continue
+            entry = self.engine.meta.get(_key("collection", name))
+            serving = entry is not None and entry.get("incarnation", "") == note.get("incarnation")
+            if serving and note.get("by") == "drop":
+                continue
+            if not serving:
+                for physical in note.get("physicals", []):
+                    self._drop_physical(physical)
             self.engine.meta.delete([note["key"]])
+            resolved += 1
+        return resolved
 
     def _drop_physical(self, physical: str) -> None:
         """Drop `physical` if it exists; a failure is not one when the collection is gone anyway,

@@ -1,5 +1,6 @@
 """Background upkeep: keep index snapshots fresh, rebuild graphs full of deletes, and fit a
-collection's PCA rotation once it holds enough documents.
+collection's PCA rotation once it holds enough documents; on a shared backend, also remove what
+creates and drops that died half-way left.
 
 Snapshots bound how much of the store a restart must replay; rebuilds keep deleted slots
 from degrading recall and memory. All of it runs off the request path, on two threads: the
@@ -19,6 +20,9 @@ from index import gone_meanwhile
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 300.0
+# How often the maintenance process sweeps a shared backend for what creates and drops that died
+# half-way left (each note is acted on only once index.shared_catalog.LEFTOVER_AGE_S old).
+LEFTOVER_SWEEP_S = 60.0
 
 
 class Maintenance:
@@ -49,6 +53,7 @@ class Maintenance:
         self._running: set[str] = set()  # collections with a heavy job queued or running
         self._failures: dict[str, tuple[int, float]] = {}  # name → (consecutive failures, retry after)
         self._lock = threading.Lock()
+        self._last_sweep = time.monotonic()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="vecnest-maintenance", daemon=True)
@@ -66,6 +71,24 @@ class Maintenance:
                 if self._stop.is_set():
                     return
                 self.run_once(collection)
+            if self._heavy_jobs and time.monotonic() - self._last_sweep >= LEFTOVER_SWEEP_S:
+                self._last_sweep = time.monotonic()
+                self.sweep_leftovers()
+
+    def sweep_leftovers(self) -> None:
+        """A shared backend's leftovers (index.shared_catalog): physical collections that a
+        create or drop which died half-way left to no entry. The embedded catalog has none to
+        sweep: it recovers its folders when it opens."""
+        sweep = getattr(getattr(self._engine, "catalog", None), "sweep_leftovers", None)
+        if sweep is None:
+            return
+        try:
+            resolved = sweep()
+        except Exception as exc:  # the engine is away: the next sweep tries again
+            log.warning("sweeping leftovers of creates and drops failed: %s", exc)
+            return
+        if resolved:
+            log.info("removed what %d creates or drops that died half-way left", resolved)
 
     def run_once(self, collection) -> None:
         name = collection.name

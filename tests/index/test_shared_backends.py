@@ -706,6 +706,48 @@ def test_what_a_create_that_died_half_way_left_is_removed_by_the_next(glosses, m
     client.close()
 
 
+def test_the_sweep_removes_what_died_half_way_under_every_name_and_nothing_that_serves(glosses, monkeypatch):
+    """The maintenance process's sweep, with no create of the names to come: a create that died
+    before its entry and a drop that died after its entry went leave data no entry serves, which
+    goes; a create that died after its entry and a drop that died before it leave notes on data
+    that serves, which stays."""
+    from index import shared_catalog
+
+    _, X = glosses
+    client = qdrant_client.QdrantClient(location=":memory:")
+    catalog = qdrant_catalog(client, refresh_s=0.0)
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("the process died here")
+
+    with monkeypatch.context() as m:
+        m.setattr(catalog, "_put_collection", dies)
+        with pytest.raises(NotReady):
+            catalog.create(manifest("a"))
+    catalog.create(manifest("b")).upsert(docs(X[:2]))
+    with monkeypatch.context() as m:
+        m.setattr(catalog, "_drop_physical", dies)
+        with pytest.raises(NotReady):
+            catalog.drop("b")
+    # What a create that died after writing its entry, and a drop that died before removing it,
+    # leave: a note of the incarnation that serves.
+    for name, by in (("c", "create"), ("d", "drop")):
+        catalog.create(manifest(name)).upsert(docs(X[:3]))
+        incarnation = catalog.engine.meta.get(f"collection:{name}")["incarnation"]
+        catalog._leave(name, [catalog.engine.physical(name, shared_catalog.ACTIVE, incarnation)], incarnation, by)
+    assert catalog.names() == ["c", "d"] and len(_physicals(client)) == 4
+    assert catalog.sweep_leftovers() == 0  # too soon: each may still be running elsewhere
+    assert len(_physicals(client)) == 4 and len(catalog.engine.meta.find("leftover")) == 4
+    monkeypatch.setattr(shared_catalog, "LEFTOVER_AGE_S", 0.0)
+    assert catalog.sweep_leftovers() == 3
+    assert len(_physicals(client)) == 2 and [n["by"] for n in catalog.engine.meta.find("leftover")] == ["drop"]
+    assert [len(catalog.get(name)) for name in ("c", "d")] == [3, 3]
+    catalog.drop("d")  # a drop again ends the one that died; the next sweep clears its note
+    assert catalog.sweep_leftovers() == 1 and catalog.engine.meta.find("leftover") == []
+    assert len(_physicals(client)) == 1 and catalog.names() == ["c"]
+    client.close()
+
+
 def test_a_collection_from_before_incarnations_opens_and_drops(glosses, monkeypatch):
     """Entries written before incarnations have none, and their data sits under the plain name."""
     from index import shared_catalog

@@ -21,9 +21,11 @@ def test_roles_need_a_shared_backend(tmp_path):
     )
 
 
-def test_the_maintenance_process_steers_and_replicas_follow(tmp_path, monkeypatch):
-    """qdrant-client's local mode is one process: both roles run here over one in-memory
-    Qdrant (the catalogs are separate, as in two processes; only the client is shared)."""
+@pytest.fixture
+def shared_qdrant(monkeypatch):
+    """One in-memory Qdrant that every app opened in the test uses. qdrant-client's local mode is
+    one process: both roles run here over it (the catalogs are separate, as in two processes;
+    only the client is shared)."""
     import index
 
     client = qdrant_client.QdrantClient(location=":memory:")
@@ -37,6 +39,12 @@ def test_the_maintenance_process_steers_and_replicas_follow(tmp_path, monkeypatc
         return qdrant_catalog(client, refresh_s=0.0)
 
     monkeypatch.setattr("service.engine.open_qdrant_catalog", shared)
+    yield client
+    close()
+    assert real is index.open_qdrant_catalog
+
+
+def test_the_maintenance_process_steers_and_replicas_follow(tmp_path, shared_qdrant):
     common = dict(
         backend="qdrant",
         qdrant_path=":memory:",
@@ -69,5 +77,37 @@ def test_the_maintenance_process_steers_and_replicas_follow(tmp_path, monkeypatc
             # Qdrant re-runs no what-ifs: the controller searches over the live setting
             assert steward.get("/v1/collections/c").json()["recall"]["controllers"]["16"]["search"] == "bracket"
         assert replica.get("/v1/collections/c").json()["recall"]["ef_search"]["16"] == ef
-    close()
-    assert real is index.open_qdrant_catalog
+
+
+def test_the_maintenance_process_sweeps_what_a_dead_create_left_and_replicas_do_not(
+    tmp_path, shared_qdrant, monkeypatch
+):
+    """A create that died between making its physical collection and writing its entry leaves
+    data no entry names; no create of that name comes. The maintenance process removes it once
+    its note is old enough; a serving replica never does (it runs no upkeep of the catalog)."""
+    monkeypatch.setattr("service.maintenance.LEFTOVER_SWEEP_S", 0.0)
+    monkeypatch.setattr("index.shared_catalog.LEFTOVER_AGE_S", 0.0)
+    common = dict(backend="qdrant", qdrant_path=":memory:", snapshot_interval_s=0.05)
+
+    def physicals() -> list[str]:
+        return sorted(c.name for c in shared_qdrant.get_collections().collections if c.name != "vecnest.manifests")
+
+    with app_client(Settings(data_dir=tmp_path / "a", role="serve", **common), fake=True) as replica:
+        assert replica.post("/v1/collections", json={"name": "kept", "dim": 8}).status_code == 201
+        catalog = replica.app.state.engine.catalog
+
+        def dies(*args, **kwargs):
+            raise RuntimeError("the process died here")
+
+        with monkeypatch.context() as m:
+            m.setattr(catalog, "_put_collection", dies)
+            r = replica.post("/v1/collections", json={"name": "lost", "dim": 8})
+        assert r.status_code == 503 and len(physicals()) == 2
+        time.sleep(1.0)  # many ticks of the replica's upkeep
+        assert len(physicals()) == 2 and len(catalog.engine.meta.find("leftover")) == 1
+        with app_client(Settings(data_dir=tmp_path / "b", role="maintenance", **common), fake=True):
+            deadline = time.monotonic() + 60
+            while len(physicals()) > 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert len(physicals()) == 1 and catalog.engine.meta.find("leftover") == []
+        assert replica.get("/v1/collections").json()["collections"][0]["name"] == "kept"
