@@ -682,20 +682,25 @@ def test_two_creates_of_one_name_at_once_make_one_collection(glosses, monkeypatc
     client.close()
 
 
+def _dies_half_way(catalog, step: str, call) -> None:
+    """Runs `call` with the catalog's `step` failing as a process that died there would."""
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("the process died here")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(catalog, step, dies)
+        with pytest.raises(NotReady):
+            call()
+
+
 def test_what_a_create_that_died_half_way_left_is_removed_by_the_next(glosses, monkeypatch):
     from index import shared_catalog
 
     _, X = glosses
     client = qdrant_client.QdrantClient(location=":memory:")
     catalog = qdrant_catalog(client, refresh_s=0.0)
-
-    def put_fails(*args, **kwargs):
-        raise RuntimeError("the process died here")
-
-    with monkeypatch.context() as m:
-        m.setattr(catalog, "_put_collection", put_fails)
-        with pytest.raises(NotReady):
-            catalog.create(manifest("x"))
+    _dies_half_way(catalog, "_put_collection", lambda: catalog.create(manifest("x")))
     assert len(_physicals(client)) == 1 and catalog.names() == []  # data no entry names
     catalog.create(manifest("x")).upsert(docs(X[:2]))  # too soon: the create may still be running
     assert len(_physicals(client)) == 2
@@ -717,18 +722,9 @@ def test_the_sweep_removes_what_died_half_way_under_every_name_and_nothing_that_
     client = qdrant_client.QdrantClient(location=":memory:")
     catalog = qdrant_catalog(client, refresh_s=0.0)
 
-    def dies(*args, **kwargs):
-        raise RuntimeError("the process died here")
-
-    with monkeypatch.context() as m:
-        m.setattr(catalog, "_put_collection", dies)
-        with pytest.raises(NotReady):
-            catalog.create(manifest("a"))
+    _dies_half_way(catalog, "_put_collection", lambda: catalog.create(manifest("a")))
     catalog.create(manifest("b")).upsert(docs(X[:2]))
-    with monkeypatch.context() as m:
-        m.setattr(catalog, "_drop_physical", dies)
-        with pytest.raises(NotReady):
-            catalog.drop("b")
+    _dies_half_way(catalog, "_drop_physical", lambda: catalog.drop("b"))
     # What a create that died after writing its entry, and a drop that died before removing it,
     # leave: a note of the incarnation that serves.
     for name, by in (("c", "create"), ("d", "drop")):
